@@ -1,0 +1,414 @@
+//! `pgveil.yaml`: the proxy's configuration (see `pgveil.example.yaml` and
+//! `docs/configuration.md`). Every string may be written `${ENV_VAR}` or
+//! `${ENV_VAR:-default}`. Secrets are never read from the YAML itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::yaml::{self, EnvString, HumanDuration, YamlError, YamlErrors};
+
+/// Default cap on one protocol message, the same as PostgreSQL's
+/// `PQ_LARGE_MESSAGE_LIMIT` (1 GiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: EnvString,
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub client_tls: ClientTls,
+    #[serde(default)]
+    pub auth: Auth,
+    pub policy: Option<EnvString>,
+    pub keys: Option<Keys>,
+    pub metrics: Option<Metrics>,
+    pub audit: Option<Audit>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// How long sessions may keep running after SIGINT/SIGTERM.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+
+    /// Directory of the config file: relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Path of the config file, for error messages.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub host: EnvString,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: UpstreamTlsMode,
+    pub ca_file: Option<EnvString>,
+    /// Name checked against the server certificate in `verify-full`
+    /// (defaults to `host`).
+    pub server_name: Option<EnvString>,
+    /// Timeout for the TCP connect to PostgreSQL.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    pub cert_file: Option<EnvString>,
+    pub key_file: Option<EnvString>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Login used only to look SCRAM verifiers up with `query`.
+    pub user: Option<EnvString>,
+    /// Password of `user`, if its pg_hba method needs one.
+    pub password: Option<EnvString>,
+    /// Query returning (usename, passwd) for `$1`.
+    pub query: Option<EnvString>,
+    /// Database the auth query runs in (defaults to the client's database).
+    pub database: Option<EnvString>,
+    /// PgBouncer-style userlist file: `"user" "verifier"` per line.
+    pub file: Option<EnvString>,
+    /// How long a looked-up verifier is reused.
+    pub cache_ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    pub provider: KeyProvider,
+    pub local: Option<LocalKeys>,
+    pub aws_kms: Option<AwsKms>,
+    pub blind_index_key: Option<SecretRef>,
+    pub keystore: Option<Keystore>,
+    pub cache_ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyProvider {
+    Local,
+    AwsKms,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalKeys {
+    /// Key-encryption keys, newest first.
+    pub master_keys: Vec<MasterKeyRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterKeyRef {
+    pub id: EnvString,
+    pub env: Option<EnvString>,
+    pub file: Option<EnvString>,
+}
+
+/// Where a secret comes from: an environment variable or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub env: Option<EnvString>,
+    pub file: Option<EnvString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKms {
+    pub key_id: EnvString,
+    pub region: Option<EnvString>,
+    pub endpoint: Option<EnvString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keystore {
+    /// libpq-style URL of the database holding wrapped data keys.
+    pub database: EnvString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: EnvString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub path: EnvString,
+    /// Rotate the file when it grows past this many bytes (default 100 MiB).
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept (default 5).
+    pub keep: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest protocol message accepted from either side.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Largest number of client connections served at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_message() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl Config {
+    /// Load and validate a config file. Every problem is reported with its
+    /// `file:line` and the fix.
+    pub fn load(path: &Path) -> Result<Config, YamlErrors> {
+        let (mut cfg, text): (Config, String) = yaml::load(path)?;
+        cfg.path = path.to_path_buf();
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let errors = cfg.validate(&text);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(YamlErrors(errors))
+        }
+    }
+
+    /// Parse config text (for tests and `demo`); `path` names it in errors and
+    /// anchors relative paths.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, YamlErrors> {
+        let mut cfg: Config = yaml::from_str(path, text)?;
+        cfg.path = path.to_path_buf();
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let errors = cfg.validate(text);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(YamlErrors(errors))
+        }
+    }
+
+    fn err(&self, text: &str, at: &[&str], message: impl Into<String>) -> YamlError {
+        YamlError {
+            file: self.path.clone(),
+            line: yaml::locate(text, at),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self, text: &str) -> Vec<YamlError> {
+        let mut errs = Vec::new();
+        if self.listen.as_str().parse::<SocketAddr>().is_err() {
+            errs.push(self.err(
+                text,
+                &["listen"],
+                format!(
+                    "listen: {:?} is not an address: write host:port, e.g. 127.0.0.1:6432",
+                    self.listen.as_str()
+                ),
+            ));
+        }
+        if self.client_tls.mode == ClientTlsMode::Require
+            && (self.client_tls.cert_file.is_none() || self.client_tls.key_file.is_none())
+        {
+            errs.push(self.err(
+                text,
+                &["client_tls", "mode"],
+                "client_tls.mode is require but cert_file/key_file are missing: add both PEM files",
+            ));
+        }
+        if self.upstream.tls == UpstreamTlsMode::VerifyFull && self.upstream.ca_file.is_none() {
+            // Allowed: falls back to the system roots. Nothing to report.
+        }
+        if self.auth.query.is_some() && self.auth.user.is_none() {
+            errs.push(self.err(
+                text,
+                &["auth", "query"],
+                "auth.query needs auth.user: the login that runs the lookup",
+            ));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            errs.push(self.err(
+                text,
+                &["limits", "max_message_bytes"],
+                "limits.max_message_bytes is below 1024: PostgreSQL needs at least a few KiB",
+            ));
+        }
+        if let Some(keys) = &self.keys {
+            match keys.provider {
+                KeyProvider::Local => match &keys.local {
+                    None => errs.push(self.err(
+                        text,
+                        &["keys", "provider"],
+                        "keys.provider is local but keys.local.master_keys is missing: add it",
+                    )),
+                    Some(l) if l.master_keys.is_empty() => errs.push(self.err(
+                        text,
+                        &["keys", "local", "master_keys"],
+                        "keys.local.master_keys is empty: list at least one key (newest first)",
+                    )),
+                    Some(l) => {
+                        for k in &l.master_keys {
+                            if k.env.is_some() == k.file.is_some() {
+                                errs.push(self.err(
+                                    text,
+                                    &["keys", "local", "master_keys"],
+                                    format!(
+                                        "master key {}: give exactly one of env: or file:",
+                                        k.id
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                },
+                KeyProvider::AwsKms => {
+                    if keys.aws_kms.is_none() {
+                        errs.push(self.err(
+                            text,
+                            &["keys", "provider"],
+                            "keys.provider is aws-kms but keys.aws_kms is missing: add key_id and region",
+                        ));
+                    }
+                }
+            }
+            if let Some(b) = &keys.blind_index_key
+                && b.env.is_some() == b.file.is_some()
+            {
+                errs.push(self.err(
+                    text,
+                    &["keys", "blind_index_key"],
+                    "keys.blind_index_key: give exactly one of env: or file:",
+                ));
+            }
+        }
+        errs
+    }
+
+    /// Resolve a path from the config against the config file's directory.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.as_str().parse().expect("validated in load")
+    }
+
+    pub fn policy_path(&self) -> Option<PathBuf> {
+        self.policy.as_ref().map(|p| self.resolve(p.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFERENCE: &str = include_str!("../pgveil.example.yaml");
+
+    #[test]
+    fn reference_config_loads_unchanged() {
+        // SAFETY: only this test sets these variables.
+        unsafe {
+            std::env::set_var("PGVEIL_TLS_CERT", "/tmp/cert.pem");
+            std::env::set_var("PGVEIL_TLS_KEY", "/tmp/key.pem");
+        }
+        let cfg = Config::from_text(Path::new("/etc/pgveil/pgveil.yaml"), REFERENCE).unwrap();
+        assert_eq!(cfg.listen_addr().port(), 6432);
+        assert_eq!(cfg.upstream.tls, UpstreamTlsMode::Prefer);
+        assert_eq!(
+            cfg.policy_path().unwrap(),
+            PathBuf::from("/etc/pgveil/policies/calmony.yaml")
+        );
+        let keys = cfg.keys.unwrap();
+        assert_eq!(keys.provider, KeyProvider::Local);
+        assert_eq!(keys.local.unwrap().master_keys[0].id.as_str(), "k2");
+        assert_eq!(keys.cache_ttl.unwrap().0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_reports_line_and_fix() {
+        let text = "listen: 127.0.0.1:1\nupstream:\n  host: h\n  prot: 1\n";
+        let e = Config::from_text(Path::new("p.yaml"), text).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("p.yaml:4:"), "{s}");
+        assert!(s.contains("prot"), "{s}");
+        assert!(s.contains("spelling"), "{s}");
+    }
+
+    #[test]
+    fn bad_listen_reports_line() {
+        let text = "upstream:\n  host: h\n  port: 5\nlisten: nowhere\n";
+        let e = Config::from_text(Path::new("p.yaml"), text).unwrap_err();
+        assert!(e.to_string().starts_with("p.yaml:4:"), "{e}");
+    }
+
+    #[test]
+    fn unset_env_names_variable_and_line() {
+        let text = "listen: ${PGVEIL_SURELY_UNSET_LISTEN}\nupstream:\n  host: h\n  port: 5\n";
+        let e = Config::from_text(Path::new("p.yaml"), text).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("p.yaml:1:"), "{s}");
+        assert!(s.contains("PGVEIL_SURELY_UNSET_LISTEN"), "{s}");
+    }
+}

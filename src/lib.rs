@@ -1,0 +1,15 @@
+//! pgveil: a transparent encrypting PostgreSQL proxy. See ARCHITECTURE.md for
+//! the map of these modules and the path of a query through them.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod keys;
+pub mod metrics;
+pub mod ops;
+pub mod policy;
+pub mod proxy;
+pub mod sql;
+pub mod wire;
+pub mod yaml;

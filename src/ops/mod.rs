@@ -1,0 +1,3 @@
+//! Operations: the command line and the commands around the proxy.
+
+pub mod cli;

@@ -1,0 +1,278 @@
+//! YAML loading shared by `pgveil.yaml` and the policy: `${ENV}` expansion,
+//! errors that carry `file:line` and a fix, and a locator that maps a key
+//! path back to its line for errors found after parsing.
+//!
+//! We use `serde_yaml_ng`, a maintained fork of `serde_yaml`, because its
+//! errors carry line/column and `#[serde(deny_unknown_fields)]` turns typos
+//! into errors with a position.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserialize, Deserializer};
+
+/// An error a user must fix in a YAML file: where, what, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.file.display(), l, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for YamlError {}
+
+/// Several problems at once, so a user fixes a file in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlErrors(pub Vec<YamlError>);
+
+impl fmt::Display for YamlErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for YamlErrors {}
+
+impl From<YamlError> for YamlErrors {
+    fn from(e: YamlError) -> Self {
+        YamlErrors(vec![e])
+    }
+}
+
+/// Read and deserialize a YAML file, mapping parse errors to `file:line`.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, String), YamlError> {
+    let text = std::fs::read_to_string(path).map_err(|e| YamlError {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!("cannot read file: {e}"),
+    })?;
+    let value = from_str(path, &text)?;
+    Ok((value, text))
+}
+
+/// Deserialize YAML text that came from `path`.
+pub fn from_str<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, YamlError> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        // serde_yaml_ng prefixes messages with a key path and position; keep
+        // the message readable and put the line in our own prefix.
+        let mut message = e.to_string();
+        if let Some(idx) = message.find(" at line ") {
+            message.truncate(idx);
+        }
+        YamlError {
+            file: path.to_path_buf(),
+            line,
+            message: hint(&message),
+        }
+    })
+}
+
+/// Add the usual fix to serde's terse messages.
+fn hint(message: &str) -> String {
+    if message.contains("unknown field") {
+        format!("{message} (remove it or fix its spelling)")
+    } else if message.contains("unknown variant") {
+        format!("{message} (use one of the expected values)")
+    } else if message.contains("duplicate") {
+        format!("{message} (each key may appear once: merge the two entries)")
+    } else {
+        message.to_string()
+    }
+}
+
+/// Find the 1-based line of a key path such as `["keys", "keystore", "database"]`
+/// in block-style YAML (the style of the reference files). Flow mappings
+/// (`{ a: 1 }`) resolve to the line of their parent key. Returns the deepest
+/// line found, so an error always points somewhere useful.
+pub fn locate(text: &str, path: &[&str]) -> Option<usize> {
+    let mut best = None;
+    let mut want = 0usize; // index into path
+    let mut parent_indent: Option<usize> = None;
+    for (i, raw) in text.lines().enumerate() {
+        if want >= path.len() {
+            break;
+        }
+        let line = strip_comment(raw);
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if let Some(p) = parent_indent
+            && indent <= p
+        {
+            // Left the parent's block without finding the key.
+            break;
+        }
+        let key = trimmed.trim_start_matches("- ");
+        let Some((k, rest)) = key.split_once(':') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"').trim_matches('\'');
+        if k == path[want] {
+            best = Some(i + 1);
+            want += 1;
+            parent_indent = Some(indent);
+            // `key: { a: 1, b: 2 }`: look inside the flow mapping on this line.
+            let rest = rest.trim();
+            if rest.starts_with('{') && want < path.len() {
+                let needle = format!("{}:", path[want]);
+                if rest.contains(&needle) {
+                    want += 1;
+                }
+            }
+        }
+    }
+    best
+}
+
+fn strip_comment(line: &str) -> &str {
+    // A '#' starts a comment when it begins the line or follows whitespace
+    // and is not inside quotes.
+    let bytes = line.as_bytes();
+    let (mut sq, mut dq) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\'' if !dq => sq = !sq,
+            b'"' if !sq => dq = !dq,
+            b'#' if !sq && !dq && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => {
+                return &line[..i];
+            }
+            _ => {}
+        }
+    }
+    line
+}
+
+/// Expand `${VAR}` and `${VAR:-default}` in a string. An unset variable
+/// without a default is an error naming the variable.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated `${{` in {s:?}: close it with `}}`"));
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "`${{{inner}}}` is not a valid environment variable reference"
+            ));
+        }
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            _ => match default {
+                Some(d) => out.push_str(d),
+                None => {
+                    return Err(format!(
+                        "environment variable {name} is not set: export it, or write ${{{name}:-default}}"
+                    ));
+                }
+            },
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A string that may contain `${ENV}` references, expanded while the file is
+/// deserialized so that an unset variable is reported with its line.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct EnvString(pub String);
+
+impl EnvString {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EnvString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for EnvString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw).map(EnvString).map_err(de::Error::custom)
+    }
+}
+
+/// A duration written like `300s`, `5m`, `1h 30m` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = EnvString::deserialize(d)?;
+        humantime::parse_duration(raw.as_str())
+            .map(HumanDuration)
+            .map_err(|e| de::Error::custom(format!("{e}: write a duration such as 300s or 5m")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_nested_keys() {
+        let text = "a: 1\nkeys:\n  local:\n    x: 1\n  keystore:\n    database: u\nz: 2\n";
+        assert_eq!(locate(text, &["keys", "keystore", "database"]), Some(6));
+        assert_eq!(locate(text, &["keys", "keystore"]), Some(5));
+        assert_eq!(locate(text, &["z"]), Some(7));
+        // Missing leaf: deepest parent.
+        assert_eq!(locate(text, &["keys", "nope"]), Some(2));
+    }
+
+    #[test]
+    fn locate_flow_mapping_resolves_to_parent_line() {
+        let text = "tables:\n  t:\n    columns:\n      name: { type: text, access: { a: read } }\n";
+        assert_eq!(
+            locate(text, &["tables", "t", "columns", "name", "type"]),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn env_expansion() {
+        // SAFETY: tests in this module do not read these variables concurrently.
+        unsafe { std::env::set_var("PGVEIL_TEST_X", "v") };
+        assert_eq!(expand_env("a${PGVEIL_TEST_X}b").unwrap(), "avb");
+        assert_eq!(expand_env("${PGVEIL_TEST_UNSET_Y:-d}").unwrap(), "d");
+        let e = expand_env("${PGVEIL_TEST_UNSET_Y}").unwrap_err();
+        assert!(e.contains("PGVEIL_TEST_UNSET_Y"), "{e}");
+        assert!(expand_env("${oops").is_err());
+    }
+}
