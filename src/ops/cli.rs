@@ -1,5 +1,108 @@
-//! Command line (clap). Exit codes: 0 success, 1 a problem the user must fix, 2 usage.
+//! Command line (clap). Exit codes: 0 success, 1 a problem the user must
+//! fix (printed), 2 usage.
 
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgveil",
+    version,
+    about = "Transparent encrypting PostgreSQL proxy",
+    long_about = "pgveil sits between applications and PostgreSQL, encrypts the columns a policy protects, \
+                  keeps blind indexes for equality lookups, and decrypts results only for roles the policy lets read."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Configuration file (default ./pgveil.yaml, or $PGVEIL_CONFIG).
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+    },
+    /// Key utilities.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Print a new random 256-bit key (hex) for the local provider.
+    Generate,
+}
+
+/// Entry point; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => {
+            let mut key = zeroize::Zeroizing::new([0u8; 32]);
+            if aws_lc_rs::rand::fill(key.as_mut()).is_err() {
+                eprintln!("error: the OS random source failed");
+                return 1;
+            }
+            println!("{}", hex::encode(key.as_ref()));
+            0
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` sets the level (default `info`).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        1
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn serve(config: PathBuf) -> i32 {
+    init_logging();
+    let cfg = match load_config(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match runtime().block_on(crate::proxy::serve(cfg)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

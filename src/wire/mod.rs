@@ -1,1 +1,5 @@
-//! (module under construction)
+//! PostgreSQL protocol v3 framing and the handful of messages pgveil reads
+//! or writes itself.
+
+pub mod codec;
+pub mod msg;

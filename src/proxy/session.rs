@@ -1,0 +1,265 @@
+//! One client connection: TLS/GSS negotiation, cancel routing, startup,
+//! authentication, then the relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::cancel::BackendKey;
+use super::relay;
+use super::server::Shared;
+use super::stream::Stream;
+use crate::auth::{self, AuthContext, AuthError};
+use crate::config::ClientTlsMode;
+use crate::wire::codec::{FrameError, FrameReader, read_startup};
+use crate::wire::msg::{self, FirstPacket, Startup};
+
+/// Serve one client connection to the end.
+pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    metrics::counter!("pgveil_connections_total").increment(1);
+    metrics::gauge!("pgveil_connections_active").increment(1.0);
+    match run(&shared, tcp, peer).await {
+        Ok(()) => debug!("session ended"),
+        Err(e) => info!(error = %e, "session ended"),
+    }
+    metrics::gauge!("pgveil_connections_active").decrement(1.0);
+}
+
+async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    let max = shared.config.limits.max_message_bytes;
+    let Some((mut client, startup_raw, startup)) = negotiate(shared, tcp).await? else {
+        return Ok(());
+    };
+
+    if shared.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
+        let _ = client
+            .write_all(&msg::error_response(
+                "FATAL",
+                "28000",
+                "pgveil requires TLS for client connections: connect with sslmode=require",
+            ))
+            .await;
+        return Err("client refused: TLS required".into());
+    }
+
+    let upstream = match shared.upstream.connect().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "upstream connection failed");
+            metrics::counter!("pgveil_upstream_errors_total").increment(1);
+            let _ = client
+                .write_all(&msg::error_response(
+                    "FATAL",
+                    "08006",
+                    &format!("pgveil: {e}"),
+                ))
+                .await;
+            return Err(e);
+        }
+    };
+
+    let client_tls = client.is_tls();
+    let upstream_tls = upstream.is_tls();
+    let mut client = FrameReader::new(client, max);
+    let mut upstream = FrameReader::new(upstream, max);
+    let ctx = AuthContext {
+        peer,
+        client_tls_leaf: if client_tls {
+            shared.server_tls.as_ref().map(|t| t.leaf_der.as_slice())
+        } else {
+            None
+        },
+        upstream_tls,
+        config: &shared.config.auth,
+    };
+    let outcome =
+        match auth::authenticate(&mut client, &mut upstream, &startup_raw, &startup, &ctx).await {
+            Ok(o) => o,
+            Err(AuthError::Rejected) => return Err("login refused by PostgreSQL".into()),
+            Err(e) => return Err(format!("authentication: {e}")),
+        };
+    let span = tracing::info_span!(
+        "session",
+        role = %outcome.login_role,
+        db = startup.database().unwrap_or_default(),
+    );
+    let _enter = span.enter();
+    debug!(client_tls, upstream_tls, "authenticated");
+
+    // Up to ReadyForQuery: ParameterStatus, BackendKeyData (replaced), notices.
+    let mut visible_key: Option<BackendKey> = None;
+    let result = async {
+        loop {
+            let f = upstream
+                .next()
+                .await
+                .map_err(|e| format!("upstream: {e}"))?;
+            match f.tag {
+                b'K' => {
+                    let b = f.body();
+                    if b.len() < 8 {
+                        return Err("malformed BackendKeyData".to_string());
+                    }
+                    let real = BackendKey {
+                        pid: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                        secret: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    };
+                    let v = shared.cancel.register(real);
+                    visible_key = Some(v);
+                    write_client(&mut client, &msg::backend_key_data(v.pid, v.secret)).await?;
+                }
+                b'Z' => {
+                    write_client(&mut client, &f.raw).await?;
+                    break;
+                }
+                b'E' => {
+                    write_client(&mut client, &f.raw).await?;
+                    return Err("startup failed upstream".to_string());
+                }
+                _ => write_client(&mut client, &f.raw).await?,
+            }
+        }
+        let session = relay::Session {
+            login_role: outcome.login_role.clone(),
+            max_message: max,
+        };
+        relay::relay(session, client, upstream).await
+    }
+    .await;
+    if let Some(v) = visible_key {
+        shared.cancel.unregister(v);
+    }
+    result
+}
+
+async fn write_client(client: &mut FrameReader<Stream>, bytes: &[u8]) -> Result<(), String> {
+    client
+        .get_mut()
+        .write_all(bytes)
+        .await
+        .map_err(|e| format!("client: {e}"))
+}
+
+/// SSLRequest / GSSENCRequest / CancelRequest handling up to the
+/// StartupMessage. Returns `None` when the connection was a cancel request.
+async fn negotiate(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Result<Option<(Stream, bytes::Bytes, Startup)>, String> {
+    let max = shared.config.limits.max_message_bytes;
+    let mut stream = Stream::Tcp(tcp);
+    // PostgreSQL 17 clients may start TLS directly (sslnegotiation=direct).
+    if let Stream::Tcp(tcp) = &stream {
+        let mut first = [0u8; 1];
+        if let Ok(1) = tcp.peek(&mut first).await
+            && first[0] == 0x16
+        {
+            let Some(tls) = &shared.server_tls else {
+                return Err("client started TLS directly but client_tls is not configured".into());
+            };
+            let Stream::Tcp(tcp) = stream else {
+                unreachable!()
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            let conn = acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            stream = Stream::ServerTls(Box::new(conn));
+        }
+    }
+    loop {
+        let raw = match read_startup(&mut stream, max).await {
+            Ok(r) => r,
+            Err(FrameError::Closed) => return Ok(None),
+            Err(e) => {
+                warn!(error = %e, "malformed startup packet");
+                let _ = stream
+                    .write_all(&msg::error_response(
+                        "FATAL",
+                        "08P01",
+                        &format!("invalid startup packet: {e}"),
+                    ))
+                    .await;
+                return Err(e.to_string());
+            }
+        };
+        match msg::parse_first_packet(&raw) {
+            Ok(FirstPacket::SslRequest) => {
+                let offer = shared.config.client_tls.mode != ClientTlsMode::Disable
+                    && shared.server_tls.is_some()
+                    && !stream.is_tls();
+                if !offer {
+                    stream.write_all(b"N").await.map_err(|e| e.to_string())?;
+                    continue;
+                }
+                stream.write_all(b"S").await.map_err(|e| e.to_string())?;
+                let Stream::Tcp(tcp) = stream else {
+                    unreachable!()
+                };
+                let tls = shared.server_tls.as_ref().expect("checked above");
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                let conn = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                stream = Stream::ServerTls(Box::new(conn));
+            }
+            Ok(FirstPacket::GssEncRequest) => {
+                stream.write_all(b"N").await.map_err(|e| e.to_string())?;
+            }
+            Ok(FirstPacket::Cancel { pid, secret }) => {
+                forward_cancel(shared, pid, secret).await;
+                return Ok(None);
+            }
+            Ok(FirstPacket::Startup(s)) => {
+                if s.user().is_none() {
+                    let _ = stream
+                        .write_all(&msg::error_response(
+                            "FATAL",
+                            "28000",
+                            "no PostgreSQL user name specified in startup packet",
+                        ))
+                        .await;
+                    return Err("startup without user".into());
+                }
+                return Ok(Some((stream, raw, s)));
+            }
+            Err(e) => {
+                let _ = stream
+                    .write_all(&msg::error_response("FATAL", "08P01", &e))
+                    .await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn forward_cancel(shared: &Shared, pid: u32, secret: u32) {
+    let Some(real) = shared.cancel.lookup(pid, secret) else {
+        debug!("cancel request for an unknown key ignored");
+        return;
+    };
+    match shared.upstream.connect().await {
+        Ok(mut s) => {
+            let _ = s
+                .write_all(&msg::cancel_request(real.pid, real.secret))
+                .await;
+            let _ = s.flush().await;
+            // PostgreSQL closes the connection after processing the request.
+            let mut sink = BytesMut::with_capacity(16);
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::io::AsyncReadExt::read_buf(&mut s, &mut sink),
+            )
+            .await;
+            debug!("cancel request forwarded");
+        }
+        Err(e) => warn!(error = %e, "cannot forward cancel request"),
+    }
+}

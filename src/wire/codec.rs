@@ -1,0 +1,305 @@
+//! Frame reading for protocol v3, without trusting lengths.
+//!
+//! A hand-written codec rather than `pgwire`: a proxy must forward the
+//! original bytes of every message it does not change, and `pgwire` decodes
+//! into owned structs and re-encodes. Here a frame is a zero-copy slice of the
+//! read buffer; only the few messages pgveil rewrites are ever decoded (see
+//! `msg.rs`).
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Smallest read buffer we keep; grows for large messages and shrinks back
+/// when idle so idle connections stay small.
+pub const READ_CHUNK: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    #[error("invalid message length {len} for message type {tag:?}")]
+    BadLength { tag: char, len: u32 },
+    #[error("message of {len} bytes exceeds the limit of {max} bytes (limits.max_message_bytes)")]
+    TooLarge { len: usize, max: usize },
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One complete protocol message: `tag`, then the whole message bytes
+/// (tag + length + body) so it can be forwarded unchanged.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub tag: u8,
+    pub raw: Bytes,
+}
+
+impl Frame {
+    /// The message body after the 5-byte header.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+}
+
+/// Inspect the head of `buf`: `Ok(Some(total_len))` when a whole typed
+/// frame is buffered, `Ok(None)` when more bytes are needed.
+pub fn complete_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength {
+            tag: tag as char,
+            len,
+        });
+    }
+    let total = len as usize + 1;
+    if total > max {
+        return Err(FrameError::TooLarge { len: total, max });
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Buffered reader of typed frames from one side of a connection.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        Self::with_buffer(inner, max, BytesMut::new())
+    }
+
+    /// Start with bytes already read from the stream (e.g. during startup).
+    pub fn with_buffer(inner: R, max: usize, buf: BytesMut) -> Self {
+        FrameReader { inner, buf, max }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
+    /// Read from the stream until at least one complete frame is buffered.
+    /// Returns `Err(Closed)` on a clean EOF between frames.
+    pub async fn fill(&mut self) -> Result<(), FrameError> {
+        loop {
+            match complete_frame_len(&self.buf, self.max)? {
+                Some(_) => return Ok(()),
+                None => {
+                    if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                        // Reserve for the announced frame (bounded by `max`,
+                        // already checked) or one chunk.
+                        let want = if self.buf.len() >= 5 {
+                            let len = u32::from_be_bytes([
+                                self.buf[1],
+                                self.buf[2],
+                                self.buf[3],
+                                self.buf[4],
+                            ]) as usize
+                                + 1;
+                            (len - self.buf.len()).clamp(READ_CHUNK, 1 << 20)
+                        } else {
+                            READ_CHUNK
+                        };
+                        self.buf.reserve(want);
+                    }
+                    let n = self.inner.read_buf(&mut self.buf).await?;
+                    if n == 0 {
+                        return Err(if self.buf.is_empty() {
+                            FrameError::Closed
+                        } else {
+                            FrameError::Truncated
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take the next complete frame already in the buffer, if any.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        match complete_frame_len(&self.buf, self.max)? {
+            Some(total) => {
+                let raw = self.buf.split_to(total).freeze();
+                Ok(Some(Frame { tag: raw[0], raw }))
+            }
+            None => {
+                self.maybe_shrink();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Take every complete frame at the head of the buffer as one contiguous
+    /// block, without splitting it into frames: the fast path for relaying.
+    /// Calls `inspect` on each frame header+body; stops before a frame for
+    /// which `inspect` returns false (that frame is left in the buffer).
+    pub fn take_run(
+        &mut self,
+        mut inspect: impl FnMut(u8, &[u8]) -> bool,
+    ) -> Result<Option<Bytes>, FrameError> {
+        let mut off = 0;
+        while let Some(total) = complete_frame_len(&self.buf[off..], self.max)? {
+            if !inspect(self.buf[off], &self.buf[off..off + total]) {
+                break;
+            }
+            off += total;
+        }
+        if off == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.buf.split_to(off).freeze()))
+    }
+
+    /// Wait for and return the next frame.
+    pub async fn next(&mut self) -> Result<Frame, FrameError> {
+        self.fill().await?;
+        Ok(self.try_frame()?.expect("fill guarantees a complete frame"))
+    }
+
+    /// Whether a complete frame is already buffered.
+    pub fn has_frame(&self) -> bool {
+        matches!(complete_frame_len(&self.buf, self.max), Ok(Some(_)))
+    }
+
+    fn maybe_shrink(&mut self) {
+        // After a large message, give the memory back when the buffer is empty.
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
+    }
+}
+
+/// The untyped first message of a connection (startup, SSLRequest,
+/// GSSENCRequest, CancelRequest): length then body.
+pub async fn read_startup<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Bytes, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let n = u32::from_be_bytes(len);
+    // PostgreSQL caps startup packets at 10000 bytes (MAX_STARTUP_PACKET_LENGTH).
+    let cap = max.min(10_000);
+    if n < 8 {
+        return Err(FrameError::BadLength { tag: '\0', len: n });
+    }
+    if n as usize > cap {
+        return Err(FrameError::TooLarge {
+            len: n as usize,
+            max: cap,
+        });
+    }
+    let mut buf = BytesMut::with_capacity(n as usize);
+    buf.extend_from_slice(&len);
+    buf.resize(n as usize, 0);
+    r.read_exact(&mut buf[4..]).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(buf.freeze())
+}
+
+/// Read a NUL-terminated string from a message body cursor.
+pub fn read_cstr<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&body[..end]).ok()?;
+    body.advance(end + 1);
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[tokio::test]
+    async fn reads_frames_split_across_reads() {
+        let mut data = frame(b'Q', b"select 1\0");
+        data.extend(frame(b'X', b""));
+        let (mut a, b) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in data.chunks(2) {
+                a.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(b, 1 << 20);
+        let f = r.next().await.unwrap();
+        assert_eq!(f.tag, b'Q');
+        assert_eq!(f.body(), b"select 1\0");
+        let f = r.next().await.unwrap();
+        assert_eq!(f.tag, b'X');
+        writer.await.unwrap();
+        assert!(matches!(r.next().await, Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn rejects_bad_and_oversized_lengths() {
+        assert!(matches!(
+            complete_frame_len(&[b'Q', 0, 0, 0, 3], 100),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            complete_frame_len(&[b'Q', 0xff, 0xff, 0xff, 0xff], 1 << 30),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            complete_frame_len(&[b'Q', 0, 0, 0, 9], 100),
+            Ok(None)
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error() {
+        let data = frame(b'Q', b"select 1\0");
+        let (mut a, b) = tokio::io::duplex(64);
+        use tokio::io::AsyncWriteExt;
+        a.write_all(&data[..6]).await.unwrap();
+        drop(a);
+        let mut r = FrameReader::new(b, 1 << 20);
+        assert!(matches!(r.next().await, Err(FrameError::Truncated)));
+    }
+
+    #[test]
+    fn take_run_stops_at_inspected_frame() {
+        let mut data = frame(b'D', b"x");
+        data.extend(frame(b'D', b"y"));
+        data.extend(frame(b'T', b"z"));
+        let (_, b) = tokio::io::duplex(1);
+        let mut r = FrameReader::with_buffer(b, 1 << 20, BytesMut::from(&data[..]));
+        let run = r.take_run(|tag, _| tag == b'D').unwrap().unwrap();
+        assert_eq!(run.len(), 12);
+        assert_eq!(r.try_frame().unwrap().unwrap().tag, b'T');
+    }
+
+    #[test]
+    fn cstr() {
+        let mut b: &[u8] = b"user\0bob\0";
+        assert_eq!(read_cstr(&mut b), Some("user"));
+        assert_eq!(read_cstr(&mut b), Some("bob"));
+        assert_eq!(read_cstr(&mut b), None);
+    }
+}
