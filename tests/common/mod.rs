@@ -1,0 +1,149 @@
+//! Shared integration-test harness: throwaway PostgreSQL clusters, pgveil
+//! child processes and TLS certificates.
+//!
+//! Use it from any file under `tests/` with `mod common;`. Everything here is
+//! safe to use from tests running in parallel in one binary (and from several
+//! test binaries at once): ports are picked free, directories are temporary,
+//! and everything is torn down on `Drop`.
+//!
+//! ```ignore
+//! mod common;
+//! use common::*;
+//!
+//! #[tokio::test]
+//! async fn example() {
+//!     let pg = PgCluster::start(Hba::Scram);
+//!     pg.create_role("app", Some("secret"));
+//!     let pv = Pgveil::start(&Pgveil::config_for(&pg));
+//!     let c = pv.connect("app", Some("secret"), "postgres").await;
+//!     let row = c.query_one("SELECT 1::int4", &[]).await.unwrap();
+//!     assert_eq!(row.get::<_, i32>(0), 1);
+//! }
+//! ```
+//!
+//! See `docs/testing.md` for the full API.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod pg;
+pub mod pgveil;
+pub mod tls;
+
+pub use certs::{Certs, make_certs};
+pub use pg::{Hba, PgCluster, PgOptions};
+pub use pgveil::{Pgveil, PgveilBuilder};
+pub use tls::RustlsConnector;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago. Never returns the same
+/// port twice within one process, so parallel tests do not race each other
+/// for it (other processes can still take it: callers retry on a clash).
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        drop(listener);
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Connect with tokio-postgres without TLS and spawn the connection task.
+/// Panics with the error if the connection fails.
+pub async fn connect_to(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> tokio_postgres::Client {
+    try_connect_to(port, user, password, db)
+        .await
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port} as {user}/{db}: {e:?}"))
+}
+
+/// Like [`connect_to`] but returns the error (for tests that expect one).
+pub async fn try_connect_to(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let cfg = pg_config(port, user, password, db);
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A tokio-postgres config for 127.0.0.1:`port` with sslmode disable.
+pub fn pg_config(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .dbname(db)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect_timeout(std::time::Duration::from_secs(20));
+    if let Some(pw) = password {
+        cfg.password(pw);
+    }
+    cfg
+}
+
+/// Connect with tokio-postgres over TLS (rustls, trusting `ca_pem`), with
+/// `sslmode=require`. Spawns the connection task.
+pub async fn connect_tls_to(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+    ca_pem: &std::path::Path,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = pg_config(port, user, password, db);
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, conn) = cfg.connect(RustlsConnector::with_ca(ca_pem)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The last `max` bytes of a file, lossily decoded (for panic messages).
+pub(crate) fn tail(path: &std::path::Path, max: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            String::from_utf8_lossy(&bytes[start..]).into_owned()
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Full text of a tokio-postgres error: SQLSTATE and message of a server
+/// error (its `Display` only says "db error"), else the error chain.
+pub fn err_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s += &format!(": {inner}");
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
