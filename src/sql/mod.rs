@@ -1,1 +1,455 @@
-//! (module under construction)
+//! SQL analysis and rewrite for protected columns. A pure library: no I/O,
+//! no keys. The proxy asks [`Analyzer::may_touch_protected`] first (a
+//! byte scan, no parse); statements that cannot touch a protected table are
+//! forwarded byte for byte. Otherwise [`Analyzer::plan`] parses the text and
+//! returns one [`StatementPlan`] per statement: pass it through, send a
+//! rewritten statement whose literal and parameter slots the proxy fills with
+//! ciphertext / blind indexes, handle a COPY, or reject it (fail closed).
+//!
+//! See `docs/policy.md` for what SQL works on a protected column.
+
+mod lex;
+mod rewrite;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::crypto::types::{Oid, PgType};
+use crate::policy::{Catalog, Policy};
+
+pub use lex::split_statements;
+
+/// A column of a table: `schema.table.column`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ColumnRef {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+}
+
+impl ColumnRef {
+    pub fn new(schema: &str, table: &str, column: &str) -> ColumnRef {
+        ColumnRef {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            column: column.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+/// How the statement text arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode<'a> {
+    /// Simple query: may hold several `;`-separated statements.
+    Simple,
+    /// Parse message: exactly one statement, with the client's declared
+    /// parameter types (0 = unspecified; may be shorter than the number of
+    /// parameters used).
+    Extended { param_types: &'a [Oid] },
+}
+
+/// What to do with one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatementPlan {
+    /// Forward unchanged (the statement's own text).
+    Passthrough { sql: String },
+    /// Send the rewritten statement (possibly unchanged text, see
+    /// [`RewritePlan::unchanged`]) after filling its slots.
+    Rewrite(RewritePlan),
+    /// COPY involving a protected table.
+    Copy(CopyPlan),
+    /// Answer with an ErrorResponse; nothing is sent upstream.
+    Reject {
+        /// `42501` (insufficient privilege) or `0A000` (not supported).
+        sqlstate: &'static str,
+        message: String,
+    },
+}
+
+impl StatementPlan {
+    pub(crate) fn reject(r: Reject) -> StatementPlan {
+        StatementPlan::Reject {
+            sqlstate: r.sqlstate,
+            message: r.message,
+        }
+    }
+}
+
+/// A rejection: SQLSTATE and a message naming table, column and the
+/// alternative. Never contains values from the statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+impl Reject {
+    pub const PRIVILEGE: &'static str = "42501";
+    pub const UNSUPPORTED: &'static str = "0A000";
+
+    pub fn unsupported(message: impl Into<String>) -> Reject {
+        Reject {
+            sqlstate: Reject::UNSUPPORTED,
+            message: message.into(),
+        }
+    }
+    pub fn privilege(message: impl Into<String>) -> Reject {
+        Reject {
+            sqlstate: Reject::PRIVILEGE,
+            message: message.into(),
+        }
+    }
+}
+
+/// A piece of the rewritten statement text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Text(String),
+    /// Render [`RewritePlan::literals`]`[i]` as an SQL literal of its result
+    /// (e.g. `'\x…'::bytea` or `'pgv1:…'`).
+    Literal(usize),
+}
+
+/// What the proxy does with a literal or parameter value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotOp {
+    /// Encrypt the plaintext for the target column (storage per catalog).
+    Encrypt,
+    /// Blind index of the plaintext under the target's current blind-index key.
+    BlindIndex,
+    /// Blind index under the `next` key (dual-write during rotation).
+    BlindIndexNext,
+    /// The role may not write plaintext: the value must already be a
+    /// well-formed envelope for the target column; send it unchanged,
+    /// otherwise reject at execution time.
+    RequireEnvelope,
+}
+
+/// Where the tenant id for an encryption comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TenantSource {
+    /// Not a tenant table (or not needed: blind indexes are per column).
+    None,
+    /// A literal in the statement (its string value).
+    Literal(String),
+    /// The client's parameter (0-based index).
+    Param(usize),
+}
+
+/// A literal of the client's statement that the proxy must transform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiteralSlot {
+    /// The literal's string value; `None` = NULL.
+    pub value: Option<String>,
+    pub target: ColumnRef,
+    pub op: SlotOp,
+    pub tenant: TenantSource,
+}
+
+/// One parameter of the final (rewritten) statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ParamAction {
+    /// Send the client's parameter `orig` (0-based) unchanged.
+    Copy { orig: usize },
+    /// Encrypt the client's parameter for `target`.
+    Encrypt {
+        orig: usize,
+        target: ColumnRef,
+        tenant: TenantSource,
+    },
+    /// Blind index of the client's parameter (`array`: each element of an
+    /// array parameter, for `= ANY($n)`).
+    BlindIndex {
+        orig: usize,
+        target: ColumnRef,
+        tenant: TenantSource,
+        array: bool,
+    },
+    /// Blind index under the `next` key (dual-write during rotation).
+    BlindIndexNext { orig: usize, target: ColumnRef },
+    /// The role may not write plaintext: the parameter must be a well-formed
+    /// envelope for `target`; send unchanged, otherwise reject at Bind.
+    RequireEnvelope { orig: usize, target: ColumnRef },
+}
+
+impl ParamAction {
+    /// The client's parameter this one is computed from.
+    pub fn orig(&self) -> usize {
+        match self {
+            ParamAction::Copy { orig }
+            | ParamAction::Encrypt { orig, .. }
+            | ParamAction::BlindIndex { orig, .. }
+            | ParamAction::BlindIndexNext { orig, .. }
+            | ParamAction::RequireEnvelope { orig, .. } => *orig,
+        }
+    }
+}
+
+/// Statement kind (for metrics, audit and catalog refresh after DDL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementKind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Copy,
+    Explain,
+    /// DDL mentioning a protected table: refresh the catalog afterwards.
+    Ddl,
+    Other,
+}
+
+/// How a statement uses a protected column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Use {
+    Read,
+    Search,
+    Write,
+}
+
+/// A rewritten statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewritePlan {
+    pub kind: StatementKind,
+    /// The statement to send, as text pieces and literal slots.
+    pub sql: Vec<Segment>,
+    pub literals: Vec<LiteralSlot>,
+    /// Final statement's parameters: `$n` is `params[n-1]`. Empty in simple
+    /// mode.
+    pub params: Vec<ParamAction>,
+    /// For ParameterDescription to authorized clients: client parameter
+    /// (0-based) → plaintext type (and whether an array of it).
+    pub param_type_overrides: Vec<(usize, PgType, bool)>,
+    /// OIDs to send upstream in Parse for the final parameters (0 = let the
+    /// server infer, as for every rewritten parameter).
+    pub parse_param_types: Vec<Oid>,
+    /// Protected columns the statement reads, searches or writes (audit).
+    pub touched: Vec<(ColumnRef, Use)>,
+    /// True when `sql` is the original text byte for byte.
+    pub unchanged: bool,
+    /// Byte range of this statement in the text given to `plan`.
+    pub source: Range<usize>,
+}
+
+impl RewritePlan {
+    /// Render the statement, turning each literal slot into SQL text with
+    /// `literal(index, slot)`.
+    pub fn render(&self, mut literal: impl FnMut(usize, &LiteralSlot) -> String) -> String {
+        let mut out = String::new();
+        for s in &self.sql {
+            match s {
+                Segment::Text(t) => out.push_str(t),
+                Segment::Literal(i) => out.push_str(&literal(*i, &self.literals[*i])),
+            }
+        }
+        out
+    }
+}
+
+/// COPY data format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Csv,
+    Binary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyDirection {
+    /// `COPY … FROM STDIN`: the proxy transforms each data row.
+    In,
+    /// `COPY … TO`: ciphertext streams out like a SELECT result.
+    Out,
+}
+
+/// What to do with one field of each incoming COPY row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyField {
+    Plain,
+    /// Encrypt; the tenant id (if the table has one) is the field at
+    /// `tenant_field` of the same row.
+    Encrypt {
+        target: ColumnRef,
+        tenant_field: Option<usize>,
+    },
+    RequireEnvelope {
+        target: ColumnRef,
+    },
+}
+
+/// A COPY on a protected table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyPlan {
+    pub schema: String,
+    pub table: String,
+    /// The client's columns in data order (expanded from the catalog when
+    /// the statement listed none; `None` when that was impossible, which
+    /// only happens for COPY TO).
+    pub columns: Option<Vec<String>>,
+    pub format: CopyFormat,
+    pub delimiter: char,
+    /// NULL marker (`\N` for text, empty for CSV by default).
+    pub null: String,
+    pub header: bool,
+    pub quote: char,
+    pub escape: char,
+    pub direction: CopyDirection,
+    /// Statement to send upstream: for COPY FROM, the blind-index columns
+    /// are appended to the column list.
+    pub sql: String,
+    /// Per client field (COPY FROM only).
+    pub fields: Vec<CopyField>,
+    /// Fields the proxy appends to every row, in order: (op, index of the
+    /// client field it is computed from, target protected column).
+    pub appended: Vec<(SlotOp, usize, ColumnRef)>,
+    pub source: Range<usize>,
+}
+
+/// A view over protected tables, as the analyzer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ViewDef {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<(String, Option<ColumnRef>)>,
+}
+
+/// Plans statements against a policy (and, optionally, the catalog: views
+/// over protected tables and table column orders).
+#[derive(Debug, Clone)]
+pub struct Analyzer {
+    pub(crate) policy: Arc<Policy>,
+    /// Views by (schema, name).
+    pub(crate) views: HashMap<(String, String), ViewDef>,
+    /// Column order of protected tables (from the catalog).
+    pub(crate) table_columns: HashMap<(String, String), Vec<String>>,
+    names: lex::NameSet,
+}
+
+impl Analyzer {
+    pub fn new(policy: Arc<Policy>) -> Analyzer {
+        let names = lex::NameSet::new(policy.tables.iter().map(|t| t.table.clone()));
+        Analyzer {
+            policy,
+            views: HashMap::new(),
+            table_columns: HashMap::new(),
+            names,
+        }
+    }
+
+    /// An analyzer that also knows the views over protected tables and the
+    /// tables' column order (for `INSERT` / `COPY` without a column list).
+    pub fn with_catalog(policy: Arc<Policy>, catalog: &Catalog) -> Analyzer {
+        let mut a = Analyzer::new(policy);
+        for ((schema, name), cols) in &catalog.views {
+            a.views.insert(
+                (schema.clone(), name.clone()),
+                ViewDef {
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    columns: cols
+                        .iter()
+                        .map(|c| (c.name.clone(), c.base.clone()))
+                        .collect(),
+                },
+            );
+        }
+        for t in &a.policy.tables {
+            if let Some(rel) = catalog.relation(&t.schema, &t.table) {
+                a.table_columns
+                    .insert((t.schema.clone(), t.table.clone()), rel.column_names());
+            }
+        }
+        let mut names: Vec<String> = a.policy.tables.iter().map(|t| t.table.clone()).collect();
+        names.extend(a.views.keys().map(|(_, n)| n.clone()));
+        a.names = lex::NameSet::new(names);
+        a
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Fast pre-check, no parse: could `sql` mention a protected table or a
+    /// view over one? False positives are possible, false negatives are not
+    /// (names inside strings, comments and quoted identifiers count).
+    pub fn may_touch_protected(&self, sql: &str) -> bool {
+        self.names.matches(sql)
+    }
+
+    /// Plan every statement in `sql` for login role `role`.
+    pub fn plan(&self, sql: &str, role: &str, mode: Mode<'_>) -> Vec<StatementPlan> {
+        match mode {
+            Mode::Simple => split_statements(sql)
+                .into_iter()
+                .map(|r| self.plan_one(sql, r, role, None))
+                .collect(),
+            Mode::Extended { param_types } => {
+                let ranges = split_statements(sql);
+                if ranges.len() > 1 {
+                    if self.may_touch_protected(sql) {
+                        return vec![StatementPlan::Reject {
+                            sqlstate: Reject::UNSUPPORTED,
+                            message:
+                                "pgveil: a prepared statement must contain exactly one statement"
+                                    .into(),
+                        }];
+                    }
+                    return vec![StatementPlan::Passthrough {
+                        sql: sql.to_string(),
+                    }];
+                }
+                let r = ranges.into_iter().next().unwrap_or(0..0);
+                // Extended mode keeps the exact text of a lone statement.
+                let r = if self.may_touch_protected(sql) {
+                    r
+                } else {
+                    0..sql.len()
+                };
+                vec![self.plan_one(sql, r, role, Some(param_types))]
+            }
+        }
+    }
+
+    fn plan_one(
+        &self,
+        full: &str,
+        r: Range<usize>,
+        role: &str,
+        params: Option<&[Oid]>,
+    ) -> StatementPlan {
+        let text = &full[r.clone()];
+        if !self.may_touch_protected(text) {
+            return StatementPlan::Passthrough {
+                sql: text.to_string(),
+            };
+        }
+        rewrite::plan_statement(self, text, r, role, params)
+    }
+}
+
+/// Quote an identifier for PostgreSQL when needed.
+pub fn quote_ident(s: &str) -> String {
+    let simple = !s.is_empty()
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !lex::is_reserved(s);
+    if simple {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+use std::path::Path;
+
+use super::*;
+
+fn load(text: &str) -> Result<Policy, YamlErrors> {
+    Policy::from_text(Path::new("p.yaml"), text)
+}
+
+fn errs(text: &str) -> Vec<YamlError> {
+    load(text).expect_err("policy should be rejected").0
+}
+
+#[test]
+fn reference_policy_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/calmony.yaml");
+    let p = Policy::load(&path).expect("calmony.yaml loads");
+    assert_eq!(p.tables.len(), 5);
+    let pc = p.table("public", "pay_customers").unwrap();
+    assert_eq!(pc.tenant.as_deref(), Some("org_id"));
+    let names: Vec<&str> = pc.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "email",
+            "name",
+            "phone",
+            "line1",
+            "line2",
+            "city",
+            "state",
+            "postal_code",
+            "country"
+        ]
+    );
+    let email = pc.column("email").unwrap();
+    assert_eq!(email.ty, PgType::Text);
+    let b = email.blind_index.as_ref().unwrap();
+    assert_eq!(b.column, "email_bidx");
+    assert_eq!(b.normalize, vec![Normalizer::Trim, Normalizer::Lowercase]);
+    assert_eq!(b.next, None);
+    let mp = p.table("phi", "member_profile").unwrap();
+    assert_eq!(mp.column("date_of_birth").unwrap().ty, PgType::Date);
+    assert_eq!(mp.column("risk_score").unwrap().ty, PgType::Int4);
+    assert_eq!(
+        mp.column("ssn")
+            .unwrap()
+            .blind_index
+            .as_ref()
+            .unwrap()
+            .normalize,
+        vec![Normalizer::DigitsOnly]
+    );
+    assert!(p.table("public", "nope").is_none());
+    assert!(email.line.is_some() && pc.line.is_some());
+}
+
+#[test]
+fn access_resolves_groups_and_unions() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/calmony.yaml");
+    let p = Policy::load(&path).unwrap();
+    let read = AccessLevel::Read.capabilities();
+    assert_eq!(
+        p.access("calmony_app", "public", "users", "email"),
+        Some(read)
+    );
+    assert_eq!(
+        p.access("calmony_worker", "public", "users", "email"),
+        Some(read)
+    );
+    let w = p.access("signup", "public", "users", "email").unwrap();
+    assert!(w.write && !w.search && !w.read_plaintext);
+    let s = p
+        .access("support_agent", "public", "pay_customers", "email")
+        .unwrap();
+    assert!(s.write && s.search && !s.read_plaintext);
+    assert_eq!(p.access("dba", "public", "users", "email"), None);
+    assert_eq!(p.access("calmony_app", "public", "users", "id"), None);
+    assert!(
+        p.access("intake", "phi", "member_profile", "ssn")
+            .unwrap()
+            .search
+    );
+
+    // Union across a direct entry and a group.
+    let text = "version: 1\ngroups:\n  g: [bob]\ntables:\n  public.t:\n    columns:\n      c: { type: text, access: { g: write, bob: search } }\n";
+    let p = load(text).unwrap();
+    let a = p.access("bob", "public", "t", "c").unwrap();
+    assert!(a.write && a.search && !a.read_plaintext);
+}
+
+#[test]
+fn unknown_keys_types_normalisers_levels_all_reported_with_lines() {
+    let text = "\
+version: 1
+tables:
+  public.t:
+    colums: {}
+  public.u:
+    columns:
+      a:
+        type: money
+      b:
+        type: text
+        blind_index: { column: b_bidx, normalize: [trim, titlecase] }
+        access: { app: admin }
+      c:
+        type: text
+        acess: { app: read }
+";
+    let e = errs(text);
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let all = msgs.join("\n");
+    assert!(all.contains("p.yaml:4: unknown key `colums`"), "{all}");
+    assert!(all.contains("did you mean `columns`"), "{all}");
+    assert!(
+        all.contains("p.yaml:3: table `public.t` has no `columns:`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("p.yaml:8:") && all.contains("unknown type \"money\""),
+        "{all}"
+    );
+    assert!(all.contains("unknown normaliser \"titlecase\""), "{all}");
+    assert!(all.contains("unknown access level \"admin\""), "{all}");
+    assert!(all.contains("p.yaml:15: unknown key `acess`"), "{all}");
+    assert!(e.len() >= 6, "{all}");
+}
+
+#[test]
+fn duplicates_are_detected_with_the_second_line() {
+    let text = "\
+version: 1
+tables:
+  public.t:
+    columns:
+      a: { type: text }
+      a: { type: int4 }
+  public.t:
+    columns:
+      x: { type: text }
+";
+    let all = errs(text)
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("p.yaml:6: duplicate key `a`"), "{all}");
+    assert!(all.contains("p.yaml:7: duplicate key `public.t`"), "{all}");
+    let flow =
+        "version: 1\ntables:\n  public.t:\n    columns:\n      a: { type: text, type: int4 }\n";
+    let all = errs(flow)
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("p.yaml:5: duplicate key `type`"), "{all}");
+}
+
+#[test]
+fn unqualified_table_suggests_public() {
+    let all = errs("version: 1\ntables:\n  users:\n    columns:\n      email: { type: text }\n")
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("p.yaml:3: table `users` is not schema-qualified"),
+        "{all}"
+    );
+    assert!(all.contains("public.users"), "{all}");
+}
+
+#[test]
+fn cross_column_rules() {
+    let text = "\
+version: 1
+tables:
+  public.t:
+    tenant: org
+    columns:
+      org: { type: text }
+      a:
+        type: text
+        blind_index: { column: b }
+      b: { type: text }
+      c:
+        type: text
+        blind_index: { column: a_bidx, next: a_bidx }
+";
+    let all = errs(text)
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("p.yaml:4:") && all.contains("tenant column `org` is itself protected"),
+        "{all}"
+    );
+    assert!(
+        all.contains("blind-index column `b` of `a` is also a protected column"),
+        "{all}"
+    );
+    assert!(all.contains("`next` must name a different column"), "{all}");
+}
+
+#[test]
+fn version_and_shape_errors() {
+    let all = errs("version: 2\ntables: {}\n")[0].to_string();
+    assert!(
+        all.contains("p.yaml:1: unsupported policy version"),
+        "{all}"
+    );
+    let all = errs("tables: {}\n")[0].to_string();
+    assert!(all.contains("missing `version: 1`"), "{all}");
+    let all = errs("version: 1\ngroups:\n  g: alice\ntables: {}\n")[0].to_string();
+    assert!(all.contains("p.yaml:3: group `g` must be a list"), "{all}");
+    let e = errs("version: 1\ntables: [\n");
+    assert!(e[0].line.is_some(), "{:?}", e);
+}
+
+#[test]
+fn next_blind_index_column_parses() {
+    let p = load(
+        "version: 1\ntables:\n  public.t:\n    columns:\n      a:\n        type: text\n        blind_index: { column: a_bidx, next: a_bidx2, normalize: [lowercase] }\n",
+    )
+    .unwrap();
+    let t = p.table("public", "t").unwrap();
+    assert_eq!(
+        t.blind_index_owner("a_bidx2")
+            .map(|(c, n)| (c.name.as_str(), n)),
+        Some(("a", true))
+    );
+    assert_eq!(
+        t.blind_index_owner("a_bidx")
+            .map(|(c, n)| (c.name.as_str(), n)),
+        Some(("a", false))
+    );
+}
+
+#[test]
+fn catalog_maps_oids_views_and_problems() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/calmony.yaml");
+    let p = Policy::load(&path).unwrap();
+    let row =
+        |oid: &str, att: &str, s: &str, t: &str, k: &str, c: &str, ty: &str, def: Option<&str>| {
+            vec![
+                Some(oid.to_string()),
+                Some(att.to_string()),
+                Some(s.to_string()),
+                Some(t.to_string()),
+                Some(k.to_string()),
+                Some(c.to_string()),
+                Some(ty.to_string()),
+                def.map(str::to_string),
+            ]
+        };
+    let rows = vec![
+        row("100", "1", "public", "users", "r", "id", "bigint", None),
+        row("100", "2", "public", "users", "r", "email", "bytea", None),
+        row(
+            "100",
+            "3",
+            "public",
+            "users",
+            "r",
+            "email_bidx",
+            "bytea",
+            None,
+        ),
+        row("100", "4", "public", "users", "r", "name", "integer", None),
+        row(
+            "200",
+            "1",
+            "public",
+            "user_emails",
+            "v",
+            "id",
+            "bigint",
+            Some(" SELECT u.id,\n    u.email AS mail,\n    lower(u.name) AS n\n   FROM users u;"),
+        ),
+        row(
+            "200",
+            "2",
+            "public",
+            "user_emails",
+            "v",
+            "mail",
+            "bytea",
+            None,
+        ),
+        row("200", "3", "public", "user_emails", "v", "n", "text", None),
+        row(
+            "300",
+            "1",
+            "public",
+            "v2",
+            "v",
+            "mail",
+            "bytea",
+            Some(" SELECT user_emails.mail\n   FROM user_emails;"),
+        ),
+    ];
+    let cat = Catalog::from_rows(&p, rows);
+    let a = cat.protected_attr(100, 2).unwrap();
+    assert_eq!(a.column.to_string(), "public.users.email");
+    assert_eq!(a.storage, crate::crypto::types::Storage::Bytea);
+    assert!(cat.protected_attr(100, 1).is_none());
+    // `name` is int4 storage: a problem, not mapped.
+    assert!(cat.protected_attr(100, 4).is_none());
+    assert!(
+        cat.problems
+            .iter()
+            .any(|p| p.contains("public.users.name is integer")),
+        "{:?}",
+        cat.problems
+    );
+    assert!(
+        cat.problems
+            .iter()
+            .any(|p| p.contains("public.pay_customers does not exist"))
+    );
+    assert_eq!(cat.blind_index.get(&(100, 3)).unwrap().column, "email");
+    // View column exposing email unchanged, and a view over that view.
+    assert_eq!(cat.protected_attr(200, 2).unwrap().column.column, "email");
+    assert!(cat.protected_attr(200, 3).is_none());
+    assert_eq!(cat.protected_attr(300, 1).unwrap().column.column, "email");
+    assert!(cat.names.contains("user_emails") && cat.names.contains("users"));
+    assert!(Catalog::simple_query(&p).contains("ARRAY['public.pay_customers'"));
+    // The schema check on the same catalog.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let probs = check::problems(&p, &text, &cat);
+    let all = probs
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("ALTER TABLE public.users ALTER COLUMN name TYPE text USING name::text;"),
+        "{all}"
+    );
+    assert!(
+        all.contains("table public.pay_customers does not exist"),
+        "{all}"
+    );
+}

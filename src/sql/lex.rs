@@ -1,0 +1,385 @@
+//! Byte-level helpers: splitting a simple query into statements, and the
+//! no-parse pre-check for protected names.
+
+use std::ops::Range;
+
+/// Split `sql` at top-level `;` (outside strings, quoted identifiers,
+/// dollar quotes and comments). Returns the byte range of each non-empty
+/// statement, trimmed of surrounding whitespace, without the `;`.
+pub fn split_statements(sql: &str) -> Vec<Range<usize>> {
+    let b = sql.as_bytes();
+    let mut out = vec![];
+    let mut start = 0;
+    let mut i = 0;
+    let mut paren = 0i32;
+    let push = |out: &mut Vec<Range<usize>>, s: usize, e: usize| {
+        let piece = &sql[s..e];
+        let lead = piece.len() - piece.trim_start().len();
+        let trail = piece.len() - piece.trim_end().len();
+        if s + lead < e - trail && !only_comments(&sql[s + lead..e - trail]) {
+            out.push(s + lead..e - trail);
+        }
+    };
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                // E'…' strings allow backslash escapes.
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_word(b[i - 2]));
+                i = skip_quoted(b, i, b'\'', escapes);
+                continue;
+            }
+            b'"' => {
+                i = skip_quoted(b, i, b'"', false);
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 1;
+                i += 2;
+                while i < b.len() && depth > 0 {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'$' if i == 0 || !is_word(b[i - 1]) => {
+                if let Some(end) = dollar_tag(b, i) {
+                    let tag = &b[i..end];
+                    let mut j = end;
+                    let mut close = None;
+                    while j + tag.len() <= b.len() {
+                        if &b[j..j + tag.len()] == tag {
+                            close = Some(j + tag.len());
+                            break;
+                        }
+                        j += 1;
+                    }
+                    i = close.unwrap_or(b.len());
+                    continue;
+                }
+            }
+            b'(' => paren += 1,
+            b')' => paren -= 1,
+            b';' if paren <= 0 => {
+                push(&mut out, start, i);
+                start = i + 1;
+                paren = 0;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    push(&mut out, start, b.len());
+    out
+}
+
+fn only_comments(s: &str) -> bool {
+    let mut rest = s.trim_start();
+    loop {
+        if rest.is_empty() {
+            return true;
+        }
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map(|x| x.1).unwrap_or("").trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            match r.find("*/") {
+                Some(p) => rest = r[p + 2..].trim_start(),
+                None => return true,
+            }
+        } else {
+            return false;
+        }
+    }
+}
+
+fn skip_quoted(b: &[u8], start: usize, q: u8, escapes: bool) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// `$tag$` starting at `i`: returns the index after the closing `$` of the tag.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() && b[j] != b'$' {
+        let c = b[j];
+        let ok =
+            c == b'_' || c.is_ascii_alphabetic() || c >= 0x80 || (j > i + 1 && c.is_ascii_digit());
+        if !ok {
+            return None;
+        }
+        j += 1;
+    }
+    (j < b.len()).then_some(j + 1)
+}
+
+#[inline]
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// Protected names for the pre-check, bucketed by length.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NameSet {
+    by_len: Vec<Vec<Vec<u8>>>,
+    /// Names that are not plain words (spaces, dots, quotes…): substring
+    /// search, case-insensitive.
+    odd: Vec<Vec<u8>>,
+    min_len: usize,
+}
+
+impl NameSet {
+    pub(crate) fn new(names: impl IntoIterator<Item = String>) -> NameSet {
+        let mut s = NameSet {
+            min_len: usize::MAX,
+            ..NameSet::default()
+        };
+        for n in names {
+            let lower = n.to_ascii_lowercase().into_bytes();
+            if lower.is_empty() {
+                continue;
+            }
+            if lower.iter().all(|&c| is_word(c)) {
+                if s.by_len.len() <= lower.len() {
+                    s.by_len.resize(lower.len() + 1, vec![]);
+                }
+                if !s.by_len[lower.len()].contains(&lower) {
+                    s.min_len = s.min_len.min(lower.len());
+                    s.by_len[lower.len()].push(lower);
+                }
+            } else {
+                s.odd.push(lower);
+            }
+        }
+        s
+    }
+
+    pub(crate) fn matches(&self, sql: &str) -> bool {
+        let b = sql.as_bytes();
+        if !self.odd.is_empty() {
+            let lower = sql.to_ascii_lowercase().into_bytes();
+            if self
+                .odd
+                .iter()
+                .any(|n| lower.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                return true;
+            }
+        }
+        let max = self.by_len.len();
+        let mut i = 0;
+        while i < b.len() {
+            if !is_word(b[i]) {
+                // U&"…" identifiers may spell any name with escapes.
+                if b[i] == b'&'
+                    && i > 0
+                    && (b[i - 1] == b'u' || b[i - 1] == b'U')
+                    && b.get(i + 1) == Some(&b'"')
+                {
+                    return true;
+                }
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && is_word(b[i]) {
+                i += 1;
+            }
+            let len = i - start;
+            if len >= self.min_len && len < max {
+                let w = &b[start..i];
+                if self.by_len[len].iter().any(|n| n.eq_ignore_ascii_case(w)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Reserved words that must be quoted as identifiers (PostgreSQL's
+/// reserved list; a conservative superset is harmless).
+pub(crate) fn is_reserved(s: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "asymmetric",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "column",
+        "constraint",
+        "create",
+        "current_catalog",
+        "current_date",
+        "current_role",
+        "current_time",
+        "current_timestamp",
+        "current_user",
+        "default",
+        "deferrable",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "initially",
+        "intersect",
+        "into",
+        "lateral",
+        "leading",
+        "limit",
+        "localtime",
+        "localtimestamp",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "placing",
+        "primary",
+        "references",
+        "returning",
+        "select",
+        "session_user",
+        "some",
+        "symmetric",
+        "system_user",
+        "table",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "variadic",
+        "when",
+        "where",
+        "window",
+        "with",
+        "authorization",
+        "binary",
+        "collation",
+        "concurrently",
+        "cross",
+        "current_schema",
+        "freeze",
+        "full",
+        "ilike",
+        "inner",
+        "is",
+        "isnull",
+        "join",
+        "left",
+        "like",
+        "natural",
+        "notnull",
+        "outer",
+        "overlaps",
+        "right",
+        "similar",
+        "tablesample",
+        "verbose",
+    ];
+    RESERVED.contains(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(s: &str) -> Vec<&str> {
+        split_statements(s).into_iter().map(|r| &s[r]).collect()
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons() {
+        assert_eq!(pieces("select 1; select 2;"), vec!["select 1", "select 2"]);
+        assert_eq!(
+            pieces("select ';' ; select \"a;b\""),
+            vec!["select ';'", "select \"a;b\""]
+        );
+        assert_eq!(
+            pieces("do $$ begin; end $$; select 1"),
+            vec!["do $$ begin; end $$", "select 1"]
+        );
+        assert_eq!(
+            pieces("select $tag$ ; $x$ $tag$; select 2"),
+            vec!["select $tag$ ; $x$ $tag$", "select 2"]
+        );
+        assert_eq!(
+            pieces("select 1 -- a;b\n; select /* ; /* ; */ */ 2"),
+            vec!["select 1 -- a;b", "select /* ; /* ; */ */ 2"]
+        );
+        assert_eq!(
+            pieces("select E'\\';' ; select 2"),
+            vec!["select E'\\';'", "select 2"]
+        );
+        assert_eq!(pieces(" ; ;; -- only a comment\n"), Vec::<&str>::new());
+        assert_eq!(pieces("select $1; select 2"), vec!["select $1", "select 2"]);
+    }
+
+    #[test]
+    fn name_set_matches_words_case_insensitively() {
+        let n = NameSet::new(["users".to_string(), "member_profile".to_string()]);
+        assert!(n.matches("SELECT * FROM Users"));
+        assert!(n.matches("select * from public.\"USERS\""));
+        assert!(n.matches("select * from phi.member_profile where x=1"));
+        assert!(n.matches("select 'users'")); // conservative
+        assert!(n.matches("do $$ begin insert into users values (1); end $$"));
+        assert!(!n.matches("select * from users_archive"));
+        assert!(!n.matches("select * from myusers"));
+        assert!(!n.matches("select 1"));
+        assert!(n.matches("select * from U&\"\\0075sers\""));
+        let odd = NameSet::new(["my table".to_string()]);
+        assert!(odd.matches("select * from \"My Table\""));
+    }
+}

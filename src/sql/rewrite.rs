@@ -1,0 +1,2728 @@
+//! Statement analysis and rewrite over sqlparser's AST.
+//!
+//! The walker classifies every expression: a bare reference to a protected
+//! column (`Class::Prot`), a parameter, a literal, or anything else
+//! (`Class::Plain`). Only a few contexts accept a protected column: the
+//! select list and RETURNING (read as is), `IS [NOT] NULL`, `count(col)`,
+//! and equality lookups (`=`, `<>`, `IN`, `= ANY`), which are rewritten to
+//! the blind-index column. Everything else that sees a protected column is
+//! rejected. Expression kinds the walker does not model are checked by a
+//! generic visitor that rejects them if they mention a protected column or
+//! relation (fail closed).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::{ControlFlow, Range};
+
+use sqlparser::ast::{
+    AlterColumnOperation, AlterTableOperation, Assignment, AssignmentTarget, BinaryOperator,
+    ColumnOption, ConflictTarget, CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource,
+    CopyTarget, Distinct, Expr, FromTable, Function, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName,
+    ObjectNamePart, OnConflictAction, OnInsert, OrderByKind, Query, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, SetOperator, SetQuantifier, Statement, TableFactor,
+    TableObject, TableWithJoins, UpdateTableFromKind, Value, ValueWithSpan, visit_expressions,
+    visit_relations,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::{
+    Analyzer, ColumnRef, CopyDirection, CopyField, CopyFormat, CopyPlan, LiteralSlot, ParamAction,
+    Reject, RewritePlan, Segment, SlotOp, StatementKind, StatementPlan, TenantSource, Use, ViewDef,
+    quote_ident,
+};
+use crate::crypto::types::{Oid, PgType};
+use crate::policy::{Access, ColumnPolicy, TablePolicy};
+
+type R<T> = Result<T, Reject>;
+
+pub(crate) fn plan_statement(
+    an: &Analyzer,
+    text: &str,
+    source: Range<usize>,
+    role: &str,
+    params: Option<&[Oid]>,
+) -> StatementPlan {
+    let mut stmts = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
+        Ok(s) => s,
+        Err(_) => {
+            return StatementPlan::reject(Reject::unsupported(format!(
+                "pgveil: this statement mentions protected table {} but pgveil cannot parse it, so it cannot prove it safe: rewrite it in plain SQL (no procedural blocks or vendor syntax) or run it without pgveil on a copy without protected data",
+                mentioned(an, text)
+            )));
+        }
+    };
+    if stmts.len() != 1 {
+        return StatementPlan::reject(Reject::unsupported(
+            "pgveil: expected exactly one statement here",
+        ));
+    }
+    let mut stmt = stmts.pop().expect("one statement");
+    let mut cx = Cx::new(an, role, params, text);
+    let res = cx.top(&mut stmt, text, source.clone());
+    match res {
+        Err(r) => StatementPlan::reject(r),
+        Ok(Top::Passthrough) => StatementPlan::Passthrough {
+            sql: text.to_string(),
+        },
+        Ok(Top::Copy(p)) => StatementPlan::Copy(p),
+        Ok(Top::Done(kind)) => match cx.finish(&stmt, text, source, kind) {
+            Ok(p) => StatementPlan::Rewrite(p),
+            Err(r) => StatementPlan::reject(r),
+        },
+    }
+}
+
+/// The first protected name the text mentions (for messages).
+fn mentioned(an: &Analyzer, text: &str) -> String {
+    for t in &an.policy.tables {
+        if super::lex::NameSet::new([t.table.clone()]).matches(text) {
+            return t.qualified();
+        }
+    }
+    for v in an.views.values() {
+        if super::lex::NameSet::new([v.name.clone()]).matches(text) {
+            return format!("{}.{} (a view over protected data)", v.schema, v.name);
+        }
+    }
+    "(unknown)".into()
+}
+
+enum Top {
+    Passthrough,
+    Copy(CopyPlan),
+    Done(StatementKind),
+}
+
+/// How a protected column was reached.
+#[derive(Debug, Clone)]
+enum Via<'a> {
+    /// Directly on its table: the blind index is a sibling column.
+    Base,
+    /// Through a view over it.
+    View(&'a ViewDef),
+    /// Through a subquery or CTE output.
+    Derived,
+}
+
+#[derive(Debug, Clone)]
+struct ProtCol<'a> {
+    col: ColumnRef,
+    via: Via<'a>,
+}
+
+#[derive(Debug, Clone)]
+struct OutCol<'a> {
+    name: Option<String>,
+    prot: Option<ProtCol<'a>>,
+}
+
+#[derive(Debug, Clone)]
+enum RelKind<'a> {
+    Table(&'a TablePolicy),
+    View(&'a ViewDef),
+    Derived(std::rc::Rc<Vec<OutCol<'a>>>),
+    Plain,
+}
+
+#[derive(Debug, Clone)]
+struct Rel<'a> {
+    /// Alias if given (then the only name that qualifies its columns).
+    alias: Option<String>,
+    schema: Option<String>,
+    name: String,
+    kind: RelKind<'a>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Scope<'a> {
+    rels: Vec<Rel<'a>>,
+    ctes: Vec<(String, RelKind<'a>)>,
+}
+
+#[derive(Debug, Clone)]
+enum Class<'a> {
+    Plain,
+    Prot(ProtCol<'a>),
+    Param(usize),
+    Lit(Option<String>),
+    Default,
+}
+
+/// A value written to a protected column.
+#[derive(Debug, Clone)]
+enum WVal {
+    Param(usize),
+    Lit(String),
+    Null,
+    Default,
+}
+
+struct Cx<'a> {
+    an: &'a Analyzer,
+    role: &'a str,
+    extended: bool,
+    client_types: &'a [Oid],
+    n_client: usize,
+    marker: String,
+    literals: Vec<LiteralSlot>,
+    appended: Vec<ParamAction>,
+    inplace: HashMap<usize, ParamAction>,
+    extra: HashMap<ParamAction, usize>,
+    plain_params: HashSet<usize>,
+    overrides: Vec<(usize, PgType, bool)>,
+    touched: Vec<(ColumnRef, Use)>,
+    changed: bool,
+}
+
+fn norm(id: &Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_ascii_lowercase()
+    }
+}
+
+fn name_parts(n: &ObjectName) -> Vec<String> {
+    n.0.iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => norm(i),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn make_ident(name: &str) -> Ident {
+    if quote_ident(name).starts_with('"') {
+        Ident::with_quote('"', name)
+    } else {
+        Ident::new(name)
+    }
+}
+
+fn placeholder(s: String) -> Expr {
+    Expr::Value(ValueWithSpan::from(Value::Placeholder(s)))
+}
+
+fn null_expr() -> Expr {
+    Expr::Value(ValueWithSpan::from(Value::Null))
+}
+
+fn is_default_ident(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+/// Strip parentheses.
+fn strip_nested(e: &mut Expr) -> &mut Expr {
+    match e {
+        Expr::Nested(inner) => strip_nested(inner),
+        other => other,
+    }
+}
+
+fn op_words(op: &BinaryOperator) -> (&'static str, &'static str) {
+    use BinaryOperator as B;
+    match op {
+        B::Lt | B::Gt | B::LtEq | B::GtEq => (
+            "a range comparison",
+            "ciphertext has no order; filter in the application after reading, or compare an unprotected column",
+        ),
+        B::PGLikeMatch | B::PGILikeMatch | B::PGNotLikeMatch | B::PGNotILikeMatch => (
+            "LIKE",
+            "pattern matching needs plaintext; match in the application after reading, or look up the exact value with =",
+        ),
+        B::PGRegexMatch | B::PGRegexIMatch | B::PGRegexNotMatch | B::PGRegexNotIMatch => (
+            "a regular expression match",
+            "match in the application after reading, or look up the exact value with =",
+        ),
+        _ => (
+            "an operator",
+            "compute with the value in the application after reading it",
+        ),
+    }
+}
+
+impl<'a> Cx<'a> {
+    fn new(an: &'a Analyzer, role: &'a str, params: Option<&'a [Oid]>, text: &str) -> Cx<'a> {
+        let mut marker = String::from("__pgv_slot_");
+        while text.contains(marker.as_str()) {
+            marker.push('x');
+        }
+        Cx {
+            an,
+            role,
+            extended: params.is_some(),
+            client_types: params.unwrap_or(&[]),
+            n_client: params.map_or(0, |p| p.len()),
+            marker,
+            literals: vec![],
+            appended: vec![],
+            inplace: HashMap::new(),
+            extra: HashMap::new(),
+            plain_params: HashSet::new(),
+            overrides: vec![],
+            touched: vec![],
+            changed: false,
+        }
+    }
+
+    // ----- parameters and slots ------------------------------------------
+
+    fn param_protected(&mut self, orig: usize, action: ParamAction) -> String {
+        self.changed = true;
+        match self.inplace.get(&orig) {
+            None => {
+                self.inplace.insert(orig, action);
+                format!("${}", orig + 1)
+            }
+            Some(a) if *a == action => format!("${}", orig + 1),
+            Some(_) => self.param_append(action),
+        }
+    }
+
+    fn param_append(&mut self, action: ParamAction) -> String {
+        self.changed = true;
+        if let Some(&i) = self.extra.get(&action) {
+            return format!("${}", i + 1);
+        }
+        let i = self.n_client + self.appended.len();
+        self.appended.push(action.clone());
+        self.extra.insert(action, i);
+        format!("${}", i + 1)
+    }
+
+    fn override_type(&mut self, orig: usize, ty: PgType, array: bool) -> R<()> {
+        match self.overrides.iter().find(|o| o.0 == orig) {
+            Some(o) if (o.1, o.2) != (ty, array) => Err(Reject::unsupported(format!(
+                "pgveil: parameter ${} is used for protected values of different types: pass it as separate parameters",
+                orig + 1
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.overrides.push((orig, ty, array));
+                Ok(())
+            }
+        }
+    }
+
+    fn slot(
+        &mut self,
+        value: Option<String>,
+        target: &ColumnRef,
+        op: SlotOp,
+        tenant: TenantSource,
+    ) -> Expr {
+        self.changed = true;
+        let i = self.literals.len();
+        self.literals.push(LiteralSlot {
+            value,
+            target: target.clone(),
+            op,
+            tenant,
+        });
+        placeholder(format!("{}{}", self.marker, i))
+    }
+
+    fn touch(&mut self, c: &ColumnRef, u: Use) {
+        if !self.touched.iter().any(|(x, y)| x == c && *y == u) {
+            self.touched.push((c.clone(), u));
+        }
+    }
+
+    fn param_index(&mut self, s: &str) -> R<usize> {
+        let n = s
+            .strip_prefix('$')
+            .and_then(|d| d.parse::<usize>().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                Reject::unsupported(
+                    "pgveil: only $n parameters are supported in statements on protected tables",
+                )
+            })?;
+        if !self.extended {
+            return Err(Reject::unsupported(
+                "pgveil: parameters ($n) are only valid with the extended query protocol",
+            ));
+        }
+        Ok(n - 1)
+    }
+
+    fn plain(&mut self, c: Class<'a>, what: &str, alt: &str) -> R<()> {
+        match c {
+            Class::Prot(p) => Err(self.unsupported_on(&p, what, alt)),
+            Class::Param(i) => {
+                self.plain_params.insert(i);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn unsupported_on(&self, p: &ProtCol, what: &str, alt: &str) -> Reject {
+        Reject::unsupported(format!(
+            "pgveil: {what} on protected column {} is not supported: {alt}",
+            p.col
+        ))
+    }
+
+    fn col_policy(&self, c: &ColumnRef) -> (&'a TablePolicy, &'a ColumnPolicy) {
+        let t = self
+            .an
+            .policy
+            .table(&c.schema, &c.table)
+            .expect("resolved column belongs to a policy table");
+        let cp = t.column(&c.column).expect("resolved column is protected");
+        (t, cp)
+    }
+
+    fn access(&self, cp: &ColumnPolicy) -> Access {
+        self.an
+            .policy
+            .column_access(self.role, cp)
+            .unwrap_or_default()
+    }
+
+    // ----- name resolution ----------------------------------------------
+
+    fn table_kind(
+        &self,
+        parts: &[String],
+        sc: &[Scope<'a>],
+    ) -> R<(Option<String>, String, RelKind<'a>)> {
+        let an: &'a Analyzer = self.an;
+        let pol = &an.policy;
+        match parts {
+            [t] => {
+                for s in sc.iter().rev() {
+                    if let Some((_, k)) = s.ctes.iter().rev().find(|(n, _)| n == t) {
+                        return Ok((None, t.clone(), k.clone()));
+                    }
+                }
+                let cands: Vec<&'a TablePolicy> =
+                    pol.tables.iter().filter(|x| &x.table == t).collect();
+                match cands.as_slice() {
+                    [one] => return Ok((Some(one.schema.clone()), t.clone(), RelKind::Table(one))),
+                    [] => {}
+                    many => {
+                        return Err(Reject::unsupported(format!(
+                            "pgveil: table name {t} is ambiguous between protected tables {}: qualify it with its schema",
+                            many.iter()
+                                .map(|x| x.qualified())
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        )));
+                    }
+                }
+                let views: Vec<&'a ViewDef> = an.views.values().filter(|v| &v.name == t).collect();
+                if let [v] = views.as_slice() {
+                    return Ok((Some(v.schema.clone()), t.clone(), RelKind::View(v)));
+                }
+                if views.len() > 1 {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: view name {t} is ambiguous: qualify it with its schema"
+                    )));
+                }
+                Ok((None, t.clone(), RelKind::Plain))
+            }
+            [.., s, t] => {
+                if let Some(tp) = pol.table(s, t) {
+                    return Ok((Some(s.clone()), t.clone(), RelKind::Table(tp)));
+                }
+                if let Some(v) = an.views.get(&(s.clone(), t.clone())) {
+                    return Ok((Some(s.clone()), t.clone(), RelKind::View(v)));
+                }
+                Ok((Some(s.clone()), t.clone(), RelKind::Plain))
+            }
+            [] => Ok((None, String::new(), RelKind::Plain)),
+        }
+    }
+
+    fn column_in(&self, rel: &Rel<'a>, col: &str) -> Option<ProtCol<'a>> {
+        match &rel.kind {
+            RelKind::Table(t) => t.column(col).map(|_| ProtCol {
+                col: ColumnRef::new(&t.schema, &t.table, col),
+                via: Via::Base,
+            }),
+            RelKind::View(v) => v.columns.iter().find(|c| c.0 == col).and_then(|c| {
+                let base = c.1.as_ref()?;
+                let tp = self.an.policy.table(&base.schema, &base.table)?;
+                tp.column(&base.column)?;
+                Some(ProtCol {
+                    col: base.clone(),
+                    via: Via::View(v),
+                })
+            }),
+            RelKind::Derived(cols) => cols
+                .iter()
+                .find(|c| c.name.as_deref() == Some(col))
+                .and_then(|c| c.prot.clone())
+                .map(|p| ProtCol {
+                    col: p.col,
+                    via: Via::Derived,
+                }),
+            RelKind::Plain => None,
+        }
+    }
+
+    fn rel_matches(rel: &Rel, qual: &[String]) -> bool {
+        match qual {
+            [q] => match &rel.alias {
+                Some(a) => a == q,
+                None => &rel.name == q,
+            },
+            [.., s, t] => {
+                rel.alias.is_none() && &rel.name == t && rel.schema.as_deref() == Some(s.as_str())
+            }
+            [] => false,
+        }
+    }
+
+    fn resolve(&self, ids: &[Ident], sc: &[Scope<'a>]) -> Option<ProtCol<'a>> {
+        let parts: Vec<String> = ids.iter().map(norm).collect();
+        let (col, qual) = parts.split_last()?;
+        for s in sc.iter().rev() {
+            if qual.is_empty() {
+                for r in &s.rels {
+                    if let Some(p) = self.column_in(r, col) {
+                        return Some(p);
+                    }
+                }
+            } else if let Some(r) = s.rels.iter().find(|r| Self::rel_matches(r, qual)) {
+                return self.column_in(r, col);
+            }
+        }
+        None
+    }
+
+    fn expr_resolve(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<ProtCol<'a>> {
+        match e {
+            Expr::Identifier(i) => self.resolve(std::slice::from_ref(i), sc),
+            Expr::CompoundIdentifier(ids) => self.resolve(ids, sc),
+            _ => None,
+        }
+    }
+
+    /// Rename a column reference to `new` (keeping its qualifier).
+    fn rename(e: &mut Expr, new: &str) {
+        match strip_nested(e) {
+            Expr::Identifier(i) => *i = make_ident(new),
+            Expr::CompoundIdentifier(ids) => {
+                if let Some(l) = ids.last_mut() {
+                    *l = make_ident(new);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_protected_relation(&self, n: &ObjectName, sc: &[Scope<'a>]) -> bool {
+        let parts = name_parts(n);
+        !matches!(self.table_kind(&parts, sc), Ok((_, _, RelKind::Plain)))
+    }
+
+    // ----- expressions ----------------------------------------------------
+
+    fn expr(&mut self, e: &mut Expr, sc: &[Scope<'a>]) -> R<Class<'a>> {
+        match e {
+            Expr::Identifier(i) if is_default_ident(&Expr::Identifier(i.clone())) => Ok(Class::Default),
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(match self.expr_resolve(e, sc) {
+                Some(p) => Class::Prot(p),
+                None => Class::Plain,
+            }),
+            Expr::Value(v) => self.value(&v.value),
+            Expr::TypedString(ts) => match self.value(&ts.value.value)? {
+                Class::Lit(s) => Ok(Class::Lit(s)),
+                _ => Ok(Class::Plain),
+            },
+            Expr::Nested(inner) => self.expr(inner, sc),
+            Expr::Cast { expr, .. } => match self.expr(expr, sc)? {
+                Class::Prot(p) => Err(self.unsupported_on(
+                    &p,
+                    "a cast",
+                    "the value is ciphertext in the database; read the column and convert it in the application",
+                )),
+                c @ (Class::Param(_) | Class::Lit(_)) => Ok(c),
+                _ => Ok(Class::Plain),
+            },
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
+                match self.expr(inner, sc)? {
+                    Class::Prot(_) => {}
+                    c => self.plain(c, "", "")?,
+                }
+                Ok(Class::Plain)
+            }
+            Expr::BinaryOp { left, op, right } => self.binary(left, op.clone(), right, sc),
+            Expr::InList { expr, list, .. } => {
+                let c = self.expr(expr, sc)?;
+                if let Class::Prot(p) = c {
+                    let target = self.lookup_col(&p, expr, "IN (…)")?;
+                    let ty = self.col_policy(&p.col).1.ty;
+                    for item in list.iter_mut() {
+                        let ic = self.expr(item, sc)?;
+                        self.lookup_value(&target, ty, item, ic, false, &p)?;
+                    }
+                } else {
+                    self.plain(c, "", "")?;
+                    for item in list.iter_mut() {
+                        let ic = self.expr(item, sc)?;
+                        if let Class::Prot(ref p) = ic {
+                            return Err(self.unsupported_on(
+                                p,
+                                "IN with a protected column in the list",
+                                "compare the protected column itself with values: col IN ($1, $2)",
+                            ));
+                        }
+                        self.plain(ic, "", "")?;
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::AnyOp { left, compare_op, right, .. } | Expr::AllOp { left, compare_op, right } => {
+                let c = self.expr(left, sc)?;
+                let Class::Prot(p) = c else {
+                    self.plain(c, "", "")?;
+                    let rc = self.expr(right, sc)?;
+                    self.plain(rc, "ANY/ALL", "compare the protected column itself: col = ANY($1)")?;
+                    return Ok(Class::Plain);
+                };
+                if !matches!(compare_op, BinaryOperator::Eq | BinaryOperator::NotEq) {
+                    let (w, alt) = op_words(compare_op);
+                    return Err(self.unsupported_on(&p, w, alt));
+                }
+                let target = self.lookup_col(&p, left, "= ANY(…)")?;
+                let ty = self.col_policy(&p.col).1.ty;
+                let r = strip_nested(right);
+                if let Expr::Array(arr) = r {
+                    for el in arr.elem.iter_mut() {
+                        let ec = self.expr(el, sc)?;
+                        self.lookup_value(&target, ty, el, ec, false, &p)?;
+                    }
+                } else {
+                    let rc = self.expr(r, sc)?;
+                    self.lookup_value(&target, ty, r, rc, true, &p)?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::InSubquery { expr, subquery, .. } => {
+                let c = self.expr(expr, sc)?;
+                if let Class::Prot(p) = c {
+                    return Err(self.unsupported_on(
+                        &p,
+                        "IN (SELECT …)",
+                        "look the values up first, then use col IN ($1, …) or col = ANY($1)",
+                    ));
+                }
+                self.plain(c, "", "")?;
+                let outs = self.query(subquery, sc)?;
+                if let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                    return Err(self.unsupported_on(
+                        &p,
+                        "comparing with a subquery that returns it",
+                        "compare an unprotected key column instead",
+                    ));
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Between { expr, low, high, .. } => {
+                for x in [expr, low, high] {
+                    let c = self.expr(x, sc)?;
+                    self.plain(
+                        c,
+                        "BETWEEN",
+                        "ciphertext has no order; filter in the application after reading, or use an unprotected column",
+                    )?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Like { expr, pattern, escape_char, .. }
+            | Expr::ILike { expr, pattern, escape_char, .. } => {
+                let c = self.expr(expr, sc)?;
+                self.plain(
+                    c,
+                    "LIKE/ILIKE",
+                    "pattern matching needs plaintext; match in the application after reading, or look up the exact value with =",
+                )?;
+                let c = self.expr(pattern, sc)?;
+                self.plain(c, "LIKE/ILIKE", "use an unprotected column as the pattern")?;
+                if let Some(esc) = escape_char {
+                    let c = self.expr(esc, sc)?;
+                    self.plain(c, "", "")?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::SimilarTo { expr, pattern, escape_char, .. } => {
+                let c = self.expr(expr, sc)?;
+                self.plain(
+                    c,
+                    "SIMILAR TO",
+                    "pattern matching needs plaintext; match in the application after reading",
+                )?;
+                let c = self.expr(pattern, sc)?;
+                self.plain(c, "SIMILAR TO", "use an unprotected column as the pattern")?;
+                if let Some(esc) = escape_char {
+                    let c = self.expr(esc, sc)?;
+                    self.plain(c, "", "")?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::UnaryOp { expr, .. } => {
+                let c = self.expr(expr, sc)?;
+                self.plain(c, "an operator", "compute with the value in the application after reading it")?;
+                Ok(Class::Plain)
+            }
+            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+                for x in [a, b] {
+                    let c = self.expr(x, sc)?;
+                    self.plain(c, "IS [NOT] DISTINCT FROM", "use = or IS NULL")?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::IsTrue(x) | Expr::IsFalse(x) | Expr::IsNotTrue(x) | Expr::IsNotFalse(x)
+            | Expr::IsUnknown(x) | Expr::IsNotUnknown(x) => {
+                let c = self.expr(x, sc)?;
+                self.plain(c, "a boolean test", "it holds ciphertext, not a boolean")?;
+                Ok(Class::Plain)
+            }
+            Expr::Function(f) => self.function(f, sc),
+            Expr::Case { operand, conditions, else_result, .. } => {
+                if let Some(o) = operand {
+                    let c = self.expr(o, sc)?;
+                    self.plain(c, "CASE", "read the column and decide in the application")?;
+                }
+                for w in conditions.iter_mut() {
+                    let c = self.expr(&mut w.condition, sc)?;
+                    self.plain(c, "CASE", "read the column and decide in the application")?;
+                    let c = self.expr(&mut w.result, sc)?;
+                    self.plain(c, "CASE", "select the column directly")?;
+                }
+                if let Some(x) = else_result {
+                    let c = self.expr(x, sc)?;
+                    self.plain(c, "CASE", "select the column directly")?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Exists { subquery, .. } => {
+                self.query(subquery, sc)?;
+                Ok(Class::Plain)
+            }
+            Expr::Subquery(q) => {
+                let outs = self.query(q, sc)?;
+                match outs.as_slice() {
+                    [o] => Ok(match &o.prot {
+                        Some(p) => Class::Prot(ProtCol {
+                            col: p.col.clone(),
+                            via: Via::Derived,
+                        }),
+                        None => Class::Plain,
+                    }),
+                    _ => Ok(Class::Plain),
+                }
+            }
+            Expr::Tuple(items) => {
+                for it in items.iter_mut() {
+                    let c = self.expr(it, sc)?;
+                    self.plain(
+                        c,
+                        "a row comparison",
+                        "compare the protected column on its own: col = $1 AND other = $2",
+                    )?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Array(arr) => {
+                for el in arr.elem.iter_mut() {
+                    let c = self.expr(el, sc)?;
+                    self.plain(c, "an array constructor", "select the column directly")?;
+                }
+                Ok(Class::Plain)
+            }
+            other => {
+                self.generic(&*other, sc)?;
+                Ok(Class::Plain)
+            }
+        }
+    }
+
+    fn value(&mut self, v: &Value) -> R<Class<'a>> {
+        Ok(match v {
+            Value::Placeholder(s) => Class::Param(self.param_index(s)?),
+            Value::Null => Class::Lit(None),
+            Value::Number(n, _) => Class::Lit(Some(n.to_string())),
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s)
+            | Value::NationalStringLiteral(s) => Class::Lit(Some(s.clone())),
+            Value::DollarQuotedString(d) => Class::Lit(Some(d.value.clone())),
+            Value::Boolean(b) => Class::Lit(Some(b.to_string())),
+            _ => Class::Plain,
+        })
+    }
+
+    /// Fail-closed check of an expression kind the walker does not model.
+    fn generic<V: sqlparser::ast::Visit>(&mut self, node: &V, sc: &[Scope<'a>]) -> R<()> {
+        let mut params = vec![];
+        let mut found: Option<ProtCol<'a>> = None;
+        let _ = visit_expressions(node, |x| {
+            match x {
+                Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+                    if let Some(p) = self.expr_resolve(x, sc) {
+                        found = Some(p);
+                        return ControlFlow::Break(());
+                    }
+                }
+                Expr::Value(v) => {
+                    if let Value::Placeholder(s) = &v.value {
+                        params.push(s.clone());
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some(p) = found {
+            return Err(self.unsupported_on(
+                &p,
+                "this expression",
+                "pgveil only allows selecting the column, = / IN / ANY lookups, IS NULL and count(); compute in the application after reading",
+            ));
+        }
+        let mut rel = None;
+        let _ = visit_relations(node, |n| {
+            if self.is_protected_relation(n, sc) {
+                rel = Some(n.to_string());
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some(r) = rel {
+            return Err(Reject::unsupported(format!(
+                "pgveil: protected table {r} is used inside an expression pgveil cannot analyze: move the subquery to FROM or WHERE in plain form"
+            )));
+        }
+        for p in params {
+            let i = self.param_index(&p)?;
+            self.plain_params.insert(i);
+        }
+        Ok(())
+    }
+
+    fn binary(
+        &mut self,
+        left: &mut Expr,
+        op: BinaryOperator,
+        right: &mut Expr,
+        sc: &[Scope<'a>],
+    ) -> R<Class<'a>> {
+        let lc = self.expr(left, sc)?;
+        let rc = self.expr(right, sc)?;
+        let is_eq = matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq);
+        match (lc, rc) {
+            (Class::Prot(a), Class::Prot(b)) => {
+                if !is_eq {
+                    let (w, alt) = op_words(&op);
+                    return Err(self.unsupported_on(&a, w, alt));
+                }
+                if a.col != b.col {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: comparing protected columns {} and {} is not supported: their blind indexes use different keys; compare an unprotected key instead",
+                        a.col, b.col
+                    )));
+                }
+                self.lookup_col(&a, left, "a join on the column")?;
+                self.lookup_col(&b, right, "a join on the column")?;
+                Ok(Class::Plain)
+            }
+            (Class::Prot(p), v) if is_eq => {
+                let target = self.lookup_col(&p, left, "an equality lookup")?;
+                let ty = self.col_policy(&p.col).1.ty;
+                self.lookup_value(&target, ty, right, v, false, &p)?;
+                Ok(Class::Plain)
+            }
+            (v, Class::Prot(p)) if is_eq => {
+                let target = self.lookup_col(&p, right, "an equality lookup")?;
+                let ty = self.col_policy(&p.col).1.ty;
+                self.lookup_value(&target, ty, left, v, false, &p)?;
+                Ok(Class::Plain)
+            }
+            (Class::Prot(p), _) | (_, Class::Prot(p)) => {
+                let (w, alt) = op_words(&op);
+                Err(self.unsupported_on(&p, w, alt))
+            }
+            (l, r) => {
+                self.plain(l, "", "")?;
+                self.plain(r, "", "")?;
+                Ok(Class::Plain)
+            }
+        }
+    }
+
+    /// Check search access and rename a protected column reference to its
+    /// blind index. Returns the protected column (the blind index's target).
+    fn lookup_col(&mut self, p: &ProtCol<'a>, e: &mut Expr, what: &str) -> R<ColumnRef> {
+        let (_, cp) = self.col_policy(&p.col);
+        let access = self.access(cp);
+        if !access.search {
+            return Err(Reject::privilege(format!(
+                "pgveil: role {} may not search protected column {} ({what}): the policy grants it {access}; equality lookups need `read` or `search` access. Look rows up by an unprotected column instead",
+                self.role, p.col
+            )));
+        }
+        let Some(b) = &cp.blind_index else {
+            return Err(self.unsupported_on(
+                p,
+                what,
+                "the column has no blind_index in the policy; add one, or look rows up by an unprotected column",
+            ));
+        };
+        let new_name = match &p.via {
+            Via::Base => b.column.clone(),
+            Via::View(v) => {
+                let bref = ColumnRef::new(&p.col.schema, &p.col.table, &b.column);
+                match v.columns.iter().find(|c| c.1.as_ref() == Some(&bref)) {
+                    Some(c) => c.0.clone(),
+                    None => {
+                        return Err(Reject::unsupported(format!(
+                            "pgveil: {what} on protected column {} through view {}.{} is not supported: the view does not expose its blind index {}; add it to the view or query the table",
+                            p.col, v.schema, v.name, b.column
+                        )));
+                    }
+                }
+            }
+            Via::Derived => {
+                return Err(self.unsupported_on(
+                    p,
+                    &format!("{what} through a subquery or CTE"),
+                    "filter on the table itself, inside the subquery",
+                ));
+            }
+        };
+        Self::rename(e, &new_name);
+        self.changed = true;
+        self.touch(&p.col, Use::Search);
+        Ok(p.col.clone())
+    }
+
+    fn lookup_value(
+        &mut self,
+        target: &ColumnRef,
+        ty: PgType,
+        e: &mut Expr,
+        c: Class<'a>,
+        array: bool,
+        p: &ProtCol,
+    ) -> R<()> {
+        match c {
+            Class::Param(orig) => {
+                let ph = self.param_protected(
+                    orig,
+                    ParamAction::BlindIndex {
+                        orig,
+                        target: target.clone(),
+                        tenant: TenantSource::None,
+                        array,
+                    },
+                );
+                self.override_type(orig, ty, array)?;
+                *e = placeholder(ph);
+                Ok(())
+            }
+            Class::Lit(Some(s)) if !array => {
+                *e = self.slot(Some(s), target, SlotOp::BlindIndex, TenantSource::None);
+                Ok(())
+            }
+            Class::Lit(None) => Ok(()),
+            Class::Lit(Some(_)) => Err(self.unsupported_on(
+                p,
+                "= ANY with an array literal",
+                "use col = ANY($1) with an array parameter, or col IN ('a', 'b')",
+            )),
+            _ => Err(self.unsupported_on(
+                p,
+                "comparing with an expression",
+                "compare with a literal or a parameter ($n), which pgveil turns into a blind-index lookup",
+            )),
+        }
+    }
+
+    fn function(&mut self, f: &mut Function, sc: &[Scope<'a>]) -> R<Class<'a>> {
+        let fname = name_parts(&f.name).last().cloned().unwrap_or_default();
+        let is_count = fname == "count";
+        // FILTER, OVER, WITHIN GROUP and the like: fail closed.
+        if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
+            let mut probe = f.clone();
+            probe.args = FunctionArguments::None;
+            self.generic(&probe, sc)?;
+        }
+        match &mut f.args {
+            FunctionArguments::None => {}
+            FunctionArguments::Subquery(q) => {
+                let outs = self.query(q, sc)?;
+                if let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                    return Err(self.unsupported_on(
+                        &p,
+                        &format!("function {fname}()"),
+                        "read the column and compute in the application",
+                    ));
+                }
+            }
+            FunctionArguments::List(list) => {
+                let distinct = matches!(
+                    list.duplicate_treatment,
+                    Some(sqlparser::ast::DuplicateTreatment::Distinct)
+                );
+                if !list.clauses.is_empty() {
+                    let probe = list.clauses.clone();
+                    self.generic(&probe, sc)?;
+                }
+                let n = list.args.len();
+                for a in list.args.iter_mut() {
+                    let fe = match a {
+                        FunctionArg::Unnamed(fe) => fe,
+                        FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } => arg,
+                    };
+                    match fe {
+                        FunctionArgExpr::Expr(x) => {
+                            let c = self.expr(x, sc)?;
+                            if let Class::Prot(p) = &c {
+                                if is_count && n == 1 && !distinct {
+                                    continue;
+                                }
+                                let (what, alt) = if is_count {
+                                    (
+                                        "count(DISTINCT …)",
+                                        "ciphertexts of equal values differ; count distinct values of its blind index column instead",
+                                    )
+                                } else if matches!(
+                                    fname.as_str(),
+                                    "min" | "max" | "sum" | "avg" | "string_agg" | "array_agg"
+                                ) {
+                                    (
+                                        "an aggregate other than count",
+                                        "read the values and aggregate in the application",
+                                    )
+                                } else {
+                                    (
+                                        "a function call",
+                                        "read the column and compute in the application",
+                                    )
+                                };
+                                return Err(self.unsupported_on(
+                                    p,
+                                    &format!("{what} ({fname})"),
+                                    alt,
+                                ));
+                            }
+                            self.plain(c, "", "")?;
+                        }
+                        FunctionArgExpr::QualifiedWildcard(n) => {
+                            let parts = name_parts(n);
+                            let protected_rel = sc.iter().rev().any(|s| {
+                                s.rels.iter().any(|r| {
+                                    Self::rel_matches(r, &parts)
+                                        && !matches!(r.kind, RelKind::Plain)
+                                })
+                            });
+                            if protected_rel && !is_count {
+                                return Err(Reject::unsupported(format!(
+                                    "pgveil: function {fname}() over all columns of {n}, which include protected columns, is not supported: list the columns you need"
+                                )));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(Class::Plain)
+    }
+
+    // ----- queries --------------------------------------------------------
+
+    fn query(&mut self, q: &mut Query, outer: &[Scope<'a>]) -> R<Vec<OutCol<'a>>> {
+        let mut sc: Vec<Scope<'a>> = outer.to_vec();
+        sc.push(Scope::default());
+        if let Some(with) = &mut q.with {
+            for cte in with.cte_tables.iter_mut() {
+                let name = norm(&cte.alias.name);
+                if with.recursive {
+                    // A recursive CTE sees itself with unknown columns.
+                    sc.last_mut()
+                        .expect("scope")
+                        .ctes
+                        .push((name.clone(), RelKind::Plain));
+                }
+                let mut outs = self.query(&mut cte.query, &sc)?;
+                for (i, c) in cte.alias.columns.iter().enumerate() {
+                    if let Some(o) = outs.get_mut(i) {
+                        o.name = Some(norm(&c.name));
+                    }
+                }
+                let last = sc.last_mut().expect("scope");
+                last.ctes.retain(|(n, _)| *n != name);
+                last.ctes
+                    .push((name, RelKind::Derived(std::rc::Rc::new(outs))));
+            }
+        }
+        let (outs, body_scope) = self.set_expr(&mut q.body, &sc)?;
+        // ORDER BY sees the select's FROM (when the body is a plain SELECT)
+        // and its output names.
+        if let Some(ob) = &mut q.order_by {
+            let mut osc = sc.clone();
+            if let Some(bs) = body_scope {
+                osc.push(bs);
+            }
+            match &mut ob.kind {
+                OrderByKind::All(_) => {
+                    if let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                        return Err(self.order_reject(&p));
+                    }
+                }
+                OrderByKind::Expressions(items) => {
+                    for it in items.iter_mut() {
+                        if let Some(p) = self.output_ref(&it.expr, &outs) {
+                            return Err(self.order_reject(&p));
+                        }
+                        let c = self.expr(&mut it.expr, &osc)?;
+                        if let Class::Prot(p) = c {
+                            return Err(self.order_reject(&p));
+                        }
+                        self.plain(c, "", "")?;
+                    }
+                }
+            }
+        }
+        if let Some(l) = &q.limit_clause {
+            let l = l.clone();
+            self.generic(&l, &sc)?;
+        }
+        if let Some(f) = &q.fetch {
+            let f = f.clone();
+            self.generic(&f, &sc)?;
+        }
+        Ok(outs)
+    }
+
+    fn order_reject(&self, p: &ProtCol) -> Reject {
+        self.unsupported_on(
+            p,
+            "ORDER BY",
+            "sort in the application after reading, or order by an unprotected column",
+        )
+    }
+
+    /// `ORDER BY 2` / `GROUP BY alias` referring to a protected output.
+    fn output_ref(&self, e: &Expr, outs: &[OutCol<'a>]) -> Option<ProtCol<'a>> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n
+                    .to_string()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| outs.get(i.checked_sub(1)?))
+                    .and_then(|o| o.prot.clone()),
+                _ => None,
+            },
+            Expr::Identifier(i) => {
+                let n = norm(i);
+                outs.iter()
+                    .find(|o| o.name.as_deref() == Some(n.as_str()))
+                    .and_then(|o| o.prot.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn set_expr(
+        &mut self,
+        body: &mut SetExpr,
+        sc: &[Scope<'a>],
+    ) -> R<(Vec<OutCol<'a>>, Option<Scope<'a>>)> {
+        match body {
+            SetExpr::Select(s) => {
+                let (outs, scope) = self.select(s, sc)?;
+                Ok((outs, Some(scope)))
+            }
+            SetExpr::Query(q) => Ok((self.query(q, sc)?, None)),
+            SetExpr::SetOperation {
+                left,
+                op,
+                set_quantifier,
+                right,
+            } => {
+                let (l, _) = self.set_expr(left, sc)?;
+                let (r, _) = self.set_expr(right, sc)?;
+                let all = matches!(set_quantifier, SetQuantifier::All);
+                let outs: Vec<OutCol<'a>> = l
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| OutCol {
+                        name: o.name.clone(),
+                        prot: o
+                            .prot
+                            .clone()
+                            .or_else(|| r.get(i).and_then(|x| x.prot.clone())),
+                    })
+                    .collect();
+                if !all && let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                    let w = match op {
+                        SetOperator::Union => "UNION (without ALL)",
+                        SetOperator::Intersect => "INTERSECT",
+                        SetOperator::Except => "EXCEPT",
+                        _ => "a set operation",
+                    };
+                    return Err(self.unsupported_on(
+                        &p,
+                        w,
+                        "it compares ciphertexts, which differ for equal values; use UNION ALL or compare an unprotected key",
+                    ));
+                }
+                Ok((outs, None))
+            }
+            SetExpr::Values(v) => {
+                for row in v.rows.iter_mut() {
+                    for e in row.content.iter_mut() {
+                        let c = self.expr(e, sc)?;
+                        self.plain(c, "VALUES", "select the column directly")?;
+                    }
+                }
+                Ok((vec![], None))
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => {
+                Ok((self.dml(s, sc)?, None))
+            }
+            SetExpr::Table(t) => {
+                let mut parts = vec![];
+                if let Some(s) = &t.schema_name {
+                    parts.push(s.to_ascii_lowercase());
+                }
+                if let Some(n) = &t.table_name {
+                    parts.push(n.to_ascii_lowercase());
+                }
+                let (_, _, kind) = self.table_kind(&parts, sc)?;
+                Ok((self.rel_outputs(&kind), None))
+            }
+            other => {
+                let probe = other.clone();
+                self.generic(&probe, sc)?;
+                Ok((vec![], None))
+            }
+        }
+    }
+
+    /// Outputs of `*` over a relation (the protected ones are known).
+    fn rel_outputs(&mut self, kind: &RelKind<'a>) -> Vec<OutCol<'a>> {
+        match kind {
+            RelKind::Table(t) => t
+                .columns
+                .iter()
+                .map(|c| {
+                    let col = ColumnRef::new(&t.schema, &t.table, &c.name);
+                    self.touch(&col, Use::Read);
+                    OutCol {
+                        name: Some(c.name.clone()),
+                        prot: Some(ProtCol {
+                            col,
+                            via: Via::Base,
+                        }),
+                    }
+                })
+                .collect(),
+            RelKind::View(v) => v
+                .columns
+                .iter()
+                .map(|(n, b)| {
+                    let prot = b.as_ref().and_then(|b| {
+                        self.an
+                            .policy
+                            .table(&b.schema, &b.table)?
+                            .column(&b.column)?;
+                        Some(ProtCol {
+                            col: b.clone(),
+                            via: Via::View(v),
+                        })
+                    });
+                    if let Some(p) = &prot {
+                        self.touch(&p.col.clone(), Use::Read);
+                    }
+                    OutCol {
+                        name: Some(n.clone()),
+                        prot,
+                    }
+                })
+                .collect(),
+            RelKind::Derived(cols) => cols.iter().cloned().collect(),
+            RelKind::Plain => vec![],
+        }
+    }
+
+    fn factor(&mut self, tf: &mut TableFactor, sc: &[Scope<'a>], into: &mut Vec<Rel<'a>>) -> R<()> {
+        if let TableFactor::Table {
+            name,
+            alias,
+            args: Some(_),
+            ..
+        } = tf
+        {
+            let (name, alias) = (name.clone(), alias.clone());
+            let probe = tf.clone();
+            self.generic(&probe, sc)?;
+            into.push(Rel {
+                alias: alias.as_ref().map(|a| norm(&a.name)),
+                schema: None,
+                name: name_parts(&name).last().cloned().unwrap_or_default(),
+                kind: RelKind::Plain,
+            });
+            return Ok(());
+        }
+        match tf {
+            TableFactor::Table { name, alias, .. } => {
+                let parts = name_parts(name);
+                let (schema, tname, kind) = self.table_kind(&parts, sc)?;
+                if let Some(a) = alias
+                    && !a.columns.is_empty()
+                    && !matches!(kind, RelKind::Plain)
+                {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: column aliases on protected relation {name} are not supported: alias the columns in the select list instead"
+                    )));
+                }
+                into.push(Rel {
+                    alias: alias.as_ref().map(|a| norm(&a.name)),
+                    schema,
+                    name: tname,
+                    kind,
+                });
+            }
+            TableFactor::Derived {
+                lateral,
+                subquery,
+                alias,
+                ..
+            } => {
+                let mut inner_sc = sc.to_vec();
+                if *lateral {
+                    inner_sc.push(Scope {
+                        rels: into.clone(),
+                        ctes: vec![],
+                    });
+                }
+                let mut outs = self.query(subquery, &inner_sc)?;
+                if let Some(a) = alias {
+                    for (i, c) in a.columns.iter().enumerate() {
+                        if let Some(o) = outs.get_mut(i) {
+                            o.name = Some(norm(&c.name));
+                        }
+                    }
+                }
+                into.push(Rel {
+                    alias: alias.as_ref().map(|a| norm(&a.name)),
+                    schema: None,
+                    name: String::new(),
+                    kind: RelKind::Derived(std::rc::Rc::new(outs)),
+                });
+            }
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias,
+            } => {
+                let mut inner = vec![];
+                self.twj(table_with_joins, sc, &mut inner)?;
+                if alias.is_some() && inner.iter().any(|r| !matches!(r.kind, RelKind::Plain)) {
+                    return Err(Reject::unsupported(
+                        "pgveil: an aliased parenthesized join over protected tables is not supported: alias the tables inside it",
+                    ));
+                }
+                into.extend(inner);
+            }
+            other => {
+                let probe = other.clone();
+                self.generic(&probe, sc)?;
+                into.push(Rel {
+                    alias: None,
+                    schema: None,
+                    name: String::new(),
+                    kind: RelKind::Plain,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Collect the relations of one FROM item and check its join conditions.
+    fn twj(&mut self, t: &mut TableWithJoins, sc: &[Scope<'a>], into: &mut Vec<Rel<'a>>) -> R<()> {
+        self.factor(&mut t.relation, sc, into)?;
+        for j in t.joins.iter_mut() {
+            self.factor(&mut j.relation, sc, into)?;
+            let constraint = match &mut j.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::FullOuter(c)
+                | JoinOperator::CrossJoin(c) => c,
+                other => {
+                    let probe = other.clone();
+                    self.generic(&probe, sc)?;
+                    continue;
+                }
+            };
+            match constraint {
+                JoinConstraint::On(e) => {
+                    let mut jsc = sc.to_vec();
+                    jsc.push(Scope {
+                        rels: into.clone(),
+                        ctes: vec![],
+                    });
+                    let c = self.expr(e, &jsc)?;
+                    self.plain(c, "a join condition", "compare an unprotected key column")?;
+                }
+                JoinConstraint::Using(cols) => {
+                    for c in cols.iter() {
+                        let col = name_parts(c).last().cloned().unwrap_or_default();
+                        if let Some(p) = into.iter().find_map(|r| self.column_in(r, &col)) {
+                            return Err(self.unsupported_on(
+                                &p,
+                                "JOIN … USING",
+                                "join with ON on the blind-index column, or on an unprotected key",
+                            ));
+                        }
+                    }
+                }
+                JoinConstraint::Natural => {
+                    if into.iter().any(|r| !matches!(r.kind, RelKind::Plain)) {
+                        return Err(Reject::unsupported(
+                            "pgveil: NATURAL JOIN involving a protected table is not supported: use JOIN … ON with explicit columns",
+                        ));
+                    }
+                }
+                JoinConstraint::None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn select(
+        &mut self,
+        s: &mut sqlparser::ast::Select,
+        outer: &[Scope<'a>],
+    ) -> R<(Vec<OutCol<'a>>, Scope<'a>)> {
+        let mut rels = vec![];
+        for t in s.from.iter_mut() {
+            self.twj(t, outer, &mut rels)?;
+        }
+        let scope = Scope { rels, ctes: vec![] };
+        let mut sc = outer.to_vec();
+        sc.push(scope.clone());
+        let mut outs = vec![];
+        for item in s.projection.iter_mut() {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    let alias = match item_alias(e) {
+                        _ if false => None,
+                        a => a,
+                    };
+                    let c = self.expr(e, &sc)?;
+                    let name = match &*item {
+                        SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
+                        _ => alias,
+                    };
+                    match c {
+                        Class::Prot(p) => {
+                            self.touch(&p.col, Use::Read);
+                            outs.push(OutCol {
+                                name,
+                                prot: Some(p),
+                            });
+                        }
+                        c => {
+                            self.plain(c, "", "")?;
+                            outs.push(OutCol { name, prot: None });
+                        }
+                    }
+                }
+                SelectItem::Wildcard(_) => {
+                    for r in &scope.rels {
+                        let o = self.rel_outputs(&r.kind);
+                        outs.extend(o);
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, _) => match kind {
+                    SelectItemQualifiedWildcardKind::ObjectName(n) => {
+                        let parts = name_parts(n);
+                        if let Some(r) = scope.rels.iter().find(|r| Self::rel_matches(r, &parts)) {
+                            let o = self.rel_outputs(&r.kind.clone());
+                            outs.extend(o);
+                        }
+                    }
+                    SelectItemQualifiedWildcardKind::Expr(e) => {
+                        let probe = e.clone();
+                        self.generic(&probe, &sc)?;
+                    }
+                },
+                other => {
+                    let probe = other.clone();
+                    self.generic(&probe, &sc)?;
+                }
+            }
+        }
+        if let Some(w) = &mut s.selection {
+            let c = self.expr(w, &sc)?;
+            self.plain(
+                c,
+                "a WHERE condition",
+                "compare it: col = $1, col IN (…), col IS NULL",
+            )?;
+        }
+        match &mut s.group_by {
+            GroupByExpr::All(_) => {
+                if let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                    return Err(self.group_reject(&p));
+                }
+            }
+            GroupByExpr::Expressions(exprs, _) => {
+                for e in exprs.iter_mut() {
+                    if let Some(p) = self.output_ref(e, &outs) {
+                        return Err(self.group_reject(&p));
+                    }
+                    let c = self.expr(e, &sc)?;
+                    if let Class::Prot(p) = c {
+                        return Err(self.group_reject(&p));
+                    }
+                    self.plain(c, "", "")?;
+                }
+            }
+        }
+        if let Some(h) = &mut s.having {
+            let c = self.expr(h, &sc)?;
+            self.plain(c, "HAVING", "filter in the application")?;
+        }
+        match &mut s.distinct {
+            Some(Distinct::Distinct) => {
+                if let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                    return Err(self.unsupported_on(
+                        &p,
+                        "DISTINCT",
+                        "ciphertexts of equal values differ; de-duplicate in the application, or select the blind-index column",
+                    ));
+                }
+            }
+            Some(Distinct::On(exprs)) => {
+                for e in exprs.iter_mut() {
+                    let c = self.expr(e, &sc)?;
+                    self.plain(c, "DISTINCT ON", "de-duplicate on an unprotected column")?;
+                }
+            }
+            _ => {}
+        }
+        let rest = (
+            s.named_window.clone(),
+            s.qualify.clone(),
+            s.lateral_views.clone(),
+            s.prewhere.clone(),
+            s.cluster_by.clone(),
+            s.sort_by.clone(),
+        );
+        self.generic(&rest.0, &sc)?;
+        self.generic(&rest.1, &sc)?;
+        self.generic(&rest.2, &sc)?;
+        self.generic(&rest.3, &sc)?;
+        self.generic(&rest.4, &sc)?;
+        self.generic(&rest.5, &sc)?;
+        Ok((outs, scope))
+    }
+
+    fn group_reject(&self, p: &ProtCol) -> Reject {
+        self.unsupported_on(
+            p,
+            "GROUP BY",
+            "ciphertexts of equal values differ; group by its blind-index column or an unprotected column",
+        )
+    }
+
+    // ----- statements -----------------------------------------------------
+
+    fn top(&mut self, stmt: &mut Statement, text: &str, source: Range<usize>) -> R<Top> {
+        // Highest $n used, so appended parameters come after the client's.
+        let mut max = 0usize;
+        let _ = visit_expressions(&*stmt, |e| {
+            if let Expr::Value(v) = e
+                && let Value::Placeholder(s) = &v.value
+                && let Some(n) = s.strip_prefix('$').and_then(|d| d.parse::<usize>().ok())
+            {
+                max = max.max(n);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        self.n_client = self.n_client.max(max);
+        let kind = match stmt {
+            Statement::Query(q) => {
+                self.query(q, &[])?;
+                StatementKind::Select
+            }
+            Statement::Insert(_) => {
+                self.dml(stmt, &[])?;
+                StatementKind::Insert
+            }
+            Statement::Update(_) => {
+                self.dml(stmt, &[])?;
+                StatementKind::Update
+            }
+            Statement::Delete(_) => {
+                self.dml(stmt, &[])?;
+                StatementKind::Delete
+            }
+            Statement::Copy { .. } => return self.copy(stmt, text, source),
+            Statement::Explain { statement, .. } => {
+                match statement.as_mut() {
+                    Statement::Query(q) => {
+                        self.query(q, &[])?;
+                    }
+                    s @ (Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) => {
+                        self.dml(s, &[])?;
+                    }
+                    _ => {
+                        return Err(Reject::unsupported(format!(
+                            "pgveil: EXPLAIN of this statement on protected table {} is not supported",
+                            mentioned(self.an, text)
+                        )));
+                    }
+                }
+                StatementKind::Explain
+            }
+            Statement::CreateView(v) => {
+                self.query(&mut v.query, &[])?;
+                StatementKind::Ddl
+            }
+            Statement::CreateTable(ct) => {
+                if let Some(q) = &mut ct.query {
+                    self.query(q, &[])?;
+                } else {
+                    let probe = ct.clone();
+                    self.ddl_exprs(&probe)?;
+                }
+                StatementKind::Ddl
+            }
+            Statement::AlterTable(at) => {
+                self.alter_table(at)?;
+                StatementKind::Ddl
+            }
+            Statement::CreateIndex(_)
+            | Statement::Drop { .. }
+            | Statement::Truncate(_)
+            | Statement::Grant(_)
+            | Statement::Revoke(_)
+            | Statement::Comment { .. }
+            | Statement::Analyze(_)
+            | Statement::Vacuum(_)
+            | Statement::Lock(_)
+            | Statement::AlterIndex { .. }
+            | Statement::RenameTable(_) => {
+                let probe = stmt.clone();
+                self.ddl_exprs(&probe)?;
+                StatementKind::Ddl
+            }
+            Statement::Set(_)
+            | Statement::ShowVariable { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Discard { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Reset(_)
+            | Statement::LISTEN { .. }
+            | Statement::UNLISTEN { .. }
+            | Statement::NOTIFY { .. } => return Ok(Top::Passthrough),
+            Statement::Prepare { .. } | Statement::Execute { .. } => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: SQL-level PREPARE/EXECUTE on protected table {} is not supported: use the extended query protocol (your driver's prepared statements) instead",
+                    mentioned(self.an, text)
+                )));
+            }
+            Statement::Call(_) => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: CALL in a statement that mentions protected table {} is not supported: pgveil cannot see what the procedure writes; write through INSERT/UPDATE instead",
+                    mentioned(self.an, text)
+                )));
+            }
+            Statement::Merge(_) => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: MERGE on protected table {} is not supported: use INSERT … ON CONFLICT or UPDATE",
+                    mentioned(self.an, text)
+                )));
+            }
+            other => {
+                let kw = other.to_string();
+                let kw: String = kw.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                return Err(Reject::unsupported(format!(
+                    "pgveil: {kw} statements that mention protected table {} are not supported: pgveil cannot prove them safe",
+                    mentioned(self.an, text)
+                )));
+            }
+        };
+        Ok(Top::Done(kind))
+    }
+
+    /// DDL: plain column names are fine; an expression over a protected
+    /// column of a mentioned protected table (index expression, CHECK,
+    /// partial-index predicate) is rejected.
+    fn ddl_exprs<V: sqlparser::ast::Visit>(&mut self, node: &V) -> R<()> {
+        let mut tables: Vec<&'a TablePolicy> = vec![];
+        let _ = visit_relations(node, |n| {
+            if let Ok((_, _, RelKind::Table(t))) = self.table_kind(&name_parts(n), &[]) {
+                tables.push(t);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let mut bad = None;
+        let _ = visit_expressions(node, |e| {
+            if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                return ControlFlow::Continue(());
+            }
+            let _ = visit_expressions(e, |x| {
+                let id = match x {
+                    Expr::Identifier(i) => Some(norm(i)),
+                    Expr::CompoundIdentifier(ids) => ids.last().map(norm),
+                    _ => None,
+                };
+                if let Some(id) = id
+                    && let Some(t) = tables.iter().find(|t| t.column(&id).is_some())
+                {
+                    bad = Some(ColumnRef::new(&t.schema, &t.table, &id));
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if bad.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if let Some(c) = bad {
+            return Err(Reject::unsupported(format!(
+                "pgveil: an expression over protected column {c} in DDL is not supported: the database only holds ciphertext; index or constrain its blind-index column instead"
+            )));
+        }
+        Ok(())
+    }
+
+    fn alter_table(&mut self, at: &sqlparser::ast::AlterTable) -> R<()> {
+        let parts = name_parts(&at.name);
+        if let (_, _, RelKind::Table(t)) = self.table_kind(&parts, &[])? {
+            for op in &at.operations {
+                let col = match op {
+                    AlterTableOperation::AlterColumn {
+                        column_name,
+                        op: AlterColumnOperation::SetDefault { .. },
+                    } => Some(norm(column_name)),
+                    AlterTableOperation::AddColumn { column_def, .. }
+                        if column_def
+                            .options
+                            .iter()
+                            .any(|o| matches!(o.option, ColumnOption::Default(_))) =>
+                    {
+                        Some(norm(&column_def.name))
+                    }
+                    _ => None,
+                };
+                if let Some(c) = col
+                    && t.column(&c).is_some()
+                {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: a DEFAULT on protected column {}.{}.{c} is not supported: it would store plaintext; set the value through pgveil on insert",
+                        t.schema, t.table
+                    )));
+                }
+            }
+        }
+        self.ddl_exprs(at)
+    }
+
+    /// INSERT / UPDATE / DELETE, also inside a CTE. Returns RETURNING outputs.
+    fn dml(&mut self, stmt: &mut Statement, sc: &[Scope<'a>]) -> R<Vec<OutCol<'a>>> {
+        match stmt {
+            Statement::Insert(ins) => self.insert(ins, sc),
+            Statement::Update(up) => self.update(up, sc),
+            Statement::Delete(del) => self.delete(del, sc),
+            _ => Err(Reject::unsupported(
+                "pgveil: unsupported data-modifying statement",
+            )),
+        }
+    }
+
+    fn returning(
+        &mut self,
+        ret: &mut Option<Vec<SelectItem>>,
+        scope: &[Scope<'a>],
+    ) -> R<Vec<OutCol<'a>>> {
+        let mut outs = vec![];
+        let Some(items) = ret else { return Ok(outs) };
+        for item in items.iter_mut() {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    let name = item_alias(e);
+                    let c = self.expr(e, scope)?;
+                    let name = match &*item {
+                        SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
+                        _ => name,
+                    };
+                    match c {
+                        Class::Prot(p) => {
+                            self.touch(&p.col, Use::Read);
+                            outs.push(OutCol {
+                                name,
+                                prot: Some(p),
+                            });
+                        }
+                        c => {
+                            self.plain(c, "", "")?;
+                            outs.push(OutCol { name, prot: None });
+                        }
+                    }
+                }
+                SelectItem::Wildcard(_) => {
+                    let last = scope.last().map(|s| s.rels.clone()).unwrap_or_default();
+                    if let Some(r) = last.first() {
+                        outs.extend(self.rel_outputs(&r.kind));
+                    }
+                }
+                other => {
+                    let probe = other.clone();
+                    self.generic(&probe, scope)?;
+                }
+            }
+        }
+        Ok(outs)
+    }
+
+    fn write_value(
+        &mut self,
+        cref: &ColumnRef,
+        cp: &ColumnPolicy,
+        e: &mut Expr,
+        sc: &[Scope<'a>],
+        tenant: &TenantSource,
+        stmt: &str,
+    ) -> R<WVal> {
+        let access = self.access(cp);
+        let c = self.expr(e, sc)?;
+        self.touch(cref, Use::Write);
+        match c {
+            Class::Lit(None) => Ok(WVal::Null),
+            Class::Default => Ok(WVal::Default),
+            Class::Param(orig) => {
+                let action = if access.write {
+                    self.override_type(orig, cp.ty, false)?;
+                    ParamAction::Encrypt {
+                        orig,
+                        target: cref.clone(),
+                        tenant: tenant.clone(),
+                    }
+                } else {
+                    ParamAction::RequireEnvelope {
+                        orig,
+                        target: cref.clone(),
+                    }
+                };
+                let ph = self.param_protected(orig, action);
+                *e = placeholder(ph);
+                Ok(WVal::Param(orig))
+            }
+            Class::Lit(Some(s)) => {
+                let op = if access.write {
+                    SlotOp::Encrypt
+                } else {
+                    SlotOp::RequireEnvelope
+                };
+                *e = self.slot(Some(s.clone()), cref, op, tenant.clone());
+                Ok(WVal::Lit(s))
+            }
+            Class::Prot(_) | Class::Plain => Err(Reject::unsupported(format!(
+                "pgveil: {stmt} of an expression into protected column {cref} is not supported: pgveil can only encrypt a literal or a parameter ($n); compute the value in the application"
+            ))),
+        }
+    }
+
+    fn bidx_value(&mut self, w: &WVal, target: &ColumnRef, next: bool, default: &Expr) -> Expr {
+        let op = if next {
+            SlotOp::BlindIndexNext
+        } else {
+            SlotOp::BlindIndex
+        };
+        match w {
+            WVal::Param(orig) => {
+                let action = if next {
+                    ParamAction::BlindIndexNext {
+                        orig: *orig,
+                        target: target.clone(),
+                    }
+                } else {
+                    ParamAction::BlindIndex {
+                        orig: *orig,
+                        target: target.clone(),
+                        tenant: TenantSource::None,
+                        array: false,
+                    }
+                };
+                placeholder(self.param_append(action))
+            }
+            WVal::Lit(s) => self.slot(Some(s.clone()), target, op, TenantSource::None),
+            WVal::Null => null_expr(),
+            WVal::Default => default.clone(),
+        }
+    }
+
+    fn tenant_of(&mut self, e: &mut Expr, sc: &[Scope<'a>]) -> R<Option<TenantSource>> {
+        Ok(match self.expr(e, sc)? {
+            Class::Param(i) => {
+                self.plain_params.insert(i);
+                Some(TenantSource::Param(i))
+            }
+            Class::Lit(Some(s)) => Some(TenantSource::Literal(s)),
+            _ => None,
+        })
+    }
+
+    fn insert(&mut self, ins: &mut sqlparser::ast::Insert, sc: &[Scope<'a>]) -> R<Vec<OutCol<'a>>> {
+        let TableObject::TableName(tname) = &ins.table else {
+            let probe = ins.clone();
+            self.generic(&probe, sc)?;
+            return Ok(vec![]);
+        };
+        let parts = name_parts(tname);
+        let (schema, name, kind) = self.table_kind(&parts, sc)?;
+        let alias = ins.table_alias.as_ref().map(|a| norm(&a.alias));
+        let t = match kind {
+            RelKind::Table(t) => t,
+            RelKind::View(v) => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: writing through view {}.{} over protected data is not supported: insert into the base table",
+                    v.schema, v.name
+                )));
+            }
+            _ => {
+                // Not protected: analyze the source and RETURNING.
+                if let Some(src) = &mut ins.source {
+                    self.query(src, sc)?;
+                }
+                let mut rsc = sc.to_vec();
+                rsc.push(Scope {
+                    rels: vec![Rel {
+                        alias,
+                        schema,
+                        name,
+                        kind: RelKind::Plain,
+                    }],
+                    ctes: vec![],
+                });
+                if let Some(on) = &ins.on {
+                    let probe = on.clone();
+                    self.generic(&probe, &rsc)?;
+                }
+                return self.returning(&mut ins.returning, &rsc);
+            }
+        };
+        let qualified = t.qualified();
+        if !ins.assignments.is_empty() {
+            return Err(Reject::unsupported(format!(
+                "pgveil: INSERT … SET into protected table {qualified} is not supported: use INSERT … (columns) VALUES (…)"
+            )));
+        }
+        let width = match ins.source.as_deref().map(|q| q.body.as_ref()) {
+            Some(SetExpr::Values(v)) => v.rows.first().map_or(0, |r| r.content.len()),
+            _ => 0,
+        };
+        if ins.columns.is_empty() {
+            let known = self
+                .an
+                .table_columns
+                .get(&(t.schema.clone(), t.table.clone()));
+            match known {
+                Some(cols) if ins.source.is_some() && width <= cols.len() && width > 0 => {
+                    ins.columns = cols[..width]
+                        .iter()
+                        .map(|c| ObjectName(vec![ObjectNamePart::Identifier(make_ident(c))]))
+                        .collect();
+                    self.changed = true;
+                }
+                _ if ins.source.is_none() => {}
+                _ => {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: INSERT into protected table {qualified} without a column list is not supported here: list the columns, e.g. INSERT INTO {qualified} ({}, …) VALUES (…)",
+                        t.columns[0].name
+                    )));
+                }
+            }
+        }
+        let cols: Vec<String> = ins
+            .columns
+            .iter()
+            .map(|c| name_parts(c).last().cloned().unwrap_or_default())
+            .collect();
+        let row_scope = Scope {
+            rels: vec![Rel {
+                alias: alias.clone(),
+                schema: Some(t.schema.clone()),
+                name: t.table.clone(),
+                kind: RelKind::Table(t),
+            }],
+            ctes: vec![],
+        };
+        let mut tsc = sc.to_vec();
+        tsc.push(row_scope.clone());
+        let protected_pos: Vec<(usize, &'a ColumnPolicy)> = cols
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| t.column(c).map(|cp| (i, cp)))
+            .collect();
+        // Writers may not supply blind indexes themselves.
+        for c in &cols {
+            if let Some((owner, _)) = t.blind_index_owner(c)
+                && self.access(owner).write
+            {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: column {qualified}.{c} is the blind index of {} and is maintained by pgveil: remove it from the INSERT",
+                    owner.name
+                )));
+            }
+        }
+        let tenant_pos = t
+            .tenant
+            .as_ref()
+            .and_then(|tc| cols.iter().position(|c| c == tc));
+        let mut row_tenants: Vec<TenantSource> = vec![];
+        match ins.source.as_deref_mut() {
+            Some(q)
+                if matches!(q.body.as_ref(), SetExpr::Values(_))
+                    && q.with.is_none()
+                    && q.order_by.is_none()
+                    && q.limit_clause.is_none() =>
+            {
+                let SetExpr::Values(values) = q.body.as_mut() else {
+                    unreachable!("checked above")
+                };
+                // Which blind-index columns to append (not named, writer role).
+                let mut add: Vec<(String, &'a ColumnPolicy, bool)> = vec![];
+                for (_, cp) in &protected_pos {
+                    if !self.access(cp).write {
+                        continue;
+                    }
+                    if let Some(b) = &cp.blind_index {
+                        add.push((b.column.clone(), cp, false));
+                        if let Some(n) = &b.next {
+                            add.push((n.clone(), cp, true));
+                        }
+                    }
+                }
+                for row in values.rows.iter_mut() {
+                    let exprs = &mut row.content;
+                    if exprs.len() != cols.len() {
+                        return Err(Reject::unsupported(format!(
+                            "pgveil: INSERT into {qualified}: each VALUES row must have exactly one value per listed column"
+                        )));
+                    }
+                    let tenant = match (&t.tenant, tenant_pos) {
+                        (None, _) => TenantSource::None,
+                        (Some(_), Some(p)) => match self.tenant_of(&mut exprs[p], &tsc)? {
+                            Some(ts) => ts,
+                            None => TenantSource::None,
+                        },
+                        (Some(_), None) => TenantSource::None,
+                    };
+                    let mut wvals: Vec<Option<WVal>> = vec![None; cols.len()];
+                    for (i, e) in exprs.iter_mut().enumerate() {
+                        if Some(i) == tenant_pos {
+                            continue;
+                        }
+                        match t.column(&cols[i]) {
+                            Some(cp) => {
+                                let cref = ColumnRef::new(&t.schema, &t.table, &cp.name);
+                                if let Some(tc) = &t.tenant
+                                    && tenant == TenantSource::None
+                                    && !matches!(e, Expr::Value(v) if v.value == Value::Null)
+                                {
+                                    return Err(Reject::unsupported(format!(
+                                        "pgveil: INSERT into {qualified} writes protected column {cref} but the row's tenant is unknown: include the tenant column {tc} in the column list with a literal or a parameter ($n) value"
+                                    )));
+                                }
+                                wvals[i] =
+                                    Some(self.write_value(&cref, cp, e, &tsc, &tenant, "INSERT")?);
+                            }
+                            None => {
+                                let c = self.expr(e, &tsc)?;
+                                self.plain(
+                                    c,
+                                    "INSERT of a protected column into another column",
+                                    "copy values in the application",
+                                )?;
+                            }
+                        }
+                    }
+                    for (_, cp, next) in &add {
+                        let pos = cols
+                            .iter()
+                            .position(|c| *c == cp.name)
+                            .expect("protected column listed");
+                        let w = wvals[pos].clone().unwrap_or(WVal::Null);
+                        let cref = ColumnRef::new(&t.schema, &t.table, &cp.name);
+                        let default = exprs[pos].clone();
+                        let be = self.bidx_value(&w, &cref, *next, &default);
+                        exprs.push(be);
+                    }
+                    row_tenants.push(tenant);
+                }
+                for (bcol, _, _) in &add {
+                    ins.columns
+                        .push(ObjectName(vec![ObjectNamePart::Identifier(make_ident(
+                            bcol,
+                        ))]));
+                }
+                if !add.is_empty() {
+                    self.changed = true;
+                }
+            }
+            Some(q) => {
+                if let Some((_, cp)) = protected_pos.first() {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: INSERT … SELECT into protected column {qualified}.{} is not supported: pgveil cannot encrypt values computed by the database; insert with VALUES and parameters from the application",
+                        cp.name
+                    )));
+                }
+                self.query(q, sc)?;
+            }
+            None => {}
+        }
+        // ON CONFLICT.
+        if let Some(on) = &mut ins.on {
+            match on {
+                OnInsert::OnConflict(oc) => {
+                    if let Some(ConflictTarget::Columns(cs)) = &mut oc.conflict_target {
+                        for c in cs.iter_mut() {
+                            let n = norm(c);
+                            if let Some(cp) = t.column(&n) {
+                                match &cp.blind_index {
+                                    Some(b) => {
+                                        *c = make_ident(&b.column);
+                                        self.changed = true;
+                                    }
+                                    None => {
+                                        return Err(Reject::unsupported(format!(
+                                            "pgveil: ON CONFLICT on protected column {qualified}.{n} is not supported: it has no blind index; use a unique constraint on an unprotected column"
+                                        )));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let conflict_cols: Vec<String> = match &oc.conflict_target {
+                        Some(ConflictTarget::Columns(cs)) => cs.iter().map(norm).collect(),
+                        _ => vec![],
+                    };
+                    if let OnConflictAction::DoUpdate(du) = &mut oc.action {
+                        let mut usc = tsc.clone();
+                        usc.last_mut().expect("scope").rels.push(Rel {
+                            alias: Some("excluded".into()),
+                            schema: None,
+                            name: "excluded".into(),
+                            kind: RelKind::Table(t),
+                        });
+                        let tenant = if row_tenants.len() == 1 {
+                            row_tenants[0].clone()
+                        } else {
+                            TenantSource::None
+                        };
+                        let same_tenant = t
+                            .tenant
+                            .as_ref()
+                            .is_none_or(|tc| conflict_cols.contains(tc));
+                        self.assignments(
+                            t,
+                            &mut du.assignments,
+                            &usc,
+                            tenant,
+                            same_tenant,
+                            "INSERT … ON CONFLICT DO UPDATE",
+                        )?;
+                        if let Some(w) = &mut du.selection {
+                            let c = self.expr(w, &usc)?;
+                            self.plain(c, "a WHERE condition", "compare it: col = $1")?;
+                        }
+                    }
+                }
+                other => {
+                    let probe = other.clone();
+                    self.generic(&probe, &tsc)?;
+                }
+            }
+        }
+        self.returning(&mut ins.returning, &tsc)
+    }
+
+    /// SET list of UPDATE / ON CONFLICT DO UPDATE on protected table `t`.
+    fn assignments(
+        &mut self,
+        t: &'a TablePolicy,
+        list: &mut Vec<Assignment>,
+        sc: &[Scope<'a>],
+        tenant: TenantSource,
+        excluded_same_tenant: bool,
+        stmt: &str,
+    ) -> R<()> {
+        let qualified = t.qualified();
+        let mut extra: Vec<Assignment> = vec![];
+        let assigned: Vec<String> = list
+            .iter()
+            .filter_map(|a| match &a.target {
+                AssignmentTarget::ColumnName(n) => name_parts(n).last().cloned(),
+                _ => None,
+            })
+            .collect();
+        for a in list.iter_mut() {
+            let col = match &a.target {
+                AssignmentTarget::ColumnName(n) => {
+                    name_parts(n).last().cloned().unwrap_or_default()
+                }
+                AssignmentTarget::Tuple(ns) => {
+                    for n in ns {
+                        let c = name_parts(n).last().cloned().unwrap_or_default();
+                        if t.column(&c).is_some() || t.tenant.as_deref() == Some(c.as_str()) {
+                            return Err(Reject::unsupported(format!(
+                                "pgveil: assigning protected column {qualified}.{c} in a column tuple is not supported: write SET {c} = $1 separately"
+                            )));
+                        }
+                    }
+                    let c = self.expr(&mut a.value, sc)?;
+                    self.plain(c, "a tuple assignment", "assign columns one by one")?;
+                    continue;
+                }
+            };
+            if t.tenant.as_deref() == Some(col.as_str()) {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: {stmt} changing tenant column {qualified}.{col} is not supported: the row's encrypted values are bound to its tenant and would become unreadable; delete the row and insert it again through pgveil"
+                )));
+            }
+            if let Some((owner, _)) = t.blind_index_owner(&col)
+                && self.access(owner).write
+            {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: column {qualified}.{col} is the blind index of {} and is maintained by pgveil: remove it from SET",
+                    owner.name
+                )));
+            }
+            let Some(cp) = t.column(&col) else {
+                let c = self.expr(&mut a.value, sc)?;
+                self.plain(
+                    c,
+                    "copying a protected column into another column",
+                    "copy values in the application",
+                )?;
+                continue;
+            };
+            let cref = ColumnRef::new(&t.schema, &t.table, &col);
+            // SET col = EXCLUDED.col
+            if let Expr::CompoundIdentifier(ids) = strip_nested(&mut a.value)
+                && ids.len() == 2
+                && norm(&ids[0]) == "excluded"
+                && norm(&ids[1]) == col
+            {
+                if !excluded_same_tenant {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: {stmt} setting protected column {cref} on tenant table {qualified} needs the tenant column {} in the ON CONFLICT (…) target, so the existing row has the same tenant",
+                        t.tenant.as_deref().unwrap_or_default()
+                    )));
+                }
+                self.touch(&cref, Use::Write);
+                if self.access(cp).write
+                    && let Some(b) = &cp.blind_index
+                {
+                    for bcol in std::iter::once(&b.column).chain(b.next.iter()) {
+                        if !assigned.contains(bcol) {
+                            extra.push(Assignment {
+                                target: AssignmentTarget::ColumnName(ObjectName(vec![
+                                    ObjectNamePart::Identifier(make_ident(bcol)),
+                                ])),
+                                value: Expr::CompoundIdentifier(vec![
+                                    Ident::new("EXCLUDED"),
+                                    make_ident(bcol),
+                                ]),
+                            });
+                        }
+                    }
+                }
+                continue;
+            }
+            let is_null =
+                matches!(strip_nested(&mut a.value), Expr::Value(v) if v.value == Value::Null);
+            if t.tenant.is_some() && tenant == TenantSource::None && !is_null {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: {stmt} of protected column {cref} needs the row's tenant: add `WHERE {} = <literal or $n>` so pgveil can encrypt for that tenant",
+                    t.tenant.as_deref().unwrap_or_default()
+                )));
+            }
+            if t.tenant.is_some() && !excluded_same_tenant && !is_null {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: {stmt} setting protected column {cref} on tenant table {qualified} needs the tenant column in the ON CONFLICT (…) target"
+                )));
+            }
+            let w = self.write_value(&cref, cp, &mut a.value, sc, &tenant, stmt)?;
+            if self.access(cp).write
+                && let Some(b) = &cp.blind_index
+            {
+                let default = a.value.clone();
+                let mut pairs = vec![(b.column.clone(), false)];
+                if let Some(n) = &b.next {
+                    pairs.push((n.clone(), true));
+                }
+                for (bcol, next) in pairs {
+                    let v = self.bidx_value(&w, &cref, next, &default);
+                    extra.push(Assignment {
+                        target: AssignmentTarget::ColumnName(ObjectName(vec![
+                            ObjectNamePart::Identifier(make_ident(&bcol)),
+                        ])),
+                        value: v,
+                    });
+                }
+            }
+        }
+        if !extra.is_empty() {
+            self.changed = true;
+            list.extend(extra);
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, up: &mut sqlparser::ast::Update, sc: &[Scope<'a>]) -> R<Vec<OutCol<'a>>> {
+        let mut rels = vec![];
+        self.twj(&mut up.table, sc, &mut rels)?;
+        if let Some(from) = &mut up.from {
+            let tables = match from {
+                UpdateTableFromKind::BeforeSet(t) | UpdateTableFromKind::AfterSet(t) => t,
+            };
+            for t in tables.iter_mut() {
+                self.twj(t, sc, &mut rels)?;
+            }
+        }
+        let target = rels.first().cloned();
+        let mut usc = sc.to_vec();
+        usc.push(Scope { rels, ctes: vec![] });
+        match target.as_ref().map(|r| &r.kind) {
+            Some(RelKind::Table(t)) => {
+                let t: &'a TablePolicy = t;
+                let tenant = match (&t.tenant, &mut up.selection) {
+                    (Some(tc), Some(w)) => {
+                        self.tenant_from_where(w, tc, target.as_ref().expect("target"), &usc)?
+                    }
+                    _ => TenantSource::None,
+                };
+                self.assignments(t, &mut up.assignments, &usc, tenant, true, "UPDATE")?;
+            }
+            Some(RelKind::View(v)) => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: updating through view {}.{} over protected data is not supported: update the base table",
+                    v.schema, v.name
+                )));
+            }
+            _ => {
+                for a in up.assignments.iter_mut() {
+                    let c = self.expr(&mut a.value, &usc)?;
+                    self.plain(
+                        c,
+                        "copying a protected column into another column",
+                        "copy values in the application",
+                    )?;
+                }
+            }
+        }
+        if let Some(w) = &mut up.selection {
+            let c = self.expr(w, &usc)?;
+            self.plain(c, "a WHERE condition", "compare it: col = $1")?;
+        }
+        let rsc = usc;
+        self.returning(&mut up.returning, &rsc)
+    }
+
+    /// `WHERE tenant = <lit|$n> AND …` → the tenant.
+    fn tenant_from_where(
+        &mut self,
+        w: &mut Expr,
+        tc: &str,
+        target: &Rel<'a>,
+        sc: &[Scope<'a>],
+    ) -> R<TenantSource> {
+        let mut conj: Vec<&mut Expr> = vec![];
+        fn split<'e>(e: &'e mut Expr, out: &mut Vec<&'e mut Expr>) {
+            match e {
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::And,
+                    right,
+                } => {
+                    split(left, out);
+                    split(right, out);
+                }
+                Expr::Nested(inner) => split(inner, out),
+                other => out.push(other),
+            }
+        }
+        split(w, &mut conj);
+        for c in conj {
+            if let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = c
+            {
+                let (l, r) = ((**left).clone(), (**right).clone());
+                for (col, val) in [(&l, &r), (&r, &l)] {
+                    let ok = match col {
+                        Expr::Identifier(i) => norm(i) == tc,
+                        Expr::CompoundIdentifier(ids) => {
+                            let parts: Vec<String> = ids.iter().map(norm).collect();
+                            let (last, qual) = parts.split_last().expect("non-empty");
+                            last == tc && Self::rel_matches(target, qual)
+                        }
+                        _ => false,
+                    };
+                    if ok {
+                        let mut probe = (*val).clone();
+                        if let Some(ts) = self.tenant_of(&mut probe, sc)? {
+                            return Ok(ts);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(TenantSource::None)
+    }
+
+    fn delete(&mut self, del: &mut sqlparser::ast::Delete, sc: &[Scope<'a>]) -> R<Vec<OutCol<'a>>> {
+        let mut rels = vec![];
+        let tables = match &mut del.from {
+            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+        };
+        for t in tables.iter_mut() {
+            self.twj(t, sc, &mut rels)?;
+        }
+        if let Some(using) = &mut del.using {
+            for t in using.iter_mut() {
+                self.twj(t, sc, &mut rels)?;
+            }
+        }
+        let mut dsc = sc.to_vec();
+        dsc.push(Scope { rels, ctes: vec![] });
+        if let Some(w) = &mut del.selection {
+            let c = self.expr(w, &dsc)?;
+            self.plain(c, "a WHERE condition", "compare it: col = $1")?;
+        }
+        self.returning(&mut del.returning, &dsc)
+    }
+
+    // ----- COPY -------------------------------------------------------------
+
+    fn copy(&mut self, stmt: &mut Statement, text: &str, source: Range<usize>) -> R<Top> {
+        let Statement::Copy {
+            source: src,
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
+        } = stmt
+        else {
+            unreachable!("copy() is called on COPY");
+        };
+        let mut format = CopyFormat::Text;
+        let mut delimiter = None;
+        let mut null = None;
+        let mut header = false;
+        let mut quote = '"';
+        let mut escape = None;
+        for o in options.iter() {
+            match o {
+                CopyOption::Format(f) => {
+                    format = match f.value.to_ascii_lowercase().as_str() {
+                        "csv" => CopyFormat::Csv,
+                        "binary" => CopyFormat::Binary,
+                        _ => CopyFormat::Text,
+                    }
+                }
+                CopyOption::Delimiter(c) => delimiter = Some(*c),
+                CopyOption::Null(s) => null = Some(s.clone()),
+                CopyOption::Header(h) => header = *h,
+                CopyOption::Quote(c) => quote = *c,
+                CopyOption::Escape(c) => escape = Some(*c),
+                _ => {}
+            }
+        }
+        for o in legacy_options.iter() {
+            match o {
+                CopyLegacyOption::Binary => format = CopyFormat::Binary,
+                CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+                CopyLegacyOption::Null(s) => null = Some(s.clone()),
+                CopyLegacyOption::Header => header = true,
+                CopyLegacyOption::Csv(cs) => {
+                    format = CopyFormat::Csv;
+                    for c in cs {
+                        match c {
+                            CopyLegacyCsvOption::Header => header = true,
+                            CopyLegacyCsvOption::Quote(q) => quote = *q,
+                            CopyLegacyCsvOption::Escape(e) => escape = Some(*e),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let csv = format == CopyFormat::Csv;
+        let delimiter = delimiter.unwrap_or(if csv { ',' } else { '\t' });
+        let null = null.unwrap_or_else(|| if csv { String::new() } else { "\\N".into() });
+        let escape = escape.unwrap_or(if csv { quote } else { '\\' });
+        let direction = if *to {
+            CopyDirection::Out
+        } else {
+            CopyDirection::In
+        };
+        let (table_name, columns) = match src {
+            CopySource::Query(q) => {
+                self.query(q, &[])?;
+                if self.changed {
+                    return Err(Reject::unsupported(
+                        "pgveil: COPY (SELECT …) with lookups on protected columns is not supported: run the SELECT instead",
+                    ));
+                }
+                return Ok(Top::Done(StatementKind::Copy));
+            }
+            CopySource::Table {
+                table_name,
+                columns,
+            } => (table_name, columns),
+        };
+        let (_, _, kind) = self.table_kind(&name_parts(table_name), &[])?;
+        let t = match kind {
+            RelKind::Table(t) => t,
+            RelKind::View(_) => return Ok(Top::Done(StatementKind::Copy)),
+            _ => return Ok(Top::Passthrough),
+        };
+        let qualified = t.qualified();
+        let mut cols: Option<Vec<String>> = if columns.is_empty() {
+            self.an
+                .table_columns
+                .get(&(t.schema.clone(), t.table.clone()))
+                .cloned()
+        } else {
+            Some(columns.iter().map(norm).collect())
+        };
+        let mut plan = CopyPlan {
+            schema: t.schema.clone(),
+            table: t.table.clone(),
+            columns: None,
+            format,
+            delimiter,
+            null,
+            header,
+            quote,
+            escape,
+            direction,
+            sql: text.to_string(),
+            fields: vec![],
+            appended: vec![],
+            source,
+        };
+        if direction == CopyDirection::Out {
+            for c in &t.columns {
+                self.touch(&ColumnRef::new(&t.schema, &t.table, &c.name), Use::Read);
+            }
+            plan.columns = cols;
+            return Ok(Top::Copy(plan));
+        }
+        if !matches!(target, CopyTarget::Stdin) {
+            return Err(Reject::unsupported(format!(
+                "pgveil: COPY {qualified} FROM a server file or program is not supported: it would store plaintext; use COPY … FROM STDIN through pgveil"
+            )));
+        }
+        if format == CopyFormat::Binary {
+            return Err(Reject::unsupported(format!(
+                "pgveil: binary COPY into protected table {qualified} is not supported: use FORMAT text or csv"
+            )));
+        }
+        let Some(list) = cols.take() else {
+            return Err(Reject::unsupported(format!(
+                "pgveil: COPY into protected table {qualified} needs a column list: COPY {qualified} (col, …) FROM STDIN"
+            )));
+        };
+        let tenant_field = t
+            .tenant
+            .as_ref()
+            .and_then(|tc| list.iter().position(|c| c == tc));
+        let mut appended_cols: Vec<String> = vec![];
+        for (i, c) in list.iter().enumerate() {
+            if let Some((owner, _)) = t.blind_index_owner(c)
+                && self.access(owner).write
+            {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: column {qualified}.{c} is the blind index of {} and is maintained by pgveil: remove it from the COPY column list",
+                    owner.name
+                )));
+            }
+            let Some(cp) = t.column(c) else {
+                plan.fields.push(CopyField::Plain);
+                continue;
+            };
+            let cref = ColumnRef::new(&t.schema, &t.table, c);
+            self.touch(&cref, Use::Write);
+            if self.access(cp).write {
+                if let Some(tc) = &t.tenant
+                    && tenant_field.is_none()
+                {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: COPY into {qualified} writes protected column {cref} but the tenant column {tc} is not in the column list: add it"
+                    )));
+                }
+                plan.fields.push(CopyField::Encrypt {
+                    target: cref.clone(),
+                    tenant_field,
+                });
+                if let Some(b) = &cp.blind_index {
+                    plan.appended.push((SlotOp::BlindIndex, i, cref.clone()));
+                    appended_cols.push(b.column.clone());
+                    if let Some(n) = &b.next {
+                        plan.appended
+                            .push((SlotOp::BlindIndexNext, i, cref.clone()));
+                        appended_cols.push(n.clone());
+                    }
+                }
+            } else {
+                plan.fields
+                    .push(CopyField::RequireEnvelope { target: cref });
+            }
+        }
+        if columns.is_empty() || !appended_cols.is_empty() {
+            *columns = list
+                .iter()
+                .chain(appended_cols.iter())
+                .map(|c| make_ident(c))
+                .collect();
+            plan.sql = stmt.to_string();
+        }
+        plan.columns = Some(list);
+        Ok(Top::Copy(plan))
+    }
+
+    // ----- output -------------------------------------------------------------
+
+    fn finish(
+        &mut self,
+        stmt: &Statement,
+        text: &str,
+        source: Range<usize>,
+        kind: StatementKind,
+    ) -> R<RewritePlan> {
+        for (orig, action) in &self.inplace {
+            if self.plain_params.contains(orig) {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: parameter ${} is used both for protected column {} and elsewhere: pass the value as two separate parameters",
+                    orig + 1,
+                    action_target(action)
+                        .map(|c| c.to_string())
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        let mut params = vec![];
+        let mut parse_types = vec![];
+        if self.extended {
+            for i in 0..self.n_client {
+                match self.inplace.get(&i) {
+                    Some(a) => {
+                        params.push(a.clone());
+                        parse_types.push(0);
+                    }
+                    None => {
+                        params.push(ParamAction::Copy { orig: i });
+                        parse_types.push(self.client_types.get(i).copied().unwrap_or(0));
+                    }
+                }
+            }
+            for a in &self.appended {
+                params.push(a.clone());
+                parse_types.push(0);
+            }
+        }
+        let sql = if self.changed {
+            let out = stmt.to_string();
+            split_markers(&out, &self.marker, self.literals.len())?
+        } else {
+            vec![Segment::Text(text.to_string())]
+        };
+        self.overrides.sort_by_key(|o| o.0);
+        Ok(RewritePlan {
+            kind,
+            sql,
+            literals: std::mem::take(&mut self.literals),
+            params,
+            param_type_overrides: std::mem::take(&mut self.overrides),
+            parse_param_types: parse_types,
+            touched: std::mem::take(&mut self.touched),
+            unchanged: !self.changed,
+            source,
+        })
+    }
+}
+
+fn action_target(a: &ParamAction) -> Option<&ColumnRef> {
+    match a {
+        ParamAction::Copy { .. } => None,
+        ParamAction::Encrypt { target, .. }
+        | ParamAction::BlindIndex { target, .. }
+        | ParamAction::BlindIndexNext { target, .. }
+        | ParamAction::RequireEnvelope { target, .. } => Some(target),
+    }
+}
+
+/// The output name of a select item without alias (a bare column's name).
+fn item_alias(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(norm(i)),
+        Expr::CompoundIdentifier(ids) => ids.last().map(norm),
+        _ => None,
+    }
+}
+
+fn split_markers(out: &str, marker: &str, n: usize) -> R<Vec<Segment>> {
+    let mut segs = vec![];
+    let mut seen = vec![false; n];
+    let mut rest = out;
+    while let Some(p) = rest.find(marker) {
+        let after = &rest[p + marker.len()..];
+        let digits = after.bytes().take_while(|b| b.is_ascii_digit()).count();
+        let idx: usize = after[..digits].parse().map_err(|_| internal())?;
+        if idx >= n || seen[idx] {
+            return Err(internal());
+        }
+        seen[idx] = true;
+        if p > 0 {
+            segs.push(Segment::Text(rest[..p].to_string()));
+        }
+        segs.push(Segment::Literal(idx));
+        rest = &after[digits..];
+    }
+    if !rest.is_empty() {
+        segs.push(Segment::Text(rest.to_string()));
+    }
+    if seen.iter().any(|s| !s) {
+        return Err(internal());
+    }
+    Ok(segs)
+}
+
+fn internal() -> Reject {
+    Reject::unsupported("pgveil: internal error while rewriting this statement; it was not sent")
+}

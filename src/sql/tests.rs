@@ -1,0 +1,911 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::policy::Policy;
+
+const POLICY: &str = "\
+version: 1
+groups:
+  app: [app_user]
+tables:
+  public.users:
+    columns:
+      email:
+        type: text
+        blind_index: { column: email_bidx, normalize: [trim, lowercase] }
+        access: { app: read, signup: write, searcher: search }
+      name: { type: text, access: { app: read } }
+      dob: { type: date, access: { app: read } }
+  public.pay_customers:
+    tenant: org_id
+    columns:
+      email:
+        type: text
+        blind_index: { column: email_bidx, normalize: [trim, lowercase] }
+        access: { app: read }
+  public.rot:
+    columns:
+      ssn:
+        type: text
+        blind_index: { column: ssn_bidx, next: ssn_bidx2 }
+        access: { app: read }
+";
+
+fn analyzer() -> Analyzer {
+    let p = Policy::from_text(Path::new("t.yaml"), POLICY).unwrap();
+    Analyzer::new(Arc::new(p))
+}
+
+fn ext(sql: &str, role: &str) -> StatementPlan {
+    let a = analyzer();
+    let mut v = a.plan(sql, role, Mode::Extended { param_types: &[] });
+    assert_eq!(v.len(), 1);
+    v.pop().unwrap()
+}
+
+fn simple(sql: &str, role: &str) -> Vec<StatementPlan> {
+    analyzer().plan(sql, role, Mode::Simple)
+}
+
+fn rw(p: StatementPlan) -> RewritePlan {
+    match p {
+        StatementPlan::Rewrite(r) => r,
+        other => panic!("expected a rewrite, got {other:?}"),
+    }
+}
+
+/// The rewritten SQL with literal slots shown as `{i:op}`.
+fn shown(r: &RewritePlan) -> String {
+    r.render(|i, s| format!("{{{i}:{:?}}}", s.op))
+}
+
+fn reject(p: StatementPlan) -> (&'static str, String) {
+    match p {
+        StatementPlan::Reject { sqlstate, message } => (sqlstate, message),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn users_email() -> ColumnRef {
+    ColumnRef::new("public", "users", "email")
+}
+
+// ----- pre-check and splitting ---------------------------------------------
+
+#[test]
+fn precheck() {
+    let a = analyzer();
+    assert!(a.may_touch_protected("select * from users where id = 1"));
+    assert!(a.may_touch_protected("SELECT * FROM \"USERS\""));
+    assert!(a.may_touch_protected("insert into public.pay_customers values (1)"));
+    assert!(!a.may_touch_protected("select * from orders where user_id = 1"));
+    assert!(!a.may_touch_protected("select * from users_archive"));
+}
+
+#[test]
+fn unprotected_statements_pass_through_byte_for_byte() {
+    let sql = "select  *  from orders where id = $1";
+    assert_eq!(
+        ext(sql, "app_user"),
+        StatementPlan::Passthrough { sql: sql.into() }
+    );
+    let v = simple("select 1;  select * from orders ;", "app_user");
+    assert_eq!(
+        v,
+        vec![
+            StatementPlan::Passthrough {
+                sql: "select 1".into()
+            },
+            StatementPlan::Passthrough {
+                sql: "select * from orders".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn multi_statement_simple_query_is_judged_per_statement() {
+    let v = simple(
+        "begin; select name from users; select * from users order by email; commit",
+        "app_user",
+    );
+    assert_eq!(v.len(), 4);
+    assert_eq!(
+        v[0],
+        StatementPlan::Passthrough {
+            sql: "begin".into()
+        }
+    );
+    let r = rw(v[1].clone());
+    assert!(r.unchanged);
+    assert_eq!(shown(&r), "select name from users");
+    assert!(matches!(v[2], StatementPlan::Reject { .. }));
+    assert_eq!(
+        v[3],
+        StatementPlan::Passthrough {
+            sql: "commit".into()
+        }
+    );
+}
+
+// ----- reads ----------------------------------------------------------------
+
+#[test]
+fn plain_reads_are_unchanged_and_audited() {
+    let r = rw(ext(
+        "SELECT id, email, u.name FROM users u WHERE id = $1",
+        "app_user",
+    ));
+    assert!(r.unchanged);
+    assert_eq!(
+        shown(&r),
+        "SELECT id, email, u.name FROM users u WHERE id = $1"
+    );
+    assert_eq!(r.params, vec![ParamAction::Copy { orig: 0 }]);
+    assert!(r.touched.contains(&(users_email(), Use::Read)));
+    assert_eq!(r.kind, StatementKind::Select);
+    let r = rw(ext("select * from public.users", "dba"));
+    assert!(r.unchanged);
+    assert_eq!(r.touched.len(), 3);
+    let r = rw(ext(
+        "select count(email), count(*) from users where email is not null",
+        "dba",
+    ));
+    assert!(r.unchanged);
+}
+
+#[test]
+fn reads_through_subqueries_ctes_joins_and_returning() {
+    for sql in [
+        "with x as (select email from users) select email from x",
+        "select s.e from (select email as e from users) s",
+        "select u.email, o.total from users u join orders o on o.user_id = u.id",
+        "select (select email from users where id = 1)",
+        "select email from users union all select email from users",
+    ] {
+        let r = rw(ext(sql, "app_user"));
+        assert!(r.unchanged, "{sql}");
+    }
+}
+
+// ----- lookups ----------------------------------------------------------------
+
+#[test]
+fn equality_with_param_uses_blind_index() {
+    let r = rw(ext(
+        "SELECT id, name FROM users WHERE email = $1",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT id, name FROM users WHERE email_bidx = $1"
+    );
+    assert_eq!(
+        r.params,
+        vec![ParamAction::BlindIndex {
+            orig: 0,
+            target: users_email(),
+            tenant: TenantSource::None,
+            array: false
+        }]
+    );
+    assert_eq!(r.param_type_overrides, vec![(0, PgType::Text, false)]);
+    assert_eq!(r.parse_param_types, vec![0]);
+    assert!(r.touched.contains(&(users_email(), Use::Search)));
+}
+
+#[test]
+fn equality_with_literal_qualified_and_reversed() {
+    let r = rw(ext(
+        "select * from users u where 'a@b.c' = u.email and u.id > 3",
+        "searcher",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT * FROM users u WHERE {0:BlindIndex} = u.email_bidx AND u.id > 3"
+    );
+    assert_eq!(r.literals[0].value.as_deref(), Some("a@b.c"));
+    assert_eq!(r.literals[0].target, users_email());
+    let r = rw(ext(
+        "select * from public.users where public.users.email <> $1::text",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT * FROM public.users WHERE public.users.email_bidx <> $1"
+    );
+}
+
+#[test]
+fn in_lists_any_and_null() {
+    let r = rw(ext(
+        "select id from users where email in ($1, 'x', NULL)",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT id FROM users WHERE email_bidx IN ($1, {0:BlindIndex}, NULL)"
+    );
+    let r = rw(ext(
+        "select id from users where email not in ('a', 'b')",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT id FROM users WHERE email_bidx NOT IN ({0:BlindIndex}, {1:BlindIndex})"
+    );
+    let r = rw(ext(
+        "select id from users where email = any($1)",
+        "app_user",
+    ));
+    assert_eq!(shown(&r), "SELECT id FROM users WHERE email_bidx = ANY($1)");
+    assert!(matches!(
+        r.params[0],
+        ParamAction::BlindIndex { array: true, .. }
+    ));
+    assert_eq!(r.param_type_overrides, vec![(0, PgType::Text, true)]);
+    let r = rw(ext(
+        "select id from users where email != all(array['a', $1])",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT id FROM users WHERE email_bidx <> ALL(ARRAY[{0:BlindIndex}, $1])"
+    );
+    let r = rw(ext("select id from users where email is null", "dba"));
+    assert!(r.unchanged);
+}
+
+#[test]
+fn lookups_in_subqueries_ctes_delete_and_update_where() {
+    let r = rw(ext(
+        "with t as (select id from users where email = $1) select * from orders where user_id in (select id from t)",
+        "app_user",
+    ));
+    assert!(shown(&r).contains("WHERE email_bidx = $1"), "{}", shown(&r));
+    let r = rw(ext(
+        "delete from users where email = $1 returning id, email",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "DELETE FROM users WHERE email_bidx = $1 RETURNING id, email"
+    );
+    assert_eq!(r.kind, StatementKind::Delete);
+    let r = rw(ext(
+        "select o.* from orders o where exists (select 1 from users u where u.id = o.user_id and u.email = $2) and o.id = $1",
+        "app_user",
+    ));
+    assert!(shown(&r).contains("u.email_bidx = $2"), "{}", shown(&r));
+    assert_eq!(r.params[0], ParamAction::Copy { orig: 0 });
+}
+
+#[test]
+fn self_join_on_same_column_uses_blind_index() {
+    let r = rw(ext(
+        "select a.id from users a join users b on a.email = b.email",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT a.id FROM users a JOIN users b ON a.email_bidx = b.email_bidx"
+    );
+    let (code, msg) = reject(ext(
+        "select 1 from users u join pay_customers c on u.email = c.email",
+        "app_user",
+    ));
+    assert_eq!(code, "0A000");
+    assert!(
+        msg.contains("public.users.email") && msg.contains("public.pay_customers.email"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn lookups_need_search_access() {
+    for role in ["signup", "dba"] {
+        let (code, msg) = reject(ext("select id from users where email = $1", role));
+        assert_eq!(code, "42501", "{role}");
+        assert!(
+            msg.contains("public.users.email") && msg.contains(role),
+            "{msg}"
+        );
+    }
+    let (code, msg) = reject(ext("select id from users where name = $1", "app_user"));
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("no blind_index"), "{msg}");
+}
+
+#[test]
+fn tenant_table_lookups_need_no_tenant() {
+    let r = rw(ext(
+        "select * from pay_customers where email = $1",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT * FROM pay_customers WHERE email_bidx = $1"
+    );
+}
+
+// ----- fail closed --------------------------------------------------------------
+
+#[test]
+fn rejections_name_table_column_and_alternative_without_values() {
+    let cases = [
+        ("select * from users order by email", "ORDER BY"),
+        ("select email from users order by 1", "ORDER BY"),
+        ("select email as e from users order by e", "ORDER BY"),
+        ("select * from users where email > 'secret-value'", "range"),
+        (
+            "select * from users where email between 'a' and 'secret-value'",
+            "BETWEEN",
+        ),
+        (
+            "select * from users where email like 'secret-value%'",
+            "LIKE",
+        ),
+        (
+            "select * from users where email ilike 'secret-value%'",
+            "LIKE",
+        ),
+        (
+            "select * from users where email ~ 'secret-value'",
+            "regular expression",
+        ),
+        (
+            "select * from users where email similar to 'secret-value'",
+            "SIMILAR",
+        ),
+        ("select lower(email) from users", "function"),
+        (
+            "select * from users where lower(email) = 'secret-value'",
+            "function",
+        ),
+        ("select email::text from users", "cast"),
+        ("select max(email) from users", "aggregate"),
+        ("select count(distinct email) from users", "count(DISTINCT"),
+        (
+            "select email, count(*) from users group by email",
+            "GROUP BY",
+        ),
+        ("select distinct email from users", "DISTINCT"),
+        ("select email || 'secret-value' from users", "operator"),
+        ("select * from users where email = note", "expression"),
+        (
+            "select * from users where email = name",
+            "public.users.name",
+        ),
+        (
+            "select email from users union select email from users",
+            "UNION",
+        ),
+        (
+            "select * from users where email in (select email from users)",
+            "IN (SELECT",
+        ),
+        ("select case email when 'x' then 1 end from users", "CASE"),
+        (
+            "with x as (select email from users) select * from x where email = 'secret-value'",
+            "subquery or CTE",
+        ),
+    ];
+    for (sql, what) in cases {
+        let (code, msg) = reject(ext(sql, "app_user"));
+        assert_eq!(code, "0A000", "{sql}: {msg}");
+        assert!(msg.contains(what), "{sql}: {msg}");
+        assert!(msg.contains("public.users.email"), "{sql}: {msg}");
+        assert!(!msg.contains("secret-value"), "{sql}: {msg}");
+    }
+}
+
+#[test]
+fn statement_types_that_cannot_be_proven_safe_are_rejected() {
+    for sql in [
+        "prepare p as select * from users where email = $1",
+        "prepare q (text) as insert into users (email) values ($1)",
+        "call add_user('users')",
+        "do $$ begin insert into users(email) values ('x'); end $$",
+        "merge into users u using src s on u.id = s.id when matched then update set email = s.email",
+        "select * from users where email = 'x' garbage garbage",
+    ] {
+        let v = simple(sql, "app_user");
+        let (code, msg) = reject(v.into_iter().next().unwrap());
+        assert_eq!(code, "0A000", "{sql}");
+        assert!(
+            msg.contains("public.users") || msg.contains("users"),
+            "{sql}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn session_and_transaction_statements_pass() {
+    for sql in [
+        "set role users_admin",
+        "SET SESSION AUTHORIZATION users",
+        "show search_path",
+        "begin",
+    ] {
+        let v = simple(sql, "app_user");
+        assert!(
+            matches!(v[0], StatementPlan::Passthrough { .. }),
+            "{sql}: {:?}",
+            v[0]
+        );
+    }
+}
+
+#[test]
+fn ddl_is_allowed_on_columns_but_not_expressions() {
+    let r = rw(ext("create index on users (email_bidx)", "dba"));
+    assert!(r.unchanged);
+    assert_eq!(r.kind, StatementKind::Ddl);
+    let r = rw(ext("alter table users add column email_bidx2 bytea", "dba"));
+    assert!(r.unchanged);
+    let (_, msg) = reject(ext("create index on users (lower(email))", "dba"));
+    assert!(msg.contains("public.users.email"), "{msg}");
+    let (_, msg) = reject(ext(
+        "alter table users alter column email set default 'x'",
+        "dba",
+    ));
+    assert!(msg.contains("DEFAULT"), "{msg}");
+}
+
+#[test]
+fn params_only_in_extended_mode() {
+    let v = simple("select * from users where email = $1", "app_user");
+    let (code, _) = reject(v[0].clone());
+    assert_eq!(code, "0A000");
+}
+
+// ----- writes --------------------------------------------------------------------
+
+#[test]
+fn insert_params_adds_blind_index_column() {
+    let r = rw(ext(
+        "INSERT INTO users (id, email, name) VALUES ($1, $2, $3) RETURNING id, email",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO users (id, email, name, email_bidx) VALUES ($1, $2, $3, $4) RETURNING id, email"
+    );
+    let name = ColumnRef::new("public", "users", "name");
+    assert_eq!(
+        r.params,
+        vec![
+            ParamAction::Copy { orig: 0 },
+            ParamAction::Encrypt {
+                orig: 1,
+                target: users_email(),
+                tenant: TenantSource::None
+            },
+            ParamAction::Encrypt {
+                orig: 2,
+                target: name,
+                tenant: TenantSource::None
+            },
+            ParamAction::BlindIndex {
+                orig: 1,
+                target: users_email(),
+                tenant: TenantSource::None,
+                array: false
+            },
+        ]
+    );
+    assert_eq!(r.parse_param_types, vec![0, 0, 0, 0]);
+    assert_eq!(
+        r.param_type_overrides,
+        vec![(1, PgType::Text, false), (2, PgType::Text, false)]
+    );
+    assert_eq!(r.kind, StatementKind::Insert);
+}
+
+#[test]
+fn insert_literals_multi_row_null_default() {
+    let r = rw(ext(
+        "insert into users (email, dob) values ('a@b.c', '2001-02-03'::date), (NULL, DEFAULT), (DEFAULT, NULL)",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO users (email, dob, email_bidx) VALUES ({0:Encrypt}, {1:Encrypt}, {2:BlindIndex}), (NULL, DEFAULT, NULL), (DEFAULT, NULL, DEFAULT)"
+    );
+    assert_eq!(r.literals[0].value.as_deref(), Some("a@b.c"));
+    assert_eq!(r.literals[1].value.as_deref(), Some("2001-02-03"));
+    assert_eq!(r.literals[1].target.column, "dob");
+    assert_eq!(r.literals[2].value.as_deref(), Some("a@b.c"));
+}
+
+#[test]
+fn insert_by_unlisted_role_requires_envelopes() {
+    let r = rw(ext(
+        "insert into users (email, email_bidx) values ($1, $2)",
+        "dba",
+    ));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO users (email, email_bidx) VALUES ($1, $2)"
+    );
+    assert_eq!(
+        r.params,
+        vec![
+            ParamAction::RequireEnvelope {
+                orig: 0,
+                target: users_email()
+            },
+            ParamAction::Copy { orig: 1 },
+        ]
+    );
+    assert!(r.param_type_overrides.is_empty());
+    let r = rw(ext("insert into users (email) values ('pgv1:abc')", "dba"));
+    assert_eq!(r.literals[0].op, SlotOp::RequireEnvelope);
+    // A writer may not supply the blind index.
+    let (_, msg) = reject(ext(
+        "insert into users (email, email_bidx) values ($1, $2)",
+        "app_user",
+    ));
+    assert!(msg.contains("email_bidx"), "{msg}");
+}
+
+#[test]
+fn insert_write_only_role_encrypts() {
+    let r = rw(ext("insert into users (email) values ($1)", "signup"));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO users (email, email_bidx) VALUES ($1, $2)"
+    );
+    assert!(matches!(r.params[0], ParamAction::Encrypt { .. }));
+}
+
+#[test]
+fn insert_tenant_from_row() {
+    let r = rw(ext(
+        "insert into pay_customers (org_id, email) values ($1, $2), (7, 'x@y')",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO pay_customers (org_id, email, email_bidx) VALUES ($1, $2, $3), (7, {0:Encrypt}, {1:BlindIndex})"
+    );
+    assert_eq!(
+        r.params[1],
+        ParamAction::Encrypt {
+            orig: 1,
+            target: ColumnRef::new("public", "pay_customers", "email"),
+            tenant: TenantSource::Param(0)
+        }
+    );
+    assert_eq!(r.params[0], ParamAction::Copy { orig: 0 });
+    assert_eq!(r.literals[0].tenant, TenantSource::Literal("7".into()));
+    let (code, msg) = reject(ext(
+        "insert into pay_customers (email) values ($1)",
+        "app_user",
+    ));
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("org_id") && msg.contains("tenant"), "{msg}");
+    // NULL needs no tenant.
+    assert!(matches!(
+        ext(
+            "insert into pay_customers (email) values (NULL)",
+            "app_user"
+        ),
+        StatementPlan::Rewrite(_)
+    ));
+}
+
+#[test]
+fn insert_rejections() {
+    let (_, msg) = reject(ext(
+        "insert into users (email) select email from old_users",
+        "app_user",
+    ));
+    assert!(
+        msg.contains("INSERT … SELECT") && msg.contains("public.users.email"),
+        "{msg}"
+    );
+    let (_, msg) = reject(ext(
+        "insert into users (email) values (lower($1))",
+        "app_user",
+    ));
+    assert!(msg.contains("expression"), "{msg}");
+    let (_, msg) = reject(ext("insert into users values ($1, $2)", "app_user"));
+    assert!(msg.contains("column list"), "{msg}");
+    // Copying ciphertext into another table is fine.
+    let r = rw(ext(
+        "insert into archive (e) select email from users",
+        "dba",
+    ));
+    assert!(r.unchanged);
+}
+
+#[test]
+fn insert_on_conflict_do_update_excluded() {
+    let r = rw(ext(
+        "insert into users (id, email) values ($1, $2) on conflict (email) do update set email = excluded.email, name = excluded.name",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO users (id, email, email_bidx) VALUES ($1, $2, $3) ON CONFLICT(email_bidx) DO UPDATE SET email = excluded.email, name = excluded.name, email_bidx = EXCLUDED.email_bidx"
+    );
+    let (_, msg) = reject(ext(
+        "insert into pay_customers (org_id, email) values ($1, $2) on conflict (id) do update set email = excluded.email",
+        "app_user",
+    ));
+    assert!(
+        msg.contains("ON CONFLICT") && msg.contains("org_id"),
+        "{msg}"
+    );
+    let r = rw(ext(
+        "insert into pay_customers (org_id, email) values ($1, $2) on conflict (org_id, email) do update set email = excluded.email",
+        "app_user",
+    ));
+    assert!(
+        shown(&r).contains("ON CONFLICT(org_id, email_bidx)"),
+        "{}",
+        shown(&r)
+    );
+}
+
+#[test]
+fn update_set_param_literal_null() {
+    let r = rw(ext(
+        "UPDATE users SET email = $1, name = 'Bob' WHERE id = $2",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "UPDATE users SET email = $1, name = {0:Encrypt}, email_bidx = $3 WHERE id = $2"
+    );
+    assert_eq!(r.params.len(), 3);
+    assert!(matches!(
+        r.params[2],
+        ParamAction::BlindIndex { orig: 0, .. }
+    ));
+    let r = rw(ext(
+        "update users set email = null where email = $1",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "UPDATE users SET email = NULL, email_bidx = NULL WHERE email_bidx = $1"
+    );
+    assert_eq!(r.kind, StatementKind::Update);
+}
+
+#[test]
+fn same_param_for_write_and_lookup_gets_a_second_number() {
+    let r = rw(ext(
+        "update users set email = $1 where email = $1",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "UPDATE users SET email = $1, email_bidx = $2 WHERE email_bidx = $2"
+    );
+    assert!(matches!(r.params[0], ParamAction::Encrypt { orig: 0, .. }));
+    assert!(matches!(
+        r.params[1],
+        ParamAction::BlindIndex { orig: 0, .. }
+    ));
+}
+
+#[test]
+fn param_used_protected_and_plain_is_rejected() {
+    let (code, msg) = reject(ext(
+        "select * from users where email = $1 or note = $1",
+        "app_user",
+    ));
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("$1"), "{msg}");
+    let (_, msg) = reject(ext("update users set email = $1, dob = $1", "app_user"));
+    assert!(msg.contains("different types"), "{msg}");
+}
+
+#[test]
+fn update_tenant_table_needs_tenant_in_where() {
+    let r = rw(ext(
+        "update pay_customers c set email = $1 where c.org_id = $2 and id = $3",
+        "app_user",
+    ));
+    assert_eq!(
+        r.params[0],
+        ParamAction::Encrypt {
+            orig: 0,
+            target: ColumnRef::new("public", "pay_customers", "email"),
+            tenant: TenantSource::Param(1)
+        }
+    );
+    let (_, msg) = reject(ext(
+        "update pay_customers set email = $1 where id = $2",
+        "app_user",
+    ));
+    assert!(msg.contains("WHERE org_id ="), "{msg}");
+    let (_, msg) = reject(ext(
+        "update pay_customers set org_id = 3 where id = 1",
+        "app_user",
+    ));
+    assert!(msg.contains("tenant column"), "{msg}");
+    let r = rw(ext(
+        "update pay_customers set email = 'a' where org_id = 'acme'",
+        "app_user",
+    ));
+    assert_eq!(r.literals[0].tenant, TenantSource::Literal("acme".into()));
+}
+
+#[test]
+fn blind_index_rotation_dual_writes() {
+    let r = rw(ext("insert into rot (ssn) values ($1)", "app_user"));
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO rot (ssn, ssn_bidx, ssn_bidx2) VALUES ($1, $2, $3)"
+    );
+    assert!(matches!(
+        r.params[2],
+        ParamAction::BlindIndexNext { orig: 0, .. }
+    ));
+    let r = rw(ext("update rot set ssn = '1' where ssn = '2'", "app_user"));
+    assert_eq!(
+        shown(&r),
+        "UPDATE rot SET ssn = {0:Encrypt}, ssn_bidx = {1:BlindIndex}, ssn_bidx2 = {2:BlindIndexNext} WHERE ssn_bidx = {3:BlindIndex}"
+    );
+}
+
+#[test]
+fn copy_plans() {
+    let a = analyzer();
+    let v = a.plan(
+        "COPY users (id, email) FROM STDIN WITH (FORMAT csv, HEADER true)",
+        "app_user",
+        Mode::Simple,
+    );
+    let StatementPlan::Copy(c) = &v[0] else {
+        panic!("{v:?}")
+    };
+    assert_eq!(c.direction, CopyDirection::In);
+    assert_eq!(c.format, CopyFormat::Csv);
+    assert!(c.header);
+    assert_eq!(c.delimiter, ',');
+    assert_eq!(
+        c.columns.as_deref(),
+        Some(&["id".to_string(), "email".to_string()][..])
+    );
+    assert_eq!(c.fields[0], CopyField::Plain);
+    assert_eq!(
+        c.fields[1],
+        CopyField::Encrypt {
+            target: users_email(),
+            tenant_field: None
+        }
+    );
+    assert_eq!(c.appended, vec![(SlotOp::BlindIndex, 1, users_email())]);
+    assert!(
+        c.sql.contains("(id, email, email_bidx) FROM STDIN"),
+        "{}",
+        c.sql
+    );
+    let v = a.plan("copy users to stdout", "dba", Mode::Simple);
+    assert!(matches!(&v[0], StatementPlan::Copy(c) if c.direction == CopyDirection::Out));
+    let v = a.plan("copy users from stdin", "app_user", Mode::Simple);
+    assert!(reject(v[0].clone()).1.contains("column list"));
+    let v = a.plan("copy users (email) from '/tmp/x'", "app_user", Mode::Simple);
+    assert!(reject(v[0].clone()).1.contains("STDIN"));
+    let v = a.plan(
+        "copy users (email) from stdin (format binary)",
+        "app_user",
+        Mode::Simple,
+    );
+    assert!(reject(v[0].clone()).1.contains("binary"));
+    let v = a.plan(
+        "copy pay_customers (org_id, email) from stdin",
+        "app_user",
+        Mode::Simple,
+    );
+    let StatementPlan::Copy(c) = &v[0] else {
+        panic!("{v:?}")
+    };
+    assert!(matches!(
+        &c.fields[1],
+        CopyField::Encrypt {
+            tenant_field: Some(0),
+            ..
+        }
+    ));
+    assert_eq!(c.delimiter, '\t');
+    assert_eq!(c.null, "\\N");
+    let v = a.plan("copy users (email) from stdin", "dba", Mode::Simple);
+    let StatementPlan::Copy(c) = &v[0] else {
+        panic!("{v:?}")
+    };
+    assert!(matches!(c.fields[0], CopyField::RequireEnvelope { .. }));
+    assert!(c.appended.is_empty());
+}
+
+#[test]
+fn views_from_catalog() {
+    let p = Arc::new(Policy::from_text(Path::new("t.yaml"), POLICY).unwrap());
+    let row = |oid: &str, att: &str, t: &str, k: &str, c: &str, ty: &str, def: Option<&str>| {
+        vec![
+            Some(oid.into()),
+            Some(att.into()),
+            Some("public".into()),
+            Some(t.into()),
+            Some(k.into()),
+            Some(c.into()),
+            Some(ty.into()),
+            def.map(str::to_string),
+        ]
+    };
+    let rows = vec![
+        row("1", "1", "users", "r", "id", "bigint", None),
+        row("1", "2", "users", "r", "email", "bytea", None),
+        row("1", "3", "users", "r", "email_bidx", "bytea", None),
+        row("1", "4", "users", "r", "name", "text", None),
+        row("1", "5", "users", "r", "dob", "text", None),
+        row(
+            "2",
+            "1",
+            "people",
+            "v",
+            "id",
+            "bigint",
+            Some("SELECT users.id, users.email, users.email_bidx FROM users"),
+        ),
+        row("2", "2", "people", "v", "email", "bytea", None),
+        row("2", "3", "people", "v", "email_bidx", "bytea", None),
+        row(
+            "3",
+            "1",
+            "names",
+            "v",
+            "name",
+            "text",
+            Some("SELECT users.name FROM users"),
+        ),
+    ];
+    let cat = crate::policy::Catalog::from_rows(&p, rows);
+    let a = Analyzer::with_catalog(p, &cat);
+    assert!(a.may_touch_protected("select * from people"));
+    let v = a.plan(
+        "select id from people where email = $1",
+        "app_user",
+        Mode::Extended { param_types: &[] },
+    );
+    assert_eq!(
+        shown(&rw(v[0].clone())),
+        "SELECT id FROM people WHERE email_bidx = $1"
+    );
+    let v = a.plan(
+        "select * from names order by name",
+        "app_user",
+        Mode::Simple,
+    );
+    assert!(reject(v[0].clone()).1.contains("public.users.name"));
+    // INSERT without a column list: columns come from the catalog.
+    let v = a.plan(
+        "insert into users values ($1, $2)",
+        "app_user",
+        Mode::Extended { param_types: &[20] },
+    );
+    let r = rw(v[0].clone());
+    assert_eq!(
+        shown(&r),
+        "INSERT INTO users (id, email, email_bidx) VALUES ($1, $2, $3)"
+    );
+    assert_eq!(r.parse_param_types, vec![20, 0, 0]);
+}
+
+#[test]
+fn marker_collision_is_avoided() {
+    let r = rw(ext(
+        "select '__pgv_slot_0' from users where email = 'x'",
+        "app_user",
+    ));
+    assert_eq!(
+        shown(&r),
+        "SELECT '__pgv_slot_0' FROM users WHERE email_bidx = {0:BlindIndex}"
+    );
+}
