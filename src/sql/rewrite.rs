@@ -208,10 +208,6 @@ fn null_expr() -> Expr {
     Expr::Value(ValueWithSpan::from(Value::Null))
 }
 
-fn is_default_ident(e: &Expr) -> bool {
-    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
-}
-
 /// Strip parentheses.
 fn strip_nested(e: &mut Expr) -> &mut Expr {
     match e {
@@ -524,7 +520,11 @@ impl<'a> Cx<'a> {
 
     fn expr(&mut self, e: &mut Expr, sc: &[Scope<'a>]) -> R<Class<'a>> {
         match e {
-            Expr::Identifier(i) if is_default_ident(&Expr::Identifier(i.clone())) => Ok(Class::Default),
+            Expr::Identifier(i)
+                if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
+            {
+                Ok(Class::Default)
+            }
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(match self.expr_resolve(e, sc) {
                 Some(p) => Class::Prot(p),
                 None => Class::Plain,
@@ -1419,10 +1419,7 @@ impl<'a> Cx<'a> {
         for item in s.projection.iter_mut() {
             match item {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                    let alias = match item_alias(e) {
-                        _ if false => None,
-                        a => a,
-                    };
+                    let alias = item_alias(e);
                     let c = self.expr(e, &sc)?;
                     let name = match &*item {
                         SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
@@ -1590,6 +1587,22 @@ impl<'a> Cx<'a> {
                     }
                 }
                 StatementKind::Explain
+            }
+            Statement::Declare { stmts } => {
+                for d in stmts.iter_mut() {
+                    match &mut d.for_query {
+                        Some(q) if d.assignment.is_none() => {
+                            self.query(q, &[])?;
+                        }
+                        _ => {
+                            return Err(Reject::unsupported(format!(
+                                "pgveil: this DECLARE mentions protected table {} and is not supported: declare a cursor FOR a SELECT",
+                                mentioned(self.an, text)
+                            )));
+                        }
+                    }
+                }
+                StatementKind::Select
             }
             Statement::CreateView(v) => {
                 self.query(&mut v.query, &[])?;
