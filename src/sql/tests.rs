@@ -912,9 +912,19 @@ fn marker_collision_is_avoided() {
 
 #[test]
 fn declare_cursor_is_analyzed() {
-    let v = simple("declare c cursor for select email from users where email = 'x'", "app_user");
+    let v = simple(
+        "declare c cursor for select email from users where email = 'x'",
+        "app_user",
+    );
     let r = rw(v[0].clone());
-    assert!(shown(&r).contains("email_bidx = {0:BlindIndex}"), "{}", shown(&r));
-    let v = simple("declare c cursor for select * from users order by email", "app_user");
+    assert!(
+        shown(&r).contains("email_bidx = {0:BlindIndex}"),
+        "{}",
+        shown(&r)
+    );
+    let v = simple(
+        "declare c cursor for select * from users order by email",
+        "app_user",
+    );
     assert!(matches!(v[0], StatementPlan::Reject { .. }));
 }
