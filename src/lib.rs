@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod proxy;
+pub mod session;
 pub mod sql;
 pub mod wire;
 pub mod yaml;

@@ -1,1 +1,44 @@
-//! Prometheus metrics.
+//! Prometheus metrics at `metrics.listen` (`GET /metrics`). Every name is
+//! prefixed `pgveil_`; labels never carry values or statement text.
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Start the exporter's HTTP listener (inside the current tokio runtime).
+pub fn install(listen: &str) -> Result<(), String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("metrics.listen: {listen:?} is not host:port"))?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!("pgveil_connections_total", "Client connections accepted");
+    describe_gauge!("pgveil_connections_active", "Client connections open now");
+    describe_counter!(
+        "pgveil_statements_total",
+        "Statements by outcome: passthrough, rewritten, rejected"
+    );
+    describe_counter!("pgveil_values_encrypted_total", "Values encrypted");
+    describe_counter!("pgveil_values_decrypted_total", "Values decrypted");
+    describe_counter!("pgveil_decrypt_errors_total", "Values that failed to decrypt");
+    describe_counter!("pgveil_upstream_errors_total", "Upstream connection failures and losses");
+    describe_counter!("pgveil_plan_cache_hits_total", "Statement plans served from cache");
+    describe_counter!("pgveil_plan_cache_misses_total", "Statements planned");
+    describe_counter!("pgveil_key_cache_hits_total", "Data-key cache hits");
+    describe_counter!("pgveil_key_cache_misses_total", "Data-key cache misses");
+    describe_counter!("pgveil_kms_errors_total", "Key provider (KMS) failures");
+    describe_histogram!(
+        "pgveil_kms_seconds",
+        Unit::Seconds,
+        "Latency of key provider (KMS) calls"
+    );
+    describe_counter!("pgveil_audit_errors_total", "Audit log write failures");
+}

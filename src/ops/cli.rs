@@ -28,10 +28,37 @@ pub enum Command {
         #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
         config: PathBuf,
     },
+    /// Start a throwaway PostgreSQL with the reference schema and policy,
+    /// run pgveil in front of it, write a few rows, show what the
+    /// application and PostgreSQL each see, and serve until Ctrl-C.
+    Demo {
+        /// Exit after printing instead of serving until Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Validate the policy; with --database, check the live schema against it.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Key utilities.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate the policy (file:line for every problem); with --database,
+    /// also check that protected, blind-index and tenant columns exist with
+    /// the right types, printing the ALTER TABLE that fixes each problem.
+    Check {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// PostgreSQL URL of the database to check, e.g. postgres://user@host/db
+        #[arg(long)]
+        database: Option<String>,
     },
 }
 
@@ -53,6 +80,19 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Demo { no_wait } => {
+            init_logging_default("warn");
+            match runtime().block_on(crate::ops::demo::run(!no_wait)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { config, database },
+        } => policy_check(config, database),
         Command::Keys {
             command: KeysCommand::Generate,
         } => {
@@ -69,8 +109,12 @@ pub fn main() -> i32 {
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default `info`).
 pub fn init_logging() {
+    init_logging_default("info")
+}
+
+fn init_logging_default(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -102,6 +146,50 @@ fn serve(config: PathBuf) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn policy_check(config: PathBuf, database: Option<String>) -> i32 {
+    let cfg = match load_config(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(path) = cfg.policy_path() else {
+        eprintln!("{}: no `policy:` configured: add `policy: <file>`", config.display());
+        return 1;
+    };
+    let policy = match crate::policy::Policy::load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let Some(url) = database else {
+        println!("{}: policy is valid ({} tables)", path.display(), policy.tables.len());
+        return 0;
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let problems = runtime().block_on(async {
+        let client = crate::ops::db::connect(&url).await?;
+        Ok::<_, String>(crate::policy::check::check_schema(&policy, &text, &client).await)
+    });
+    match problems {
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+        Ok(p) if p.is_empty() => {
+            println!("{}: policy is valid and the schema matches it", path.display());
+            0
+        }
+        Ok(p) => {
+            for problem in &p {
+                eprintln!("{problem}");
+            }
+            eprintln!("{} problem(s)", p.len());
             1
         }
     }

@@ -9,13 +9,20 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use super::stream::Stream;
+use crate::session::backend::Backend;
+use crate::session::frontend::{Flow, Frontend};
+use crate::session::Pending;
+use bytes::BytesMut;
 use crate::wire::codec::{FrameError, FrameReader};
 use crate::wire::msg;
 
 /// Per-session facts the relay needs.
 pub struct Session {
     pub login_role: String,
+    pub database: String,
     pub max_message: usize,
+    /// With a policy: the two halves of the session layer.
+    pub transform: Option<(Frontend, Backend)>,
 }
 
 enum End {
@@ -43,7 +50,88 @@ pub async fn relay(
     let mut cr = FrameReader::with_buffer(cr, max, cbuf);
     let mut ur = FrameReader::with_buffer(ur, max, ubuf);
 
-    let end = {
+    let end = if let Some((mut fe, mut be)) = session.transform {
+        let database = session.database.clone();
+        let c2s = async {
+            loop {
+                match cr.fill().await {
+                    Ok(()) => {}
+                    Err(FrameError::Closed) => {
+                        let _ = uw.write_all(&terminate()).await;
+                        return End::ClientDone;
+                    }
+                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
+                        let _ = uw.write_all(&terminate()).await;
+                        return End::ClientIo(e.to_string());
+                    }
+                    Err(e) => return End::ClientProtocol(e),
+                }
+                if fe.shared.is_idle() && fe.shared.tx_idle() && fe.wants_catalog_refresh() {
+                    refresh_catalog(&fe, &database, &mut uw).await;
+                }
+                let mut out = BytesMut::new();
+                loop {
+                    let f = match cr.try_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => return End::ClientProtocol(e),
+                    };
+                    let flow = fe.on_frame(f, &mut out).await;
+                    if flow == Flow::Terminate || out.len() >= 64 * 1024 {
+                        if let Err(e) = uw.write_all(&out).await {
+                            return End::UpstreamIo(e.to_string());
+                        }
+                        out.clear();
+                    }
+                    if flow == Flow::Terminate {
+                        let _ = uw.flush().await;
+                        return End::ClientDone;
+                    }
+                }
+                if !out.is_empty()
+                    && let Err(e) = uw.write_all(&out).await
+                {
+                    return End::UpstreamIo(e.to_string());
+                }
+            }
+        };
+        let s2c = async {
+            loop {
+                match ur.fill().await {
+                    Ok(()) => {}
+                    Err(FrameError::Closed) => return End::UpstreamClosed,
+                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
+                        return End::UpstreamIo(e.to_string());
+                    }
+                    Err(e) => return End::UpstreamProtocol(e),
+                }
+                let mut out = BytesMut::new();
+                loop {
+                    let f = match ur.try_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => return End::UpstreamProtocol(e),
+                    };
+                    be.on_frame(f, &mut out).await;
+                    if out.len() >= 64 * 1024 {
+                        if let Err(e) = cw.write_all(&out).await {
+                            return End::ClientIo(e.to_string());
+                        }
+                        out.clear();
+                    }
+                }
+                if !out.is_empty()
+                    && let Err(e) = cw.write_all(&out).await
+                {
+                    return End::ClientIo(e.to_string());
+                }
+            }
+        };
+        tokio::select! {
+            e = c2s => e,
+            e = s2c => e,
+        }
+    } else {
         let c2s = async {
             loop {
                 match cr.fill().await {
@@ -142,6 +230,26 @@ pub async fn relay(
             .await;
             Err(format!("upstream protocol error: {e}"))
         }
+    }
+}
+
+/// Reload the catalog on this session's own connection, between
+/// statements and outside transactions. On failure the old one is kept.
+async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, uw: &mut W) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    fe.shared.push(Pending::Catalog { done: Some(tx) });
+    let mut q = BytesMut::new();
+    crate::session::messages::encode_query(
+        &mut q,
+        &crate::policy::catalog::Catalog::simple_query(&fe.engine.policy),
+    );
+    if uw.write_all(&q).await.is_err() {
+        return;
+    }
+    if let Ok(Some(rows)) = rx.await {
+        let entry = fe.engine.install(database, rows);
+        fe.shared.set_entry(entry);
+        tracing::debug!("catalog reloaded");
     }
 }
 

@@ -16,6 +16,7 @@ use super::session;
 use super::tls::{self, ServerTls};
 use super::upstream::UpstreamConnector;
 use crate::config::{ClientTlsMode, Config};
+use crate::session::Engine;
 
 /// State shared by every session of one pgveil process.
 pub struct Shared {
@@ -23,6 +24,8 @@ pub struct Shared {
     pub server_tls: Option<ServerTls>,
     pub upstream: UpstreamConnector,
     pub cancel: CancelRegistry,
+    /// The session layer, when a policy is configured.
+    pub engine: Option<Arc<Engine>>,
 }
 
 impl Shared {
@@ -51,6 +54,7 @@ impl Shared {
             server_tls,
             upstream,
             cancel: CancelRegistry::new(),
+            engine: None,
         })
     }
 }
@@ -61,7 +65,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let shared = Arc::new(Shared::new(config)?);
+    if let Some(m) = &config.metrics {
+        crate::metrics::install(m.listen.as_str())?;
+    }
+    let engine = crate::ops::engine::build(&config).await?;
+    let mut shared = Shared::new(config)?;
+    shared.engine = engine;
+    let shared = Arc::new(shared);
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {

@@ -15,6 +15,9 @@ use super::server::Shared;
 use super::stream::Stream;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
+use crate::session::backend::Backend;
+use crate::session::frontend::Frontend;
+use crate::session::{CatalogEntry, Engine, Identity};
 use crate::wire::codec::{FrameError, FrameReader, read_startup};
 use crate::wire::msg::{self, FirstPacket, Startup};
 
@@ -93,6 +96,7 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
 
     // Up to ReadyForQuery: ParameterStatus, BackendKeyData (replaced), notices.
     let mut visible_key: Option<BackendKey> = None;
+    let mut transform = None;
     let result = async {
         loop {
             let f = upstream
@@ -114,6 +118,23 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                     write_client(&mut client, &msg::backend_key_data(v.pid, v.secret)).await?;
                 }
                 b'Z' => {
+                    if let Some(engine) = &shared.engine {
+                        let db = startup.database().unwrap_or_default().to_string();
+                        let entry = match engine.cached(&db) {
+                            Some(e) => e,
+                            None => load_catalog(engine, &db, &mut upstream).await?,
+                        };
+                        let id = Identity {
+                            login_role: outcome.login_role.clone(),
+                            database: db,
+                            client_addr: peer.to_string(),
+                        };
+                        let st = Arc::new(crate::session::Shared::new(entry));
+                        transform = Some((
+                            Frontend::new(id.clone(), st.clone(), engine.clone()),
+                            Backend::new(id, st, engine.clone()),
+                        ));
+                    }
                     write_client(&mut client, &f.raw).await?;
                     break;
                 }
@@ -126,7 +147,9 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
         }
         let session = relay::Session {
             login_role: outcome.login_role.clone(),
+            database: startup.database().unwrap_or_default().to_string(),
             max_message: max,
+            transform,
         };
         relay::relay(session, client, upstream).await
     }
@@ -262,4 +285,49 @@ async fn forward_cancel(shared: &Shared, pid: u32, secret: u32) {
         }
         Err(e) => warn!(error = %e, "cannot forward cancel request"),
     }
+}
+
+/// Run the catalog query on this session's upstream connection before the
+/// client's first statement. If it fails, an empty catalog is installed:
+/// statements on protected tables are then refused (fail closed).
+async fn load_catalog(
+    engine: &Engine,
+    db: &str,
+    upstream: &mut FrameReader<Stream>,
+) -> Result<Arc<CatalogEntry>, String> {
+    let mut q = BytesMut::new();
+    crate::session::messages::encode_query(
+        &mut q,
+        &crate::policy::catalog::Catalog::simple_query(&engine.policy),
+    );
+    upstream
+        .get_mut()
+        .write_all(&q)
+        .await
+        .map_err(|e| format!("upstream: {e}"))?;
+    let mut rows = Vec::new();
+    let mut failed = false;
+    loop {
+        let f = upstream.next().await.map_err(|e| format!("upstream: {e}"))?;
+        match f.tag {
+            b'D' => {
+                let body = f.raw.slice(5..);
+                if let Some(cols) = crate::session::messages::decode_data_row(&body) {
+                    rows.push(
+                        cols.into_iter()
+                            .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                            .collect(),
+                    );
+                }
+            }
+            b'E' => failed = true,
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    if failed {
+        warn!(database = db, "catalog query failed: protected statements will be refused");
+        rows.clear();
+    }
+    Ok(engine.install(db, rows))
 }

@@ -1,0 +1,395 @@
+//! Server → client: match each response to its request (the [`Pending`]
+//! FIFO), show authorized roles the plaintext types, decrypt DataRow fields
+//! for roles that may read them, and stream everything else through as the
+//! original bytes. Rows are handled one at a time: nothing is buffered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::messages::{self as m, Field};
+use super::{AuditInfo, Decrypt, Identity, Pending, Shape, Shared};
+use crate::crypto::PgType;
+use crate::wire::codec::Frame;
+use crate::wire::msg;
+
+pub struct Backend {
+    pub id: Identity,
+    pub shared: Arc<Shared>,
+    pub engine: Arc<super::Engine>,
+    portal_shapes: HashMap<String, Shape>,
+    /// Shape of the rows of the current simple-query statement.
+    current: Option<Shape>,
+    /// After a decryption failure: drop responses until ReadyForQuery.
+    discard_until_ready: bool,
+    catalog_rows: Vec<Vec<Option<String>>>,
+    catalog_failed: bool,
+    rows: u64,
+    decrypted_rows: u64,
+}
+
+impl Backend {
+    pub fn new(id: Identity, shared: Arc<Shared>, engine: Arc<super::Engine>) -> Backend {
+        Backend {
+            id,
+            shared,
+            engine,
+            portal_shapes: HashMap::new(),
+            current: None,
+            discard_until_ready: false,
+            catalog_rows: Vec::new(),
+            catalog_failed: false,
+            rows: 0,
+            decrypted_rows: 0,
+        }
+    }
+
+    fn front_is<F: Fn(&Pending) -> bool>(&self, f: F) -> bool {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending queue")
+            .front()
+            .is_some_and(f)
+    }
+
+    /// Handle one server frame, appending what goes to the client to `out`.
+    pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) {
+        if self.front_is(|p| matches!(p, Pending::Catalog { .. })) {
+            self.on_catalog_frame(&f);
+            return;
+        }
+        if self.discard_until_ready && f.tag != b'Z' {
+            if f.tag == b'E' {
+                // Errors after ours are dropped too; keep the queue in step.
+                self.drop_until_sync();
+            } else {
+                self.pop_if_completes(f.tag);
+            }
+            return;
+        }
+        match f.tag {
+            b'1' | b'2' => {
+                let internal = matches!(
+                    self.shared.pop(),
+                    Some(Pending::Parse { internal: true } | Pending::Bind { internal: true })
+                );
+                if !internal {
+                    out.extend_from_slice(&f.raw);
+                }
+            }
+            b'3' => {
+                self.shared.pop();
+                out.extend_from_slice(&f.raw);
+            }
+            b't' => self.on_parameter_description(&f, out),
+            b'T' => self.on_row_description(&f, out),
+            b'n' => {
+                let internal = match self.shared.pop() {
+                    Some(Pending::DescribePortal {
+                        portal, internal, ..
+                    }) => {
+                        self.portal_shapes.remove(&portal);
+                        internal
+                    }
+                    _ => false,
+                };
+                if !internal {
+                    out.extend_from_slice(&f.raw);
+                }
+            }
+            b'D' => self.on_data_row(f, out).await,
+            b'C' => {
+                self.current = None;
+                self.finish_statement(&f);
+                out.extend_from_slice(&f.raw);
+            }
+            b's' => {
+                self.shared.pop();
+                out.extend_from_slice(&f.raw);
+            }
+            b'I' => {
+                if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
+                    self.shared.pop();
+                }
+                out.extend_from_slice(&f.raw);
+            }
+            b'E' => {
+                if self.front_is(|p| {
+                    !matches!(p, Pending::Query { .. } | Pending::FunctionCall | Pending::Sync)
+                }) {
+                    self.drop_until_sync();
+                }
+                self.current = None;
+                out.extend_from_slice(&f.raw);
+            }
+            b'Z' => {
+                if let Some(&st) = f.body().first() {
+                    self.shared.set_tx_status(st);
+                }
+                self.discard_until_ready = false;
+                self.current = None;
+                self.shared.pop();
+                out.extend_from_slice(&f.raw);
+            }
+            _ => out.extend_from_slice(&f.raw),
+        }
+    }
+
+    /// While discarding, keep the queue in step with what the server answers.
+    fn pop_if_completes(&mut self, tag: u8) {
+        let pop = match tag {
+            b'1' | b'2' | b'3' | b'n' | b's' => true,
+            b'C' | b'I' => self.front_is(|p| matches!(p, Pending::Execute { .. })),
+            b'T' => self.front_is(|p| {
+                matches!(
+                    p,
+                    Pending::DescribePortal { .. } | Pending::DescribeStatement { .. }
+                )
+            }),
+            _ => false,
+        };
+        if pop {
+            self.shared.pop();
+        }
+    }
+
+    /// An error in the extended protocol: the server skips to Sync.
+    fn drop_until_sync(&mut self) {
+        let mut q = self.shared.pending.lock().expect("pending queue");
+        while let Some(p) = q.front() {
+            if matches!(p, Pending::Sync | Pending::Query { .. } | Pending::FunctionCall) {
+                break;
+            }
+            q.pop_front();
+        }
+    }
+
+    fn on_catalog_frame(&mut self, f: &Frame) {
+        match f.tag {
+            b'D' => {
+                let body = f.raw.slice(5..);
+                if let Some(cols) = m::decode_data_row(&body) {
+                    self.catalog_rows.push(
+                        cols.into_iter()
+                            .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                            .collect(),
+                    );
+                }
+            }
+            b'E' => self.catalog_failed = true,
+            b'Z' => {
+                if let Some(Pending::Catalog { done }) = self.shared.pop() {
+                    let rows = std::mem::take(&mut self.catalog_rows);
+                    let failed = std::mem::take(&mut self.catalog_failed);
+                    if let Some(done) = done {
+                        let _ = done.send(if failed { None } else { Some(rows) });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_parameter_description(&mut self, f: &Frame, out: &mut BytesMut) {
+        let prepared = match self.shared.pending.lock().expect("pending queue").front() {
+            Some(Pending::DescribeStatement { prepared }) => prepared.clone(),
+            _ => None,
+        };
+        let plan = prepared.as_ref().and_then(|p| p.plan.clone());
+        let (Some(plan), Some(server)) = (plan, m::decode_parameter_description(f.body())) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let n = prepared.map(|p| p.client_params).unwrap_or(0);
+        let mut types = vec![0u32; n];
+        for (i, t) in types.iter_mut().enumerate() {
+            if let Some(&(_, ty, array)) = plan.param_type_overrides.iter().find(|o| o.0 == i) {
+                *t = if array { ty.array_oid() } else { ty.oid() };
+            } else if let Some(j) = plan
+                .params
+                .iter()
+                .position(|a| matches!(a, crate::sql::ParamAction::Copy { orig } if *orig == i))
+                .or_else(|| plan.params.iter().position(|a| a.orig() == i))
+            {
+                *t = server.get(j).copied().unwrap_or(0);
+            }
+        }
+        m::encode_parameter_description(out, &types);
+    }
+
+    fn on_row_description(&mut self, f: &Frame, out: &mut BytesMut) {
+        let front = self.shared.pending.lock().expect("pending queue").front().map(|p| match p {
+            Pending::DescribeStatement { prepared } => (
+                0u8,
+                prepared.as_ref().is_some_and(|p| p.plan.is_some() || p.copy.is_some()),
+                String::new(),
+                false,
+            ),
+            Pending::DescribePortal {
+                portal,
+                protected,
+                internal,
+            } => (1u8, *protected, portal.clone(), *internal),
+            Pending::Query { protected, .. } => (2u8, *protected, String::new(), false),
+            _ => (3u8, false, String::new(), false),
+        });
+        let Some((kind, protected, portal, internal)) = front else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        if kind <= 1 {
+            self.shared.pop();
+        }
+        if !protected {
+            if kind == 1 {
+                self.portal_shapes.remove(&portal);
+            }
+            if kind == 2 {
+                self.current = None;
+            }
+            if !internal {
+                out.extend_from_slice(&f.raw);
+            }
+            return;
+        }
+        let Some(mut fields) = m::decode_row_description(f.body()) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let shape = self.shape(&mut fields);
+        match kind {
+            1 => {
+                self.portal_shapes.insert(portal, shape.clone());
+            }
+            2 => self.current = Some(shape.clone()),
+            _ => {}
+        }
+        if internal {
+            return;
+        }
+        if shape.iter().any(Option::is_some) {
+            m::encode_row_description(out, &fields);
+        } else {
+            out.extend_from_slice(&f.raw);
+        }
+    }
+
+    /// Which fields this role gets decrypted, rewriting their types to the
+    /// policy's plaintext types.
+    fn shape(&self, fields: &mut [Field]) -> Shape {
+        let entry = self.shared.entry();
+        let policy = &self.engine.policy;
+        let role = &self.id.login_role;
+        Arc::new(
+            fields
+                .iter_mut()
+                .map(|f| {
+                    if f.table_oid == 0 {
+                        return None;
+                    }
+                    let attr = entry.by_attr.get(&(f.table_oid, f.attnum))?;
+                    let access = policy.column_access(role, &attr.policy)?;
+                    if !access.read_plaintext {
+                        return None;
+                    }
+                    f.type_oid = attr.policy.ty.oid();
+                    f.type_len = type_len(attr.policy.ty);
+                    f.type_mod = -1;
+                    Some(Decrypt {
+                        attr: attr.clone(),
+                        format: f.format,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    async fn on_data_row(&mut self, f: Frame, out: &mut BytesMut) {
+        let shape = match self.shared.pending.lock().expect("pending queue").front() {
+            Some(Pending::Execute {
+                portal,
+                protected: true,
+                ..
+            }) => self.portal_shapes.get(portal).cloned(),
+            Some(Pending::Query { protected: true, .. }) => self.current.clone(),
+            _ => None,
+        };
+        self.rows += 1;
+        let Some(shape) = shape.filter(|s| s.iter().any(Option::is_some)) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let body = f.raw.slice(5..);
+        let Some(mut cols) = m::decode_data_row(&body) else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        for (i, col) in cols.iter_mut().enumerate() {
+            let (Some(Some(d)), Some(v)) = (shape.get(i), col.as_ref()) else {
+                continue;
+            };
+            match self.decrypt(d, v).await {
+                Ok(pt) => *col = Some(pt),
+                Err(e) => {
+                    metrics::counter!("pgveil_decrypt_errors_total").increment(1);
+                    tracing::warn!(column = %d.attr.column, error = %e, "decryption failed");
+                    out.extend_from_slice(&msg::error_response("ERROR", e.sqlstate(), &e.to_string()));
+                    self.discard_until_ready = true;
+                    self.pop_if_completes(b'C');
+                    return;
+                }
+            }
+        }
+        self.decrypted_rows += 1;
+        m::encode_data_row(out, &cols);
+    }
+
+    async fn decrypt(&self, d: &Decrypt, stored: &Bytes) -> Result<Bytes, super::values::ValueError> {
+        let crypto = &self.engine.crypto;
+        let canonical = crypto.decrypt_stored(&d.attr, d.format, stored).await?;
+        Ok(Bytes::from(crypto.render(&d.attr, d.format, &canonical)?))
+    }
+
+    /// CommandComplete: audit, catalog invalidation after DDL, and the
+    /// end of an Execute.
+    fn finish_statement(&mut self, f: &Frame) {
+        let tag = std::str::from_utf8(f.body()).unwrap_or("").trim_end_matches('\0');
+        let first = tag.split(' ').next().unwrap_or("");
+        if matches!(first, "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "TRUNCATE")
+            && !tag.starts_with("CREATE ROLE")
+        {
+            self.engine.invalidate();
+        }
+        let audit = match self.shared.pending.lock().expect("pending queue").front() {
+            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => audit.clone(),
+            _ => None,
+        };
+        if let Some(a) = audit
+            && (a.searched || self.decrypted_rows > 0)
+            && let Some(log) = &self.engine.audit
+        {
+            let mut info: AuditInfo = (*a).clone();
+            info.decrypted = self.decrypted_rows > 0;
+            log.record(&self.id, &info, tag, self.rows, "ok");
+        }
+        self.rows = 0;
+        self.decrypted_rows = 0;
+        if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
+            self.shared.pop();
+        }
+    }
+}
+
+/// `typlen` of a plaintext type, for RowDescription.
+fn type_len(t: PgType) -> i16 {
+    match t {
+        PgType::Int2 => 2,
+        PgType::Int4 | PgType::Date => 4,
+        PgType::Int8 | PgType::Timestamp | PgType::Timestamptz => 8,
+        PgType::Bool => 1,
+        PgType::Uuid => 16,
+        _ => -1,
+    }
+}

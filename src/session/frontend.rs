@@ -1,0 +1,799 @@
+//! Client → server: plan each statement (cached per text), encrypt literals
+//! at Parse/Query and parameters at Bind, inject the Describe that tells the
+//! backend side the row shape, and turn rejections into errors raised by
+//! PostgreSQL itself at the right point, so the transaction state and the
+//! rest of a pipeline behave exactly as with a native error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::copy::CopyIn;
+use super::messages::{self as m, BindMsg, ParseMsg};
+use super::values::{ValueError, bytea_literal, envelope_literal, envelope_to_stored_binary, stored_to_envelope};
+use super::{AuditInfo, Identity, Pending, Prepared, Shared};
+use crate::policy::catalog::ProtectedAttr;
+use crate::sql::{
+    ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp,
+    StatementPlan, TenantSource, Use,
+};
+use crate::wire::codec::Frame;
+
+/// What the relay does after a client frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The client sent Terminate.
+    Terminate,
+}
+
+/// A statement pgveil refuses: SQLSTATE and message (never values).
+#[derive(Debug)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+impl From<ValueError> for Refusal {
+    fn from(e: ValueError) -> Self {
+        Refusal {
+            sqlstate: e.sqlstate(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        sqlstate,
+        message: message.into(),
+    }
+}
+
+pub struct Frontend {
+    pub id: Identity,
+    pub shared: Arc<Shared>,
+    pub engine: Arc<super::Engine>,
+    statements: HashMap<String, Arc<Prepared>>,
+    /// Portal → (protected, statement).
+    portals: HashMap<String, (bool, Arc<Prepared>)>,
+    skip_until_sync: bool,
+    copy: Option<CopyIn>,
+}
+
+impl Frontend {
+    pub fn new(id: Identity, shared: Arc<Shared>, engine: Arc<super::Engine>) -> Frontend {
+        Frontend {
+            id,
+            shared,
+            engine,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            skip_until_sync: false,
+            copy: None,
+        }
+    }
+
+    fn entry(&self) -> Arc<super::CatalogEntry> {
+        self.shared.entry()
+    }
+
+    /// Whether the catalog should be reloaded before the next statement
+    /// (only called when no request is in flight).
+    pub fn wants_catalog_refresh(&self) -> bool {
+        self.copy.is_none() && !self.skip_until_sync && self.engine.is_stale(&self.entry())
+    }
+
+    /// Handle one client frame, appending what goes upstream to `out`.
+    pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) -> Flow {
+        if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
+            return Flow::Continue;
+        }
+        match f.tag {
+            b'Q' => self.on_query(&f, out).await,
+            b'P' => self.on_parse(&f, out).await,
+            b'B' => self.on_bind(&f, out).await,
+            b'D' => {
+                match m::decode_target(f.body()) {
+                    Some((b'S', name)) => self.shared.push(Pending::DescribeStatement {
+                        prepared: self.statements.get(&name).cloned(),
+                    }),
+                    Some((_, name)) => {
+                        let protected = self.portals.get(&name).is_some_and(|p| p.0);
+                        self.shared.push(Pending::DescribePortal {
+                            portal: name,
+                            protected,
+                            internal: false,
+                        })
+                    }
+                    None => self.shared.push(Pending::DescribeStatement { prepared: None }),
+                }
+                out.extend_from_slice(&f.raw);
+            }
+            b'E' => {
+                let (portal, _) = m::decode_execute(f.body()).unwrap_or_default();
+                let (protected, prepared) = match self.portals.get(&portal) {
+                    Some((p, prep)) => (*p, Some(prep.clone())),
+                    None => (false, None),
+                };
+                let audit = prepared
+                    .as_ref()
+                    .and_then(|p| p.plan.as_ref())
+                    .and_then(|p| audit_info(p));
+                if let Some(copy) = prepared.as_ref().and_then(|p| p.copy.clone())
+                    && copy.direction == CopyDirection::In
+                {
+                    self.copy = Some(CopyIn::new(copy, self.entry()));
+                }
+                self.shared.push(Pending::Execute {
+                    portal,
+                    protected,
+                    audit,
+                });
+                out.extend_from_slice(&f.raw);
+            }
+            b'C' => {
+                match m::decode_target(f.body()) {
+                    Some((b'S', name)) => {
+                        self.statements.remove(&name);
+                    }
+                    Some((_, name)) => {
+                        self.portals.remove(&name);
+                    }
+                    None => {}
+                }
+                self.shared.push(Pending::Close);
+                out.extend_from_slice(&f.raw);
+            }
+            b'S' => {
+                self.skip_until_sync = false;
+                self.shared.push(Pending::Sync);
+                out.extend_from_slice(&f.raw);
+            }
+            b'F' => {
+                self.shared.push(Pending::FunctionCall);
+                out.extend_from_slice(&f.raw);
+            }
+            b'd' => match &mut self.copy {
+                Some(c) => {
+                    if let Err(e) = c.data(f.body(), &self.engine, out).await {
+                        self.fail_copy(e, out);
+                    }
+                }
+                None => out.extend_from_slice(&f.raw),
+            },
+            b'c' => {
+                if let Some(mut c) = self.copy.take()
+                    && let Err(e) = c.finish(&self.engine, out).await
+                {
+                    self.copy = Some(c);
+                    self.fail_copy(e, out);
+                    return Flow::Continue;
+                }
+                out.extend_from_slice(&f.raw);
+            }
+            b'f' => {
+                self.copy = None;
+                out.extend_from_slice(&f.raw);
+            }
+            b'X' => {
+                out.extend_from_slice(&f.raw);
+                return Flow::Terminate;
+            }
+            _ => out.extend_from_slice(&f.raw),
+        }
+        Flow::Continue
+    }
+
+    fn rejected(&self, r: &Refusal) {
+        metrics::counter!("pgveil_statements_total", "outcome" => "rejected").increment(1);
+        tracing::info!(sqlstate = r.sqlstate, reason = %r.message, "statement rejected");
+        if let Some(log) = &self.engine.audit {
+            log.rejected(&self.id, r.sqlstate, &r.message);
+        }
+    }
+
+    /// A COPY row that cannot be encrypted aborts the COPY with CopyFail, so
+    /// PostgreSQL rolls it back and reports the reason.
+    fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
+        self.copy = None;
+        self.rejected(&e);
+        let s = crate::wire::msg::begin(out, b'f');
+        crate::wire::msg::put_cstr(out, &e.message);
+        crate::wire::msg::finish(out, s);
+    }
+
+    async fn on_query(&mut self, f: &Frame, out: &mut BytesMut) {
+        let body = f.body();
+        let sql = std::str::from_utf8(&body[..body.len().saturating_sub(1)]).unwrap_or("");
+        let entry = self.entry();
+        if !entry.analyzer.may_touch_protected(sql) {
+            metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            out.extend_from_slice(&f.raw);
+            return;
+        }
+        let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
+        let mut parts: Vec<String> = Vec::with_capacity(plans.len());
+        let mut audit: Option<AuditInfo> = None;
+        for plan in plans.iter() {
+            match plan {
+                StatementPlan::Passthrough { sql } => parts.push(sql.clone()),
+                StatementPlan::Rewrite(rp) => match self.render(rp, None).await {
+                    Ok(s) => {
+                        merge_audit(&mut audit, audit_info(rp).as_deref());
+                        parts.push(s)
+                    }
+                    Err(r) => {
+                        parts.push(raise_sql(&r));
+                        self.rejected(&r);
+                        break;
+                    }
+                },
+                StatementPlan::Copy(cp) => {
+                    if cp.direction == CopyDirection::In {
+                        if cp.format == crate::sql::CopyFormat::Binary {
+                            let r = refuse(
+                                "0A000",
+                                format!(
+                                    "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
+                                    cp.schema, cp.table
+                                ),
+                            );
+                            parts.push(raise_sql(&r));
+                            self.rejected(&r);
+                            break;
+                        }
+                        self.copy = Some(CopyIn::new(Arc::new(cp.clone()), entry.clone()));
+                    }
+                    parts.push(cp.sql.clone());
+                }
+                StatementPlan::Reject { sqlstate, message } => {
+                    let r = refuse(sqlstate, message.clone());
+                    parts.push(raise_sql(&r));
+                    self.rejected(&r);
+                    break;
+                }
+            }
+        }
+        metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
+        self.shared.push(Pending::Query {
+            protected: true,
+            audit: audit.map(Arc::new),
+        });
+        m::encode_query(out, &parts.join(";\n"));
+    }
+
+    async fn on_parse(&mut self, f: &Frame, out: &mut BytesMut) {
+        let Some(parse) = ParseMsg::decode(f.body()) else {
+            // Malformed: PostgreSQL will say so.
+            self.shared.push(Pending::Parse { internal: false });
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let entry = self.entry();
+        if !entry.analyzer.may_touch_protected(&parse.query) {
+            metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
+            self.statements.insert(
+                parse.name,
+                Arc::new(Prepared {
+                    plan: None,
+                    copy: None,
+                    client_params: parse.param_types.len(),
+                }),
+            );
+            self.shared.push(Pending::Parse { internal: false });
+            out.extend_from_slice(&f.raw);
+            return;
+        }
+        let plans = entry.plan(
+            &parse.query,
+            &self.id.login_role,
+            Mode::Extended {
+                param_types: &parse.param_types,
+            },
+        );
+        let result: Result<(String, Vec<u32>, Prepared), Refusal> = match plans.first() {
+            None | Some(StatementPlan::Passthrough { .. }) => Ok((
+                parse.query.clone(),
+                parse.param_types.clone(),
+                Prepared {
+                    plan: None,
+                    copy: None,
+                    client_params: parse.param_types.len(),
+                },
+            )),
+            Some(StatementPlan::Rewrite(rp)) => match self.render(rp, Some(())).await {
+                Ok(sql) => Ok((
+                    sql,
+                    rp.parse_param_types.clone(),
+                    Prepared {
+                        client_params: client_param_count(rp, &parse.param_types),
+                        plan: Some(Arc::new(rp.clone())),
+                        copy: None,
+                    },
+                )),
+                Err(r) => Err(r),
+            },
+            Some(StatementPlan::Copy(cp)) => {
+                if cp.direction == CopyDirection::In && cp.format == crate::sql::CopyFormat::Binary {
+                    Err(refuse(
+                        "0A000",
+                        format!(
+                            "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
+                            cp.schema, cp.table
+                        ),
+                    ))
+                } else {
+                    Ok((
+                        cp.sql.clone(),
+                        Vec::new(),
+                        Prepared {
+                            plan: None,
+                            copy: Some(Arc::new(cp.clone())),
+                            client_params: 0,
+                        },
+                    ))
+                }
+            }
+            Some(StatementPlan::Reject { sqlstate, message }) => Err(refuse(sqlstate, message.clone())),
+        };
+        match result {
+            Ok((sql, types, prepared)) => {
+                metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
+                self.statements.insert(parse.name.clone(), Arc::new(prepared));
+                self.shared.push(Pending::Parse { internal: false });
+                ParseMsg {
+                    name: parse.name,
+                    query: sql,
+                    param_types: types,
+                }
+                .encode(out);
+            }
+            Err(r) => {
+                self.rejected(&r);
+                self.statements.remove(&parse.name);
+                self.inject_raise(&r, out);
+            }
+        }
+    }
+
+    async fn on_bind(&mut self, f: &Frame, out: &mut BytesMut) {
+        let body = Bytes::copy_from_slice(f.body());
+        let Some(bind) = BindMsg::decode(&body) else {
+            self.shared.push(Pending::Bind { internal: false });
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let Some(prepared) = self.statements.get(&bind.statement).cloned() else {
+            // Unknown statement: PostgreSQL reports the error.
+            self.shared.push(Pending::Bind { internal: false });
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        let protected = prepared.plan.is_some() || prepared.copy.is_some();
+        let Some(plan) = prepared.plan.clone() else {
+            self.portals.insert(bind.portal.clone(), (protected, prepared));
+            self.shared.push(Pending::Bind { internal: false });
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        match self.transform_bind(&bind, &plan).await {
+            Ok(new) => {
+                self.shared.push(Pending::Bind { internal: false });
+                new.encode(out);
+                // Learn the row shape of this portal (formats included).
+                m::encode_describe(out, b'P', &bind.portal);
+                self.shared.push(Pending::DescribePortal {
+                    portal: bind.portal.clone(),
+                    protected: true,
+                    internal: true,
+                });
+                self.portals.insert(bind.portal, (true, prepared));
+            }
+            Err(r) => {
+                self.rejected(&r);
+                self.inject_raise(&r, out);
+            }
+        }
+    }
+
+    /// Make PostgreSQL raise the refusal where the refused message stood:
+    /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then
+    /// discard the client's messages up to Sync, as the server would.
+    fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
+        ParseMsg {
+            name: String::new(),
+            query: raise_sql(r),
+            param_types: vec![],
+        }
+        .encode(out);
+        self.shared.push(Pending::Parse { internal: true });
+        BindMsg {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+        .encode(out);
+        self.shared.push(Pending::Bind { internal: true });
+        m::encode_execute(out, "", 0);
+        self.shared.push(Pending::Execute {
+            portal: String::new(),
+            protected: false,
+            audit: None,
+        });
+        m::encode_flush(out);
+        self.skip_until_sync = true;
+    }
+
+    fn attr(&self, entry: &super::CatalogEntry, c: &ColumnRef) -> Result<Arc<ProtectedAttr>, Refusal> {
+        entry.column(c).cloned().ok_or_else(|| {
+            refuse(
+                "0A000",
+                format!(
+                    "pgveil: protected column {c} is not in the database catalog as the policy expects: run `pgveil policy check --database …` and apply the fixes it prints"
+                ),
+            )
+        })
+    }
+
+    /// Render a rewritten statement, encrypting its literal slots.
+    /// `extended`: tenant parameters are not known yet at Parse.
+    async fn render(&self, rp: &RewritePlan, extended: Option<()>) -> Result<String, Refusal> {
+        let entry = self.entry();
+        let mut rendered = Vec::with_capacity(rp.literals.len());
+        for slot in &rp.literals {
+            rendered.push(self.render_literal(&entry, slot, extended.is_some()).await?);
+        }
+        Ok(rp.render(|i, _| rendered[i].clone()))
+    }
+
+    async fn render_literal(
+        &self,
+        entry: &super::CatalogEntry,
+        slot: &LiteralSlot,
+        extended: bool,
+    ) -> Result<String, Refusal> {
+        let Some(value) = &slot.value else {
+            return Ok("NULL".into());
+        };
+        let attr = self.attr(entry, &slot.target)?;
+        match slot.op {
+            SlotOp::Encrypt => {
+                let tenant = match &slot.tenant {
+                    TenantSource::None => None,
+                    TenantSource::Literal(t) => Some(t.clone()),
+                    TenantSource::Param(_) if extended => {
+                        return Err(refuse(
+                            "0A000",
+                            format!(
+                                "pgveil: {}: when the tenant is a parameter, pass the protected value as a parameter too",
+                                slot.target
+                            ),
+                        ));
+                    }
+                    TenantSource::Param(_) => None,
+                };
+                let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
+                let env = self
+                    .engine
+                    .crypto
+                    .encrypt(&attr, tenant.as_deref(), &canonical)
+                    .await?;
+                Ok(envelope_literal(attr.storage, &env))
+            }
+            SlotOp::BlindIndex | SlotOp::BlindIndexNext => {
+                let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
+                let idx = self.engine.crypto.blind_index(
+                    &attr,
+                    slot.op == SlotOp::BlindIndexNext,
+                    &canonical,
+                )?;
+                Ok(bytea_literal(&idx))
+            }
+            SlotOp::RequireEnvelope => {
+                let env = stored_to_envelope(attr.storage, 0, value.as_bytes()).ok_or_else(|| {
+                    ValueError::NotEnvelope {
+                        column: attr.column.to_string(),
+                    }
+                })?;
+                Ok(envelope_literal(attr.storage, &env))
+            }
+        }
+    }
+
+    async fn transform_bind(&self, b: &BindMsg, plan: &RewritePlan) -> Result<BindMsg, Refusal> {
+        let entry = self.entry();
+        let mut params = Vec::with_capacity(plan.params.len());
+        let mut formats = Vec::with_capacity(plan.params.len());
+        let get = |orig: usize| -> Result<(Option<Bytes>, i16), Refusal> {
+            match b.params.get(orig) {
+                Some(v) => Ok((v.clone(), b.param_format(orig))),
+                None => Err(refuse(
+                    "08P01",
+                    format!(
+                        "bind message supplies {} parameters, but the statement uses ${}",
+                        b.params.len(),
+                        orig + 1
+                    ),
+                )),
+            }
+        };
+        for action in &plan.params {
+            match action {
+                ParamAction::Copy { orig } => {
+                    let (v, f) = get(*orig)?;
+                    params.push(v);
+                    formats.push(f);
+                }
+                ParamAction::Encrypt {
+                    orig,
+                    target,
+                    tenant,
+                } => {
+                    let (v, f) = get(*orig)?;
+                    let attr = self.attr(&entry, target)?;
+                    let out = match v {
+                        None => None,
+                        Some(v) => {
+                            let tenant = self.tenant(&entry, b, target, tenant)?;
+                            let canonical = self.engine.crypto.canonical(&attr, f, &v)?;
+                            let env = self
+                                .engine
+                                .crypto
+                                .encrypt(&attr, tenant.as_deref(), &canonical)
+                                .await?;
+                            Some(Bytes::from(envelope_to_stored_binary(attr.storage, &env)))
+                        }
+                    };
+                    params.push(out);
+                    formats.push(1);
+                }
+                ParamAction::BlindIndex {
+                    orig,
+                    target,
+                    array,
+                    ..
+                } => {
+                    let (v, f) = get(*orig)?;
+                    let attr = self.attr(&entry, target)?;
+                    let out = match v {
+                        None => None,
+                        Some(v) if *array => Some(self.blind_index_array(&attr, f, &v)?),
+                        Some(v) => {
+                            let canonical = self.engine.crypto.canonical(&attr, f, &v)?;
+                            Some(Bytes::copy_from_slice(
+                                &self.engine.crypto.blind_index(&attr, false, &canonical)?,
+                            ))
+                        }
+                    };
+                    params.push(out);
+                    formats.push(1);
+                }
+                ParamAction::BlindIndexNext { orig, target } => {
+                    let (v, f) = get(*orig)?;
+                    let attr = self.attr(&entry, target)?;
+                    let out = match v {
+                        None => None,
+                        Some(v) => {
+                            let canonical = self.engine.crypto.canonical(&attr, f, &v)?;
+                            Some(Bytes::copy_from_slice(
+                                &self.engine.crypto.blind_index(&attr, true, &canonical)?,
+                            ))
+                        }
+                    };
+                    params.push(out);
+                    formats.push(1);
+                }
+                ParamAction::RequireEnvelope { orig, target } => {
+                    let (v, f) = get(*orig)?;
+                    let attr = self.attr(&entry, target)?;
+                    if let Some(v) = &v
+                        && stored_to_envelope(attr.storage, f, v).is_none()
+                    {
+                        return Err(ValueError::NotEnvelope {
+                            column: attr.column.to_string(),
+                        }
+                        .into());
+                    }
+                    params.push(v);
+                    formats.push(f);
+                }
+            }
+        }
+        Ok(BindMsg {
+            portal: b.portal.clone(),
+            statement: b.statement.clone(),
+            param_formats: formats,
+            params,
+            result_formats: b.result_formats.clone(),
+        })
+    }
+
+    fn blind_index_array(&self, attr: &ProtectedAttr, f: i16, v: &[u8]) -> Result<Bytes, Refusal> {
+        let bad = || {
+            Refusal::from(ValueError::Invalid {
+                column: attr.column.to_string(),
+                ty: "array",
+                format: if f == 1 { "binary" } else { "text" },
+            })
+        };
+        let items: Vec<Option<Vec<u8>>> = if f == 1 {
+            m::decode_binary_array(v).ok_or_else(bad)?
+        } else {
+            let s = std::str::from_utf8(v).map_err(|_| bad())?;
+            m::decode_text_array(s)
+                .ok_or_else(bad)?
+                .into_iter()
+                .map(|o| o.map(String::into_bytes))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            out.push(match it {
+                None => None,
+                Some(e) => {
+                    let canonical = self.engine.crypto.canonical(attr, f, &e)?;
+                    Some(self.engine.crypto.blind_index(attr, false, &canonical)?.to_vec())
+                }
+            });
+        }
+        Ok(m::encode_binary_array(17, &out))
+    }
+
+    fn tenant(
+        &self,
+        entry: &super::CatalogEntry,
+        b: &BindMsg,
+        target: &ColumnRef,
+        src: &TenantSource,
+    ) -> Result<Option<String>, Refusal> {
+        match src {
+            TenantSource::None => Ok(None),
+            TenantSource::Literal(s) => Ok(Some(s.clone())),
+            TenantSource::Param(i) => {
+                let missing = || {
+                    refuse(
+                        "42501",
+                        format!(
+                            "pgveil: {target} is encrypted per tenant: the tenant id parameter must not be NULL"
+                        ),
+                    )
+                };
+                let Some(Some(v)) = b.params.get(*i) else {
+                    return Err(missing());
+                };
+                if b.param_format(*i) == 0 {
+                    return String::from_utf8(v.to_vec())
+                        .map(Some)
+                        .map_err(|_| missing());
+                }
+                let ty = entry
+                    .tenant_types
+                    .get(&(target.schema.clone(), target.table.clone()))
+                    .map(String::as_str)
+                    .unwrap_or("text");
+                binary_tenant(ty, v).map(Some).ok_or_else(|| {
+                    refuse(
+                        "22P02",
+                        format!("pgveil: the tenant id for {target} is not a valid {ty} in binary format"),
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// The text form of a tenant id sent in binary format.
+fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
+    Some(match ty {
+        "smallint" => i16::from_be_bytes(v.try_into().ok()?).to_string(),
+        "integer" => i32::from_be_bytes(v.try_into().ok()?).to_string(),
+        "bigint" => i64::from_be_bytes(v.try_into().ok()?).to_string(),
+        "uuid" => {
+            let h = hex::encode(<[u8; 16]>::try_from(v).ok()?);
+            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        }
+        _ => String::from_utf8(v.to_vec()).ok()?,
+    })
+}
+
+fn client_param_count(rp: &RewritePlan, declared: &[u32]) -> usize {
+    rp.params
+        .iter()
+        .map(|p| p.orig() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(declared.len())
+}
+
+fn audit_info(rp: &RewritePlan) -> Option<Arc<AuditInfo>> {
+    let mut tables: Vec<String> = Vec::new();
+    let mut columns: Vec<String> = Vec::new();
+    let mut searched = false;
+    let mut reads = false;
+    for (c, u) in &rp.touched {
+        match u {
+            Use::Search => searched = true,
+            Use::Read => reads = true,
+            Use::Write => continue,
+        }
+        let t = format!("{}.{}", c.schema, c.table);
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+        let col = c.to_string();
+        if !columns.contains(&col) {
+            columns.push(col);
+        }
+    }
+    (searched || reads).then(|| {
+        Arc::new(AuditInfo {
+            tables,
+            columns,
+            searched,
+            decrypted: false,
+        })
+    })
+}
+
+fn merge_audit(acc: &mut Option<AuditInfo>, add: Option<&AuditInfo>) {
+    let Some(add) = add else { return };
+    match acc {
+        None => *acc = Some(add.clone()),
+        Some(a) => {
+            for t in &add.tables {
+                if !a.tables.contains(t) {
+                    a.tables.push(t.clone());
+                }
+            }
+            for c in &add.columns {
+                if !a.columns.contains(c) {
+                    a.columns.push(c.clone());
+                }
+            }
+            a.searched |= add.searched;
+        }
+    }
+}
+
+
+/// A statement that makes PostgreSQL raise the refusal. The message names
+/// tables and columns only; it never holds a value.
+pub fn raise_sql(r: &Refusal) -> String {
+    let msg = r.message.replace('\'', "''").replace("$pgveil$", "");
+    format!(
+        "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END $pgveil$",
+        r.sqlstate, msg
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raise_sql_quotes_message() {
+        let s = raise_sql(&refuse("42501", "it's $pgveil$ bad"));
+        assert!(s.contains("ERRCODE = '42501'"));
+        assert!(s.contains("it''s  bad"));
+        assert_eq!(s.matches("$pgveil$").count(), 2);
+    }
+
+    #[test]
+    fn binary_tenants() {
+        assert_eq!(binary_tenant("integer", &42i32.to_be_bytes()).unwrap(), "42");
+        assert_eq!(binary_tenant("bigint", &7i64.to_be_bytes()).unwrap(), "7");
+        assert_eq!(
+            binary_tenant("uuid", &[0x11; 16]).unwrap(),
+            "11111111-1111-1111-1111-111111111111"
+        );
+        assert!(binary_tenant("integer", &[1, 2]).is_none());
+    }
+}

@@ -1,0 +1,279 @@
+//! The bridge between wire values and the crypto core: canonicalise what a
+//! client sent, encrypt it for a column, compute blind indexes, and turn
+//! stored ciphertext back into what the client asked for.
+//!
+//! Errors never carry values: only column names, types and formats.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::blind_index::{BlindIndexKey, BlindIndexRoot};
+use crate::crypto::canonical::{self, Format};
+use crate::crypto::envelope;
+use crate::crypto::{ColumnContext, Storage};
+use crate::keys::KeyManager;
+use crate::policy::catalog::ProtectedAttr;
+use crate::sql::ColumnRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("pgveil: value for {column} is not a valid {ty} in {format} format")]
+    Invalid {
+        column: String,
+        ty: &'static str,
+        format: &'static str,
+    },
+    #[error(
+        "pgveil: value for {column} is not a pgveil envelope: this role may only copy existing ciphertext into it (ask the security team for write access in the policy)"
+    )]
+    NotEnvelope { column: String },
+    #[error("pgveil: cannot decrypt {column}: {reason}")]
+    Decrypt { column: String, reason: String },
+    #[error("pgveil: cannot encrypt {column}: {reason}")]
+    Encrypt { column: String, reason: String },
+    #[error("pgveil: {column} has a blind index but keys.blind_index_key is not configured")]
+    NoBlindIndexKey { column: String },
+}
+
+impl ValueError {
+    /// SQLSTATE for the client.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ValueError::Invalid { .. } => "22P02",
+            ValueError::NotEnvelope { .. } => "42501",
+            ValueError::Decrypt { .. } => "39000",
+            ValueError::Encrypt { .. } | ValueError::NoBlindIndexKey { .. } => "58000",
+        }
+    }
+}
+
+fn fmt_name(f: i16) -> &'static str {
+    if f == 1 { "binary" } else { "text" }
+}
+
+fn format_of(f: i16) -> Format {
+    if f == 1 { Format::Binary } else { Format::Text }
+}
+
+pub struct ValueCrypto {
+    pub keys: KeyManager,
+    bidx_root: Option<BlindIndexRoot>,
+    bidx_keys: Mutex<HashMap<(ColumnRef, bool), Arc<BlindIndexKey>>>,
+}
+
+impl ValueCrypto {
+    pub fn new(keys: KeyManager, bidx_root: Option<BlindIndexRoot>) -> ValueCrypto {
+        ValueCrypto {
+            keys,
+            bidx_root,
+            bidx_keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn context(attr: &ProtectedAttr, tenant: Option<&str>) -> ColumnContext {
+        ColumnContext {
+            schema: attr.column.schema.clone(),
+            table: attr.column.table.clone(),
+            column: attr.column.column.clone(),
+            ty: attr.policy.ty,
+            tenant: tenant.map(str::to_string),
+        }
+    }
+
+    /// Canonical plaintext of a client value sent in `format`.
+    pub fn canonical(
+        &self,
+        attr: &ProtectedAttr,
+        format: i16,
+        wire: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
+        canonical::canonicalize(attr.policy.ty, format_of(format), wire).map_err(|_| {
+            ValueError::Invalid {
+                column: attr.column.to_string(),
+                ty: attr.policy.ty.name(),
+                format: fmt_name(format),
+            }
+        })
+    }
+
+    /// Encrypt canonical plaintext for `attr`; returns the envelope bytes.
+    pub async fn encrypt(
+        &self,
+        attr: &ProtectedAttr,
+        tenant: Option<&str>,
+        canonical: &[u8],
+    ) -> Result<Vec<u8>, ValueError> {
+        let ctx = Self::context(attr, tenant);
+        let (key_ref, dek) =
+            self.keys
+                .encryption_key(&ctx)
+                .await
+                .map_err(|e| ValueError::Encrypt {
+                    column: attr.column.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let env = envelope::encrypt(&dek, &key_ref, &ctx, canonical).map_err(|e| {
+            ValueError::Encrypt {
+                column: attr.column.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        metrics::counter!("pgveil_values_encrypted_total").increment(1);
+        Ok(env)
+    }
+
+    /// Blind index of canonical plaintext under the column's current (or
+    /// `next`) key.
+    pub fn blind_index(
+        &self,
+        attr: &ProtectedAttr,
+        next: bool,
+        canonical: &[u8],
+    ) -> Result<[u8; 32], ValueError> {
+        let Some(bidx) = &attr.policy.blind_index else {
+            return Err(ValueError::NoBlindIndexKey {
+                column: attr.column.to_string(),
+            });
+        };
+        let key = self.bidx_key(attr, next)?;
+        Ok(key.compute(attr.policy.ty, &bidx.normalize, canonical))
+    }
+
+    fn bidx_key(&self, attr: &ProtectedAttr, next: bool) -> Result<Arc<BlindIndexKey>, ValueError> {
+        let Some(root) = &self.bidx_root else {
+            return Err(ValueError::NoBlindIndexKey {
+                column: attr.column.to_string(),
+            });
+        };
+        let mut cache = self.bidx_keys.lock().expect("bidx cache");
+        let k = cache
+            .entry((attr.column.clone(), next))
+            .or_insert_with(|| {
+                let c = &attr.column;
+                let column = if next {
+                    format!("{}#next", c.column)
+                } else {
+                    c.column.clone()
+                };
+                Arc::new(root.column_key(&c.schema, &c.table, &column))
+            })
+            .clone();
+        Ok(k)
+    }
+
+    /// Decrypt a stored value (as the server sent it, in `format`) to
+    /// canonical plaintext.
+    pub async fn decrypt_stored(
+        &self,
+        attr: &ProtectedAttr,
+        format: i16,
+        stored: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
+        let err = |reason: String| ValueError::Decrypt {
+            column: attr.column.to_string(),
+            reason,
+        };
+        let env = stored_to_envelope(attr.storage, format, stored)
+            .ok_or_else(|| err("the stored value is not a pgveil envelope (run `pgveil encrypt` to backfill plaintext)".into()))?;
+        let key_ref = envelope::peek_key(&env).map_err(|e| err(e.to_string()))?;
+        let dek = self
+            .keys
+            .decryption_key(&key_ref)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let tenant = key_ref.tenant();
+        let ctx = Self::context(attr, tenant);
+        let pt = envelope::decrypt(&dek, &ctx, &env).map_err(|e| err(e.to_string()))?;
+        metrics::counter!("pgveil_values_decrypted_total").increment(1);
+        Ok(pt)
+    }
+
+    /// What PostgreSQL would send for the plaintext in `format`.
+    pub fn render(
+        &self,
+        attr: &ProtectedAttr,
+        format: i16,
+        canonical: &[u8],
+    ) -> Result<Vec<u8>, ValueError> {
+        canonical::render(attr.policy.ty, format_of(format), canonical).map_err(|e| {
+            ValueError::Decrypt {
+                column: attr.column.to_string(),
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+/// The envelope inside a stored value as it appears on the wire.
+pub fn stored_to_envelope(storage: Storage, format: i16, stored: &[u8]) -> Option<Vec<u8>> {
+    let env = match (storage, format) {
+        (Storage::Bytea, 1) => stored.to_vec(),
+        (Storage::Bytea, _) => decode_bytea_text(stored)?,
+        (Storage::Text, _) => envelope::from_text(std::str::from_utf8(stored).ok()?)?,
+    };
+    envelope::is_envelope(&env).then_some(env)
+}
+
+/// The stored form of an envelope in binary wire format (what a Bind
+/// parameter with format 1 carries).
+pub fn envelope_to_stored_binary(storage: Storage, env: &[u8]) -> Vec<u8> {
+    match storage {
+        Storage::Bytea => env.to_vec(),
+        Storage::Text => envelope::to_text(env).into_bytes(),
+    }
+}
+
+/// An SQL literal for an envelope stored in `storage`.
+pub fn envelope_literal(storage: Storage, env: &[u8]) -> String {
+    match storage {
+        Storage::Bytea => bytea_literal(env),
+        Storage::Text => format!("'{}'", envelope::to_text(env)),
+    }
+}
+
+/// `'\x…'::bytea`.
+pub fn bytea_literal(b: &[u8]) -> String {
+    format!("'\\x{}'::bytea", hex::encode(b))
+}
+
+/// bytea text output (`\x…` hex or the legacy escape format) → bytes.
+pub fn decode_bytea_text(s: &[u8]) -> Option<Vec<u8>> {
+    if let Some(h) = s.strip_prefix(b"\\x") {
+        return hex::decode(h).ok();
+    }
+    // Escape format: `\\` and `\ooo` octal.
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' {
+            if s.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+            } else {
+                let oct = s.get(i + 1..i + 4)?;
+                let v = u8::from_str_radix(std::str::from_utf8(oct).ok()?, 8).ok()?;
+                out.push(v);
+                i += 4;
+            }
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytea_text_forms() {
+        assert_eq!(decode_bytea_text(b"\\x00ff").unwrap(), vec![0, 255]);
+        assert_eq!(decode_bytea_text(b"a\\\\b\\001").unwrap(), b"a\\b\x01".to_vec());
+        assert!(decode_bytea_text(b"\\xzz").is_none());
+        assert_eq!(bytea_literal(&[1, 2]), "'\\x0102'::bytea");
+    }
+}

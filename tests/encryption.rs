@@ -1,0 +1,736 @@
+//! Transparent encryption through pgveil with the reference policy
+//! (`policies/calmony.yaml`) against a real PostgreSQL: every statement shape
+//! checks the application's view through pgveil AND that PostgreSQL holds no
+//! plaintext (table contents and `pg_dump` are grepped for the sentinels).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::types::Type;
+
+const POLICY: &str = include_str!("../policies/calmony.yaml");
+const SCHEMA: &str = include_str!("../policies/calmony.sql");
+const MASTER_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const BIDX_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+const ROLES: &[&str] = &[
+    "calmony_app",
+    "calmony_worker",
+    "support_agent",
+    "signup",
+    "clinician",
+    "intake",
+    "dba",
+];
+
+pub struct Fx {
+    pub pg: PgCluster,
+    pub pv: Pgveil,
+}
+
+fn config(pg: &PgCluster) -> String {
+    format!(
+        "{}policy: policy.yaml\n\
+         keys:\n  provider: local\n  local:\n    master_keys:\n      - {{ id: k1, env: PGVEIL_TEST_MASTER_KEY }}\n  \
+         blind_index_key: {{ env: PGVEIL_TEST_BIDX_KEY }}\n  \
+         keystore:\n    database: postgres://postgres@127.0.0.1:{}/pgveil_keys\n  cache_ttl: 300s\n\
+         audit:\n  path: audit.jsonl\n",
+        Pgveil::config_for(pg),
+        pg.port()
+    )
+}
+
+fn setup() -> Fx {
+    let pg = PgCluster::start(Hba::Trust);
+    pg.create_database("app");
+    pg.create_database("pgveil_keys");
+    pg.psql("app", SCHEMA);
+    for r in ROLES {
+        pg.create_role(r, None);
+    }
+    pg.psql(
+        "app",
+        "GRANT USAGE ON SCHEMA phi TO PUBLIC;
+         GRANT ALL ON ALL TABLES IN SCHEMA public, phi TO PUBLIC;
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public, phi TO PUBLIC;",
+    );
+    let b = Pgveil::builder()
+        .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
+        .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
+        .env("RUST_LOG", "trace");
+    std::fs::write(b.dir().join("policy.yaml"), POLICY).unwrap();
+    let pv = b.start(&config(&pg));
+    Fx { pg, pv }
+}
+
+impl Fx {
+    async fn app(&self, role: &str) -> tokio_postgres::Client {
+        self.pv.connect(role, None, "app").await
+    }
+
+    async fn direct(&self) -> tokio_postgres::Client {
+        self.pg.connect("postgres", None, "app").await
+    }
+
+    /// Everything PostgreSQL holds for the app: every table as text, and a
+    /// pg_dump of the database. No sentinel may appear in either.
+    async fn assert_no_plaintext(&self, sentinels: &[&str]) {
+        let c = self.direct().await;
+        let mut dump = String::new();
+        for t in [
+            "public.users",
+            "public.pay_customers",
+            "public.pay_payment_methods",
+            "public.pay_webhook_endpoints",
+            "phi.member_profile",
+        ] {
+            for row in c
+                .query(&format!("SELECT t::text FROM {t} t"), &[])
+                .await
+                .unwrap()
+            {
+                dump.push_str(row.get::<_, &str>(0));
+                dump.push('\n');
+            }
+        }
+        let out = Command::new(self.pg.bin("pg_dump"))
+            .args(["-h", "127.0.0.1", "-p", &self.pg.port().to_string(), "-U", "postgres", "app"])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+        dump.push_str(&String::from_utf8_lossy(&out.stdout));
+        let logs = self.pv.logs();
+        let pglog = std::fs::read_to_string(self.pg.log_path()).unwrap_or_default();
+        let audit = std::fs::read_to_string(self.pv.dir().join("audit.jsonl")).unwrap_or_default();
+        for s in sentinels {
+            let lower = s.to_lowercase();
+            assert!(!dump.to_lowercase().contains(&lower), "plaintext {s:?} stored in PostgreSQL");
+            assert!(!logs.to_lowercase().contains(&lower), "plaintext {s:?} in pgveil logs");
+            assert!(!pglog.to_lowercase().contains(&lower), "plaintext {s:?} in the PostgreSQL log");
+            assert!(!audit.to_lowercase().contains(&lower), "plaintext {s:?} in the audit log");
+        }
+    }
+}
+
+fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("{e:?}"))
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+#[tokio::test]
+async fn insert_params_and_literals_then_read_back_plaintext() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    // Extended protocol, parameters (tokio-postgres: Describe first, binary results).
+    let n = app
+        .execute(
+            "INSERT INTO users (email, name) VALUES ($1, $2)",
+            &[&"zed.param@example.com", &"Zed Paramson"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // Simple protocol, literals, several rows, DEFAULT, NULL, RETURNING.
+    let msgs = app
+        .simple_query(
+            "INSERT INTO users (email, name, plan) VALUES \
+             ('lit.one@example.com', 'Lit One', DEFAULT), (NULL, 'Lit Two', 'pro') RETURNING email, name",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_rows(&msgs),
+        vec![
+            vec![Some("lit.one@example.com".into()), Some("Lit One".into())],
+            vec![None, Some("Lit Two".into())]
+        ]
+    );
+    // Read back, both protocols.
+    let rows = app
+        .query("SELECT email, name FROM users ORDER BY id", &[])
+        .await
+        .unwrap();
+    let got: Vec<(Option<String>, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("zed.param@example.com".into()), "Zed Paramson".into()),
+            (Some("lit.one@example.com".into()), "Lit One".into()),
+            (None, "Lit Two".into()),
+        ]
+    );
+    assert_eq!(rows[0].columns()[0].type_(), &Type::TEXT);
+    let msgs = app.simple_query("SELECT * FROM users u ORDER BY u.id").await.unwrap();
+    let r = simple_rows(&msgs);
+    assert_eq!(r[0][1].as_deref(), Some("zed.param@example.com"));
+    assert_eq!(r[0][3].as_deref(), Some("Zed Paramson"));
+    // NULL stays NULL, and so does its blind index.
+    let direct = fx.direct().await;
+    let row = direct
+        .query_one("SELECT email IS NULL, email_bidx IS NULL, name LIKE 'pgv1:%' FROM users WHERE plan = 'pro'", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1) && row.get::<_, bool>(2));
+    fx.assert_no_plaintext(&["zed.param@example.com", "Zed Paramson", "lit.one@example.com", "Lit One", "Lit Two"])
+        .await;
+}
+
+#[tokio::test]
+async fn equality_lookups_use_the_blind_index_with_normalisers() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Alice Mixedcase')",
+        &[&"Alice@Example.com "],
+    )
+    .await
+    .unwrap();
+    app.batch_execute("INSERT INTO users (email, name) VALUES ('bob@example.com', 'Bob'), ('carol@example.com', 'Carol')")
+        .await
+        .unwrap();
+    // Parameter.
+    let r = app
+        .query("SELECT name FROM users WHERE email = $1", &[&"alice@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].get::<_, String>(0), "Alice Mixedcase");
+    // Literal, qualified and aliased.
+    let m = app
+        .simple_query("SELECT u.name FROM users u WHERE u.email = 'ALICE@example.com'")
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&m), vec![vec![Some("Alice Mixedcase".into())]]);
+    // IN and ANY.
+    let m = app
+        .simple_query("SELECT name FROM users WHERE email IN ('bob@example.com', 'carol@example.com') ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&m).len(), 2);
+    let list: Vec<&str> = vec!["bob@example.com", "nobody@example.com"];
+    let r = app
+        .query("SELECT name FROM users WHERE email = ANY($1)", &[&list])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].get::<_, String>(0), "Bob");
+    // <> and NOT IN, IS NULL.
+    let r = app
+        .query("SELECT count(*) FROM users WHERE email <> $1", &[&"bob@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 2);
+    let m = app
+        .simple_query("SELECT count(*) FROM users WHERE email NOT IN ('bob@example.com')")
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&m), vec![vec![Some("2".into())]]);
+    let r = app
+        .query("SELECT count(*) FROM users WHERE email IS NULL", &[])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 0);
+    // The same email indexes differently in another column.
+    let org: i64 = 7;
+    app.execute(
+        "INSERT INTO pay_customers (org_id, email, name) VALUES ($1, $2, 'Alice')",
+        &[&org, &"alice@example.com"],
+    )
+    .await
+    .unwrap();
+    let direct = fx.direct().await;
+    let a: Vec<u8> = direct
+        .query_one("SELECT email_bidx FROM users WHERE name IS NOT NULL ORDER BY id LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let b: Vec<u8> = direct
+        .query_one("SELECT email_bidx FROM pay_customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, b, "blind indexes must differ between columns");
+    fx.assert_no_plaintext(&["alice@example.com", "Alice Mixedcase", "bob@example.com"]).await;
+}
+
+#[tokio::test]
+async fn update_upsert_and_delete() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[&"dora@example.com", &"Dora"])
+        .await
+        .unwrap();
+    let n = app
+        .execute("UPDATE users SET name = $1 WHERE email = $2", &[&"Dora Updated", &"dora@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    app.batch_execute("UPDATE users SET email = 'dora.new@example.com' WHERE email = 'dora@example.com'")
+        .await
+        .unwrap();
+    let r = app
+        .query("SELECT name FROM users WHERE email = $1", &[&"dora.new@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Dora Updated");
+    // ON CONFLICT … DO UPDATE SET col = EXCLUDED.col
+    let id: i64 = r.len() as i64;
+    app.execute(
+        "INSERT INTO users (id, email, name) VALUES ($1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name",
+        &[&id, &"dora.upsert@example.com", &"Dora Upsert"],
+    )
+    .await
+    .unwrap();
+    let r = app
+        .query("SELECT name FROM users WHERE email = $1", &[&"dora.upsert@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].get::<_, String>(0), "Dora Upsert");
+    // SET to NULL.
+    app.execute("UPDATE users SET name = NULL WHERE email = $1", &[&"dora.upsert@example.com"])
+        .await
+        .unwrap();
+    let n = app
+        .execute("DELETE FROM users WHERE email = $1", &[&"dora.upsert@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let r = app.query("SELECT count(*) FROM users", &[]).await.unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 0);
+    fx.assert_no_plaintext(&["dora@example.com", "Dora Updated", "dora.new@example.com", "Dora Upsert"])
+        .await;
+}
+
+#[tokio::test]
+async fn non_text_types_round_trip_in_binary_and_text() {
+    let fx = setup();
+    let doc = fx.app("clinician").await;
+    let dob = "1984-02-29";
+    doc.execute(
+        "INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score, note) \
+         VALUES ($1, $2::text::date, $3, $4, 'n')",
+        &[&"Quentin Quux", &dob, &"123-45-6789", &87i32],
+    )
+    .await
+    .expect_err("casts on a protected column are refused");
+    // Binary parameters of the policy's types (tokio-postgres sends binary).
+    let stmt = doc
+        .prepare("INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score) VALUES ($1, $2, $3, $4)")
+        .await
+        .unwrap();
+    assert_eq!(stmt.params()[1], Type::DATE);
+    assert_eq!(stmt.params()[3], Type::INT4);
+    let date = chrono_free_date(1984, 2, 29);
+    doc.execute(&stmt, &[&"Quentin Quux", &date, &"123-45-6789", &87i32])
+        .await
+        .unwrap();
+    // Text literals of the same values.
+    doc.batch_execute(
+        "INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score) \
+         VALUES ('Rita Roe', '1990-01-15', '987654321', 12)",
+    )
+    .await
+    .unwrap();
+    // Binary results with plaintext types.
+    let r = doc
+        .query("SELECT legal_name, date_of_birth, risk_score FROM phi.member_profile WHERE ssn = $1", &[&"123456789"])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1, "digits_only normaliser finds 123-45-6789");
+    assert_eq!(r[0].get::<_, String>(0), "Quentin Quux");
+    assert_eq!(r[0].columns()[1].type_(), &Type::DATE);
+    assert_eq!(r[0].get::<_, i32>(2), 87);
+    // Text results.
+    let m = doc
+        .simple_query("SELECT date_of_birth, risk_score FROM phi.member_profile WHERE ssn = '987-65-4321'")
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&m), vec![vec![Some("1990-01-15".into()), Some("12".into())]]);
+    fx.assert_no_plaintext(&["Quentin Quux", "123-45-6789", "123456789", "Rita Roe", "987654321"]).await;
+}
+
+/// A date as tokio-postgres' `FromSql`/`ToSql` for DATE without chrono:
+/// days since 2000-01-01 in binary.
+fn chrono_free_date(y: i32, m: u32, d: u32) -> PgDate {
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = (y - era * 400) as i64;
+    let mp = ((m + 9) % 12) as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era as i64 * 146097 + doe - 719468; // since 1970-01-01
+    PgDate((days - 10957) as i32)
+}
+
+#[derive(Debug)]
+struct PgDate(i32);
+
+impl tokio_postgres::types::ToSql for PgDate {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i32(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::DATE
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test]
+async fn roles_get_what_the_policy_says() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[&"erin@example.com", &"Erin"])
+        .await
+        .unwrap();
+
+    // write-only role: encrypted writes, no lookups, ciphertext reads.
+    let signup = fx.app("signup").await;
+    signup
+        .execute("INSERT INTO users (email) VALUES ($1)", &[&"frank@example.com"])
+        .await
+        .unwrap();
+    let e = signup
+        .query("SELECT id FROM users WHERE email = $1", &[&"erin@example.com"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e:?}");
+    assert!(message(&e).contains("public.users.email"), "{}", message(&e));
+    let r = signup.query("SELECT email FROM users", &[]).await.unwrap();
+    assert_eq!(r[0].columns()[0].type_(), &Type::BYTEA);
+    let stored: Vec<u8> = r[0].get(0);
+    assert!(!String::from_utf8_lossy(&stored).contains("erin"));
+
+    // Unlisted role (a DBA): ciphertext, no oracle, no plaintext writes.
+    let dba = fx.app("dba").await;
+    let e = dba
+        .simple_query("SELECT id FROM users WHERE email = 'erin@example.com'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    let e = dba
+        .execute("INSERT INTO users (email) VALUES ($1)", &[&"plain@example.com".as_bytes()])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e:?}");
+    // Copying existing ciphertext is allowed.
+    let n = dba
+        .execute("INSERT INTO users (email, name) SELECT email, name FROM users WHERE id = 1", &[])
+        .await;
+    let _ = n; // INSERT … SELECT may be refused; a Bind of an envelope must pass:
+    let env: Vec<u8> = dba
+        .query_one("SELECT email FROM users WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    dba.execute("UPDATE users SET email = $1 WHERE id = 2", &[&env])
+        .await
+        .unwrap();
+    // SET ROLE to a reader does not widen access.
+    dba.batch_execute("RESET ROLE").await.unwrap();
+    fx.pg.psql("postgres", "GRANT calmony_app TO dba");
+    let dba2 = fx.app("dba").await;
+    dba2.batch_execute("SET ROLE calmony_app").await.unwrap();
+    let r = dba2.query("SELECT email FROM users WHERE id = 1", &[]).await.unwrap();
+    assert_eq!(r[0].columns()[0].type_(), &Type::BYTEA);
+    let e = dba2
+        .query("SELECT id FROM users WHERE email = $1", &[&"erin@example.com"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+
+    // search role on pay_customers.email: lookups yes, plaintext no.
+    let org: i64 = 1;
+    app.execute("INSERT INTO pay_customers (org_id, email, name) VALUES ($1, $2, $3)", &[&org, &"gina@example.com", &"Gina"])
+        .await
+        .unwrap();
+    let support = fx.app("support_agent").await;
+    let r = support
+        .query("SELECT email, name FROM pay_customers WHERE email = $1", &[&"GINA@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].columns()[0].type_(), &Type::BYTEA, "search role sees ciphertext");
+    assert_eq!(r[0].get::<_, String>(1), "Gina", "support reads name");
+    fx.assert_no_plaintext(&["erin@example.com", "frank@example.com", "gina@example.com", "plain@example.com"])
+        .await;
+}
+
+#[tokio::test]
+async fn unsafe_statements_are_rejected_with_table_column_and_alternative() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    for (sql, want) in [
+        ("SELECT id FROM users ORDER BY email", "0A000"),
+        ("SELECT id FROM users WHERE email LIKE 'a%'", "0A000"),
+        ("SELECT id FROM users WHERE email > 'a'", "0A000"),
+        ("SELECT lower(email) FROM users", "0A000"),
+        ("SELECT email::text FROM users", "0A000"),
+        ("SELECT max(email) FROM users", "0A000"),
+        ("SELECT email, count(*) FROM users GROUP BY email", "0A000"),
+        ("SELECT DISTINCT email FROM users", "0A000"),
+        ("INSERT INTO users (email) SELECT plan FROM users", "0A000"),
+        ("PREPARE p AS SELECT * FROM users WHERE email = $1", "0A000"),
+        ("DO $$ BEGIN UPDATE users SET email = 'x'; END $$", "0A000"),
+    ] {
+        let e = app.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), want, "{sql}: {e:?}");
+        let m = message(&e);
+        assert!(m.contains("users"), "{sql}: message names the table: {m}");
+    }
+    // Extended protocol too.
+    let e = app
+        .query("SELECT id FROM users WHERE email LIKE $1", &[&"a%"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    assert!(message(&e).contains("email"), "{}", message(&e));
+    // The session is still usable afterwards.
+    app.execute("INSERT INTO users (email) VALUES ($1)", &[&"ok@example.com"])
+        .await
+        .unwrap();
+
+    // Multi-statement: earlier statements stand, later ones do not run,
+    // and the transaction state is PostgreSQL's own.
+    let e = app
+        .batch_execute(
+            "INSERT INTO users (email) VALUES ('before@example.com'); \
+             SELECT id FROM users ORDER BY email; \
+             INSERT INTO users (email) VALUES ('after@example.com')",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    app.batch_execute("BEGIN; INSERT INTO users (email) VALUES ('intx@example.com')")
+        .await
+        .unwrap();
+    let e = app.simple_query("SELECT email FROM users ORDER BY email").await.unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    let e = app.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), "25P02", "transaction is aborted like after a native error");
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let r = app
+        .query("SELECT count(*) FROM users WHERE email = ANY($1)", &[&vec!["ok@example.com", "after@example.com", "intx@example.com"]])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 1, "only ok@ remains");
+    let logs = fx.pv.logs();
+    assert!(logs.contains("statement rejected"), "rejections are logged");
+    fx.assert_no_plaintext(&["ok@example.com", "before@example.com", "intx@example.com"]).await;
+}
+
+#[tokio::test]
+async fn tenant_tables_bind_values_to_the_tenant() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    let (o1, o2): (i64, i64) = (100, 200);
+    app.execute("INSERT INTO pay_customers (org_id, email, name, postal_code) VALUES ($1, $2, $3, $4)", &[&o1, &"hal@example.com", &"Hal", &"sw1a 1aa"])
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO pay_customers (org_id, email, name) VALUES (200, 'ivy@example.com', 'Ivy')")
+        .await
+        .unwrap();
+    let r = app
+        .query("SELECT name FROM pay_customers WHERE postal_code = $1", &[&"SW1A1AA"])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Hal");
+    // Update needs the tenant.
+    let e = app
+        .execute("UPDATE pay_customers SET name = $1 WHERE email = $2", &[&"Hal Two", &"hal@example.com"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e:?}");
+    assert!(message(&e).contains("org_id"), "says how to supply the tenant: {}", message(&e));
+    app.execute(
+        "UPDATE pay_customers SET name = $1 WHERE org_id = $2 AND email = $3",
+        &[&"Hal Two", &o1, &"hal@example.com"],
+    )
+    .await
+    .unwrap();
+    // A value moved to another tenant's row fails to decrypt.
+    let direct = fx.direct().await;
+    direct
+        .execute("UPDATE pay_customers SET name = (SELECT name FROM pay_customers WHERE org_id = 100) WHERE org_id = 200", &[])
+        .await
+        .unwrap();
+    let r = app.query("SELECT name FROM pay_customers WHERE org_id = $1", &[&o1]).await.unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Hal Two");
+    let e = app
+        .query("SELECT name FROM pay_customers WHERE org_id = $1", &[&o2])
+        .await
+        .unwrap_err();
+    assert!(message(&e).contains("decrypt"), "{}", message(&e));
+    fx.assert_no_plaintext(&["hal@example.com", "Hal Two", "ivy@example.com", "SW1A"]).await;
+}
+
+#[tokio::test]
+async fn copy_from_stdin_encrypts_text_and_csv() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    use futures::SinkExt;
+    let sink = app
+        .copy_in("COPY users (email, name, plan) FROM STDIN")
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"jo@example.com\tJo Copy\tfree\nkim@exa"))
+        .await
+        .unwrap();
+    sink.send(bytes::Bytes::from_static(b"mple.com\tKim\\tTab\tpro\n\\N\tNully\tfree\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+    // CSV through psql's \copy.
+    let csv = fx.pv.dir().join("rows.csv");
+    std::fs::write(&csv, "email,name\nlee@example.com,\"Lee, Comma\"\n").unwrap();
+    let out = Command::new(fx.pg.bin("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            &fx.pv.url("calmony_app", "app"),
+            "-c",
+            &format!("\\copy users (email, name) FROM '{}' WITH (FORMAT csv, HEADER true)", csv.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = app
+        .query("SELECT name FROM users WHERE email = ANY($1) ORDER BY id", &[&vec!["jo@example.com", "kim@example.com", "lee@example.com"]])
+        .await
+        .unwrap();
+    let names: Vec<String> = r.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["Jo Copy", "Kim\tTab", "Lee, Comma"]);
+    fx.assert_no_plaintext(&["jo@example.com", "Jo Copy", "kim@example.com", "lee@example.com", "Lee, Comma"])
+        .await;
+}
+
+#[tokio::test]
+async fn joins_subqueries_ctes_and_views_decrypt() {
+    let fx = setup();
+    fx.pg.psql(
+        "app",
+        "CREATE VIEW public.user_directory AS SELECT id, email, name FROM public.users;
+         GRANT ALL ON public.user_directory TO PUBLIC;",
+    );
+    let app = fx.app("calmony_app").await;
+    app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[&"mo@example.com", &"Mo"])
+        .await
+        .unwrap();
+    let org: i64 = 3;
+    app.execute("INSERT INTO pay_customers (org_id, email, name) VALUES ($1, $2, $3)", &[&org, &"mo@example.com", &"Mo Customer"])
+        .await
+        .unwrap();
+    let r = app
+        .query(
+            "SELECT u.name, c.name FROM users u JOIN pay_customers c ON c.id = u.id WHERE u.email = $1",
+            &[&"mo@example.com"],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r[0].get::<_, String>(0), r[0].get::<_, String>(1)), ("Mo".into(), "Mo Customer".into()));
+    let r = app
+        .query("WITH x AS (SELECT name FROM users WHERE email = $1) SELECT name FROM x", &[&"mo@example.com"])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Mo");
+    let r = app
+        .query("SELECT s.n FROM (SELECT name AS n FROM users) s", &[])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Mo");
+    let r = app.query("SELECT name FROM user_directory", &[]).await.unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Mo");
+    fx.assert_no_plaintext(&["mo@example.com", "Mo Customer"]).await;
+}
+
+#[tokio::test]
+async fn unprotected_statements_pass_through_untouched() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.batch_execute("CREATE TABLE public.notes (id int, body text); INSERT INTO notes VALUES (1, 'hello')")
+        .await
+        .unwrap();
+    let r = app.query("SELECT body FROM notes WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "hello");
+    // Plain text in an unprotected table is stored as is.
+    let direct = fx.direct().await;
+    let r = direct.query_one("SELECT body FROM notes", &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), "hello");
+}
+
+#[tokio::test]
+async fn psql_script_through_pgveil() {
+    let fx = setup();
+    let script = fx.pv.dir().join("script.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO users (email, name) VALUES ('nia@example.com', 'Nia Script');\n\
+         UPDATE users SET name = 'Nia Updated' WHERE email = 'NIA@example.com';\n\
+         SELECT name FROM users WHERE email = 'nia@example.com';\n",
+    )
+    .unwrap();
+    let out = Command::new(fx.pg.bin("psql"))
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", &fx.pv.url("calmony_app", "app"), "-f"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Nia Updated"));
+    fx.assert_no_plaintext(&["nia@example.com", "Nia Script", "Nia Updated"]).await;
+}
+
+#[tokio::test]
+async fn audit_log_records_decryption_and_search_without_values() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[&"oz@example.com", &"Oz"])
+        .await
+        .unwrap();
+    app.query("SELECT name FROM users WHERE email = $1", &[&"oz@example.com"])
+        .await
+        .unwrap();
+    let _ = app.simple_query("SELECT id FROM users ORDER BY email").await;
+    let text = std::fs::read_to_string(fx.pv.dir().join("audit.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let read = recs
+        .iter()
+        .find(|r| r["decrypted"] == true)
+        .expect("a decryption record");
+    assert_eq!(read["login_role"], "calmony_app");
+    assert_eq!(read["database"], "app");
+    assert_eq!(read["rows"], 1);
+    assert!(read["columns"].as_array().unwrap().iter().any(|c| c == "public.users.email"));
+    assert!(recs.iter().any(|r| r["outcome"] == "rejected"));
+    assert!(!text.contains("oz@example.com"));
+}
