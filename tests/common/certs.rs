@@ -33,7 +33,7 @@ pub fn make_certs(dir: &Path) -> Certs {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "pgveil test CA");
+        .push(DnType::CommonName, unique_ca_name());
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -66,4 +66,21 @@ pub fn make_certs(dir: &Path) -> Certs {
     fs::write(&certs.server_key_path, server_key.serialize_pem()).unwrap();
     fs::set_permissions(&certs.server_key_path, fs::Permissions::from_mode(0o600)).unwrap();
     certs
+}
+
+/// A CA name unique to this call, so certificates from two `make_certs` calls
+/// never look like the same issuer (clients then report a plain "unknown
+/// CA" instead of a signature failure).
+fn unique_ca_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "pgveil test CA {}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

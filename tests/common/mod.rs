@@ -147,3 +147,105 @@ pub fn err_text(e: &tokio_postgres::Error) -> String {
         }
     }
 }
+
+/// A tokio-postgres client whose connection task forwards asynchronous
+/// messages (NOTICE, NOTIFY) to `messages` and records the latest
+/// ParameterStatus values in `params`.
+pub struct Session {
+    pub client: tokio_postgres::Client,
+    pub messages: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+    pub params: std::sync::Arc<Mutex<std::collections::HashMap<String, String>>>,
+    /// The connection task: `abort()` it to drop the socket without sending
+    /// Terminate (a client that disappears).
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Latest ParameterStatus value reported by the server.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.params.lock().unwrap().get(name).cloned()
+    }
+
+    /// Wait up to `timeout` for the next asynchronous message.
+    pub async fn next_message(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<tokio_postgres::AsyncMessage> {
+        tokio::time::timeout(timeout, self.messages.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// ParameterStatus names that [`Session::params`] tracks.
+pub const TRACKED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "integer_datetimes",
+    "is_superuser",
+    "server_encoding",
+    "server_version",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// Connect with `cfg` (TLS through [`RustlsConnector`] trusting `ca_pem` when
+/// given, else NoTls) and drive the connection in a task that reports
+/// asynchronous messages and parameter changes.
+pub async fn connect_session(
+    cfg: &tokio_postgres::Config,
+    ca_pem: Option<&std::path::Path>,
+) -> Result<Session, tokio_postgres::Error> {
+    match ca_pem {
+        Some(ca) => {
+            let (client, conn) = cfg.connect(RustlsConnector::with_ca(ca)).await?;
+            Ok(drive(client, conn))
+        }
+        None => {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            Ok(drive(client, conn))
+        }
+    }
+}
+
+fn drive<S, T>(client: tokio_postgres::Client, conn: tokio_postgres::Connection<S, T>) -> Session
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let params = std::sync::Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let p2 = params.clone();
+    let mut conn = conn;
+    let task = tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| {
+            let r = conn.poll_message(cx);
+            let mut p = p2.lock().unwrap();
+            for name in TRACKED_PARAMS {
+                if let Some(v) = conn.parameter(name) {
+                    p.insert(name.to_string(), v.to_string());
+                }
+            }
+            r
+        });
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(m) => {
+                    let _ = tx.send(m);
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    Session {
+        client,
+        messages: rx,
+        params,
+        task,
+    }
+}
