@@ -108,6 +108,12 @@ pub struct Auth {
     pub file: Option<EnvString>,
     /// How long a looked-up verifier is reused.
     pub cache_ttl: Option<HumanDuration>,
+    /// Failed logins allowed per client IP address in a burst before new
+    /// logins from it are refused (token bucket; default 10, 0 disables).
+    pub max_failures: Option<u32>,
+    /// Time in which a client IP's failure allowance refills completely
+    /// (default 60s).
+    pub failure_window: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

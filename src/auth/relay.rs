@@ -1,24 +1,19 @@
 //! Pass-through authentication: relay the server's challenges and the
 //! client's answers unchanged (trust, password, md5, SCRAM-SHA-256).
 //!
-//! SCRAM-SHA-256-PLUS is never advertised: channel binding ties the proof
-//! to the TLS connection the client sees, which ends at pgveil, so a bound
-//! proof can never verify at PostgreSQL.
+//! Used for every method when no verifier source is configured, and for
+//! everything but SCRAM when one is. SCRAM-SHA-256-PLUS is never advertised
+//! here: channel binding ties the proof to the TLS connection the client
+//! sees, which ends at pgveil, so a bound proof relayed unchanged could never
+//! verify at PostgreSQL. (With a verifier source pgveil terminates SCRAM
+//! instead and binds each leg to its own TLS connection: see `terminate`.)
 
-use tokio::io::AsyncWriteExt;
-
-use super::{AuthContext, AuthError, AuthOutcome};
+use super::{AuthContext, AuthError, AuthOutcome, send};
 use crate::proxy::stream::Stream;
-use crate::wire::codec::{FrameError, FrameReader};
+use crate::wire::codec::{Frame, FrameReader};
 use crate::wire::msg::{self, Startup};
 
-async fn send(w: &mut FrameReader<Stream>, bytes: &[u8]) -> Result<(), FrameError> {
-    let s = w.get_mut();
-    s.write_all(bytes).await?;
-    s.flush().await?;
-    Ok(())
-}
-
+/// Send the StartupMessage upstream and relay the whole exchange.
 pub async fn relay_auth(
     client: &mut FrameReader<Stream>,
     upstream: &mut FrameReader<Stream>,
@@ -26,12 +21,27 @@ pub async fn relay_auth(
     startup: &Startup,
     _ctx: &AuthContext<'_>,
 ) -> Result<AuthOutcome, AuthError> {
-    let login_role = startup.user().unwrap_or_default().to_string();
     send(upstream, startup_raw)
         .await
         .map_err(AuthError::Upstream)?;
+    let first = upstream.next().await.map_err(AuthError::Upstream)?;
+    relay_from(client, upstream, startup, first).await
+}
+
+/// Relay the exchange from the server's message `first` on.
+pub(super) async fn relay_from(
+    client: &mut FrameReader<Stream>,
+    upstream: &mut FrameReader<Stream>,
+    startup: &Startup,
+    first: Frame,
+) -> Result<AuthOutcome, AuthError> {
+    let login_role = startup.user().unwrap_or_default().to_string();
+    let mut next = Some(first);
     loop {
-        let f = upstream.next().await.map_err(AuthError::Upstream)?;
+        let f = match next.take() {
+            Some(f) => f,
+            None => upstream.next().await.map_err(AuthError::Upstream)?,
+        };
         match f.tag {
             b'R' => {
                 let code = msg::auth_code(f.body()).unwrap_or(u32::MAX);
@@ -80,6 +90,9 @@ pub async fn relay_auth(
             b'E' => {
                 // Wrong password, unknown database, …: PostgreSQL's own words.
                 let _ = send(client, &f.raw).await;
+                if msg::error_code(f.body()).as_deref() == Some("28P01") {
+                    return Err(AuthError::PasswordFailed);
+                }
                 return Err(AuthError::Rejected);
             }
             b'v' | b'N' => {

@@ -79,6 +79,8 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
         },
         upstream_tls,
         config: &shared.config.auth,
+        upstream: &shared.upstream,
+        base_dir: &shared.config.base_dir,
     };
     let outcome =
         match auth::authenticate(&mut client, &mut upstream, &startup_raw, &startup, &ctx).await {

@@ -1,0 +1,680 @@
+//! SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL speaks it: verifier
+//! format, message parsing for both roles, and the key arithmetic.
+//!
+//! pgveil is the SCRAM *server* towards the client (it holds the user's
+//! verifier: StoredKey and ServerKey, never the password) and the SCRAM
+//! *client* towards PostgreSQL, where it proves itself with the ClientKey it
+//! recovered from the client's proof.
+//!
+//! Nothing here logs; `Debug` of secret-bearing types is redacted.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The only channel binding type PostgreSQL supports.
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
+/// PostgreSQL's default `scram_iterations`.
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+/// PostgreSQL's `SCRAM_DEFAULT_SALT_LEN`.
+pub const DEFAULT_SALT_LEN: usize = 16;
+/// PostgreSQL's `SCRAM_RAW_NONCE_LEN`.
+pub const RAW_NONCE_LEN: usize = 18;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA-256 of the concatenation of `parts`.
+pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for p in parts {
+        m.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&m.finalize().into_bytes());
+    out
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(data));
+    out
+}
+
+/// `Hi()` of RFC 5802: PBKDF2-HMAC-SHA-256 with one output block.
+pub fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut u = hmac(password, &[salt, &1u32.to_be_bytes()]);
+    let mut acc = u;
+    for _ in 1..iterations {
+        u = hmac(password, &[&u]);
+        for (a, b) in acc.iter_mut().zip(u.iter()) {
+            *a ^= b;
+        }
+    }
+    u.zeroize();
+    acc
+}
+
+fn xor32(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for i in 0..32 {
+        out[i] = a[i] ^ b[i];
+    }
+    out
+}
+
+/// A SCRAM-SHA-256 secret as stored in `pg_authid.rolpassword`:
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Verifier(<redacted>)")
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        self.stored_key.zeroize();
+        self.server_key.zeroize();
+    }
+}
+
+impl Verifier {
+    /// Parse exactly as PostgreSQL's `parse_scram_secret` does: scheme
+    /// `SCRAM-SHA-256`, a decimal iteration count, a base64 salt, and two
+    /// base64 keys of 32 bytes each.
+    pub fn parse(secret: &str) -> Option<Verifier> {
+        let mut parts = secret.split('$');
+        let scheme = parts.next()?;
+        let iter_salt = parts.next()?;
+        let keys = parts.next()?;
+        if parts.next().is_some() || scheme != SCRAM_SHA_256 {
+            return None;
+        }
+        let (iter, salt) = iter_salt.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        if iter.is_empty() || !iter.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let iterations: u32 = iter.parse().ok()?;
+        if iterations == 0 {
+            return None;
+        }
+        let salt = B64.decode(salt).ok()?;
+        if salt.is_empty() {
+            return None;
+        }
+        let stored_key: [u8; 32] = B64.decode(stored).ok()?.try_into().ok()?;
+        let server_key: [u8; 32] = B64.decode(server).ok()?.try_into().ok()?;
+        Some(Verifier {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        })
+    }
+
+    /// The verifier PostgreSQL would store for `password` with this salt and
+    /// iteration count (the password is SASLprep-normalised first, and used
+    /// as is when it is not valid for SASLprep, as PostgreSQL does).
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Verifier {
+        let mut normalized = match stringprep::saslprep(password) {
+            Ok(p) => p.into_owned(),
+            Err(_) => password.to_string(),
+        };
+        let mut salted = hi(normalized.as_bytes(), salt, iterations);
+        normalized.zeroize();
+        let mut client_key = hmac(&salted, &[b"Client Key"]);
+        let server_key = hmac(&salted, &[b"Server Key"]);
+        let stored_key = sha256(&client_key);
+        salted.zeroize();
+        client_key.zeroize();
+        Verifier {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key,
+            server_key,
+        }
+    }
+
+    /// The `pg_authid.rolpassword` text form.
+    pub fn encode(&self) -> String {
+        format!(
+            "{SCRAM_SHA_256}${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        )
+    }
+
+    /// Check a ClientProof against StoredKey in constant time and recover
+    /// the ClientKey: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage),
+    /// accepted when H(ClientKey) == StoredKey.
+    pub fn verify_client_proof(&self, auth_message: &[u8], proof: &[u8; 32]) -> Option<ClientKey> {
+        let mut signature = hmac(&self.stored_key, &[auth_message]);
+        let client_key = xor32(proof, &signature);
+        signature.zeroize();
+        let ok: bool = sha256(&client_key).ct_eq(&self.stored_key).into();
+        let key = ClientKey(client_key);
+        ok.then_some(key)
+    }
+
+    /// ServerSignature = HMAC(ServerKey, AuthMessage).
+    pub fn server_signature(&self, auth_message: &[u8]) -> [u8; 32] {
+        hmac(&self.server_key, &[auth_message])
+    }
+
+    /// Whether `ServerSignature` in a server-final message is right, in
+    /// constant time.
+    pub fn check_server_signature(&self, auth_message: &[u8], signature: &[u8]) -> bool {
+        signature.ct_eq(&self.server_signature(auth_message)).into()
+    }
+}
+
+/// The ClientKey recovered from a valid proof: enough to log in to
+/// PostgreSQL as the user, never stored beyond the authentication.
+pub struct ClientKey([u8; 32]);
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
+}
+
+impl Drop for ClientKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ClientKey {
+    /// ClientProof = ClientKey XOR HMAC(StoredKey, AuthMessage).
+    pub fn proof(&self, stored_key: &[u8; 32], auth_message: &[u8]) -> [u8; 32] {
+        let mut signature = hmac(stored_key, &[auth_message]);
+        let proof = xor32(&self.0, &signature);
+        signature.zeroize();
+        proof
+    }
+}
+
+/// What a stored password entry holds (`pg_authid.rolpassword` or a
+/// userlist line), classified as PostgreSQL's `get_password_type` does.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Scram(Verifier),
+    /// `md5` + 32 hex digits: useless for SCRAM.
+    Md5,
+    /// A plaintext password (userlist files only).
+    Plain(String),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Scram(_) => f.write_str("Secret::Scram(<redacted>)"),
+            Secret::Md5 => f.write_str("Secret::Md5(<redacted>)"),
+            Secret::Plain(_) => f.write_str("Secret::Plain(<redacted>)"),
+        }
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        if let Secret::Plain(p) = self {
+            p.zeroize();
+        }
+    }
+}
+
+impl Secret {
+    pub fn classify(s: &str) -> Secret {
+        if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Secret::Md5;
+        }
+        match Verifier::parse(s) {
+            Some(v) => Secret::Scram(v),
+            None => Secret::Plain(s.to_string()),
+        }
+    }
+}
+
+/// A SCRAM protocol violation, reported like PostgreSQL does (SQLSTATE
+/// 08P01 with a message and a detail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramError {
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl ScramError {
+    fn malformed(detail: impl Into<String>) -> ScramError {
+        ScramError {
+            message: "malformed SCRAM message".into(),
+            detail: Some(detail.into()),
+        }
+    }
+
+    fn plain(message: impl Into<String>) -> ScramError {
+        ScramError {
+            message: message.into(),
+            detail: None,
+        }
+    }
+}
+
+impl fmt::Display for ScramError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(d) => write!(f, "{}: {d}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The gs2 channel-binding flag of a client-first-message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gs2Flag {
+    /// `n`: the client does not support channel binding.
+    No,
+    /// `y`: the client supports it but thinks the server does not.
+    Yes,
+    /// `p=<type>`: the client uses channel binding of this type.
+    Bound(String),
+}
+
+/// A parsed client-first-message.
+#[derive(Debug, Clone)]
+pub struct ClientFirst {
+    pub flag: Gs2Flag,
+    /// The gs2 header, e.g. `n,,` (echoed base64 in the final message).
+    pub gs2_header: String,
+    /// client-first-message-bare (part of AuthMessage).
+    pub bare: String,
+    pub nonce: String,
+}
+
+fn is_printable_nonce(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+}
+
+/// Read `<attr>=<value>` up to the next `,` (or the end).
+fn read_attr<'a>(input: &mut &'a str, attr: char, what: &str) -> Result<&'a str, ScramError> {
+    let s = *input;
+    let mut chars = s.chars();
+    if chars.next() != Some(attr) || chars.next() != Some('=') {
+        return Err(ScramError::malformed(format!(
+            "Expected attribute \"{attr}\" but found \"{}\" in {what}.",
+            sanitize(s.chars().next())
+        )));
+    }
+    let rest = &s[2..];
+    let (value, tail) = match rest.find(',') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    *input = tail;
+    Ok(value)
+}
+
+fn sanitize(c: Option<char>) -> String {
+    match c {
+        Some(c) if c.is_ascii_graphic() => c.to_string(),
+        Some(_) => "?".into(),
+        None => "".into(),
+    }
+}
+
+/// Parse a client-first-message as PostgreSQL's `read_client_first_message`
+/// does. `plus` says whether the client selected SCRAM-SHA-256-PLUS.
+pub fn parse_client_first(data: &[u8], plus: bool) -> Result<ClientFirst, ScramError> {
+    let text = std::str::from_utf8(data)
+        .map_err(|_| ScramError::malformed("The message is not valid UTF-8."))?;
+    let mut input = text;
+    let flag = match input.as_bytes().first() {
+        Some(b'n') | Some(b'y') => {
+            let f = if input.starts_with('n') {
+                Gs2Flag::No
+            } else {
+                Gs2Flag::Yes
+            };
+            if plus {
+                return Err(ScramError::malformed(
+                    "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.",
+                ));
+            }
+            if input.as_bytes().get(1) != Some(&b',') {
+                return Err(ScramError::malformed(
+                    "Comma expected, but found character \"?\".",
+                ));
+            }
+            input = &input[2..];
+            f
+        }
+        Some(b'p') => {
+            if !plus {
+                return Err(ScramError::malformed(
+                    "The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.",
+                ));
+            }
+            let t = read_attr(&mut input, 'p', "client-first-message")?;
+            Gs2Flag::Bound(t.to_string())
+        }
+        _ => {
+            return Err(ScramError::malformed(
+                "Unexpected channel-binding flag in client-first-message.",
+            ));
+        }
+    };
+    // authzid
+    if input.starts_with('a') {
+        return Err(ScramError::plain(
+            "client uses authorization identity, but it is not supported",
+        ));
+    }
+    if !input.starts_with(',') {
+        return Err(ScramError::malformed(
+            "Unexpected attribute in client-first-message.",
+        ));
+    }
+    input = &input[1..];
+    let gs2_header = text[..text.len() - input.len()].to_string();
+    let bare = input.to_string();
+    if input.starts_with('m') {
+        return Err(ScramError::plain(
+            "client requires an unsupported SCRAM extension",
+        ));
+    }
+    let _user = read_attr(&mut input, 'n', "client-first-message")?;
+    let nonce = read_attr(&mut input, 'r', "client-first-message")?;
+    if !is_printable_nonce(nonce) {
+        return Err(ScramError::malformed(
+            "non-printable characters in SCRAM nonce",
+        ));
+    }
+    // Any extensions that follow are ignored, as PostgreSQL does.
+    Ok(ClientFirst {
+        flag,
+        gs2_header,
+        bare,
+        nonce: nonce.to_string(),
+    })
+}
+
+/// A parsed client-final-message.
+#[derive(Debug, Clone)]
+pub struct ClientFinal {
+    /// Decoded `c=` attribute: gs2 header plus channel binding data.
+    pub channel_binding: Vec<u8>,
+    pub nonce: String,
+    pub proof: [u8; 32],
+    /// client-final-message-without-proof (part of AuthMessage).
+    pub without_proof: String,
+}
+
+pub fn parse_client_final(data: &[u8]) -> Result<ClientFinal, ScramError> {
+    let text = std::str::from_utf8(data)
+        .map_err(|_| ScramError::malformed("The message is not valid UTF-8."))?;
+    let mut input = text;
+    let c = read_attr(&mut input, 'c', "client-final-message")?;
+    let channel_binding = B64
+        .decode(c)
+        .map_err(|_| ScramError::malformed("Malformed channel binding data."))?;
+    let nonce = read_attr(&mut input, 'r', "client-final-message")?.to_string();
+    // Extensions until p=.
+    loop {
+        if input.is_empty() {
+            return Err(ScramError::malformed(
+                "Expected attribute \"p\" but found end of input in client-final-message.",
+            ));
+        }
+        if input.starts_with("p=") {
+            break;
+        }
+        match input.find(',') {
+            Some(i) => input = &input[i + 1..],
+            None => input = "",
+        }
+    }
+    let without_proof = text[..text.len() - input.len() - 1].to_string();
+    let p = read_attr(&mut input, 'p', "client-final-message")?;
+    if !input.is_empty() || text.ends_with(',') {
+        return Err(ScramError::malformed(
+            "Garbage found at the end of client-final-message.",
+        ));
+    }
+    let proof: [u8; 32] = B64
+        .decode(p)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ScramError::malformed("Malformed proof in client-final-message."))?;
+    Ok(ClientFinal {
+        channel_binding,
+        nonce,
+        proof,
+        without_proof,
+    })
+}
+
+/// server-first-message: `r=<nonce>,s=<salt>,i=<iterations>`.
+pub fn server_first(nonce: &str, salt: &[u8], iterations: u32) -> String {
+    format!("r={nonce},s={},i={iterations}", B64.encode(salt))
+}
+
+/// A parsed server-first-message (pgveil as the client of PostgreSQL).
+#[derive(Debug, Clone)]
+pub struct ServerFirst {
+    pub nonce: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+pub fn parse_server_first(data: &[u8], client_nonce: &str) -> Result<ServerFirst, String> {
+    let text = std::str::from_utf8(data).map_err(|_| "server-first-message is not UTF-8")?;
+    let mut input = text;
+    if input.starts_with('m') {
+        return Err("server requires an unsupported SCRAM extension".into());
+    }
+    let nonce = read_attr(&mut input, 'r', "server-first-message").map_err(|e| e.to_string())?;
+    if !nonce.starts_with(client_nonce) || nonce.len() == client_nonce.len() {
+        return Err("server nonce does not extend the client nonce".into());
+    }
+    if !is_printable_nonce(nonce) {
+        return Err("invalid server nonce".into());
+    }
+    let salt = read_attr(&mut input, 's', "server-first-message").map_err(|e| e.to_string())?;
+    let salt = B64
+        .decode(salt)
+        .map_err(|_| "invalid salt in server-first-message")?;
+    let iter = read_attr(&mut input, 'i', "server-first-message").map_err(|e| e.to_string())?;
+    let iterations: u32 = iter
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or("invalid iteration count in server-first-message")?;
+    Ok(ServerFirst {
+        nonce: nonce.to_string(),
+        salt,
+        iterations,
+    })
+}
+
+/// server-final-message: `v=<signature>` or `e=<error>`.
+pub fn parse_server_final(data: &[u8]) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(data).map_err(|_| "server-final-message is not UTF-8")?;
+    if let Some(e) = text.strip_prefix("e=") {
+        return Err(format!("server reported SCRAM error: {e}"));
+    }
+    let mut input = text;
+    let v = read_attr(&mut input, 'v', "server-final-message").map_err(|e| e.to_string())?;
+    B64.decode(v)
+        .map_err(|_| "invalid server signature encoding".to_string())
+}
+
+/// A fresh random nonce: 18 random bytes, base64 (as PostgreSQL makes them).
+pub fn nonce() -> String {
+    let mut raw = [0u8; RAW_NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut raw).expect("AWS-LC CSPRNG");
+    B64.encode(raw)
+}
+
+pub fn b64(data: &[u8]) -> String {
+    B64.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7677 section 3: user "user", password "pencil".
+    const CLIENT_FIRST: &str = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    fn rfc_verifier() -> Verifier {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        Verifier::from_password("pencil", &salt, 4096)
+    }
+
+    #[test]
+    fn rfc7677_server_side() {
+        let v = rfc_verifier();
+        let first = parse_client_first(CLIENT_FIRST.as_bytes(), false).unwrap();
+        assert_eq!(first.flag, Gs2Flag::No);
+        assert_eq!(first.gs2_header, "n,,");
+        assert_eq!(first.bare, "n=user,r=rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(first.nonce, "rOprNGfwEbeRWgbNEkqO");
+        let sf = parse_server_first(SERVER_FIRST.as_bytes(), &first.nonce).unwrap();
+        assert_eq!(server_first(&sf.nonce, &v.salt, v.iterations), SERVER_FIRST);
+        let fin = parse_client_final(CLIENT_FINAL.as_bytes()).unwrap();
+        assert_eq!(fin.channel_binding, b"n,,");
+        assert_eq!(fin.nonce, sf.nonce);
+        assert_eq!(
+            fin.without_proof,
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+        );
+        let auth_message = format!("{},{},{}", first.bare, SERVER_FIRST, fin.without_proof);
+        let key = v
+            .verify_client_proof(auth_message.as_bytes(), &fin.proof)
+            .expect("RFC proof verifies");
+        // The recovered ClientKey reproduces the same proof (as pgveil's
+        // upstream leg will compute it).
+        assert_eq!(key.proof(&v.stored_key, auth_message.as_bytes()), fin.proof);
+        let sig = v.server_signature(auth_message.as_bytes());
+        assert_eq!(format!("v={}", B64.encode(sig)), SERVER_FINAL);
+        let parsed = parse_server_final(SERVER_FINAL.as_bytes()).unwrap();
+        assert!(v.check_server_signature(auth_message.as_bytes(), &parsed));
+        // A flipped bit in the proof fails.
+        let mut bad = fin.proof;
+        bad[0] ^= 1;
+        assert!(
+            v.verify_client_proof(auth_message.as_bytes(), &bad)
+                .is_none()
+        );
+        assert!(!v.check_server_signature(auth_message.as_bytes(), &[0u8; 32]));
+    }
+
+    #[test]
+    fn verifier_round_trip_and_postgres_format() {
+        let v = rfc_verifier();
+        let text = v.encode();
+        assert!(text.starts_with("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"));
+        assert_eq!(Verifier::parse(&text).unwrap(), v);
+        // Independent cross-check: postgres-protocol's own verifier maker.
+        let theirs = postgres_protocol::password::scram_sha_256(b"secret");
+        let parsed = Verifier::parse(&theirs).unwrap();
+        assert_eq!(parsed.iterations, 4096);
+        assert_eq!(parsed.salt.len(), DEFAULT_SALT_LEN);
+        assert_eq!(
+            Verifier::from_password("secret", &parsed.salt, 4096),
+            parsed
+        );
+        for bad in [
+            "SCRAM-SHA-256$4096:c2FsdA==$abc:def",
+            "SCRAM-SHA-1$4096:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=:cHvRPTpTFTtaHe8IbZ4mQ0eB7Wp1g6Zkd0A2Vj7yEpA=",
+            "SCRAM-SHA-256$x:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=:cHvRPTpTFTtaHe8IbZ4mQ0eB7Wp1g6Zkd0A2Vj7yEpA=",
+            "SCRAM-SHA-256$0:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=:cHvRPTpTFTtaHe8IbZ4mQ0eB7Wp1g6Zkd0A2Vj7yEpA=",
+            "SCRAM-SHA-256$4096:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=",
+        ] {
+            assert!(Verifier::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn classify_like_postgres() {
+        assert_eq!(
+            Secret::classify("md5c4ca4238a0b923820dcc509a6f75849b"),
+            Secret::Md5
+        );
+        assert!(matches!(
+            Secret::classify(&rfc_verifier().encode()),
+            Secret::Scram(_)
+        ));
+        assert_eq!(
+            Secret::classify("md5notreallyhex"),
+            Secret::Plain("md5notreallyhex".into())
+        );
+        assert_eq!(Secret::classify("pencil"), Secret::Plain("pencil".into()));
+    }
+
+    #[test]
+    fn gs2_header_rules() {
+        let p = parse_client_first(b"p=tls-server-end-point,,n=,r=abc", true).unwrap();
+        assert_eq!(p.flag, Gs2Flag::Bound("tls-server-end-point".into()));
+        assert_eq!(p.gs2_header, "p=tls-server-end-point,,");
+        assert_eq!(p.bare, "n=,r=abc");
+        let y = parse_client_first(b"y,,n=,r=abc", false).unwrap();
+        assert_eq!(y.flag, Gs2Flag::Yes);
+        // PLUS selected without binding data, and the reverse.
+        assert!(parse_client_first(b"n,,n=,r=abc", true).is_err());
+        assert!(parse_client_first(b"p=tls-server-end-point,,n=,r=abc", false).is_err());
+        assert!(parse_client_first(b"n,a=admin,n=,r=abc", false).is_err());
+        assert!(parse_client_first(b"n,,m=ext,n=,r=abc", false).is_err());
+        assert!(parse_client_first(b"n,,n=,r=a\x01b", false).is_err());
+        assert!(parse_client_first(b"x,,n=,r=abc", false).is_err());
+        // Trailing extensions are ignored.
+        assert!(parse_client_first(b"n,,n=,r=abc,x=1", false).is_ok());
+    }
+
+    #[test]
+    fn client_final_rules() {
+        assert!(parse_client_final(b"c=biws,r=abc").is_err());
+        assert!(parse_client_final(b"c=biws,r=abc,p=AAAA").is_err());
+        let ok = format!("c=biws,r=abc,x=1,p={}", B64.encode([7u8; 32]));
+        let f = parse_client_final(ok.as_bytes()).unwrap();
+        assert_eq!(f.without_proof, "c=biws,r=abc,x=1");
+        assert_eq!(f.proof, [7u8; 32]);
+        assert!(parse_client_final(format!("{ok},").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn server_first_must_extend_nonce() {
+        assert!(parse_server_first(b"r=abcdef,s=c2FsdA==,i=4096", "abc").is_ok());
+        assert!(parse_server_first(b"r=xbcdef,s=c2FsdA==,i=4096", "abc").is_err());
+        assert!(parse_server_first(b"r=abc,s=c2FsdA==,i=4096", "abc").is_err());
+        assert!(parse_server_first(b"r=abcd,s=c2FsdA==,i=0", "abc").is_err());
+        assert!(parse_server_final(b"e=invalid-proof").is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let v = rfc_verifier();
+        assert_eq!(format!("{v:?}"), "Verifier(<redacted>)");
+        assert!(!format!("{:?}", Secret::Plain("pencil".into())).contains("pencil"));
+    }
+}

@@ -1,0 +1,556 @@
+//! SCRAM termination: pgveil is the SCRAM server for the client and a SCRAM
+//! client for PostgreSQL, with the user's verifier in between.
+//!
+//! Order of events, once PostgreSQL asked for SASL:
+//! 1. look the user's secret up (`auth.file`, then `auth.query`);
+//! 2. start the upstream exchange (client-first → server-first) to learn
+//!    PostgreSQL's salt and iteration count;
+//! 3. run the whole client exchange with the verifier: offer
+//!    SCRAM-SHA-256-PLUS (tls-server-end-point of pgveil's certificate) and
+//!    SCRAM-SHA-256 on a TLS client leg, verify the ClientProof against
+//!    StoredKey and recover ClientKey;
+//! 4. finish the upstream exchange with that ClientKey (channel-bound to the
+//!    upstream certificate when PostgreSQL offers PLUS) and check
+//!    PostgreSQL's ServerSignature;
+//! 5. only then send the client its server-final message and
+//!    AuthenticationOk.
+//!
+//! Unknown users, users with an md5 secret and wrong passwords all end the
+//! same way, after a complete (fake when needed) exchange: FATAL 28P01
+//! `password authentication failed for user "…"`.
+
+use std::borrow::Cow;
+
+use tracing::{debug, warn};
+
+use super::scram::{
+    self, ClientKey, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, Gs2Flag, SCRAM_SHA_256,
+    SCRAM_SHA_256_PLUS, ScramError, Secret, TLS_SERVER_END_POINT, Verifier,
+};
+use super::source::{LookupCtx, Origin};
+use super::{AuthContext, AuthError, AuthOutcome, cbind, send, state};
+use crate::proxy::stream::Stream;
+use crate::wire::codec::FrameReader;
+use crate::wire::msg::{self, Startup};
+
+pub(super) async fn terminate(
+    client: &mut FrameReader<Stream>,
+    upstream: &mut FrameReader<Stream>,
+    startup: &Startup,
+    ctx: &AuthContext<'_>,
+    server_mechanisms: &[String],
+) -> Result<AuthOutcome, AuthError> {
+    let st = state();
+    let user = startup.user().unwrap_or_default().to_string();
+    // PostgreSQL's default database is the user name.
+    let database = startup.database().unwrap_or(&user).to_string();
+    let lc = LookupCtx {
+        auth: ctx.config,
+        connector: ctx.upstream,
+        base_dir: ctx.base_dir,
+        database: &database,
+    };
+    let client_cb = ctx.client_tls_leaf.and_then(cbind::tls_server_end_point);
+
+    let found = match st.sources.lookup(&lc, &user, false).await {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(user = %user, error = %e, "SCRAM verifier lookup failed");
+            let _ = send(
+                client,
+                &msg::error_response(
+                    "FATAL",
+                    "08006",
+                    "pgveil could not look up the password verifier (see the pgveil log)",
+                ),
+            )
+            .await;
+            return Err(AuthError::Unsupported(format!("verifier lookup: {e}")));
+        }
+    };
+    let (secret, origin) = match found {
+        Some((s @ (Secret::Scram(_) | Secret::Plain(_)), origin)) => (s, origin),
+        Some((Secret::Md5, _)) => {
+            debug!(user = %user, "stored password is md5 but PostgreSQL asks for SCRAM");
+            return fake_exchange(client, &user, client_cb.as_deref()).await;
+        }
+        None => {
+            debug!(user = %user, "no SCRAM verifier for this user");
+            return fake_exchange(client, &user, client_cb.as_deref()).await;
+        }
+    };
+
+    // 2. Upstream: client-first, server-first.
+    let upstream_cb = upstream_binding(upstream, ctx.upstream_tls);
+    let up = UpstreamScram::start(client, upstream, server_mechanisms, upstream_cb).await?;
+
+    // The verifier must match PostgreSQL's salt and iteration count.
+    let mut out_of_date = false;
+    let verifier = match &secret {
+        Secret::Plain(p) => Verifier::from_password(p, &up.first.salt, up.first.iterations),
+        Secret::Scram(v) if up.matches(v) => v.clone(),
+        Secret::Scram(v) => {
+            // A cached verifier may predate a password change: look again.
+            let again = match origin {
+                Origin::Query => st.sources.lookup(&lc, &user, true).await,
+                Origin::File => Ok(None),
+            };
+            let fresh = match &again {
+                Ok(Some((Secret::Scram(f), _))) => Some(f.clone()),
+                _ => None,
+            };
+            match fresh {
+                Some(f) if up.matches(&f) => f,
+                _ => {
+                    out_of_date = true;
+                    v.clone()
+                }
+            }
+        }
+        Secret::Md5 => unreachable!("md5 secrets took the fake path"),
+    };
+
+    // 3. Client leg.
+    let done = client_exchange(client, &verifier, client_cb.as_deref(), false, &user).await?;
+    let Some((client_key, auth_message)) = done else {
+        return fail_password(client, &user).await;
+    };
+    if out_of_date {
+        st.sources.invalidate(&lc, &user);
+        warn!(
+            user = %user,
+            source = ?origin,
+            "the SCRAM verifier pgveil has for this user does not match PostgreSQL's (salt or iteration count differ): update auth.file or check auth.query"
+        );
+        let _ = send(
+            client,
+            &msg::error_response(
+                "FATAL",
+                "28P01",
+                &format!(
+                    "pgveil's password verifier for user \"{user}\" is out of date: PostgreSQL uses a different salt or iteration count (update auth.file, or retry after auth.cache_ttl)"
+                ),
+            ),
+        )
+        .await;
+        return Err(AuthError::Unsupported(
+            "password verifier out of date".into(),
+        ));
+    }
+
+    // 4. Upstream: client-final, server-final, AuthenticationOk.
+    let ok_raw = up.finish(client, upstream, &verifier, &client_key).await?;
+
+    // 5. Client: server-final, then AuthenticationOk.
+    let server_final = format!(
+        "v={}",
+        scram::b64(&verifier.server_signature(auth_message.as_bytes()))
+    );
+    send(
+        client,
+        &msg::authentication(msg::AUTH_SASL_FINAL, server_final.as_bytes()),
+    )
+    .await
+    .map_err(AuthError::Client)?;
+    send(client, &ok_raw).await.map_err(AuthError::Client)?;
+    debug!(user = %user, "SCRAM terminated on both legs");
+    Ok(AuthOutcome { login_role: user })
+}
+
+/// Channel binding data of the upstream server's certificate, when the
+/// upstream leg is TLS and the certificate's hash is known.
+fn upstream_binding(upstream: &mut FrameReader<Stream>, tls: bool) -> Option<Vec<u8>> {
+    if !tls {
+        return None;
+    }
+    match upstream.get_mut() {
+        Stream::ClientTls(s) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| cbind::tls_server_end_point(c.as_ref())),
+        _ => None,
+    }
+}
+
+/// A full exchange with a made-up verifier that always ends in 28P01, so an
+/// unknown user looks exactly like a wrong password. The salt is stable per
+/// user name (HMAC with a per-process secret), as in PostgreSQL's mock
+/// authentication.
+async fn fake_exchange(
+    client: &mut FrameReader<Stream>,
+    user: &str,
+    client_cb: Option<&[u8]>,
+) -> Result<AuthOutcome, AuthError> {
+    let secret = &state().mock_secret;
+    let salt = scram::hmac(secret, &[b"salt\0", user.as_bytes()]);
+    let verifier = Verifier {
+        iterations: DEFAULT_ITERATIONS,
+        salt: salt[..DEFAULT_SALT_LEN].to_vec(),
+        stored_key: scram::hmac(secret, &[b"stored\0", user.as_bytes()]),
+        server_key: scram::hmac(secret, &[b"server\0", user.as_bytes()]),
+    };
+    client_exchange(client, &verifier, client_cb, true, user).await?;
+    fail_password(client, user).await
+}
+
+async fn fail_password(
+    client: &mut FrameReader<Stream>,
+    user: &str,
+) -> Result<AuthOutcome, AuthError> {
+    let _ = send(
+        client,
+        &msg::error_response(
+            "FATAL",
+            "28P01",
+            &format!("password authentication failed for user \"{user}\""),
+        ),
+    )
+    .await;
+    Err(AuthError::PasswordFailed)
+}
+
+async fn protocol_error(client: &mut FrameReader<Stream>, e: ScramError) -> AuthError {
+    let _ = send(client, &error_with_detail("FATAL", "08P01", &e)).await;
+    AuthError::Unsupported(e.to_string())
+}
+
+fn error_with_detail(severity: &str, code: &str, e: &ScramError) -> bytes::Bytes {
+    let mut fields = bytes::BytesMut::new();
+    for (tag, value) in [
+        (b'S', Some(severity)),
+        (b'V', Some(severity)),
+        (b'C', Some(code)),
+        (b'M', Some(e.message.as_str())),
+        (b'D', e.detail.as_deref()),
+    ] {
+        if let Some(v) = value {
+            fields.extend_from_slice(&[tag]);
+            msg::put_cstr(&mut fields, v);
+        }
+    }
+    fields.extend_from_slice(&[0]);
+    let mut b = bytes::BytesMut::new();
+    let start = msg::begin(&mut b, b'E');
+    b.extend_from_slice(&fields);
+    msg::finish(&mut b, start);
+    b.freeze()
+}
+
+/// Read the client's next SASL message body ('p').
+async fn read_sasl(client: &mut FrameReader<Stream>) -> Result<bytes::Bytes, AuthError> {
+    let f = client.next().await.map_err(AuthError::Client)?;
+    if f.tag != b'p' {
+        return Err(protocol_error(
+            client,
+            ScramError {
+                message: format!("expected SASL response, got message type {}", f.tag),
+                detail: None,
+            },
+        )
+        .await);
+    }
+    Ok(f.raw.slice(5..))
+}
+
+/// The client leg. `Ok(None)`: the exchange was well-formed but the proof
+/// is wrong (or `doomed`); the caller sends 28P01. Protocol violations are
+/// answered with 08P01 as PostgreSQL does.
+async fn client_exchange(
+    client: &mut FrameReader<Stream>,
+    verifier: &Verifier,
+    cbind: Option<&[u8]>,
+    doomed: bool,
+    user: &str,
+) -> Result<Option<(ClientKey, String)>, AuthError> {
+    let offered: &[&str] = if cbind.is_some() {
+        &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+    } else {
+        &[SCRAM_SHA_256]
+    };
+    send(client, &msg::auth_sasl(offered))
+        .await
+        .map_err(AuthError::Client)?;
+
+    let body = read_sasl(client).await?;
+    let Some((mechanism, data)) = msg::parse_sasl_initial_response(&body) else {
+        return Err(
+            protocol_error(client, plain_err("malformed SASLInitialResponse message")).await,
+        );
+    };
+    if !offered.contains(&mechanism.as_str()) {
+        return Err(protocol_error(
+            client,
+            plain_err("client selected an invalid SASL authentication mechanism"),
+        )
+        .await);
+    }
+    let plus = mechanism == SCRAM_SHA_256_PLUS;
+    let first = match scram::parse_client_first(&data, plus) {
+        Ok(f) => f,
+        Err(e) => return Err(protocol_error(client, e).await),
+    };
+    match &first.flag {
+        Gs2Flag::Bound(t) if t != TLS_SERVER_END_POINT => {
+            return Err(protocol_error(
+                client,
+                plain_err(format!(
+                    "unsupported SCRAM channel-binding type \"{}\"",
+                    t.escape_default()
+                )),
+            )
+            .await);
+        }
+        Gs2Flag::Yes if cbind.is_some() => {
+            // We offered PLUS: a client claiming we did not is being
+            // downgraded by someone in the middle.
+            return Err(protocol_error(
+                client,
+                ScramError {
+                    message: "SCRAM channel binding negotiation error".into(),
+                    detail: Some(
+                        "The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding."
+                            .into(),
+                    ),
+                },
+            )
+            .await);
+        }
+        _ => {}
+    }
+
+    let nonce = format!("{}{}", first.nonce, scram::nonce());
+    let server_first = scram::server_first(&nonce, &verifier.salt, verifier.iterations);
+    send(
+        client,
+        &msg::authentication(msg::AUTH_SASL_CONTINUE, server_first.as_bytes()),
+    )
+    .await
+    .map_err(AuthError::Client)?;
+
+    let body = read_sasl(client).await?;
+    let fin = match scram::parse_client_final(&body) {
+        Ok(f) => f,
+        Err(e) => return Err(protocol_error(client, e).await),
+    };
+    let binding_ok = if plus {
+        let mut expected = first.gs2_header.as_bytes().to_vec();
+        expected.extend_from_slice(cbind.unwrap_or_default());
+        fin.channel_binding == expected
+    } else {
+        fin.channel_binding == b"n,," || fin.channel_binding == b"y,,"
+    };
+    if !binding_ok {
+        let e = if plus {
+            plain_err("SCRAM channel binding check failed")
+        } else {
+            plain_err("unexpected SCRAM channel-binding attribute in client-final-message")
+        };
+        return Err(protocol_error(client, e).await);
+    }
+    if fin.nonce != nonce {
+        return Err(protocol_error(
+            client,
+            ScramError {
+                message: "malformed SCRAM message".into(),
+                detail: Some("Nonce does not match.".into()),
+            },
+        )
+        .await);
+    }
+    let auth_message = format!("{},{},{}", first.bare, server_first, fin.without_proof);
+    let key = verifier.verify_client_proof(auth_message.as_bytes(), &fin.proof);
+    match key {
+        Some(k) if !doomed => Ok(Some((k, auth_message))),
+        _ => {
+            debug!(user = %user, "SCRAM proof rejected");
+            Ok(None)
+        }
+    }
+}
+
+fn plain_err(message: impl Into<String>) -> ScramError {
+    ScramError {
+        message: message.into(),
+        detail: None,
+    }
+}
+
+/// pgveil's SCRAM exchange with PostgreSQL, between server-first and
+/// server-final.
+struct UpstreamScram {
+    gs2_header: &'static str,
+    binding: Vec<u8>,
+    client_first_bare: String,
+    server_first_raw: String,
+    first: scram::ServerFirst,
+}
+
+impl UpstreamScram {
+    /// Choose the mechanism, send client-first, read server-first.
+    async fn start(
+        client: &mut FrameReader<Stream>,
+        upstream: &mut FrameReader<Stream>,
+        server_mechanisms: &[String],
+        binding: Option<Vec<u8>>,
+    ) -> Result<UpstreamScram, AuthError> {
+        let offers = |m: &str| server_mechanisms.iter().any(|s| s == m);
+        let (mechanism, gs2_header, binding) = match binding {
+            Some(b) if offers(SCRAM_SHA_256_PLUS) => {
+                (SCRAM_SHA_256_PLUS, "p=tls-server-end-point,,", b)
+            }
+            // We could bind but the server did not offer it.
+            Some(_) if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, "y,,", Vec::new()),
+            None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, "n,,", Vec::new()),
+            _ => {
+                return Err(upstream_error(
+                    client,
+                    format!(
+                        "PostgreSQL offers no SASL mechanism pgveil supports ({})",
+                        server_mechanisms.join(", ")
+                    ),
+                )
+                .await);
+            }
+        };
+        let client_first_bare = format!("n=,r={}", scram::nonce());
+        let nonce = client_first_bare[4..].to_string();
+        let data = format!("{gs2_header}{client_first_bare}");
+        send(
+            upstream,
+            &msg::sasl_initial_response(mechanism, data.as_bytes()),
+        )
+        .await
+        .map_err(AuthError::Upstream)?;
+        let body = expect_auth(client, upstream, msg::AUTH_SASL_CONTINUE).await?;
+        let server_first_raw = match String::from_utf8(body[4..].to_vec()) {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(
+                    upstream_error(client, "PostgreSQL sent a non-UTF-8 SCRAM message").await,
+                );
+            }
+        };
+        let first = match scram::parse_server_first(server_first_raw.as_bytes(), &nonce) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(
+                    upstream_error(client, format!("PostgreSQL's SCRAM message: {e}")).await,
+                );
+            }
+        };
+        Ok(UpstreamScram {
+            gs2_header,
+            binding,
+            client_first_bare,
+            server_first_raw,
+            first,
+        })
+    }
+
+    fn matches(&self, v: &Verifier) -> bool {
+        v.salt == self.first.salt && v.iterations == self.first.iterations
+    }
+
+    /// Send client-final with the proof made from `client_key`, check the
+    /// server signature, and return the raw AuthenticationOk message.
+    async fn finish(
+        self,
+        client: &mut FrameReader<Stream>,
+        upstream: &mut FrameReader<Stream>,
+        verifier: &Verifier,
+        client_key: &ClientKey,
+    ) -> Result<bytes::Bytes, AuthError> {
+        let mut cb = self.gs2_header.as_bytes().to_vec();
+        cb.extend_from_slice(&self.binding);
+        let without_proof = format!("c={},r={}", scram::b64(&cb), self.first.nonce);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first_raw, without_proof
+        );
+        let proof = client_key.proof(&verifier.stored_key, auth_message.as_bytes());
+        let final_message = format!("{without_proof},p={}", scram::b64(&proof));
+        send(upstream, &msg::password_message(final_message.as_bytes()))
+            .await
+            .map_err(AuthError::Upstream)?;
+        let body = expect_auth(client, upstream, msg::AUTH_SASL_FINAL).await?;
+        let signature = match scram::parse_server_final(&body[4..]) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(
+                    upstream_error(client, format!("PostgreSQL's SCRAM message: {e}")).await,
+                );
+            }
+        };
+        if !verifier.check_server_signature(auth_message.as_bytes(), &signature) {
+            return Err(upstream_error(
+                client,
+                "PostgreSQL's SCRAM server signature does not match the user's verifier",
+            )
+            .await);
+        }
+        loop {
+            let f = upstream.next().await.map_err(AuthError::Upstream)?;
+            match f.tag {
+                b'R' if msg::auth_code(f.body()) == Some(msg::AUTH_OK) => return Ok(f.raw),
+                b'N' => send(client, &f.raw).await.map_err(AuthError::Client)?,
+                b'E' => return Err(forward_rejection(client, &f.raw, f.body()).await),
+                _ => {
+                    return Err(upstream_error(
+                        client,
+                        "unexpected message from PostgreSQL after SCRAM",
+                    )
+                    .await);
+                }
+            }
+        }
+    }
+}
+
+/// Read an Authentication message with `code` from PostgreSQL; return its
+/// body. An ErrorResponse is forwarded to the client.
+async fn expect_auth(
+    client: &mut FrameReader<Stream>,
+    upstream: &mut FrameReader<Stream>,
+    code: u32,
+) -> Result<bytes::Bytes, AuthError> {
+    loop {
+        let f = upstream.next().await.map_err(AuthError::Upstream)?;
+        match f.tag {
+            b'R' if msg::auth_code(f.body()) == Some(code) => return Ok(f.raw.slice(5..)),
+            b'N' => send(client, &f.raw).await.map_err(AuthError::Client)?,
+            b'E' => return Err(forward_rejection(client, &f.raw, f.body()).await),
+            _ => {
+                return Err(upstream_error(
+                    client,
+                    "unexpected message from PostgreSQL during SCRAM",
+                )
+                .await);
+            }
+        }
+    }
+}
+
+async fn forward_rejection(client: &mut FrameReader<Stream>, raw: &[u8], body: &[u8]) -> AuthError {
+    let _ = send(client, raw).await;
+    if msg::error_code(body).as_deref() == Some("28P01") {
+        AuthError::PasswordFailed
+    } else {
+        AuthError::Rejected
+    }
+}
+
+async fn upstream_error(
+    client: &mut FrameReader<Stream>,
+    message: impl Into<Cow<'static, str>>,
+) -> AuthError {
+    let message = message.into();
+    warn!(error = %message, "SCRAM login to PostgreSQL failed");
+    let _ = send(
+        client,
+        &msg::error_response("FATAL", "08P01", &format!("pgveil: {message}")),
+    )
+    .await;
+    AuthError::Unsupported(message.into_owned())
+}
