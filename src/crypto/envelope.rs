@@ -121,7 +121,12 @@ impl DataKey {
         &self.bytes
     }
 
-    fn value_key(&self, salt: &[u8; SALT_LEN]) -> LessSafeKey {
+    #[cfg(test)]
+    pub(crate) fn value_key_bytes(&self, salt: &[u8; SALT_LEN]) -> [u8; 32] {
+        *self.value_key_material(salt)
+    }
+
+    fn value_key_material(&self, salt: &[u8; SALT_LEN]) -> Zeroizing<[u8; 32]> {
         // HKDF-Expand(PRK, info, 32) = HMAC(PRK, info || 0x01) (one block).
         let mut info = [0u8; VALUE_KEY_INFO.len() + SALT_LEN + 1];
         info[..VALUE_KEY_INFO.len()].copy_from_slice(VALUE_KEY_INFO);
@@ -129,6 +134,11 @@ impl DataKey {
         info[VALUE_KEY_INFO.len() + SALT_LEN] = 1;
         let mut okm = Zeroizing::new([0u8; 32]);
         hmac::sign_to_buffer(&self.value_kdf, &info, &mut okm[..]).expect("HMAC-SHA256");
+        okm
+    }
+
+    fn value_key(&self, salt: &[u8; SALT_LEN]) -> LessSafeKey {
+        let okm = self.value_key_material(salt);
         let unbound = UnboundKey::new(&AES_256_GCM, &okm[..]).expect("32-byte AES key");
         LessSafeKey::new(unbound)
     }
