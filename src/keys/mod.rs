@@ -105,3 +105,6 @@ pub fn generate_key_hex() -> String {
     aws_lc_rs::rand::fill(&mut b[..]).expect("AWS-LC CSPRNG");
     hex::encode(&b[..])
 }
+
+#[cfg(test)]
+mod tests;
