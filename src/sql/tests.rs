@@ -928,3 +928,70 @@ fn declare_cursor_is_analyzed() {
     );
     assert!(matches!(v[0], StatementPlan::Reject { .. }));
 }
+
+/// Truncated and mangled statements never panic the analyzer, and anything
+/// that mentions a protected table is either planned or rejected.
+#[test]
+fn truncated_statements_never_panic() {
+    let a = analyzer();
+    let stmts = [
+        "INSERT INTO users (id, email, name) VALUES ($1, $2, $3) ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING id, email",
+        "with t as (select id, email from users where email = any($1)) select * from t join orders o on o.user_id = t.id where o.total > 3 order by o.id limit 5",
+        "update pay_customers c set email = 'x' from orgs o where c.org_id = o.id and o.name = $1 and c.email in ('a', $2)",
+        "copy users (id, email) from stdin with (format csv, delimiter ';', null 'N', quote '\"')",
+        "select u.*, (select count(*) from orders where user_id = u.id) from users u where exists (select 1 from rot where rot.ssn = u.email)",
+    ];
+    for s in stmts {
+        for cut in 0..=s.len() {
+            if !s.is_char_boundary(cut) {
+                continue;
+            }
+            let piece = &s[..cut];
+            for mode in [
+                Mode::Simple,
+                Mode::Extended {
+                    param_types: &[0, 25],
+                },
+            ] {
+                for role in ["app_user", "dba", "signup"] {
+                    let plans = a.plan(piece, role, mode);
+                    for p in plans {
+                        if let StatementPlan::Rewrite(r) = &p {
+                            let n = r.literals.len();
+                            let used = r
+                                .sql
+                                .iter()
+                                .filter(|s| matches!(s, Segment::Literal(_)))
+                                .count();
+                            assert_eq!(n, used, "{piece}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lateral_correlated_and_returning_aliases() {
+    let r = rw(ext(
+        "select o.id, x.e from orders o cross join lateral (select u.email as e from users u where u.id = o.user_id and u.email = $1) x",
+        "app_user",
+    ));
+    assert!(shown(&r).contains("u.email_bidx = $1"), "{}", shown(&r));
+    let (_, msg) = reject(ext(
+        "select o.id from orders o, lateral (select email from users u where u.id = o.user_id) x order by x.email",
+        "app_user",
+    ));
+    assert!(msg.contains("ORDER BY"), "{msg}");
+    let r = rw(ext(
+        "insert into users (email) values ($1) returning email as e, id",
+        "app_user",
+    ));
+    assert!(r.touched.contains(&(users_email(), Use::Read)));
+    let (_, msg) = reject(ext(
+        "select lower(e) from (select email as e from users) s",
+        "app_user",
+    ));
+    assert!(msg.contains("public.users.email"), "{msg}");
+}
