@@ -1,0 +1,167 @@
+//! AwsKmsProvider against a real KMS-compatible endpoint: `moto_server`
+//! (PyPI `moto[server]`) started on a free loopback port.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgveil::config::AwsKms;
+use pgveil::crypto::{ColumnContext, DataKey, PgType, envelope};
+use pgveil::keys::{
+    AwsKmsProvider, KeyError, KeyManager, KeyManagerOptions, Keystore, MasterKeyProvider,
+    WrapContext,
+};
+use pgveil::yaml::EnvString;
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = common::free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (pip install 'moto[server]')");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn aws_env() {
+    // SAFETY: set once, before any SDK client reads the environment, with
+    // the same values by every test in this binary.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+}
+
+/// Create a KMS key through the SDK and build the provider from config.
+async fn provider(moto: &Moto) -> (AwsKmsProvider, String) {
+    aws_env();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let client = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&sdk)
+            .endpoint_url(moto.endpoint())
+            .build(),
+    );
+    let key = client.create_key().send().await.expect("CreateKey");
+    let key_id = key.key_metadata().unwrap().key_id().to_string();
+    let cfg = AwsKms {
+        key_id: EnvString(key_id.clone()),
+        region: Some(EnvString("us-east-1".into())),
+        endpoint: Some(EnvString(moto.endpoint())),
+    };
+    (AwsKmsProvider::from_config(&cfg).await.unwrap(), key_id)
+}
+
+fn wctx(tenant: Option<&str>) -> WrapContext {
+    WrapContext {
+        key_id: 1,
+        version: 1,
+        table: "phi.member_profile".into(),
+        tenant: tenant.map(str::to_string),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrap_unwrap_and_context_binding() {
+    let moto = Moto::start();
+    let (p, key_id) = provider(&moto).await;
+    let arn = p.current_master_key_id().await.unwrap();
+    assert!(arn.contains(&key_id), "{arn}");
+
+    // GenerateDataKey + Decrypt.
+    let ctx = wctx(Some("acme"));
+    let (dek, wrapped) = p.generate(&ctx).await.unwrap();
+    assert!(wrapped.master_key_id.contains(&key_id));
+    assert_ne!(&wrapped.blob[..], &dek.expose_secret()[..]);
+    let back = p.unwrap(&wrapped, &ctx).await.unwrap();
+    assert_eq!(back.expose_secret(), dek.expose_secret());
+
+    // Encrypt (re-wrap) + Decrypt.
+    let mine = DataKey::generate();
+    let w = p.wrap(&mine, &ctx).await.unwrap();
+    assert_eq!(p.unwrap(&w, &ctx).await.unwrap().expose_secret(), mine.expose_secret());
+
+    // Encryption context mismatch is rejected by KMS.
+    for wrong in [wctx(Some("globex")), wctx(None), WrapContext { version: 2, ..wctx(Some("acme")) }] {
+        let e = p.unwrap(&wrapped, &wrong).await.unwrap_err();
+        assert!(matches!(e, KeyError::UnwrapRejected { .. }), "{e}");
+        let s = e.to_string();
+        assert!(s.contains("encryption context") && s.contains("data key"), "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_unreachable_cached_keys_keep_working() {
+    let mut moto = Moto::start();
+    let (p, _) = provider(&moto).await;
+    let pg = common::PgCluster::start(common::Hba::Trust);
+    let km = KeyManager::new(
+        Arc::new(p),
+        Keystore::new_no_tls(&pg.url("postgres", "postgres")).unwrap(),
+        KeyManagerOptions::default(),
+    );
+    let ctx = ColumnContext::new("phi", "member_profile", "ssn", PgType::Text).with_tenant("acme");
+    let (r, dek) = km.encryption_key(&ctx).await.unwrap();
+    let env = envelope::encrypt(&dek, &r, &ctx, b"123-45-6789").unwrap();
+    // A key that has to be unwrapped (not just generated) before the outage.
+    let other = ColumnContext::new("public", "users", "email", PgType::Text);
+    let (r2, d2) = km.encryption_key(&other).await.unwrap();
+    let env2 = envelope::encrypt(&d2, &r2, &other, b"alice@example.com").unwrap();
+
+    moto.kill();
+
+    // Cached keys: encrypt and decrypt keep working without KMS.
+    let dek = km.decryption_key(&envelope::peek_key(&env).unwrap()).await.unwrap();
+    assert_eq!(&envelope::decrypt(&dek, &ctx, &env).unwrap()[..], b"123-45-6789");
+    for _ in 0..10 {
+        km.encryption_key(&ctx).await.unwrap();
+    }
+    // A key not in the cache: a clear error, quickly.
+    let t = Instant::now();
+    let e = km
+        .encryption_key(&ctx.clone().with_tenant("globex"))
+        .await
+        .unwrap_err();
+    let s = e.to_string();
+    assert!(matches!(e, KeyError::ProviderUnavailable { .. }), "{s}");
+    assert!(s.contains("aws-kms is unreachable") && s.contains("127.0.0.1"), "{s}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    km.clear_cache();
+    let e = km.decryption_key(&envelope::peek_key(&env2).unwrap()).await.unwrap_err();
+    assert!(e.to_string().contains("unreachable"), "{e}");
+}
