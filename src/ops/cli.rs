@@ -114,7 +114,27 @@ pub fn init_logging() {
 
 fn init_logging_default(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Libraries that log statement text, parameters or HTTP bodies at debug
+    // and trace are capped whatever RUST_LOG says: pgveil's logs must never
+    // carry values (see docs/operations.md).
+    for d in [
+        "sqlparser=off",
+        "tokio_postgres=warn",
+        "postgres_protocol=warn",
+        "aws_smithy_runtime=info",
+        "aws_smithy_http=info",
+        "aws_smithy_runtime_api=info",
+        "aws_sdk_kms=info",
+        "aws_config=info",
+        "aws_sigv4=info",
+        "hyper=info",
+        "hyper_util=info",
+        "h2=info",
+        "rustls=info",
+    ] {
+        filter = filter.add_directive(d.parse().expect("static directive"));
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -157,7 +177,10 @@ fn policy_check(config: PathBuf, database: Option<String>) -> i32 {
         Err(code) => return code,
     };
     let Some(path) = cfg.policy_path() else {
-        eprintln!("{}: no `policy:` configured: add `policy: <file>`", config.display());
+        eprintln!(
+            "{}: no `policy:` configured: add `policy: <file>`",
+            config.display()
+        );
         return 1;
     };
     let policy = match crate::policy::Policy::load(&path) {
@@ -168,7 +191,11 @@ fn policy_check(config: PathBuf, database: Option<String>) -> i32 {
         }
     };
     let Some(url) = database else {
-        println!("{}: policy is valid ({} tables)", path.display(), policy.tables.len());
+        println!(
+            "{}: policy is valid ({} tables)",
+            path.display(),
+            policy.tables.len()
+        );
         return 0;
     };
     let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -182,7 +209,10 @@ fn policy_check(config: PathBuf, database: Option<String>) -> i32 {
             1
         }
         Ok(p) if p.is_empty() => {
-            println!("{}: policy is valid and the schema matches it", path.display());
+            println!(
+                "{}: policy is valid and the schema matches it",
+                path.display()
+            );
             0
         }
         Ok(p) => {

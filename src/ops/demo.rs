@@ -80,13 +80,37 @@ impl Cluster {
             as_postgres,
         };
         let data = c.dir.join("data");
-        c.run("initdb", &["-D", path(&data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])?;
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )?;
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             c.dir.display()
         );
         let log = c.dir.join("postgres.log");
-        c.run("pg_ctl", &["-D", path(&data), "-l", path(&log), "-o", &opts, "-w", "start"])?;
+        c.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-l",
+                path(&log),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        )?;
         Ok(c)
     }
 
@@ -99,9 +123,15 @@ impl Cluster {
         } else {
             Command::new(&exe)
         };
-        let out = cmd.args(args).output().map_err(|e| format!("{tool}: {e}"))?;
+        let out = cmd
+            .args(args)
+            .output()
+            .map_err(|e| format!("{tool}: {e}"))?;
         if !out.status.success() {
-            return Err(format!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "{tool} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         Ok(())
     }
@@ -148,7 +178,10 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
             .map_err(|e| super::db::describe(&e))?;
     }
     let app_db = admin(&cluster.url("postgres", "app")).await?;
-    app_db.batch_execute(SCHEMA).await.map_err(|e| super::db::describe(&e))?;
+    app_db
+        .batch_execute(SCHEMA)
+        .await
+        .map_err(|e| super::db::describe(&e))?;
     app_db
         .batch_execute(
             "GRANT USAGE ON SCHEMA phi TO PUBLIC;
@@ -204,26 +237,39 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
         ("grace@example.com", "Grace Hopper"),
         ("alan@example.com", "Alan Turing"),
     ] {
-        app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[&email, &name])
-            .await
-            .map_err(|e| super::db::describe(&e))?;
+        app.execute(
+            "INSERT INTO users (email, name) VALUES ($1, $2)",
+            &[&email, &name],
+        )
+        .await
+        .map_err(|e| super::db::describe(&e))?;
     }
     let seen = app
         .query("SELECT id, email, name FROM users ORDER BY id", &[])
         .await
         .map_err(|e| super::db::describe(&e))?;
     let found = app
-        .query("SELECT name FROM users WHERE email = $1", &[&"ada@example.com"])
+        .query(
+            "SELECT name FROM users WHERE email = $1",
+            &[&"ada@example.com"],
+        )
         .await
         .map_err(|e| super::db::describe(&e))?;
     // …and PostgreSQL holds ciphertext.
     let raw = app_db
-        .query("SELECT id, encode(email, 'hex'), name FROM users ORDER BY id", &[])
+        .query(
+            "SELECT id, encode(email, 'hex'), name FROM users ORDER BY id",
+            &[],
+        )
         .await
         .map_err(|e| super::db::describe(&e))?;
 
-    println!("\n  what the application sees (through pgveil)   | what PostgreSQL holds (psql direct)");
-    println!("  ---------------------------------------------+-------------------------------------");
+    println!(
+        "\n  what the application sees (through pgveil)   | what PostgreSQL holds (psql direct)"
+    );
+    println!(
+        "  ---------------------------------------------+-------------------------------------"
+    );
     for (a, r) in seen.iter().zip(raw.iter()) {
         let id: i64 = a.get(0);
         let email: String = a.get(1);
@@ -244,9 +290,15 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
         found.first().map(|r| r.get::<_, String>(0))
     );
     println!("\nConnection strings:");
-    println!("  application (reads plaintext):  psql {}", via("calmony_app"));
+    println!(
+        "  application (reads plaintext):  psql {}",
+        via("calmony_app")
+    );
     println!("  analyst (ciphertext only):      psql {}", via("analyst"));
-    println!("  PostgreSQL directly:            psql {}", cluster.url("postgres", "app"));
+    println!(
+        "  PostgreSQL directly:            psql {}",
+        cluster.url("postgres", "app")
+    );
     println!("  config used:                    {}", cfg_path.display());
 
     if serve_forever {

@@ -9,12 +9,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use super::stream::Stream;
+use crate::session::Pending;
 use crate::session::backend::Backend;
 use crate::session::frontend::{Flow, Frontend};
-use crate::session::Pending;
-use bytes::BytesMut;
 use crate::wire::codec::{FrameError, FrameReader};
 use crate::wire::msg;
+use bytes::BytesMut;
 
 /// Per-session facts the relay needs.
 pub struct Session {

@@ -310,7 +310,10 @@ async fn load_catalog(
     let mut rows = Vec::new();
     let mut failed = false;
     loop {
-        let f = upstream.next().await.map_err(|e| format!("upstream: {e}"))?;
+        let f = upstream
+            .next()
+            .await
+            .map_err(|e| format!("upstream: {e}"))?;
         match f.tag {
             b'D' => {
                 let body = f.raw.slice(5..);
@@ -328,7 +331,10 @@ async fn load_catalog(
         }
     }
     if failed {
-        warn!(database = db, "catalog query failed: protected statements will be refused");
+        warn!(
+            database = db,
+            "catalog query failed: protected statements will be refused"
+        );
         rows.clear();
     }
     Ok(engine.install(db, rows))

@@ -117,7 +117,10 @@ impl Backend {
             }
             b'E' => {
                 if self.front_is(|p| {
-                    !matches!(p, Pending::Query { .. } | Pending::FunctionCall | Pending::Sync)
+                    !matches!(
+                        p,
+                        Pending::Query { .. } | Pending::FunctionCall | Pending::Sync
+                    )
                 }) {
                     self.drop_until_sync();
                 }
@@ -159,7 +162,10 @@ impl Backend {
     fn drop_until_sync(&mut self) {
         let mut q = self.shared.pending.lock().expect("pending queue");
         while let Some(p) = q.front() {
-            if matches!(p, Pending::Sync | Pending::Query { .. } | Pending::FunctionCall) {
+            if matches!(
+                p,
+                Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
+            ) {
                 break;
             }
             q.pop_front();
@@ -198,6 +204,11 @@ impl Backend {
             _ => None,
         };
         let plan = prepared.as_ref().and_then(|p| p.plan.clone());
+        tracing::debug!(
+            known = prepared.is_some(),
+            rewritten = plan.is_some(),
+            "parameter description"
+        );
         let (Some(plan), Some(server)) = (plan, m::decode_parameter_description(f.body())) else {
             out.extend_from_slice(&f.raw);
             return;
@@ -220,21 +231,29 @@ impl Backend {
     }
 
     fn on_row_description(&mut self, f: &Frame, out: &mut BytesMut) {
-        let front = self.shared.pending.lock().expect("pending queue").front().map(|p| match p {
-            Pending::DescribeStatement { prepared } => (
-                0u8,
-                prepared.as_ref().is_some_and(|p| p.plan.is_some() || p.copy.is_some()),
-                String::new(),
-                false,
-            ),
-            Pending::DescribePortal {
-                portal,
-                protected,
-                internal,
-            } => (1u8, *protected, portal.clone(), *internal),
-            Pending::Query { protected, .. } => (2u8, *protected, String::new(), false),
-            _ => (3u8, false, String::new(), false),
-        });
+        let front = self
+            .shared
+            .pending
+            .lock()
+            .expect("pending queue")
+            .front()
+            .map(|p| match p {
+                Pending::DescribeStatement { prepared } => (
+                    0u8,
+                    prepared
+                        .as_ref()
+                        .is_some_and(|p| p.plan.is_some() || p.copy.is_some()),
+                    String::new(),
+                    false,
+                ),
+                Pending::DescribePortal {
+                    portal,
+                    protected,
+                    internal,
+                } => (1u8, *protected, portal.clone(), *internal),
+                Pending::Query { protected, .. } => (2u8, *protected, String::new(), false),
+                _ => (3u8, false, String::new(), false),
+            });
         let Some((kind, protected, portal, internal)) = front else {
             out.extend_from_slice(&f.raw);
             return;
@@ -282,6 +301,13 @@ impl Backend {
         let entry = self.shared.entry();
         let policy = &self.engine.policy;
         let role = &self.id.login_role;
+        // Tenant columns present in this result, by table OID.
+        let tenants: Vec<(u32, usize, i16)> = fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| entry.catalog.tenant.contains_key(&(f.table_oid, f.attnum)))
+            .map(|(i, f)| (f.table_oid, i, f.format))
+            .collect();
         Arc::new(
             fields
                 .iter_mut()
@@ -297,9 +323,21 @@ impl Backend {
                     f.type_oid = attr.policy.ty.oid();
                     f.type_len = type_len(attr.policy.ty);
                     f.type_mod = -1;
+                    let tenant = tenants
+                        .iter()
+                        .find(|t| t.0 == f.table_oid)
+                        .map(|&(_, i, fmt)| {
+                            let ty = entry
+                                .tenant_types
+                                .get(&(attr.column.schema.clone(), attr.column.table.clone()))
+                                .cloned()
+                                .unwrap_or_else(|| "text".into());
+                            (i, ty, fmt)
+                        });
                     Some(Decrypt {
                         attr: attr.clone(),
                         format: f.format,
+                        tenant,
                     })
                 })
                 .collect(),
@@ -313,7 +351,9 @@ impl Backend {
                 protected: true,
                 ..
             }) => self.portal_shapes.get(portal).cloned(),
-            Some(Pending::Query { protected: true, .. }) => self.current.clone(),
+            Some(Pending::Query {
+                protected: true, ..
+            }) => self.current.clone(),
             _ => None,
         };
         self.rows += 1;
@@ -326,16 +366,29 @@ impl Backend {
             out.extend_from_slice(&f.raw);
             return;
         };
+        let originals = cols.clone();
         for (i, col) in cols.iter_mut().enumerate() {
             let (Some(Some(d)), Some(v)) = (shape.get(i), col.as_ref()) else {
                 continue;
             };
-            match self.decrypt(d, v).await {
+            let row_tenant = d.tenant.as_ref().and_then(|(j, ty, fmt)| {
+                let raw = originals.get(*j)?.as_ref()?;
+                if *fmt == 1 {
+                    super::values::binary_tenant(ty, raw)
+                } else {
+                    String::from_utf8(raw.to_vec()).ok()
+                }
+            });
+            match self.decrypt(d, v, row_tenant.as_deref()).await {
                 Ok(pt) => *col = Some(pt),
                 Err(e) => {
                     metrics::counter!("pgveil_decrypt_errors_total").increment(1);
                     tracing::warn!(column = %d.attr.column, error = %e, "decryption failed");
-                    out.extend_from_slice(&msg::error_response("ERROR", e.sqlstate(), &e.to_string()));
+                    out.extend_from_slice(&msg::error_response(
+                        "ERROR",
+                        e.sqlstate(),
+                        &e.to_string(),
+                    ));
                     self.discard_until_ready = true;
                     self.pop_if_completes(b'C');
                     return;
@@ -346,24 +399,37 @@ impl Backend {
         m::encode_data_row(out, &cols);
     }
 
-    async fn decrypt(&self, d: &Decrypt, stored: &Bytes) -> Result<Bytes, super::values::ValueError> {
+    async fn decrypt(
+        &self,
+        d: &Decrypt,
+        stored: &Bytes,
+        row_tenant: Option<&str>,
+    ) -> Result<Bytes, super::values::ValueError> {
         let crypto = &self.engine.crypto;
-        let canonical = crypto.decrypt_stored(&d.attr, d.format, stored).await?;
+        let canonical = crypto
+            .decrypt_stored(&d.attr, d.format, stored, row_tenant)
+            .await?;
         Ok(Bytes::from(crypto.render(&d.attr, d.format, &canonical)?))
     }
 
     /// CommandComplete: audit, catalog invalidation after DDL, and the
     /// end of an Execute.
     fn finish_statement(&mut self, f: &Frame) {
-        let tag = std::str::from_utf8(f.body()).unwrap_or("").trim_end_matches('\0');
+        let tag = std::str::from_utf8(f.body())
+            .unwrap_or("")
+            .trim_end_matches('\0');
         let first = tag.split(' ').next().unwrap_or("");
-        if matches!(first, "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "TRUNCATE")
-            && !tag.starts_with("CREATE ROLE")
+        if matches!(
+            first,
+            "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "TRUNCATE"
+        ) && !tag.starts_with("CREATE ROLE")
         {
             self.engine.invalidate();
         }
         let audit = match self.shared.pending.lock().expect("pending queue").front() {
-            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => audit.clone(),
+            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => {
+                audit.clone()
+            }
             _ => None,
         };
         if let Some(a) = audit

@@ -111,7 +111,9 @@ impl CatalogEntry {
         let mut by_attr = HashMap::new();
         for (k, attr) in &catalog.protected {
             let a = Arc::new(attr.clone());
-            by_column.entry(a.column.clone()).or_insert_with(|| a.clone());
+            by_column
+                .entry(a.column.clone())
+                .or_insert_with(|| a.clone());
             by_attr.insert(*k, a);
         }
         // Prefer the base table's own entry for names (views share names).

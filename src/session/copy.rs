@@ -36,7 +36,12 @@ impl CopyIn {
     }
 
     /// One CopyData payload from the client.
-    pub async fn data(&mut self, data: &[u8], engine: &Engine, out: &mut BytesMut) -> Result<(), Refusal> {
+    pub async fn data(
+        &mut self,
+        data: &[u8],
+        engine: &Engine,
+        out: &mut BytesMut,
+    ) -> Result<(), Refusal> {
         self.partial.extend_from_slice(data);
         let mut rows = BytesMut::new();
         let mut start = 0;
@@ -77,7 +82,12 @@ impl CopyIn {
         Ok(())
     }
 
-    async fn row(&mut self, line: &[u8], engine: &Engine, out: &mut BytesMut) -> Result<(), Refusal> {
+    async fn row(
+        &mut self,
+        line: &[u8],
+        engine: &Engine,
+        out: &mut BytesMut,
+    ) -> Result<(), Refusal> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if self.ended {
             return Ok(());
@@ -104,14 +114,21 @@ impl CopyIn {
                 self.plan.schema, self.plan.table
             ),
         })?;
-        let mut outf: Vec<Option<Vec<u8>>> = Vec::with_capacity(fields.len() + self.plan.appended.len());
+        let mut outf: Vec<Option<Vec<u8>>> =
+            Vec::with_capacity(fields.len() + self.plan.appended.len());
         // Field values, decoded; `None` = NULL.
         for (i, f) in fields.iter().enumerate() {
             let spec = self.plan.fields.get(i).unwrap_or(&CopyField::Plain);
             let v = match (spec, f) {
                 (_, None) => None,
                 (CopyField::Plain, Some(v)) => Some(v.clone()),
-                (CopyField::Encrypt { target, tenant_field }, Some(v)) => {
+                (
+                    CopyField::Encrypt {
+                        target,
+                        tenant_field,
+                    },
+                    Some(v),
+                ) => {
                     let attr = self.attr(target)?;
                     let tenant = match tenant_field {
                         Some(t) => match fields.get(*t).cloned().flatten() {
@@ -128,7 +145,10 @@ impl CopyIn {
                         None => None,
                     };
                     let canonical = engine.crypto.canonical(&attr, 0, v)?;
-                    let env = engine.crypto.encrypt(&attr, tenant.as_deref(), &canonical).await?;
+                    let env = engine
+                        .crypto
+                        .encrypt(&attr, tenant.as_deref(), &canonical)
+                        .await?;
                     Some(stored_text(attr.storage, &env))
                 }
                 (CopyField::RequireEnvelope { target }, Some(v)) => {
@@ -150,9 +170,11 @@ impl CopyIn {
                 None => None,
                 Some(v) => {
                     let canonical = engine.crypto.canonical(&attr, 0, &v)?;
-                    let idx = engine
-                        .crypto
-                        .blind_index(&attr, *op == SlotOp::BlindIndexNext, &canonical)?;
+                    let idx = engine.crypto.blind_index(
+                        &attr,
+                        *op == SlotOp::BlindIndexNext,
+                        &canonical,
+                    )?;
                     Some(format!("\\x{}", hex::encode(idx)).into_bytes())
                 }
             };
@@ -165,7 +187,10 @@ impl CopyIn {
         Ok(())
     }
 
-    fn attr(&self, c: &crate::sql::ColumnRef) -> Result<Arc<crate::policy::catalog::ProtectedAttr>, Refusal> {
+    fn attr(
+        &self,
+        c: &crate::sql::ColumnRef,
+    ) -> Result<Arc<crate::policy::catalog::ProtectedAttr>, Refusal> {
         self.entry.column(c).cloned().ok_or_else(|| Refusal {
             sqlstate: "0A000",
             message: format!(
@@ -388,7 +413,11 @@ mod tests {
             columns: None,
             format,
             delimiter: if format == CopyFormat::Csv { ',' } else { '\t' },
-            null: if format == CopyFormat::Csv { String::new() } else { "\\N".into() },
+            null: if format == CopyFormat::Csv {
+                String::new()
+            } else {
+                "\\N".into()
+            },
             header: false,
             quote: '"',
             escape: '"',

@@ -11,12 +11,14 @@ use bytes::{Bytes, BytesMut};
 
 use super::copy::CopyIn;
 use super::messages::{self as m, BindMsg, ParseMsg};
-use super::values::{ValueError, bytea_literal, envelope_literal, envelope_to_stored_binary, stored_to_envelope};
+use super::values::{
+    ValueError, bytea_literal, envelope_literal, envelope_to_stored_binary, stored_to_envelope,
+};
 use super::{AuditInfo, Identity, Pending, Prepared, Shared};
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::{
-    ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp,
-    StatementPlan, TenantSource, Use,
+    ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp, StatementPlan,
+    TenantSource, Use,
 };
 use crate::wire::codec::Frame;
 
@@ -60,6 +62,10 @@ pub struct Frontend {
     portals: HashMap<String, (bool, Arc<Prepared>)>,
     skip_until_sync: bool,
     copy: Option<CopyIn>,
+    /// An Execute was sent: if COPY data follows, the Syncs the client sent
+    /// in between are ignored by the server (copy-in mode) and get no
+    /// ReadyForQuery, so their queue entries must go.
+    after_execute: bool,
 }
 
 impl Frontend {
@@ -72,6 +78,7 @@ impl Frontend {
             portals: HashMap::new(),
             skip_until_sync: false,
             copy: None,
+            after_execute: false,
         }
     }
 
@@ -90,6 +97,14 @@ impl Frontend {
         if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
             return Flow::Continue;
         }
+        if matches!(f.tag, b'd' | b'c' | b'f') && std::mem::take(&mut self.after_execute) {
+            let mut q = self.shared.pending.lock().expect("pending queue");
+            while matches!(q.back(), Some(Pending::Sync)) {
+                q.pop_back();
+            }
+        } else if !matches!(f.tag, b'S' | b'H' | b'd' | b'c' | b'f') {
+            self.after_execute = false;
+        }
         match f.tag {
             b'Q' => self.on_query(&f, out).await,
             b'P' => self.on_parse(&f, out).await,
@@ -107,7 +122,9 @@ impl Frontend {
                             internal: false,
                         })
                     }
-                    None => self.shared.push(Pending::DescribeStatement { prepared: None }),
+                    None => self
+                        .shared
+                        .push(Pending::DescribeStatement { prepared: None }),
                 }
                 out.extend_from_slice(&f.raw);
             }
@@ -132,6 +149,8 @@ impl Frontend {
                     audit,
                 });
                 out.extend_from_slice(&f.raw);
+                self.after_execute = true;
+                return Flow::Continue;
             }
             b'C' => {
                 match m::decode_target(f.body()) {
@@ -223,8 +242,8 @@ impl Frontend {
         for plan in plans.iter() {
             match plan {
                 StatementPlan::Passthrough { sql } => parts.push(sql.clone()),
-                StatementPlan::Rewrite(rp) => match self.render(rp, None).await {
-                    Ok(s) => {
+                StatementPlan::Rewrite(rp) => match self.render(rp, false).await {
+                    Ok((s, _)) => {
                         merge_audit(&mut audit, audit_info(rp).as_deref());
                         parts.push(s)
                     }
@@ -282,6 +301,7 @@ impl Frontend {
                 parse.name,
                 Arc::new(Prepared {
                     plan: None,
+                    deferred_literals: vec![],
                     copy: None,
                     client_params: parse.param_types.len(),
                 }),
@@ -297,30 +317,42 @@ impl Frontend {
                 param_types: &parse.param_types,
             },
         );
+        tracing::debug!(
+            statement = %parse.name,
+            plan = plans.first().map(plan_kind).unwrap_or("none"),
+            "parse planned"
+        );
         let result: Result<(String, Vec<u32>, Prepared), Refusal> = match plans.first() {
             None | Some(StatementPlan::Passthrough { .. }) => Ok((
                 parse.query.clone(),
                 parse.param_types.clone(),
                 Prepared {
                     plan: None,
+                    deferred_literals: vec![],
                     copy: None,
                     client_params: parse.param_types.len(),
                 },
             )),
-            Some(StatementPlan::Rewrite(rp)) => match self.render(rp, Some(())).await {
-                Ok(sql) => Ok((
+            Some(StatementPlan::Rewrite(rp)) => match self.render(rp, true).await {
+                Ok((sql, deferred)) => Ok((
                     sql,
-                    rp.parse_param_types.clone(),
+                    rp.parse_param_types
+                        .iter()
+                        .copied()
+                        .chain(deferred.iter().map(|_| 0))
+                        .collect(),
                     Prepared {
                         client_params: client_param_count(rp, &parse.param_types),
                         plan: Some(Arc::new(rp.clone())),
                         copy: None,
+                        deferred_literals: deferred,
                     },
                 )),
                 Err(r) => Err(r),
             },
             Some(StatementPlan::Copy(cp)) => {
-                if cp.direction == CopyDirection::In && cp.format == crate::sql::CopyFormat::Binary {
+                if cp.direction == CopyDirection::In && cp.format == crate::sql::CopyFormat::Binary
+                {
                     Err(refuse(
                         "0A000",
                         format!(
@@ -334,18 +366,22 @@ impl Frontend {
                         Vec::new(),
                         Prepared {
                             plan: None,
+                            deferred_literals: vec![],
                             copy: Some(Arc::new(cp.clone())),
                             client_params: 0,
                         },
                     ))
                 }
             }
-            Some(StatementPlan::Reject { sqlstate, message }) => Err(refuse(sqlstate, message.clone())),
+            Some(StatementPlan::Reject { sqlstate, message }) => {
+                Err(refuse(sqlstate, message.clone()))
+            }
         };
         match result {
             Ok((sql, types, prepared)) => {
                 metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
-                self.statements.insert(parse.name.clone(), Arc::new(prepared));
+                self.statements
+                    .insert(parse.name.clone(), Arc::new(prepared));
                 self.shared.push(Pending::Parse { internal: false });
                 ParseMsg {
                     name: parse.name,
@@ -377,12 +413,16 @@ impl Frontend {
         };
         let protected = prepared.plan.is_some() || prepared.copy.is_some();
         let Some(plan) = prepared.plan.clone() else {
-            self.portals.insert(bind.portal.clone(), (protected, prepared));
+            self.portals
+                .insert(bind.portal.clone(), (protected, prepared));
             self.shared.push(Pending::Bind { internal: false });
             out.extend_from_slice(&f.raw);
             return;
         };
-        match self.transform_bind(&bind, &plan).await {
+        match self
+            .transform_bind(&bind, &plan, &prepared.deferred_literals)
+            .await
+        {
             Ok(new) => {
                 self.shared.push(Pending::Bind { internal: false });
                 new.encode(out);
@@ -432,7 +472,11 @@ impl Frontend {
         self.skip_until_sync = true;
     }
 
-    fn attr(&self, entry: &super::CatalogEntry, c: &ColumnRef) -> Result<Arc<ProtectedAttr>, Refusal> {
+    fn attr(
+        &self,
+        entry: &super::CatalogEntry,
+        c: &ColumnRef,
+    ) -> Result<Arc<ProtectedAttr>, Refusal> {
         entry.column(c).cloned().ok_or_else(|| {
             refuse(
                 "0A000",
@@ -443,22 +487,37 @@ impl Frontend {
         })
     }
 
-    /// Render a rewritten statement, encrypting its literal slots.
-    /// `extended`: tenant parameters are not known yet at Parse.
-    async fn render(&self, rp: &RewritePlan, extended: Option<()>) -> Result<String, Refusal> {
+    /// Render a rewritten statement, encrypting its literal slots. With
+    /// `extended`, a literal whose tenant is a parameter cannot be encrypted
+    /// before Bind: it becomes an appended parameter, and the indices of
+    /// such slots are returned.
+    async fn render(
+        &self,
+        rp: &RewritePlan,
+        extended: bool,
+    ) -> Result<(String, Vec<usize>), Refusal> {
         let entry = self.entry();
         let mut rendered = Vec::with_capacity(rp.literals.len());
-        for slot in &rp.literals {
-            rendered.push(self.render_literal(&entry, slot, extended.is_some()).await?);
+        let mut deferred = Vec::new();
+        for (i, slot) in rp.literals.iter().enumerate() {
+            if extended
+                && slot.value.is_some()
+                && slot.op == SlotOp::Encrypt
+                && matches!(slot.tenant, TenantSource::Param(_))
+            {
+                deferred.push(i);
+                rendered.push(format!("${}", rp.params.len() + deferred.len()));
+                continue;
+            }
+            rendered.push(self.render_literal(&entry, slot).await?);
         }
-        Ok(rp.render(|i, _| rendered[i].clone()))
+        Ok((rp.render(|i, _| rendered[i].clone()), deferred))
     }
 
     async fn render_literal(
         &self,
         entry: &super::CatalogEntry,
         slot: &LiteralSlot,
-        extended: bool,
     ) -> Result<String, Refusal> {
         let Some(value) = &slot.value else {
             return Ok("NULL".into());
@@ -469,15 +528,7 @@ impl Frontend {
                 let tenant = match &slot.tenant {
                     TenantSource::None => None,
                     TenantSource::Literal(t) => Some(t.clone()),
-                    TenantSource::Param(_) if extended => {
-                        return Err(refuse(
-                            "0A000",
-                            format!(
-                                "pgveil: {}: when the tenant is a parameter, pass the protected value as a parameter too",
-                                slot.target
-                            ),
-                        ));
-                    }
+                    // Simple protocol has no parameters; extended defers.
                     TenantSource::Param(_) => None,
                 };
                 let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
@@ -498,17 +549,23 @@ impl Frontend {
                 Ok(bytea_literal(&idx))
             }
             SlotOp::RequireEnvelope => {
-                let env = stored_to_envelope(attr.storage, 0, value.as_bytes()).ok_or_else(|| {
-                    ValueError::NotEnvelope {
-                        column: attr.column.to_string(),
-                    }
-                })?;
+                let env =
+                    stored_to_envelope(attr.storage, 0, value.as_bytes()).ok_or_else(|| {
+                        ValueError::NotEnvelope {
+                            column: attr.column.to_string(),
+                        }
+                    })?;
                 Ok(envelope_literal(attr.storage, &env))
             }
         }
     }
 
-    async fn transform_bind(&self, b: &BindMsg, plan: &RewritePlan) -> Result<BindMsg, Refusal> {
+    async fn transform_bind(
+        &self,
+        b: &BindMsg,
+        plan: &RewritePlan,
+        deferred: &[usize],
+    ) -> Result<BindMsg, Refusal> {
         let entry = self.entry();
         let mut params = Vec::with_capacity(plan.params.len());
         let mut formats = Vec::with_capacity(plan.params.len());
@@ -607,6 +664,23 @@ impl Frontend {
                 }
             }
         }
+        for &i in deferred {
+            let slot = &plan.literals[i];
+            let attr = self.attr(&entry, &slot.target)?;
+            let value = slot.value.as_deref().unwrap_or_default();
+            let tenant = self.tenant(&entry, b, &slot.target, &slot.tenant)?;
+            let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
+            let env = self
+                .engine
+                .crypto
+                .encrypt(&attr, tenant.as_deref(), &canonical)
+                .await?;
+            params.push(Some(Bytes::from(envelope_to_stored_binary(
+                attr.storage,
+                &env,
+            ))));
+            formats.push(1);
+        }
         Ok(BindMsg {
             portal: b.portal.clone(),
             statement: b.statement.clone(),
@@ -640,7 +714,12 @@ impl Frontend {
                 None => None,
                 Some(e) => {
                     let canonical = self.engine.crypto.canonical(attr, f, &e)?;
-                    Some(self.engine.crypto.blind_index(attr, false, &canonical)?.to_vec())
+                    Some(
+                        self.engine
+                            .crypto
+                            .blind_index(attr, false, &canonical)?
+                            .to_vec(),
+                    )
                 }
             });
         }
@@ -679,7 +758,7 @@ impl Frontend {
                     .get(&(target.schema.clone(), target.table.clone()))
                     .map(String::as_str)
                     .unwrap_or("text");
-                binary_tenant(ty, v).map(Some).ok_or_else(|| {
+                super::values::binary_tenant(ty, v).map(Some).ok_or_else(|| {
                     refuse(
                         "22P02",
                         format!("pgveil: the tenant id for {target} is not a valid {ty} in binary format"),
@@ -688,20 +767,6 @@ impl Frontend {
             }
         }
     }
-}
-
-/// The text form of a tenant id sent in binary format.
-fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
-    Some(match ty {
-        "smallint" => i16::from_be_bytes(v.try_into().ok()?).to_string(),
-        "integer" => i32::from_be_bytes(v.try_into().ok()?).to_string(),
-        "bigint" => i64::from_be_bytes(v.try_into().ok()?).to_string(),
-        "uuid" => {
-            let h = hex::encode(<[u8; 16]>::try_from(v).ok()?);
-            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-        }
-        _ => String::from_utf8(v.to_vec()).ok()?,
-    })
 }
 
 fn client_param_count(rp: &RewritePlan, declared: &[u32]) -> usize {
@@ -763,6 +828,14 @@ fn merge_audit(acc: &mut Option<AuditInfo>, add: Option<&AuditInfo>) {
     }
 }
 
+fn plan_kind(p: &StatementPlan) -> &'static str {
+    match p {
+        StatementPlan::Passthrough { .. } => "passthrough",
+        StatementPlan::Rewrite(_) => "rewrite",
+        StatementPlan::Copy(_) => "copy",
+        StatementPlan::Reject { .. } => "reject",
+    }
+}
 
 /// A statement that makes PostgreSQL raise the refusal. The message names
 /// tables and columns only; it never holds a value.
@@ -784,16 +857,5 @@ mod tests {
         assert!(s.contains("ERRCODE = '42501'"));
         assert!(s.contains("it''s  bad"));
         assert_eq!(s.matches("$pgveil$").count(), 2);
-    }
-
-    #[test]
-    fn binary_tenants() {
-        assert_eq!(binary_tenant("integer", &42i32.to_be_bytes()).unwrap(), "42");
-        assert_eq!(binary_tenant("bigint", &7i64.to_be_bytes()).unwrap(), "7");
-        assert_eq!(
-            binary_tenant("uuid", &[0x11; 16]).unwrap(),
-            "11111111-1111-1111-1111-111111111111"
-        );
-        assert!(binary_tenant("integer", &[1, 2]).is_none());
     }
 }

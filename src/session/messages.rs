@@ -476,7 +476,10 @@ mod tests {
                 Some("d".into())
             ]
         );
-        assert_eq!(decode_text_array("{}").unwrap(), Vec::<Option<String>>::new());
+        assert_eq!(
+            decode_text_array("{}").unwrap(),
+            Vec::<Option<String>>::new()
+        );
         assert!(decode_text_array("{{a}}").is_none());
         let bin = encode_binary_array(25, &[Some(b"a".to_vec()), None]);
         assert_eq!(

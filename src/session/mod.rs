@@ -32,6 +32,9 @@ pub struct Decrypt {
     pub attr: Arc<ProtectedAttr>,
     /// Wire format the client gets the column in (0 text, 1 binary).
     pub format: i16,
+    /// Result column holding the row's tenant id (tenant tables), with its
+    /// SQL type and wire format.
+    pub tenant: Option<(usize, String, i16)>,
 }
 
 /// The row shape of a result: per column, `Some` when it is decrypted.
@@ -42,6 +45,9 @@ pub type Shape = Arc<Vec<Option<Decrypt>>>;
 pub struct Prepared {
     /// `None` for statements that touch no protected table (forwarded as is).
     pub plan: Option<Arc<RewritePlan>>,
+    /// Literal slots sent as appended parameters (their tenant is a Bind
+    /// parameter), in parameter order after the plan's own.
+    pub deferred_literals: Vec<usize>,
     /// COPY on a protected table (prepared through the extended protocol).
     pub copy: Option<Arc<CopyPlan>>,
     /// Number of parameters the client declared or used.

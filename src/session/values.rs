@@ -165,11 +165,15 @@ impl ValueCrypto {
 
     /// Decrypt a stored value (as the server sent it, in `format`) to
     /// canonical plaintext.
+    /// `row_tenant`: the tenant id of the row the value was read from, when
+    /// the result carries the tenant column; the envelope must then be bound
+    /// to that tenant. Without it, the envelope's own tenant is used.
     pub async fn decrypt_stored(
         &self,
         attr: &ProtectedAttr,
         format: i16,
         stored: &[u8],
+        row_tenant: Option<&str>,
     ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
         let err = |reason: String| ValueError::Decrypt {
             column: attr.column.to_string(),
@@ -183,7 +187,7 @@ impl ValueCrypto {
             .decryption_key(&key_ref)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let tenant = key_ref.tenant();
+        let tenant = row_tenant.or(key_ref.tenant());
         let ctx = Self::context(attr, tenant);
         let pt = envelope::decrypt(&dek, &ctx, &env).map_err(|e| err(e.to_string()))?;
         metrics::counter!("pgveil_values_decrypted_total").increment(1);
@@ -265,14 +269,52 @@ pub fn decode_bytea_text(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The text form of a tenant id sent in binary format.
+pub fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
+    Some(match ty {
+        "smallint" => i16::from_be_bytes(v.try_into().ok()?).to_string(),
+        "integer" => i32::from_be_bytes(v.try_into().ok()?).to_string(),
+        "bigint" => i64::from_be_bytes(v.try_into().ok()?).to_string(),
+        "uuid" => {
+            let h = hex::encode(<[u8; 16]>::try_from(v).ok()?);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+        }
+        _ => String::from_utf8(v.to_vec()).ok()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn binary_tenants() {
+        assert_eq!(
+            binary_tenant("integer", &42i32.to_be_bytes()).unwrap(),
+            "42"
+        );
+        assert_eq!(binary_tenant("bigint", &7i64.to_be_bytes()).unwrap(), "7");
+        assert_eq!(
+            binary_tenant("uuid", &[0x11; 16]).unwrap(),
+            "11111111-1111-1111-1111-111111111111"
+        );
+        assert!(binary_tenant("integer", &[1, 2]).is_none());
+    }
+
+    #[test]
     fn bytea_text_forms() {
         assert_eq!(decode_bytea_text(b"\\x00ff").unwrap(), vec![0, 255]);
-        assert_eq!(decode_bytea_text(b"a\\\\b\\001").unwrap(), b"a\\b\x01".to_vec());
+        assert_eq!(
+            decode_bytea_text(b"a\\\\b\\001").unwrap(),
+            b"a\\b\x01".to_vec()
+        );
         assert!(decode_bytea_text(b"\\xzz").is_none());
         assert_eq!(bytea_literal(&[1, 2]), "'\\x0102'::bytea");
     }
