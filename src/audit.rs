@@ -40,7 +40,11 @@ struct Record<'a> {
 }
 
 impl AuditLog {
-    pub fn open(path: &Path, max_bytes: Option<u64>, keep: Option<u32>) -> std::io::Result<AuditLog> {
+    pub fn open(
+        path: &Path,
+        max_bytes: Option<u64>,
+        keep: Option<u32>,
+    ) -> std::io::Result<AuditLog> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -130,7 +134,10 @@ impl AuditLog {
         } else {
             std::fs::remove_file(&self.path)?;
         }
-        OpenOptions::new().create(true).append(true).open(&self.path)
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
     }
 }
 

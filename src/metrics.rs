@@ -28,9 +28,18 @@ fn describe() {
     );
     describe_counter!("pgveil_values_encrypted_total", "Values encrypted");
     describe_counter!("pgveil_values_decrypted_total", "Values decrypted");
-    describe_counter!("pgveil_decrypt_errors_total", "Values that failed to decrypt");
-    describe_counter!("pgveil_upstream_errors_total", "Upstream connection failures and losses");
-    describe_counter!("pgveil_plan_cache_hits_total", "Statement plans served from cache");
+    describe_counter!(
+        "pgveil_decrypt_errors_total",
+        "Values that failed to decrypt"
+    );
+    describe_counter!(
+        "pgveil_upstream_errors_total",
+        "Upstream connection failures and losses"
+    );
+    describe_counter!(
+        "pgveil_plan_cache_hits_total",
+        "Statement plans served from cache"
+    );
     describe_counter!("pgveil_plan_cache_misses_total", "Statements planned");
     describe_counter!("pgveil_key_cache_hits_total", "Data-key cache hits");
     describe_counter!("pgveil_key_cache_misses_total", "Data-key cache misses");
