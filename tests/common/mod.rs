@@ -31,8 +31,8 @@ pub mod pgveil;
 pub mod tls;
 
 pub use certs::{Certs, make_certs};
-pub use pg::{Hba, PgCluster, PgOptions};
-pub use pgveil::{Pgveil, PgveilBuilder};
+pub use pg::{Hba, PgCluster, PgOptions, pg_bin_dir, quote_ident, quote_literal, wait_until};
+pub use pgveil::{Pgveil, PgveilBuilder, pgveil_bin, pgveil_cmd, write_file};
 pub use tls::RustlsConnector;
 
 use std::collections::BTreeSet;
