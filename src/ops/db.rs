@@ -26,6 +26,15 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A tokio-postgres error as the server worded it (its Display says only
+/// "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {} ({})", d.severity(), d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -35,14 +44,5 @@ mod tests {
             "postgres://u@h:5/db"
         );
         assert_eq!(super::redact("host=h"), "host=h");
-    }
-}
-
-/// A tokio-postgres error as the server worded it (its Display says only
-/// "db error").
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{}: {} ({})", d.severity(), d.message(), d.code().code()),
-        None => e.to_string(),
     }
 }

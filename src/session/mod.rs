@@ -54,6 +54,9 @@ pub struct Prepared {
     pub client_params: usize,
 }
 
+/// Rows of the catalog query, every column as text.
+pub type CatalogRows = Vec<Vec<Option<String>>>;
+
 /// What the server's next response(s) answer, in request order.
 #[derive(Debug)]
 pub enum Pending {
@@ -90,7 +93,7 @@ pub enum Pending {
     FunctionCall,
     /// The catalog query pgveil runs between statements.
     Catalog {
-        done: Option<tokio::sync::oneshot::Sender<Option<Vec<Vec<Option<String>>>>>>,
+        done: Option<tokio::sync::oneshot::Sender<Option<CatalogRows>>>,
     },
 }
 
