@@ -1595,3 +1595,24 @@ async fn shutdown_timeout_closes_lingering_sessions() {
     );
     assert!(a.client.simple_query("SELECT 1").await.is_err());
 }
+
+#[test]
+fn minimal_config_with_libpq_defaults() {
+    // `Pgveil::config_for` has no client_tls section (default mode prefer,
+    // no certificate): libpq's default sslmode=prefer must still get in.
+    let pg = PgCluster::start(Hba::Md5);
+    pg.create_role(USER, Some(PW));
+    pg.create_database_owned(DB, USER);
+    let pv = Pgveil::start(&Pgveil::config_for(&pg));
+    let conninfo = format!("host=127.0.0.1 port={} user={USER} dbname={DB}", pv.port());
+    let out = psql_cmd(&pg, &conninfo)
+        .args(["-At", "-c", "SELECT current_user, 6 * 7"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app|42");
+}
