@@ -120,7 +120,12 @@ cleanup() {
     for pid in "${PGVEIL_PIDS[@]}"; do
         kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
-    [[ -n "$PGB_PID" ]] && kill "$PGB_PID" 2>/dev/null
+    # Stop PgBouncer itself (by its pidfile: runuser does not pass SIGTERM
+    # on), then its runuser parent.
+    if [[ -s "$WORK/pgbouncer/pgbouncer.pid" ]]; then
+        kill "$(cat "$WORK/pgbouncer/pgbouncer.pid")" 2>/dev/null
+    fi
+    [[ -n "$PGB_PID" ]] && { kill "$PGB_PID" 2>/dev/null; wait "$PGB_PID" 2>/dev/null; }
     [[ -n "$PG_PORT" ]] && as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA_DIR" -m fast -w >/dev/null 2>&1
     if [[ "$KEEP" == 1 ]]; then
         log "work directory kept: $WORK"
