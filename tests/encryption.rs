@@ -60,7 +60,7 @@ fn setup() -> Fx {
     let b = Pgveil::builder()
         .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
         .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
-        .env("RUST_LOG", "debug");
+        .env("RUST_LOG", "trace");
     std::fs::write(b.dir().join("policy.yaml"), POLICY).unwrap();
     let pv = b.start(&config(&pg));
     Fx { pg, pv }
@@ -980,4 +980,152 @@ async fn audit_log_records_decryption_and_search_without_values() {
     );
     assert!(recs.iter().any(|r| r["outcome"] == "rejected"));
     assert!(!text.contains("oz@example.com"));
+}
+
+/// Python drivers (psycopg 3 in its three statement modes, asyncpg with
+/// binary formats and its statement cache) doing insert, lookup, update,
+/// delete and read on `public.users` and `phi.member_profile`.
+#[tokio::test]
+async fn python_drivers_psycopg_and_asyncpg() {
+    let fx = setup();
+    let script = r#"
+import asyncio, datetime, sys
+import psycopg, asyncpg
+
+url_app, url_doc = sys.argv[1], sys.argv[2]
+
+def psycopg_round(mode, n):
+    kw = {}
+    if mode == "prepare_true":
+        kw = {"prepare": True}
+    conn = psycopg.connect(url_app, autocommit=True)
+    if mode == "no_prepare":
+        conn.prepare_threshold = None
+    email = f"py{n}@example.com"
+    conn.execute("INSERT INTO users (email, name) VALUES (%s, %s)", (email.upper(), f"Py Name {n}"), **kw)
+    for _ in range(6):  # past psycopg's prepare threshold
+        row = conn.execute("SELECT name FROM users WHERE email = %s", (email,), **kw).fetchone()
+        assert row == (f"Py Name {n}",), row
+    conn.execute("UPDATE users SET name = %s WHERE email = %s", (f"Py Upd {n}", email), **kw)
+    assert conn.execute("SELECT name FROM users WHERE email = %s", (email,)).fetchone() == (f"Py Upd {n}",)
+    # transaction with rollback
+    with conn.transaction(force_rollback=True):
+        conn.execute("DELETE FROM users WHERE email = %s", (email,), **kw)
+        assert conn.execute("SELECT count(*) FROM users WHERE email = %s", (email,)).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM users WHERE email = %s", (email,)).fetchone() == (1,)
+    conn.execute("DELETE FROM users WHERE email = %s", (email,), **kw)
+    assert conn.execute("SELECT count(*) FROM users WHERE email = %s", (email,)).fetchone() == (0,)
+    conn.close()
+
+for i, mode in enumerate(["default", "prepare_true", "no_prepare"]):
+    psycopg_round(mode, i)
+
+doc = psycopg.connect(url_doc, autocommit=True)
+doc.execute("INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score) VALUES (%s, %s, %s, %s)",
+            ("Psy Copg", datetime.date(1970, 5, 6), "111-22-3333", 42))
+row = doc.execute("SELECT legal_name, date_of_birth, risk_score FROM phi.member_profile WHERE ssn = %s", ("111223333",)).fetchone()
+assert row == ("Psy Copg", datetime.date(1970, 5, 6), 42), row
+doc.close()
+
+async def apg():
+    conn = await asyncpg.connect(url_doc)
+    await conn.execute("INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score) VALUES ($1, $2, $3, $4)",
+                       "Async Pg", datetime.date(1999, 12, 31), "444-55-6666", -7)
+    stmt = await conn.prepare("SELECT legal_name, date_of_birth, risk_score FROM phi.member_profile WHERE ssn = $1")
+    for _ in range(5):
+        r = await stmt.fetchrow("444556666")
+        assert tuple(r) == ("Async Pg", datetime.date(1999, 12, 31), -7), r
+    await conn.execute("UPDATE phi.member_profile SET risk_score = $1 WHERE ssn = $2", 8, "444556666")
+    r = await conn.fetchrow("SELECT risk_score FROM phi.member_profile WHERE ssn = $1", "444-55-6666")
+    assert r[0] == 8
+    try:
+        async with conn.transaction():
+            await conn.execute("DELETE FROM phi.member_profile WHERE ssn = $1", "444556666")
+            raise RuntimeError("rollback")
+    except RuntimeError:
+        pass
+    assert await conn.fetchval("SELECT count(*) FROM phi.member_profile WHERE ssn = $1", "444556666") == 1
+    await conn.execute("DELETE FROM phi.member_profile WHERE ssn = $1", "444556666")
+    assert await conn.fetchval("SELECT count(*) FROM phi.member_profile WHERE ssn = $1", "444556666") == 0
+    await conn.close()
+
+asyncio.run(apg())
+print("python drivers ok")
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(fx.pv.url("calmony_app", "app"))
+        .arg(fx.pv.url("clinician", "app"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python drivers failed:\n{}\n{}\n--- pgveil ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        fx.pv.logs()
+    );
+    fx.assert_no_plaintext(&[
+        "Py Name",
+        "Py Upd",
+        "Psy Copg",
+        "111-22-3333",
+        "Async Pg",
+        "444-55-6666",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn catalog_is_reloaded_after_ddl_through_pgveil() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, $2)",
+        &[&"pia@example.com", &"Pia"],
+    )
+    .await
+    .unwrap();
+    // A view created through pgveil after the session loaded its catalog.
+    let admin = fx.pv.connect("postgres", None, "app").await;
+    admin
+        .batch_execute("CREATE VIEW public.people AS SELECT id, name FROM public.users; GRANT SELECT ON public.people TO PUBLIC")
+        .await
+        .unwrap();
+    let r = app.query("SELECT name FROM people", &[]).await.unwrap();
+    assert_eq!(
+        r[0].get::<_, String>(0),
+        "Pia",
+        "the new view's column is decrypted"
+    );
+    assert_eq!(r[0].columns()[0].type_(), &Type::TEXT);
+}
+
+#[tokio::test]
+async fn policy_check_reports_schema_problems_with_fixes() {
+    let fx = setup();
+    let ok = pgveil_cmd()
+        .args(["policy", "check", "--config"])
+        .arg(fx.pv.config_path())
+        .args(["--database", &fx.pg.url("postgres", "app")])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    fx.pg.psql("app", "ALTER TABLE public.users DROP COLUMN email_bidx; ALTER TABLE phi.member_profile ALTER COLUMN ssn TYPE text USING 'x'");
+    let bad = pgveil_cmd()
+        .args(["policy", "check", "--config"])
+        .arg(fx.pv.config_path())
+        .args(["--database", &fx.pg.url("postgres", "app")])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("policy.yaml:"), "file:line: {err}");
+    assert!(err.contains("ALTER TABLE"), "the fix: {err}");
+    assert!(err.contains("email_bidx"), "{err}");
 }

@@ -304,6 +304,7 @@ impl Frontend {
                     deferred_literals: vec![],
                     copy: None,
                     client_params: parse.param_types.len(),
+                    declared: parse.param_types.clone(),
                 }),
             );
             self.shared.push(Pending::Parse { internal: false });
@@ -331,6 +332,7 @@ impl Frontend {
                     deferred_literals: vec![],
                     copy: None,
                     client_params: parse.param_types.len(),
+                    declared: parse.param_types.clone(),
                 },
             )),
             Some(StatementPlan::Rewrite(rp)) => match self.render(rp, true).await {
@@ -343,6 +345,7 @@ impl Frontend {
                         .collect(),
                     Prepared {
                         client_params: client_param_count(rp, &parse.param_types),
+                        declared: parse.param_types.clone(),
                         plan: Some(Arc::new(rp.clone())),
                         copy: None,
                         deferred_literals: deferred,
@@ -369,6 +372,7 @@ impl Frontend {
                             deferred_literals: vec![],
                             copy: Some(Arc::new(cp.clone())),
                             client_params: 0,
+                            declared: vec![],
                         },
                     ))
                 }
@@ -419,10 +423,7 @@ impl Frontend {
             out.extend_from_slice(&f.raw);
             return;
         };
-        match self
-            .transform_bind(&bind, &plan, &prepared.deferred_literals)
-            .await
-        {
+        match self.transform_bind(&bind, &plan, &prepared).await {
             Ok(new) => {
                 self.shared.push(Pending::Bind { internal: false });
                 new.encode(out);
@@ -564,8 +565,10 @@ impl Frontend {
         &self,
         b: &BindMsg,
         plan: &RewritePlan,
-        deferred: &[usize],
+        prepared: &Prepared,
     ) -> Result<BindMsg, Refusal> {
+        let deferred = &prepared.deferred_literals;
+        let declared = |orig: usize| prepared.declared.get(orig).copied().unwrap_or(0);
         let entry = self.entry();
         let mut params = Vec::with_capacity(plan.params.len());
         let mut formats = Vec::with_capacity(plan.params.len());
@@ -600,7 +603,12 @@ impl Frontend {
                         None => None,
                         Some(v) => {
                             let tenant = self.tenant(&entry, b, target, tenant)?;
-                            let canonical = self.engine.crypto.canonical(&attr, f, &v)?;
+                            let canonical = self.engine.crypto.canonical_param(
+                                &attr,
+                                declared(*orig),
+                                f,
+                                &v,
+                            )?;
                             let env = self
                                 .engine
                                 .crypto
@@ -624,7 +632,12 @@ impl Frontend {
                         None => None,
                         Some(v) if *array => Some(self.blind_index_array(&attr, f, &v)?),
                         Some(v) => {
-                            let canonical = self.engine.crypto.canonical(&attr, f, &v)?;
+                            let canonical = self.engine.crypto.canonical_param(
+                                &attr,
+                                declared(*orig),
+                                f,
+                                &v,
+                            )?;
                             Some(Bytes::copy_from_slice(
                                 &self.engine.crypto.blind_index(&attr, false, &canonical)?,
                             ))
@@ -639,7 +652,12 @@ impl Frontend {
                     let out = match v {
                         None => None,
                         Some(v) => {
-                            let canonical = self.engine.crypto.canonical(&attr, f, &v)?;
+                            let canonical = self.engine.crypto.canonical_param(
+                                &attr,
+                                declared(*orig),
+                                f,
+                                &v,
+                            )?;
                             Some(Bytes::copy_from_slice(
                                 &self.engine.crypto.blind_index(&attr, true, &canonical)?,
                             ))

@@ -52,6 +52,8 @@ pub struct Prepared {
     pub copy: Option<Arc<CopyPlan>>,
     /// Number of parameters the client declared or used.
     pub client_params: usize,
+    /// Parameter type OIDs the client declared in Parse.
+    pub declared: Vec<u32>,
 }
 
 /// Rows of the catalog query, every column as text.

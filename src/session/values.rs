@@ -98,6 +98,34 @@ impl ValueCrypto {
         })
     }
 
+    /// Canonical plaintext of a parameter the client declared as `declared`
+    /// (an OID from Parse, 0 = unspecified). A value of another type than
+    /// the policy's (psycopg sends small ints as int2, for instance) is
+    /// converted through its text form, as PostgreSQL's own cast would.
+    pub fn canonical_param(
+        &self,
+        attr: &ProtectedAttr,
+        declared: u32,
+        format: i16,
+        wire: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
+        match crate::crypto::PgType::from_oid(declared) {
+            Some(dt) if dt != attr.policy.ty => {
+                let invalid = || ValueError::Invalid {
+                    column: attr.column.to_string(),
+                    ty: attr.policy.ty.name(),
+                    format: fmt_name(format),
+                };
+                let c =
+                    canonical::canonicalize(dt, format_of(format), wire).map_err(|_| invalid())?;
+                let text = canonical::render(dt, Format::Text, &c).map_err(|_| invalid())?;
+                let text = Zeroizing::new(text);
+                self.canonical(attr, 0, &text)
+            }
+            _ => self.canonical(attr, format, wire),
+        }
+    }
+
     /// Encrypt canonical plaintext for `attr`; returns the envelope bytes.
     pub async fn encrypt(
         &self,
