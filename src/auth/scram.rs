@@ -28,6 +28,11 @@ pub const DEFAULT_SALT_LEN: usize = 16;
 /// PostgreSQL's `SCRAM_RAW_NONCE_LEN`.
 pub const RAW_NONCE_LEN: usize = 18;
 
+/// SQLSTATEs PostgreSQL uses for SCRAM errors.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+pub const INVALID_AUTHORIZATION: &str = "28000";
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// HMAC-SHA-256 of the concatenation of `parts`.
@@ -252,10 +257,12 @@ impl Secret {
     }
 }
 
-/// A SCRAM protocol violation, reported like PostgreSQL does (SQLSTATE
-/// 08P01 with a message and a detail).
+/// A SCRAM exchange error, reported like PostgreSQL reports it: SQLSTATE
+/// (08P01 for protocol violations, 0A000 for unsupported features, 28000
+/// for channel binding failures), message and detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScramError {
+    pub code: &'static str,
     pub message: String,
     pub detail: Option<String>,
 }
@@ -263,16 +270,23 @@ pub struct ScramError {
 impl ScramError {
     fn malformed(detail: impl Into<String>) -> ScramError {
         ScramError {
+            code: PROTOCOL_VIOLATION,
             message: "malformed SCRAM message".into(),
             detail: Some(detail.into()),
         }
     }
 
-    fn plain(message: impl Into<String>) -> ScramError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> ScramError {
         ScramError {
+            code,
             message: message.into(),
             detail: None,
         }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> ScramError {
+        self.detail = Some(detail.into());
+        self
     }
 }
 
@@ -381,7 +395,8 @@ pub fn parse_client_first(data: &[u8], plus: bool) -> Result<ClientFirst, ScramE
     };
     // authzid
     if input.starts_with('a') {
-        return Err(ScramError::plain(
+        return Err(ScramError::new(
+            FEATURE_NOT_SUPPORTED,
             "client uses authorization identity, but it is not supported",
         ));
     }
@@ -394,7 +409,8 @@ pub fn parse_client_first(data: &[u8], plus: bool) -> Result<ClientFirst, ScramE
     let gs2_header = text[..text.len() - input.len()].to_string();
     let bare = input.to_string();
     if input.starts_with('m') {
-        return Err(ScramError::plain(
+        return Err(ScramError::new(
+            FEATURE_NOT_SUPPORTED,
             "client requires an unsupported SCRAM extension",
         ));
     }

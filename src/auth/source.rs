@@ -87,7 +87,7 @@ impl Sources {
     ) -> Result<Option<(Secret, Origin)>, String> {
         if let Some(file) = &lc.auth.file {
             let path = resolve(lc.base_dir, file.as_str());
-            if let Some(secret) = self.from_file(&path, user)? {
+            if let Some(secret) = self.read_file(&path, user)? {
                 return Ok(Some((Secret::classify(&secret), Origin::File)));
             }
         }
@@ -140,7 +140,7 @@ impl Sources {
             .remove(&key);
     }
 
-    fn from_file(&self, path: &Path, user: &str) -> Result<Option<String>, String> {
+    fn read_file(&self, path: &Path, user: &str) -> Result<Option<String>, String> {
         let meta =
             std::fs::metadata(path).map_err(|e| format!("auth.file {}: {e}", path.display()))?;
         let stamp = meta.modified().ok().map(|m| (m, meta.len()));
@@ -351,14 +351,14 @@ mod tests {
         let path = dir.path().join("userlist.txt");
         std::fs::write(&path, "\"a\" \"one\"\n").unwrap();
         let s = Sources::new();
-        assert_eq!(s.from_file(&path, "a").unwrap().as_deref(), Some("one"));
-        assert_eq!(s.from_file(&path, "b").unwrap(), None);
+        assert_eq!(s.read_file(&path, "a").unwrap().as_deref(), Some("one"));
+        assert_eq!(s.read_file(&path, "b").unwrap(), None);
         // Different length: picked up even within the mtime granularity.
         std::fs::write(&path, "\"a\" \"three\"\n\"b\" \"\"\n").unwrap();
-        assert_eq!(s.from_file(&path, "a").unwrap().as_deref(), Some("three"));
+        assert_eq!(s.read_file(&path, "a").unwrap().as_deref(), Some("three"));
         // An empty password is no password.
-        assert_eq!(s.from_file(&path, "b").unwrap(), None);
+        assert_eq!(s.read_file(&path, "b").unwrap(), None);
         std::fs::remove_file(&path).unwrap();
-        assert!(s.from_file(&path, "a").is_err());
+        assert!(s.read_file(&path, "a").is_err());
     }
 }

@@ -24,8 +24,9 @@ use std::borrow::Cow;
 use tracing::{debug, warn};
 
 use super::scram::{
-    self, ClientKey, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, Gs2Flag, SCRAM_SHA_256,
-    SCRAM_SHA_256_PLUS, ScramError, Secret, TLS_SERVER_END_POINT, Verifier,
+    self, ClientKey, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, Gs2Flag, INVALID_AUTHORIZATION,
+    PROTOCOL_VIOLATION, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError, Secret,
+    TLS_SERVER_END_POINT, Verifier,
 };
 use super::source::{LookupCtx, Origin};
 use super::{AuthContext, AuthError, AuthOutcome, cbind, send, state};
@@ -112,7 +113,7 @@ pub(super) async fn terminate(
 
     // 3. Client leg.
     let done = client_exchange(client, &verifier, client_cb.as_deref(), false, &user).await?;
-    let Some((client_key, auth_message)) = done else {
+    let Some((client_key, auth_message, client_mechanism)) = done else {
         return fail_password(client, &user).await;
     };
     if out_of_date {
@@ -139,6 +140,7 @@ pub(super) async fn terminate(
     }
 
     // 4. Upstream: client-final, server-final, AuthenticationOk.
+    let upstream_mechanism = up.mechanism;
     let ok_raw = up.finish(client, upstream, &verifier, &client_key).await?;
 
     // 5. Client: server-final, then AuthenticationOk.
@@ -153,7 +155,12 @@ pub(super) async fn terminate(
     .await
     .map_err(AuthError::Client)?;
     send(client, &ok_raw).await.map_err(AuthError::Client)?;
-    debug!(user = %user, "SCRAM terminated on both legs");
+    debug!(
+        user = %user,
+        client_mechanism,
+        upstream_mechanism,
+        "SCRAM terminated on both legs"
+    );
     Ok(AuthOutcome { login_role: user })
 }
 
@@ -212,7 +219,7 @@ async fn fail_password(
 }
 
 async fn protocol_error(client: &mut FrameReader<Stream>, e: ScramError) -> AuthError {
-    let _ = send(client, &error_with_detail("FATAL", "08P01", &e)).await;
+    let _ = send(client, &error_with_detail("FATAL", e.code, &e)).await;
     AuthError::Unsupported(e.to_string())
 }
 
@@ -244,10 +251,10 @@ async fn read_sasl(client: &mut FrameReader<Stream>) -> Result<bytes::Bytes, Aut
     if f.tag != b'p' {
         return Err(protocol_error(
             client,
-            ScramError {
-                message: format!("expected SASL response, got message type {}", f.tag),
-                detail: None,
-            },
+            ScramError::new(
+                PROTOCOL_VIOLATION,
+                format!("expected SASL response, got message type {}", f.tag),
+            ),
         )
         .await);
     }
@@ -263,7 +270,7 @@ async fn client_exchange(
     cbind: Option<&[u8]>,
     doomed: bool,
     user: &str,
-) -> Result<Option<(ClientKey, String)>, AuthError> {
+) -> Result<Option<(ClientKey, String, &'static str)>, AuthError> {
     let offered: &[&str] = if cbind.is_some() {
         &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
     } else {
@@ -287,6 +294,11 @@ async fn client_exchange(
         .await);
     }
     let plus = mechanism == SCRAM_SHA_256_PLUS;
+    let mechanism: &'static str = if plus {
+        SCRAM_SHA_256_PLUS
+    } else {
+        SCRAM_SHA_256
+    };
     let first = match scram::parse_client_first(&data, plus) {
         Ok(f) => f,
         Err(e) => return Err(protocol_error(client, e).await),
@@ -307,13 +319,10 @@ async fn client_exchange(
             // downgraded by someone in the middle.
             return Err(protocol_error(
                 client,
-                ScramError {
-                    message: "SCRAM channel binding negotiation error".into(),
-                    detail: Some(
-                        "The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding."
-                            .into(),
+                ScramError::new(INVALID_AUTHORIZATION, "SCRAM channel binding negotiation error")
+                    .with_detail(
+                        "The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.",
                     ),
-                },
             )
             .await);
         }
@@ -343,7 +352,7 @@ async fn client_exchange(
     };
     if !binding_ok {
         let e = if plus {
-            plain_err("SCRAM channel binding check failed")
+            ScramError::new(INVALID_AUTHORIZATION, "SCRAM channel binding check failed")
         } else {
             plain_err("unexpected SCRAM channel-binding attribute in client-final-message")
         };
@@ -352,17 +361,15 @@ async fn client_exchange(
     if fin.nonce != nonce {
         return Err(protocol_error(
             client,
-            ScramError {
-                message: "malformed SCRAM message".into(),
-                detail: Some("Nonce does not match.".into()),
-            },
+            ScramError::new(PROTOCOL_VIOLATION, "malformed SCRAM message")
+                .with_detail("Nonce does not match."),
         )
         .await);
     }
     let auth_message = format!("{},{},{}", first.bare, server_first, fin.without_proof);
     let key = verifier.verify_client_proof(auth_message.as_bytes(), &fin.proof);
     match key {
-        Some(k) if !doomed => Ok(Some((k, auth_message))),
+        Some(k) if !doomed => Ok(Some((k, auth_message, mechanism))),
         _ => {
             debug!(user = %user, "SCRAM proof rejected");
             Ok(None)
@@ -371,15 +378,13 @@ async fn client_exchange(
 }
 
 fn plain_err(message: impl Into<String>) -> ScramError {
-    ScramError {
-        message: message.into(),
-        detail: None,
-    }
+    ScramError::new(PROTOCOL_VIOLATION, message)
 }
 
 /// pgveil's SCRAM exchange with PostgreSQL, between server-first and
 /// server-final.
 struct UpstreamScram {
+    mechanism: &'static str,
     gs2_header: &'static str,
     binding: Vec<u8>,
     client_first_bare: String,
@@ -414,8 +419,8 @@ impl UpstreamScram {
                 .await);
             }
         };
-        let client_first_bare = format!("n=,r={}", scram::nonce());
-        let nonce = client_first_bare[4..].to_string();
+        let nonce = scram::nonce();
+        let client_first_bare = format!("n=,r={nonce}");
         let data = format!("{gs2_header}{client_first_bare}");
         send(
             upstream,
@@ -441,6 +446,7 @@ impl UpstreamScram {
             }
         };
         Ok(UpstreamScram {
+            mechanism,
             gs2_header,
             binding,
             client_first_bare,
