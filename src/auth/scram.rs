@@ -687,6 +687,53 @@ mod tests {
         assert!(parse_server_final(b"e=invalid-proof").is_err());
     }
 
+    /// postgres-protocol's SCRAM client (what tokio-postgres uses) against
+    /// pgveil's server side, with and without channel binding.
+    #[test]
+    fn independent_client_against_server_side() {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let salt = b"0123456789abcdef";
+        let v = Verifier::from_password("hunter2", salt, 4096);
+        let cbind = sha256(b"a certificate");
+        for (binding, plus, header) in [
+            (ChannelBinding::unsupported(), false, "n,,"),
+            (ChannelBinding::unrequested(), false, "y,,"),
+            (
+                ChannelBinding::tls_server_end_point(cbind.to_vec()),
+                true,
+                "p=tls-server-end-point,,",
+            ),
+        ] {
+            let mut client = ScramSha256::new(b"hunter2", binding);
+            let first = parse_client_first(client.message(), plus).unwrap();
+            assert_eq!(first.gs2_header, header);
+            let nonce = format!("{}{}", first.nonce, nonce());
+            let sf = server_first(&nonce, &v.salt, v.iterations);
+            client.update(sf.as_bytes()).unwrap();
+            let fin = parse_client_final(client.message()).unwrap();
+            let mut expected = header.as_bytes().to_vec();
+            if plus {
+                expected.extend_from_slice(&cbind);
+            }
+            assert_eq!(fin.channel_binding, expected);
+            assert_eq!(fin.nonce, nonce);
+            let am = format!("{},{},{}", first.bare, sf, fin.without_proof);
+            let key = v.verify_client_proof(am.as_bytes(), &fin.proof).unwrap();
+            assert_eq!(key.proof(&v.stored_key, am.as_bytes()), fin.proof);
+            let server_final = format!("v={}", b64(&v.server_signature(am.as_bytes())));
+            client.finish(server_final.as_bytes()).unwrap();
+        }
+        // A wrong password does not verify.
+        let mut client = ScramSha256::new(b"hunter3", ChannelBinding::unsupported());
+        let first = parse_client_first(client.message(), false).unwrap();
+        let nonce = format!("{}{}", first.nonce, nonce());
+        let sf = server_first(&nonce, &v.salt, v.iterations);
+        client.update(sf.as_bytes()).unwrap();
+        let fin = parse_client_final(client.message()).unwrap();
+        let am = format!("{},{},{}", first.bare, sf, fin.without_proof);
+        assert!(v.verify_client_proof(am.as_bytes(), &fin.proof).is_none());
+    }
+
     #[test]
     fn secrets_are_not_printed() {
         let v = rfc_verifier();
