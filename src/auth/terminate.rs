@@ -73,10 +73,12 @@ pub(super) async fn terminate(
         Some((s @ (Secret::Scram(_) | Secret::Plain(_)), origin)) => (s, origin),
         Some((Secret::Md5, _)) => {
             debug!(user = %user, "stored password is md5 but PostgreSQL asks for SCRAM");
+            mock_upstream_start(upstream, server_mechanisms).await;
             return fake_exchange(client, &user, client_cb.as_deref()).await;
         }
         None => {
             debug!(user = %user, "no SCRAM verifier for this user");
+            mock_upstream_start(upstream, server_mechanisms).await;
             return fake_exchange(client, &user, client_cb.as_deref()).await;
         }
     };
@@ -178,6 +180,21 @@ fn upstream_binding(upstream: &mut FrameReader<Stream>, tls: bool) -> Option<Vec
             .and_then(|c| c.first())
             .and_then(|c| cbind::tls_server_end_point(c.as_ref())),
         _ => None,
+    }
+}
+
+/// The upstream round trip a known user costs (client-first, server-first;
+/// PostgreSQL runs its own mock exchange for unknown users), so the time to
+/// the client's AuthenticationSASL does not tell whether the user exists.
+/// Nothing from it reaches the client.
+async fn mock_upstream_start(upstream: &mut FrameReader<Stream>, server_mechanisms: &[String]) {
+    if !server_mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+        return;
+    }
+    let data = format!("n,,n=,r={}", scram::nonce());
+    let first = msg::sasl_initial_response(SCRAM_SHA_256, data.as_bytes());
+    if send(upstream, &first).await.is_ok() {
+        let _ = upstream.next().await;
     }
 }
 
