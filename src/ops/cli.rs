@@ -41,6 +41,58 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Backfill: encrypt plaintext values of protected columns in place and
+    /// fill their blind indexes, in primary-key order, one short
+    /// transaction per batch. Idempotent and resumable: values that are
+    /// already envelopes are skipped, so after an interruption run it again.
+    Encrypt {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// PostgreSQL URL of the data database (connect directly, not
+        /// through pgveil), e.g. postgres://owner@host/db
+        #[arg(long)]
+        database: String,
+        /// Only this table (schema.table, or a table name the policy has once).
+        #[arg(long)]
+        table: Option<String>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        batch: u32,
+    },
+    /// Re-encrypt every value whose data-key version is not the current one
+    /// for its table and tenant (after `pgveil keys rotate`), fill missing
+    /// blind indexes and `blind_index.next` columns, and re-wrap data keys
+    /// not under the current master key. Batched and resumable like `encrypt`.
+    Rotate {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// PostgreSQL URL of the data database (direct, not through pgveil).
+        #[arg(long)]
+        database: String,
+        /// Only this table (schema.table, or a table name the policy has once).
+        #[arg(long)]
+        table: Option<String>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        batch: u32,
+        /// First create a new data-key version for every (table, tenant) of
+        /// the selected tables (as `pgveil keys rotate`). Running pgveil
+        /// instances may keep writing under the old version for up to
+        /// keys.cache_ttl: prefer `keys rotate`, wait, then `rotate`.
+        #[arg(long)]
+        new_version: bool,
+    },
+    /// Crypto-shredding: destroy every data key of a tenant in the keystore.
+    /// Its values become unreadable everywhere (live table, replicas, dumps
+    /// and backups of the data database), provided the keystore is not
+    /// restored from a backup taken before (see docs/operations.md).
+    Shred {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// The tenant id, as the tenant column's value in text form.
+        #[arg(long)]
+        tenant: String,
+    },
     /// Key utilities.
     Keys {
         #[command(subcommand)]
@@ -66,6 +118,34 @@ pub enum PolicyCommand {
 pub enum KeysCommand {
     /// Print a new random 256-bit key (hex) for the local provider.
     Generate,
+    /// List data-key versions (key id, version, table, tenant, master key,
+    /// created, state, encryptions) without unwrapping anything.
+    List {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Create a new data-key version for new writes (older versions still
+    /// decrypt); then run `pgveil rotate` to re-encrypt existing rows.
+    Rotate {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// Only this table (schema.table or table name); all tables otherwise.
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this tenant's key.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Master-key rotation: re-wrap every data key under the provider's
+    /// current master key (the first of keys.local.master_keys, or
+    /// keys.aws_kms.key_id). No rows are touched.
+    Rewrap {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+    },
 }
 
 /// Entry point; returns the process exit code.
@@ -93,6 +173,58 @@ pub fn main() -> i32 {
         Command::Policy {
             command: PolicyCommand::Check { config, database },
         } => policy_check(config, database),
+        Command::Encrypt {
+            config,
+            database,
+            table,
+            batch,
+        } => backfill(
+            config,
+            database,
+            table,
+            batch,
+            crate::ops::backfill::Mode::Encrypt,
+            false,
+        ),
+        Command::Rotate {
+            config,
+            database,
+            table,
+            batch,
+            new_version,
+        } => backfill(
+            config,
+            database,
+            table,
+            batch,
+            crate::ops::backfill::Mode::Rotate,
+            new_version,
+        ),
+        Command::Shred { config, tenant } => with_keys(&config, |k| {
+            Box::pin(async move { crate::ops::shred::shred(&k, &tenant).await })
+        }),
+        Command::Keys {
+            command: KeysCommand::List { config, tenant },
+        } => with_keys(&config, |k| {
+            Box::pin(async move { crate::ops::shred::list(&k, tenant.as_deref()).await })
+        }),
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    config,
+                    table,
+                    tenant,
+                },
+        } => with_keys(&config, |k| {
+            Box::pin(async move {
+                crate::ops::rotate::keys_rotate(&k, table.as_deref(), tenant.as_deref()).await
+            })
+        }),
+        Command::Keys {
+            command: KeysCommand::Rewrap { config },
+        } => with_keys(&config, |k| {
+            Box::pin(async move { crate::ops::rotate::keys_rewrap(&k).await })
+        }),
         Command::Keys {
             command: KeysCommand::Generate,
         } => {
@@ -154,6 +286,75 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// Run `f` with the config's key manager (for the keystore commands).
+fn with_keys(
+    config: &std::path::Path,
+    f: impl FnOnce(crate::keys::KeyManager) -> futures::future::BoxFuture<'static, i32>,
+) -> i32 {
+    init_logging_default("warn");
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    runtime().block_on(async move {
+        match crate::ops::backfill::key_manager(&cfg).await {
+            Ok(k) => f(k).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        }
+    })
+}
+
+fn backfill(
+    config: PathBuf,
+    database: String,
+    table: Option<String>,
+    batch: u32,
+    mode: crate::ops::backfill::Mode,
+    new_version: bool,
+) -> i32 {
+    use crate::ops::backfill;
+    init_logging_default("warn");
+    let opts = backfill::Options {
+        mode,
+        table,
+        batch: batch as usize,
+        progress_bar: backfill::stderr_is_terminal(),
+    };
+    runtime().block_on(async move {
+        if new_version {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let code = async {
+                let setup = backfill::setup(&cfg).await?;
+                let tables: Vec<String> =
+                    backfill::select_tables(&setup.policy, opts.table.as_deref())?
+                        .iter()
+                        .map(|t| t.qualified())
+                        .collect();
+                let v = crate::ops::rotate::new_versions(&setup.crypto.keys, &tables, None).await?;
+                for (scope, k) in &v {
+                    println!(
+                        "{scope}: new writes now use data key {} v{}",
+                        k.key_id, k.version
+                    );
+                }
+                Ok::<_, String>(())
+            }
+            .await;
+            if let Err(e) = code {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
+        backfill::command(&config, &database, opts).await
+    })
 }
 
 fn serve(config: PathBuf) -> i32 {

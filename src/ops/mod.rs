@@ -1,6 +1,9 @@
 //! Operations: the command line and the commands around the proxy.
 
+pub mod backfill;
 pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod engine;
+pub mod rotate;
+pub mod shred;

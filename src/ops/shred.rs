@@ -1,0 +1,130 @@
+//! `pgveil shred --tenant ID` (crypto-shredding) and `pgveil keys list`.
+
+use std::time::SystemTime;
+
+use crate::keys::{KeyManager, KeyRecord};
+
+/// `pgveil shred`: destroy every data key of `tenant`. Exit 1 if the
+/// keystore has never held a key for it (a typo must not look like success).
+pub async fn shred(keys: &KeyManager, tenant: &str) -> i32 {
+    let before = match keys.list_keys(Some(tenant)).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: keystore: {e}");
+            return 1;
+        }
+    };
+    if before.is_empty() {
+        eprintln!(
+            "tenant {tenant:?} has no data keys in the keystore: check the id (it is the tenant column's value as text); `pgveil keys list` shows every tenant"
+        );
+        return 1;
+    }
+    match keys.shred_tenant(tenant).await {
+        Ok(n) => {
+            let tables: std::collections::BTreeSet<&str> =
+                before.iter().map(|r| r.table.as_str()).collect();
+            if n == 0 {
+                println!(
+                    "tenant {tenant:?}: already shredded (all {} key version(s) destroyed earlier)",
+                    before.len()
+                );
+            } else {
+                println!(
+                    "tenant {tenant:?}: destroyed {n} data key version(s) ({}); its values are now unreadable everywhere, backups of the data included",
+                    tables.into_iter().collect::<Vec<_>>().join(", ")
+                );
+                println!(
+                    "running pgveil instances drop cached keys within keys.cache_ttl; the tenant's blind indexes remain: NULL them to remove equality leakage"
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn state(r: &KeyRecord) -> &'static str {
+    if r.destroyed {
+        "destroyed"
+    } else if r.retired {
+        "retired"
+    } else {
+        "current"
+    }
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The table printed by `pgveil keys list`.
+pub fn format_keys(recs: &[KeyRecord]) -> String {
+    let mut rows = vec![[
+        "KEY".to_string(),
+        "VERSION".into(),
+        "TABLE".into(),
+        "TENANT".into(),
+        "MASTER KEY".into(),
+        "CREATED".into(),
+        "STATE".into(),
+        "ENCRYPTIONS".into(),
+    ]];
+    for r in recs {
+        rows.push([
+            r.key_id.to_string(),
+            r.version.to_string(),
+            r.table.clone(),
+            r.tenant.clone().unwrap_or_else(|| "-".into()),
+            if r.destroyed {
+                "-".into()
+            } else {
+                r.master_key_id.clone()
+            },
+            time(r.created_at),
+            state(r).into(),
+            r.encryptions.to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `pgveil keys list`.
+pub async fn list(keys: &KeyManager, tenant: Option<&str>) -> i32 {
+    match keys.list_keys(tenant).await {
+        Ok(recs) if recs.is_empty() => {
+            match tenant {
+                Some(t) => println!("no data keys for tenant {t:?}"),
+                None => println!("the keystore holds no data keys yet"),
+            }
+            0
+        }
+        Ok(recs) => {
+            print!("{}", format_keys(&recs));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: keystore: {e}");
+            1
+        }
+    }
+}
