@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ::pgveil::crypto::envelope;
-use ::pgveil::keys::{KeyManager, KeyScope};
 use common::*;
 
 const POLICY: &str = include_str!("../policies/calmony.yaml");
@@ -142,17 +141,34 @@ async fn two_instances_share_the_keystore() {
     let v1 = *v1.iter().next().unwrap();
 
     // Rotate the data key of public.users from a third process sharing the
-    // keystore (the library, as an operator command would).
-    let cfg = ::pgveil::config::Config::load(&a.config_path()).unwrap();
-    let km = KeyManager::from_config(cfg.keys.as_ref().unwrap(), &cfg.base_dir)
-        .await
-        .unwrap();
+    // keystore: the operator's `pgveil keys rotate`.
     let rotated_at = Instant::now();
-    let new = km
-        .rotate_data_key(&KeyScope::new("public", "users", None))
-        .await
+    let out = pgveil_cmd()
+        .args(["keys", "rotate", "--table", "public.users", "--config"])
+        .arg(a.config_path())
+        .current_dir(a.dir())
+        .env_remove("PGVEIL_CONFIG")
+        .output()
         .unwrap();
-    assert!(new.version > v1, "rotation gave {new:?} after v{v1}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgveil keys rotate: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_version: u32 = stdout
+        .split_once("new writes now use data key ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|v| v.strip_prefix('v'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no new version in: {stdout}"));
+    assert_eq!(new_version, v1 + 1, "{stdout}");
+    let current = pg.psql(
+        "pgveil_keys",
+        "SELECT max(version) FROM pgveil_data_keys JOIN pgveil_key_families USING (key_id) \
+         WHERE scope = 'public.users' AND retired_at IS NULL",
+    );
+    assert_eq!(current.trim(), new_version.to_string());
 
     // Each instance writes under the new version within cache_ttl.
     let mut seen: [Option<Duration>; 2] = [None, None];
@@ -171,8 +187,8 @@ async fn two_instances_share_the_keystore() {
             n += 1;
             let id = insert_user(c, &format!("poll{n}@example.com"), &format!("Poll {n}")).await;
             let v = email_versions(&direct).await[&id];
-            assert!(v == v1 || v == new.version, "unexpected version {v}");
-            if v == new.version {
+            assert!(v == v1 || v == new_version, "unexpected version {v}");
+            if v == new_version {
                 seen[i] = Some(rotated_at.elapsed());
             }
         }
@@ -180,7 +196,7 @@ async fn two_instances_share_the_keystore() {
     }
     eprintln!(
         "rotation v{v1} -> v{} first used by A after {:?}, by B after {:?}",
-        new.version,
+        new_version,
         seen[0].unwrap(),
         seen[1].unwrap()
     );
@@ -195,9 +211,9 @@ async fn two_instances_share_the_keystore() {
     // Old and new versions decrypt through both instances, and lookups of
     // both find their rows.
     let versions: BTreeSet<u32> = email_versions(&direct).await.values().copied().collect();
-    assert_eq!(versions, BTreeSet::from([v1, new.version]));
+    assert_eq!(versions, BTreeSet::from([v1, new_version]));
     let after_a = insert_user(&ca, "cy@example.com", "Cy after").await;
-    assert_eq!(email_versions(&direct).await[&after_a], new.version);
+    assert_eq!(email_versions(&direct).await[&after_a], new_version);
     for c in [&ca, &cb] {
         assert_eq!(
             lookup_name(c, "ann@example.com").await.as_deref(),
