@@ -68,6 +68,8 @@ pub struct Options {
     pub table: Option<String>,
     /// Rows per transaction.
     pub batch: usize,
+    /// Batches processed in parallel, each on its own connection.
+    pub jobs: usize,
     /// Show a progress bar (else periodic log lines).
     pub progress_bar: bool,
 }
@@ -247,31 +249,34 @@ pub async fn run(
     opts: &Options,
     out: &mut dyn FnMut(&Summary),
 ) -> Result<Vec<Summary>, String> {
-    let client = db::connect(url).await?;
-    client
-        .batch_execute(&format!(
-            "SET application_name = '{}'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'",
-            opts.mode.command()
-        ))
-        .await
-        .map_err(|e| db::describe(&e))?;
+    let client = connect_worker(url, opts.mode).await?;
     let catalog = load_catalog(&setup.policy, &client).await?;
     let tables = select_tables(&setup.policy, opts.table.as_deref())?;
-    let mut states = KeyStates::default();
-    if opts.mode == Mode::Rotate {
-        states.refresh(&setup.crypto.keys).await?;
-    }
     let mut summaries = vec![];
     for t in tables {
-        let plan = TablePlan::new(t, &catalog, &client).await?;
+        let plan = Arc::new(TablePlan::new(t, &catalog, &client).await?);
         let s = plan
-            .run(&client, &setup.crypto, opts, &mut states)
+            .run(&client, url, &setup.crypto, opts)
             .await
             .map_err(|e| format!("{}: {e}", t.qualified()))?;
         out(&s);
         summaries.push(s);
     }
     Ok(summaries)
+}
+
+/// A connection for one worker, with the session settings the backfill
+/// relies on (ISO dates for the text form of plaintext values).
+async fn connect_worker(url: &str, mode: Mode) -> Result<Client, String> {
+    let client = db::connect(url).await?;
+    client
+        .batch_execute(&format!(
+            "SET application_name = '{}'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'",
+            mode.command()
+        ))
+        .await
+        .map_err(|e| db::describe(&e))?;
+    Ok(client)
 }
 
 /// One protected column with the positions of its values in the SELECT.
@@ -287,8 +292,10 @@ struct TablePlan {
     pk: Vec<(String, String)>,
     tenant: Option<String>,
     cols: Vec<ColPlan>,
-    first: String,
-    after: String,
+    /// `SELECT … FROM t AS t` (add a WHERE on the key range).
+    select: String,
+    /// `ORDER BY` list (qualified key columns).
+    order: String,
     update: String,
     estimate: u64,
 }
@@ -379,18 +386,7 @@ impl TablePlan {
             .map(|(c, _)| format!("t.{}", quote_ident(c)))
             .collect();
         let order = order.join(", ");
-        let params: Vec<String> = pk
-            .iter()
-            .enumerate()
-            .map(|(i, (_, ty))| format!("${}::text::{ty}", i + 1))
-            .collect();
         let base = format!("SELECT {} FROM {qt} AS t", sel.join(", "));
-        let first = format!("{base} ORDER BY {order} LIMIT $1 FOR UPDATE");
-        let after = format!(
-            "{base} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${} FOR UPDATE",
-            params.join(", "),
-            pk.len() + 1
-        );
         // UPDATE … FROM unnest(pk text[]…, value[], bidx bytea[], next bytea[]…)
         let mut arrays = vec![];
         let mut names = vec![];
@@ -440,85 +436,214 @@ impl TablePlan {
             pk,
             tenant: t.tenant.clone(),
             cols,
-            first,
-            after,
+            select: base,
+            order,
             update,
             estimate,
         })
     }
 
-    async fn run(
+    /// `(k1, k2) > ($n::text::type1, …)`-style comparison of the key with
+    /// parameters starting at `$first`.
+    fn key_cmp(&self, op: &str, first: usize) -> String {
+        let params: Vec<String> = self
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("${}::text::{ty}", first + i))
+            .collect();
+        format!("({}) {op} ({})", self.order, params.join(", "))
+    }
+
+    /// The last key of the batch after `lo` (`None` when fewer than
+    /// `batch` rows remain). An index-only walk, no locks.
+    async fn next_bound(
         &self,
         client: &Client,
-        crypto: &ValueCrypto,
+        lo: Option<&[String]>,
+        batch: usize,
+    ) -> Result<Option<Vec<String>>, String> {
+        let keys: Vec<String> = self
+            .pk
+            .iter()
+            .map(|(c, _)| format!("t.{}::text", quote_ident(c)))
+            .collect();
+        let from = self.select.split_once(" FROM ").map(|x| x.1).unwrap_or("");
+        let mut sql = format!("SELECT {} FROM {from}", keys.join(", "));
+        let mut p: Vec<&(dyn ToSql + Sync)> = vec![];
+        if let Some(lo) = lo {
+            sql += &format!(" WHERE {}", self.key_cmp(">", 1));
+            p.extend(lo.iter().map(|k| k as &(dyn ToSql + Sync)));
+        }
+        let offset = (batch as i64 - 1).max(0);
+        sql += &format!(" ORDER BY {} OFFSET ${} LIMIT 1", self.order, p.len() + 1);
+        p.push(&offset);
+        let row = client
+            .query_opt(&sql, &p)
+            .await
+            .map_err(|e| db::describe(&e))?;
+        Ok(row.map(|r| {
+            (0..self.pk.len())
+                .map(|i| r.get::<_, Option<String>>(i).unwrap_or_default())
+                .collect()
+        }))
+    }
+
+    /// Walk the table: this task finds batch boundaries (cheap key-only
+    /// queries) and `jobs` workers, each on its own connection, process the
+    /// batches as short transactions in parallel.
+    async fn run(
+        self: Arc<Self>,
+        client: &Client,
+        url: &str,
+        crypto: &Arc<ValueCrypto>,
         opts: &Options,
-        states: &mut KeyStates,
     ) -> Result<Summary, String> {
         let started = Instant::now();
         let mut sum = Summary {
             table: self.name.clone(),
             ..Summary::default()
         };
-        let first = client
-            .prepare(&self.first)
-            .await
-            .map_err(|e| db::describe(&e))?;
-        let after = client
-            .prepare(&self.after)
-            .await
-            .map_err(|e| db::describe(&e))?;
-        let update = client
-            .prepare(&self.update)
-            .await
-            .map_err(|e| db::describe(&e))?;
         let progress = Progress::new(&self.name, self.estimate, opts.progress_bar);
-        let batch = opts.batch.max(1) as i64;
-        let mut last: Option<Vec<String>> = None;
-        loop {
-            let mut attempt = 0;
-            let (n, next_last) = loop {
-                attempt += 1;
-                let mut bsum = Summary::default();
-                match self
-                    .batch(
-                        client,
-                        crypto,
-                        opts.mode,
-                        states,
-                        (&first, &after, &update),
-                        last.as_deref(),
-                        batch,
-                        &mut bsum,
-                    )
-                    .await
-                {
-                    Ok(r) => {
-                        merge(&mut sum, bsum);
-                        break r;
+        let jobs = opts.jobs.max(1);
+        let batch = opts.batch.max(1);
+        type Range = (Option<Vec<String>>, Option<Vec<String>>);
+        let (range_tx, range_rx) = tokio::sync::mpsc::channel::<Range>(jobs * 2);
+        let range_rx = Arc::new(tokio::sync::Mutex::new(range_rx));
+        let (done_tx, mut done_rx) =
+            tokio::sync::mpsc::unbounded_channel::<Result<Summary, String>>();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = vec![];
+        for _ in 0..jobs {
+            let (plan, crypto, url, mode) =
+                (self.clone(), crypto.clone(), url.to_string(), opts.mode);
+            let (rx, tx, stop) = (range_rx.clone(), done_tx.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let client = match connect_worker(&url, mode).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let _ = tx.send(Err(e));
+                        return;
                     }
-                    Err(BatchError::Retry(e)) if attempt < 5 => {
-                        tracing::info!(table = %self.name, error = %e, "batch conflicted with another transaction: retrying");
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-                    }
-                    Err(BatchError::Retry(e) | BatchError::Fatal(e)) => {
-                        let _ = client.batch_execute("ROLLBACK").await;
-                        progress.finish();
-                        return Err(e);
+                };
+                let mut states = KeyStates::default();
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((lo, hi)) = next else { break };
+                    let r = plan
+                        .batch_with_retries(&client, &crypto, mode, &mut states, lo, hi)
+                        .await;
+                    let failed = r.is_err();
+                    let _ = tx.send(r);
+                    if failed {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
                     }
                 }
-            };
-            progress.advance(n, &sum);
-            if n < batch as u64 {
-                break;
+            }));
+        }
+        drop(done_tx);
+        let producer = {
+            // Moved in: dropping it at the end tells the workers to finish.
+            let range_tx = range_tx;
+            let (plan, stop) = (&self, &stop);
+            async move {
+                let mut lo: Option<Vec<String>> = None;
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break Ok(());
+                    }
+                    let hi = plan.next_bound(client, lo.as_deref(), batch).await?;
+                    let last = hi.is_none();
+                    if range_tx.send((lo.take(), hi.clone())).await.is_err() || last {
+                        break Ok(());
+                    }
+                    lo = hi;
+                }
             }
-            last = next_last;
+        };
+        let collector = async {
+            let mut err = None;
+            while let Some(r) = done_rx.recv().await {
+                match r {
+                    Ok(b) => {
+                        let n = b.scanned;
+                        merge(&mut sum, b);
+                        progress.advance(n, &sum);
+                    }
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                }
+            }
+            err
+        };
+        let (produced, failed): (Result<(), String>, Option<String>) = tokio::join!(
+            async {
+                let r = producer.await;
+                if r.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            },
+            collector
+        );
+        for w in workers {
+            let _ = w.await;
         }
         progress.finish();
+        produced?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         sum.elapsed = started.elapsed();
         Ok(sum)
     }
 
+    async fn batch_with_retries(
+        &self,
+        client: &Client,
+        crypto: &ValueCrypto,
+        mode: Mode,
+        states: &mut KeyStates,
+        lo: Option<Vec<String>>,
+        hi: Option<Vec<String>>,
+    ) -> Result<Summary, String> {
+        if mode == Mode::Rotate && states.is_empty() {
+            states.refresh(&crypto.keys).await?;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut bsum = Summary::default();
+            match self
+                .batch(
+                    client,
+                    crypto,
+                    mode,
+                    states,
+                    lo.as_deref(),
+                    hi.as_deref(),
+                    &mut bsum,
+                )
+                .await
+            {
+                Ok(()) => return Ok(bsum),
+                Err(BatchError::Retry(e)) if attempt < 5 => {
+                    tracing::info!(table = %self.name, error = %e, "batch conflicted with another transaction: retrying");
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(BatchError::Retry(e) | BatchError::Fatal(e)) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One transaction: lock the rows with key in (lo, hi], encrypt, write.
     #[allow(clippy::too_many_arguments)]
     async fn batch(
         &self,
@@ -526,30 +651,30 @@ impl TablePlan {
         crypto: &ValueCrypto,
         mode: Mode,
         states: &mut KeyStates,
-        stmts: (
-            &tokio_postgres::Statement,
-            &tokio_postgres::Statement,
-            &tokio_postgres::Statement,
-        ),
-        last: Option<&[String]>,
-        limit: i64,
+        lo: Option<&[String]>,
+        hi: Option<&[String]>,
         sum: &mut Summary,
-    ) -> Result<(u64, Option<Vec<String>>), BatchError> {
-        client.batch_execute("BEGIN").await.map_err(classify)?;
-        let rows = match last {
-            None => client.query(stmts.0, &[&limit]).await,
-            Some(keys) => {
-                let mut p: Vec<&(dyn ToSql + Sync)> =
-                    keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-                p.push(&limit);
-                client.query(stmts.1, &p).await
-            }
+    ) -> Result<(), BatchError> {
+        let mut sql = self.select.clone();
+        let mut conds = vec![];
+        let mut p: Vec<&(dyn ToSql + Sync)> = vec![];
+        if let Some(lo) = lo {
+            conds.push(self.key_cmp(">", p.len() + 1));
+            p.extend(lo.iter().map(|k| k as &(dyn ToSql + Sync)));
         }
-        .map_err(classify)?;
+        if let Some(hi) = hi {
+            conds.push(self.key_cmp("<=", p.len() + 1));
+            p.extend(hi.iter().map(|k| k as &(dyn ToSql + Sync)));
+        }
+        if !conds.is_empty() {
+            sql += &format!(" WHERE {}", conds.join(" AND "));
+        }
+        sql += &format!(" ORDER BY {} FOR UPDATE", self.order);
+        client.batch_execute("BEGIN").await.map_err(classify)?;
+        let rows = client.query(&sql, &p).await.map_err(classify)?;
         let npk = self.pk.len();
         let base = npk + usize::from(self.tenant.is_some());
         let mut upd = Update::new(npk, &self.cols);
-        let mut new_last = None;
         for row in &rows {
             sum.scanned += 1;
             let keys: Vec<String> = (0..npk)
@@ -588,11 +713,13 @@ impl TablePlan {
                     }
                 }
             }
-            new_last = Some(keys);
         }
         if upd.rows > 0 {
             let params = upd.params();
-            let n = client.execute(stmts.2, &params).await.map_err(classify)?;
+            let n = client
+                .execute(self.update.as_str(), &params)
+                .await
+                .map_err(classify)?;
             if n != upd.rows {
                 return Err(BatchError::Fatal(format!(
                     "the UPDATE matched {n} of {} rows (is the primary key unique and unchanged?)",
@@ -601,7 +728,7 @@ impl TablePlan {
             }
         }
         client.batch_execute("COMMIT").await.map_err(classify)?;
-        Ok((rows.len() as u64, new_last))
+        Ok(())
     }
 
     /// Work out the new stored values of one row.

@@ -58,6 +58,9 @@ pub enum Command {
         /// Rows per transaction.
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         batch: u32,
+        /// Batches processed in parallel, each on its own connection.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        jobs: u32,
     },
     /// Re-encrypt every value whose data-key version is not the current one
     /// for its table and tenant (after `pgveil keys rotate`), fill missing
@@ -75,6 +78,9 @@ pub enum Command {
         /// Rows per transaction.
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         batch: u32,
+        /// Batches processed in parallel, each on its own connection.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        jobs: u32,
         /// First create a new data-key version for every (table, tenant) of
         /// the selected tables (as `pgveil keys rotate`). Running pgveil
         /// instances may keep writing under the old version for up to
@@ -178,11 +184,12 @@ pub fn main() -> i32 {
             database,
             table,
             batch,
+            jobs,
         } => backfill(
             config,
             database,
             table,
-            batch,
+            (batch, jobs),
             crate::ops::backfill::Mode::Encrypt,
             false,
         ),
@@ -191,12 +198,13 @@ pub fn main() -> i32 {
             database,
             table,
             batch,
+            jobs,
             new_version,
         } => backfill(
             config,
             database,
             table,
-            batch,
+            (batch, jobs),
             crate::ops::backfill::Mode::Rotate,
             new_version,
         ),
@@ -313,7 +321,7 @@ fn backfill(
     config: PathBuf,
     database: String,
     table: Option<String>,
-    batch: u32,
+    (batch, jobs): (u32, u32),
     mode: crate::ops::backfill::Mode,
     new_version: bool,
 ) -> i32 {
@@ -323,6 +331,7 @@ fn backfill(
         mode,
         table,
         batch: batch as usize,
+        jobs: jobs as usize,
         progress_bar: backfill::stderr_is_terminal(),
     };
     runtime().block_on(async move {

@@ -18,6 +18,11 @@ pub struct KeyStates {
 }
 
 impl KeyStates {
+    /// True before the first [`refresh`](Self::refresh).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub async fn refresh(&mut self, keys: &KeyManager) -> Result<(), String> {
         let recs = keys
             .list_keys(None)
