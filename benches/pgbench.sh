@@ -9,7 +9,7 @@
 #         SECTIONS="proxy_core" benches/pgbench.sh
 #
 # Environment knobs (defaults in brackets):
-#   SECTIONS   sections to run, in order                        [proxy_core]
+#   SECTIONS   sections to run, in order   [proxy_core encrypted bulk_read]
 #   ROUNDS     rounds per workload                              [3]
 #   DURATION   seconds per pgbench run                          [15]
 #   CLIENTS    pgbench -c                                       [16]
@@ -32,7 +32,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SECTIONS=${SECTIONS:-proxy_core}
+SECTIONS=${SECTIONS:-proxy_core encrypted bulk_read}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-16}
@@ -246,6 +246,7 @@ port_of() {
         direct) echo "$PG_PORT" ;;
         pgbouncer) echo "$PGB_PORT" ;;
         pgveil) echo "$PGVEIL_CORE_PORT" ;;
+        pgveil_enc | enc | plain) echo "$PGVEIL_ENC_PORT" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -280,7 +281,7 @@ run_workload() {
         for ((i = 0; i < n; i++)); do
             local target=${targets[$(((i + round - 1) % n))]}
             local out tps lat
-            out=$(pgbench_run "$(port_of "$target")" "$BENCH_USER" "$@")
+            out=$(pgbench_run "$(port_of "$target")" "$BENCH_USER" "${@//@T@/$target}")
             tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n1)
             lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -n1)
             [[ -n "$tps" && -n "$lat" ]] || { echo "$out" >&2; die "cannot parse pgbench output"; }
@@ -324,17 +325,143 @@ report() {
 # Sections
 # ---------------------------------------------------------------------------
 
-# Issue 2: the proxy core without a policy, against direct and PgBouncer.
-section_proxy_core() {
+# pgbench's own tables, once per run.
+pgbench_init() {
+    [[ -z "${PGBENCH_INITIALIZED:-}" ]] || return 0
     log "pgbench -i -s $SCALE"
     PGSSLMODE=disable "$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$DB" \
         >"$WORK/pgbench-init.log" 2>&1 || { cat "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
+    PGBENCH_INITIALIZED=1
+}
+
+# Issue 2: the proxy core without a policy, against direct and PgBouncer.
+section_proxy_core() {
+    pgbench_init
     local common=(-c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M extended)
     # Select-only first (no table growth), then TPC-B-like (vacuum before
     # each run via pgbench's default, so rounds start from the same state).
     run_workload proxy_core select-only "direct pgbouncer pgveil" -S -n "${common[@]}"
     run_workload proxy_core tpcb-like "direct pgbouncer pgveil" "${common[@]}"
     report proxy_core "select-only tpcb-like"
+}
+
+# Issue 4: encrypted workloads. A 100k-row users table with 3 protected
+# columns (one blind-indexed) and a plaintext copy, both through the same
+# pgveil (with a policy): point lookup by email and insert, encrypted vs
+# plaintext; select-only on pgbench's unprotected tables through that pgveil
+# vs the policy-less one (the proxy-core figure). Then a bulk read of ROWS_BULK
+# rows x 3 protected columns by a read role vs the same plaintext SELECT
+# direct, with pgveil's peak RSS.
+ROWS_USERS=${ROWS_USERS:-100000}
+ROWS_BULK=${ROWS_BULK:-1000000}
+
+start_pgveil_policy() { # name
+    local name=$1
+    mkdir -p "$WORK/pgveil-$name"
+    cp "$ROOT/benches/bench-policy.yaml" "$WORK/pgveil-$name/policy.yaml"
+    # Throwaway keys for this run only.
+    export PGVEIL_BENCH_MASTER_KEY=${PGVEIL_BENCH_MASTER_KEY:-$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+    export PGVEIL_BENCH_BIDX_KEY=${PGVEIL_BENCH_BIDX_KEY:-$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+    start_pgveil "$name" "policy: policy.yaml
+keys:
+  provider: local
+  local:
+    master_keys:
+      - { id: bench, env: PGVEIL_BENCH_MASTER_KEY }
+  blind_index_key: { env: PGVEIL_BENCH_BIDX_KEY }
+  keystore:
+    database: postgres://postgres@127.0.0.1:$PG_PORT/pgveil_keys"
+}
+
+section_encrypted() {
+    pgbench_init
+    psql_su postgres -c "CREATE DATABASE pgveil_keys" 2>/dev/null || true
+    psql_su "$DB" -c "DROP ROLE IF EXISTS bench" -c "CREATE ROLE bench LOGIN SUPERUSER" >/dev/null
+    psql_su "$DB" <<SQL
+DROP TABLE IF EXISTS users_enc, users_plain;
+CREATE TABLE users_enc (id bigserial PRIMARY KEY, email bytea, email_bidx bytea, name bytea, phone bytea);
+CREATE INDEX ON users_enc (email_bidx);
+CREATE TABLE users_plain (id bigserial PRIMARY KEY, email text, name text, phone text);
+CREATE INDEX ON users_plain (email);
+INSERT INTO users_plain (email, name, phone)
+  SELECT i::text, 'name ' || i, '+1555' || i FROM generate_series(1, $ROWS_USERS) i;
+SQL
+    [[ -n "${PGVEIL_ENC_PORT:-}" ]] || { start_pgveil_policy enc; PGVEIL_ENC_PORT=$PGVEIL_PORT; }
+    log "loading $ROWS_USERS encrypted rows through pgveil (COPY)"
+    psql_su "$DB" -At -c "COPY (SELECT email, name, phone FROM users_plain ORDER BY id) TO STDOUT" \
+        >"$WORK/users.tsv"
+    PGSSLMODE=disable "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGVEIL_ENC_PORT" -U bench -d "$DB" \
+        -c "\\copy users_enc (email, name, phone) FROM '$WORK/users.tsv'"
+    cat >"$WORK/lookup_enc.sql" <<SQL
+\\set i random(1, $ROWS_USERS)
+SELECT name, phone FROM users_enc WHERE email = :i;
+SQL
+    sed 's/users_enc/users_plain/' "$WORK/lookup_enc.sql" >"$WORK/lookup_plain.sql"
+    cat >"$WORK/insert_enc.sql" <<SQL
+\\set i random(1000000000, 2000000000)
+INSERT INTO users_enc (email, name, phone) VALUES (:i, :i, :i);
+SQL
+    sed 's/users_enc/users_plain/' "$WORK/insert_enc.sql" >"$WORK/insert_plain.sql"
+    local common=(-n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M extended)
+    local saved=$BENCH_USER
+    BENCH_USER=bench
+    run_workload encrypted lookup "enc plain" -f "$WORK/lookup_@T@.sql" "${common[@]}"
+    run_workload encrypted insert "enc plain" -f "$WORK/insert_@T@.sql" "${common[@]}"
+    run_workload encrypted unprotected-select "pgveil pgveil_enc" -S "${common[@]}"
+    BENCH_USER=$saved
+    printf '\n== encrypted: medians over %s rounds of %s s (-c %s -j %s, -M extended) ==\n' \
+        "$ROUNDS" "$DURATION" "$CLIENTS" "$THREADS"
+    local w e p
+    for w in lookup insert; do
+        e=$(median encrypted "$w" enc 5)
+        p=$(median encrypted "$w" plain 5)
+        printf '%-20s encrypted %10.0f tps   plaintext %10.0f tps   ratio %s\n' "$w" "$e" "$p" "$(ratio "$e" "$p")"
+    done
+    e=$(median encrypted unprotected-select pgveil_enc 5)
+    p=$(median encrypted unprotected-select pgveil 5)
+    printf '%-20s with policy %8.0f tps   no policy %10.0f tps   ratio %s\n' "pgbench -S" "$e" "$p" "$(ratio "$e" "$p")"
+}
+
+section_bulk_read() {
+    psql_su postgres -c "CREATE DATABASE pgveil_keys" 2>/dev/null || true
+    psql_su "$DB" -c "DROP ROLE IF EXISTS bench" -c "CREATE ROLE bench LOGIN SUPERUSER" >/dev/null
+    psql_su "$DB" <<SQL
+DROP TABLE IF EXISTS bulk_enc, bulk_plain;
+CREATE TABLE bulk_enc (id bigserial PRIMARY KEY, email bytea, name bytea, phone bytea);
+CREATE TABLE bulk_plain (id bigserial PRIMARY KEY, email text, name text, phone text);
+INSERT INTO bulk_plain (email, name, phone)
+  SELECT 'user' || i || '@example.com', 'name ' || i, '+1555' || i FROM generate_series(1, $ROWS_BULK) i;
+SQL
+    start_pgveil_policy bulk
+    local port=$PGVEIL_PORT pid=${PGVEIL_PIDS[-1]}
+    log "loading $ROWS_BULK encrypted rows through pgveil (COPY)"
+    psql_su "$DB" -At -c "COPY (SELECT email, name, phone FROM bulk_plain ORDER BY id) TO STDOUT" >"$WORK/bulk.tsv"
+    local t0 t1
+    t0=$(date +%s.%N)
+    PGSSLMODE=disable "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U bench -d "$DB" \
+        -c "\\copy bulk_enc (email, name, phone) FROM '$WORK/bulk.tsv'"
+    t1=$(date +%s.%N)
+    log "COPY through pgveil: $(awk -v a="$t0" -v b="$t1" -v n="$ROWS_BULK" 'BEGIN { printf "%.0f rows/s", n / (b - a) }')"
+    psql_su "$DB" -c "VACUUM ANALYZE bulk_enc" -c "VACUUM ANALYZE bulk_plain"
+    local rss0 direct_s veil_s r
+    rss0=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")
+    for r in $(seq 1 "$ROUNDS"); do
+        t0=$(date +%s.%N)
+        PGSSLMODE=disable "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$DB" \
+            -c "SELECT email, name, phone FROM bulk_plain" >/dev/null
+        t1=$(date +%s.%N)
+        printf 'bulk\tread\tdirect\t%s\t%s\t0\n' "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" >>"$RESULTS_TSV"
+        t0=$(date +%s.%N)
+        PGSSLMODE=disable "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U bench -d "$DB" \
+            -c "SELECT email, name, phone FROM bulk_enc" >/dev/null
+        t1=$(date +%s.%N)
+        printf 'bulk\tread\tpgveil\t%s\t%s\t0\n' "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" >>"$RESULTS_TSV"
+    done
+    direct_s=$(median bulk read direct 5)
+    veil_s=$(median bulk read pgveil 5)
+    printf '\n== bulk read: %s rows x 3 protected columns, median of %s ==\n' "$ROWS_BULK" "$ROUNDS"
+    printf 'plaintext direct %.2f s   decrypted through pgveil %.2f s   ratio %s\n' "$direct_s" "$veil_s" "$(ratio "$veil_s" "$direct_s")"
+    printf 'pgveil RSS before %s KiB, peak (VmHWM) %s KiB\n' "$rss0" "$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")"
 }
 
 # ---------------------------------------------------------------------------

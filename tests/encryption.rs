@@ -44,6 +44,11 @@ fn config(pg: &PgCluster) -> String {
 }
 
 fn setup() -> Fx {
+    setup_with("")
+}
+
+/// The fixture with extra top-level YAML appended to the config.
+fn setup_with(extra_yaml: &str) -> Fx {
     let pg = PgCluster::start(Hba::Trust);
     pg.create_database("app");
     pg.create_database("pgveil_keys");
@@ -62,7 +67,7 @@ fn setup() -> Fx {
         .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
         .env("RUST_LOG", "trace");
     std::fs::write(b.dir().join("policy.yaml"), POLICY).unwrap();
-    let pv = b.start(&config(&pg));
+    let pv = b.start(&format!("{}{extra_yaml}", config(&pg)));
     Fx { pg, pv }
 }
 
@@ -1128,4 +1133,136 @@ async fn policy_check_reports_schema_problems_with_fixes() {
     assert!(err.contains("policy.yaml:"), "file:line: {err}");
     assert!(err.contains("ALTER TABLE"), "the fix: {err}");
     assert!(err.contains("email_bidx"), "{err}");
+}
+
+/// Sentinels written through every path (params, literals, update, COPY,
+/// lookups, rejected statements, values that fail validation) never appear
+/// in pgveil's trace logs, the audit log, the metrics output, the keystore,
+/// the PostgreSQL data directory or the server log.
+#[tokio::test]
+async fn no_plaintext_anywhere_at_trace_level() {
+    let mport = free_port();
+    let fx = setup_with(&format!("metrics:\n  listen: 127.0.0.1:{mport}\n"));
+    let app = fx.app("calmony_app").await;
+    let doc = fx.app("clinician").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, $2)",
+        &[&"s1-sentinel@example.com", &"Sentinel-One"],
+    )
+    .await
+    .unwrap();
+    app.batch_execute(
+        "INSERT INTO users (email, name) VALUES ('s2-sentinel@example.com', 'Sentinel-Two')",
+    )
+    .await
+    .unwrap();
+    app.execute(
+        "UPDATE users SET name = $1 WHERE email = $2",
+        &[&"Sentinel-Three", &"s1-sentinel@example.com"],
+    )
+    .await
+    .unwrap();
+    app.query(
+        "SELECT name FROM users WHERE email = ANY($1)",
+        &[&vec!["s2-sentinel@example.com"]],
+    )
+    .await
+    .unwrap();
+    use futures::SinkExt;
+    let sink = app
+        .copy_in("COPY users (email, name) FROM STDIN")
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"s4-sentinel@example.com\tSentinel-Four\n",
+    ))
+    .await
+    .unwrap();
+    sink.finish().await.unwrap();
+    // Errors: a rejected lookup, an invalid value, a non-envelope write.
+    let _ = app
+        .simple_query("SELECT id FROM users WHERE email LIKE 's5-sentinel%'")
+        .await;
+    let _ = doc
+        .simple_query("INSERT INTO phi.member_profile (risk_score, ssn) VALUES ('Sentinel-Six', '999-00-1111')")
+        .await
+        .unwrap_err();
+    let dba = fx.app("dba").await;
+    let _ = dba
+        .simple_query("INSERT INTO users (email) VALUES ('s7-sentinel@example.com')")
+        .await
+        .unwrap_err();
+    let metrics = reqwest_free_get(mport, "/metrics");
+    assert!(
+        metrics.contains("pgveil_values_encrypted_total"),
+        "{metrics}"
+    );
+    fx.pg.psql("app", "CHECKPOINT");
+    fx.pg.psql("pgveil_keys", "CHECKPOINT");
+    let sentinels = [
+        "s1-sentinel",
+        "Sentinel-One",
+        "s2-sentinel",
+        "Sentinel-Two",
+        "Sentinel-Three",
+        "s4-sentinel",
+        "Sentinel-Four",
+        "s5-sentinel",
+        "Sentinel-Six",
+        "999-00-1111",
+        "s7-sentinel",
+    ];
+    for s in sentinels {
+        assert!(!metrics.contains(s), "{s} in metrics");
+    }
+    let keystore = Command::new(fx.pg.bin("pg_dump"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &fx.pg.port().to_string(),
+            "-U",
+            "postgres",
+            "pgveil_keys",
+        ])
+        .output()
+        .unwrap();
+    assert!(keystore.status.success());
+    let keystore = String::from_utf8_lossy(&keystore.stdout);
+    assert!(
+        keystore.contains("COPY"),
+        "the keystore dump has its tables"
+    );
+    for s in sentinels {
+        assert!(!keystore.contains(s), "{s} in the keystore");
+    }
+    // Every file of the data directory (heap, WAL, …).
+    let mut stack = vec![fx.pg.data_dir().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                // Lossy text keeps every ASCII run intact; std's (optimised)
+                // substring search keeps this fast in debug builds.
+                let text = String::from_utf8_lossy(&bytes);
+                for s in sentinels {
+                    assert!(!text.contains(s), "{s} found in {}", p.display());
+                }
+            }
+        }
+    }
+    fx.assert_no_plaintext(&sentinels).await;
+}
+
+/// GET over plain TCP (no HTTP client dependency in the tests).
+fn reqwest_free_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

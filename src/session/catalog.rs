@@ -91,17 +91,18 @@ pub struct CatalogEntry {
     pub by_attr: HashMap<(Oid, i16), Arc<ProtectedAttr>>,
     /// `schema.table` → SQL type of its tenant column (for binary params).
     pub tenant_types: HashMap<(String, String), String>,
-    plans: Mutex<HashMap<PlanKey, Arc<Vec<StatementPlan>>>>,
+    /// Statement text → plans per (role, declared parameter types). Looked
+    /// up by `&str`, so a cache hit allocates nothing.
+    plans: Mutex<HashMap<String, Vec<PlanEntry>>>,
     loaded_at: Instant,
     generation: u64,
 }
 
-#[derive(Hash, PartialEq, Eq)]
-struct PlanKey {
+struct PlanEntry {
     role: String,
-    sql: String,
     /// `None` for the simple protocol.
     params: Option<Vec<Oid>>,
+    plans: Arc<Vec<StatementPlan>>,
 }
 
 impl CatalogEntry {
@@ -155,17 +156,17 @@ impl CatalogEntry {
     /// Plans for `sql`, from the cache when this (role, text, types) was
     /// planned before.
     pub fn plan(&self, sql: &str, role: &str, mode: Mode<'_>) -> Arc<Vec<StatementPlan>> {
-        let key = PlanKey {
-            role: role.to_string(),
-            sql: sql.to_string(),
-            params: match mode {
-                Mode::Simple => None,
-                Mode::Extended { param_types } => Some(param_types.to_vec()),
-            },
+        let params = match mode {
+            Mode::Simple => None,
+            Mode::Extended { param_types } => Some(param_types),
         };
-        if let Some(p) = self.plans.lock().expect("plan cache").get(&key) {
+        if let Some(entries) = self.plans.lock().expect("plan cache").get(sql)
+            && let Some(e) = entries
+                .iter()
+                .find(|e| e.role == role && e.params.as_deref() == params)
+        {
             metrics::counter!("pgveil_plan_cache_hits_total").increment(1);
-            return p.clone();
+            return e.plans.clone();
         }
         metrics::counter!("pgveil_plan_cache_misses_total").increment(1);
         let plans = Arc::new(self.analyzer.plan(sql, role, mode));
@@ -173,7 +174,11 @@ impl CatalogEntry {
         if cache.len() >= PLAN_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(key, plans.clone());
+        cache.entry(sql.to_string()).or_default().push(PlanEntry {
+            role: role.to_string(),
+            params: params.map(<[Oid]>::to_vec),
+            plans: plans.clone(),
+        });
         plans
     }
 

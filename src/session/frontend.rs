@@ -66,6 +66,7 @@ pub struct Frontend {
     /// in between are ignored by the server (copy-in mode) and get no
     /// ReadyForQuery, so their queue entries must go.
     after_execute: bool,
+    statement_id: u64,
 }
 
 impl Frontend {
@@ -79,6 +80,7 @@ impl Frontend {
             skip_until_sync: false,
             copy: None,
             after_execute: false,
+            statement_id: 0,
         }
     }
 
@@ -106,8 +108,23 @@ impl Frontend {
             self.after_execute = false;
         }
         match f.tag {
-            b'Q' => self.on_query(&f, out).await,
-            b'P' => self.on_parse(&f, out).await,
+            b'Q' | b'P' => {
+                // One span per statement, with an id and no text or values.
+                self.statement_id += 1;
+                let span = tracing::debug_span!(
+                    "statement",
+                    id = self.statement_id,
+                    protocol = if f.tag == b'Q' { "simple" } else { "extended" }
+                );
+                let work = async {
+                    if f.tag == b'Q' {
+                        self.on_query(&f, out).await
+                    } else {
+                        self.on_parse(&f, out).await
+                    }
+                };
+                tracing::Instrument::instrument(work, span).await
+            }
             b'B' => self.on_bind(&f, out).await,
             b'D' => {
                 match m::decode_target(f.body()) {
