@@ -1266,3 +1266,44 @@ fn reqwest_free_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// Pipelined statements (tokio-postgres sends them without waiting) with a
+/// refused one in the middle: every other statement gets its own answer.
+#[tokio::test]
+async fn pipelined_statements_with_a_refusal_in_the_middle() {
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, $2)",
+        &[&"quin@example.com", &"Quin"],
+    )
+    .await
+    .unwrap();
+    let lookup = app
+        .prepare("SELECT name FROM users WHERE email = $1")
+        .await
+        .unwrap();
+    let insert = app
+        .prepare("INSERT INTO users (email, name) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let (a, b, c, d) = futures::join!(
+        app.query(&lookup, &[&"quin@example.com"]),
+        app.query("SELECT id FROM users WHERE email LIKE $1", &[&"q%"]),
+        app.execute(&insert, &[&"rae@example.com", &"Rae"]),
+        app.query(&lookup, &[&"rae@example.com"]),
+    );
+    assert_eq!(a.unwrap()[0].get::<_, String>(0), "Quin");
+    assert_eq!(code(&b.unwrap_err()), "0A000");
+    assert_eq!(c.unwrap(), 1);
+    assert_eq!(d.unwrap()[0].get::<_, String>(0), "Rae");
+    // Many in flight at once.
+    let futs: Vec<_> = (0..50)
+        .map(|_| app.query(&lookup, &[&"quin@example.com"]))
+        .collect();
+    for r in futures::future::join_all(futs).await {
+        assert_eq!(r.unwrap()[0].get::<_, String>(0), "Quin");
+    }
+    fx.assert_no_plaintext(&["quin@example.com", "rae@example.com"])
+        .await;
+}
