@@ -705,3 +705,109 @@ fn docker_files_match_readme_and_config() {
     let metrics = cfg.metrics.as_ref().expect("metrics enabled in the image");
     assert!(metrics.listen.as_str().ends_with(":9187"));
 }
+
+/// PgBouncer (session mode) between pgveil and PostgreSQL: pgveil needs
+/// nothing a pooler hides (its catalog query and statements run on the
+/// client's own server connection).
+#[tokio::test]
+async fn works_in_front_of_pgbouncer_session_mode() {
+    let pgbouncer = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("pgbouncer is installed (.ci/run installs it)");
+    let pg = PgCluster::start(Hba::Trust);
+    pg.create_database("app");
+    pg.create_database("pgveil_keys");
+    pg.create_role("calmony_app", None);
+    pg.psql("app", SCHEMA);
+    pg.psql(
+        "app",
+        "GRANT USAGE ON SCHEMA phi TO PUBLIC; GRANT ALL ON ALL TABLES IN SCHEMA public, phi TO PUBLIC; \
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public, phi TO PUBLIC;",
+    );
+    // PgBouncer refuses to run as root: give it a directory the postgres
+    // user owns when the tests run as root.
+    let dir = tempfile::Builder::new()
+        .prefix("pgveil-pgb-")
+        .tempdir()
+        .unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("pgbouncer.ini"),
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}/userlist.txt\npool_mode = session\n\
+             logfile = {}/pgbouncer.log\npidfile = {}/pgbouncer.pid\n\
+             ignore_startup_parameters = extra_float_digits,options\n",
+            pg.port(),
+            dir.path().display(),
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("userlist.txt"),
+        "\"calmony_app\" \"\"\n\"postgres\" \"\"\n",
+    )
+    .unwrap();
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let mut cmd = if is_root {
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", pgbouncer]);
+        c
+    } else {
+        std::process::Command::new(pgbouncer)
+    };
+    let mut child = cmd
+        .arg(dir.path().join("pgbouncer.ini"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pgbouncer did not start");
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!(
+                "pgbouncer exited with {s}: {}",
+                std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _guard = Kill(child);
+    let keystore = format!("postgres://postgres@127.0.0.1:{}/pgveil_keys", pg.port());
+    let pv = start_pgveil(&config(port, &keystore, "300s"));
+    let app = pv.connect("calmony_app", None, "app").await;
+    insert_user(&app, "pat@example.com", "Pat Pooled").await;
+    assert_eq!(
+        lookup_name(&app, "PAT@example.com ").await.as_deref(),
+        Some("Pat Pooled")
+    );
+    let direct = pg.connect("postgres", None, "app").await;
+    let raw: Vec<u8> = direct
+        .query_one("SELECT email FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(envelope::is_envelope(&raw), "stored as an envelope");
+    assert!(!String::from_utf8_lossy(&raw).contains("pat@"));
+}
