@@ -6,7 +6,7 @@
 # then checks that no plaintext is left.
 #
 # Usage:  benches/backfill.sh
-# Knobs:  ROWS [1000000]  BATCH [2000]  RUNS [1]  PGVEIL_BIN (skip cargo build)
+# Knobs:  ROWS [1000000]  BATCH [2000]  JOBS [2]  RUNS [1]  PGVEIL_BIN (skip cargo build)
 #         KEEP=1 keeps the work directory.
 #
 # Runs as root (PostgreSQL then runs as the `postgres` OS user) or as an
@@ -17,6 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROWS=${ROWS:-1000000}
 BATCH=${BATCH:-2000}
+JOBS=${JOBS:-2}
 RUNS=${RUNS:-1}
 KEEP=${KEEP:-0}
 
@@ -111,10 +112,10 @@ CREATE INDEX bench_users_email_bidx ON bench_users (email_bidx);
 VACUUM ANALYZE bench_users;
 CHECKPOINT;
 EOF
-    log "run $run/$RUNS: pgveil encrypt --batch $BATCH"
+    log "run $run/$RUNS: pgveil encrypt --batch $BATCH --jobs $JOBS"
     start=$(date +%s.%N)
     "$PGVEIL_BIN" encrypt --config "$WORK/pgveil.yaml" \
-        --database "postgres://postgres@127.0.0.1:$PORT/app" --batch "$BATCH" \
+        --database "postgres://postgres@127.0.0.1:$PORT/app" --batch "$BATCH" --jobs "$JOBS" \
         | tee "$WORK/summary.txt"
     end=$(date +%s.%N)
     left=$(psql_su -d app -c "SELECT count(*) FROM bench_users WHERE substring(email from 1 for 2) <> 'pv'::bytea OR name NOT LIKE 'pgv1:%' OR substring(phone from 1 for 2) <> 'pv'::bytea OR email_bidx IS NULL")
@@ -125,5 +126,5 @@ EOF
 done
 
 echo
-echo "backfill: $ROWS rows x 3 protected columns + 1 blind index, batch $BATCH, $(nproc) CPUs"
+echo "backfill: $ROWS rows x 3 protected columns + 1 blind index, batch $BATCH, jobs $JOBS, $(nproc) CPUs"
 printf '  run %s: %s rows/s\n' $(for i in "${!results[@]}"; do echo "$((i + 1)) ${results[$i]}"; done)
