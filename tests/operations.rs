@@ -689,6 +689,29 @@ async fn rotate_fills_the_next_blind_index_column() {
         .unwrap();
     assert_eq!(r.len(), 2);
     assert_eq!(r[0].get::<_, Vec<u8>>(0), r[1].get::<_, Vec<u8>>(0));
+
+    // Step 4: promote the new column; lookups now use it and still find
+    // every row (backfilled and dual-written).
+    drop(app);
+    let promoted = POLICY.replace(
+        "blind_index: { column: email_bidx, normalize: [trim, lowercase] }",
+        "blind_index: { column: email_bidx_next, normalize: [trim, lowercase] }",
+    );
+    std::fs::write(fx.pv.dir().join("policy.yaml"), promoted).unwrap();
+    direct
+        .execute("UPDATE users SET email_bidx = NULL", &[])
+        .await
+        .unwrap();
+    let mut fx = fx;
+    fx.pv.restart();
+    let app = fx.app("calmony_app").await;
+    for (email, want) in [("n7@example.com", 1i64), ("N42@EXAMPLE.com", 2)] {
+        let r = app
+            .query_one("SELECT count(*) FROM users WHERE email = $1", &[&email])
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, i64>(0), want, "{email} after promotion");
+    }
 }
 
 #[tokio::test]

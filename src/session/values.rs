@@ -175,17 +175,32 @@ impl ValueCrypto {
                 column: attr.column.to_string(),
             });
         };
+        // The key is derived from the name of the column that stores the
+        // index, so a `next` index column gets its own key and keeps it when
+        // it is promoted to `column:` at the end of a rotation.
+        let bidx = attr
+            .policy
+            .blind_index
+            .as_ref()
+            .ok_or_else(|| ValueError::NoBlindIndexKey {
+                column: attr.column.to_string(),
+            })?;
+        let index_column = match (next, &bidx.next) {
+            (true, Some(n)) => n.as_str(),
+            (true, None) => {
+                return Err(ValueError::Encrypt {
+                    column: attr.column.to_string(),
+                    reason: "no blind_index.next column is configured".into(),
+                });
+            }
+            (false, _) => bidx.column.as_str(),
+        };
         let mut cache = self.bidx_keys.lock().expect("bidx cache");
         let k = cache
             .entry((attr.column.clone(), next))
             .or_insert_with(|| {
                 let c = &attr.column;
-                let column = if next {
-                    format!("{}#next", c.column)
-                } else {
-                    c.column.clone()
-                };
-                Arc::new(root.column_key(&c.schema, &c.table, &column))
+                Arc::new(root.column_key(&c.schema, &c.table, index_column))
             })
             .clone();
         Ok(k)
