@@ -27,7 +27,11 @@ fn local(keys: &[(&str, u8)]) -> Arc<LocalProvider> {
 }
 
 fn manager(url: &str, p: Arc<dyn MasterKeyProvider>) -> KeyManager {
-    KeyManager::new(p, Keystore::new_no_tls(url).unwrap(), KeyManagerOptions::default())
+    KeyManager::new(
+        p,
+        Keystore::new_no_tls(url).unwrap(),
+        KeyManagerOptions::default(),
+    )
 }
 
 fn users() -> ColumnContext {
@@ -106,13 +110,19 @@ async fn keystore_lifecycle() {
     assert_eq!(ka.version, 1);
     let acme = seal(&km, &members("acme"), b"123-45-6789").await;
     let globex = seal(&km, &members("globex"), b"987-65-4321").await;
-    let (kacme, kglobex) = (envelope::peek_key(&acme).unwrap(), envelope::peek_key(&globex).unwrap());
+    let (kacme, kglobex) = (
+        envelope::peek_key(&acme).unwrap(),
+        envelope::peek_key(&globex).unwrap(),
+    );
     assert_eq!(kacme.tenant(), Some("acme"));
     assert!(kacme.key_id != kglobex.key_id && kacme.key_id != ka.key_id);
 
     // A second instance sharing the keystore sees the same keys.
     let km2 = manager(&url, local(&[("k1", 1)]));
-    assert_eq!(open(&km2, &users(), &a).await.unwrap(), b"alice@example.com");
+    assert_eq!(
+        open(&km2, &users(), &a).await.unwrap(),
+        b"alice@example.com"
+    );
     assert_eq!(km2.encryption_key(&users()).await.unwrap().0, ka);
 
     // Data-key rotation: new writes use v2, v1 still decrypts.
@@ -121,23 +131,41 @@ async fn keystore_lifecycle() {
     let c = seal(&km, &users(), b"carol@example.com").await;
     assert_eq!(envelope::peek_key(&c).unwrap(), v2);
     let km3 = manager(&url, local(&[("k1", 1)]));
-    assert_eq!(open(&km3, &users(), &a).await.unwrap(), b"alice@example.com");
-    assert_eq!(open(&km3, &users(), &c).await.unwrap(), b"carol@example.com");
+    assert_eq!(
+        open(&km3, &users(), &a).await.unwrap(),
+        b"alice@example.com"
+    );
+    assert_eq!(
+        open(&km3, &users(), &c).await.unwrap(),
+        b"carol@example.com"
+    );
 
     // Wrong master key material: the error names the key id, never the key.
     let bad = manager(&url, local(&[("k1", 9)]));
     let e = open(&bad, &users(), &a).await.unwrap_err().to_string();
-    assert!(e.contains("\"k1\"") && e.contains(&format!("data key {} v1", ka.key_id)), "{e}");
+    assert!(
+        e.contains("\"k1\"") && e.contains(&format!("data key {} v1", ka.key_id)),
+        "{e}"
+    );
     assert!(!e.contains("0909"), "{e}");
 
     // Master-key rotation: re-wrap under k2 without touching values.
     let rot = manager(&url, local(&[("k2", 2), ("k1", 1)]));
     let n = rot.rewrap_all().await.unwrap();
     assert_eq!(n, 4, "users v1+v2, acme, globex");
-    assert!(rot.list_keys(None).await.unwrap().iter().all(|r| r.master_key_id == "k2"));
+    assert!(
+        rot.list_keys(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.master_key_id == "k2")
+    );
     assert_eq!(rot.rewrap_all().await.unwrap(), 0);
     let only_k2 = manager(&url, local(&[("k2", 2)]));
-    assert_eq!(open(&only_k2, &members("acme"), &acme).await.unwrap(), b"123-45-6789");
+    assert_eq!(
+        open(&only_k2, &members("acme"), &acme).await.unwrap(),
+        b"123-45-6789"
+    );
     let only_k1 = manager(&url, local(&[("k1", 1)]));
     let e = open(&only_k1, &users(), &a).await.unwrap_err().to_string();
     assert!(e.contains("\"k2\"") && e.contains("not configured"), "{e}");
@@ -148,14 +176,23 @@ async fn keystore_lifecycle() {
     assert_eq!(listed.len(), 1);
     assert_eq!(only_k2.shred_tenant("acme").await.unwrap(), 1);
     for km in [&only_k2, &manager(&url, local(&[("k2", 2)]))] {
-        let e = open(km, &members("acme"), &acme).await.unwrap_err().to_string();
+        let e = open(km, &members("acme"), &acme)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key destroyed"), "{e}");
         assert!(!e.contains("123-45"), "{e}");
-        assert_eq!(open(km, &members("globex"), &globex).await.unwrap(), b"987-65-4321");
+        assert_eq!(
+            open(km, &members("globex"), &globex).await.unwrap(),
+            b"987-65-4321"
+        );
     }
     let listed = only_k2.list_keys(Some("acme")).await.unwrap();
     assert!(listed[0].destroyed && listed[0].retired);
-    let raw = pg.psql("pgveil_keys", "SELECT count(*) FROM pgveil_data_keys WHERE wrapped IS NULL");
+    let raw = pg.psql(
+        "pgveil_keys",
+        "SELECT count(*) FROM pgveil_data_keys WHERE wrapped IS NULL",
+    );
     assert_eq!(raw.trim(), "1");
 
     // Moving a ciphertext to another tenant's row fails.
@@ -178,7 +215,9 @@ async fn concurrent_misses_make_one_provider_call() {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let km = km.clone();
-        tasks.push(tokio::spawn(async move { km.encryption_key(&users()).await.unwrap().0 }));
+        tasks.push(tokio::spawn(async move {
+            km.encryption_key(&users()).await.unwrap().0
+        }));
     }
     let mut refs = Vec::new();
     for t in tasks {
@@ -193,7 +232,9 @@ async fn concurrent_misses_make_one_provider_call() {
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let (km, r) = (km.clone(), refs[0].clone());
-        tasks.push(tokio::spawn(async move { km.decryption_key(&r).await.map(|_| ()) }));
+        tasks.push(tokio::spawn(async move {
+            km.decryption_key(&r).await.map(|_| ())
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -217,7 +258,11 @@ async fn encryption_counts_persist_and_retire_keys() {
         max_encryptions: 25,
         ..KeyManagerOptions::default()
     };
-    let km = KeyManager::new(local(&[("k1", 1)]), Keystore::new_no_tls(&url).unwrap(), opts.clone());
+    let km = KeyManager::new(
+        local(&[("k1", 1)]),
+        Keystore::new_no_tls(&url).unwrap(),
+        opts.clone(),
+    );
     let mut versions = std::collections::BTreeMap::new();
     for _ in 0..60 {
         let (r, _) = km.encryption_key(&users()).await.unwrap();
@@ -231,8 +276,18 @@ async fn encryption_counts_persist_and_retire_keys() {
     assert!(recs.iter().filter(|r| !r.retired).count() == 1);
     // A restart does not reset the count: reservations continue.
     let before: i64 = recs.iter().map(|r| r.encryptions).sum();
-    let km2 = KeyManager::new(local(&[("k1", 1)]), Keystore::new_no_tls(&url).unwrap(), opts);
+    let km2 = KeyManager::new(
+        local(&[("k1", 1)]),
+        Keystore::new_no_tls(&url).unwrap(),
+        opts,
+    );
     km2.encryption_key(&users()).await.unwrap();
-    let after: i64 = km2.list_keys(None).await.unwrap().iter().map(|r| r.encryptions).sum();
+    let after: i64 = km2
+        .list_keys(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.encryptions)
+        .sum();
     assert_eq!(after, before + 10);
 }

@@ -32,7 +32,10 @@ impl Moto {
             .expect("moto_server on PATH (pip install 'moto[server]')");
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Moto { child, port }
@@ -114,14 +117,27 @@ async fn wrap_unwrap_and_context_binding() {
     // Encrypt (re-wrap) + Decrypt.
     let mine = DataKey::generate();
     let w = p.wrap(&mine, &ctx).await.unwrap();
-    assert_eq!(p.unwrap(&w, &ctx).await.unwrap().expose_secret(), mine.expose_secret());
+    assert_eq!(
+        p.unwrap(&w, &ctx).await.unwrap().expose_secret(),
+        mine.expose_secret()
+    );
 
     // Encryption context mismatch is rejected by KMS.
-    for wrong in [wctx(Some("globex")), wctx(None), WrapContext { version: 2, ..wctx(Some("acme")) }] {
+    for wrong in [
+        wctx(Some("globex")),
+        wctx(None),
+        WrapContext {
+            version: 2,
+            ..wctx(Some("acme"))
+        },
+    ] {
         let e = p.unwrap(&wrapped, &wrong).await.unwrap_err();
         assert!(matches!(e, KeyError::UnwrapRejected { .. }), "{e}");
         let s = e.to_string();
-        assert!(s.contains("encryption context") && s.contains("data key"), "{s}");
+        assert!(
+            s.contains("encryption context") && s.contains("data key"),
+            "{s}"
+        );
     }
 }
 
@@ -146,8 +162,14 @@ async fn kms_unreachable_cached_keys_keep_working() {
     moto.kill();
 
     // Cached keys: encrypt and decrypt keep working without KMS.
-    let dek = km.decryption_key(&envelope::peek_key(&env).unwrap()).await.unwrap();
-    assert_eq!(&envelope::decrypt(&dek, &ctx, &env).unwrap()[..], b"123-45-6789");
+    let dek = km
+        .decryption_key(&envelope::peek_key(&env).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        &envelope::decrypt(&dek, &ctx, &env).unwrap()[..],
+        b"123-45-6789"
+    );
     for _ in 0..10 {
         km.encryption_key(&ctx).await.unwrap();
     }
@@ -159,9 +181,15 @@ async fn kms_unreachable_cached_keys_keep_working() {
         .unwrap_err();
     let s = e.to_string();
     assert!(matches!(e, KeyError::ProviderUnavailable { .. }), "{s}");
-    assert!(s.contains("aws-kms is unreachable") && s.contains("127.0.0.1"), "{s}");
+    assert!(
+        s.contains("aws-kms is unreachable") && s.contains("127.0.0.1"),
+        "{s}"
+    );
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     km.clear_cache();
-    let e = km.decryption_key(&envelope::peek_key(&env2).unwrap()).await.unwrap_err();
+    let e = km
+        .decryption_key(&envelope::peek_key(&env2).unwrap())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("unreachable"), "{e}");
 }

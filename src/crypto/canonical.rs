@@ -307,7 +307,7 @@ fn parse_uuid(wire: &[u8]) -> Option<[u8; 16]> {
     while i < s.len() {
         let c = s[i];
         if c == b'-' {
-            if n == 0 || n % 4 != 0 || n == 32 || s.get(i + 1) == Some(&b'-') {
+            if n == 0 || !n.is_multiple_of(4) || n == 32 || s.get(i + 1) == Some(&b'-') {
                 return None;
             }
             i += 1;
@@ -317,7 +317,7 @@ fn parse_uuid(wire: &[u8]) -> Option<[u8; 16]> {
         if n >= 32 {
             return None;
         }
-        out[n / 2] |= if n % 2 == 0 { d << 4 } else { d };
+        out[n / 2] |= if n.is_multiple_of(2) { d << 4 } else { d };
         n += 1;
         i += 1;
     }

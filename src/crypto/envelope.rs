@@ -189,7 +189,9 @@ pub fn encrypt(
     canonical: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let mut rnd = [0u8; SALT_LEN + NONCE_LEN];
-    fill_random(&mut rnd);
+    // ChaCha12 CSPRNG seeded from the OS (getrandom) and reseeded every
+    // 64 KiB of output: a getrandom syscall per value costs ~1 µs here.
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut rnd);
     let salt: [u8; SALT_LEN] = rnd[..SALT_LEN].try_into().unwrap();
     let nonce: [u8; NONCE_LEN] = rnd[SALT_LEN..].try_into().unwrap();
     encrypt_with(dek, key_ref, ctx, canonical, &salt, &nonce)
