@@ -50,4 +50,9 @@ fn describe() {
         "Latency of key provider (KMS) calls"
     );
     describe_counter!("pgveil_audit_errors_total", "Audit log write failures");
+    describe_histogram!(
+        "pgveil_crypto_seconds",
+        Unit::Seconds,
+        "Latency of one value's encryption or decryption"
+    );
 }

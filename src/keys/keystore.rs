@@ -294,7 +294,12 @@ impl Keystore {
                 };
                 // The provider call happens under the family's row lock, so
                 // concurrent instances create exactly one version.
-                let (dek, wrapped) = provider.generate(&wctx).await?;
+                let started = std::time::Instant::now();
+                let generated = provider.generate(&wctx).await;
+                metrics::histogram!("pgveil_kms_seconds", "op" => "generate")
+                    .record(started.elapsed().as_secs_f64());
+                let (dek, wrapped) = generated
+                    .inspect_err(|_| metrics::counter!("pgveil_kms_errors_total").increment(1))?;
                 tx.execute(
                     "INSERT INTO pgveil_data_keys (key_id, version, master_key_id, wrapped) \
                      VALUES ($1, $2, $3, $4)",

@@ -316,9 +316,11 @@ impl KeyManager {
             if let Some(c) = cache.get(&id)
                 && c.expires > now()
             {
+                metrics::counter!("pgveil_key_cache_hits_total").increment(1);
                 return Ok(c.dek.clone());
             }
         }
+        metrics::counter!("pgveil_key_cache_misses_total").increment(1);
         let fut = {
             let mut inflight = self.inner.inflight.lock().expect("inflight");
             match inflight.get(&id) {
@@ -479,6 +481,10 @@ async fn load(inner: &Inner, id: (u32, u32)) -> Loaded {
         provider = inner.provider.kind(),
         "unwrapping data key"
     );
-    let dek = inner.provider.unwrap(&wrapped, &rec.wrap_context()).await?;
+    let started = std::time::Instant::now();
+    let dek = inner.provider.unwrap(&wrapped, &rec.wrap_context()).await;
+    metrics::histogram!("pgveil_kms_seconds", "op" => "unwrap")
+        .record(started.elapsed().as_secs_f64());
+    let dek = dek.inspect_err(|_| metrics::counter!("pgveil_kms_errors_total").increment(1))?;
     Ok(Arc::new(dek))
 }

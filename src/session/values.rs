@@ -142,12 +142,15 @@ impl ValueCrypto {
                     column: attr.column.to_string(),
                     reason: e.to_string(),
                 })?;
+        let started = std::time::Instant::now();
         let env = envelope::encrypt(&dek, &key_ref, &ctx, canonical).map_err(|e| {
             ValueError::Encrypt {
                 column: attr.column.to_string(),
                 reason: e.to_string(),
             }
         })?;
+        metrics::histogram!("pgveil_crypto_seconds", "op" => "encrypt")
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("pgveil_values_encrypted_total").increment(1);
         Ok(env)
     }
@@ -232,7 +235,10 @@ impl ValueCrypto {
             .map_err(|e| err(e.to_string()))?;
         let tenant = row_tenant.or(key_ref.tenant());
         let ctx = Self::context(attr, tenant);
+        let started = std::time::Instant::now();
         let pt = envelope::decrypt(&dek, &ctx, &env).map_err(|e| err(e.to_string()))?;
+        metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt")
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("pgveil_values_decrypted_total").increment(1);
         Ok(pt)
     }
