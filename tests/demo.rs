@@ -28,7 +28,7 @@ fn demo_shows_plaintext_through_pgveil_and_ciphertext_direct() {
     for d in direct {
         assert!(d.contains("pgv1:…"), "{d}");
         assert!(
-            !d.contains("Ada") && !d.contains("grace") && !d.contains("Turing"),
+            !d.contains("Lovelace") && !d.contains("grace") && !d.contains("Turing"),
             "{d}"
         );
     }
