@@ -54,17 +54,8 @@ pub async fn relay(
         let database = session.database.clone();
         let c2s = async {
             loop {
-                match cr.fill().await {
-                    Ok(()) => {}
-                    Err(FrameError::Closed) => {
-                        let _ = uw.write_all(&terminate()).await;
-                        return End::ClientDone;
-                    }
-                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-                        let _ = uw.write_all(&terminate()).await;
-                        return End::ClientIo(e.to_string());
-                    }
-                    Err(e) => return End::ClientProtocol(e),
+                if let Err(end) = fill_client(&mut cr, &mut uw).await {
+                    return end;
                 }
                 if fe.shared.is_idle() && fe.shared.tx_idle() && fe.wants_catalog_refresh() {
                     refresh_catalog(&fe, &database, &mut uw).await;
@@ -97,13 +88,8 @@ pub async fn relay(
         };
         let s2c = async {
             loop {
-                match ur.fill().await {
-                    Ok(()) => {}
-                    Err(FrameError::Closed) => return End::UpstreamClosed,
-                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-                        return End::UpstreamIo(e.to_string());
-                    }
-                    Err(e) => return End::UpstreamProtocol(e),
+                if let Err(end) = fill_upstream(&mut ur).await {
+                    return end;
                 }
                 let mut out = BytesMut::new();
                 loop {
@@ -134,18 +120,8 @@ pub async fn relay(
     } else {
         let c2s = async {
             loop {
-                match cr.fill().await {
-                    Ok(()) => {}
-                    Err(FrameError::Closed) => {
-                        // Gone without Terminate: end the backend cleanly.
-                        let _ = uw.write_all(&terminate()).await;
-                        return End::ClientDone;
-                    }
-                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-                        let _ = uw.write_all(&terminate()).await;
-                        return End::ClientIo(e.to_string());
-                    }
-                    Err(e) => return End::ClientProtocol(e),
+                if let Err(end) = fill_client(&mut cr, &mut uw).await {
+                    return end;
                 }
                 let mut saw_terminate = false;
                 loop {
@@ -169,13 +145,8 @@ pub async fn relay(
         };
         let s2c = async {
             loop {
-                match ur.fill().await {
-                    Ok(()) => {}
-                    Err(FrameError::Closed) => return End::UpstreamClosed,
-                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-                        return End::UpstreamIo(e.to_string());
-                    }
-                    Err(e) => return End::UpstreamProtocol(e),
+                if let Err(end) = fill_upstream(&mut ur).await {
+                    return end;
                 }
                 loop {
                     let run = match ur.take_run(|_, _| true) {
@@ -250,6 +221,39 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, u
         let entry = fe.engine.install(database, rows);
         fe.shared.set_entry(entry);
         tracing::debug!("catalog reloaded");
+    }
+}
+
+/// Wait for a whole client frame; on EOF or error, end the backend cleanly
+/// (a client gone without Terminate) and say how the session ends.
+async fn fill_client<R, W>(cr: &mut FrameReader<R>, uw: &mut W) -> Result<(), End>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match cr.fill().await {
+        Ok(()) => Ok(()),
+        Err(FrameError::Closed) => {
+            let _ = uw.write_all(&terminate()).await;
+            Err(End::ClientDone)
+        }
+        Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
+            let _ = uw.write_all(&terminate()).await;
+            Err(End::ClientIo(e.to_string()))
+        }
+        Err(e) => Err(End::ClientProtocol(e)),
+    }
+}
+
+/// Wait for a whole server frame.
+async fn fill_upstream<R: tokio::io::AsyncRead + Unpin>(
+    ur: &mut FrameReader<R>,
+) -> Result<(), End> {
+    match ur.fill().await {
+        Ok(()) => Ok(()),
+        Err(FrameError::Closed) => Err(End::UpstreamClosed),
+        Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => Err(End::UpstreamIo(e.to_string())),
+        Err(e) => Err(End::UpstreamProtocol(e)),
     }
 }
 

@@ -649,15 +649,7 @@ impl Frontend {
                         None => None,
                         Some(v) if *array => Some(self.blind_index_array(&attr, f, &v)?),
                         Some(v) => {
-                            let canonical = self.engine.crypto.canonical_param(
-                                &attr,
-                                declared(*orig),
-                                f,
-                                &v,
-                            )?;
-                            Some(Bytes::copy_from_slice(
-                                &self.engine.crypto.blind_index(&attr, false, &canonical)?,
-                            ))
+                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, false)?)
                         }
                     };
                     params.push(out);
@@ -669,15 +661,7 @@ impl Frontend {
                     let out = match v {
                         None => None,
                         Some(v) => {
-                            let canonical = self.engine.crypto.canonical_param(
-                                &attr,
-                                declared(*orig),
-                                f,
-                                &v,
-                            )?;
-                            Some(Bytes::copy_from_slice(
-                                &self.engine.crypto.blind_index(&attr, true, &canonical)?,
-                            ))
+                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, true)?)
                         }
                     };
                     params.push(out);
@@ -723,6 +707,21 @@ impl Frontend {
             params,
             result_formats: b.result_formats.clone(),
         })
+    }
+
+    /// The blind index of one parameter, as a binary `bytea`.
+    fn blind_index_param(
+        &self,
+        attr: &ProtectedAttr,
+        declared: u32,
+        f: i16,
+        v: &[u8],
+        next: bool,
+    ) -> Result<Bytes, Refusal> {
+        let canonical = self.engine.crypto.canonical_param(attr, declared, f, v)?;
+        Ok(Bytes::copy_from_slice(
+            &self.engine.crypto.blind_index(attr, next, &canonical)?,
+        ))
     }
 
     fn blind_index_array(&self, attr: &ProtectedAttr, f: i16, v: &[u8]) -> Result<Bytes, Refusal> {
