@@ -20,7 +20,7 @@ use crate::sql::{
     ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp, StatementPlan,
     TenantSource, Use,
 };
-use crate::wire::codec::Frame;
+use crate::wire::codec::{Frame, read_cstr};
 
 /// What the relay does after a client frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub struct Frontend {
     /// ReadyForQuery, so their queue entries must go.
     after_execute: bool,
     statement_id: u64,
+    /// Shared record of every statement that touches no protected table.
+    unprotected: Arc<Prepared>,
 }
 
 impl Frontend {
@@ -81,6 +83,13 @@ impl Frontend {
             copy: None,
             after_execute: false,
             statement_id: 0,
+            unprotected: Arc::new(Prepared {
+                plan: None,
+                deferred_literals: vec![],
+                copy: None,
+                client_params: 0,
+                declared: vec![],
+            }),
         }
     }
 
@@ -305,6 +314,19 @@ impl Frontend {
     }
 
     async fn on_parse(&mut self, f: &Frame, out: &mut BytesMut) {
+        // Hot path: read the name and text in place; a statement that
+        // touches no protected table is recorded and forwarded untouched.
+        let mut b = f.body();
+        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b))
+            && !self.entry().analyzer.may_touch_protected(query)
+        {
+            metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
+            self.statements
+                .insert(name.to_string(), self.unprotected.clone());
+            self.shared.push(Pending::Parse { internal: false });
+            out.extend_from_slice(&f.raw);
+            return;
+        }
         let Some(parse) = ParseMsg::decode(f.body()) else {
             // Malformed: PostgreSQL will say so.
             self.shared.push(Pending::Parse { internal: false });
@@ -420,6 +442,28 @@ impl Frontend {
     }
 
     async fn on_bind(&mut self, f: &Frame, out: &mut BytesMut) {
+        // Hot path: portal and statement names in place; a statement that
+        // needs no parameter rewriting is forwarded as the original bytes.
+        let mut b = f.body();
+        if let (Some(portal), Some(statement)) = (read_cstr(&mut b), read_cstr(&mut b)) {
+            match self.statements.get(statement) {
+                Some(p) if p.plan.is_none() => {
+                    let protected = p.copy.is_some();
+                    let p = p.clone();
+                    self.portals.insert(portal.to_string(), (protected, p));
+                    self.shared.push(Pending::Bind { internal: false });
+                    out.extend_from_slice(&f.raw);
+                    return;
+                }
+                None => {
+                    // Unknown statement: PostgreSQL reports the error.
+                    self.shared.push(Pending::Bind { internal: false });
+                    out.extend_from_slice(&f.raw);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
             self.shared.push(Pending::Bind { internal: false });
