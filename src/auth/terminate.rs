@@ -72,7 +72,7 @@ pub(super) async fn terminate(
     let (secret, origin) = match found {
         Some((s @ (Secret::Scram(_) | Secret::Plain(_)), origin)) => (s, origin),
         Some((Secret::Md5, _)) => {
-            debug!(user = %user, "stored password is md5 but PostgreSQL asks for SCRAM");
+            debug!(user = %user, "stored verifier is md5 but PostgreSQL asks for SCRAM");
             mock_upstream_start(upstream, server_mechanisms).await;
             return fake_exchange(client, &user, client_cb.as_deref()).await;
         }
