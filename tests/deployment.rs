@@ -777,9 +777,14 @@ async fn works_in_front_of_pgbouncer_session_mode() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
+    /// Stops PgBouncer: by its pidfile (runuser does not forward signals),
+    /// then the child itself.
+    struct Kill(std::process::Child, PathBuf);
     impl Drop for Kill {
         fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.1) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
@@ -795,7 +800,7 @@ async fn works_in_front_of_pgbouncer_session_mode() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _guard = Kill(child);
+    let _guard = Kill(child, dir.path().join("pgbouncer.pid"));
     let keystore = format!("postgres://postgres@127.0.0.1:{}/pgveil_keys", pg.port());
     let pv = start_pgveil(&config(port, &keystore, "300s"));
     let app = pv.connect("calmony_app", None, "app").await;
