@@ -681,31 +681,19 @@ impl Frontend {
                     params.push(out);
                     formats.push(1);
                 }
-                ParamAction::BlindIndex {
-                    orig,
-                    target,
-                    array,
-                    ..
-                } => {
+                ParamAction::BlindIndex { orig, target, .. }
+                | ParamAction::BlindIndexNext { orig, target } => {
+                    // One path for the current index (optionally over an
+                    // array parameter) and the rotation's `next` index.
+                    let next = matches!(action, ParamAction::BlindIndexNext { .. });
+                    let array = matches!(action, ParamAction::BlindIndex { array: true, .. });
                     let (v, f) = get(*orig)?;
                     let attr = self.attr(&entry, target)?;
                     let out = match v {
                         None => None,
-                        Some(v) if *array => Some(self.blind_index_array(&attr, f, &v)?),
+                        Some(v) if array => Some(self.blind_index_array(&attr, f, &v)?),
                         Some(v) => {
-                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, false)?)
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::BlindIndexNext { orig, target } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => {
-                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, true)?)
+                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, next)?)
                         }
                     };
                     params.push(out);
