@@ -11,138 +11,15 @@ use common::*;
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
-const POLICY: &str = include_str!("../policies/calmony.yaml");
-const SCHEMA: &str = include_str!("../policies/calmony.sql");
-const MASTER_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-const BIDX_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-
-const ROLES: &[&str] = &[
-    "calmony_app",
-    "calmony_worker",
-    "support_agent",
-    "signup",
-    "clinician",
-    "intake",
-    "dba",
-];
-
-pub struct Fx {
-    pub pg: PgCluster,
-    pub pv: Pgveil,
-}
-
-fn config(pg: &PgCluster) -> String {
-    format!(
-        "{}policy: policy.yaml\n\
-         keys:\n  provider: local\n  local:\n    master_keys:\n      - {{ id: k1, env: PGVEIL_TEST_MASTER_KEY }}\n  \
-         blind_index_key: {{ env: PGVEIL_TEST_BIDX_KEY }}\n  \
-         keystore:\n    database: postgres://postgres@127.0.0.1:{}/pgveil_keys\n  cache_ttl: 300s\n\
-         audit:\n  path: audit.jsonl\n",
-        Pgveil::config_for(pg),
-        pg.port()
-    )
-}
+type Fx = Calmony;
 
 fn setup() -> Fx {
-    setup_with("")
+    Calmony::start()
 }
 
 /// The fixture with extra top-level YAML appended to the config.
 fn setup_with(extra_yaml: &str) -> Fx {
-    let pg = PgCluster::start(Hba::Trust);
-    pg.create_database("app");
-    pg.create_database("pgveil_keys");
-    pg.psql("app", SCHEMA);
-    for r in ROLES {
-        pg.create_role(r, None);
-    }
-    pg.psql(
-        "app",
-        "GRANT USAGE ON SCHEMA phi TO PUBLIC;
-         GRANT ALL ON ALL TABLES IN SCHEMA public, phi TO PUBLIC;
-         GRANT ALL ON ALL SEQUENCES IN SCHEMA public, phi TO PUBLIC;",
-    );
-    let b = Pgveil::builder()
-        .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
-        .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
-        .env("RUST_LOG", "trace");
-    std::fs::write(b.dir().join("policy.yaml"), POLICY).unwrap();
-    let pv = b.start(&format!("{}{extra_yaml}", config(&pg)));
-    Fx { pg, pv }
-}
-
-impl Fx {
-    async fn app(&self, role: &str) -> tokio_postgres::Client {
-        self.pv.connect(role, None, "app").await
-    }
-
-    async fn direct(&self) -> tokio_postgres::Client {
-        self.pg.connect("postgres", None, "app").await
-    }
-
-    /// Everything PostgreSQL holds for the app: every table as text, and a
-    /// pg_dump of the database. No sentinel may appear in either.
-    async fn assert_no_plaintext(&self, sentinels: &[&str]) {
-        let c = self.direct().await;
-        let mut dump = String::new();
-        for t in [
-            "public.users",
-            "public.pay_customers",
-            "public.pay_payment_methods",
-            "public.pay_webhook_endpoints",
-            "phi.member_profile",
-        ] {
-            for row in c
-                .query(&format!("SELECT t::text FROM {t} t"), &[])
-                .await
-                .unwrap()
-            {
-                dump.push_str(row.get::<_, &str>(0));
-                dump.push('\n');
-            }
-        }
-        let out = Command::new(self.pg.bin("pg_dump"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.pg.port().to_string(),
-                "-U",
-                "postgres",
-                "app",
-            ])
-            .env_remove("PGPASSWORD")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dump.push_str(&String::from_utf8_lossy(&out.stdout));
-        let logs = self.pv.logs();
-        let pglog = std::fs::read_to_string(self.pg.log_path()).unwrap_or_default();
-        let audit = std::fs::read_to_string(self.pv.dir().join("audit.jsonl")).unwrap_or_default();
-        for s in sentinels {
-            let lower = s.to_lowercase();
-            assert!(
-                !dump.to_lowercase().contains(&lower),
-                "plaintext {s:?} stored in PostgreSQL"
-            );
-            assert!(
-                !logs.to_lowercase().contains(&lower),
-                "plaintext {s:?} in pgveil logs"
-            );
-            assert!(
-                !pglog.to_lowercase().contains(&lower),
-                "plaintext {s:?} in the PostgreSQL log"
-            );
-            assert!(
-                !audit.to_lowercase().contains(&lower),
-                "plaintext {s:?} in the audit log"
-            );
-        }
-    }
+    Calmony::builder().extra_yaml(extra_yaml).start()
 }
 
 fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,91 +16,27 @@ use std::time::{Duration, Instant};
 use ::pgveil::crypto::envelope;
 use common::*;
 
-const POLICY: &str = include_str!("../policies/calmony.yaml");
-const SCHEMA: &str = include_str!("../policies/calmony.sql");
-const MASTER_KEY: &str = "3333333333333333333333333333333333333333333333333333333333333333";
-const BIDX_KEY: &str = "4444444444444444444444444444444444444444444444444444444444444444";
+use common::calmony::POLICY;
 
-const ROLES: &[&str] = &["calmony_app", "calmony_worker", "clinician", "dba"];
+type Fx = Calmony;
 
-struct Fx {
-    pg: PgCluster,
-    pv: Pgveil,
-}
-
-fn config(pg: &PgCluster, cache_ttl: &str) -> String {
-    format!(
-        "{}policy: policy.yaml\n\
-         keys:\n  provider: local\n  local:\n    master_keys:\n      - {{ id: k1, env: PGVEIL_TEST_MASTER_KEY }}\n  \
-         blind_index_key: {{ env: PGVEIL_TEST_BIDX_KEY }}\n  \
-         keystore:\n    database: postgres://postgres@127.0.0.1:{}/pgveil_keys\n  cache_ttl: {cache_ttl}\n",
-        Pgveil::config_for(pg),
-        pg.port()
-    )
-}
-
-/// A cluster with the reference schema in `app`, the keystore in its own
-/// database `pgveil_keys`, and pgveil in front with `policy`.
+/// The reference fixture with `policy`, extra schema SQL and a key cache TTL.
 fn setup_with(policy: &str, extra_sql: &str, cache_ttl: &str) -> Fx {
-    let pg = PgCluster::start(Hba::Trust);
-    pg.create_database("app");
-    pg.create_database("pgveil_keys");
-    pg.psql("app", SCHEMA);
-    if !extra_sql.is_empty() {
-        pg.psql("app", extra_sql);
-    }
-    for r in ROLES {
-        pg.create_role(r, None);
-    }
-    pg.psql(
-        "app",
-        "GRANT USAGE ON SCHEMA phi TO PUBLIC;
-         GRANT ALL ON ALL TABLES IN SCHEMA public, phi TO PUBLIC;
-         GRANT ALL ON ALL SEQUENCES IN SCHEMA public, phi TO PUBLIC;",
-    );
-    let b = Pgveil::builder()
-        .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
-        .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY);
-    std::fs::write(b.dir().join("policy.yaml"), policy).unwrap();
-    let pv = b.start(&config(&pg, cache_ttl));
-    Fx { pg, pv }
+    Calmony::builder()
+        .policy(policy)
+        .extra_sql(extra_sql)
+        .cache_ttl(cache_ttl)
+        .rust_log("info")
+        .start()
 }
 
 fn setup() -> Fx {
     setup_with(POLICY, "", "300s")
 }
 
-impl Fx {
-    async fn app(&self, role: &str) -> tokio_postgres::Client {
-        self.pv.connect(role, None, "app").await
-    }
-
-    async fn direct(&self) -> tokio_postgres::Client {
-        self.pg.connect("postgres", None, "app").await
-    }
-
+impl Calmony {
     fn db_url(&self, db: &str) -> String {
         self.pg.url("postgres", db)
-    }
-
-    /// `pgveil <args> --config <pgveil.yaml>` with the key variables set.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = pgveil_cmd();
-        c.args(args)
-            .arg("--config")
-            .arg(self.pv.config_path())
-            .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
-            .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
-            .env_remove("PGVEIL_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run pgveil")
     }
 
     fn encrypt(&self, extra: &[&str]) -> Output {

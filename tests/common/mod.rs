@@ -25,11 +25,13 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod calmony;
 pub mod certs;
 pub mod pg;
 pub mod pgveil;
 pub mod tls;
 
+pub use calmony::Calmony;
 pub use certs::{Certs, make_certs};
 pub use pg::{Hba, PgCluster, PgOptions, pg_bin_dir, quote_ident, quote_literal, wait_until};
 pub use pgveil::{Pgveil, PgveilBuilder, pgveil_bin, pgveil_cmd, write_file};

@@ -1,0 +1,252 @@
+//! The reference-policy fixture shared by the encryption, operations, driver,
+//! property and fault tests: a cluster with `policies/calmony.sql` in
+//! database `app`, the keystore in its own database `pgveil_keys`, the
+//! policy's roles, and pgveil in front with `policies/calmony.yaml` (or a
+//! variant) and local master keys.
+//!
+//! ```ignore
+//! let fx = Calmony::start();                       // reference policy
+//! let fx = Calmony::builder().cache_ttl("1s").start();
+//! let c = fx.app("calmony_app").await;             // through pgveil
+//! let d = fx.direct().await;                       // straight to PostgreSQL
+//! fx.assert_no_plaintext(&["sentinel"]).await;
+//! ```
+
+use std::process::{Command, Output, Stdio};
+
+use super::pg::{Hba, PgCluster};
+use super::pgveil::{Pgveil, pgveil_cmd};
+
+pub const POLICY: &str = include_str!("../../policies/calmony.yaml");
+pub const SCHEMA: &str = include_str!("../../policies/calmony.sql");
+pub const MASTER_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+pub const BIDX_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Every role the reference policy names, plus `dba` (listed nowhere).
+pub const ROLES: &[&str] = &[
+    "calmony_app",
+    "calmony_worker",
+    "support_agent",
+    "signup",
+    "clinician",
+    "intake",
+    "dba",
+];
+
+/// The tables of the reference schema (all hold protected columns).
+pub const TABLES: &[&str] = &[
+    "public.users",
+    "public.pay_customers",
+    "public.pay_payment_methods",
+    "public.pay_webhook_endpoints",
+    "phi.member_profile",
+];
+
+pub struct Calmony {
+    pub pg: PgCluster,
+    pub pv: Pgveil,
+}
+
+pub struct CalmonyBuilder {
+    policy: String,
+    extra_sql: String,
+    extra_yaml: String,
+    cache_ttl: String,
+    rust_log: String,
+    env: Vec<(String, String)>,
+}
+
+impl CalmonyBuilder {
+    /// Use this policy text instead of the reference policy.
+    pub fn policy(mut self, policy: &str) -> Self {
+        self.policy = policy.to_string();
+        self
+    }
+
+    /// SQL run in `app` after the reference schema.
+    pub fn extra_sql(mut self, sql: &str) -> Self {
+        self.extra_sql = sql.to_string();
+        self
+    }
+
+    /// Top-level YAML appended to the generated config.
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra_yaml = yaml.to_string();
+        self
+    }
+
+    /// `keys.cache_ttl` (default 300s).
+    pub fn cache_ttl(mut self, ttl: &str) -> Self {
+        self.cache_ttl = ttl.to_string();
+        self
+    }
+
+    /// RUST_LOG for the pgveil process (default `trace`, so that no-leak
+    /// checks see everything pgveil could log).
+    pub fn rust_log(mut self, filter: &str) -> Self {
+        self.rust_log = filter.to_string();
+        self
+    }
+
+    /// An extra environment variable for the pgveil process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn start(self) -> Calmony {
+        let pg = PgCluster::start(Hba::Trust);
+        pg.create_database("app");
+        pg.create_database("pgveil_keys");
+        pg.psql("app", SCHEMA);
+        if !self.extra_sql.is_empty() {
+            pg.psql("app", &self.extra_sql);
+        }
+        for r in ROLES {
+            pg.create_role(r, None);
+        }
+        pg.psql(
+            "app",
+            "GRANT USAGE ON SCHEMA phi TO PUBLIC;
+             GRANT ALL ON ALL TABLES IN SCHEMA public, phi TO PUBLIC;
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public, phi TO PUBLIC;",
+        );
+        let mut b = Pgveil::builder()
+            .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
+            .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
+            .env("RUST_LOG", &self.rust_log);
+        for (k, v) in &self.env {
+            b = b.env(k, v);
+        }
+        std::fs::write(b.dir().join("policy.yaml"), &self.policy).unwrap();
+        let config = format!(
+            "{}{}",
+            Calmony::config(&pg, &self.cache_ttl),
+            self.extra_yaml
+        );
+        let pv = b.start(&config);
+        Calmony { pg, pv }
+    }
+}
+
+impl Calmony {
+    /// The reference policy, trace logging, cache_ttl 300s.
+    pub fn start() -> Calmony {
+        Calmony::builder().start()
+    }
+
+    pub fn builder() -> CalmonyBuilder {
+        CalmonyBuilder {
+            policy: POLICY.to_string(),
+            extra_sql: String::new(),
+            extra_yaml: String::new(),
+            cache_ttl: "300s".into(),
+            rust_log: "trace".into(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The pgveil config for a cluster: listener, upstream, `policy.yaml`
+    /// next to the config, local master key and blind-index key from the
+    /// environment, keystore in `pgveil_keys`, audit log `audit.jsonl`.
+    pub fn config(pg: &PgCluster, cache_ttl: &str) -> String {
+        format!(
+            "{}policy: policy.yaml\n\
+             keys:\n  provider: local\n  local:\n    master_keys:\n      - {{ id: k1, env: PGVEIL_TEST_MASTER_KEY }}\n  \
+             blind_index_key: {{ env: PGVEIL_TEST_BIDX_KEY }}\n  \
+             keystore:\n    database: postgres://postgres@127.0.0.1:{}/pgveil_keys\n  cache_ttl: {cache_ttl}\n\
+             audit:\n  path: audit.jsonl\n",
+            Pgveil::config_for(pg),
+            pg.port()
+        )
+    }
+
+    /// A tokio-postgres client through pgveil as `role` (trust auth).
+    pub async fn app(&self, role: &str) -> tokio_postgres::Client {
+        self.pv.connect(role, None, "app").await
+    }
+
+    /// A superuser client straight to PostgreSQL.
+    pub async fn direct(&self) -> tokio_postgres::Client {
+        self.pg.connect("postgres", None, "app").await
+    }
+
+    /// Connection URL through pgveil for `role` on `app`.
+    pub fn url(&self, role: &str) -> String {
+        self.pv.url(role, "app")
+    }
+
+    /// `pgveil <args> --config <pgveil.yaml>` with the key variables set.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = pgveil_cmd();
+        c.args(args)
+            .arg("--config")
+            .arg(self.pv.config_path())
+            .env("PGVEIL_TEST_MASTER_KEY", MASTER_KEY)
+            .env("PGVEIL_TEST_BIDX_KEY", BIDX_KEY)
+            .env_remove("PGVEIL_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run pgveil")
+    }
+
+    /// Everything PostgreSQL holds for the app (every table as text and a
+    /// `pg_dump`), pgveil's log, PostgreSQL's log and the audit log: no
+    /// sentinel may appear in any of them (compared case-insensitively).
+    pub async fn assert_no_plaintext(&self, sentinels: &[&str]) {
+        let c = self.direct().await;
+        let mut dump = String::new();
+        for t in TABLES {
+            for row in c
+                .query(&format!("SELECT t::text FROM {t} t"), &[])
+                .await
+                .unwrap()
+            {
+                dump.push_str(row.get::<_, &str>(0));
+                dump.push('\n');
+            }
+        }
+        let out = Command::new(self.pg.bin("pg_dump"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.pg.port().to_string(),
+                "-U",
+                "postgres",
+                "app",
+            ])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dump.push_str(&String::from_utf8_lossy(&out.stdout));
+        let logs = self.pv.logs();
+        let pglog = std::fs::read_to_string(self.pg.log_path()).unwrap_or_default();
+        let audit = std::fs::read_to_string(self.pv.dir().join("audit.jsonl")).unwrap_or_default();
+        for s in sentinels {
+            let lower = s.to_lowercase();
+            for (what, text) in [
+                ("stored in PostgreSQL", &dump),
+                ("in pgveil logs", &logs),
+                ("in the PostgreSQL log", &pglog),
+                ("in the audit log", &audit),
+            ] {
+                assert!(
+                    !text.to_lowercase().contains(&lower),
+                    "plaintext {s:?} {what}"
+                );
+            }
+        }
+    }
+}
