@@ -29,23 +29,23 @@ fn bench(c: &mut Criterion) {
         g.bench_function("encrypt", |b| {
             b.iter(|| envelope::encrypt(&dek, &key_ref, &ctx, black_box(&value)).unwrap())
         });
-        g.bench_function("encrypt_fixed_salt_nonce", |b| {
+        g.bench_function("encrypt_fixed_nonce", |b| {
             b.iter(|| {
-                envelope::encrypt_with(&dek, &key_ref, &ctx, black_box(&value), &[1; 16], &[2; 12])
-                    .unwrap()
+                envelope::encrypt_with(&dek, &key_ref, &ctx, black_box(&value), &[2; 12]).unwrap()
             })
         });
-        g.bench_function("csprng_28_bytes", |b| {
-            let mut r = [0u8; 28];
-            b.iter(|| aws_lc_rs::rand::fill(black_box(&mut r[..])).unwrap())
+        g.bench_function("getrandom_12_bytes_per_call", |b| {
+            let mut r = [0u8; 12];
+            b.iter(|| getrandom::fill(black_box(&mut r[..])).unwrap())
         });
-        g.bench_function("getrandom_28_bytes", |b| {
-            let mut r = [0u8; 28];
-            b.iter(|| getrandom_fill(black_box(&mut r[..])))
-        });
-        g.bench_function("thread_rng_28_bytes", |b| {
-            let mut r = [0u8; 28];
-            b.iter(|| rand::Rng::fill_bytes(&mut rand::rng(), black_box(&mut r[..])))
+        g.bench_function("pooled_nonce", |b| b.iter(envelope::fresh_nonce));
+        let names = envelope::aad_names(&ctx);
+        g.bench_function("decrypt_into_reused_buffers", |b| {
+            let h = envelope::parse_header(&env).unwrap();
+            let (mut aad, mut out) = (Vec::new(), Vec::new());
+            b.iter(|| {
+                envelope::open_into(&dek, black_box(&h), None, &names, &mut aad, &mut out).unwrap()
+            })
         });
         g.bench_function("decrypt", |b| {
             b.iter(|| envelope::decrypt(&dek, &ctx, black_box(&env)).unwrap())
@@ -75,10 +75,6 @@ fn bench(c: &mut Criterion) {
         });
         g.finish();
     }
-}
-
-fn getrandom_fill(b: &mut [u8]) {
-    rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, b).unwrap()
 }
 
 criterion_group!(benches, bench);

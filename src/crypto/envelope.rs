@@ -8,23 +8,23 @@
 //!      7     4  data-key version, u32 big-endian
 //!     11     1  tenant id length t (0 = table without tenant)
 //!     12     t  tenant id, UTF-8
-//!   12+t    16  salt (random) for the per-value key
-//!   28+t    12  nonce (random)
-//!   40+t     4  ciphertext length n, u32 big-endian
-//!   44+t     n  ciphertext
-//! 44+t+n    16  GCM tag
+//!   12+t    12  nonce (random, from the OS CSPRNG)
+//!   24+t     4  ciphertext length n, u32 big-endian
+//!   28+t     n  ciphertext
+//! 28+t+n    16  GCM tag
 //! ```
 //!
-//! Per-value key: `K_v = HKDF-Expand(PRK, "pgveil/v1/value-key" || salt, 32)`
-//! with `PRK = HKDF-Extract(salt = "pgveil/v1/envelope", IKM = data key)`
-//! (computed once per data key). AES-256-GCM under `K_v` with the random
-//! nonce and the associated data described at [`aad`]. The whole header
-//! (44 + t bytes) is in the AAD. See docs/crypto.md for the rationale and vectors.
+//! AES-256-GCM directly under the data key with a fresh random 96-bit nonce
+//! and the associated data described at [`aad`]; the whole header (28 + t
+//! bytes) is in the AAD. A data key is retired before 2^32 encryptions (the
+//! keystore counts them), as NIST SP 800-38D requires for random nonces.
+//! See docs/crypto.md for the rationale and test vectors.
 
 use std::fmt;
 
+use std::cell::RefCell;
+
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::hmac;
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -32,11 +32,10 @@ use super::{ColumnContext, CryptoError};
 
 pub const MAGIC: [u8; 2] = *b"pv";
 pub const VERSION: u8 = 1;
-pub const SALT_LEN: usize = 16;
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Header length without the tenant id.
-pub const HEADER_LEN: usize = 2 + 1 + 4 + 4 + 1 + SALT_LEN + NONCE_LEN + 4;
+pub const HEADER_LEN: usize = 2 + 1 + 4 + 4 + 1 + NONCE_LEN + 4;
 /// Bytes an envelope adds to the canonical plaintext (plus the tenant id).
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// Longest tenant id an envelope can name.
@@ -44,8 +43,6 @@ pub const MAX_TENANT_LEN: usize = 255;
 /// Prefix of the printable form stored in `text` columns.
 pub const TEXT_PREFIX: &str = "pgv1:";
 
-const PRK_SALT: &[u8] = b"pgveil/v1/envelope";
-const VALUE_KEY_INFO: &[u8] = b"pgveil/v1/value-key";
 const AAD_LABEL: &[u8] = b"pgveil/v1/aad";
 
 /// Which data key (and version) encrypted a value, and for which tenant.
@@ -76,12 +73,13 @@ impl fmt::Display for KeyRef {
     }
 }
 
-/// An unwrapped 256-bit data key. Zeroized on drop (the raw bytes by
-/// `zeroize`, the derived HMAC state by AWS-LC's cleanup); never printed.
+/// An unwrapped 256-bit data key with its AES-GCM context (key schedule
+/// and GHASH table computed once per key, not per value). Zeroized on drop:
+/// the raw bytes by `zeroize`, the AES-GCM context by AWS-LC, whose
+/// `OPENSSL_free` cleanses every allocation it frees. Never printed.
 pub struct DataKey {
     bytes: Zeroizing<[u8; 32]>,
-    /// HMAC keyed with the PRK: per-value key derivation is one HMAC.
-    value_kdf: hmac::Key,
+    aead: LessSafeKey,
 }
 
 impl fmt::Debug for DataKey {
@@ -98,21 +96,17 @@ impl DataKey {
             .try_into()
             .map_err(|_| CryptoError::InvalidKey("a data key must be 32 bytes"))?;
         let bytes = Zeroizing::new(arr);
-        let mut prk_bytes = Zeroizing::new([0u8; 32]);
-        hmac::sign_to_buffer(
-            &hmac::Key::new(hmac::HMAC_SHA256, PRK_SALT),
-            &bytes[..],
-            &mut prk_bytes[..],
-        )
-        .expect("HMAC-SHA256");
-        let value_kdf = hmac::Key::new(hmac::HMAC_SHA256, &prk_bytes[..]);
-        Ok(DataKey { bytes, value_kdf })
+        let unbound = UnboundKey::new(&AES_256_GCM, &bytes[..]).expect("32-byte AES key");
+        Ok(DataKey {
+            bytes,
+            aead: LessSafeKey::new(unbound),
+        })
     }
 
     /// A fresh random key from AWS-LC's CSPRNG (seeded from the OS).
     pub fn generate() -> DataKey {
         let mut b = Zeroizing::new([0u8; 32]);
-        fill_random(&mut b[..]);
+        aws_lc_rs::rand::fill(&mut b[..]).expect("AWS-LC CSPRNG failed");
         DataKey::from_bytes(&b[..]).expect("32 bytes")
     }
 
@@ -120,32 +114,38 @@ impl DataKey {
     pub fn expose_secret(&self) -> &[u8; 32] {
         &self.bytes
     }
-
-    #[cfg(test)]
-    pub(crate) fn value_key_bytes(&self, salt: &[u8; SALT_LEN]) -> [u8; 32] {
-        *self.value_key_material(salt)
-    }
-
-    fn value_key_material(&self, salt: &[u8; SALT_LEN]) -> Zeroizing<[u8; 32]> {
-        // HKDF-Expand(PRK, info, 32) = HMAC(PRK, info || 0x01) (one block).
-        let mut info = [0u8; VALUE_KEY_INFO.len() + SALT_LEN + 1];
-        info[..VALUE_KEY_INFO.len()].copy_from_slice(VALUE_KEY_INFO);
-        info[VALUE_KEY_INFO.len()..VALUE_KEY_INFO.len() + SALT_LEN].copy_from_slice(salt);
-        info[VALUE_KEY_INFO.len() + SALT_LEN] = 1;
-        let mut okm = Zeroizing::new([0u8; 32]);
-        hmac::sign_to_buffer(&self.value_kdf, &info, &mut okm[..]).expect("HMAC-SHA256");
-        okm
-    }
-
-    fn value_key(&self, salt: &[u8; SALT_LEN]) -> LessSafeKey {
-        let okm = self.value_key_material(salt);
-        let unbound = UnboundKey::new(&AES_256_GCM, &okm[..]).expect("32-byte AES key");
-        LessSafeKey::new(unbound)
-    }
 }
 
-fn fill_random(b: &mut [u8]) {
-    aws_lc_rs::rand::fill(b).expect("AWS-LC CSPRNG failed");
+/// Nonces come straight from the OS CSPRNG (`getrandom(2)`), fetched in
+/// blocks of 4 KiB per thread so that the syscall (about 1 µs here) is paid
+/// once per 341 values instead of once per value. Every byte is used once;
+/// nonces are public, so holding them in memory before use exposes nothing.
+/// pgveil never forks (a forked child would share the unused block).
+const NONCE_POOL: usize = NONCE_LEN * 341;
+
+struct NoncePool {
+    buf: [u8; NONCE_POOL],
+    pos: usize,
+}
+
+thread_local! {
+    static NONCES: RefCell<NoncePool> = const {
+        RefCell::new(NoncePool { buf: [0; NONCE_POOL], pos: NONCE_POOL })
+    };
+}
+
+/// A fresh 96-bit nonce from the OS CSPRNG.
+pub fn fresh_nonce() -> [u8; NONCE_LEN] {
+    NONCES.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.pos == NONCE_POOL {
+            getrandom::fill(&mut p.buf).expect("the OS random source (getrandom) failed");
+            p.pos = 0;
+        }
+        let at = p.pos;
+        p.pos += NONCE_LEN;
+        p.buf[at..at + NONCE_LEN].try_into().unwrap()
+    })
 }
 
 /// Append `x` with a u32 big-endian length prefix.
@@ -172,10 +172,7 @@ pub fn aad(header: &[u8], ctx: &ColumnContext) -> Vec<u8> {
             lp(&mut a, t.as_bytes());
         }
     }
-    lp(&mut a, ctx.schema.as_bytes());
-    lp(&mut a, ctx.table.as_bytes());
-    lp(&mut a, ctx.column.as_bytes());
-    lp(&mut a, ctx.ty.name().as_bytes());
+    a.extend_from_slice(&aad_names(ctx));
     a
 }
 
@@ -188,24 +185,17 @@ pub fn encrypt(
     ctx: &ColumnContext,
     canonical: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let mut rnd = [0u8; SALT_LEN + NONCE_LEN];
-    // ChaCha12 CSPRNG seeded from the OS (getrandom) and reseeded every
-    // 64 KiB of output: a getrandom syscall per value costs ~1 µs here.
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut rnd);
-    let salt: [u8; SALT_LEN] = rnd[..SALT_LEN].try_into().unwrap();
-    let nonce: [u8; NONCE_LEN] = rnd[SALT_LEN..].try_into().unwrap();
-    encrypt_with(dek, key_ref, ctx, canonical, &salt, &nonce)
+    encrypt_with(dek, key_ref, ctx, canonical, &fresh_nonce())
 }
 
-/// [`encrypt`] with caller-chosen salt and nonce: for test vectors only.
-/// Reusing a (salt, nonce) pair under one data key breaks confidentiality.
+/// [`encrypt`] with a caller-chosen nonce: for test vectors only. Reusing a
+/// nonce under one data key breaks confidentiality and authenticity.
 #[doc(hidden)]
 pub fn encrypt_with(
     dek: &DataKey,
     key_ref: &KeyRef,
     ctx: &ColumnContext,
     canonical: &[u8],
-    salt: &[u8; SALT_LEN],
     nonce: &[u8; NONCE_LEN],
 ) -> Result<Vec<u8>, CryptoError> {
     if key_ref.tenant != ctx.tenant {
@@ -229,13 +219,12 @@ pub fn encrypt_with(
     out.extend_from_slice(&key_ref.version.to_be_bytes());
     out.push(tenant.len() as u8);
     out.extend_from_slice(tenant);
-    out.extend_from_slice(salt);
     out.extend_from_slice(nonce);
     out.extend_from_slice(&n.to_be_bytes());
     let aad = aad(&out[..hlen], ctx);
     out.extend_from_slice(canonical);
-    let key = dek.value_key(salt);
-    let tag = key
+    let tag = dek
+        .aead
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(*nonce),
             Aad::from(&aad[..]),
@@ -246,17 +235,21 @@ pub fn encrypt_with(
     Ok(out)
 }
 
-struct Header<'a> {
-    key_id: u32,
-    version: u32,
-    tenant: Option<&'a str>,
-    salt: [u8; SALT_LEN],
+/// A parsed envelope header, borrowing from the envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Header<'a> {
+    pub key_id: u32,
+    pub version: u32,
+    pub tenant: Option<&'a str>,
     nonce: [u8; NONCE_LEN],
-    len: usize,
+    /// Header bytes (everything before the ciphertext): the AAD covers them.
+    header: &'a [u8],
+    /// Ciphertext followed by the tag.
+    sealed: &'a [u8],
 }
 
 impl Header<'_> {
-    fn key_ref(&self) -> KeyRef {
+    pub fn key_ref(&self) -> KeyRef {
         KeyRef {
             key_id: self.key_id,
             version: self.version,
@@ -266,8 +259,8 @@ impl Header<'_> {
 }
 
 /// Parse and check the header: magic, version, tenant id, and that the
-/// length field matches the total length.
-fn parse_header(env: &[u8]) -> Result<Header<'_>, CryptoError> {
+/// length field matches the total length. Nothing is authenticated yet.
+pub fn parse_header(env: &[u8]) -> Result<Header<'_>, CryptoError> {
     if env.len() < 3 || env[..2] != MAGIC {
         return Err(CryptoError::Malformed("not a pgveil envelope (bad magic)"));
     }
@@ -290,21 +283,20 @@ fn parse_header(env: &[u8]) -> Result<Header<'_>, CryptoError> {
         ),
     };
     let p = 12 + t;
-    let n = u32_at(p + SALT_LEN + NONCE_LEN) as usize;
+    let n = u32_at(p + NONCE_LEN) as usize;
     if env.len() != OVERHEAD + t + n {
         return Err(CryptoError::Malformed(
             "envelope length does not match its header",
         ));
     }
+    let hlen = HEADER_LEN + t;
     Ok(Header {
         key_id: u32_at(3),
         version: u32_at(7),
         tenant,
-        salt: env[p..p + SALT_LEN].try_into().unwrap(),
-        nonce: env[p + SALT_LEN..p + SALT_LEN + NONCE_LEN]
-            .try_into()
-            .unwrap(),
-        len: n,
+        nonce: env[p..p + NONCE_LEN].try_into().unwrap(),
+        header: &env[..hlen],
+        sealed: &env[hlen..],
     })
 }
 
@@ -328,24 +320,79 @@ pub fn decrypt(
     env: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let h = parse_header(env)?;
-    let hlen = env.len() - h.len - TAG_LEN;
-    let aad = aad(&env[..hlen], ctx);
-    let mut buf = Zeroizing::new(env[hlen..].to_vec());
-    let key = dek.value_key(&h.salt);
-    let fail = || CryptoError::DecryptFailed {
+    let names = aad_names(ctx);
+    let mut aad_buf = Vec::new();
+    let mut buf = Zeroizing::new(Vec::new());
+    open_into(
+        dek,
+        &h,
+        ctx.tenant.as_deref(),
+        &names,
+        &mut aad_buf,
+        &mut buf,
+    )
+    .map_err(|()| CryptoError::DecryptFailed {
         column: format!("{}.{}.{}", ctx.schema, ctx.table, ctx.column),
         key: h.key_ref().to_string(),
-    };
-    let plain_len = key
-        .open_in_place(
-            Nonce::assume_unique_for_key(h.nonce),
-            Aad::from(&aad[..]),
-            &mut buf[..],
-        )
-        .map_err(|_| fail())?
-        .len();
-    buf.truncate(plain_len);
+    })?;
     Ok(buf)
+}
+
+/// The column part of the AAD, `lp(schema) || lp(table) || lp(column) ||
+/// lp(type name)`: computed once per result column by readers that decrypt
+/// many values of one column ([`open_into`]).
+pub fn aad_names(ctx: &ColumnContext) -> Vec<u8> {
+    let mut a = Vec::with_capacity(16 + ctx.schema.len() + ctx.table.len() + ctx.column.len());
+    lp(&mut a, ctx.schema.as_bytes());
+    lp(&mut a, ctx.table.as_bytes());
+    lp(&mut a, ctx.column.as_bytes());
+    lp(&mut a, ctx.ty.name().as_bytes());
+    a
+}
+
+/// The allocation-free core of [`decrypt`] for hot loops: opens the
+/// envelope whose header is `h` under `dek` for `tenant` and the column
+/// described by `names` (from [`aad_names`]), leaving the plaintext in
+/// `out` (cleared first). `aad_buf` is scratch space. On failure `out` is
+/// empty; the caller names the column and key in its error.
+pub fn open_into(
+    dek: &DataKey,
+    h: &Header<'_>,
+    tenant: Option<&str>,
+    names: &[u8],
+    aad_buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    aad_buf.clear();
+    lp(aad_buf, AAD_LABEL);
+    lp(aad_buf, h.header);
+    match tenant {
+        None => aad_buf.push(0),
+        Some(t) => {
+            aad_buf.push(1);
+            lp(aad_buf, t.as_bytes());
+        }
+    }
+    aad_buf.extend_from_slice(names);
+    out.clear();
+    out.extend_from_slice(h.sealed);
+    match dek.aead.open_in_place(
+        Nonce::assume_unique_for_key(h.nonce),
+        Aad::from(&aad_buf[..]),
+        &mut out[..],
+    ) {
+        Ok(pt) => {
+            let n = pt.len();
+            zeroize::Zeroize::zeroize(&mut out[n..]);
+            out.truncate(n);
+            Ok(())
+        }
+        Err(_) => {
+            zeroize::Zeroize::zeroize(&mut out[..]);
+            out.clear();
+            Err(())
+        }
+    }
 }
 
 /// The printable form stored in `text` columns: `pgv1:` + unpadded
