@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::messages::{self as m, Field};
+use super::rows::RowDecryptor;
 use super::{AuditInfo, Decrypt, Identity, Pending, Shape, Shared};
-use crate::crypto::PgType;
+use crate::crypto::envelope;
+use crate::crypto::{ColumnContext, PgType};
 use crate::wire::codec::Frame;
 use crate::wire::msg;
 
@@ -27,6 +29,7 @@ pub struct Backend {
     catalog_failed: bool,
     rows: u64,
     decrypted_rows: u64,
+    decryptor: RowDecryptor,
 }
 
 impl Backend {
@@ -42,6 +45,7 @@ impl Backend {
             catalog_failed: false,
             rows: 0,
             decrypted_rows: 0,
+            decryptor: RowDecryptor::default(),
         }
     }
 
@@ -334,10 +338,13 @@ impl Backend {
                                 .unwrap_or_else(|| "text".into());
                             (i, ty, fmt)
                         });
+                    let c = &attr.column;
+                    let ctx = ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
                     Some(Decrypt {
                         attr: attr.clone(),
                         format: f.format,
                         tenant,
+                        aad_names: envelope::aad_names(&ctx).into(),
                     })
                 })
                 .collect(),
@@ -361,55 +368,28 @@ impl Backend {
             out.extend_from_slice(&f.raw);
             return;
         };
-        let body = f.raw.slice(5..);
-        let Some(mut cols) = m::decode_data_row(&body) else {
-            out.extend_from_slice(&f.raw);
-            return;
-        };
-        let originals = cols.clone();
-        for (i, col) in cols.iter_mut().enumerate() {
-            let (Some(Some(d)), Some(v)) = (shape.get(i), col.as_ref()) else {
-                continue;
-            };
-            let row_tenant = d.tenant.as_ref().and_then(|(j, ty, fmt)| {
-                let raw = originals.get(*j)?.as_ref()?;
-                if *fmt == 1 {
-                    super::values::binary_tenant(ty, raw)
-                } else {
-                    String::from_utf8(raw.to_vec()).ok()
-                }
-            });
-            match self.decrypt(d, v, row_tenant.as_deref()).await {
-                Ok(pt) => *col = Some(pt),
-                Err(e) => {
-                    metrics::counter!("pgveil_decrypt_errors_total").increment(1);
-                    tracing::warn!(column = %d.attr.column, error = %e, "decryption failed");
-                    out.extend_from_slice(&msg::error_response(
-                        "ERROR",
-                        e.sqlstate(),
-                        &e.to_string(),
-                    ));
-                    self.discard_until_ready = true;
-                    self.pop_if_completes(b'C');
-                    return;
-                }
+        match self
+            .decryptor
+            .decrypt_row(&self.engine.crypto, &shape, &f.raw[5..], out)
+            .await
+        {
+            Ok(true) => self.decrypted_rows += 1,
+            // Malformed: forwarded as it came (ciphertext only); the
+            // client's driver reports the protocol error.
+            Ok(false) => out.extend_from_slice(&f.raw),
+            Err(e) => {
+                metrics::counter!("pgveil_decrypt_errors_total").increment(1);
+                tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
+                out.extend_from_slice(&msg::error_response(
+                    "ERROR",
+                    e.error.sqlstate(),
+                    &e.error.to_string(),
+                ));
+                self.discard_until_ready = true;
+                self.decryptor.end_statement();
+                self.pop_if_completes(b'C');
             }
         }
-        self.decrypted_rows += 1;
-        m::encode_data_row(out, &cols);
-    }
-
-    async fn decrypt(
-        &self,
-        d: &Decrypt,
-        stored: &Bytes,
-        row_tenant: Option<&str>,
-    ) -> Result<Bytes, super::values::ValueError> {
-        let crypto = &self.engine.crypto;
-        let canonical = crypto
-            .decrypt_stored(&d.attr, d.format, stored, row_tenant)
-            .await?;
-        Ok(Bytes::from(crypto.render(&d.attr, d.format, &canonical)?))
     }
 
     /// CommandComplete: audit, catalog invalidation after DDL, and the
@@ -442,6 +422,7 @@ impl Backend {
         }
         self.rows = 0;
         self.decrypted_rows = 0;
+        self.decryptor.end_statement();
         if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
             self.shared.pop();
         }

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod copy;
 pub mod frontend;
 pub mod messages;
+pub mod rows;
 pub mod values;
 
 use std::collections::VecDeque;
@@ -35,6 +36,9 @@ pub struct Decrypt {
     /// Result column holding the row's tenant id (tenant tables), with its
     /// SQL type and wire format.
     pub tenant: Option<(usize, String, i16)>,
+    /// The column part of the AAD (`envelope::aad_names`), built once per
+    /// result column instead of once per value.
+    pub aad_names: Arc<[u8]>,
 }
 
 /// The row shape of a result: per column, `Some` when it is decrypted.

@@ -291,10 +291,46 @@ pub fn bytea_literal(b: &[u8]) -> String {
     format!("'\\x{}'::bytea", hex::encode(b))
 }
 
+/// Hex digit values; 0xff marks a byte that is not a hex digit.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decode hex digits into `out` (cleared first), one table lookup per
+/// digit: bytea's text output is the bulk of what a decrypting read parses.
+/// False on an odd length or a non-hex byte.
+pub fn decode_hex_into(hex: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if hex.len() % 2 != 0 {
+        return false;
+    }
+    out.reserve(hex.len() / 2);
+    let mut bad = 0u8;
+    out.extend(hex.chunks_exact(2).map(|p| {
+        let (hi, lo) = (HEX[p[0] as usize], HEX[p[1] as usize]);
+        bad |= (hi | lo) & 0xf0;
+        (hi << 4) | lo
+    }));
+    bad == 0
+}
+
 /// bytea text output (`\x…` hex or the legacy escape format) → bytes.
 pub fn decode_bytea_text(s: &[u8]) -> Option<Vec<u8>> {
     if let Some(h) = s.strip_prefix(b"\\x") {
-        return hex::decode(h).ok();
+        let mut out = Vec::new();
+        return decode_hex_into(h, &mut out).then_some(out);
     }
     // Escape format: `\\` and `\ooo` octal.
     let mut out = Vec::with_capacity(s.len());
@@ -365,6 +401,14 @@ mod tests {
             b"a\\b\x01".to_vec()
         );
         assert!(decode_bytea_text(b"\\xzz").is_none());
+        assert!(decode_bytea_text(b"\\x0").is_none());
+        assert!(decode_bytea_text(b"\\x0g").is_none());
+        assert_eq!(decode_bytea_text(b"\\xABcd").unwrap(), vec![0xab, 0xcd]);
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            decode_bytea_text(format!("\\x{}", hex::encode(&all)).as_bytes()).unwrap(),
+            all
+        );
         assert_eq!(bytea_literal(&[1, 2]), "'\\x0102'::bytea");
     }
 }

@@ -1,0 +1,288 @@
+//! DataRow decryption, the bulk-read hot path: one server DataRow in, one
+//! client DataRow out, with no allocation per value.
+//!
+//! Per row: the field offsets are read in place, protected fields are
+//! decoded (bytea hex / base64) into a scratch buffer, their header parsed
+//! without copying, the data key found in a small session-local cache (the
+//! shared [`crate::keys::KeyManager`] is asked once per key and statement),
+//! the AAD assembled from the column part prebuilt per result column
+//! ([`Decrypt::aad_names`]), and the plaintext opened into a scratch buffer
+//! that is wiped after every row. Everything else is copied as it came.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use zeroize::Zeroize;
+
+use super::Decrypt;
+use super::values::{ValueCrypto, ValueError, binary_tenant, decode_hex_into};
+use crate::crypto::canonical::{self, Format};
+use crate::crypto::envelope::{self, DataKey};
+use crate::crypto::{PgType, Storage};
+
+/// A data key this session already resolved through the key manager
+/// (which checked its tenant scope).
+struct LocalKey {
+    key_id: u32,
+    version: u32,
+    tenant: Option<String>,
+    dek: Arc<DataKey>,
+}
+
+/// Values decrypted between two refreshes of the local key list: bounds how
+/// long a long-running read keeps using a key after `keys.cache_ttl` (or a
+/// shred) retired it in the shared cache.
+const KEY_REFRESH_VALUES: u32 = 4096;
+
+#[derive(Default)]
+pub struct RowDecryptor {
+    fields: Vec<(usize, i32)>,
+    env: Vec<u8>,
+    aad: Vec<u8>,
+    plain: Vec<u8>,
+    rendered: Vec<u8>,
+    keys: Vec<LocalKey>,
+    since_refresh: u32,
+    /// Values decrypted since the last [`RowDecryptor::flush_metrics`].
+    values: u64,
+}
+
+/// Why a row could not be decrypted: the failing column and the error.
+pub struct RowError {
+    pub column: String,
+    pub error: ValueError,
+}
+
+impl RowDecryptor {
+    /// Forget the session's keys (end of a statement): the next value asks
+    /// the shared key cache again, which applies `cache_ttl` and shreds.
+    pub fn end_statement(&mut self) {
+        self.keys.clear();
+        self.since_refresh = 0;
+        self.flush_metrics();
+    }
+
+    fn flush_metrics(&mut self) {
+        if self.values > 0 {
+            metrics::counter!("pgveil_values_decrypted_total").increment(self.values);
+            self.values = 0;
+        }
+    }
+
+    /// Decrypt the fields of one DataRow body (`body` = message without
+    /// its type byte and length) that `shape` marks, appending the client's
+    /// DataRow to `out`. `Ok(false)`: the body is malformed, nothing was
+    /// appended, and the caller forwards the original frame (it carries
+    /// ciphertext only). On error nothing is appended either.
+    pub async fn decrypt_row(
+        &mut self,
+        crypto: &ValueCrypto,
+        shape: &[Option<Decrypt>],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, RowError> {
+        if !self.read_fields(body) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_slice(&body[..2]);
+        let mut result = Ok(true);
+        for i in 0..self.fields.len() {
+            let (at, len) = self.fields[i];
+            let d = match shape.get(i) {
+                Some(Some(d)) if len >= 0 => d,
+                _ => {
+                    let end = at + len.max(0) as usize;
+                    out.put_slice(&body[at - 4..end]);
+                    continue;
+                }
+            };
+            let stored = &body[at..at + len as usize];
+            if let Err(error) = self.decrypt_value(crypto, d, body, stored).await {
+                result = Err(RowError {
+                    column: d.attr.column.to_string(),
+                    error,
+                });
+                break;
+            }
+            out.put_i32(self.rendered.len() as i32);
+            out.put_slice(&self.rendered);
+            self.rendered.zeroize();
+        }
+        self.plain.zeroize();
+        if result.is_err() {
+            out.truncate(start);
+            return result;
+        }
+        let n = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&n.to_be_bytes());
+        metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt_row")
+            .record(started.elapsed().as_secs_f64());
+        if self.values >= 1024 {
+            self.flush_metrics();
+        }
+        result
+    }
+
+    /// Field offsets (start of the value, length or -1) of a DataRow body;
+    /// false if the body is malformed.
+    fn read_fields(&mut self, body: &[u8]) -> bool {
+        self.fields.clear();
+        let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+            return false;
+        };
+        if n < 0 {
+            return false;
+        }
+        let mut at = 2usize;
+        for _ in 0..n {
+            let Some(l) = body.get(at..at + 4) else {
+                return false;
+            };
+            let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+            at += 4;
+            self.fields.push((at, len));
+            if len > 0 {
+                at += len as usize;
+                if at > body.len() {
+                    return false;
+                }
+            } else if len < -1 {
+                return false;
+            }
+        }
+        at == body.len()
+    }
+
+    /// The row's tenant id for `d`, when the result carries the tenant
+    /// column: the envelope must then be bound to it.
+    fn row_tenant(&self, d: &Decrypt, body: &[u8]) -> Option<String> {
+        let (j, ty, fmt) = d.tenant.as_ref()?;
+        let &(at, len) = self.fields.get(*j)?;
+        if len < 0 {
+            return None;
+        }
+        let raw = &body[at..at + len as usize];
+        if *fmt == 1 {
+            binary_tenant(ty, raw)
+        } else {
+            String::from_utf8(raw.to_vec()).ok()
+        }
+    }
+
+    /// Decrypt one stored value into `self.rendered` (the client's bytes).
+    async fn decrypt_value(
+        &mut self,
+        crypto: &ValueCrypto,
+        d: &Decrypt,
+        body: &[u8],
+        stored: &[u8],
+    ) -> Result<(), ValueError> {
+        let err = |reason: String| ValueError::Decrypt {
+            column: d.attr.column.to_string(),
+            reason,
+        };
+        let not_envelope = || {
+            err("the stored value is not a pgveil envelope (run `pgveil encrypt` to backfill plaintext)".into())
+        };
+        let env: &[u8] = match (d.attr.storage, d.format) {
+            (Storage::Bytea, 1) => stored,
+            (Storage::Bytea, _) => {
+                let hex = stored.strip_prefix(b"\\x").ok_or_else(not_envelope)?;
+                if !decode_hex_into(hex, &mut self.env) {
+                    return Err(not_envelope());
+                }
+                &self.env
+            }
+            (Storage::Text, _) => {
+                let b64 = stored
+                    .strip_prefix(envelope::TEXT_PREFIX.as_bytes())
+                    .ok_or_else(not_envelope)?;
+                self.env.clear();
+                base64::Engine::decode_vec(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    b64,
+                    &mut self.env,
+                )
+                .map_err(|_| not_envelope())?;
+                &self.env
+            }
+        };
+        let h = envelope::parse_header(env).map_err(|_| not_envelope())?;
+        let found = self.keys.iter().position(|k| {
+            k.key_id == h.key_id && k.version == h.version && k.tenant.as_deref() == h.tenant
+        });
+        self.since_refresh += 1;
+        let idx = match found {
+            Some(i) if self.since_refresh <= KEY_REFRESH_VALUES => i,
+            _ => {
+                if self.since_refresh > KEY_REFRESH_VALUES {
+                    self.keys.clear();
+                    self.since_refresh = 1;
+                }
+                let key_ref = h.key_ref();
+                let dek = crypto
+                    .keys
+                    .decryption_key(&key_ref)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                self.keys.push(LocalKey {
+                    key_id: key_ref.key_id,
+                    version: key_ref.version,
+                    tenant: key_ref.tenant,
+                    dek,
+                });
+                self.keys.len() - 1
+            }
+        };
+        // The await above ended the borrow of the scratch envelope; parse
+        // again (a few comparisons) to open it.
+        let env: &[u8] = match (d.attr.storage, d.format) {
+            (Storage::Bytea, 1) => stored,
+            _ => &self.env,
+        };
+        let h = envelope::parse_header(env).map_err(|_| not_envelope())?;
+        let row_tenant = if d.tenant.is_some() {
+            self.row_tenant(d, body)
+        } else {
+            None
+        };
+        let tenant = row_tenant.as_deref().or(h.tenant);
+        envelope::open_into(
+            &self.keys[idx].dek,
+            &h,
+            tenant,
+            &d.aad_names,
+            &mut self.aad,
+            &mut self.plain,
+        )
+        .map_err(|()| {
+            err(crate::crypto::CryptoError::DecryptFailed {
+                column: d.attr.column.to_string(),
+                key: h.key_ref().to_string(),
+            }
+            .to_string())
+        })?;
+        self.values += 1;
+        self.rendered.clear();
+        match d.attr.policy.ty {
+            // Text renders as its canonical UTF-8 bytes in both formats.
+            PgType::Text | PgType::Varchar => self.rendered.extend_from_slice(&self.plain),
+            ty => {
+                let format = if d.format == 1 {
+                    Format::Binary
+                } else {
+                    Format::Text
+                };
+                let v =
+                    canonical::render(ty, format, &self.plain).map_err(|e| err(e.to_string()))?;
+                self.rendered.extend_from_slice(&v);
+            }
+        }
+        Ok(())
+    }
+}
