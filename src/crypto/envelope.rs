@@ -363,6 +363,26 @@ pub fn open_into(
     aad_buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), ()> {
+    zeroize::Zeroize::zeroize(&mut out[..]);
+    out.clear();
+    out.extend_from_slice(h.sealed);
+    let n = open_in_place(dek, h, tenant, names, aad_buf, &mut out[..])?;
+    out.truncate(n);
+    Ok(())
+}
+
+/// [`open_into`] on a caller-provided buffer that holds a copy of the
+/// envelope's ciphertext and tag (`h.sealed`): decrypts in place and returns
+/// the plaintext length (the first bytes of `buf`). The tag bytes after the
+/// plaintext are zeroed; on failure the whole buffer is.
+pub fn open_in_place(
+    dek: &DataKey,
+    h: &Header<'_>,
+    tenant: Option<&str>,
+    names: &[u8],
+    aad_buf: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> Result<usize, ()> {
     aad_buf.clear();
     lp(aad_buf, AAD_LABEL);
     lp(aad_buf, h.header);
@@ -374,24 +394,27 @@ pub fn open_into(
         }
     }
     aad_buf.extend_from_slice(names);
-    out.clear();
-    out.extend_from_slice(h.sealed);
     match dek.aead.open_in_place(
         Nonce::assume_unique_for_key(h.nonce),
         Aad::from(&aad_buf[..]),
-        &mut out[..],
+        buf,
     ) {
         Ok(pt) => {
             let n = pt.len();
-            zeroize::Zeroize::zeroize(&mut out[n..]);
-            out.truncate(n);
-            Ok(())
+            buf[n..].fill(0);
+            Ok(n)
         }
         Err(_) => {
-            zeroize::Zeroize::zeroize(&mut out[..]);
-            out.clear();
+            zeroize::Zeroize::zeroize(buf);
             Err(())
         }
+    }
+}
+
+/// Ciphertext plus tag of a parsed envelope (what [`open_in_place`] opens).
+impl Header<'_> {
+    pub fn sealed(&self) -> &[u8] {
+        self.sealed
     }
 }
 

@@ -217,10 +217,18 @@ impl Backend {
             out.extend_from_slice(&f.raw);
             return;
         };
-        let n = prepared.map(|p| p.client_params).unwrap_or(0);
+        let n = prepared.as_ref().map(|p| p.client_params).unwrap_or(0);
+        let declared = prepared.as_ref().map(|p| &p.declared[..]).unwrap_or(&[]);
         let mut types = vec![0u32; n];
         for (i, t) in types.iter_mut().enumerate() {
-            if let Some(&(_, ty, array)) = plan.param_type_overrides.iter().find(|o| o.0 == i) {
+            // A type the client declared in Parse is what PostgreSQL would
+            // report, and what the client will send (Bind converts it to
+            // the policy's type); drivers such as pgjdbc insist on it.
+            if let Some(&d) = declared.get(i).filter(|&&d| d != 0) {
+                *t = d;
+            } else if let Some(&(_, ty, array)) =
+                plan.param_type_overrides.iter().find(|o| o.0 == i)
+            {
                 *t = if array { ty.array_oid() } else { ty.oid() };
             } else if let Some(j) = plan
                 .params

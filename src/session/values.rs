@@ -316,14 +316,14 @@ pub fn decode_hex_into(hex: &[u8], out: &mut Vec<u8>) -> bool {
     if hex.len() % 2 != 0 {
         return false;
     }
-    out.reserve(hex.len() / 2);
+    out.resize(hex.len() / 2, 0);
     let mut bad = 0u8;
-    out.extend(hex.chunks_exact(2).map(|p| {
+    for (o, p) in out.iter_mut().zip(hex.chunks_exact(2)) {
         let (hi, lo) = (HEX[p[0] as usize], HEX[p[1] as usize]);
-        bad |= (hi | lo) & 0xf0;
-        (hi << 4) | lo
-    }));
-    bad == 0
+        bad |= hi | lo;
+        *o = (hi << 4) | lo;
+    }
+    bad & 0xf0 == 0
 }
 
 /// bytea text output (`\x…` hex or the legacy escape format) → bytes.
