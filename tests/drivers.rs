@@ -1637,6 +1637,74 @@ async fn pgbench() {
     .await;
 }
 
+// ---------------------------------------------------------------------------
+// Known bug: ParameterDescription does not repeat declared parameter types
+// ---------------------------------------------------------------------------
+
+/// PostgreSQL answers Describe (statement) with the parameter types the
+/// client declared in Parse. For a protected parameter pgveil answers with
+/// the policy's type instead (`text` where the client declared `varchar`,
+/// `int4` where it declared `int8`). Fails until fixed (the fix belongs in
+/// `session::backend`'s ParameterDescription rewrite: a non-zero declared
+/// type wins).
+#[tokio::test]
+async fn bug_parameter_description_keeps_declared_types() {
+    let fx = Calmony::start();
+    let app = fx.app("calmony_app").await;
+    let st = app
+        .prepare_typed(
+            "INSERT INTO users (email, name, plan) VALUES ($1, $2, $3)",
+            &[Type::VARCHAR, Type::VARCHAR, Type::VARCHAR],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        st.params(),
+        &[Type::VARCHAR, Type::VARCHAR, Type::VARCHAR],
+        "declared types, as PostgreSQL reports them (plan is unprotected and already right)"
+    );
+    let doc = fx.app("clinician").await;
+    let st = doc
+        .prepare_typed(
+            "SELECT legal_name FROM phi.member_profile WHERE ssn = $1 AND risk_score = $2",
+            &[Type::VARCHAR, Type::INT8],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    assert_eq!(st.params(), &[Type::VARCHAR, Type::INT8]);
+}
+
+/// The same bug as pgjdbc users meet it: a PreparedStatement batch with the
+/// driver's defaults (`setString` declares varchar) into a protected
+/// column. pgjdbc describes the statement before the batch and throws
+/// `IllegalArgumentException: Can't change resolved type for param: 1 from
+/// 1043 to 25`. Fails until the bug above is fixed.
+#[tokio::test]
+async fn bug_jdbc_prepared_batch_with_default_settings() {
+    let s = Scenario {
+        tag: "jdbc-batch",
+        nn: 32,
+    };
+    let classes = compile_jdbc_matrix();
+    let fx = Calmony::start();
+    let out = java(&classes)
+        .arg("Matrix")
+        .args([
+            s.tag,
+            &s.nn.to_string(),
+            &fx.pv.port().to_string(),
+            "batch-default",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "JDBC batch with default settings failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `text` parameter with arbitrary bytes (binary format), to send what a
 /// `&str` cannot.
 #[derive(Debug)]

@@ -125,8 +125,13 @@ public class Matrix {
         tag = args[0];
         nn = Integer.parseInt(args[1]);
         port = Integer.parseInt(args[2]);
+        String mode = args.length > 3 ? args[3] : "matrix";
         try {
-            run();
+            if (mode.equals("batch-default")) {
+                batchDefault();
+            } else {
+                run();
+            }
         } catch (Throwable e) {
             String msg = (e.getClass().getSimpleName() + ": " + e.getMessage()).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", " ");
             System.out.println("{\"driver\": \"jdbc\", \"step\": \"" + step + "\", \"ok\": false, \"error\": \"" + msg + "\"}");
@@ -134,6 +139,25 @@ public class Matrix {
             System.exit(1);
         }
         System.out.println("{\"driver\": \"jdbc\", \"step\": \"done\", \"ok\": true}");
+    }
+
+    /**
+     * A PreparedStatement batch with pgjdbc's defaults (setString declares
+     * varchar) into protected columns, then the rows read back.
+     */
+    static void batchDefault() throws Exception {
+        step = "batch_default";
+        try (Connection app = connect("calmony_app");
+             PreparedStatement ps = app.prepareStatement(INS_USER)) {
+            for (String who : new String[] {"batch1", "batch2"}) {
+                ps.setString(1, email(who));
+                ps.setString(2, name("Batch " + who));
+                ps.addBatch();
+            }
+            expect(ps.executeBatch(), new int[] {1, 1}, "batch");
+            expect(rows(app, LOOKUP, email("batch2")), list(row(name("Batch batch2"))), "read back");
+        }
+        ok("");
     }
 
     static void run() throws Exception {
