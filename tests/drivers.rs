@@ -1225,7 +1225,7 @@ async fn jdbc() {
 /// and encrypted by pgveil in the statement text), `\connect` between
 /// roles. SQL-level PREPARE on a protected table is refused by design, and
 /// psql 15 has neither `\bind` nor `\startpipeline`: the prepared item is
-/// the same statement texts executed 12 times (pgveil's plan cache), the
+/// the same insert and lookup executed 12 times with new literals, the
 /// pipeline item one simple Query with several statements (`\;`).
 #[tokio::test]
 async fn psql() {

@@ -1,6 +1,7 @@
 -- The pgveil driver-matrix scenario for psql 15 (run by tests/drivers.rs):
 --
---     psql -X -At -v ON_ERROR_STOP=1 -v tag=TAG -v nn=NN -f matrix.sql URL
+--     psql -X -At -v ON_ERROR_STOP=1 -v tag=TAG -v TAG=TAG_IN_UPPER_CASE -v nn=NN \
+--          -f matrix.sql URL
 --
 -- URL connects as calmony_app; the script switches roles with \connect.
 -- psql 15 speaks only the simple protocol (no parameters, no \bind, no
@@ -94,8 +95,8 @@ SELECT count(*) FROM phi.member_profile WHERE ssn = :'ssn_fay';
 \echo == prepared_many
 -- SQL-level PREPARE of a statement on a protected table is refused (pgveil
 -- cannot see EXECUTE's values); psql 15 has no protocol-level prepared
--- statements. The closest thing: the same statement text executed many
--- times (pgveil's plan cache), with different literals.
+-- statements. The closest thing: the same two statements executed 12 times
+-- with different literals.
 \connect - calmony_app
 \set ON_ERROR_STOP 0
 PREPARE lookup(text) AS SELECT name FROM users WHERE email = $1;

@@ -1,6 +1,6 @@
--- One round of matrix.sql's prepared_many step (i = 0 … 11): an insert and
--- a lookup whose statement texts are the same every round; it includes
--- itself again until i reaches 11.
+-- One round of matrix.sql's prepared_many step (i = 0 … 11): the same insert
+-- and lookup every round, with new literals; it includes itself again until
+-- i reaches 11.
 \set e_p :tag '-p' :i '@example.com'
 \set n_p :tag ' Prepared ' :i
 \set e_P :TAG '-P' :i '@EXAMPLE.COM'
