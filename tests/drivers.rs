@@ -1638,17 +1638,16 @@ async fn pgbench() {
 }
 
 // ---------------------------------------------------------------------------
-// Known bug: ParameterDescription does not repeat declared parameter types
+// Regression: ParameterDescription repeats declared parameter types
 // ---------------------------------------------------------------------------
 
 /// PostgreSQL answers Describe (statement) with the parameter types the
-/// client declared in Parse. For a protected parameter pgveil answers with
-/// the policy's type instead (`text` where the client declared `varchar`,
-/// `int4` where it declared `int8`). Fails until fixed (the fix belongs in
-/// `session::backend`'s ParameterDescription rewrite: a non-zero declared
-/// type wins).
+/// client declared in Parse; pgveil used to answer with the policy's type
+/// for a protected parameter (`text` where the client declared `varchar`,
+/// `int4` where it declared `int8`). A non-zero declared type now wins and
+/// Bind converts the value to the policy's type.
 #[tokio::test]
-async fn bug_parameter_description_keeps_declared_types() {
+async fn parameter_description_keeps_declared_types() {
     let fx = Calmony::start();
     let app = fx.app("calmony_app").await;
     let st = app
@@ -1666,21 +1665,37 @@ async fn bug_parameter_description_keeps_declared_types() {
     let doc = fx.app("clinician").await;
     let st = doc
         .prepare_typed(
-            "SELECT legal_name FROM phi.member_profile WHERE ssn = $1 AND risk_score = $2",
+            "INSERT INTO phi.member_profile (ssn, risk_score) VALUES ($1, $2) RETURNING id",
             &[Type::VARCHAR, Type::INT8],
         )
         .await
         .unwrap_or_else(|e| panic!("{}", err_text(&e)));
     assert_eq!(st.params(), &[Type::VARCHAR, Type::INT8]);
+    // The values are sent in the declared types and stored as the policy's.
+    let id: i64 = doc
+        .query_one(&st, &[&"declared-ssn-771", &42i64])
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)))
+        .get(0);
+    let row = doc
+        .query_one(
+            "SELECT ssn, risk_score FROM phi.member_profile WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    assert_eq!(row.get::<_, &str>(0), "declared-ssn-771");
+    assert_eq!(row.get::<_, i32>(1), 42);
+    fx.assert_no_plaintext(&["declared-ssn-771"]).await;
 }
 
-/// The same bug as pgjdbc users meet it: a PreparedStatement batch with the
-/// driver's defaults (`setString` declares varchar) into a protected
-/// column. pgjdbc describes the statement before the batch and throws
-/// `IllegalArgumentException: Can't change resolved type for param: 1 from
-/// 1043 to 25`. Fails until the bug above is fixed.
+/// The same regression as pgjdbc users met it: a PreparedStatement batch
+/// with the driver's defaults (`setString` declares varchar) into a
+/// protected column. pgjdbc describes the statement before the batch and
+/// threw `IllegalArgumentException: Can't change resolved type for param: 1
+/// from 1043 to 25`.
 #[tokio::test]
-async fn bug_jdbc_prepared_batch_with_default_settings() {
+async fn jdbc_prepared_batch_with_default_settings() {
     let s = Scenario {
         tag: "jdbc-batch",
         nn: 32,

@@ -129,7 +129,14 @@ impl Backend {
                     self.drop_until_sync();
                 }
                 self.current = None;
-                out.extend_from_slice(&f.raw);
+                match without_rejection_context(f.body()) {
+                    Some(body) => {
+                        out.extend_from_slice(&[b'E']);
+                        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+                        out.extend_from_slice(&body);
+                    }
+                    None => out.extend_from_slice(&f.raw),
+                }
             }
             b'Z' => {
                 if let Some(&st) = f.body().first() {
@@ -437,6 +444,32 @@ impl Backend {
     }
 }
 
+/// A refusal is raised by PostgreSQL from an injected `DO` block so that it
+/// lands at the right point of a pipeline; its CONTEXT line ("PL/pgSQL
+/// function inline_code_block line 1 at RAISE") describes that mechanism,
+/// not the client's statement. Returns the ErrorResponse body without it
+/// for pgveil's own messages, `None` for every other error.
+fn without_rejection_context(body: &[u8]) -> Option<Vec<u8>> {
+    let fields: Vec<&[u8]> = body
+        .split(|&b| b == 0)
+        .take_while(|f| !f.is_empty())
+        .collect();
+    let is_ours = fields
+        .iter()
+        .any(|f| f[0] == b'M' && f[1..].starts_with(b"pgveil: "));
+    let context = |f: &&[u8]| f[0] == b'W' && f.ends_with(b"inline_code_block line 1 at RAISE");
+    if !is_ours || !fields.iter().any(context) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    for f in fields.iter().filter(|f| !context(f)) {
+        out.extend_from_slice(f);
+        out.push(0);
+    }
+    out.push(0);
+    Some(out)
+}
+
 /// `typlen` of a plaintext type, for RowDescription.
 fn type_len(t: PgType) -> i16 {
     match t {
@@ -446,5 +479,48 @@ fn type_len(t: PgType) -> i16 {
         PgType::Bool => 1,
         PgType::Uuid => 16,
         _ => -1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_rejection_context;
+
+    fn body(fields: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for f in fields {
+            b.extend_from_slice(f.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn refusals_lose_the_do_block_context_only() {
+        let ours = body(&[
+            "SERROR",
+            "C42501",
+            "Mpgveil: ordering by public.users.email is not possible",
+            "WPL/pgSQL function inline_code_block line 1 at RAISE",
+            "Rexec_stmt_raise",
+        ]);
+        assert_eq!(
+            without_rejection_context(&ours).unwrap(),
+            body(&[
+                "SERROR",
+                "C42501",
+                "Mpgveil: ordering by public.users.email is not possible",
+                "Rexec_stmt_raise",
+            ])
+        );
+        let theirs = body(&[
+            "SERROR",
+            "CP0001",
+            "Mmine",
+            "WPL/pgSQL function inline_code_block line 1 at RAISE",
+        ]);
+        assert!(without_rejection_context(&theirs).is_none());
+        assert!(without_rejection_context(&body(&["SERROR", "Mpgveil: x"])).is_none());
     }
 }
