@@ -68,7 +68,14 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max: usize,
+    /// The last read filled all the space it was given: the peer is
+    /// streaming (a large result, a COPY), so read in larger chunks to cut
+    /// syscalls. Idle connections stay at [`READ_CHUNK`].
+    streaming: bool,
 }
+
+/// Read size while the peer is streaming.
+pub const STREAM_CHUNK: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
@@ -77,7 +84,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Start with bytes already read from the stream (e.g. during startup).
     pub fn with_buffer(inner: R, max: usize, buf: BytesMut) -> Self {
-        FrameReader { inner, buf, max }
+        FrameReader {
+            inner,
+            buf,
+            max,
+            streaming: false,
+        }
     }
 
     pub fn get_mut(&mut self) -> &mut R {
@@ -95,7 +107,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match complete_frame_len(&self.buf, self.max)? {
                 Some(_) => return Ok(()),
                 None => {
-                    if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                    let chunk = if self.streaming {
+                        STREAM_CHUNK
+                    } else {
+                        READ_CHUNK
+                    };
+                    if self.buf.capacity() - self.buf.len() < chunk {
                         // Reserve for the announced frame (bounded by `max`,
                         // already checked) or one chunk.
                         let want = if self.buf.len() >= 5 {
@@ -106,13 +123,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                                 self.buf[4],
                             ]) as usize
                                 + 1;
-                            (len - self.buf.len()).clamp(READ_CHUNK, 1 << 20)
+                            (len - self.buf.len()).clamp(chunk, 1 << 20)
                         } else {
-                            READ_CHUNK
+                            chunk
                         };
                         self.buf.reserve(want);
                     }
+                    let space = self.buf.capacity() - self.buf.len();
                     let n = self.inner.read_buf(&mut self.buf).await?;
+                    self.streaming = n == space;
                     if n == 0 {
                         return Err(if self.buf.is_empty() {
                             FrameError::Closed
