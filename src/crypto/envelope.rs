@@ -331,7 +331,7 @@ pub fn decrypt(
         &mut aad_buf,
         &mut buf,
     )
-    .map_err(|()| CryptoError::DecryptFailed {
+    .map_err(|_| CryptoError::DecryptFailed {
         column: format!("{}.{}.{}", ctx.schema, ctx.table, ctx.column),
         key: h.key_ref().to_string(),
     })?;
@@ -350,6 +350,19 @@ pub fn aad_names(ctx: &ColumnContext) -> Vec<u8> {
     a
 }
 
+/// The tag did not verify: wrong key, wrong column/tenant/type, or a
+/// changed byte. Callers name the column and key in their own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthentic;
+
+impl fmt::Display for Unauthentic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("authentication failed")
+    }
+}
+
+impl std::error::Error for Unauthentic {}
+
 /// The allocation-free core of [`decrypt`] for hot loops: opens the
 /// envelope whose header is `h` under `dek` for `tenant` and the column
 /// described by `names` (from [`aad_names`]), leaving the plaintext in
@@ -362,7 +375,7 @@ pub fn open_into(
     names: &[u8],
     aad_buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
-) -> Result<(), ()> {
+) -> Result<(), Unauthentic> {
     zeroize::Zeroize::zeroize(&mut out[..]);
     out.clear();
     out.extend_from_slice(h.sealed);
@@ -382,7 +395,7 @@ pub fn open_in_place(
     names: &[u8],
     aad_buf: &mut Vec<u8>,
     buf: &mut [u8],
-) -> Result<usize, ()> {
+) -> Result<usize, Unauthentic> {
     aad_buf.clear();
     lp(aad_buf, AAD_LABEL);
     lp(aad_buf, h.header);
@@ -406,7 +419,7 @@ pub fn open_in_place(
         }
         Err(_) => {
             zeroize::Zeroize::zeroize(buf);
-            Err(())
+            Err(Unauthentic)
         }
     }
 }

@@ -131,7 +131,7 @@ impl Backend {
                 self.current = None;
                 match without_rejection_context(f.body()) {
                     Some(body) => {
-                        out.extend_from_slice(&[b'E']);
+                        out.extend_from_slice(b"E");
                         out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
                         out.extend_from_slice(&body);
                     }

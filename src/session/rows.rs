@@ -277,7 +277,7 @@ impl RowDecryptor {
                     &mut self.aad,
                     &mut out[at + 4..],
                 )
-                .map_err(|()| failed())?;
+                .map_err(|_| failed())?;
                 out.truncate(at + 4 + n);
                 out[at..at + 4].copy_from_slice(&(n as i32).to_be_bytes());
             }
@@ -290,7 +290,7 @@ impl RowDecryptor {
                     &mut self.aad,
                     &mut self.plain,
                 )
-                .map_err(|()| failed())?;
+                .map_err(|_| failed())?;
                 let format = if d.format == 1 {
                     Format::Binary
                 } else {

@@ -297,7 +297,7 @@ pub fn bytea_literal(b: &[u8]) -> String {
 /// length or a non-hex byte.
 pub fn decode_hex_into(hex: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return false;
     }
     out.resize(hex.len() / 2, 0);
