@@ -46,6 +46,9 @@ impl From<ValueError> for Refusal {
     }
 }
 
+/// Why a statement that is not valid UTF-8 is refused.
+const NOT_UTF8: &str = "pgveil: a statement that may touch protected tables is not valid UTF-8: pgveil can only analyse statements sent with client_encoding UTF8";
+
 fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         sqlstate,
@@ -251,8 +254,34 @@ impl Frontend {
 
     async fn on_query(&mut self, f: &Frame, out: &mut BytesMut) {
         let body = f.body();
-        let sql = std::str::from_utf8(&body[..body.len().saturating_sub(1)]).unwrap_or("");
+        let text = &body[..body.len().saturating_sub(1)];
         let entry = self.entry();
+        let Ok(sql) = std::str::from_utf8(text) else {
+            // Not UTF-8 (another client_encoding): the statement cannot be
+            // analysed, so it may only go through if even a lossy reading
+            // names no protected table.
+            if entry
+                .analyzer
+                .may_touch_protected(&String::from_utf8_lossy(text))
+            {
+                let r = refuse("22021", NOT_UTF8);
+                self.rejected(&r);
+                self.shared.push(Pending::Query {
+                    protected: false,
+                    audit: None,
+                });
+                m::encode_query(out, &raise_sql(&r));
+            } else {
+                metrics::counter!("pgveil_statements_total", "outcome" => "passthrough")
+                    .increment(1);
+                self.shared.push(Pending::Query {
+                    protected: false,
+                    audit: None,
+                });
+                out.extend_from_slice(&f.raw);
+            }
+            return;
+        };
         if !entry.analyzer.may_touch_protected(sql) {
             metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
             self.shared.push(Pending::Query {
@@ -328,9 +357,29 @@ impl Frontend {
             return;
         }
         let Some(parse) = ParseMsg::decode(f.body()) else {
-            // Malformed: PostgreSQL will say so.
-            self.shared.push(Pending::Parse { internal: false });
-            out.extend_from_slice(&f.raw);
+            // Malformed or not UTF-8: it cannot be analysed. If even a lossy
+            // reading names no protected table, PostgreSQL judges it;
+            // otherwise it is refused here and never goes upstream.
+            if !self
+                .entry()
+                .analyzer
+                .may_touch_protected(&String::from_utf8_lossy(f.body()))
+            {
+                self.shared.push(Pending::Parse { internal: false });
+                out.extend_from_slice(&f.raw);
+                return;
+            }
+            let r = if std::str::from_utf8(f.body()).is_err() {
+                refuse("22021", NOT_UTF8)
+            } else {
+                refuse("08P01", "pgveil: invalid Parse message")
+            };
+            self.rejected(&r);
+            let mut b = f.body();
+            if let Some(name) = read_cstr(&mut b) {
+                self.statements.remove(name);
+            }
+            self.inject_raise(&r, out);
             return;
         };
         let entry = self.entry();
@@ -466,8 +515,16 @@ impl Frontend {
         }
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
-            self.shared.push(Pending::Bind { internal: false });
-            out.extend_from_slice(&f.raw);
+            // A Bind of a protected statement (or one whose names cannot be
+            // read) whose counts and lengths disagree: refuse it here, so
+            // the parameters it carries never go upstream as they are.
+            // PostgreSQL would reject it too.
+            let r = refuse(
+                "08P01",
+                "pgveil: invalid Bind message: its parameter counts and lengths disagree with its length",
+            );
+            self.rejected(&r);
+            self.inject_raise(&r, out);
             return;
         };
         let Some(prepared) = self.statements.get(&bind.statement).cloned() else {
@@ -628,6 +685,29 @@ impl Frontend {
         plan: &RewritePlan,
         prepared: &Prepared,
     ) -> Result<BindMsg, Refusal> {
+        // PostgreSQL's own checks: the rewritten Bind would hide a
+        // mismatch (extra parameters dropped, formats re-encoded).
+        if b.params.len() != prepared.client_params {
+            return Err(refuse(
+                "08P01",
+                format!(
+                    "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                    b.params.len(),
+                    b.statement,
+                    prepared.client_params
+                ),
+            ));
+        }
+        if b.param_formats.len() > 1 && b.param_formats.len() != b.params.len() {
+            return Err(refuse(
+                "08P01",
+                format!(
+                    "bind message has {} parameter formats but {} parameters",
+                    b.param_formats.len(),
+                    b.params.len()
+                ),
+            ));
+        }
         let deferred = &prepared.deferred_literals;
         let declared = |orig: usize| prepared.declared.get(orig).copied().unwrap_or(0);
         let entry = self.entry();
