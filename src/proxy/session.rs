@@ -153,10 +153,9 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                             client_addr: peer.to_string(),
                         };
                         let st = Arc::new(crate::session::Shared::new(entry));
-                        transform = Some((
-                            Frontend::new(id.clone(), st.clone(), engine.clone()),
-                            Backend::new(id, st, engine.clone()),
-                        ));
+                        let mut fe = Frontend::new(id.clone(), st.clone(), engine.clone());
+                        fe.set_max_message(max);
+                        transform = Some((fe, Backend::new(id, st, engine.clone())));
                     }
                     write_client(&mut client, &f.raw).await?;
                     break;

@@ -65,6 +65,11 @@ pub struct Frontend {
     portals: HashMap<String, (bool, Arc<Prepared>)>,
     skip_until_sync: bool,
     copy: Option<CopyIn>,
+    /// A COPY into a protected table was refused (CopyFail sent): the rest
+    /// of its data stays here instead of reaching PostgreSQL.
+    copy_failed: bool,
+    /// `limits.max_message_bytes`: also the longest COPY row held back.
+    max_message: usize,
     /// An Execute was sent: if COPY data follows, the Syncs the client sent
     /// in between are ignored by the server (copy-in mode) and get no
     /// ReadyForQuery, so their queue entries must go.
@@ -84,6 +89,8 @@ impl Frontend {
             portals: HashMap::new(),
             skip_until_sync: false,
             copy: None,
+            copy_failed: false,
+            max_message: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             after_execute: false,
             statement_id: 0,
             unprotected: Arc::new(Prepared {
@@ -100,6 +107,11 @@ impl Frontend {
         self.shared.entry()
     }
 
+    /// `limits.max_message_bytes` of this session (default 1 GiB).
+    pub fn set_max_message(&mut self, n: usize) {
+        self.max_message = n;
+    }
+
     /// Whether the catalog should be reloaded before the next statement
     /// (only called when no request is in flight).
     pub fn wants_catalog_refresh(&self) -> bool {
@@ -110,6 +122,9 @@ impl Frontend {
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) -> Flow {
         if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
             return Flow::Continue;
+        }
+        if !matches!(f.tag, b'd' | b'c' | b'f' | b'S' | b'H') {
+            self.copy_failed = false;
         }
         if matches!(f.tag, b'd' | b'c' | b'f') && std::mem::take(&mut self.after_execute) {
             let mut q = self.shared.pending.lock().expect("pending queue");
@@ -170,7 +185,7 @@ impl Frontend {
                 if let Some(copy) = prepared.as_ref().and_then(|p| p.copy.clone())
                     && copy.direction == CopyDirection::In
                 {
-                    self.copy = Some(CopyIn::new(copy, self.entry()));
+                    self.copy = Some(CopyIn::new(copy, self.entry(), self.max_message));
                 }
                 self.shared.push(Pending::Execute {
                     portal,
@@ -209,8 +224,12 @@ impl Frontend {
                         self.fail_copy(e, out);
                     }
                 }
+                // The rest of a refused COPY: PostgreSQL would ignore it.
+                None if self.copy_failed => {}
                 None => out.extend_from_slice(&f.raw),
             },
+            // PostgreSQL ended the refused COPY at pgveil's CopyFail.
+            b'c' | b'f' if std::mem::take(&mut self.copy_failed) => {}
             b'c' => {
                 if let Some(mut c) = self.copy.take()
                     && let Err(e) = c.finish(&self.engine, out).await
@@ -246,6 +265,7 @@ impl Frontend {
     /// PostgreSQL rolls it back and reports the reason.
     fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
         self.copy = None;
+        self.copy_failed = true;
         self.rejected(&e);
         let s = crate::wire::msg::begin(out, b'f');
         crate::wire::msg::put_cstr(out, &e.message);
@@ -322,7 +342,11 @@ impl Frontend {
                             self.rejected(&r);
                             break;
                         }
-                        self.copy = Some(CopyIn::new(Arc::new(cp.clone()), entry.clone()));
+                        self.copy = Some(CopyIn::new(
+                            Arc::new(cp.clone()),
+                            entry.clone(),
+                            self.max_message,
+                        ));
                     }
                     parts.push(cp.sql.clone());
                 }
