@@ -54,6 +54,8 @@ pub async fn relay(
 
     let end = if let Some((mut fe, mut be)) = session.transform {
         let database = session.database.clone();
+        // ParameterStatus tells the frontend how PostgreSQL reads SQL now.
+        let lex = fe.lex_state();
         let c2s = async {
             loop {
                 if let Err(end) = fill_client(&mut cr, &mut uw).await {
@@ -101,6 +103,9 @@ pub async fn relay(
                         Err(e) => return End::UpstreamProtocol(e),
                     };
                     upstream_fatal |= f.tag == b'E' && is_fatal(&f.raw);
+                    if f.tag == b'S' {
+                        lex.observe(f.body());
+                    }
                     be.on_frame(f, &mut out).await;
                     if out.len() >= 64 * 1024 {
                         if let Err(e) = cw.write_all(&out).await {

@@ -16,7 +16,7 @@ use super::stream::Stream;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
 use crate::session::backend::Backend;
-use crate::session::frontend::Frontend;
+use crate::session::frontend::{Frontend, LexState};
 use crate::session::{CatalogEntry, Engine, Identity};
 use crate::wire::codec::{FrameError, FrameReader, read_startup};
 use crate::wire::msg::{self, FirstPacket, Startup};
@@ -102,6 +102,10 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
     // Up to ReadyForQuery: ParameterStatus, BackendKeyData (replaced), notices.
     let mut visible_key: Option<BackendKey> = None;
     let mut transform = None;
+    // The settings that decide how PostgreSQL reads SQL, from the
+    // ParameterStatus messages of the startup (role and database defaults,
+    // startup options).
+    let lex = Arc::new(LexState::default());
     let result = async {
         loop {
             let f = match upstream.next().await {
@@ -155,6 +159,7 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                         let st = Arc::new(crate::session::Shared::new(entry));
                         let mut fe = Frontend::new(id.clone(), st.clone(), engine.clone());
                         fe.set_max_message(max);
+                        fe.set_lex_state(lex.clone());
                         transform = Some((fe, Backend::new(id, st, engine.clone())));
                     }
                     write_client(&mut client, &f.raw).await?;
@@ -163,6 +168,10 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                 b'E' => {
                     write_client(&mut client, &f.raw).await?;
                     return Err("startup failed upstream".to_string());
+                }
+                b'S' => {
+                    lex.observe(f.body());
+                    write_client(&mut client, &f.raw).await?;
                 }
                 _ => write_client(&mut client, &f.raw).await?,
             }

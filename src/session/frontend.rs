@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -46,6 +47,58 @@ impl From<ValueError> for Refusal {
     }
 }
 
+/// The session settings that decide how PostgreSQL reads a statement's
+/// text, as far as pgveil's analysis depends on them. pgveil reads SQL with
+/// `standard_conforming_strings` on, and a backslash is always a backslash;
+/// PostgreSQL reads a backslash in a plain string as an escape when the
+/// setting is off, and in SJIS, BIG5, GBK, UHC, GB18030 or JOHAB a byte
+/// 0x5C after a non-ASCII byte is part of a character. Either way a
+/// statement could mean something else to PostgreSQL than to pgveil (a
+/// string literal to pgveil, an INSERT of plaintext to PostgreSQL). Kept
+/// up to date from the server's ParameterStatus messages.
+#[derive(Debug)]
+pub struct LexState {
+    standard_strings: AtomicBool,
+    backslash_safe_encoding: AtomicBool,
+}
+
+impl Default for LexState {
+    fn default() -> Self {
+        LexState {
+            standard_strings: AtomicBool::new(true),
+            backslash_safe_encoding: AtomicBool::new(true),
+        }
+    }
+}
+
+impl LexState {
+    /// Take note of a ParameterStatus message body (name, value).
+    pub fn observe(&self, body: &[u8]) {
+        let mut b = body;
+        let (Some(name), Some(value)) = (read_cstr(&mut b), read_cstr(&mut b)) else {
+            return;
+        };
+        if name.eq_ignore_ascii_case("standard_conforming_strings") {
+            self.standard_strings
+                .store(value.eq_ignore_ascii_case("on"), Ordering::SeqCst);
+        } else if name.eq_ignore_ascii_case("client_encoding") {
+            self.backslash_safe_encoding
+                .store(backslash_is_always_a_character(value), Ordering::SeqCst);
+        }
+    }
+}
+
+/// Client encodings (PostgreSQL's names) in which the byte 0x5C is always a
+/// backslash: UTF8, SQL_ASCII, the single-byte encodings and the EUC family.
+/// Unknown names count as unsafe.
+fn backslash_is_always_a_character(enc: &str) -> bool {
+    let e = enc.to_ascii_uppercase();
+    matches!(e.as_str(), "UTF8" | "SQL_ASCII" | "MULE_INTERNAL")
+        || ["LATIN", "WIN", "ISO_8859", "EUC_", "KOI8"]
+            .iter()
+            .any(|p| e.starts_with(p))
+}
+
 /// Why a statement that is not valid UTF-8 is refused.
 const NOT_UTF8: &str = "pgveil: a statement that may touch protected tables is not valid UTF-8: pgveil can only analyse statements sent with client_encoding UTF8";
 
@@ -70,6 +123,7 @@ pub struct Frontend {
     copy_failed: bool,
     /// `limits.max_message_bytes`: also the longest COPY row held back.
     max_message: usize,
+    lex: Arc<LexState>,
     /// An Execute was sent: if COPY data follows, the Syncs the client sent
     /// in between are ignored by the server (copy-in mode) and get no
     /// ReadyForQuery, so their queue entries must go.
@@ -91,6 +145,7 @@ impl Frontend {
             copy: None,
             copy_failed: false,
             max_message: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            lex: Arc::new(LexState::default()),
             after_execute: false,
             statement_id: 0,
             unprotected: Arc::new(Prepared {
@@ -110,6 +165,45 @@ impl Frontend {
     /// `limits.max_message_bytes` of this session (default 1 GiB).
     pub fn set_max_message(&mut self, n: usize) {
         self.max_message = n;
+    }
+
+    /// The session settings that decide how PostgreSQL reads statements
+    /// (fed with the server's ParameterStatus messages).
+    pub fn lex_state(&self) -> Arc<LexState> {
+        self.lex.clone()
+    }
+
+    pub fn set_lex_state(&mut self, lex: Arc<LexState>) {
+        self.lex = lex;
+    }
+
+    /// Refuse a statement on protected tables that PostgreSQL might read
+    /// differently from pgveil (see [`LexState`]). Statements without a
+    /// backslash read the same whatever the encoding; with one, pgveil must
+    /// also be sure no earlier statement still running changes a setting.
+    fn read_differently(&self, sql: &str) -> Option<Refusal> {
+        if !self.lex.standard_strings.load(Ordering::SeqCst) {
+            return Some(refuse(
+                "0A000",
+                "pgveil: statements on protected tables require standard_conforming_strings = on",
+            ));
+        }
+        if !sql.contains('\\') {
+            return None;
+        }
+        if !self.lex.backslash_safe_encoding.load(Ordering::SeqCst) {
+            return Some(refuse(
+                "0A000",
+                "pgveil: a statement on protected tables that contains a backslash requires a client_encoding in which a backslash is always a backslash (UTF8; not SJIS, BIG5, GBK, UHC, GB18030 or JOHAB)",
+            ));
+        }
+        if !self.shared.is_idle() {
+            return Some(refuse(
+                "0A000",
+                "pgveil: a statement on protected tables that contains a backslash cannot be sent before the results of earlier statements have arrived (they could change how it is read)",
+            ));
+        }
+        None
     }
 
     /// Whether the catalog should be reloaded before the next statement
@@ -311,6 +405,15 @@ impl Frontend {
             out.extend_from_slice(&f.raw);
             return;
         }
+        if let Some(r) = self.read_differently(sql) {
+            self.rejected(&r);
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            m::encode_query(out, &raise_sql(&r));
+            return;
+        }
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
         let mut parts: Vec<String> = Vec::with_capacity(plans.len());
         let mut audit: Option<AuditInfo> = None;
@@ -421,6 +524,12 @@ impl Frontend {
             );
             self.shared.push(Pending::Parse { internal: false });
             out.extend_from_slice(&f.raw);
+            return;
+        }
+        if let Some(r) = self.read_differently(&parse.query) {
+            self.rejected(&r);
+            self.statements.remove(&parse.name);
+            self.inject_raise(&r, out);
             return;
         }
         let plans = entry.plan(
@@ -1020,6 +1129,50 @@ pub fn raise_sql(r: &Refusal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(name: &str, value: &str) -> Vec<u8> {
+        [name.as_bytes(), &[0], value.as_bytes(), &[0]].concat()
+    }
+
+    #[test]
+    fn lex_state_follows_parameter_status() {
+        let l = LexState::default();
+        let scs = |l: &LexState| l.standard_strings.load(Ordering::SeqCst);
+        let enc = |l: &LexState| l.backslash_safe_encoding.load(Ordering::SeqCst);
+        assert!(scs(&l) && enc(&l));
+        l.observe(&status("standard_conforming_strings", "off"));
+        assert!(!scs(&l));
+        l.observe(&status("standard_conforming_strings", "on"));
+        assert!(scs(&l));
+        for bad in [
+            "SJIS",
+            "SHIFT_JIS_2004",
+            "BIG5",
+            "GBK",
+            "UHC",
+            "GB18030",
+            "JOHAB",
+            "NEW_ONE",
+        ] {
+            l.observe(&status("client_encoding", bad));
+            assert!(!enc(&l), "{bad}");
+        }
+        for good in [
+            "UTF8",
+            "SQL_ASCII",
+            "LATIN1",
+            "WIN1252",
+            "EUC_JP",
+            "KOI8R",
+            "ISO_8859_5",
+        ] {
+            l.observe(&status("client_encoding", good));
+            assert!(enc(&l), "{good}");
+        }
+        l.observe(&status("application_name", "off"));
+        l.observe(b"truncated");
+        assert!(scs(&l) && enc(&l));
+    }
 
     #[test]
     fn raise_sql_quotes_message() {
