@@ -77,10 +77,16 @@ pub(super) async fn relay_from(
                         send(client, &f.raw).await.map_err(AuthError::Client)?;
                     }
                     other => {
+                        // 2 KerberosV5, 7/8 GSSAPI, 9 SSPI; anything else is
+                        // not a request PostgreSQL sends.
+                        let what = match other {
+                            2 | 7 | 8 | 9 => "GSSAPI/SSPI/Kerberos",
+                            _ => "unknown authentication request",
+                        };
                         return Err(unsupported(
                             client,
                             &format!(
-                                "authentication method {other} (GSSAPI/SSPI/Kerberos) is not supported through pgveil: use scram-sha-256, md5, password or trust in pg_hba.conf"
+                                "authentication method {other} ({what}) is not supported through pgveil: use scram-sha-256, md5, password or trust in pg_hba.conf"
                             ),
                         )
                         .await);

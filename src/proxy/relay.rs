@@ -49,9 +49,13 @@ pub async fn relay(
     let (ur, mut uw) = tokio::io::split(us);
     let mut cr = FrameReader::with_buffer(cr, max, cbuf);
     let mut ur = FrameReader::with_buffer(ur, max, ubuf);
+    // PostgreSQL sent a FATAL (or PANIC) error: closing is what comes next.
+    let mut upstream_fatal = false;
 
     let end = if let Some((mut fe, mut be)) = session.transform {
         let database = session.database.clone();
+        // ParameterStatus tells the frontend how PostgreSQL reads SQL now.
+        let lex = fe.lex_state();
         let c2s = async {
             loop {
                 if let Err(end) = fill_client(&mut cr, &mut uw).await {
@@ -98,6 +102,10 @@ pub async fn relay(
                         Ok(None) => break,
                         Err(e) => return End::UpstreamProtocol(e),
                     };
+                    upstream_fatal |= f.tag == b'E' && is_fatal(&f.raw);
+                    if f.tag == b'S' {
+                        lex.observe(f.body());
+                    }
                     be.on_frame(f, &mut out).await;
                     if out.len() >= 64 * 1024 {
                         if let Err(e) = cw.write_all(&out).await {
@@ -149,7 +157,10 @@ pub async fn relay(
                     return end;
                 }
                 loop {
-                    let run = match ur.take_run(|_, _| true) {
+                    let run = match ur.take_run(|tag, frame| {
+                        upstream_fatal |= tag == b'E' && is_fatal(frame);
+                        true
+                    }) {
                         Ok(Some(run)) => run,
                         Ok(None) => break,
                         Err(e) => return End::UpstreamProtocol(e),
@@ -175,10 +186,23 @@ pub async fn relay(
             let _ = uw.write_all(&terminate()).await;
             Err(format!("client protocol error: {e}"))
         }
-        End::UpstreamClosed => {
+        End::UpstreamClosed if upstream_fatal => {
             // After a FATAL error PostgreSQL closes; the error was forwarded.
             let _ = cw.shutdown().await;
             Ok(())
+        }
+        End::UpstreamClosed => {
+            // Closed without saying why (the backend was killed, or a
+            // crash restart): tell the client, as for a lost connection.
+            metrics::counter!("pgveil_upstream_errors_total").increment(1);
+            warn!("PostgreSQL closed the connection without an error message");
+            let _ = send_fatal(
+                &mut cw,
+                "08006",
+                "pgveil: PostgreSQL closed the connection unexpectedly",
+            )
+            .await;
+            Err("upstream: closed without an error message".into())
         }
         End::UpstreamIo(e) => {
             metrics::counter!("pgveil_upstream_errors_total").increment(1);
@@ -257,6 +281,16 @@ async fn fill_upstream<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// Whether a whole ErrorResponse frame has severity FATAL or PANIC (the
+/// non-localized `V` field, or `S` from servers older than 9.6).
+fn is_fatal(frame: &[u8]) -> bool {
+    frame
+        .get(5..)
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .any(|f| matches!(f, b"VFATAL" | b"VPANIC" | b"SFATAL" | b"SPANIC"))
+}
+
 fn terminate() -> [u8; 5] {
     [b'X', 0, 0, 0, 4]
 }
@@ -270,4 +304,24 @@ async fn send_fatal<W: AsyncWrite + Unpin>(
         .await?;
     w.flush().await?;
     w.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_fatal;
+    use crate::wire::msg;
+
+    #[test]
+    fn fatal_errors_are_told_apart() {
+        assert!(is_fatal(&msg::error_response(
+            "FATAL",
+            "57P01",
+            "terminating"
+        )));
+        assert!(is_fatal(&msg::error_response("PANIC", "XX000", "boom")));
+        assert!(!is_fatal(&msg::error_response("ERROR", "42601", "syntax")));
+        // A message text that merely contains the word.
+        assert!(!is_fatal(&msg::error_response("ERROR", "P0001", "FATAL")));
+        assert!(!is_fatal(b"E\0\0\0"));
+    }
 }

@@ -16,7 +16,7 @@ use super::stream::Stream;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
 use crate::session::backend::Backend;
-use crate::session::frontend::Frontend;
+use crate::session::frontend::{Frontend, LexState};
 use crate::session::{CatalogEntry, Engine, Identity};
 use crate::wire::codec::{FrameError, FrameReader, read_startup};
 use crate::wire::msg::{self, FirstPacket, Startup};
@@ -86,6 +86,9 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
         match auth::authenticate(&mut client, &mut upstream, &startup_raw, &startup, &ctx).await {
             Ok(o) => o,
             Err(AuthError::Rejected) => return Err("login refused by PostgreSQL".into()),
+            Err(AuthError::Upstream(e)) => {
+                return Err(upstream_failed(&mut client, "during authentication", e).await);
+            }
             Err(e) => return Err(format!("authentication: {e}")),
         };
     let span = tracing::info_span!(
@@ -99,17 +102,29 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
     // Up to ReadyForQuery: ParameterStatus, BackendKeyData (replaced), notices.
     let mut visible_key: Option<BackendKey> = None;
     let mut transform = None;
+    // The settings that decide how PostgreSQL reads SQL, from the
+    // ParameterStatus messages of the startup (role and database defaults,
+    // startup options).
+    let lex = Arc::new(LexState::default());
     let result = async {
         loop {
-            let f = upstream
-                .next()
-                .await
-                .map_err(|e| format!("upstream: {e}"))?;
+            let f = match upstream.next().await {
+                Ok(f) => f,
+                Err(e) => return Err(upstream_failed(&mut client, "during startup", e).await),
+            };
             match f.tag {
                 b'K' => {
                     let b = f.body();
                     if b.len() < 8 {
-                        return Err("malformed BackendKeyData".to_string());
+                        return Err(upstream_failed(
+                            &mut client,
+                            "during startup",
+                            FrameError::BadLength {
+                                tag: 'K',
+                                len: f.raw.len() as u32 - 1,
+                            },
+                        )
+                        .await);
                     }
                     let real = BackendKey {
                         pid: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
@@ -124,7 +139,17 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                         let db = startup.database().unwrap_or_default().to_string();
                         let entry = match engine.cached(&db) {
                             Some(e) => e,
-                            None => load_catalog(engine, &db, &mut upstream).await?,
+                            None => match load_catalog(engine, &db, &mut upstream).await {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    return Err(upstream_failed(
+                                        &mut client,
+                                        "while loading the catalog",
+                                        e,
+                                    )
+                                    .await);
+                                }
+                            },
                         };
                         let id = Identity {
                             login_role: outcome.login_role.clone(),
@@ -132,10 +157,10 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                             client_addr: peer.to_string(),
                         };
                         let st = Arc::new(crate::session::Shared::new(entry));
-                        transform = Some((
-                            Frontend::new(id.clone(), st.clone(), engine.clone()),
-                            Backend::new(id, st, engine.clone()),
-                        ));
+                        let mut fe = Frontend::new(id.clone(), st.clone(), engine.clone());
+                        fe.set_max_message(max);
+                        fe.set_lex_state(lex.clone());
+                        transform = Some((fe, Backend::new(id, st, engine.clone())));
                     }
                     write_client(&mut client, &f.raw).await?;
                     break;
@@ -143,6 +168,10 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                 b'E' => {
                     write_client(&mut client, &f.raw).await?;
                     return Err("startup failed upstream".to_string());
+                }
+                b'S' => {
+                    lex.observe(f.body());
+                    write_client(&mut client, &f.raw).await?;
                 }
                 _ => write_client(&mut client, &f.raw).await?,
             }
@@ -160,6 +189,30 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
         shared.cancel.unregister(v);
     }
     result
+}
+
+/// The server connection failed before the session started: tell the
+/// client (08006 for a lost connection, 08P01 for an invalid message), count
+/// it, and return the reason for the log.
+async fn upstream_failed(client: &mut FrameReader<Stream>, when: &str, e: FrameError) -> String {
+    metrics::counter!("pgveil_upstream_errors_total").increment(1);
+    let code = match e {
+        FrameError::Closed | FrameError::Truncated | FrameError::Io(_) => "08006",
+        FrameError::BadLength { .. } | FrameError::TooLarge { .. } => "08P01",
+    };
+    let what = match code {
+        "08006" => "lost the connection to PostgreSQL",
+        _ => "invalid message from PostgreSQL",
+    };
+    let _ = client
+        .get_mut()
+        .write_all(&msg::error_response(
+            "FATAL",
+            code,
+            &format!("pgveil: {what} {when}: {e}"),
+        ))
+        .await;
+    format!("upstream {when}: {e}")
 }
 
 async fn write_client(client: &mut FrameReader<Stream>, bytes: &[u8]) -> Result<(), String> {
@@ -296,24 +349,17 @@ async fn load_catalog(
     engine: &Engine,
     db: &str,
     upstream: &mut FrameReader<Stream>,
-) -> Result<Arc<CatalogEntry>, String> {
+) -> Result<Arc<CatalogEntry>, FrameError> {
     let mut q = BytesMut::new();
     crate::session::messages::encode_query(
         &mut q,
         &crate::policy::catalog::Catalog::simple_query(&engine.policy),
     );
-    upstream
-        .get_mut()
-        .write_all(&q)
-        .await
-        .map_err(|e| format!("upstream: {e}"))?;
+    upstream.get_mut().write_all(&q).await?;
     let mut rows = Vec::new();
     let mut failed = false;
     loop {
-        let f = upstream
-            .next()
-            .await
-            .map_err(|e| format!("upstream: {e}"))?;
+        let f = upstream.next().await?;
         match f.tag {
             b'D' => {
                 let body = f.raw.slice(5..);

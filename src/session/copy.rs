@@ -19,17 +19,24 @@ pub struct CopyIn {
     entry: Arc<CatalogEntry>,
     /// Bytes of an incomplete row carried to the next CopyData.
     partial: Vec<u8>,
+    /// CSV: whether the end of `partial` is inside a quoted field (each
+    /// byte is scanned once, however many messages a row spans).
+    in_quotes: bool,
+    /// Longest row held back (`limits.max_message_bytes`).
+    max_row: usize,
     header_pending: bool,
     ended: bool,
 }
 
 impl CopyIn {
-    pub fn new(plan: Arc<CopyPlan>, entry: Arc<CatalogEntry>) -> CopyIn {
+    pub fn new(plan: Arc<CopyPlan>, entry: Arc<CatalogEntry>, max_row: usize) -> CopyIn {
         let header_pending = plan.header;
         CopyIn {
             plan,
             entry,
             partial: Vec::new(),
+            in_quotes: false,
+            max_row,
             header_pending,
             ended: false,
         }
@@ -42,25 +49,35 @@ impl CopyIn {
         engine: &Engine,
         out: &mut BytesMut,
     ) -> Result<(), Refusal> {
-        self.partial.extend_from_slice(data);
+        let mut buf = std::mem::take(&mut self.partial);
+        let scanned = buf.len();
+        buf.extend_from_slice(data);
         let mut rows = BytesMut::new();
         let mut start = 0;
-        let buf = std::mem::take(&mut self.partial);
         let csv = self.plan.format == CopyFormat::Csv;
-        let mut in_quotes = false;
-        let mut i = 0;
-        while i < buf.len() {
+        let quote = self.plan.quote as u8;
+        let mut in_quotes = self.in_quotes;
+        for i in scanned..buf.len() {
             let b = buf[i];
-            if csv && b == self.plan.quote as u8 {
+            if csv && b == quote {
                 in_quotes = !in_quotes;
             } else if b == b'\n' && !in_quotes {
-                let line = &buf[start..i];
-                self.row(line, engine, &mut rows).await?;
+                self.row(&buf[start..i], engine, &mut rows).await?;
                 start = i + 1;
             }
-            i += 1;
         }
-        self.partial = buf[start..].to_vec();
+        buf.drain(..start);
+        if buf.len() > self.max_row {
+            return Err(Refusal {
+                sqlstate: "54000",
+                message: format!(
+                    "pgveil: a COPY row for {}.{} is longer than limits.max_message_bytes ({} bytes)",
+                    self.plan.schema, self.plan.table, self.max_row
+                ),
+            });
+        }
+        self.partial = buf;
+        self.in_quotes = in_quotes;
         if !rows.is_empty() {
             let s = begin(out, b'd');
             out.extend_from_slice(&rows);

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -46,6 +47,61 @@ impl From<ValueError> for Refusal {
     }
 }
 
+/// The session settings that decide how PostgreSQL reads a statement's
+/// text, as far as pgveil's analysis depends on them. pgveil reads SQL with
+/// `standard_conforming_strings` on, and a backslash is always a backslash;
+/// PostgreSQL reads a backslash in a plain string as an escape when the
+/// setting is off, and in SJIS, BIG5, GBK, UHC, GB18030 or JOHAB a byte
+/// 0x5C after a non-ASCII byte is part of a character. Either way a
+/// statement could mean something else to PostgreSQL than to pgveil (a
+/// string literal to pgveil, an INSERT of plaintext to PostgreSQL). Kept
+/// up to date from the server's ParameterStatus messages.
+#[derive(Debug)]
+pub struct LexState {
+    standard_strings: AtomicBool,
+    backslash_safe_encoding: AtomicBool,
+}
+
+impl Default for LexState {
+    fn default() -> Self {
+        LexState {
+            standard_strings: AtomicBool::new(true),
+            backslash_safe_encoding: AtomicBool::new(true),
+        }
+    }
+}
+
+impl LexState {
+    /// Take note of a ParameterStatus message body (name, value).
+    pub fn observe(&self, body: &[u8]) {
+        let mut b = body;
+        let (Some(name), Some(value)) = (read_cstr(&mut b), read_cstr(&mut b)) else {
+            return;
+        };
+        if name.eq_ignore_ascii_case("standard_conforming_strings") {
+            self.standard_strings
+                .store(value.eq_ignore_ascii_case("on"), Ordering::SeqCst);
+        } else if name.eq_ignore_ascii_case("client_encoding") {
+            self.backslash_safe_encoding
+                .store(backslash_is_always_a_character(value), Ordering::SeqCst);
+        }
+    }
+}
+
+/// Client encodings (PostgreSQL's names) in which the byte 0x5C is always a
+/// backslash: UTF8, SQL_ASCII, the single-byte encodings and the EUC family.
+/// Unknown names count as unsafe.
+fn backslash_is_always_a_character(enc: &str) -> bool {
+    let e = enc.to_ascii_uppercase();
+    matches!(e.as_str(), "UTF8" | "SQL_ASCII" | "MULE_INTERNAL")
+        || ["LATIN", "WIN", "ISO_8859", "EUC_", "KOI8"]
+            .iter()
+            .any(|p| e.starts_with(p))
+}
+
+/// Why a statement that is not valid UTF-8 is refused.
+const NOT_UTF8: &str = "pgveil: a statement that may touch protected tables is not valid UTF-8: pgveil can only analyse statements sent with client_encoding UTF8";
+
 fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         sqlstate,
@@ -62,6 +118,12 @@ pub struct Frontend {
     portals: HashMap<String, (bool, Arc<Prepared>)>,
     skip_until_sync: bool,
     copy: Option<CopyIn>,
+    /// A COPY into a protected table was refused (CopyFail sent): the rest
+    /// of its data stays here instead of reaching PostgreSQL.
+    copy_failed: bool,
+    /// `limits.max_message_bytes`: also the longest COPY row held back.
+    max_message: usize,
+    lex: Arc<LexState>,
     /// An Execute was sent: if COPY data follows, the Syncs the client sent
     /// in between are ignored by the server (copy-in mode) and get no
     /// ReadyForQuery, so their queue entries must go.
@@ -81,6 +143,9 @@ impl Frontend {
             portals: HashMap::new(),
             skip_until_sync: false,
             copy: None,
+            copy_failed: false,
+            max_message: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            lex: Arc::new(LexState::default()),
             after_execute: false,
             statement_id: 0,
             unprotected: Arc::new(Prepared {
@@ -97,6 +162,50 @@ impl Frontend {
         self.shared.entry()
     }
 
+    /// `limits.max_message_bytes` of this session (default 1 GiB).
+    pub fn set_max_message(&mut self, n: usize) {
+        self.max_message = n;
+    }
+
+    /// The session settings that decide how PostgreSQL reads statements
+    /// (fed with the server's ParameterStatus messages).
+    pub fn lex_state(&self) -> Arc<LexState> {
+        self.lex.clone()
+    }
+
+    pub fn set_lex_state(&mut self, lex: Arc<LexState>) {
+        self.lex = lex;
+    }
+
+    /// Refuse a statement on protected tables that PostgreSQL might read
+    /// differently from pgveil (see [`LexState`]). Statements without a
+    /// backslash read the same whatever the encoding; with one, pgveil must
+    /// also be sure no earlier statement still running changes a setting.
+    fn read_differently(&self, sql: &str) -> Option<Refusal> {
+        if !self.lex.standard_strings.load(Ordering::SeqCst) {
+            return Some(refuse(
+                "0A000",
+                "pgveil: statements on protected tables require standard_conforming_strings = on",
+            ));
+        }
+        if !sql.contains('\\') {
+            return None;
+        }
+        if !self.lex.backslash_safe_encoding.load(Ordering::SeqCst) {
+            return Some(refuse(
+                "0A000",
+                "pgveil: a statement on protected tables that contains a backslash requires a client_encoding in which a backslash is always a backslash (UTF8; not SJIS, BIG5, GBK, UHC, GB18030 or JOHAB)",
+            ));
+        }
+        if !self.shared.is_idle() {
+            return Some(refuse(
+                "0A000",
+                "pgveil: a statement on protected tables that contains a backslash cannot be sent before the results of earlier statements have arrived (they could change how it is read)",
+            ));
+        }
+        None
+    }
+
     /// Whether the catalog should be reloaded before the next statement
     /// (only called when no request is in flight).
     pub fn wants_catalog_refresh(&self) -> bool {
@@ -107,6 +216,9 @@ impl Frontend {
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) -> Flow {
         if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
             return Flow::Continue;
+        }
+        if !matches!(f.tag, b'd' | b'c' | b'f' | b'S' | b'H') {
+            self.copy_failed = false;
         }
         if matches!(f.tag, b'd' | b'c' | b'f') && std::mem::take(&mut self.after_execute) {
             let mut q = self.shared.pending.lock().expect("pending queue");
@@ -167,7 +279,7 @@ impl Frontend {
                 if let Some(copy) = prepared.as_ref().and_then(|p| p.copy.clone())
                     && copy.direction == CopyDirection::In
                 {
-                    self.copy = Some(CopyIn::new(copy, self.entry()));
+                    self.copy = Some(CopyIn::new(copy, self.entry(), self.max_message));
                 }
                 self.shared.push(Pending::Execute {
                     portal,
@@ -206,8 +318,12 @@ impl Frontend {
                         self.fail_copy(e, out);
                     }
                 }
+                // The rest of a refused COPY: PostgreSQL would ignore it.
+                None if self.copy_failed => {}
                 None => out.extend_from_slice(&f.raw),
             },
+            // PostgreSQL ended the refused COPY at pgveil's CopyFail.
+            b'c' | b'f' if std::mem::take(&mut self.copy_failed) => {}
             b'c' => {
                 if let Some(mut c) = self.copy.take()
                     && let Err(e) = c.finish(&self.engine, out).await
@@ -243,6 +359,7 @@ impl Frontend {
     /// PostgreSQL rolls it back and reports the reason.
     fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
         self.copy = None;
+        self.copy_failed = true;
         self.rejected(&e);
         let s = crate::wire::msg::begin(out, b'f');
         crate::wire::msg::put_cstr(out, &e.message);
@@ -251,8 +368,34 @@ impl Frontend {
 
     async fn on_query(&mut self, f: &Frame, out: &mut BytesMut) {
         let body = f.body();
-        let sql = std::str::from_utf8(&body[..body.len().saturating_sub(1)]).unwrap_or("");
+        let text = &body[..body.len().saturating_sub(1)];
         let entry = self.entry();
+        let Ok(sql) = std::str::from_utf8(text) else {
+            // Not UTF-8 (another client_encoding): the statement cannot be
+            // analysed, so it may only go through if even a lossy reading
+            // names no protected table.
+            if entry
+                .analyzer
+                .may_touch_protected(&String::from_utf8_lossy(text))
+            {
+                let r = refuse("22021", NOT_UTF8);
+                self.rejected(&r);
+                self.shared.push(Pending::Query {
+                    protected: false,
+                    audit: None,
+                });
+                m::encode_query(out, &raise_sql(&r));
+            } else {
+                metrics::counter!("pgveil_statements_total", "outcome" => "passthrough")
+                    .increment(1);
+                self.shared.push(Pending::Query {
+                    protected: false,
+                    audit: None,
+                });
+                out.extend_from_slice(&f.raw);
+            }
+            return;
+        };
         if !entry.analyzer.may_touch_protected(sql) {
             metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
             self.shared.push(Pending::Query {
@@ -260,6 +403,15 @@ impl Frontend {
                 audit: None,
             });
             out.extend_from_slice(&f.raw);
+            return;
+        }
+        if let Some(r) = self.read_differently(sql) {
+            self.rejected(&r);
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            m::encode_query(out, &raise_sql(&r));
             return;
         }
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
@@ -293,7 +445,11 @@ impl Frontend {
                             self.rejected(&r);
                             break;
                         }
-                        self.copy = Some(CopyIn::new(Arc::new(cp.clone()), entry.clone()));
+                        self.copy = Some(CopyIn::new(
+                            Arc::new(cp.clone()),
+                            entry.clone(),
+                            self.max_message,
+                        ));
                     }
                     parts.push(cp.sql.clone());
                 }
@@ -328,9 +484,29 @@ impl Frontend {
             return;
         }
         let Some(parse) = ParseMsg::decode(f.body()) else {
-            // Malformed: PostgreSQL will say so.
-            self.shared.push(Pending::Parse { internal: false });
-            out.extend_from_slice(&f.raw);
+            // Malformed or not UTF-8: it cannot be analysed. If even a lossy
+            // reading names no protected table, PostgreSQL judges it;
+            // otherwise it is refused here and never goes upstream.
+            if !self
+                .entry()
+                .analyzer
+                .may_touch_protected(&String::from_utf8_lossy(f.body()))
+            {
+                self.shared.push(Pending::Parse { internal: false });
+                out.extend_from_slice(&f.raw);
+                return;
+            }
+            let r = if std::str::from_utf8(f.body()).is_err() {
+                refuse("22021", NOT_UTF8)
+            } else {
+                refuse("08P01", "pgveil: invalid Parse message")
+            };
+            self.rejected(&r);
+            let mut b = f.body();
+            if let Some(name) = read_cstr(&mut b) {
+                self.statements.remove(name);
+            }
+            self.inject_raise(&r, out);
             return;
         };
         let entry = self.entry();
@@ -348,6 +524,12 @@ impl Frontend {
             );
             self.shared.push(Pending::Parse { internal: false });
             out.extend_from_slice(&f.raw);
+            return;
+        }
+        if let Some(r) = self.read_differently(&parse.query) {
+            self.rejected(&r);
+            self.statements.remove(&parse.name);
+            self.inject_raise(&r, out);
             return;
         }
         let plans = entry.plan(
@@ -466,8 +648,16 @@ impl Frontend {
         }
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
-            self.shared.push(Pending::Bind { internal: false });
-            out.extend_from_slice(&f.raw);
+            // A Bind of a protected statement (or one whose names cannot be
+            // read) whose counts and lengths disagree: refuse it here, so
+            // the parameters it carries never go upstream as they are.
+            // PostgreSQL would reject it too.
+            let r = refuse(
+                "08P01",
+                "pgveil: invalid Bind message: its parameter counts and lengths disagree with its length",
+            );
+            self.rejected(&r);
+            self.inject_raise(&r, out);
             return;
         };
         let Some(prepared) = self.statements.get(&bind.statement).cloned() else {
@@ -628,6 +818,29 @@ impl Frontend {
         plan: &RewritePlan,
         prepared: &Prepared,
     ) -> Result<BindMsg, Refusal> {
+        // PostgreSQL's own checks: the rewritten Bind would hide a
+        // mismatch (extra parameters dropped, formats re-encoded).
+        if b.params.len() != prepared.client_params {
+            return Err(refuse(
+                "08P01",
+                format!(
+                    "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                    b.params.len(),
+                    b.statement,
+                    prepared.client_params
+                ),
+            ));
+        }
+        if b.param_formats.len() > 1 && b.param_formats.len() != b.params.len() {
+            return Err(refuse(
+                "08P01",
+                format!(
+                    "bind message has {} parameter formats but {} parameters",
+                    b.param_formats.len(),
+                    b.params.len()
+                ),
+            ));
+        }
         let deferred = &prepared.deferred_literals;
         let declared = |orig: usize| prepared.declared.get(orig).copied().unwrap_or(0);
         let entry = self.entry();
@@ -916,6 +1129,50 @@ pub fn raise_sql(r: &Refusal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(name: &str, value: &str) -> Vec<u8> {
+        [name.as_bytes(), &[0], value.as_bytes(), &[0]].concat()
+    }
+
+    #[test]
+    fn lex_state_follows_parameter_status() {
+        let l = LexState::default();
+        let scs = |l: &LexState| l.standard_strings.load(Ordering::SeqCst);
+        let enc = |l: &LexState| l.backslash_safe_encoding.load(Ordering::SeqCst);
+        assert!(scs(&l) && enc(&l));
+        l.observe(&status("standard_conforming_strings", "off"));
+        assert!(!scs(&l));
+        l.observe(&status("standard_conforming_strings", "on"));
+        assert!(scs(&l));
+        for bad in [
+            "SJIS",
+            "SHIFT_JIS_2004",
+            "BIG5",
+            "GBK",
+            "UHC",
+            "GB18030",
+            "JOHAB",
+            "NEW_ONE",
+        ] {
+            l.observe(&status("client_encoding", bad));
+            assert!(!enc(&l), "{bad}");
+        }
+        for good in [
+            "UTF8",
+            "SQL_ASCII",
+            "LATIN1",
+            "WIN1252",
+            "EUC_JP",
+            "KOI8R",
+            "ISO_8859_5",
+        ] {
+            l.observe(&status("client_encoding", good));
+            assert!(enc(&l), "{good}");
+        }
+        l.observe(&status("application_name", "off"));
+        l.observe(b"truncated");
+        assert!(scs(&l) && enc(&l));
+    }
 
     #[test]
     fn raise_sql_quotes_message() {
