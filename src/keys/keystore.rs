@@ -201,6 +201,12 @@ impl Keystore {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             let mut c = (self.connect)().await?;
+            // A data key must be durable before any value is encrypted with
+            // it: with `synchronous_commit = off` (a common tuning) a crash
+            // right after the commit could lose the key's row, and the
+            // keystore would hand its id to another table while values
+            // written under the lost key are unreadable forever.
+            c.batch_execute("SET synchronous_commit = on").await?;
             let tx = c.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
                 .await?;

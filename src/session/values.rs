@@ -286,9 +286,12 @@ pub fn envelope_literal(storage: Storage, env: &[u8]) -> String {
     }
 }
 
-/// `'\x…'::bytea`.
+/// `E'\\x…'::bytea`.
+/// An escape-string literal, so that it reads the same whatever the
+/// session's `standard_conforming_strings` (a plain `'\x…'` would be read as
+/// a hex escape with it off, corrupting the value).
 pub fn bytea_literal(b: &[u8]) -> String {
-    format!("'\\x{}'::bytea", hex::encode(b))
+    format!("E'\\\\x{}'::bytea", hex::encode(b))
 }
 
 /// Decode hex digits into `out` (cleared first). bytea's text output is the
@@ -387,6 +390,6 @@ mod tests {
             decode_bytea_text(format!("\\x{}", hex::encode(&all)).as_bytes()).unwrap(),
             all
         );
-        assert_eq!(bytea_literal(&[1, 2]), "'\\x0102'::bytea");
+        assert_eq!(bytea_literal(&[1, 2]), "E'\\\\x0102'::bytea");
     }
 }
