@@ -503,6 +503,335 @@ SQL
     printf 'pgveil RSS before %s KiB, peak (VmHWM) %s KiB\n' "$rss0" "$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")"
 }
 
+# Load: a bounded soak. SOAK_CLIENTS pgbench clients run a mixed encrypted
+# workload for SOAK_SECONDS through a fresh pgveil with a policy
+# (benches/soak-policy.yaml): point lookup by the blind-indexed email (40),
+# insert of sentinel-bearing values into all three protected columns (20),
+# update of a protected column found by its blind index (20), and a 20-row
+# range read that decrypts 60 values (20). Then SOAK_IDLE connections are
+# opened by benches/soak-idle.py, each runs one lookup, and they stay idle
+# for SOAK_HOLD seconds (then answer once more and close): once in that
+# pgveil, once in a fresh one. pgveil's VmRSS and VmHWM (/proc/PID/status)
+# are taken at each step; the idle cost per connection is (RSS with the idle
+# connections - RSS before) / SOAK_IDLE, and the target is judged on the
+# larger of the two figures.
+# Afterwards pg_dump of the database and every file of the data directory
+# are searched for the sentinel prefix (as text and as bytea hex). Any
+# failed transaction, aborted client, idle-connection error, lost insert or
+# sentinel found makes the run fail. Not in the default SECTIONS (it holds
+# SOAK_CLIENTS + SOAK_IDLE connections and takes a few minutes).
+SOAK_CLIENTS=${SOAK_CLIENTS:-500}
+SOAK_SECONDS=${SOAK_SECONDS:-60}
+SOAK_IDLE=${SOAK_IDLE:-1000}
+SOAK_ROWS=${SOAK_ROWS:-20000}
+SOAK_HOLD=${SOAK_HOLD:-10}
+SOAK_SENTINEL=soak-sentinel-
+
+# vm_kib PID FIELD: VmRSS, VmHWM, ... of a process in KiB.
+vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+# Reset a process's VmHWM to its current RSS (Linux clear_refs), so each
+# phase reports its own peak. Returns non-zero where the kernel refuses.
+reset_hwm() { { echo 5 >"/proc/$1/clear_refs"; } 2>/dev/null; }
+
+# raise_nofile N: make the soft open-file limit at least N (and the hard
+# one, when we may), for pgveil (2 descriptors per client), pgbench and the
+# idle-connection client started after this.
+raise_nofile() {
+    local need=$1 soft hard
+    soft=$(ulimit -Sn)
+    [[ $soft == unlimited ]] && return 0
+    ((soft >= need)) && return 0
+    hard=$(ulimit -Hn)
+    if [[ $hard != unlimited ]] && ((hard < need)); then
+        ulimit -Hn "$need" 2>/dev/null ||
+            die "open-file limit: $need needed, hard limit is $hard (raise it, e.g. as root: ulimit -Hn $need)"
+    fi
+    ulimit -Sn "$need" || die "cannot raise the open-file limit to $need"
+    log "open-file limit raised from $soft to $need"
+}
+
+# Wait until no session of ROLE is left in PostgreSQL (pgveil closes the
+# upstream connection when its client goes away).
+wait_sessions_gone() { # role, seconds
+    local i n
+    for ((i = 0; i < $2 * 5; i++)); do
+        n=$(psql_su "$DB" -At -c "SELECT count(*) FROM pg_stat_activity WHERE usename = '$1'")
+        [[ $n == 0 ]] && return 0
+        sleep 0.2
+    done
+    die "soak: $n sessions of $1 still open $2 s after their clients closed"
+}
+
+veil_psql() { # port, psql args...
+    local port=$1
+    shift
+    PGSSLMODE=disable "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U bench -d "$DB" "$@"
+}
+
+# soak_warm PORT: one session through pgveil, so that the catalog and the
+# data keys (loaded once per process, not per connection) are in memory
+# before a baseline is taken; it must see the decrypted preloaded name.
+soak_warm() {
+    veil_psql "$1" -At -c "SELECT name FROM soak_enc WHERE email = '1'" | grep -qx "${SOAK_SENTINEL}n1" ||
+        die "soak: the warm-up lookup through pgveil did not return the decrypted name"
+    wait_sessions_gone bench 30
+}
+
+# soak_idle_phase PORT PID LABEL: SOAK_IDLE connections through the pgveil
+# at PORT (process PID), each runs one lookup; RSS before, with them open
+# (and VmHWM), after SOAK_HOLD idle seconds and after they closed. Sets
+# IDLE_BEFORE IDLE_OPEN IDLE_HWM IDLE_HOLD IDLE_CLOSED (KiB), IDLE_PER_CONN,
+# IDLE_BACKENDS (PostgreSQL sessions seen) and IDLE_SECONDS (to open them).
+soak_idle_phase() {
+    local port=$1 pid=$2 label=$3 i
+    local ready="$WORK/idle-$label.ready" release="$WORK/idle-$label.release" ilog="$WORK/soak-idle-$label.log"
+    log "soak: opening $SOAK_IDLE idle connections ($label pgveil)"
+    reset_hwm "$pid" || true
+    IDLE_BEFORE=$(vm_kib "$pid" VmRSS)
+    rm -f "$ready" "$release"
+    python3 "$ROOT/benches/soak-idle.py" --port "$port" --user bench --database "$DB" \
+        --count "$SOAK_IDLE" --rows "$SOAK_ROWS" --ready "$ready" --release "$release" 2>"$ilog" &
+    local idle_pid=$!
+    for ((i = 0; i < 6000; i++)); do
+        [[ -e "$ready" ]] && break
+        if ! kill -0 "$idle_pid" 2>/dev/null; then
+            wait "$idle_pid" || true
+            cat "$ilog" >&2
+            die "soak: the idle-connection client failed ($label pgveil; output above)"
+        fi
+        sleep 0.1
+    done
+    [[ -e "$ready" ]] || { kill "$idle_pid"; die "soak: $SOAK_IDLE idle connections not open after 600 s ($label)"; }
+    IDLE_OPEN=$(vm_kib "$pid" VmRSS)
+    IDLE_HWM=$(vm_kib "$pid" VmHWM)
+    IDLE_SECONDS=$(awk '{ print $2 }' "$ready")
+    IDLE_BACKENDS=$(psql_su "$DB" -At -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'bench'")
+    ((IDLE_BACKENDS == SOAK_IDLE)) ||
+        die "soak: $IDLE_BACKENDS PostgreSQL sessions of bench for $SOAK_IDLE idle clients ($label)"
+    log "soak: $SOAK_IDLE idle connections open in $IDLE_SECONDS s (each ran one lookup); holding $SOAK_HOLD s"
+    sleep "$SOAK_HOLD"
+    IDLE_HOLD=$(vm_kib "$pid" VmRSS)
+    touch "$release"
+    if ! wait "$idle_pid"; then
+        cat "$ilog" >&2
+        die "soak: the idle connections did not all answer after idling ($label pgveil; output above)"
+    fi
+    wait_sessions_gone bench 60
+    IDLE_CLOSED=$(vm_kib "$pid" VmRSS)
+    IDLE_PER_CONN=$(awk -v a="$IDLE_OPEN" -v b="$IDLE_BEFORE" -v n="$SOAK_IDLE" 'BEGIN { printf "%.1f", (a - b) / n }')
+}
+
+section_soak() {
+    local total=$((SOAK_CLIENTS + SOAK_IDLE))
+    ((SOAK_ROWS >= 20)) || die "SOAK_ROWS must be at least 20"
+    raise_nofile $((2 * total + 256))
+    python3 -c 'import asyncpg' 2>/dev/null || die "soak needs the Python asyncpg package (pip install asyncpg)"
+    psql_su postgres -c "CREATE DATABASE pgveil_keys" 2>/dev/null || true
+    psql_su "$DB" -c "DROP ROLE IF EXISTS bench" -c "CREATE ROLE bench LOGIN SUPERUSER" >/dev/null
+    psql_su "$DB" <<SQL
+DROP TABLE IF EXISTS soak_enc;
+CREATE TABLE soak_enc (id bigserial PRIMARY KEY, email bytea, email_bidx bytea, name bytea, phone bytea);
+CREATE INDEX ON soak_enc (email_bidx);
+SQL
+    # Preload through a pgveil of its own, stopped afterwards, so that the
+    # measured one starts without COPY buffers behind it.
+    local policy="$ROOT/benches/soak-policy.yaml"
+    start_pgveil_policy soak_load "$policy"
+    local load_pid=${PGVEIL_PIDS[-1]}
+    log "soak: loading $SOAK_ROWS encrypted rows through pgveil (COPY)"
+    psql_su "$DB" -At -c "COPY (SELECT i, '${SOAK_SENTINEL}n' || i, '${SOAK_SENTINEL}p' || i
+        FROM generate_series(1, $SOAK_ROWS) i) TO STDOUT" >"$WORK/soak.tsv"
+    veil_psql "$PGVEIL_PORT" -c "\\copy soak_enc (email, name, phone) FROM '$WORK/soak.tsv'"
+    rm -f "$WORK/soak.tsv"
+    kill "$load_pid"
+    wait "$load_pid" 2>/dev/null || true
+    psql_su "$DB" -c "VACUUM ANALYZE soak_enc"
+
+    start_pgveil_policy soak "$policy" "limits:
+  max_connections: $((total + 100))"
+    local port=$PGVEIL_PORT pid=${PGVEIL_PIDS[-1]}
+    soak_warm "$port"
+    local hwm_scope="phase peak"
+    reset_hwm "$pid" || hwm_scope="peak since start"
+    local rss_base hwm_base
+    rss_base=$(vm_kib "$pid" VmRSS)
+    hwm_base=$(vm_kib "$pid" VmHWM)
+
+    # --- Active phase -------------------------------------------------------
+    cat >"$WORK/soak_lookup.sql" <<SQL
+\\set i random(1, $SOAK_ROWS)
+SELECT name, phone FROM soak_enc WHERE email = :i;
+SQL
+    cat >"$WORK/soak_insert.sql" <<SQL
+\\set r random(1000000000, 2000000000)
+SELECT '$SOAK_SENTINEL' || CAST(:r AS text) AS s \\gset
+INSERT INTO soak_enc (email, name, phone) VALUES (:s, :s, :s);
+SQL
+    cat >"$WORK/soak_update.sql" <<SQL
+\\set i random(1, $SOAK_ROWS)
+\\set r random(1000000000, 2000000000)
+SELECT '$SOAK_SENTINEL' || CAST(:r AS text) AS s \\gset
+UPDATE soak_enc SET phone = :s WHERE email = :i;
+SQL
+    cat >"$WORK/soak_read.sql" <<SQL
+\\set i random(1, $((SOAK_ROWS - 19)))
+\\set j :i + 19
+SELECT id, email, name, phone FROM soak_enc WHERE id BETWEEN :i AND :j;
+SQL
+    log "soak: $SOAK_CLIENTS clients x $SOAK_SECONDS s, mixed encrypted workload"
+    local out
+    out=$(pgbench_run "$port" bench -n -c "$SOAK_CLIENTS" -j "$THREADS" -T "$SOAK_SECONDS" -M extended \
+        -f "$WORK/soak_lookup.sql@40" -f "$WORK/soak_insert.sql@20" \
+        -f "$WORK/soak_update.sql@20" -f "$WORK/soak_read.sql@20") ||
+        die "soak: pgbench failed (output above)"
+    printf '%s\n' "$out" >"$WORK/soak-pgbench.log"
+    if grep -qE '^client [0-9]+ aborted|Run was aborted' <<<"$out"; then
+        echo "$out" >&2
+        die "soak: a pgbench client aborted"
+    fi
+    local tps lat conn_ms processed failed
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n1)
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -n1)
+    conn_ms=$(sed -n 's/^initial connection time = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -n1)
+    processed=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out" | head -n1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out" | head -n1)
+    [[ -n "$tps" && -n "$lat" && -n "$processed" ]] || { echo "$out" >&2; die "soak: cannot parse pgbench output"; }
+    # Per script: name, transactions, tps, failed, latency.
+    local per_script
+    per_script=$(awk '
+        /^SQL script [0-9]+:/ { if (name != "") print name, n, t, f, l; name = $4; sub(/.*soak_/, "", name); sub(/\.sql$/, "", name); n = t = l = "-"; f = 0 }
+        name != "" && /^ - [0-9]+ transactions/ { n = $2; t = $0; sub(/.*tps = /, "", t); sub(/\).*/, "", t) }
+        name != "" && /^ - number of failed transactions:/ { f = $6 }
+        name != "" && /^ - latency average = / { l = $5 }
+        END { if (name != "") print name, n, t, f, l }' <<<"$out")
+    printf 'soak\tmixed\tpgveil\t1\t%s\t%s\n' "$tps" "$lat" >>"$RESULTS_TSV"
+    local sname sn st sf sl inserted=""
+    while read -r sname sn st sf sl; do
+        printf 'soak\t%s\tpgveil\t1\t%s\t%s\n' "$sname" "$st" "${sl/-/0}" >>"$RESULTS_TSV"
+        [[ $sname == insert ]] && inserted=$sn
+    done <<<"$per_script"
+    [[ -n "$inserted" ]] || { echo "$out" >&2; die "soak: no per-script figures for the insert script"; }
+    log "soak: $tps tps, $lat ms, $processed transactions, ${failed:-0} failed"
+
+    local rss_active_peak rss_active_end rss_active_drained
+    rss_active_peak=$(vm_kib "$pid" VmHWM)
+    rss_active_end=$(vm_kib "$pid" VmRSS)
+    wait_sessions_gone bench 60
+    rss_active_drained=$(vm_kib "$pid" VmRSS)
+
+    # --- Idle phase ---------------------------------------------------------
+    # Once in this pgveil, after the load, and once in a fresh one: the
+    # allocator keeps what the active phase freed and hands it to the idle
+    # sessions, so the first figure alone can understate what a connection
+    # costs.
+    soak_idle_phase "$port" "$pid" after-load
+    local a_before=$IDLE_BEFORE a_open=$IDLE_OPEN a_hwm=$IDLE_HWM a_hold=$IDLE_HOLD a_closed=$IDLE_CLOSED
+    local a_per=$IDLE_PER_CONN a_backends=$IDLE_BACKENDS
+    start_pgveil_policy soak_fresh "$policy" "limits:
+  max_connections: $((total + 100))"
+    local fresh_port=$PGVEIL_PORT fresh_pid=${PGVEIL_PIDS[-1]}
+    soak_warm "$fresh_port"
+    reset_hwm "$fresh_pid" || true
+    local f_base
+    f_base=$(vm_kib "$fresh_pid" VmRSS)
+    soak_idle_phase "$fresh_port" "$fresh_pid" fresh
+    local mem_rows=(
+        "baseline:$rss_base"
+        "after-active-phase:$rss_active_end"
+        "active-peak:$rss_active_peak"
+        "active-drained:$rss_active_drained"
+        "idle-before:$a_before"
+        "idle-open:$a_open"
+        "idle-peak:$a_hwm"
+        "idle-after-hold:$a_hold"
+        "idle-closed:$a_closed"
+        "fresh-baseline:$f_base"
+        "fresh-idle-open:$IDLE_OPEN"
+        "fresh-idle-peak:$IDLE_HWM"
+        "fresh-idle-closed:$IDLE_CLOSED"
+    )
+    local row
+    for row in "${mem_rows[@]}"; do
+        printf 'soak\trss-%s-kib\tpgveil\t1\t%s\t0\n' "${row%%:*}" "${row#*:}" >>"$RESULTS_TSV"
+    done
+    printf 'soak\tidle-per-conn-kib\tpgveil\t1\t%s\t0\n' "$a_per" >>"$RESULTS_TSV"
+    printf 'soak\tfresh-idle-per-conn-kib\tpgveil\t1\t%s\t0\n' "$IDLE_PER_CONN" >>"$RESULTS_TSV"
+
+    # --- No plaintext -------------------------------------------------------
+    local hex rows visible dump_hits disk_hits
+    hex=$(printf '%s' "$SOAK_SENTINEL" | od -An -tx1 | tr -d ' \n')
+    rows=$(psql_su "$DB" -At -c "SELECT count(*) FROM soak_enc")
+    # Every counted insert must be there; at most one per client may have
+    # committed without being counted when -T ran out.
+    ((rows >= SOAK_ROWS + inserted && rows <= SOAK_ROWS + inserted + SOAK_CLIENTS)) ||
+        die "soak: $rows rows in soak_enc, expected $SOAK_ROWS preloaded + $inserted inserted"
+    # Through pgveil every row carries the sentinel in name (decrypted)...
+    visible=$(veil_psql "$port" -At -c "SELECT name FROM soak_enc" | grep -c "^$SOAK_SENTINEL" || true)
+    ((visible == rows)) || die "soak: $visible of $rows names decrypt to the sentinel through pgveil"
+    wait_sessions_gone bench 30
+    # ...and directly nothing does: not in pg_dump (text or bytea hex), not in
+    # any file of the data directory (heap, indexes, WAL) after a checkpoint.
+    psql_su "$DB" -c CHECKPOINT
+    PGSSLMODE=disable "$PGBIN/pg_dump" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$DB" >"$WORK/soak-dump.sql" ||
+        die "soak: pg_dump failed"
+    grep -q "^COPY public.soak_enc " "$WORK/soak-dump.sql" || die "soak: pg_dump has no data for soak_enc"
+    dump_hits=$(grep -c -i -F -e "$SOAK_SENTINEL" -e "$hex" "$WORK/soak-dump.sql" || true)
+    rm -f "$WORK/soak-dump.sql"
+    local rc=0
+    grep -r -l -a -F -e "$SOAK_SENTINEL" "$PGDATA_DIR" >"$WORK/soak-disk-hits.txt" || rc=$?
+    ((rc <= 1)) || die "soak: cannot search the data directory"
+    disk_hits=$(wc -l <"$WORK/soak-disk-hits.txt")
+    # The soak pgveils' own logs (level warn) should be empty.
+    local log_lines
+    log_lines=$(cat "$WORK"/pgveil-soak*/pgveil.log | grep -c . || true)
+
+    # --- Report -------------------------------------------------------------
+    printf '\n== soak: %s clients x %s s mixed encrypted workload (-j %s, -M extended), then %s idle connections ==\n' \
+        "$SOAK_CLIENTS" "$SOAK_SECONDS" "$THREADS" "$SOAK_IDLE"
+    printf '%-10s %8s %14s %12s %12s %8s\n' script weight transactions tps "latency ms" failed
+    local weights="lookup:40 insert:20 update:20 read:20" w
+    while read -r sname sn st sf sl; do
+        w=$(tr ' ' '\n' <<<"$weights" | sed -n "s/^$sname://p")
+        printf '%-10s %8s %14s %12s %12s %8s\n' "$sname" "$w" "$sn" "$st" "$sl" "$sf"
+    done <<<"$per_script"
+    printf '%-10s %8s %14s %12s %12s %8s\n' all 100 "$processed" "$tps" "$lat" "${failed:-0}"
+    printf 'initial connection time %s ms\n' "${conn_ms:-?}"
+    printf '\n%-44s %12s %12s\n' "pgveil memory" "VmRSS KiB" "VmHWM KiB"
+    printf '%-44s %12s %12s\n' "baseline (warm, no clients)" "$rss_base" "$hwm_base" \
+        "end of active phase ($hwm_scope)" "$rss_active_end" "$rss_active_peak" \
+        "active clients gone" "$rss_active_drained" "" \
+        "$SOAK_IDLE idle: before" "$a_before" "" \
+        "$SOAK_IDLE idle: open, 1 query each ($hwm_scope)" "$a_open" "$a_hwm" \
+        "$SOAK_IDLE idle: after $SOAK_HOLD s" "$a_hold" "" \
+        "$SOAK_IDLE idle: closed" "$a_closed" "" \
+        "fresh pgveil: baseline (warm)" "$f_base" "" \
+        "fresh pgveil: $SOAK_IDLE idle open ($hwm_scope)" "$IDLE_OPEN" "$IDLE_HWM" \
+        "fresh pgveil: after $SOAK_HOLD s" "$IDLE_HOLD" "" \
+        "fresh pgveil: closed" "$IDLE_CLOSED" ""
+    local worst
+    worst=$(awk -v a="$a_per" -v b="$IDLE_PER_CONN" 'BEGIN { print (a > b) ? a : b }')
+    printf 'idle cost per connection: after the load (%s - %s) / %s = %s KiB; fresh pgveil (%s - %s) / %s = %s KiB\n' \
+        "$a_open" "$a_before" "$SOAK_IDLE" "$a_per" "$IDLE_OPEN" "$IDLE_BEFORE" "$SOAK_IDLE" "$IDLE_PER_CONN"
+    printf 'target <= 100 KiB per idle connection: %s (larger figure %s KiB)\n' \
+        "$(awk -v p="$worst" 'BEGIN { print (p <= 100) ? "met" : "NOT met" }')" "$worst"
+    printf 'errors: pgbench failed transactions %s, aborted clients 0, idle-connection errors 0;\n' "${failed:-0}"
+    printf '        PostgreSQL sessions while idle %s and %s (of %s each)\n' "$a_backends" "$IDLE_BACKENDS" "$SOAK_IDLE"
+    printf 'plaintext: %s rows (%s preloaded + %s inserted), %s decrypt to "%s..." through pgveil;\n' \
+        "$rows" "$SOAK_ROWS" "$inserted" "$visible" "$SOAK_SENTINEL"
+    printf '           pg_dump lines with it (text or hex): %s; data-directory files with it: %s\n' \
+        "$dump_hits" "$disk_hits"
+    printf 'pgveil log lines (warnings and errors): %s\n' "$log_lines"
+    if ((dump_hits != 0 || disk_hits != 0)); then
+        cat "$WORK/soak-disk-hits.txt" >&2
+        die "soak: PLAINTEXT FOUND in the database"
+    fi
+    if ((log_lines != 0)); then
+        head -n 20 "$WORK"/pgveil-soak*/pgveil.log >&2
+        die "soak: pgveil logged warnings or errors under load (first lines above)"
+    fi
+}
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
