@@ -2508,8 +2508,10 @@ async fn copy_data_pgveil_holds_back_never_reaches_postgres() {
     )
     .await;
     assert!(first_error(&got).is_none(), "{got:?}");
+    // Reported, not asserted (a timed assertion fails on a busy machine);
+    // the quadratic splitting this guards against took minutes and trips
+    // the 30 s hang guard above.
     eprintln!("COPY of one 8 MB row in 1024 pieces: {:?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     drop(r);
 
     // A client that vanishes with a partial row buffered in pgveil.
