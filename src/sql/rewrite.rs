@@ -1543,15 +1543,29 @@ impl<'a> Cx<'a> {
     fn top(&mut self, stmt: &mut Statement, text: &str, source: Range<usize>) -> R<Top> {
         // Highest $n used, so appended parameters come after the client's.
         let mut max = 0usize;
+        let mut used = HashSet::new();
         let _ = visit_expressions(&*stmt, |e| {
             if let Expr::Value(v) = e
                 && let Value::Placeholder(s) = &v.value
                 && let Some(n) = s.strip_prefix('$').and_then(|d| d.parse::<usize>().ok())
+                && n >= 1
             {
                 max = max.max(n);
+                used.insert(n);
             }
             ControlFlow::<()>::Continue(())
         });
+        // PostgreSQL needs a type for every parameter up to the highest:
+        // from its use in the statement or declared in Parse. A statement
+        // with more gaps than declared types cannot be prepared; refusing it
+        // here also keeps a plan proportional to the message (`$2000000000`
+        // would otherwise make two billion parameter slots).
+        if max > used.len() + self.client_types.len() {
+            return Err(Reject::unsupported(format!(
+                "pgveil: this statement uses ${max} but not every parameter below it, and Parse declares {} parameter types: PostgreSQL could not determine the others' types (declare them in Parse, or number the parameters without gaps)",
+                self.client_types.len()
+            )));
+        }
         self.n_client = self.n_client.max(max);
         let kind = match stmt {
             Statement::Query(q) => {

@@ -995,3 +995,37 @@ fn lateral_correlated_and_returning_aliases() {
     ));
     assert!(msg.contains("public.users.email"), "{msg}");
 }
+
+#[test]
+fn parameter_gaps_beyond_declared_types_are_refused() {
+    // Found by fuzzing (fuzz target `analyzer`): a huge `$n` made the plan
+    // hold one parameter slot per number below it (out of memory).
+    let a = analyzer();
+    let sql = "select id from users where email = $1444444444 and name is not null";
+    let v = a.plan(
+        sql,
+        "app_user",
+        Mode::Extended {
+            param_types: &[23, 2950],
+        },
+    );
+    let (code, msg) = reject(v[0].clone());
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("$1444444444"), "{msg}");
+    // PostgreSQL cannot type $1 here either.
+    reject(ext("select id from users where email = $2", "app_user"));
+    // Gaps covered by declared types, and parameters used out of order.
+    let v = a.plan(
+        "select id from users where email = $3",
+        "app_user",
+        Mode::Extended {
+            param_types: &[25, 25, 0],
+        },
+    );
+    assert_eq!(rw(v[0].clone()).params.len(), 3);
+    let r = rw(ext(
+        "select id from users where email = $2 and id = $1",
+        "app_user",
+    ));
+    assert_eq!(r.params.len(), 2);
+}
