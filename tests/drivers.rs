@@ -43,7 +43,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
 /// The steps every driver program must report.
@@ -201,23 +200,6 @@ async fn verify(fx: &Calmony, s: &Scenario, users: Vec<(String, String)>, extra:
     sentinels.extend_from_slice(extra);
     let refs: Vec<&str> = sentinels.iter().map(String::as_str).collect();
     fx.assert_no_plaintext(&refs).await;
-}
-
-fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
 type Fx = Calmony;
@@ -20,23 +19,6 @@ fn setup() -> Fx {
 /// The fixture with extra top-level YAML appended to the config.
 fn setup_with(extra_yaml: &str) -> Fx {
     Calmony::builder().extra_yaml(extra_yaml).start()
-}
-
-fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 fn message(e: &tokio_postgres::Error) -> String {
