@@ -198,6 +198,10 @@ pub fn encode_flush(out: &mut BytesMut) {
     out.put_slice(&[b'H', 0, 0, 0, 4]);
 }
 
+pub fn encode_sync(out: &mut BytesMut) {
+    out.put_slice(&[b'S', 0, 0, 0, 4]);
+}
+
 pub fn encode_query(out: &mut BytesMut, sql: &str) {
     let s = begin(out, b'Q');
     put_cstr(out, sql);
@@ -324,7 +328,10 @@ pub fn decode_binary_array(v: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
     if n < 0 {
         return None;
     }
-    let mut out = Vec::with_capacity(n as usize);
+    // `n` comes from the client: every element takes at least its 4-byte
+    // length, so no more than that many can follow (a forged count must
+    // not reserve gigabytes; found by fuzzing).
+    let mut out = Vec::with_capacity((n as usize).min(b.len() / 4));
     for _ in 0..n {
         let len = get_i32(&mut b)?;
         if len < 0 {
@@ -429,6 +436,20 @@ pub fn encode_binary_array(elem_oid: Oid, items: &[Option<Vec<u8>>]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_array_with_a_forged_element_count_is_refused_cheaply() {
+        // ndim 1, no nulls, text elements, 2^31-1 elements claimed, one given.
+        let mut v = Vec::new();
+        for x in [1i32, 0, 25, i32::MAX, 1, 1] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.push(b'a');
+        assert_eq!(decode_binary_array(&v), None);
+        // The honest count decodes.
+        v[12..16].copy_from_slice(&1i32.to_be_bytes());
+        assert_eq!(decode_binary_array(&v), Some(vec![Some(b"a".to_vec())]));
+    }
 
     #[test]
     fn bind_round_trip() {
