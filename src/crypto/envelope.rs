@@ -161,7 +161,11 @@ pub(crate) fn lp(out: &mut Vec<u8>, x: &[u8]) {
 /// `0x01 || lp(tenant id)`.
 pub fn aad(header: &[u8], ctx: &ColumnContext) -> Vec<u8> {
     let mut a = Vec::with_capacity(
-        64 + header.len() + ctx.schema.len() + ctx.table.len() + ctx.column.len(),
+        64 + header.len()
+            + ctx.tenant.as_ref().map_or(0, |t| t.len())
+            + ctx.schema.len()
+            + ctx.table.len()
+            + ctx.column.len(),
     );
     lp(&mut a, AAD_LABEL);
     lp(&mut a, header);
@@ -172,7 +176,7 @@ pub fn aad(header: &[u8], ctx: &ColumnContext) -> Vec<u8> {
             lp(&mut a, t.as_bytes());
         }
     }
-    a.extend_from_slice(&aad_names(ctx));
+    names_into(&mut a, ctx);
     a
 }
 
@@ -321,8 +325,8 @@ pub fn decrypt(
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let h = parse_header(env)?;
     let names = aad_names(ctx);
-    let mut aad_buf = Vec::new();
-    let mut buf = Zeroizing::new(Vec::new());
+    let mut aad_buf = Vec::with_capacity(32 + h.header.len() + names.len() + 256);
+    let mut buf = Zeroizing::new(Vec::with_capacity(h.sealed.len()));
     open_into(
         dek,
         &h,
@@ -342,12 +346,16 @@ pub fn decrypt(
 /// lp(type name)`: computed once per result column by readers that decrypt
 /// many values of one column ([`open_into`]).
 pub fn aad_names(ctx: &ColumnContext) -> Vec<u8> {
-    let mut a = Vec::with_capacity(16 + ctx.schema.len() + ctx.table.len() + ctx.column.len());
-    lp(&mut a, ctx.schema.as_bytes());
-    lp(&mut a, ctx.table.as_bytes());
-    lp(&mut a, ctx.column.as_bytes());
-    lp(&mut a, ctx.ty.name().as_bytes());
+    let mut a = Vec::with_capacity(32 + ctx.schema.len() + ctx.table.len() + ctx.column.len());
+    names_into(&mut a, ctx);
     a
+}
+
+fn names_into(a: &mut Vec<u8>, ctx: &ColumnContext) {
+    lp(a, ctx.schema.as_bytes());
+    lp(a, ctx.table.as_bytes());
+    lp(a, ctx.column.as_bytes());
+    lp(a, ctx.ty.name().as_bytes());
 }
 
 /// The tag did not verify: wrong key, wrong column/tenant/type, or a
