@@ -1166,3 +1166,219 @@ async fn pipelined_statements_with_a_refusal_in_the_middle() {
     fx.assert_no_plaintext(&["quin@example.com", "rae@example.com"])
         .await;
 }
+
+/// A simple-query SELECT that reads protected `bytea` columns runs upstream
+/// as Parse/Bind/Describe/Execute/Sync with binary results for those
+/// columns (PostgreSQL then sends the envelope's bytes, not hex), while the
+/// client still sees a simple Query: text values, errors and transaction
+/// states as PostgreSQL gives them. Statements whose columns pgveil cannot
+/// map (`*`) stay simple.
+#[tokio::test]
+async fn simple_query_selects_read_bytea_in_binary_from_postgresql() {
+    let fx = setup();
+    let direct = fx.direct().await;
+    for role in ["calmony_worker", "clinician", "dba"] {
+        direct
+            .batch_execute(&format!("ALTER ROLE {role} SET log_statement = 'all'"))
+            .await
+            .unwrap();
+    }
+    let app = fx.app("calmony_app").await;
+    let mut ids = Vec::new();
+    for (email, name) in [
+        ("one-binsentinel@example.com", Some("Bin-Sentinel One")),
+        ("two-binsentinel@example.com", None),
+        ("three-binsentinel@example.com", Some("Bin-Sentinel Three")),
+    ] {
+        let row = app
+            .query_one(
+                "INSERT INTO users (email, name) VALUES ($1, $2) RETURNING id",
+                &[&email, &name],
+            )
+            .await
+            .unwrap();
+        ids.push(row.get::<_, i64>(0));
+    }
+    let doc = fx.app("clinician").await;
+    doc.execute(
+        "INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score) VALUES ($1, $2, $3, $4)",
+        &[&"Bin-Sentinel Member", &chrono_free_date(1984, 2, 29), &"123-45-6789", &42i32],
+    )
+    .await
+    .unwrap();
+
+    // bytea (email) and text (name) storage in one result, with a NULL.
+    let reader = fx.app("calmony_worker").await;
+    let sql = format!(
+        "SELECT id, email, name FROM users WHERE id >= {} ORDER BY id",
+        ids[0]
+    );
+    let rows = simple_rows(&reader.simple_query(&sql).await.unwrap());
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                Some(ids[0].to_string()),
+                Some("one-binsentinel@example.com".into()),
+                Some("Bin-Sentinel One".into())
+            ],
+            vec![
+                Some(ids[1].to_string()),
+                Some("two-binsentinel@example.com".into()),
+                None
+            ],
+            vec![
+                Some(ids[2].to_string()),
+                Some("three-binsentinel@example.com".into()),
+                Some("Bin-Sentinel Three".into())
+            ],
+        ]
+    );
+    // Non-text plaintext types are rendered as PostgreSQL's text output.
+    let rows = simple_rows(
+        &doc.simple_query("SELECT legal_name, date_of_birth, risk_score FROM phi.member_profile WHERE id = (SELECT max(id) FROM phi.member_profile)")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("Bin-Sentinel Member".into()),
+            Some("1984-02-29".into()),
+            Some("42".into())
+        ]]
+    );
+    // A tenant table: each value is opened with the row's tenant id, which
+    // comes in the same (text) result.
+    app.execute(
+        "INSERT INTO pay_customers (org_id, email, name) VALUES (7, $1, $2), (8, $3, $4)",
+        &[
+            &"seven-binsentinel@example.com",
+            &"Bin-Sentinel Seven",
+            &"eight-binsentinel@example.com",
+            &"Bin-Sentinel Eight",
+        ],
+    )
+    .await
+    .unwrap();
+    let rows = simple_rows(
+        &reader
+            .simple_query("SELECT org_id, email, name FROM pay_customers WHERE org_id IN (7, 8) ORDER BY org_id")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                Some("7".into()),
+                Some("seven-binsentinel@example.com".into()),
+                Some("Bin-Sentinel Seven".into())
+            ],
+            vec![
+                Some("8".into()),
+                Some("eight-binsentinel@example.com".into()),
+                Some("Bin-Sentinel Eight".into())
+            ],
+        ]
+    );
+    // PostgreSQL ran them through the extended protocol.
+    let pglog = std::fs::read_to_string(fx.pg.log_path()).unwrap();
+    assert!(
+        pglog.contains(&format!("execute <unnamed>: {sql}")),
+        "not run as Parse/Bind:\n{pglog}"
+    );
+
+    // An error at Parse: the client gets it, then ReadyForQuery; the
+    // session goes on.
+    let e = reader
+        .simple_query("SELECT email, no_such_column FROM users")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42703", "{e}");
+    // An error after some rows were sent, inside a transaction block: the
+    // block is aborted exactly as PostgreSQL aborts it.
+    reader.batch_execute("BEGIN").await.unwrap();
+    let e = reader
+        .simple_query(&format!(
+            "SELECT email, 1 / (id - {}) FROM users WHERE id >= {} ORDER BY id",
+            ids[1], ids[0]
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "22012", "{e}");
+    let e = reader.simple_query(&sql).await.unwrap_err();
+    assert_eq!(code(&e), "25P02", "{e}");
+    reader.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        simple_rows(&reader.simple_query(&sql).await.unwrap()).len(),
+        3
+    );
+    // Several statements in one Query keep the simple protocol.
+    let msgs = reader
+        .simple_query(&format!("SELECT 1; {sql}"))
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&msgs).len(), 4);
+    // A subquery and a CTE map their columns too; `*` is sent as it came
+    // (its columns are not all known to pgveil) and decrypts as before.
+    for q in [
+        format!(
+            "SELECT x.email FROM (SELECT id, email FROM users) x WHERE x.id = {}",
+            ids[0]
+        ),
+        format!(
+            "WITH u AS (SELECT id, email FROM users) SELECT email FROM u WHERE id = {}",
+            ids[0]
+        ),
+        format!("SELECT * FROM users WHERE id = {}", ids[0]),
+    ] {
+        let rows = simple_rows(&reader.simple_query(&q).await.unwrap());
+        let want = "one-binsentinel@example.com".to_string();
+        assert!(rows[0].contains(&Some(want)), "{q}: {rows:?}");
+    }
+    // A blind-index lookup returns few rows: it stays a simple Query.
+    let rows = simple_rows(
+        &reader
+            .simple_query("SELECT id, name FROM users WHERE email = 'ONE-binsentinel@example.com'")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(ids[0].to_string()),
+            Some("Bin-Sentinel One".into())
+        ]]
+    );
+    let pglog = std::fs::read_to_string(fx.pg.log_path()).unwrap();
+    assert!(
+        pglog.contains("statement: SELECT id, name FROM users WHERE email_bidx"),
+        "{pglog}"
+    );
+    assert!(
+        pglog.contains("execute <unnamed>: SELECT x.email FROM (SELECT id, email FROM users) x")
+    );
+    assert!(pglog.contains(&format!(
+        "statement: SELECT * FROM users WHERE id = {}",
+        ids[0]
+    )));
+
+    // A role without read access gets the stored ciphertext, hex as
+    // PostgreSQL writes it, over the simple protocol as sent.
+    let dba = fx.app("dba").await;
+    let rows = simple_rows(
+        &dba.simple_query(&format!("SELECT email FROM users WHERE id = {}", ids[0]))
+            .await
+            .unwrap(),
+    );
+    let stored = rows[0][0].clone().unwrap();
+    assert!(stored.starts_with("\\x7076"), "{stored}");
+    let pglog = std::fs::read_to_string(fx.pg.log_path()).unwrap();
+    assert!(pglog.contains(&format!(
+        "statement: SELECT email FROM users WHERE id = {}",
+        ids[0]
+    )));
+    fx.assert_no_plaintext(&["binsentinel", "Bin-Sentinel"])
+        .await;
+}

@@ -1406,6 +1406,14 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
     hello.extend(frame(b'K', &[0, 0, 0x30, 0x39, 1, 2, 3, 4]));
     hello.extend(frame(b'Z', b"I"));
     s.write_all(&hello)?;
+    // The extended protocol, as far as pgveil uses it for a simple-query
+    // SELECT of protected bytea columns (Parse, Bind with result formats,
+    // Describe of the portal, Execute, Sync): the case's messages are split
+    // between Describe (RowDescription, with the Bind's format codes) and
+    // Execute (the rest).
+    let mut ext_sql = String::new();
+    let mut ext_out: Vec<u8> = Vec::new();
+    let mut binary = false;
     loop {
         let tag = read_exact_vec(&mut s, 1)?[0];
         let len = u32::from_be_bytes(read_exact_vec(&mut s, 4)?.try_into().unwrap()) as usize;
@@ -1413,6 +1421,61 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
         match tag {
             b'X' => return Ok(()),
             b'Q' => {}
+            b'P' => {
+                let mut parts = body.split(|&b| b == 0);
+                parts.next();
+                ext_sql = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                ext_out.extend(frame(b'1', b""));
+                continue;
+            }
+            b'D' => {
+                if body.first() == Some(&b'S') {
+                    ext_out.extend(frame(b't', &0i16.to_be_bytes()));
+                }
+                let answer = fake_answer(&ext_sql);
+                match split_frames(&answer).into_iter().find(|(t, _)| *t == b'T') {
+                    Some((_, mut t)) => {
+                        // Format code (the last field of each column) of
+                        // the first column, the only one the cases have.
+                        if binary && t.len() >= 2 + 19 {
+                            let at = t.iter().skip(2).position(|&b| b == 0).unwrap() + 2 + 1 + 16;
+                            t[at..at + 2].copy_from_slice(&1i16.to_be_bytes());
+                        }
+                        ext_out.extend(frame(b'T', &t))
+                    }
+                    None => ext_out.extend(frame(b'n', b"")),
+                }
+                continue;
+            }
+            b'B' => {
+                // portal, statement, no parameters: then the result formats.
+                let mut at = body.iter().position(|&b| b == 0).unwrap() + 1;
+                at += body[at..].iter().position(|&b| b == 0).unwrap() + 1;
+                at += 4; // 0 parameter formats, 0 parameters
+                let n = i16::from_be_bytes([body[at], body[at + 1]]);
+                binary = n > 0 && body[at + 2..].chunks(2).any(|c| c == [0, 1]);
+                ext_out.extend(frame(b'2', b""));
+                continue;
+            }
+            b'E' => {
+                for (t, b) in split_frames(&fake_answer(&ext_sql)) {
+                    match t {
+                        b'T' | b'Z' => {}
+                        b'D' if binary => ext_out.extend(frame(b'D', &unhex_fields(&b))),
+                        _ => ext_out.extend(frame(t, &b)),
+                    }
+                }
+                continue;
+            }
+            b'H' => {
+                s.write_all(&std::mem::take(&mut ext_out))?;
+                continue;
+            }
+            b'S' => {
+                ext_out.extend(frame(b'Z', b"I"));
+                s.write_all(&std::mem::take(&mut ext_out))?;
+                continue;
+            }
             _ => {
                 let mut e = Vec::new();
                 for (f, v) in [
@@ -1430,6 +1493,69 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
             }
         }
         let sql = String::from_utf8_lossy(&body).into_owned();
+        let out = fake_answer(&sql);
+        s.write_all(&out)?;
+        if sql.contains("case:truncated") {
+            return Ok(());
+        }
+    }
+}
+
+/// The messages of a whole frame stream (tag, body); stops at anything
+/// that is not a whole frame.
+fn split_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 5 {
+        let len = u32::from_be_bytes(b[1..5].try_into().unwrap()) as usize;
+        if len < 4 || b.len() < 1 + len {
+            break;
+        }
+        out.push((b[0], b[5..1 + len].to_vec()));
+        b = &b[1 + len..];
+    }
+    out
+}
+
+/// A DataRow body with its `\x…` text fields turned into the bytes a
+/// binary-format bytea would carry (fields whose length lies are kept).
+fn unhex_fields(body: &[u8]) -> Vec<u8> {
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    let mut out = n.to_be_bytes().to_vec();
+    let mut at = 2;
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+        at += 4;
+        let Some(v) = (len >= 0)
+            .then(|| body.get(at..at + len as usize))
+            .flatten()
+        else {
+            out.extend_from_slice(&body[at - 4..]);
+            return out;
+        };
+        at += len as usize;
+        match v.strip_prefix(b"\\x") {
+            Some(h) => {
+                let raw: Vec<u8> = h
+                    .chunks(2)
+                    .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap())
+                    .collect();
+                out.extend_from_slice(&(raw.len() as i32).to_be_bytes());
+                out.extend_from_slice(&raw);
+            }
+            None => {
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    out
+}
+
+/// What the fake server answers to one statement, as a simple Query would
+/// get it (RowDescription, DataRows, CommandComplete, ReadyForQuery), or
+/// broken bytes for the malformed cases.
+fn fake_answer(sql: &str) -> Vec<u8> {
+    {
         if sql.contains("WITH RECURSIVE rels") {
             let oid = SECRETS_OID.to_string();
             let mut out = row_description(&[
@@ -1455,8 +1581,7 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
                 ]));
             }
             out.extend(complete_and_ready("SELECT 2"));
-            s.write_all(&out)?;
-            continue;
+            return out;
         }
         let case = sql
             .split("case:")
@@ -1481,8 +1606,7 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
                 out.extend(&text);
                 let row = data_row(&[Some(b"never finished")]);
                 out.extend(&row[..row.len() - 6]);
-                s.write_all(&out)?;
-                return Ok(());
+                return out;
             }
             // Lengths that cannot be: below 4, above limits.max_message_bytes,
             // negative as i32.
@@ -1547,7 +1671,7 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
             }
             _ => out.extend(complete_and_ready("SELECT 0")),
         }
-        s.write_all(&out)?;
+        out
     }
 }
 

@@ -30,6 +30,10 @@ pub struct Backend {
     rows: u64,
     decrypted_rows: u64,
     decryptor: RowDecryptor,
+    /// The row shape of the DataRows streaming now, looked up at the first
+    /// one (`Some(None)`: forwarded as they come); reset by any other
+    /// message, so the pending queue is read once per result, not per row.
+    streaming: Option<Option<Shape>>,
 }
 
 impl Backend {
@@ -46,6 +50,7 @@ impl Backend {
             rows: 0,
             decrypted_rows: 0,
             decryptor: RowDecryptor::default(),
+            streaming: None,
         }
     }
 
@@ -60,6 +65,15 @@ impl Backend {
 
     /// Handle one server frame, appending what goes to the client to `out`.
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) {
+        if f.tag == b'D'
+            && !self.discard_until_ready
+            && let Some(shape) = &self.streaming
+        {
+            let shape = shape.clone();
+            self.on_data_row_with(shape, f, out).await;
+            return;
+        }
+        self.streaming = None;
         if self.front_is(|p| matches!(p, Pending::Catalog { .. })) {
             self.on_catalog_frame(&f);
             return;
@@ -91,6 +105,9 @@ impl Backend {
             b'T' => self.on_row_description(&f, out),
             b'n' => {
                 let internal = match self.shared.pop() {
+                    // A simple Query that returns no rows sends no
+                    // RowDescription.
+                    Some(Pending::ResultShape) => true,
                     Some(Pending::DescribePortal {
                         portal, internal, ..
                     }) => {
@@ -159,7 +176,9 @@ impl Backend {
             b'T' => self.front_is(|p| {
                 matches!(
                     p,
-                    Pending::DescribePortal { .. } | Pending::DescribeStatement { .. }
+                    Pending::DescribePortal { .. }
+                        | Pending::DescribeStatement { .. }
+                        | Pending::ResultShape
                 )
             }),
             _ => false,
@@ -250,6 +269,10 @@ impl Backend {
     }
 
     fn on_row_description(&mut self, f: &Frame, out: &mut BytesMut) {
+        if self.front_is(|p| matches!(p, Pending::ResultShape)) {
+            self.on_result_shape(f, out);
+            return;
+        }
         let front = self
             .shared
             .pending
@@ -314,9 +337,57 @@ impl Backend {
         }
     }
 
+    /// The portal RowDescription of a simple-query SELECT that pgveil sent
+    /// as Parse/Bind with binary results for protected `bytea` columns
+    /// (`Frontend::binary_result_formats`). Every binary column must be one
+    /// this role gets decrypted: the client asked for text, and pgveil
+    /// renders only what it decrypts. Anything else (the table changed
+    /// after the statement was analysed) ends the statement with an error
+    /// before any row reaches the client.
+    fn on_result_shape(&mut self, f: &Frame, out: &mut BytesMut) {
+        self.shared.pop();
+        let fields = m::decode_row_description(f.body());
+        let Some(mut fields) = fields else {
+            self.result_changed(out);
+            return;
+        };
+        let mut shape = self.shape_of(&mut fields);
+        for (field, d) in fields.iter_mut().zip(shape.iter_mut()) {
+            match (field.format, d) {
+                (0, _) => {}
+                (1, Some(d)) if d.attr.storage == crate::crypto::Storage::Bytea => {
+                    d.wire = 1;
+                    d.format = 0;
+                    field.format = 0;
+                }
+                _ => {
+                    self.result_changed(out);
+                    return;
+                }
+            }
+        }
+        m::encode_row_description(out, &fields);
+        self.current = Some(Arc::new(shape));
+    }
+
+    fn result_changed(&mut self, out: &mut BytesMut) {
+        tracing::warn!("a result's columns differ from the statement's analysis; statement failed");
+        out.extend_from_slice(&msg::error_response(
+            "ERROR",
+            "0A000",
+            "pgveil: the columns of this result differ from what pgveil analysed (the table changed?): run the statement again",
+        ));
+        self.current = None;
+        self.discard_until_ready = true;
+    }
+
     /// Which fields this role gets decrypted, rewriting their types to the
     /// policy's plaintext types.
     fn shape(&self, fields: &mut [Field]) -> Shape {
+        Arc::new(self.shape_of(fields))
+    }
+
+    fn shape_of(&self, fields: &mut [Field]) -> Vec<Option<Decrypt>> {
         let entry = self.shared.entry();
         let policy = &self.engine.policy;
         let role = &self.id.login_role;
@@ -327,43 +398,42 @@ impl Backend {
             .filter(|(_, f)| entry.catalog.tenant.contains_key(&(f.table_oid, f.attnum)))
             .map(|(i, f)| (f.table_oid, i, f.format))
             .collect();
-        Arc::new(
-            fields
-                .iter_mut()
-                .map(|f| {
-                    if f.table_oid == 0 {
-                        return None;
-                    }
-                    let attr = entry.by_attr.get(&(f.table_oid, f.attnum))?;
-                    let access = policy.column_access(role, &attr.policy)?;
-                    if !access.read_plaintext {
-                        return None;
-                    }
-                    f.type_oid = attr.policy.ty.oid();
-                    f.type_len = type_len(attr.policy.ty);
-                    f.type_mod = -1;
-                    let tenant = tenants
-                        .iter()
-                        .find(|t| t.0 == f.table_oid)
-                        .map(|&(_, i, fmt)| {
-                            let ty = entry
-                                .tenant_types
-                                .get(&(attr.column.schema.clone(), attr.column.table.clone()))
-                                .cloned()
-                                .unwrap_or_else(|| "text".into());
-                            (i, ty, fmt)
-                        });
-                    let c = &attr.column;
-                    let ctx = ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
-                    Some(Decrypt {
-                        attr: attr.clone(),
-                        format: f.format,
-                        tenant,
-                        aad_names: envelope::aad_names(&ctx).into(),
-                    })
+        fields
+            .iter_mut()
+            .map(|f| {
+                if f.table_oid == 0 {
+                    return None;
+                }
+                let attr = entry.by_attr.get(&(f.table_oid, f.attnum))?;
+                let access = policy.column_access(role, &attr.policy)?;
+                if !access.read_plaintext {
+                    return None;
+                }
+                f.type_oid = attr.policy.ty.oid();
+                f.type_len = type_len(attr.policy.ty);
+                f.type_mod = -1;
+                let tenant = tenants
+                    .iter()
+                    .find(|t| t.0 == f.table_oid)
+                    .map(|&(_, i, fmt)| {
+                        let ty = entry
+                            .tenant_types
+                            .get(&(attr.column.schema.clone(), attr.column.table.clone()))
+                            .cloned()
+                            .unwrap_or_else(|| "text".into());
+                        (i, ty, fmt)
+                    });
+                let c = &attr.column;
+                let ctx = ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
+                Some(Decrypt {
+                    attr: attr.clone(),
+                    format: f.format,
+                    wire: f.format,
+                    tenant,
+                    aad_names: envelope::aad_names(&ctx).into(),
                 })
-                .collect(),
-        )
+            })
+            .collect()
     }
 
     async fn on_data_row(&mut self, f: Frame, out: &mut BytesMut) {
@@ -378,8 +448,14 @@ impl Backend {
             }) => self.current.clone(),
             _ => None,
         };
+        let shape = shape.filter(|s| s.iter().any(Option::is_some));
+        self.streaming = Some(shape.clone());
+        self.on_data_row_with(shape, f, out).await;
+    }
+
+    async fn on_data_row_with(&mut self, shape: Option<Shape>, f: Frame, out: &mut BytesMut) {
         self.rows += 1;
-        let Some(shape) = shape.filter(|s| s.iter().any(Option::is_some)) else {
+        let Some(shape) = shape else {
             out.extend_from_slice(&f.raw);
             return;
         };
@@ -401,6 +477,7 @@ impl Backend {
                     &e.error.to_string(),
                 ));
                 self.discard_until_ready = true;
+                self.streaming = None;
                 self.decryptor.end_statement();
                 self.pop_if_completes(b'C');
             }

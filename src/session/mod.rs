@@ -33,6 +33,10 @@ pub struct Decrypt {
     pub attr: Arc<ProtectedAttr>,
     /// Wire format the client gets the column in (0 text, 1 binary).
     pub format: i16,
+    /// Wire format PostgreSQL sends the column in. Differs from `format`
+    /// when pgveil asked for binary `bytea` on the client's behalf (a
+    /// simple-query SELECT sent as Parse/Bind, see [`Pending::ResultShape`]).
+    pub wire: i16,
     /// Result column holding the row's tenant id (tenant tables), with its
     /// SQL type and wire format.
     pub tenant: Option<(usize, String, i16)>,
@@ -90,6 +94,12 @@ pub enum Pending {
     },
     Close,
     Sync,
+    /// RowDescription/NoData of the portal of a simple-query SELECT that
+    /// pgveil sends as Parse/Bind/Describe/Execute/Sync, with binary
+    /// results for the protected `bytea` columns it decrypts (see
+    /// `Frontend::binary_result_formats`). The client gets it with text
+    /// format codes, as for a simple Query.
+    ResultShape,
     /// A simple Query: every response until ReadyForQuery.
     Query {
         protected: bool,

@@ -9,6 +9,7 @@
 //! ([`Decrypt::aad_names`]), and the plaintext opened into a scratch buffer
 //! that is wiped after every row. Everything else is copied as it came.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use zeroize::Zeroize;
 use super::Decrypt;
 use super::values::{ValueCrypto, ValueError, binary_tenant, decode_hex_into};
 use crate::crypto::canonical::{self, Format};
-use crate::crypto::envelope::{self, DataKey};
+use crate::crypto::envelope::{self, DataKey, KeyRef};
 use crate::crypto::{PgType, Storage};
 
 /// A data key this session already resolved through the key manager
@@ -159,22 +160,28 @@ impl RowDecryptor {
 
     /// The row's tenant id for `d`, when the result carries the tenant
     /// column: the envelope must then be bound to it.
-    fn row_tenant(&self, d: &Decrypt, body: &[u8]) -> Option<String> {
+    fn row_tenant<'a>(
+        fields: &[(usize, i32)],
+        d: &Decrypt,
+        body: &'a [u8],
+    ) -> Option<Cow<'a, str>> {
         let (j, ty, fmt) = d.tenant.as_ref()?;
-        let &(at, len) = self.fields.get(*j)?;
+        let &(at, len) = fields.get(*j)?;
         if len < 0 {
             return None;
         }
         let raw = &body[at..at + len as usize];
         if *fmt == 1 {
-            binary_tenant(ty, raw)
+            binary_tenant(ty, raw).map(Cow::Owned)
         } else {
-            String::from_utf8(raw.to_vec()).ok()
+            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
         }
     }
 
     /// Decrypt one stored value and append it to `out` as a DataRow field
-    /// (length, then the bytes the client asked for).
+    /// (length, then the bytes the client asked for). Synchronous while
+    /// the data key is in the session's list; only a miss awaits the key
+    /// manager (then the value is decoded again, which is rare).
     async fn decrypt_value(
         &mut self,
         crypto: &ValueCrypto,
@@ -183,14 +190,49 @@ impl RowDecryptor {
         stored: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), ValueError> {
-        let err = |reason: String| ValueError::Decrypt {
-            column: d.attr.column.to_string(),
-            reason,
+        self.since_refresh += 1;
+        if self.since_refresh > KEY_REFRESH_VALUES {
+            self.keys.clear();
+            self.since_refresh = 1;
+        }
+        let Some(key_ref) = self.open_value(d, body, stored, out)? else {
+            return Ok(());
         };
+        let dek = crypto
+            .keys
+            .decryption_key(&key_ref)
+            .await
+            .map_err(|e| decrypt_error(d, e.to_string()))?;
+        self.keys.push(LocalKey {
+            key_id: key_ref.key_id,
+            version: key_ref.version,
+            tenant: key_ref.tenant,
+            dek,
+        });
+        match self.open_value(d, body, stored, out)? {
+            None => Ok(()),
+            // Unreachable: the key was just added.
+            Some(k) => Err(decrypt_error(d, format!("data key {k} not available"))),
+        }
+    }
+
+    /// Decode and open one value with a key from the session's list.
+    /// `Ok(Some(key))`: that key is not in the list yet; nothing appended.
+    fn open_value(
+        &mut self,
+        d: &Decrypt,
+        body: &[u8],
+        stored: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Option<KeyRef>, ValueError> {
         let not_envelope = || {
-            err("the stored value is not a pgveil envelope (run `pgveil encrypt` to backfill plaintext)".into())
+            decrypt_error(
+                d,
+                "the stored value is not a pgveil envelope (run `pgveil encrypt` to backfill plaintext)"
+                    .into(),
+            )
         };
-        let env: &[u8] = match (d.attr.storage, d.format) {
+        let env: &[u8] = match (d.attr.storage, d.wire) {
             (Storage::Bytea, 1) => stored,
             (Storage::Bytea, _) => {
                 let hex = stored.strip_prefix(b"\\x").ok_or_else(not_envelope)?;
@@ -214,53 +256,23 @@ impl RowDecryptor {
             }
         };
         let h = envelope::parse_header(env).map_err(|_| not_envelope())?;
-        let found = self.keys.iter().position(|k| {
+        let Some(key) = self.keys.iter().find(|k| {
             k.key_id == h.key_id && k.version == h.version && k.tenant.as_deref() == h.tenant
-        });
-        self.since_refresh += 1;
-        let idx = match found {
-            Some(i) if self.since_refresh <= KEY_REFRESH_VALUES => i,
-            _ => {
-                if self.since_refresh > KEY_REFRESH_VALUES {
-                    self.keys.clear();
-                    self.since_refresh = 1;
-                }
-                let key_ref = h.key_ref();
-                let dek = crypto
-                    .keys
-                    .decryption_key(&key_ref)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                self.keys.push(LocalKey {
-                    key_id: key_ref.key_id,
-                    version: key_ref.version,
-                    tenant: key_ref.tenant,
-                    dek,
-                });
-                self.keys.len() - 1
-            }
+        }) else {
+            return Ok(Some(h.key_ref()));
         };
-        // The await above ended the borrow of the scratch envelope; parse
-        // again (a few comparisons) to open it.
-        let env: &[u8] = match (d.attr.storage, d.format) {
-            (Storage::Bytea, 1) => stored,
-            _ => &self.env,
-        };
-        let h = envelope::parse_header(env).map_err(|_| not_envelope())?;
-        let row_tenant = if d.tenant.is_some() {
-            self.row_tenant(d, body)
-        } else {
-            None
-        };
+        let row_tenant = Self::row_tenant(&self.fields, d, body);
         let tenant = row_tenant.as_deref().or(h.tenant);
         let failed = || {
-            err(crate::crypto::CryptoError::DecryptFailed {
-                column: d.attr.column.to_string(),
-                key: h.key_ref().to_string(),
-            }
-            .to_string())
+            decrypt_error(
+                d,
+                crate::crypto::CryptoError::DecryptFailed {
+                    column: d.attr.column.to_string(),
+                    key: h.key_ref().to_string(),
+                }
+                .to_string(),
+            )
         };
-        let dek = &self.keys[idx].dek;
         self.values += 1;
         match d.attr.policy.ty {
             // Text is its canonical UTF-8 in both formats: decrypt straight
@@ -270,7 +282,7 @@ impl RowDecryptor {
                 out.put_i32(0);
                 out.put_slice(h.sealed());
                 let n = envelope::open_in_place(
-                    dek,
+                    &key.dek,
                     &h,
                     tenant,
                     &d.aad_names,
@@ -283,7 +295,7 @@ impl RowDecryptor {
             }
             ty => {
                 envelope::open_into(
-                    dek,
+                    &key.dek,
                     &h,
                     tenant,
                     &d.aad_names,
@@ -298,11 +310,18 @@ impl RowDecryptor {
                 };
                 let v = canonical::render(ty, format, &self.plain).map(zeroize::Zeroizing::new);
                 self.plain.as_mut_slice().zeroize();
-                let v = v.map_err(|e| err(e.to_string()))?;
+                let v = v.map_err(|e| decrypt_error(d, e.to_string()))?;
                 out.put_i32(v.len() as i32);
                 out.put_slice(&v);
             }
         }
-        Ok(())
+        Ok(None)
+    }
+}
+
+fn decrypt_error(d: &Decrypt, reason: String) -> ValueError {
+    ValueError::Decrypt {
+        column: d.attr.column.to_string(),
+        reason,
     }
 }

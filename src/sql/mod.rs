@@ -237,6 +237,11 @@ pub struct RewritePlan {
     pub unchanged: bool,
     /// Byte range of this statement in the text given to `plan`.
     pub source: Range<usize>,
+    /// For a plain SELECT without `*` (no set operation, no INTO): per
+    /// output column, the protected column it shows unchanged, `None` for
+    /// anything else. A hint for asking PostgreSQL for binary `bytea`
+    /// before the RowDescription arrives; the RowDescription is checked.
+    pub result_columns: Option<Vec<Option<ColumnRef>>>,
 }
 
 impl RewritePlan {

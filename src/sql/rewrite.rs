@@ -173,6 +173,7 @@ struct Cx<'a> {
     overrides: Vec<(usize, PgType, bool)>,
     touched: Vec<(ColumnRef, Use)>,
     changed: bool,
+    result_columns: Option<Vec<Option<ColumnRef>>>,
 }
 
 fn norm(id: &Ident) -> String {
@@ -259,6 +260,7 @@ impl<'a> Cx<'a> {
             overrides: vec![],
             touched: vec![],
             changed: false,
+            result_columns: None,
         }
     }
 
@@ -1569,7 +1571,23 @@ impl<'a> Cx<'a> {
         self.n_client = self.n_client.max(max);
         let kind = match stmt {
             Statement::Query(q) => {
-                self.query(q, &[])?;
+                let outs = self.query(q, &[])?;
+                if let SetExpr::Select(s) = q.body.as_ref()
+                    && s.into.is_none()
+                    && outs.len() == s.projection.len()
+                    && s.projection.iter().all(|i| {
+                        matches!(
+                            i,
+                            SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+                        )
+                    })
+                {
+                    self.result_columns = Some(
+                        outs.iter()
+                            .map(|o| o.prot.as_ref().map(|p| p.col.clone()))
+                            .collect(),
+                    );
+                }
                 StatementKind::Select
             }
             Statement::Insert(_) => {
@@ -2700,6 +2718,7 @@ impl<'a> Cx<'a> {
             touched: std::mem::take(&mut self.touched),
             unchanged: !self.changed,
             source,
+            result_columns: self.result_columns.take(),
         })
     }
 }

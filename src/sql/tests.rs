@@ -1029,3 +1029,32 @@ fn parameter_gaps_beyond_declared_types_are_refused() {
     ));
     assert_eq!(r.params.len(), 2);
 }
+
+#[test]
+fn result_columns_map_plain_selects_only() {
+    let name = ColumnRef::new("public", "users", "name");
+    let cols = |sql: &str| {
+        let mut v = simple(sql, "calmony_app");
+        assert_eq!(v.len(), 1, "{sql}");
+        rw(v.pop().unwrap()).result_columns
+    };
+    assert_eq!(
+        cols("SELECT id, email, name AS n FROM users WHERE plan = 'pro'"),
+        Some(vec![None, Some(users_email()), Some(name.clone())])
+    );
+    assert_eq!(
+        cols("SELECT u.email FROM (SELECT email FROM users) u"),
+        Some(vec![Some(users_email())])
+    );
+    assert_eq!(
+        cols("WITH x AS (SELECT id, email FROM users) SELECT email, id FROM x"),
+        Some(vec![Some(users_email()), None])
+    );
+    // Not every column known, or not one result.
+    assert_eq!(cols("SELECT * FROM users"), None);
+    assert_eq!(cols("SELECT users.*, 1 FROM users"), None);
+    assert_eq!(
+        cols("SELECT email FROM users UNION ALL SELECT email FROM users"),
+        None
+    );
+}
