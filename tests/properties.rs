@@ -661,17 +661,6 @@ fn raw_row(r: &tokio_postgres::Row) -> Vec<Option<Vec<u8>>> {
     (0..r.len()).map(|i| r.get::<_, RawOut>(i).0).collect()
 }
 
-fn text_rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 // ----- a raw protocol client (text-format parameters and results) ---------------
 
 /// The extended protocol with format 0 (text) for parameters and results,
@@ -956,7 +945,7 @@ async fn oracle(c: &Conns, base: i64, case: &Case) -> Result<Oracle, String> {
         .map(|c| c.type_().clone())
         .collect();
     let bin = raw_row(&oracle_row);
-    let text = text_rows(
+    let text = simple_rows(
         &c.shadow
             .simple_query(&format!(
                 "SELECT {} FROM shadow WHERE id = {base}",
@@ -966,7 +955,7 @@ async fn oracle(c: &Conns, base: i64, case: &Case) -> Result<Oracle, String> {
             .map_err(err)?,
     )
     .remove(0);
-    let zoned = text_rows(
+    let zoned = simple_rows(
         &c.shadow
             .simple_query(&format!(
                 "SET TimeZone = '{}'; SELECT tz FROM shadow WHERE id = {base}; SET TimeZone = 'UTC'",
@@ -1090,7 +1079,7 @@ async fn check_reads(c: &mut Conns, base: i64, oracle: &Oracle) -> Result<(), St
     let text_reads = [
         (
             "simple-query",
-            text_rows(
+            simple_rows(
                 &c.reader
                     .simple_query(&format!(
                         "SELECT {} FROM prop WHERE {}",
@@ -1215,7 +1204,7 @@ async fn check_stored(c: &Conns, base: i64, case: &Case) -> Result<(), String> {
             );
         }
     }
-    let dump = text_rows(
+    let dump = simple_rows(
         &c.direct
             .simple_query(&format!("SELECT p::text FROM prop p WHERE {}", range(base)))
             .await
@@ -1275,7 +1264,7 @@ async fn check_lookups(
             COLS[i]
         );
         let lit = literal(spelled[i].as_deref());
-        let got: Vec<i64> = text_rows(
+        let got: Vec<i64> = simple_rows(
             &c.reader
                 .simple_query(&format!(
                     "SELECT id FROM prop WHERE {} = {lit} ORDER BY id",

@@ -470,22 +470,7 @@ impl Frontend {
             && let Some(result_formats) = self.binary_result_formats(rp, &entry)
         {
             // One round trip, as the simple Query would have been.
-            ParseMsg {
-                name: String::new(),
-                query: sql.clone(),
-                param_types: vec![],
-            }
-            .encode(out);
-            self.shared.push(Pending::Parse { internal: true });
-            BindMsg {
-                portal: String::new(),
-                statement: String::new(),
-                param_formats: vec![],
-                params: vec![],
-                result_formats,
-            }
-            .encode(out);
-            self.shared.push(Pending::Bind { internal: true });
+            self.parse_bind_unnamed(sql.clone(), result_formats, out);
             m::encode_describe(out, b'P', "");
             self.shared.push(Pending::ResultShape);
             m::encode_execute(out, "", 0);
@@ -780,12 +765,12 @@ impl Frontend {
     }
 
     /// Make PostgreSQL raise the refusal where the refused message stood:
-    /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then
-    /// discard the client's messages up to Sync, as the server would.
-    fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
+    /// pgveil's own Parse and Bind of a parameterless statement on the
+    /// unnamed statement and portal (their responses are swallowed).
+    fn parse_bind_unnamed(&mut self, query: String, result_formats: Vec<i16>, out: &mut BytesMut) {
         ParseMsg {
             name: String::new(),
-            query: raise_sql(r),
+            query,
             param_types: vec![],
         }
         .encode(out);
@@ -795,10 +780,16 @@ impl Frontend {
             statement: String::new(),
             param_formats: vec![],
             params: vec![],
-            result_formats: vec![],
+            result_formats,
         }
         .encode(out);
         self.shared.push(Pending::Bind { internal: true });
+    }
+
+    /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then
+    /// discard the client's messages up to Sync, as the server would.
+    fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
+        self.parse_bind_unnamed(raise_sql(r), vec![], out);
         m::encode_execute(out, "", 0);
         self.shared.push(Pending::Execute {
             portal: String::new(),
