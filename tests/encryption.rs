@@ -1382,3 +1382,127 @@ async fn simple_query_selects_read_bytea_in_binary_from_postgresql() {
     fx.assert_no_plaintext(&["binsentinel", "Bin-Sentinel"])
         .await;
 }
+
+/// A large result (many reads from PostgreSQL, rows of three tenants
+/// interleaved, so three data keys fetched as the session meets them)
+/// reaches the client whole and in order, with each tenant's plaintext,
+/// through both protocols. A row that fails in the middle ends the result
+/// like a PostgreSQL error would: the rows before it arrive, then 39000,
+/// and the session goes on. PostgreSQL holds no plaintext; pgveil logs none.
+#[tokio::test]
+async fn large_results_stream_in_order_and_fail_at_the_bad_row() {
+    const ROWS: usize = 3000;
+    let fx = setup();
+    let app = fx.app("calmony_app").await;
+    let row = |i: usize| {
+        (
+            (i % 3 + 1) as i64,
+            format!("bigrow{i:05}@example.com"),
+            format!("Big Person {i:05}"),
+        )
+    };
+    let sink = app
+        .copy_in("COPY pay_customers (org_id, email, name) FROM STDIN")
+        .await
+        .unwrap();
+    let mut data = String::new();
+    for i in 0..ROWS {
+        let (org, email, name) = row(i);
+        data.push_str(&format!("{org}\t{email}\t{name}\n"));
+    }
+    futures::pin_mut!(sink);
+    use futures::SinkExt;
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), ROWS as u64);
+
+    let select = "SELECT id, org_id, email, name FROM pay_customers ORDER BY id";
+    // Extended protocol, binary results.
+    let rows = app.query(select, &[]).await.unwrap();
+    assert_eq!(rows.len(), ROWS);
+    for (i, r) in rows.iter().enumerate() {
+        let (org, email, name) = row(i);
+        assert_eq!(r.get::<_, i64>(1), org, "row {i}");
+        assert_eq!(r.get::<_, String>(2), email, "row {i}");
+        assert_eq!(r.get::<_, String>(3), name, "row {i}");
+    }
+    // Simple protocol, text results.
+    let msgs = app.simple_query(select).await.unwrap();
+    let texts: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.len(), ROWS);
+    for (i, r) in texts.iter().enumerate() {
+        let (_, email, name) = row(i);
+        assert_eq!(r.get(2), Some(email.as_str()), "row {i}");
+        assert_eq!(r.get(3), Some(name.as_str()), "row {i}");
+    }
+
+    // Row 2001 (id order) gets the name of another tenant's row: it cannot
+    // be decrypted for its own tenant.
+    let direct = fx.direct().await;
+    let ids: Vec<i64> = direct
+        .query("SELECT id FROM pay_customers ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let bad = 2000;
+    direct
+        .execute(
+            "UPDATE pay_customers SET name = (SELECT name FROM pay_customers WHERE id = $2) WHERE id = $1",
+            &[&ids[bad], &ids[bad + 1]],
+        )
+        .await
+        .unwrap();
+    app.batch_execute("BEGIN").await.unwrap();
+    let stream = app
+        .query_raw(select, std::iter::empty::<&str>())
+        .await
+        .unwrap();
+    futures::pin_mut!(stream);
+    use futures::StreamExt;
+    let mut seen = 0;
+    let err = loop {
+        match stream.next().await {
+            Some(Ok(r)) => {
+                let (_, email, _) = row(seen);
+                assert_eq!(r.get::<_, String>(2), email, "row {seen}");
+                seen += 1;
+            }
+            Some(Err(e)) => break e,
+            None => panic!("the result ended without the error after {seen} rows"),
+        }
+    };
+    assert_eq!(seen, bad, "every row before the failing one arrives");
+    assert_eq!(code(&err), "39000", "{err:?}");
+    assert!(message(&err).contains("name"), "{}", message(&err));
+    // The session is in step: the next statements get their own answers.
+    let one = app.query("SELECT 1", &[]).await.unwrap();
+    assert_eq!(one[0].get::<_, i32>(0), 1);
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let r = app
+        .query(
+            "SELECT name FROM pay_customers WHERE id = $1",
+            &[&ids[bad + 2]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), row(bad + 2).2);
+
+    let logs = fx.pv.logs();
+    assert!(logs.contains("decryption failed"), "{logs}");
+    for i in [0, bad - 1, bad, bad + 1, ROWS - 1] {
+        let (_, email, name) = row(i);
+        assert!(
+            !logs.contains(&email) && !logs.contains(&name),
+            "row {i} in the log"
+        );
+    }
+    fx.assert_no_plaintext(&["bigrow00000@example.com", "Big Person 02999"])
+        .await;
+}
