@@ -18,7 +18,7 @@ pub enum KeyError {
     )]
     WrongMasterKey { master_key_id: String, key: String },
     #[error(
-        "{provider} is unreachable ({detail}); data keys already cached keep working, new keys cannot be unwrapped until it is back"
+        "{provider} is unreachable ({detail}); data keys already cached keep working, others cannot be created or unwrapped until it is back"
     )]
     ProviderUnavailable {
         provider: &'static str,
