@@ -1387,8 +1387,10 @@ async fn simple_query_selects_read_bytea_in_binary_from_postgresql() {
 /// interleaved, so three data keys fetched as the session meets them)
 /// reaches the client whole and in order, with each tenant's plaintext,
 /// through both protocols. A row that fails in the middle ends the result
-/// like a PostgreSQL error would: the rows before it arrive, then 39000,
-/// and the session goes on. PostgreSQL holds no plaintext; pgveil logs none.
+/// like a PostgreSQL error would: the rows before it arrive, then 39000;
+/// inside a transaction block the block is failed on PostgreSQL too (25P02
+/// for the next statement, COMMIT rolls back). PostgreSQL holds no
+/// plaintext; pgveil logs none.
 #[tokio::test]
 async fn large_results_stream_in_order_and_fail_at_the_bad_row() {
     const ROWS: usize = 3000;
@@ -1459,7 +1461,12 @@ async fn large_results_stream_in_order_and_fail_at_the_bad_row() {
         )
         .await
         .unwrap();
+    // Inside a transaction block, after a write that must not survive.
+    let insert = "INSERT INTO pay_customers (org_id, email, name) VALUES (7, $1, 'Doomed')";
     app.batch_execute("BEGIN").await.unwrap();
+    app.execute(insert, &[&"doomed1@example.com"])
+        .await
+        .unwrap();
     let stream = app
         .query_raw(select, std::iter::empty::<&str>())
         .await
@@ -1481,10 +1488,49 @@ async fn large_results_stream_in_order_and_fail_at_the_bad_row() {
     assert_eq!(seen, bad, "every row before the failing one arrives");
     assert_eq!(code(&err), "39000", "{err:?}");
     assert!(message(&err).contains("name"), "{}", message(&err));
-    // The session is in step: the next statements get their own answers.
+    // As after any error in a transaction block: PostgreSQL's transaction
+    // is aborted too (pgveil makes it so), the next statement fails with
+    // 25P02 and COMMIT rolls back.
+    let e = app.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "25P02", "{e:?}");
+    let e = app.simple_query("SELECT 2").await.unwrap_err();
+    assert_eq!(code(&e), "25P02", "{e:?}");
+    let done = app.simple_query("COMMIT").await.unwrap();
+    assert!(
+        matches!(
+            &done[..],
+            [tokio_postgres::SimpleQueryMessage::CommandComplete(0)]
+        ),
+        "{done:?}"
+    );
+    // The same when COMMIT is the first statement after the failure: it
+    // rolls back, as PostgreSQL answers a COMMIT of a failed transaction.
+    app.batch_execute("BEGIN").await.unwrap();
+    app.execute(insert, &[&"doomed2@example.com"])
+        .await
+        .unwrap();
+    let e = app.query(select, &[]).await.unwrap_err();
+    assert_eq!(code(&e), "39000", "{e:?}");
+    app.batch_execute("COMMIT").await.unwrap();
+    // And ROLLBACK (to a savepoint, too) is let through.
+    app.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
+    let e = app.query(select, &[]).await.unwrap_err();
+    assert_eq!(code(&e), "39000", "{e:?}");
+    app.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
     let one = app.query("SELECT 1", &[]).await.unwrap();
     assert_eq!(one[0].get::<_, i32>(0), 1);
     app.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM pay_customers WHERE org_id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a write before the failure was committed");
+    // Outside a transaction block nothing changes: the next statement runs.
+    let e = app.query(select, &[]).await.unwrap_err();
+    assert_eq!(code(&e), "39000", "{e:?}");
+    let one = app.query("SELECT 1", &[]).await.unwrap();
+    assert_eq!(one[0].get::<_, i32>(0), 1);
     let r = app
         .query(
             "SELECT name FROM pay_customers WHERE id = $1",
@@ -1503,6 +1549,10 @@ async fn large_results_stream_in_order_and_fail_at_the_bad_row() {
             "row {i} in the log"
         );
     }
-    fx.assert_no_plaintext(&["bigrow00000@example.com", "Big Person 02999"])
-        .await;
+    fx.assert_no_plaintext(&[
+        "bigrow00000@example.com",
+        "Big Person 02999",
+        "doomed1@example.com",
+    ])
+    .await;
 }

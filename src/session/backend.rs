@@ -34,6 +34,8 @@ pub struct Backend {
     /// one (`Some(None)`: forwarded as they come); reset by any other
     /// message, so the pending queue is read once per result, not per row.
     streaming: Option<Option<Shape>>,
+    /// A row failed to decrypt since the last ReadyForQuery.
+    row_failed: bool,
 }
 
 impl Backend {
@@ -51,6 +53,7 @@ impl Backend {
             decrypted_rows: 0,
             decryptor: RowDecryptor::default(),
             streaming: None,
+            row_failed: false,
         }
     }
 
@@ -156,13 +159,20 @@ impl Backend {
                 }
             }
             b'Z' => {
-                if let Some(&st) = f.body().first() {
-                    self.shared.set_tx_status(st);
+                let mut st = f.body().first().copied().unwrap_or(b'I');
+                if std::mem::take(&mut self.row_failed) && st == b'T' {
+                    // The client got an error inside a transaction block:
+                    // it is told the block failed, as after any error, and
+                    // the frontend makes PostgreSQL agree before the next
+                    // statement runs.
+                    self.shared.set_must_abort();
+                    st = b'E';
                 }
+                self.shared.set_tx_status(st);
                 self.discard_until_ready = false;
                 self.current = None;
                 self.shared.pop();
-                out.extend_from_slice(&f.raw);
+                out.extend_from_slice(&[b'Z', 0, 0, 0, 5, st]);
             }
             _ => out.extend_from_slice(&f.raw),
         }
@@ -470,6 +480,7 @@ impl Backend {
             Ok(false) => out.extend_from_slice(&f.raw),
             Err(e) => {
                 metrics::counter!("pgveil_decrypt_errors_total").increment(1);
+                self.row_failed = true;
                 tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
                 out.extend_from_slice(&msg::error_response(
                     "ERROR",

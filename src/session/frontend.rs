@@ -217,6 +217,13 @@ impl Frontend {
         if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
             return Flow::Continue;
         }
+        if matches!(f.tag, b'Q' | b'P' | b'B' | b'E' | b'F')
+            && self.shared.take_must_abort()
+            && !ends_transaction(&f)
+        {
+            self.abort_transaction(&f, out);
+            return Flow::Continue;
+        }
         if !matches!(f.tag, b'd' | b'c' | b'f' | b'S' | b'H') {
             self.copy_failed = false;
         }
@@ -786,6 +793,37 @@ impl Frontend {
         self.shared.push(Pending::Bind { internal: true });
     }
 
+    /// The first statement after a decryption failure inside a transaction
+    /// block (that is not a ROLLBACK): instead of running it, make
+    /// PostgreSQL raise 25P02, which aborts its transaction as the failure
+    /// would have. From then on PostgreSQL itself refuses every statement
+    /// but ROLLBACK, and turns a COMMIT into a rollback.
+    fn abort_transaction(&mut self, f: &Frame, out: &mut BytesMut) {
+        if f.tag == b'Q' && is_commit(f.body()) {
+            // What PostgreSQL does with a COMMIT of a failed transaction.
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            m::encode_query(out, "ROLLBACK");
+            return;
+        }
+        let r = refuse(
+            "25P02",
+            "current transaction is aborted by the decryption error above; commands ignored until end of transaction block (ROLLBACK)",
+        );
+        tracing::warn!("statement refused: the transaction failed on a decryption error");
+        if f.tag == b'Q' {
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            m::encode_query(out, &raise_sql(&r));
+        } else {
+            self.inject_raise(&r, out);
+        }
+    }
+
     /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then
     /// discard the client's messages up to Sync, as the server would.
     fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
@@ -1192,6 +1230,48 @@ fn plan_kind(p: &StatementPlan) -> &'static str {
     }
 }
 
+/// Whether a simple Query is exactly one COMMIT (or END), with optional
+/// WORK/TRANSACTION and semicolons.
+fn is_commit(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    let words: Vec<String> = text
+        .trim_end_matches('\0')
+        .split(|c: char| c.is_ascii_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    matches!(
+        words.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ["commit" | "end"] | ["commit" | "end", "work" | "transaction"]
+    )
+}
+
+/// Whether a Query or Parse is a ROLLBACK (or ABORT), which may run after a
+/// failed transaction.
+fn ends_transaction(f: &Frame) -> bool {
+    let text = match f.tag {
+        b'Q' => f.body(),
+        b'P' => {
+            let b = f.body();
+            match b.iter().position(|&c| c == 0) {
+                Some(n) => &b[n + 1..],
+                None => return false,
+            }
+        }
+        _ => return false,
+    };
+    let start = text
+        .iter()
+        .position(|c| !c.is_ascii_whitespace() && *c != b';')
+        .unwrap_or(text.len());
+    let word: Vec<u8> = text[start..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    matches!(&word[..], b"rollback" | b"abort")
+}
+
 /// A statement that makes PostgreSQL raise the refusal. The message names
 /// tables and columns only; it never holds a value.
 pub fn raise_sql(r: &Refusal) -> String {
@@ -1208,6 +1288,51 @@ mod tests {
 
     fn status(name: &str, value: &str) -> Vec<u8> {
         [name.as_bytes(), &[0], value.as_bytes(), &[0]].concat()
+    }
+
+    #[test]
+    fn commit_and_rollback_are_recognised_after_a_failed_transaction() {
+        let q = |sql: &str| Frame {
+            tag: b'Q',
+            raw: bytes::Bytes::from([&b"Q\0\0\0\0"[..], sql.as_bytes(), b"\0"].concat()),
+        };
+        let p = |name: &str, sql: &str| Frame {
+            tag: b'P',
+            raw: bytes::Bytes::from(
+                [
+                    &b"P\0\0\0\0"[..],
+                    name.as_bytes(),
+                    b"\0",
+                    sql.as_bytes(),
+                    b"\0\0\0",
+                ]
+                .concat(),
+            ),
+        };
+        for yes in ["COMMIT", "commit;", "  End Transaction ;", "COMMIT WORK"] {
+            assert!(is_commit(q(yes).body()), "{yes}");
+        }
+        for no in [
+            "COMMIT; DELETE FROM t",
+            "COMMIT AND CHAIN",
+            "ROLLBACK",
+            "SELECT 1",
+            "",
+        ] {
+            assert!(!is_commit(q(no).body()), "{no}");
+        }
+        for yes in [
+            "ROLLBACK",
+            " rollback to savepoint s",
+            ";ABORT",
+            "Rollback;",
+        ] {
+            assert!(ends_transaction(&q(yes)), "{yes}");
+            assert!(ends_transaction(&p("s1", yes)), "{yes}");
+        }
+        for no in ["COMMIT", "SELECT 'rollback'", "rollbackx", "/* */ ROLLBACK"] {
+            assert!(!ends_transaction(&q(no)), "{no}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod rows;
 pub mod values;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use catalog::{CatalogEntry, Engine};
@@ -130,6 +130,12 @@ pub struct Shared {
     entry: Mutex<Arc<CatalogEntry>>,
     /// Transaction status of the last ReadyForQuery (`I`, `T` or `E`).
     tx_status: AtomicU8,
+    /// A value failed to decrypt inside a transaction block: the client was
+    /// told the statement failed (and its transaction with it), but
+    /// PostgreSQL ran it and its transaction is still good. The next
+    /// statement must abort it (see `Frontend::abort_transaction`), so that
+    /// a COMMIT cannot make the writes before the failure stand.
+    must_abort: AtomicBool,
 }
 
 impl Shared {
@@ -138,6 +144,7 @@ impl Shared {
             pending: Mutex::new(VecDeque::new()),
             entry: Mutex::new(entry),
             tx_status: AtomicU8::new(b'I'),
+            must_abort: AtomicBool::new(false),
         }
     }
 
@@ -155,6 +162,16 @@ impl Shared {
 
     pub fn set_tx_status(&self, s: u8) {
         self.tx_status.store(s, Ordering::Relaxed);
+    }
+
+    pub fn set_must_abort(&self) {
+        self.must_abort.store(true, Ordering::Release);
+    }
+
+    /// Whether the transaction must be aborted (and forget it: the caller
+    /// does it).
+    pub fn take_must_abort(&self) -> bool {
+        self.must_abort.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the session is outside any transaction block.
