@@ -160,11 +160,12 @@ impl Backend {
             }
             b'Z' => {
                 let mut st = f.body().first().copied().unwrap_or(b'I');
-                if std::mem::take(&mut self.row_failed) && st == b'T' {
-                    // The client got an error inside a transaction block:
-                    // it is told the block failed, as after any error, and
-                    // the frontend makes PostgreSQL agree before the next
-                    // statement runs.
+                // The client got an error inside a transaction block: it is
+                // told the block failed, as after any error, until the
+                // frontend has made PostgreSQL agree (at the next
+                // statement; a bare Sync before it changes nothing).
+                if (std::mem::take(&mut self.row_failed) || self.shared.must_abort()) && st == b'T'
+                {
                     self.shared.set_must_abort();
                     st = b'E';
                 }

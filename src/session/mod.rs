@@ -168,6 +168,11 @@ impl Shared {
         self.must_abort.store(true, Ordering::Release);
     }
 
+    /// Whether the next statement must abort the transaction.
+    pub fn must_abort(&self) -> bool {
+        self.must_abort.load(Ordering::Acquire)
+    }
+
     /// Whether the transaction must be aborted (and forget it: the caller
     /// does it).
     pub fn take_must_abort(&self) -> bool {
