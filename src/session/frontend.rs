@@ -1233,43 +1233,40 @@ fn plan_kind(p: &StatementPlan) -> &'static str {
 /// Whether a simple Query is exactly one COMMIT (or END), with optional
 /// WORK/TRANSACTION and semicolons.
 fn is_commit(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body);
-    let words: Vec<String> = text
-        .trim_end_matches('\0')
-        .split(|c: char| c.is_ascii_whitespace() || c == ';')
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect();
     matches!(
-        words.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        words(body)[..],
         ["commit" | "end"] | ["commit" | "end", "work" | "transaction"]
     )
 }
 
-/// Whether a Query or Parse is a ROLLBACK (or ABORT), which may run after a
-/// failed transaction.
+/// Whether a Query or Parse starts with ROLLBACK (or ABORT), which may run
+/// after a failed transaction.
 fn ends_transaction(f: &Frame) -> bool {
     let text = match f.tag {
         b'Q' => f.body(),
-        b'P' => {
-            let b = f.body();
-            match b.iter().position(|&c| c == 0) {
-                Some(n) => &b[n + 1..],
-                None => return false,
-            }
-        }
+        b'P' => match f.body().iter().position(|&c| c == 0) {
+            Some(n) => &f.body()[n + 1..],
+            None => return false,
+        },
         _ => return false,
     };
-    let start = text
-        .iter()
-        .position(|c| !c.is_ascii_whitespace() && *c != b';')
-        .unwrap_or(text.len());
-    let word: Vec<u8> = text[start..]
-        .iter()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .map(u8::to_ascii_lowercase)
-        .collect();
-    matches!(&word[..], b"rollback" | b"abort")
+    matches!(words(text).first(), Some(&("rollback" | "abort")))
+}
+
+/// The whitespace- and `;`-separated words of SQL text (up to its first
+/// NUL), lowercased; non-ASCII text gives no words.
+fn words(text: &[u8]) -> Vec<&'static str> {
+    const KNOWN: [&str; 6] = ["commit", "end", "work", "transaction", "rollback", "abort"];
+    let text = text.split(|&c| c == 0).next().unwrap_or_default();
+    text.split(|c| c.is_ascii_whitespace() || *c == b';')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            KNOWN
+                .into_iter()
+                .find(|k| k.as_bytes().eq_ignore_ascii_case(w))
+                .unwrap_or("")
+        })
+        .collect()
 }
 
 /// A statement that makes PostgreSQL raise the refusal. The message names
