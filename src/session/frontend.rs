@@ -218,6 +218,7 @@ impl Frontend {
             return Flow::Continue;
         }
         if matches!(f.tag, b'Q' | b'P' | b'B' | b'E' | b'F')
+            && self.shared.must_abort()
             && self.shared.take_must_abort()
             && !ends_transaction(&f)
         {
