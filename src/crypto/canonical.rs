@@ -324,7 +324,8 @@ fn parse_uuid(wire: &[u8]) -> Option<[u8; 16]> {
     (n == 32 && s.last() != Some(&b'-')).then_some(out)
 }
 
-fn format_uuid(u: &[u8; 16]) -> String {
+/// The canonical text form of a UUID (lowercase, dashed).
+pub fn format_uuid(u: &[u8; 16]) -> String {
     let h = hex::encode(u);
     format!(
         "{}-{}-{}-{}-{}",

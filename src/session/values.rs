@@ -341,17 +341,7 @@ pub fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
         "smallint" => i16::from_be_bytes(v.try_into().ok()?).to_string(),
         "integer" => i32::from_be_bytes(v.try_into().ok()?).to_string(),
         "bigint" => i64::from_be_bytes(v.try_into().ok()?).to_string(),
-        "uuid" => {
-            let h = hex::encode(<[u8; 16]>::try_from(v).ok()?);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[0..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..32]
-            )
-        }
+        "uuid" => crate::crypto::canonical::format_uuid(v.try_into().ok()?),
         _ => String::from_utf8(v.to_vec()).ok()?,
     })
 }
