@@ -29,6 +29,7 @@ pub mod calmony;
 pub mod certs;
 pub mod pg;
 pub mod pgveil;
+pub mod scan;
 pub mod tls;
 
 pub use calmony::Calmony;

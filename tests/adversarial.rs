@@ -1,0 +1,21 @@
+//! Adversarial tests: inputs an attacker would send (raw protocol frames
+//! where a driver cannot produce them), each followed by a direct scan of
+//! the whole cluster, the logs and the audit log for the plaintext
+//! (`common::scan`). One file per class of input under `tests/adversarial/`.
+
+mod common;
+
+#[path = "adversarial/batch.rs"]
+mod batch;
+#[path = "adversarial/catalog.rs"]
+mod catalog;
+#[path = "adversarial/copy.rs"]
+mod copy;
+#[path = "adversarial/identity.rs"]
+mod identity;
+#[path = "adversarial/prepared.rs"]
+mod prepared;
+#[path = "adversarial/scanner.rs"]
+mod scanner;
+#[path = "adversarial/splice.rs"]
+mod splice;
