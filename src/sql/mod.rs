@@ -9,7 +9,9 @@
 //! See `docs/policy.md` for what SQL works on a protected column.
 
 mod lex;
+pub mod pglex;
 mod rewrite;
+pub mod splice;
 
 use std::collections::HashMap;
 use std::fmt;

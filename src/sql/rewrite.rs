@@ -31,6 +31,7 @@ use super::{
     Reject, RewritePlan, Segment, SlotOp, StatementKind, StatementPlan, TenantSource, Use, ViewDef,
     quote_ident,
 };
+use super::{pglex, splice};
 use crate::crypto::types::{Oid, PgType};
 use crate::policy::{Access, ColumnPolicy, TablePolicy};
 
@@ -43,6 +44,14 @@ pub(crate) fn plan_statement(
     role: &str,
     params: Option<&[Oid]>,
 ) -> StatementPlan {
+    // The AST below is only worth reasoning about if sqlparser reads the
+    // text exactly as PostgreSQL will.
+    if pglex::agree(text).is_err() {
+        return StatementPlan::reject(Reject::unsupported(format!(
+            "pgveil: this statement mentions protected table {} but pgveil cannot be sure PostgreSQL reads its literals, identifiers and comments as pgveil does (string continuation across lines, UESCAPE, over-long identifiers, unterminated quotes or comments, characters PostgreSQL rejects), so it was not sent: send values as bind parameters and write literals plainly",
+            mentioned(an, text)
+        )));
+    }
     let mut stmts = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
         Ok(s) => s,
         Err(_) => {
@@ -59,6 +68,7 @@ pub(crate) fn plan_statement(
     }
     let mut stmt = stmts.pop().expect("one statement");
     let mut cx = Cx::new(an, role, params, text);
+    cx.before = Some(stmt.clone());
     let res = cx.top(&mut stmt, text, source.clone());
     match res {
         Err(r) => StatementPlan::reject(r),
@@ -174,6 +184,10 @@ struct Cx<'a> {
     touched: Vec<(ColumnRef, Use)>,
     changed: bool,
     result_columns: Option<Vec<Option<ColumnRef>>>,
+    /// The statement as parsed, before the rewrite changed it: the edits
+    /// are spliced into the client's text from its difference with the
+    /// rewritten AST (`super::splice`).
+    before: Option<Statement>,
 }
 
 fn norm(id: &Ident) -> String {
@@ -261,6 +275,7 @@ impl<'a> Cx<'a> {
             touched: vec![],
             changed: false,
             result_columns: None,
+            before: None,
         }
     }
 
@@ -2655,7 +2670,7 @@ impl<'a> Cx<'a> {
                 .chain(appended_cols.iter())
                 .map(|c| make_ident(c))
                 .collect();
-            plan.sql = stmt.to_string();
+            plan.sql = self.spliced(text, stmt)?;
         }
         plan.columns = Some(list);
         Ok(Top::Copy(plan))
@@ -2702,7 +2717,7 @@ impl<'a> Cx<'a> {
             }
         }
         let sql = if self.changed {
-            let out = stmt.to_string();
+            let out = self.spliced(text, stmt)?;
             split_markers(&out, &self.marker, self.literals.len())?
         } else {
             vec![Segment::Text(text.to_string())]
@@ -2720,6 +2735,21 @@ impl<'a> Cx<'a> {
             source,
             result_columns: self.result_columns.take(),
         })
+    }
+}
+
+impl Cx<'_> {
+    /// The client's text with the rewrite of `stmt` spliced in; never a
+    /// print of the client's statement.
+    fn spliced(&self, text: &str, stmt: &Statement) -> R<String> {
+        let before = self.before.as_ref().ok_or_else(internal)?;
+        match splice::splice_statement(text, before, stmt) {
+            Some((out, _)) => Ok(out),
+            None => Err(Reject::unsupported(format!(
+                "pgveil: the rewrite of this statement on protected table {} could not be applied to the statement's own text exactly, so it was not sent: simplify it (one statement, values as bind parameters, no comments inside the changed parts)",
+                mentioned(self.an, text)
+            ))),
+        }
     }
 }
 

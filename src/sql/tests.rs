@@ -203,7 +203,7 @@ fn equality_with_literal_qualified_and_reversed() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT * FROM users u WHERE {0:BlindIndex} = u.email_bidx AND u.id > 3"
+        "select * from users u where {0:BlindIndex} = u.email_bidx and u.id > 3"
     );
     assert_eq!(r.literals[0].value.as_deref(), Some("a@b.c"));
     assert_eq!(r.literals[0].target, users_email());
@@ -213,7 +213,7 @@ fn equality_with_literal_qualified_and_reversed() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT * FROM public.users WHERE public.users.email_bidx <> $1"
+        "select * from public.users where public.users.email_bidx <> $1"
     );
 }
 
@@ -225,7 +225,7 @@ fn in_lists_any_and_null() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT id FROM users WHERE email_bidx IN ($1, {0:BlindIndex}, NULL)"
+        "select id from users where email_bidx in ($1, {0:BlindIndex}, NULL)"
     );
     let r = rw(ext(
         "select id from users where email not in ('a', 'b')",
@@ -233,13 +233,13 @@ fn in_lists_any_and_null() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT id FROM users WHERE email_bidx NOT IN ({0:BlindIndex}, {1:BlindIndex})"
+        "select id from users where email_bidx not in ({0:BlindIndex}, {1:BlindIndex})"
     );
     let r = rw(ext(
         "select id from users where email = any($1)",
         "app_user",
     ));
-    assert_eq!(shown(&r), "SELECT id FROM users WHERE email_bidx = ANY($1)");
+    assert_eq!(shown(&r), "select id from users where email_bidx = any($1)");
     assert!(matches!(
         r.params[0],
         ParamAction::BlindIndex { array: true, .. }
@@ -251,7 +251,7 @@ fn in_lists_any_and_null() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT id FROM users WHERE email_bidx <> ALL(ARRAY[{0:BlindIndex}, $1])"
+        "select id from users where email_bidx != all(array[{0:BlindIndex}, $1])"
     );
     let r = rw(ext("select id from users where email is null", "dba"));
     assert!(r.unchanged);
@@ -263,14 +263,14 @@ fn lookups_in_subqueries_ctes_delete_and_update_where() {
         "with t as (select id from users where email = $1) select * from orders where user_id in (select id from t)",
         "app_user",
     ));
-    assert!(shown(&r).contains("WHERE email_bidx = $1"), "{}", shown(&r));
+    assert!(shown(&r).contains("where email_bidx = $1"), "{}", shown(&r));
     let r = rw(ext(
         "delete from users where email = $1 returning id, email",
         "app_user",
     ));
     assert_eq!(
         shown(&r),
-        "DELETE FROM users WHERE email_bidx = $1 RETURNING id, email"
+        "delete from users where email_bidx = $1 returning id, email"
     );
     assert_eq!(r.kind, StatementKind::Delete);
     let r = rw(ext(
@@ -289,7 +289,7 @@ fn self_join_on_same_column_uses_blind_index() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT a.id FROM users a JOIN users b ON a.email_bidx = b.email_bidx"
+        "select a.id from users a join users b on a.email_bidx = b.email_bidx"
     );
     let (code, msg) = reject(ext(
         "select 1 from users u join pay_customers c on u.email = c.email",
@@ -325,7 +325,7 @@ fn tenant_table_lookups_need_no_tenant() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT * FROM pay_customers WHERE email_bidx = $1"
+        "select * from pay_customers where email_bidx = $1"
     );
 }
 
@@ -511,7 +511,7 @@ fn insert_literals_multi_row_null_default() {
     ));
     assert_eq!(
         shown(&r),
-        "INSERT INTO users (email, dob, email_bidx) VALUES ({0:Encrypt}, {1:Encrypt}, {2:BlindIndex}), (NULL, DEFAULT, NULL), (DEFAULT, NULL, DEFAULT)"
+        "insert into users (email, dob, email_bidx) values ({0:Encrypt}, {1:Encrypt}, {2:BlindIndex}), (NULL, DEFAULT, NULL), (DEFAULT, NULL, DEFAULT)"
     );
     assert_eq!(r.literals[0].value.as_deref(), Some("a@b.c"));
     assert_eq!(r.literals[1].value.as_deref(), Some("2001-02-03"));
@@ -527,7 +527,7 @@ fn insert_by_unlisted_role_requires_envelopes() {
     ));
     assert_eq!(
         shown(&r),
-        "INSERT INTO users (email, email_bidx) VALUES ($1, $2)"
+        "insert into users (email, email_bidx) values ($1, $2)"
     );
     assert_eq!(
         r.params,
@@ -555,7 +555,7 @@ fn insert_write_only_role_encrypts() {
     let r = rw(ext("insert into users (email) values ($1)", "signup"));
     assert_eq!(
         shown(&r),
-        "INSERT INTO users (email, email_bidx) VALUES ($1, $2)"
+        "insert into users (email, email_bidx) values ($1, $2)"
     );
     assert!(matches!(r.params[0], ParamAction::Encrypt { .. }));
 }
@@ -568,7 +568,7 @@ fn insert_tenant_from_row() {
     ));
     assert_eq!(
         shown(&r),
-        "INSERT INTO pay_customers (org_id, email, email_bidx) VALUES ($1, $2, $3), (7, {0:Encrypt}, {1:BlindIndex})"
+        "insert into pay_customers (org_id, email, email_bidx) values ($1, $2, $3), (7, {0:Encrypt}, {1:BlindIndex})"
     );
     assert_eq!(
         r.params[1],
@@ -629,7 +629,7 @@ fn insert_on_conflict_do_update_excluded() {
     ));
     assert_eq!(
         shown(&r),
-        "INSERT INTO users (id, email, email_bidx) VALUES ($1, $2, $3) ON CONFLICT(email_bidx) DO UPDATE SET email = excluded.email, name = excluded.name, email_bidx = EXCLUDED.email_bidx"
+        "insert into users (id, email, email_bidx) values ($1, $2, $3) on conflict (email_bidx) do update set email = excluded.email, name = excluded.name, email_bidx = EXCLUDED.email_bidx"
     );
     let (_, msg) = reject(ext(
         "insert into pay_customers (org_id, email) values ($1, $2) on conflict (id) do update set email = excluded.email",
@@ -644,7 +644,7 @@ fn insert_on_conflict_do_update_excluded() {
         "app_user",
     ));
     assert!(
-        shown(&r).contains("ON CONFLICT(org_id, email_bidx)"),
+        shown(&r).contains("on conflict (org_id, email_bidx)"),
         "{}",
         shown(&r)
     );
@@ -671,7 +671,7 @@ fn update_set_param_literal_null() {
     ));
     assert_eq!(
         shown(&r),
-        "UPDATE users SET email = NULL, email_bidx = NULL WHERE email_bidx = $1"
+        "update users set email = null , email_bidx = NULL WHERE email_bidx = $1"
     );
     assert_eq!(r.kind, StatementKind::Update);
 }
@@ -684,7 +684,7 @@ fn same_param_for_write_and_lookup_gets_a_second_number() {
     ));
     assert_eq!(
         shown(&r),
-        "UPDATE users SET email = $1, email_bidx = $2 WHERE email_bidx = $2"
+        "update users set email = $1 , email_bidx = $2 WHERE email_bidx = $2"
     );
     assert!(matches!(r.params[0], ParamAction::Encrypt { orig: 0, .. }));
     assert!(matches!(
@@ -741,7 +741,7 @@ fn blind_index_rotation_dual_writes() {
     let r = rw(ext("insert into rot (ssn) values ($1)", "app_user"));
     assert_eq!(
         shown(&r),
-        "INSERT INTO rot (ssn, ssn_bidx, ssn_bidx2) VALUES ($1, $2, $3)"
+        "insert into rot (ssn, ssn_bidx, ssn_bidx2) values ($1, $2, $3)"
     );
     assert!(matches!(
         r.params[2],
@@ -750,7 +750,7 @@ fn blind_index_rotation_dual_writes() {
     let r = rw(ext("update rot set ssn = '1' where ssn = '2'", "app_user"));
     assert_eq!(
         shown(&r),
-        "UPDATE rot SET ssn = {0:Encrypt}, ssn_bidx = {1:BlindIndex}, ssn_bidx2 = {2:BlindIndexNext} WHERE ssn_bidx = {3:BlindIndex}"
+        "update rot set ssn = {0:Encrypt}, ssn_bidx = {1:BlindIndex}, ssn_bidx2 = {2:BlindIndexNext} WHERE ssn_bidx = {3:BlindIndex}"
     );
 }
 
@@ -876,7 +876,7 @@ fn views_from_catalog() {
     );
     assert_eq!(
         shown(&rw(v[0].clone())),
-        "SELECT id FROM people WHERE email_bidx = $1"
+        "select id from people where email_bidx = $1"
     );
     let v = a.plan(
         "select * from names order by name",
@@ -893,7 +893,7 @@ fn views_from_catalog() {
     let r = rw(v[0].clone());
     assert_eq!(
         shown(&r),
-        "INSERT INTO users (id, email, email_bidx) VALUES ($1, $2, $3)"
+        "insert into users (id, email, email_bidx) values ($1, $2, $3)"
     );
     assert_eq!(r.parse_param_types, vec![20, 0, 0]);
 }
@@ -906,7 +906,7 @@ fn marker_collision_is_avoided() {
     ));
     assert_eq!(
         shown(&r),
-        "SELECT '__pgv_slot_0' FROM users WHERE email_bidx = {0:BlindIndex}"
+        "select '__pgv_slot_0' from users where email_bidx = {0:BlindIndex}"
     );
 }
 
