@@ -415,6 +415,23 @@ impl Backend {
                 if f.table_oid == 0 {
                     return None;
                 }
+                if let Some(owner) = entry.catalog.blind_index.get(&(f.table_oid, f.attnum)) {
+                    let attr = entry.column(owner)?;
+                    if policy
+                        .column_access(role, &attr.policy)
+                        .is_some_and(|a| a.search)
+                    {
+                        return None;
+                    }
+                    return Some(Decrypt {
+                        attr: attr.clone(),
+                        format: f.format,
+                        wire: f.format,
+                        tenant: None,
+                        aad_names: Arc::from(&[][..]),
+                        mask: true,
+                    });
+                }
                 let attr = entry.by_attr.get(&(f.table_oid, f.attnum))?;
                 let access = policy.column_access(role, &attr.policy)?;
                 if !access.read_plaintext {
@@ -442,6 +459,7 @@ impl Backend {
                     wire: f.format,
                     tenant,
                     aad_names: envelope::aad_names(&ctx).into(),
+                    mask: false,
                 })
             })
             .collect()

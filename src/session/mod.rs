@@ -43,6 +43,10 @@ pub struct Decrypt {
     /// The column part of the AAD (`envelope::aad_names`), built once per
     /// result column instead of once per value.
     pub aad_names: Arc<[u8]>,
+    /// A blind-index column of `attr` shown to a role without `search` on
+    /// it: sent as NULL, never decrypted. Its values would let the role
+    /// compare a guess it wrote with every other row (an equality oracle).
+    pub mask: bool,
 }
 
 /// The row shape of a result: per column, `Some` when it is decrypted.

@@ -104,6 +104,10 @@ impl RowDecryptor {
                     continue;
                 }
             };
+            if d.mask {
+                out.put_i32(-1);
+                continue;
+            }
             let stored = &body[at..at + len as usize];
             if let Err(error) = self.decrypt_value(crypto, d, body, stored, out).await {
                 // Nothing of this row reaches the client; wipe what was

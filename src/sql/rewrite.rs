@@ -52,6 +52,9 @@ pub(crate) fn plan_statement(
             mentioned(an, text)
         )));
     }
+    if let Some(r) = names_blind_index(an, text, role) {
+        return StatementPlan::reject(r);
+    }
     let mut stmts = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
         Ok(s) => s,
         Err(_) => {
@@ -81,6 +84,73 @@ pub(crate) fn plan_statement(
             Err(r) => StatementPlan::reject(r),
         },
     }
+}
+
+/// Blind-index columns belong to pgveil: the client's statement may name
+/// one (in any position: select list, WHERE, column lists, RETURNING,
+/// ON CONFLICT, USING …) only if the role has `search` on its column.
+/// Otherwise a role could write a guess and compare its blind index with
+/// other rows: an equality oracle. pgveil's own rewrite adds such names
+/// after this check. Checked on PostgreSQL's tokens, so no syntax escapes
+/// it; an unrelated column that happens to share the name is refused too.
+fn names_blind_index(an: &Analyzer, text: &str, role: &str) -> Option<Reject> {
+    // Tables the text names (a view or child of one reaches its columns too:
+    // then every table with such a column counts).
+    let named: Vec<&TablePolicy> = an
+        .policy
+        .tables
+        .iter()
+        .filter(|t| super::lex::NameSet::new([t.table.clone()]).matches(text))
+        .collect();
+    let tables: Vec<&TablePolicy> = if named.is_empty() {
+        an.policy.tables.iter().collect()
+    } else {
+        named
+    };
+    let toks = pglex::tokens(text);
+    let word = |i: usize| {
+        toks.get(i)
+            .filter(|t| t.kind == pglex::Kind::Ident)
+            .map(|t| text[t.span.clone()].to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    // DDL that only declares structure on the column (an index, a
+    // constraint, dropping it) reads no value; ALTER … USING could copy
+    // values into a readable column, views and CREATE … AS could show them.
+    let structural = match (word(0).as_str(), word(1).as_str(), word(2).as_str()) {
+        ("create", "index", _)
+        | ("create", "unique", "index")
+        | ("drop", _, _)
+        | ("comment", _, _) => true,
+        ("alter", "table" | "index", _) => !toks.iter().any(|t| {
+            t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("using")
+        }),
+        _ => false,
+    };
+    if structural {
+        return None;
+    }
+    for t in toks.iter() {
+        let t = t.clone();
+        let name = match t.kind {
+            pglex::Kind::Ident => text[t.span.clone()].to_ascii_lowercase(),
+            pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => {
+                pglex::value(text, &t).unwrap_or_default()
+            }
+            _ => continue,
+        };
+        for tp in &tables {
+            if let Some((cp, _)) = tp.blind_index_owner(&name)
+                && !an.policy.column_access(role, cp).is_some_and(|a| a.search)
+            {
+                return Some(Reject::privilege(format!(
+                    "pgveil: {}.{}.{name} is the blind index of protected column {}.{}.{}, which role {role} may not search: only pgveil and roles with search access may use it; look the value up with = on {} itself (pgveil rewrites it) from a role with search access",
+                    tp.schema, tp.table, tp.schema, tp.table, cp.name, cp.name
+                )));
+            }
+        }
+    }
+    None
 }
 
 /// The first protected name the text mentions (for messages).
@@ -1714,9 +1784,10 @@ impl<'a> Cx<'a> {
                     mentioned(self.an, text)
                 )));
             }
-            other => {
-                let kw = other.to_string();
-                let kw: String = kw.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            _ => {
+                // Name the statement by its leading keywords only: a print
+                // of the statement could carry a literal.
+                let kw = leading_keywords(text);
                 return Err(Reject::unsupported(format!(
                     "pgveil: {kw} statements that mention protected table {} are not supported: pgveil cannot prove them safe",
                     mentioned(self.an, text)
@@ -2750,6 +2821,26 @@ impl Cx<'_> {
                 mentioned(self.an, text)
             ))),
         }
+    }
+}
+
+/// Up to two leading words of a statement that are plain keywords (ASCII
+/// letters and `_`), upper-cased; never a literal or an identifier in
+/// quotes.
+fn leading_keywords(text: &str) -> String {
+    let mut words = vec![];
+    for t in pglex::tokens(text).into_iter().take(2) {
+        let w = &text[t.span];
+        if t.kind != pglex::Kind::Ident || !w.bytes().all(|c| c.is_ascii_alphabetic() || c == b'_')
+        {
+            break;
+        }
+        words.push(w.to_ascii_uppercase());
+    }
+    if words.is_empty() {
+        "these".into()
+    } else {
+        words.join(" ")
     }
 }
 

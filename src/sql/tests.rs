@@ -521,25 +521,23 @@ fn insert_literals_multi_row_null_default() {
 
 #[test]
 fn insert_by_unlisted_role_requires_envelopes() {
-    let r = rw(ext(
+    let r = rw(ext("insert into users (email) values ($1)", "dba"));
+    assert_eq!(shown(&r), "insert into users (email) values ($1)");
+    assert_eq!(
+        r.params,
+        vec![ParamAction::RequireEnvelope {
+            orig: 0,
+            target: users_email()
+        },]
+    );
+    assert!(r.param_type_overrides.is_empty());
+    // The blind index belongs to pgveil: a role without search may not
+    // write (or read) it, even next to a copied envelope.
+    let (code, _) = reject(ext(
         "insert into users (email, email_bidx) values ($1, $2)",
         "dba",
     ));
-    assert_eq!(
-        shown(&r),
-        "insert into users (email, email_bidx) values ($1, $2)"
-    );
-    assert_eq!(
-        r.params,
-        vec![
-            ParamAction::RequireEnvelope {
-                orig: 0,
-                target: users_email()
-            },
-            ParamAction::Copy { orig: 1 },
-        ]
-    );
-    assert!(r.param_type_overrides.is_empty());
+    assert_eq!(code, "42501");
     let r = rw(ext("insert into users (email) values ('pgv1:abc')", "dba"));
     assert_eq!(r.literals[0].op, SlotOp::RequireEnvelope);
     // A writer may not supply the blind index.
@@ -1057,4 +1055,50 @@ fn result_columns_map_plain_selects_only() {
         cols("SELECT email FROM users UNION ALL SELECT email FROM users"),
         None
     );
+}
+
+#[test]
+fn blind_index_columns_belong_to_pgveil() {
+    for (sql, role) in [
+        ("select email_bidx from users", "signup"),
+        (
+            "insert into users (id, email) values (1, $1) returning (select count(*) from users x where x.email_bidx = users.email_bidx)",
+            "signup",
+        ),
+        (
+            "select u1.id from users u1 join users u2 on u1.\"email_bidx\" = u2.email_bidx",
+            "dba",
+        ),
+        ("update users set email_bidx = $1", "signup"),
+        (
+            "insert into users (id, email_bidx) values (1, $1)",
+            "signup",
+        ),
+        ("select id from rot where ssn_bidx2 = $1", "dba"),
+        (
+            "select id from users join pay_customers using (email_bidx)",
+            "searcher",
+        ),
+    ] {
+        let (code, msg) = reject(ext(sql, role));
+        assert_eq!(code, "42501", "{sql}");
+        assert!(msg.contains("_bidx"), "{msg}");
+    }
+    // Roles that may search may name it; pgveil's own rewrite adds it.
+    assert!(!matches!(
+        ext("select email_bidx from users", "searcher"),
+        StatementPlan::Reject { .. }
+    ));
+    let r = rw(ext("select id from users where email = $1", "searcher"));
+    assert!(shown(&r).contains("email_bidx = $1"), "{}", shown(&r));
+}
+
+#[test]
+fn unsupported_statements_are_named_by_keywords_not_values() {
+    let (code, msg) = reject(ext(
+        "create policy p on users using (email = 'secret-literal-9')",
+        "app_user",
+    ));
+    assert_eq!(code, "0A000");
+    assert!(!msg.contains("secret-literal-9"), "{msg}");
 }
