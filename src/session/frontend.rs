@@ -19,7 +19,7 @@ use super::{AuditInfo, Identity, Pending, Prepared, Shared};
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::{
     ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp, StatementPlan,
-    TenantSource, Use,
+    TenantSource, Use, batch,
 };
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -129,6 +129,14 @@ pub struct Frontend {
     /// ReadyForQuery, so their queue entries must go.
     after_execute: bool,
     statement_id: u64,
+    /// A statement that can change the catalog or how text is read
+    /// (`sql::batch`) was sent and its result may not have arrived yet.
+    unsettled: batch::Effect,
+    /// What the statement being handled follows: after a catalog change
+    /// whose result has not arrived, every statement but transaction
+    /// control is refused; after a settings change, statements that touch
+    /// protected tables are.
+    behind_unsettled: batch::Effect,
     /// Shared record of every statement that touches no protected table.
     unprotected: Arc<Prepared>,
 }
@@ -148,6 +156,8 @@ impl Frontend {
             lex: Arc::new(LexState::default()),
             after_execute: false,
             statement_id: 0,
+            unsettled: batch::Effect::None,
+            behind_unsettled: batch::Effect::None,
             unprotected: Arc::new(Prepared {
                 plan: None,
                 deferred_literals: vec![],
@@ -175,6 +185,107 @@ impl Frontend {
 
     pub fn set_lex_state(&mut self, lex: Arc<LexState>) {
         self.lex = lex;
+    }
+
+    /// Take note of a statement (or a simple query's statements) before it
+    /// is handled: whether it follows an unsettled statement, and whether
+    /// it is one itself. A few tokens per statement; the `;` search only
+    /// runs on simple queries.
+    fn settle(&mut self, sql: &str, simple: bool) -> Option<Refusal> {
+        // Settled once every earlier request has been answered and, after
+        // DDL, the catalog has been re-read (which happens between
+        // statements outside a transaction block: inside one, statements
+        // after DDL on protected tables wait for COMMIT or ROLLBACK).
+        if self.shared.is_idle()
+            && (self.unsettled != batch::Effect::Catalog || !self.engine.is_stale(&self.entry()))
+        {
+            self.unsettled = batch::Effect::None;
+        }
+        self.behind_unsettled = self.unsettled;
+        let mut effect = if simple && sql.contains(';') {
+            crate::sql::split_statements(sql)
+                .into_iter()
+                .map(|r| batch::effect(&sql[r]))
+                .max()
+                .unwrap_or(batch::Effect::None)
+        } else {
+            batch::effect(sql)
+        };
+        // DDL that names no protected table (or view over one) cannot
+        // change what pgveil protects; code (DO, CALL, EXECUTE) might.
+        if effect == batch::Effect::Catalog
+            && !self.entry().analyzer.may_touch_protected(sql)
+            && !batch::runs_code(sql)
+        {
+            effect = batch::Effect::None;
+        }
+        self.unsettled = self.unsettled.max(effect);
+        (self.behind_unsettled == batch::Effect::Catalog && !batch::is_transaction_control(sql))
+            .then(|| {
+                refuse(
+                    "0A000",
+                    "pgveil: a statement was sent before the result of an earlier statement that can change the catalog (DDL, DO, CALL or EXECUTE): pgveil would plan it against the old catalog, so it refuses; wait for the earlier statement's result (Sync) before sending more",
+                )
+            })
+    }
+
+    /// A statement on protected tables sent behind one that may change
+    /// settings, before that one's result arrived.
+    fn unsettled_refusal(&self) -> Option<Refusal> {
+        (self.behind_unsettled == batch::Effect::Settings).then(|| {
+            refuse(
+                "0A000",
+                "pgveil: a statement on protected tables was sent before the result of an earlier statement that changes how statements are read (SET of search_path, role, session authorization, client_encoding or standard_conforming_strings; DISCARD; RESET): pgveil would plan it against the old settings, so it refuses; wait for the earlier statement's result (Sync) before sending it",
+            )
+        })
+    }
+
+    /// Within one simple query: the first statement that follows a DDL
+    /// statement (anything but transaction control), or that touches
+    /// protected tables after a settings change, is refused with the
+    /// rest of the query.
+    fn batch_refusal(&self, sql: &str, entry: &super::CatalogEntry) -> Option<(usize, Refusal)> {
+        let ranges = crate::sql::split_statements(sql);
+        if ranges.len() < 2 {
+            return None;
+        }
+        let mut after = batch::Effect::None;
+        for (i, r) in ranges.iter().enumerate() {
+            let text = &sql[r.clone()];
+            match after {
+                batch::Effect::Catalog if !batch::is_transaction_control(text) => {
+                    return Some((
+                        i,
+                        refuse(
+                            "0A000",
+                            format!(
+                                "pgveil: statement {} of this query follows a statement that can change the catalog (DDL, DO, CALL or EXECUTE) in the same query; pgveil plans every statement against the catalog as it was before the query, so it refuses the query: send the DDL in a query of its own",
+                                i + 1
+                            ),
+                        ),
+                    ));
+                }
+                batch::Effect::Settings if entry.analyzer.may_touch_protected(text) => {
+                    return Some((
+                        i,
+                        refuse(
+                            "0A000",
+                            format!(
+                                "pgveil: statement {} of this query touches protected tables after a statement that changes how statements are read (search_path, role, session authorization, client_encoding or standard_conforming_strings) in the same query: send that change in a query of its own first",
+                                i + 1
+                            ),
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            let mut e = batch::effect(text);
+            if e == batch::Effect::None && batch::calls_set_config(text) {
+                e = batch::Effect::Settings;
+            }
+            after = after.max(e);
+        }
+        None
     }
 
     /// Refuse a statement on protected tables that PostgreSQL might read
@@ -355,7 +466,9 @@ impl Frontend {
         Flow::Continue
     }
 
-    fn rejected(&self, r: &Refusal) {
+    fn rejected(&mut self, r: &Refusal) {
+        // A refused statement never runs: it changes nothing for later ones.
+        self.unsettled = self.behind_unsettled;
         metrics::counter!("pgveil_statements_total", "outcome" => "rejected").increment(1);
         tracing::info!(sqlstate = r.sqlstate, reason = %r.message, "statement rejected");
         if let Some(log) = &self.engine.audit {
@@ -404,6 +517,15 @@ impl Frontend {
             }
             return;
         };
+        if let Some(r) = self.settle(sql, true) {
+            self.rejected(&r);
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            m::encode_query(out, &raise_sql(&r));
+            return;
+        }
         if !entry.analyzer.may_touch_protected(sql) {
             metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
             self.shared.push(Pending::Query {
@@ -413,7 +535,10 @@ impl Frontend {
             out.extend_from_slice(&f.raw);
             return;
         }
-        if let Some(r) = self.read_differently(sql) {
+        if let Some(r) = self
+            .unsettled_refusal()
+            .or_else(|| self.read_differently(sql))
+        {
             self.rejected(&r);
             self.shared.push(Pending::Query {
                 protected: false,
@@ -423,10 +548,19 @@ impl Frontend {
             return;
         }
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
+        let barrier = self.batch_refusal(sql, &entry);
         let mut parts: Vec<String> = Vec::with_capacity(plans.len());
         let mut audit: Option<AuditInfo> = None;
         let mut refused = false;
-        for plan in plans.iter() {
+        for (i, plan) in plans.iter().enumerate() {
+            if let Some((at, r)) = &barrier
+                && *at == i
+            {
+                parts.push(raise_sql(r));
+                self.rejected(r);
+                refused = true;
+                break;
+            }
             match plan {
                 StatementPlan::Passthrough { sql } => parts.push(sql.clone()),
                 StatementPlan::Rewrite(rp) => match self.render(rp, false).await {
@@ -552,6 +686,15 @@ impl Frontend {
         // touches no protected table is recorded and forwarded untouched.
         let mut b = f.body();
         if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b))
+            && let Some(r) = self.settle(query, false)
+        {
+            self.rejected(&r);
+            self.statements.remove(name);
+            self.inject_raise(&r, out);
+            return;
+        }
+        let mut b = f.body();
+        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b))
             && !self.entry().analyzer.may_touch_protected(query)
         {
             metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
@@ -604,7 +747,10 @@ impl Frontend {
             out.extend_from_slice(&f.raw);
             return;
         }
-        if let Some(r) = self.read_differently(&parse.query) {
+        if let Some(r) = self
+            .unsettled_refusal()
+            .or_else(|| self.read_differently(&parse.query))
+        {
             self.rejected(&r);
             self.statements.remove(&parse.name);
             self.inject_raise(&r, out);

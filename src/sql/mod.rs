@@ -8,6 +8,7 @@
 //!
 //! See `docs/policy.md` for what SQL works on a protected column.
 
+pub mod batch;
 mod lex;
 pub mod pglex;
 mod rewrite;

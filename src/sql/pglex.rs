@@ -134,53 +134,84 @@ fn self_char(c: u8) -> bool {
 
 /// Tokens of `sql`, comments and whitespace left out.
 pub fn tokens(sql: &str) -> Vec<Token> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if is_space(c) {
-            i += 1;
-            continue;
+    Tokens::new(sql).collect()
+}
+
+/// The tokens of a text, one at a time (a caller that needs only the first
+/// few words of a statement lexes no further).
+pub struct Tokens<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Tokens<'a> {
+    pub fn new(sql: &'a str) -> Tokens<'a> {
+        Tokens {
+            b: sql.as_bytes(),
+            i: 0,
         }
-        if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+    }
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        let b = self.b;
+        let mut i = self.i;
+        while i < b.len() {
+            let c = b[i];
+            if is_space(c) {
                 i += 1;
+                continue;
             }
-            continue;
-        }
-        if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let start = i;
-            let mut depth = 1;
-            i += 2;
-            while i < b.len() && depth > 0 {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                } else {
+            if c == b'-' && b.get(i + 1) == Some(&b'-') {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
                     i += 1;
                 }
+                continue;
             }
-            if depth > 0 {
-                out.push(Token {
-                    kind: Kind::Unsure,
-                    span: start..b.len(),
-                });
+            if c == b'/' && b.get(i + 1) == Some(&b'*') {
+                let start = i;
+                let mut depth = 1;
+                i += 2;
+                while i < b.len() && depth > 0 {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+                if depth > 0 {
+                    self.i = b.len();
+                    return Some(Token {
+                        kind: Kind::Unsure,
+                        span: start..b.len(),
+                    });
+                }
+                continue;
             }
-            continue;
+            let (kind, end) = token_at(b, i);
+            self.i = end.max(i + 1);
+            return Some(Token { kind, span: i..end });
         }
-        let start = i;
-        let (kind, end) = token_at(b, i);
-        out.push(Token {
-            kind,
-            span: start..end,
-        });
-        i = end.max(start + 1);
+        self.i = b.len();
+        None
     }
-    out
+}
+
+/// The first `n` words of a statement, lower-cased: unquoted identifiers
+/// and keywords only (stops at the first other token).
+pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    Tokens::new(sql)
+        .take(n)
+        .take_while(|t| t.kind == Kind::Ident)
+        .map(|t| sql[t.span].to_ascii_lowercase())
+        .collect()
 }
 
 /// The token starting at `i` (not whitespace or a comment): kind and end.

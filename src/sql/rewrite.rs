@@ -1848,6 +1848,34 @@ impl<'a> Cx<'a> {
         let parts = name_parts(&at.name);
         if let (_, _, RelKind::Table(t)) = self.table_kind(&parts, &[])? {
             for op in &at.operations {
+                // The policy names tables and columns: renaming one would
+                // silently leave it unprotected (and its values unreadable).
+                let renamed = match op {
+                    AlterTableOperation::RenameTable { .. } => Some(format!(
+                        "table {}: rename it in the policy (tables: {} → the new name) and reload pgveil together with the rename, run directly on PostgreSQL",
+                        t.qualified(),
+                        t.qualified()
+                    )),
+                    AlterTableOperation::RenameColumn {
+                        old_column_name, ..
+                    } => {
+                        let c = norm(old_column_name);
+                        (t.column(&c).is_some()
+                            || t.blind_index_owner(&c).is_some()
+                            || t.tenant.as_deref() == Some(c.as_str()))
+                        .then(|| format!(
+                            "column {}.{c}: rename it in the policy (tables: {}: columns: {c}, or its blind_index/tenant entry) and reload pgveil together with the rename, run directly on PostgreSQL",
+                            t.qualified(),
+                            t.qualified()
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(what) = renamed {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: renaming protected {what}"
+                    )));
+                }
                 let col = match op {
                     AlterTableOperation::AlterColumn {
                         column_name,

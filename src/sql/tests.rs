@@ -1102,3 +1102,20 @@ fn unsupported_statements_are_named_by_keywords_not_values() {
     assert_eq!(code, "0A000");
     assert!(!msg.contains("secret-literal-9"), "{msg}");
 }
+
+#[test]
+fn renaming_protected_names_is_refused() {
+    for sql in [
+        "alter table users rename column email to e2",
+        "alter table users rename column email_bidx to eb",
+        "alter table public.users rename to u2",
+    ] {
+        let (code, msg) = reject(ext(sql, "app_user"));
+        assert_eq!(code, "0A000", "{sql}");
+        assert!(msg.contains("policy"), "{msg}");
+    }
+    assert!(!matches!(
+        ext("alter table users rename column plan to plan2", "app_user"),
+        StatementPlan::Reject { .. }
+    ));
+}
