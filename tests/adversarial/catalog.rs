@@ -579,16 +579,54 @@ async fn tenant_ids_are_canonical_before_they_select_a_key() {
         .unwrap();
     let tenants: Vec<String> = r.iter().map(|r| r.get(0)).collect();
     assert_eq!(tenants, vec!["42".to_string()]);
-    // A family an earlier version made for the spelling `042`: shredding
-    // 42 destroys it too.
-    keys.batch_execute(
-        "WITH f AS (INSERT INTO pgveil_key_families (scope, tenant)
-                    VALUES ('public.pay_customers', '042') RETURNING key_id)
-         INSERT INTO pgveil_data_keys (key_id, version, master_key_id, wrapped)
-         SELECT key_id, 1, 'k1', '\\x00'::bytea FROM f",
-    )
-    .await
-    .unwrap();
+    // A value an earlier version wrote with the tenant as the client spelled
+    // it (`042`): its own key family and associated data. It still reads
+    // through pgveil, with and without the tenant column in the result.
+    let s_legacy = "attack-tenant-legacy-2085@example.com";
+    {
+        use ::pgveil::crypto::{ColumnContext, PgType, envelope};
+        use ::pgveil::keys::{KeyManager, KeyManagerOptions, Keystore, LocalProvider};
+        let provider = LocalProvider::new(vec![(
+            "k1".to_string(),
+            zeroize::Zeroizing::new([0x11; 32]),
+        )])
+        .unwrap();
+        let km = KeyManager::new(
+            std::sync::Arc::new(provider),
+            Keystore::new_no_tls(&fx.pg.url("postgres", "pgveil_keys")).unwrap(),
+            KeyManagerOptions::default(),
+        );
+        let ctx =
+            ColumnContext::new("public", "pay_customers", "email", PgType::Text).with_tenant("042");
+        let (key, dek) = km.encryption_key(&ctx).await.unwrap();
+        let env = envelope::encrypt(&dek, &key, &ctx, s_legacy.as_bytes()).unwrap();
+        fx.direct()
+            .await
+            .execute(
+                "INSERT INTO pay_customers (org_id, email) VALUES (42, $1)",
+                &[&env],
+            )
+            .await
+            .unwrap();
+    }
+    let r = app
+        .query(
+            "SELECT org_id, email FROM pay_customers WHERE org_id = 42 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 5);
+    assert_eq!(r[4].get::<_, String>(1), s_legacy);
+    let r = app
+        .query(
+            "SELECT email FROM pay_customers WHERE org_id = 42 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[4].get::<_, String>(0), s_legacy);
+    // Shredding 42 destroys the keys of both spellings.
     let out = fx.run(&["shred", "--tenant", "42"]);
     let text = format!(
         "{}{}",
