@@ -1570,12 +1570,16 @@ fn fake_answer(sql: &str) -> Vec<u8> {
                 ("format_type", 0, 0, 25),
                 ("viewdef", 0, 0, 25),
             ]);
+            // Names and types as hex of their UTF-8 bytes, as pgveil's
+            // catalog query asks for them.
+            let (schema, table) = (hex::encode("public"), hex::encode("secrets"));
             for (attnum, name, ty) in [("1", "id", "bigint"), ("2", "val", "bytea")] {
+                let (name, ty) = (hex::encode(name), hex::encode(ty));
                 out.extend(data_row(&[
                     Some(oid.as_bytes()),
                     Some(attnum.as_bytes()),
-                    Some(b"public"),
-                    Some(b"secrets"),
+                    Some(schema.as_bytes()),
+                    Some(table.as_bytes()),
                     Some(b"r"),
                     Some(name.as_bytes()),
                     Some(ty.as_bytes()),

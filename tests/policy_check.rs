@@ -107,7 +107,7 @@ async fn catalog_query_maps_tables_and_views() {
     let policy = Policy::from_text(Path::new("p.yaml"), POLICY).unwrap();
     let rows = client
         .query(
-            pgveil::policy::CATALOG_QUERY,
+            pgveil::policy::CATALOG_QUERY.as_str(),
             &[&Catalog::query_param(&policy)],
         )
         .await

@@ -296,6 +296,22 @@ impl Env {
         let bidx = BlindIndexRoot::from_bytes(&[0x22; 32]).expect("blind-index root");
         let crypto = Arc::new(ValueCrypto::new(keys, Some(bidx)));
         let engine = Arc::new(Engine::new(policy.clone(), crypto, None));
+        // `Engine::install` takes the rows of `Catalog::simple_query`, whose
+        // name and text columns are hex of their UTF-8 bytes.
+        let rows: CatalogRows = rows
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| match i {
+                        2 | 3 | 5 | 6 | 7 => v.map(|v| {
+                            v.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+                        }),
+                        _ => v,
+                    })
+                    .collect()
+            })
+            .collect();
         let entry = engine.install("app", rows);
         assert!(
             entry.catalog.problems.is_empty(),
@@ -651,7 +667,7 @@ pub fn backend(data: &[u8]) {
         assert_well_framed(&out, "server → client");
 
         if let Some(Ok(Some(rows))) = catalog.map(|mut rx| rx.try_recv()) {
-            let cat = Catalog::from_rows(&env.policy, rows);
+            let cat = Catalog::from_hex_rows(&env.policy, rows);
             let entry = CatalogEntry::new(env.policy.clone(), cat, 0);
             for sql in [
                 "select * from users",

@@ -226,7 +226,7 @@ pub fn select_tables<'p>(
 pub async fn load_catalog(policy: &Policy, client: &Client) -> Result<Catalog, String> {
     let names = Catalog::query_param(policy);
     let rows = client
-        .query(CATALOG_QUERY, &[&names])
+        .query(CATALOG_QUERY.as_str(), &[&names])
         .await
         .map_err(|e| format!("cannot read the database catalog: {}", db::describe(&e)))?;
     let rows: Vec<Vec<Option<String>>> = rows

@@ -6,21 +6,43 @@ use crate::keys::{KeyManager, KeyRecord};
 
 /// `pgveil shred`: destroy every data key of `tenant`. Exit 1 if the
 /// keystore has never held a key for it (a typo must not look like success).
+/// Every spelling of the tenant id in the keystore is shredded: envelopes
+/// written before tenant ids were canonicalised to the tenant column's type
+/// use the id as the client wrote it (`042` for tenant 42).
 pub async fn shred(keys: &KeyManager, tenant: &str) -> i32 {
-    let before = match keys.list_keys(Some(tenant)).await {
-        Ok(r) => r,
+    let before: Vec<KeyRecord> = match keys.list_keys(None).await {
+        Ok(r) => r
+            .into_iter()
+            .filter(|r| {
+                r.tenant
+                    .as_deref()
+                    .is_some_and(|t| crate::session::values::same_tenant_spelling(t, tenant))
+            })
+            .collect(),
         Err(e) => {
             eprintln!("error: keystore: {e}");
             return 1;
         }
     };
+    let spellings: std::collections::BTreeSet<String> =
+        before.iter().filter_map(|r| r.tenant.clone()).collect();
     if before.is_empty() {
         eprintln!(
             "tenant {tenant:?} has no data keys in the keystore: check the id (it is the tenant column's value as text); `pgveil keys list` shows every tenant"
         );
         return 1;
     }
-    match keys.shred_tenant(tenant).await {
+    let mut total = Ok(0);
+    for s in &spellings {
+        match keys.shred_tenant(s).await {
+            Ok(n) => total = total.map(|t| t + n),
+            Err(e) => {
+                total = Err(e);
+                break;
+            }
+        }
+    }
+    match total {
         Ok(n) => {
             let tables: std::collections::BTreeSet<&str> =
                 before.iter().map(|r| r.table.as_str()).collect();

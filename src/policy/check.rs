@@ -44,7 +44,7 @@ pub async fn check_schema(
     client: &tokio_postgres::Client,
 ) -> Vec<SchemaProblem> {
     let names = Catalog::query_param(policy);
-    let rows = match client.query(CATALOG_QUERY, &[&names]).await {
+    let rows = match client.query(CATALOG_QUERY.as_str(), &[&names]).await {
         Ok(rows) => rows,
         Err(e) => {
             return vec![SchemaProblem {

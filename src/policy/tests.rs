@@ -325,7 +325,8 @@ fn catalog_maps_oids_views_and_problems() {
     assert!(cat.protected_attr(200, 3).is_none());
     assert_eq!(cat.protected_attr(300, 1).unwrap().column.column, "email");
     assert!(cat.names.contains("user_emails") && cat.names.contains("users"));
-    assert!(Catalog::simple_query(&p).contains("ARRAY['public.pay_customers'"));
+    let q = Catalog::simple_query(&p);
+    assert!(q.contains(&hex::encode("pay_customers")) && q.starts_with("SET LOCAL search_path"));
     // The schema check on the same catalog.
     let text = std::fs::read_to_string(&path).unwrap();
     let probs = check::problems(&p, &text, &cat);
@@ -356,4 +357,159 @@ fn example_policies_load() {
         }
     }
     assert!(n >= 2);
+}
+
+#[allow(clippy::too_many_arguments)]
+/// One catalog row: oid, attnum, schema, relname, relkind, attname, type,
+/// viewdef, parents.
+fn cat_row(
+    oid: &str,
+    att: &str,
+    t: &str,
+    k: &str,
+    c: &str,
+    ty: &str,
+    def: Option<&str>,
+    parents: Option<&str>,
+) -> Vec<Option<String>> {
+    vec![
+        Some(oid.to_string()),
+        Some(att.to_string()),
+        Some("public".to_string()),
+        Some(t.to_string()),
+        Some(k.to_string()),
+        Some(c.to_string()),
+        Some(ty.to_string()),
+        def.map(str::to_string),
+        parents.map(str::to_string),
+    ]
+}
+
+#[test]
+fn catalog_maps_children_and_refuses_unclean_ones() {
+    let p = Policy::from_text(
+        Path::new("p.yaml"),
+        "version: 1\ntables:\n  public.users:\n    columns:\n      email:\n        type: text\n        blind_index: { column: email_bidx }\n        access: { app: read }\n",
+    )
+    .unwrap();
+    let mut rows = vec![];
+    for (oid, name, parents) in [
+        ("100", "users", None),
+        ("101", "users_inh", Some("{100}")),
+        ("102", "users_grand", Some("{101}")),
+    ] {
+        for (i, c) in ["id", "email", "email_bidx"].iter().enumerate() {
+            let att = (i + 1).to_string();
+            let ty = if i == 0 { "bigint" } else { "bytea" };
+            rows.push(cat_row(
+                oid,
+                &att,
+                name,
+                "r",
+                c,
+                ty,
+                None,
+                if i == 0 { parents } else { None },
+            ));
+        }
+    }
+    // A child with an extra column.
+    for (i, c) in ["id", "email", "email_bidx", "extra"].iter().enumerate() {
+        rows.push(cat_row(
+            "103",
+            &(i + 1).to_string(),
+            "users_wide",
+            "r",
+            c,
+            "bytea",
+            None,
+            (i == 0).then_some("{100}"),
+        ));
+    }
+    let cat = Catalog::from_rows(&p, rows);
+    for oid in [101, 102] {
+        let a = cat.protected_attr(oid, 2).unwrap();
+        assert_eq!(a.column.to_string(), "public.users.email");
+        assert_eq!(cat.blind_index.get(&(oid, 3)).unwrap().column, "email");
+    }
+    assert_eq!(
+        cat.children.get(&("public".into(), "users_grand".into())),
+        Some(&Ok(("public".to_string(), "users".to_string())))
+    );
+    let wide = cat
+        .children
+        .get(&("public".into(), "users_wide".into()))
+        .unwrap();
+    assert!(
+        wide.as_ref()
+            .is_err_and(|m| m.contains("add public.users_wide to the policy")),
+        "{wide:?}"
+    );
+    assert!(cat.protected_attr(103, 2).is_none());
+    assert!(cat.names.contains("users_grand") && cat.names.contains("users_wide"));
+}
+
+#[test]
+fn view_columns_that_cannot_be_mapped_are_unknown() {
+    let p = Policy::from_text(
+        Path::new("p.yaml"),
+        "version: 1\ntables:\n  public.users:\n    columns:\n      email:\n        type: text\n        access: { app: read }\n",
+    )
+    .unwrap();
+    let mut rows = vec![
+        cat_row("100", "1", "users", "r", "id", "bigint", None, None),
+        cat_row("100", "2", "users", "r", "email", "bytea", None, None),
+    ];
+    let views = [
+        (
+            "200",
+            "v_union",
+            " SELECT users.id,\n    users.email\n   FROM public.users\nUNION ALL\n SELECT users.id,\n    users.email\n   FROM public.users;",
+            vec!["id", "email"],
+        ),
+        (
+            "201",
+            "v_row",
+            " SELECT u.id,\n    u.*::public.users AS r\n   FROM public.users u;",
+            vec!["id", "r"],
+        ),
+        (
+            "202",
+            "v_expr",
+            " SELECT users.id,\n    lower(users.email::text) AS l,\n    users.email\n   FROM public.users;",
+            vec!["id", "l", "email"],
+        ),
+    ];
+    for (oid, name, def, cols) in &views {
+        for (i, c) in cols.iter().enumerate() {
+            rows.push(cat_row(
+                oid,
+                &(i + 1).to_string(),
+                name,
+                "v",
+                c,
+                "text",
+                (i == 0).then_some(*def),
+                None,
+            ));
+        }
+    }
+    let cat = Catalog::from_rows(&p, rows);
+    let unknown = |v: &str| -> Vec<String> {
+        cat.views[&("public".to_string(), v.to_string())]
+            .iter()
+            .filter(|c| c.unknown)
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    assert_eq!(unknown("v_union"), vec!["id", "email"]);
+    // (`u.*::public.users` may not even parse: then every column is unknown.)
+    assert!(unknown("v_row").contains(&"r".to_string()));
+    assert_eq!(unknown("v_expr"), vec!["l"]);
+    // The plain column of v_expr is mapped and decrypts.
+    assert_eq!(
+        cat.protected_attr(202, 3).unwrap().column.to_string(),
+        "public.users.email"
+    );
+    assert!(cat.protected_attr(202, 2).is_none());
 }

@@ -381,7 +381,7 @@ async fn load_catalog(
             database = db,
             "catalog query failed: protected statements will be refused"
         );
-        rows.clear();
+        return Ok(engine.failed_catalog());
     }
     Ok(engine.install(db, rows))
 }

@@ -57,9 +57,17 @@ impl Engine {
     }
 
     /// Build and cache the catalog of `database` from the rows of
-    /// [`Catalog::simple_query`].
+    /// [`Catalog::simple_query`] (names hex-encoded).
+    ///
+    /// The query runs inside a client's session (pgveil holds no
+    /// credentials of its own for the data databases: the keystore may live
+    /// in another cluster, and `auth.user` is optional), yet the result is
+    /// shared by every session of the database. That is sound because the
+    /// query's answer does not depend on the session: see
+    /// [`Catalog::simple_query`] (pinned `search_path`, qualified names and
+    /// operators, no temporary relations, hex names).
     pub fn install(&self, database: &str, rows: Vec<Vec<Option<String>>>) -> Arc<CatalogEntry> {
-        let catalog = Catalog::from_rows(&self.policy, rows);
+        let catalog = Catalog::from_hex_rows(&self.policy, rows);
         for p in &catalog.problems {
             tracing::warn!(database, problem = %p, "policy does not match the schema; run `pgveil policy check --database`");
         }
@@ -73,6 +81,19 @@ impl Engine {
             .expect("catalog map")
             .insert(database.to_string(), entry.clone());
         entry
+    }
+
+    /// The catalog query failed in this session (a timeout, a broken
+    /// connection, a revoked catalog privilege …): an empty catalog for this
+    /// session only, so that its statements on protected tables are refused,
+    /// and nothing is cached (one session's failure must not become every
+    /// session's catalog).
+    pub fn failed_catalog(&self) -> Arc<CatalogEntry> {
+        Arc::new(CatalogEntry::new(
+            self.policy.clone(),
+            Catalog::from_rows(&self.policy, vec![]),
+            self.generation.load(Ordering::Acquire),
+        ))
     }
 
     /// DDL ran somewhere: every database's catalog must be reloaded.

@@ -266,7 +266,7 @@ impl RowDecryptor {
             return Ok(Some(h.key_ref()));
         };
         let row_tenant = Self::row_tenant(&self.fields, d, body);
-        let tenant = row_tenant.as_deref().or(h.tenant);
+        let tenant = super::values::aad_tenant(&d.attr, row_tenant.as_deref(), h.tenant);
         let failed = || {
             decrypt_error(
                 d,

@@ -127,13 +127,33 @@ impl ValueCrypto {
     }
 
     /// Encrypt canonical plaintext for `attr`; returns the envelope bytes.
+    /// The tenant id (as the client wrote it: literal, text or binary
+    /// parameter, COPY field) is first put in the canonical text form of the
+    /// tenant column's type, the form PostgreSQL stores and shows, so that
+    /// every spelling of one tenant selects the same key.
     pub async fn encrypt(
         &self,
         attr: &ProtectedAttr,
         tenant: Option<&str>,
         canonical: &[u8],
     ) -> Result<Vec<u8>, ValueError> {
-        let ctx = Self::context(attr, tenant);
+        let tenant =
+            match tenant {
+                Some(t) => Some(canonical_tenant(attr.tenant_type.as_deref(), t).ok_or_else(
+                    || ValueError::Invalid {
+                        column: format!(
+                            "the tenant column {} of {}.{}",
+                            attr.tenant.as_deref().unwrap_or("?"),
+                            attr.column.schema,
+                            attr.column.table
+                        ),
+                        ty: "tenant id",
+                        format: "text",
+                    },
+                )?),
+                None => None,
+            };
+        let ctx = Self::context(attr, tenant.as_deref());
         let (key_ref, dek) =
             self.keys
                 .encryption_key(&ctx)
@@ -233,7 +253,7 @@ impl ValueCrypto {
             .decryption_key(&key_ref)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let tenant = row_tenant.or(key_ref.tenant());
+        let tenant = aad_tenant(attr, row_tenant, key_ref.tenant());
         let ctx = Self::context(attr, tenant);
         let started = std::time::Instant::now();
         let pt = envelope::decrypt(&dek, &ctx, &env).map_err(|e| err(e.to_string()))?;
@@ -335,6 +355,74 @@ pub fn decode_bytea_text(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The canonical text form of tenant id `v` for a tenant column of SQL
+/// type `ty` (`format_type`): what PostgreSQL would store and print for it.
+/// Integers lose signs, spaces and leading zeros (`' +042'` → `42`), UUIDs
+/// become lower-case hyphenated; other types are kept as written. `None`
+/// when PostgreSQL would reject the value for that type.
+pub fn canonical_tenant(ty: Option<&str>, v: &str) -> Option<String> {
+    let int = |min: i128, max: i128| -> Option<String> {
+        let t = v.trim_matches(|c: char| c.is_ascii_whitespace());
+        let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: i128 = t.parse().ok()?;
+        (min..=max).contains(&n).then(|| n.to_string())
+    };
+    match ty {
+        Some("smallint") => int(i16::MIN.into(), i16::MAX.into()),
+        Some("integer") => int(i32::MIN.into(), i32::MAX.into()),
+        Some("bigint") => int(i64::MIN.into(), i64::MAX.into()),
+        Some("uuid") => {
+            let c = crate::crypto::canonical::canonicalize(
+                crate::crypto::PgType::Uuid,
+                Format::Text,
+                v.as_bytes(),
+            )
+            .ok()?;
+            Some(crate::crypto::canonical::format_uuid(
+                c.as_slice().try_into().ok()?,
+            ))
+        }
+        _ => Some(v.to_string()),
+    }
+}
+
+/// The tenant to bind a stored envelope to when decrypting: the row's
+/// tenant when the result carries it, else the envelope's own. An envelope
+/// written before tenant ids were canonicalised names its tenant as the
+/// client spelled it (`042`): when that is the row's tenant in another
+/// spelling, the envelope's spelling is what it was bound to.
+pub fn aad_tenant<'a>(
+    attr: &ProtectedAttr,
+    row: Option<&'a str>,
+    envelope: Option<&'a str>,
+) -> Option<&'a str> {
+    match (row, envelope) {
+        (Some(r), Some(e))
+            if r != e && canonical_tenant(attr.tenant_type.as_deref(), e).as_deref() == Some(r) =>
+        {
+            Some(e)
+        }
+        (Some(r), _) => Some(r),
+        (None, e) => e,
+    }
+}
+
+/// Whether two tenant ids as stored in the keystore name the same tenant of
+/// an integer or UUID tenant column (`042` and `42`): `pgveil shred` must
+/// destroy the keys of every spelling.
+pub fn same_tenant_spelling(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    ["bigint", "uuid"].iter().any(|ty| {
+        let (x, y) = (canonical_tenant(Some(ty), a), canonical_tenant(Some(ty), b));
+        x.is_some() && x == y
+    })
+}
+
 /// The text form of a tenant id sent in binary format.
 pub fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
     Some(match ty {
@@ -349,6 +437,25 @@ pub fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_ids_are_canonical_for_their_column_type() {
+        assert_eq!(canonical_tenant(Some("bigint"), "042").unwrap(), "42");
+        assert_eq!(canonical_tenant(Some("bigint"), " +42 ").unwrap(), "42");
+        assert_eq!(canonical_tenant(Some("integer"), "-007").unwrap(), "-7");
+        assert!(canonical_tenant(Some("smallint"), "40000").is_none());
+        assert!(canonical_tenant(Some("bigint"), "4 2").is_none());
+        assert!(canonical_tenant(Some("bigint"), "").is_none());
+        assert_eq!(canonical_tenant(Some("text"), "042").unwrap(), "042");
+        assert_eq!(canonical_tenant(None, "042").unwrap(), "042");
+        assert_eq!(
+            canonical_tenant(Some("uuid"), "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}").unwrap(),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        );
+        assert!(same_tenant_spelling("042", "42"));
+        assert!(!same_tenant_spelling("42", "43"));
+        assert!(!same_tenant_spelling("acme", "ACME"));
+    }
 
     #[test]
     fn binary_tenants() {

@@ -327,6 +327,9 @@ pub(crate) struct ViewDef {
     pub schema: String,
     pub name: String,
     pub columns: Vec<(String, Option<ColumnRef>)>,
+    /// Columns computed from protected data in a way pgveil cannot map
+    /// (see [`crate::policy::ViewColumn::unknown`]).
+    pub unknown: Vec<String>,
 }
 
 /// Plans statements against a policy (and, optionally, the catalog: views
@@ -338,6 +341,9 @@ pub struct Analyzer {
     pub(crate) views: HashMap<(String, String), ViewDef>,
     /// Column order of protected tables (from the catalog).
     pub(crate) table_columns: HashMap<(String, String), Vec<String>>,
+    /// Inheritance children and partitions of protected tables: (schema,
+    /// name) → the policy table they are planned as, or the refusal.
+    pub(crate) children: HashMap<(String, String), crate::policy::catalog::ChildOf>,
     names: lex::NameSet,
 }
 
@@ -348,6 +354,7 @@ impl Analyzer {
             policy,
             views: HashMap::new(),
             table_columns: HashMap::new(),
+            children: HashMap::new(),
             names,
         }
     }
@@ -366,9 +373,15 @@ impl Analyzer {
                         .iter()
                         .map(|c| (c.name.clone(), c.base.clone()))
                         .collect(),
+                    unknown: cols
+                        .iter()
+                        .filter(|c| c.unknown)
+                        .map(|c| c.name.clone())
+                        .collect(),
                 },
             );
         }
+        a.children = catalog.children.clone();
         for t in &a.policy.tables {
             if let Some(rel) = catalog.relation(&t.schema, &t.table) {
                 a.table_columns
@@ -377,6 +390,7 @@ impl Analyzer {
         }
         let mut names: Vec<String> = a.policy.tables.iter().map(|t| t.table.clone()).collect();
         names.extend(a.views.keys().map(|(_, n)| n.clone()));
+        names.extend(a.children.keys().map(|(_, n)| n.clone()));
         a.names = lex::NameSet::new(names);
         a
     }

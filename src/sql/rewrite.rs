@@ -33,6 +33,7 @@ use super::{
 };
 use super::{pglex, splice};
 use crate::crypto::types::{Oid, PgType};
+use crate::policy::catalog::ChildOf;
 use crate::policy::{Access, ColumnPolicy, TablePolicy};
 
 type R<T> = Result<T, Reject>;
@@ -160,6 +161,11 @@ fn mentioned(an: &Analyzer, text: &str) -> String {
             return t.qualified();
         }
     }
+    for (s, t) in an.children.keys() {
+        if super::lex::NameSet::new([t.clone()]).matches(text) {
+            return format!("{s}.{t} (a child of a protected table)");
+        }
+    }
     for v in an.views.values() {
         if super::lex::NameSet::new([v.name.clone()]).matches(text) {
             return format!("{}.{} (a view over protected data)", v.schema, v.name);
@@ -258,6 +264,10 @@ struct Cx<'a> {
     /// are spliced into the client's text from its difference with the
     /// rewritten AST (`super::splice`).
     before: Option<Statement>,
+    /// Set by `top` for a plain SELECT statement and taken by the first
+    /// `select`: only that select list may show view columns pgveil cannot
+    /// map (as stored); everywhere else they are refused.
+    outer_select: bool,
 }
 
 fn norm(id: &Ident) -> String {
@@ -346,6 +356,7 @@ impl<'a> Cx<'a> {
             changed: false,
             result_columns: None,
             before: None,
+            outer_select: false,
         }
     }
 
@@ -496,6 +507,17 @@ impl<'a> Cx<'a> {
                         )));
                     }
                 }
+                let children: Vec<(&'a (String, String), &'a ChildOf)> =
+                    an.children.iter().filter(|(k, _)| &k.1 == t).collect();
+                match children.as_slice() {
+                    [(k, v)] => return self.child_kind(k, v),
+                    [] => {}
+                    _ => {
+                        return Err(Reject::unsupported(format!(
+                            "pgveil: table name {t} is ambiguous between tables that inherit from protected tables: qualify it with its schema"
+                        )));
+                    }
+                }
                 let views: Vec<&'a ViewDef> = an.views.values().filter(|v| &v.name == t).collect();
                 if let [v] = views.as_slice() {
                     return Ok((Some(v.schema.clone()), t.clone(), RelKind::View(v)));
@@ -511,12 +533,32 @@ impl<'a> Cx<'a> {
                 if let Some(tp) = pol.table(s, t) {
                     return Ok((Some(s.clone()), t.clone(), RelKind::Table(tp)));
                 }
+                if let Some((k, v)) = an.children.get_key_value(&(s.clone(), t.clone())) {
+                    return self.child_kind(k, v);
+                }
                 if let Some(v) = an.views.get(&(s.clone(), t.clone())) {
                     return Ok((Some(s.clone()), t.clone(), RelKind::View(v)));
                 }
                 Ok((Some(s.clone()), t.clone(), RelKind::Plain))
             }
             [] => Ok((None, String::new(), RelKind::Plain)),
+        }
+    }
+
+    /// An inheritance child or partition of a protected table: planned as
+    /// the policy table at the root of its lineage (same columns, same
+    /// associated data, blind indexes maintained), or refused.
+    fn child_kind(
+        &self,
+        key: &'a (String, String),
+        verdict: &'a ChildOf,
+    ) -> R<(Option<String>, String, RelKind<'a>)> {
+        match verdict {
+            Ok((rs, rt)) => match self.an.policy.table(rs, rt) {
+                Some(tp) => Ok((Some(key.0.clone()), key.1.clone(), RelKind::Table(tp))),
+                None => Err(internal()),
+            },
+            Err(msg) => Err(Reject::unsupported(msg.clone())),
         }
     }
 
@@ -585,6 +627,42 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A reference to a view column computed from protected data that
+    /// pgveil cannot map: the view and the column.
+    fn unknown_ref(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<(&'a ViewDef, String)> {
+        let ids: &[Ident] = match e {
+            Expr::Identifier(i) => std::slice::from_ref(i),
+            Expr::CompoundIdentifier(ids) => ids,
+            _ => return None,
+        };
+        let parts: Vec<String> = ids.iter().map(norm).collect();
+        let (col, qual) = parts.split_last()?;
+        let hit = |r: &Rel<'a>| match &r.kind {
+            RelKind::View(v) if v.unknown.iter().any(|u| u == col) => Some((*v, col.clone())),
+            _ => None,
+        };
+        for s in sc.iter().rev() {
+            if qual.is_empty() {
+                if let Some(h) = s.rels.iter().find_map(hit) {
+                    return Some(h);
+                }
+                if s.rels.iter().any(|r| self.column_in(r, col).is_some()) {
+                    return None;
+                }
+            } else if let Some(r) = s.rels.iter().find(|r| Self::rel_matches(r, qual)) {
+                return hit(r);
+            }
+        }
+        None
+    }
+
+    fn unknown_reject(v: &ViewDef, col: &str) -> Reject {
+        Reject::unsupported(format!(
+            "pgveil: column {}.{}.{col} is computed from protected data in a way pgveil cannot map to one protected column (a set operation, an expression or a whole-row reference in the view): it can only be shown as stored in a plain SELECT list; compare, search or write the base table's column instead",
+            v.schema, v.name
+        ))
+    }
+
     /// Rename a column reference to `new` (keeping its qualifier).
     fn rename(e: &mut Expr, new: &str) {
         match strip_nested(e) {
@@ -611,6 +689,10 @@ impl<'a> Cx<'a> {
                 if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
             {
                 Ok(Class::Default)
+            }
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) if self.unknown_ref(e, sc).is_some() => {
+                let (v, col) = self.unknown_ref(e, sc).expect("checked");
+                Err(Self::unknown_reject(v, &col))
             }
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(match self.expr_resolve(e, sc) {
                 Some(p) => Class::Prot(p),
@@ -849,9 +931,14 @@ impl<'a> Cx<'a> {
     fn generic<V: sqlparser::ast::Visit>(&mut self, node: &V, sc: &[Scope<'a>]) -> R<()> {
         let mut params = vec![];
         let mut found: Option<ProtCol<'a>> = None;
+        let mut unknown: Option<(&'a ViewDef, String)> = None;
         let _ = visit_expressions(node, |x| {
             match x {
                 Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+                    if let Some(u) = self.unknown_ref(x, sc) {
+                        unknown = Some(u);
+                        return ControlFlow::Break(());
+                    }
                     if let Some(p) = self.expr_resolve(x, sc) {
                         found = Some(p);
                         return ControlFlow::Break(());
@@ -866,6 +953,9 @@ impl<'a> Cx<'a> {
             }
             ControlFlow::Continue(())
         });
+        if let Some((v, col)) = unknown {
+            return Err(Self::unknown_reject(v, &col));
+        }
         if let Some(p) = found {
             return Err(self.unsupported_on(
                 &p,
@@ -1495,6 +1585,7 @@ impl<'a> Cx<'a> {
         s: &mut sqlparser::ast::Select,
         outer: &[Scope<'a>],
     ) -> R<(Vec<OutCol<'a>>, Scope<'a>)> {
+        let top = std::mem::take(&mut self.outer_select);
         let mut rels = vec![];
         for t in s.from.iter_mut() {
             self.twj(t, outer, &mut rels)?;
@@ -1505,6 +1596,18 @@ impl<'a> Cx<'a> {
         let mut outs = vec![];
         for item in s.projection.iter_mut() {
             match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }
+                    if top && self.unknown_ref(e, &sc).is_some() =>
+                {
+                    // Shown as stored (ciphertext or whatever the view
+                    // computes); never decrypted, never compared.
+                    let name = match &*item {
+                        SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
+                        SelectItem::UnnamedExpr(e) => item_alias(e),
+                        _ => None,
+                    };
+                    outs.push(OutCol { name, prot: None });
+                }
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
                     let alias = item_alias(e);
                     let c = self.expr(e, &sc)?;
@@ -1528,6 +1631,12 @@ impl<'a> Cx<'a> {
                 }
                 SelectItem::Wildcard(_) => {
                     for r in &scope.rels {
+                        if !top
+                            && let RelKind::View(v) = &r.kind
+                            && let Some(u) = v.unknown.first()
+                        {
+                            return Err(Self::unknown_reject(v, u));
+                        }
                         let o = self.rel_outputs(&r.kind);
                         outs.extend(o);
                     }
@@ -1536,6 +1645,12 @@ impl<'a> Cx<'a> {
                     SelectItemQualifiedWildcardKind::ObjectName(n) => {
                         let parts = name_parts(n);
                         if let Some(r) = scope.rels.iter().find(|r| Self::rel_matches(r, &parts)) {
+                            if !top
+                                && let RelKind::View(v) = &r.kind
+                                && let Some(u) = v.unknown.first()
+                            {
+                                return Err(Self::unknown_reject(v, u));
+                            }
                             let o = self.rel_outputs(&r.kind.clone());
                             outs.extend(o);
                         }
@@ -1656,6 +1771,25 @@ impl<'a> Cx<'a> {
         self.n_client = self.n_client.max(max);
         let kind = match stmt {
             Statement::Query(q) => {
+                if let SetExpr::Select(sel) = q.body.as_ref()
+                    && let Some(into) = &sel.into
+                {
+                    let probe = q.clone();
+                    let in_temp = into.targets.iter().any(|t| {
+                        t.to_string()
+                            .trim_start_matches('"')
+                            .to_ascii_lowercase()
+                            .starts_with("pg_temp")
+                    });
+                    self.refuse_temporary(
+                        into.temporary || in_temp,
+                        "table (SELECT … INTO)",
+                        &*probe,
+                        &[],
+                    )?;
+                }
+                self.outer_select = q.with.is_none()
+                    && matches!(q.body.as_ref(), SetExpr::Select(sel) if sel.into.is_none());
                 let outs = self.query(q, &[])?;
                 if let SetExpr::Select(s) = q.body.as_ref()
                     && s.into.is_none()
@@ -1722,10 +1856,31 @@ impl<'a> Cx<'a> {
                 StatementKind::Select
             }
             Statement::CreateView(v) => {
+                let probe = v.query.clone();
+                self.refuse_temporary(
+                    v.temporary || in_temp_schema(&v.name),
+                    "view",
+                    &*probe,
+                    &[],
+                )?;
                 self.query(&mut v.query, &[])?;
                 StatementKind::Ddl
             }
             Statement::CreateTable(ct) => {
+                let probe = ct.clone();
+                let parents: Vec<ObjectName> = ct
+                    .inherits
+                    .iter()
+                    .flatten()
+                    .chain(ct.partition_of.iter())
+                    .cloned()
+                    .collect();
+                self.refuse_temporary(
+                    ct.temporary || in_temp_schema(&ct.name),
+                    "table",
+                    &probe,
+                    &parents,
+                )?;
                 if let Some(q) = &mut ct.query {
                     self.query(q, &[])?;
                 } else {
@@ -1800,6 +1955,47 @@ impl<'a> Cx<'a> {
     /// DDL: plain column names are fine; an expression over a protected
     /// column of a mentioned protected table (index expression, CHECK,
     /// partial-index predicate) is rejected.
+    /// A temporary view or table built from protected tables (a copy, a
+    /// child, a partition) exists only in the creating session, and pgveil
+    /// reads the catalog without temporary objects (so that one session's
+    /// objects cannot change how another's statements are planned): pgveil
+    /// could not plan statements through it. Refused.
+    fn refuse_temporary<V: sqlparser::ast::Visit>(
+        &self,
+        temporary: bool,
+        what: &str,
+        node: &V,
+        parents: &[ObjectName],
+    ) -> R<()> {
+        if !temporary {
+            return Ok(());
+        }
+        let mut hit: Option<String> = parents.iter().find_map(|n| {
+            let parts = name_parts(n);
+            (!matches!(self.table_kind(&parts, &[]), Ok((_, _, RelKind::Plain))))
+                .then(|| parts.join("."))
+        });
+        let _ = visit_relations(node, |n| {
+            if hit.is_some() {
+                return ControlFlow::Break(());
+            }
+            let parts = name_parts(n);
+            match self.table_kind(&parts, &[]) {
+                Ok((_, _, RelKind::Plain)) => ControlFlow::Continue(()),
+                _ => {
+                    hit = Some(parts.join("."));
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        match hit {
+            Some(rel) => Err(Reject::unsupported(format!(
+                "pgveil: a temporary {what} over protected relation {rel} is not supported: pgveil does not see temporary objects, so it could not protect what is read or written through it; create a permanent view or table instead (pgveil then plans it like {rel})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn ddl_exprs<V: sqlparser::ast::Visit>(&mut self, node: &V) -> R<()> {
         let mut tables: Vec<&'a TablePolicy> = vec![];
         let _ = visit_relations(node, |n| {
@@ -2128,8 +2324,8 @@ impl<'a> Cx<'a> {
         let row_scope = Scope {
             rels: vec![Rel {
                 alias: alias.clone(),
-                schema: Some(t.schema.clone()),
-                name: t.table.clone(),
+                schema: schema.clone().or_else(|| Some(t.schema.clone())),
+                name: name.clone(),
                 kind: RelKind::Table(t),
             }],
             ctes: vec![],
@@ -2870,6 +3066,12 @@ fn leading_keywords(text: &str) -> String {
     } else {
         words.join(" ")
     }
+}
+
+/// `pg_temp.x` (or `pg_temp_N.x`): created in the session's temporary schema.
+fn in_temp_schema(name: &ObjectName) -> bool {
+    let parts = name_parts(name);
+    parts.len() > 1 && parts[0].to_ascii_lowercase().starts_with("pg_temp")
 }
 
 fn action_target(a: &ParamAction) -> Option<&ColumnRef> {
