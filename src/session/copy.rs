@@ -387,6 +387,17 @@ fn valid_text(b: &[u8]) -> bool {
     !b.contains(&0) && std::str::from_utf8(b).is_ok()
 }
 
+/// What a value pgveil writes stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A column name in the header line (PostgreSQL skips the line).
+    Header,
+    /// Client field `i`.
+    Field(usize),
+    /// A field pgveil appends (blind index).
+    Appended,
+}
+
 pub struct CopyIn {
     plan: Arc<CopyPlan>,
     entry: Arc<CatalogEntry>,
@@ -516,7 +527,9 @@ impl CopyIn {
         out: &mut BytesMut,
     ) -> Result<(), Refusal> {
         if !valid_text(line) {
-            return Err(self.malformed("bytes that are not valid UTF-8 or a zero byte"));
+            return Err(
+                self.malformed("bytes that are not a valid text (UTF-8 without zero bytes)")
+            );
         }
         let plan = self.plan.clone();
         let delim = plan.delimiter as u8;
@@ -533,7 +546,7 @@ impl CopyIn {
                 if i > 0 {
                     out.extend_from_slice(&[delim]);
                 }
-                self.put_value(name.as_bytes(), None, out)?;
+                self.put_value(name.as_bytes(), Target::Header, out)?;
             }
             out.extend_from_slice(b"\n");
             return Ok(());
@@ -601,7 +614,7 @@ impl CopyIn {
                         .crypto
                         .encrypt(&attr, tenant.as_deref(), &canonical)
                         .await?;
-                    self.put_value(&stored_text(attr.storage, &env), Some(i), out)?;
+                    self.put_value(&stored_text(attr.storage, &env), Target::Field(i), out)?;
                 }
                 (CopyField::RequireEnvelope { target }, Some(v)) => {
                     let attr = self.attr(target)?;
@@ -628,7 +641,7 @@ impl CopyIn {
                         &canonical,
                     )?;
                     let text = format!("\\x{}", hex::encode(idx));
-                    self.put_value(text.as_bytes(), None, out)?;
+                    self.put_value(text.as_bytes(), Target::Appended, out)?;
                 }
             }
         }
@@ -637,15 +650,15 @@ impl CopyIn {
     }
 
     /// Write a non-NULL value so that PostgreSQL reads back exactly `v`
-    /// (never as NULL). `field`: the client field it stands for (FORCE_NULL).
-    fn put_value(&self, v: &[u8], field: Option<usize>, out: &mut BytesMut) -> Result<(), Refusal> {
+    /// (never as NULL).
+    fn put_value(&self, v: &[u8], target: Target, out: &mut BytesMut) -> Result<(), Refusal> {
         let plan = &self.plan;
         let delim = plan.delimiter as u8;
         let null = plan.null.as_bytes();
         let at = out.len();
         match plan.format {
             CopyFormat::Csv => {
-                if field.is_some_and(|i| plan.force_null.contains(&i)) && v == null {
+                if matches!(target, Target::Field(i) if plan.force_null.contains(&i)) && v == null {
                     return Err(self.malformed("a value that FORCE_NULL would read as NULL"));
                 }
                 let (quote, escape) = (plan.quote as u8, plan.escape as u8);
@@ -668,7 +681,7 @@ impl CopyIn {
                         b => out.extend_from_slice(&[b]),
                     }
                 }
-                if &out[at..] == null {
+                if target != Target::Header && &out[at..] == null {
                     return Err(self.malformed("a value that reads as the NULL string"));
                 }
             }
@@ -747,6 +760,7 @@ pub fn is_copy_statement(sql: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80)
 }
 
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;

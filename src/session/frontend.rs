@@ -490,6 +490,7 @@ impl Frontend {
                             );
                             parts.push(raise_sql(&r));
                             self.rejected(&r);
+                            refused = true;
                             break;
                         }
                         self.copy = Some(CopyIn::new(
@@ -504,9 +505,19 @@ impl Frontend {
                     let r = refuse(sqlstate, message.clone());
                     parts.push(raise_sql(&r));
                     self.rejected(&r);
+                    refused = true;
                     break;
                 }
             }
+        }
+        // A refusal ends the Query before any COPY after it runs: CopyData
+        // the client sent behind the Query stays here.
+        if refused
+            && !parts[..parts.len() - 1]
+                .iter()
+                .any(|p| super::copy::is_copy_statement(p))
+        {
+            self.copy_failed = true;
         }
         metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
         if let ([StatementPlan::Rewrite(rp)], [sql], false) = (&plans[..], &parts[..], refused)

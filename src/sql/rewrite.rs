@@ -194,6 +194,9 @@ struct CopyOpts {
     escape: char,
     force_not_null: Vec<String>,
     force_null: Vec<String>,
+    freeze: bool,
+    /// `ENCODING` was given (it can only be UTF8).
+    utf8: bool,
 }
 
 /// Read the options of a COPY. `strict` (COPY FROM into a protected
@@ -226,6 +229,8 @@ fn copy_options(
     let mut escape = None;
     let mut force_not_null = vec![];
     let mut force_null = vec![];
+    let mut freeze = false;
+    let mut utf8 = false;
     if strict && !options.is_empty() && !legacy.is_empty() {
         return Err(unsupported(
             "lists in both syntaxes",
@@ -246,7 +251,10 @@ fn copy_options(
                     _ => CopyFormat::Text,
                 }
             }
-            CopyOption::Freeze(_) => once("FREEZE")?,
+            CopyOption::Freeze(f) => {
+                once("FREEZE")?;
+                freeze = *f;
+            }
             CopyOption::Delimiter(c) => {
                 once("DELIMITER")?;
                 delimiter = Some(*c);
@@ -288,6 +296,7 @@ fn copy_options(
                     .filter(|c| c.is_ascii_alphanumeric())
                     .collect::<String>()
                     .to_ascii_lowercase();
+                utf8 = true;
                 if strict && name != "utf8" && name != "unicode" {
                     return Err(unsupported(
                         "ENCODING",
@@ -364,6 +373,8 @@ fn copy_options(
         escape: escape.or(quote).unwrap_or('"'),
         force_not_null,
         force_null,
+        freeze,
+        utf8,
     };
     let opts = CopyOpts {
         escape: if csv { opts.escape } else { '\\' },
@@ -2795,6 +2806,7 @@ impl<'a> Cx<'a> {
                 columns,
             } => (table_name, columns),
         };
+        let table_sql = table_name.to_string();
         let (_, _, kind) = self.table_kind(&name_parts(table_name), &[])?;
         let t = match kind {
             RelKind::Table(t) => t,
@@ -2830,7 +2842,7 @@ impl<'a> Cx<'a> {
             columns: None,
             format: o.format,
             delimiter: o.delimiter,
-            null: o.null,
+            null: o.null.clone(),
             header: o.header,
             quote: o.quote,
             escape: o.escape,
@@ -2928,14 +2940,51 @@ impl<'a> Cx<'a> {
                     .push(CopyField::RequireEnvelope { target: cref });
             }
         }
-        if columns.is_empty() || !appended_cols.is_empty() {
-            *columns = list
-                .iter()
-                .chain(appended_cols.iter())
-                .map(|c| make_ident(c))
-                .collect();
-            plan.sql = stmt.to_string();
+        // The statement PostgreSQL runs states every option exactly as
+        // pgveil read it (and the blind-index columns pgveil appends).
+        let cols: Vec<String> = list
+            .iter()
+            .chain(appended_cols.iter())
+            .map(|c| make_ident(c).to_string())
+            .collect();
+        let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut with = vec![format!(
+            "FORMAT {}",
+            if o.format == CopyFormat::Csv {
+                "csv"
+            } else {
+                "text"
+            }
+        )];
+        if o.freeze {
+            with.push("FREEZE".into());
         }
+        with.push(format!("DELIMITER {}", lit(&o.delimiter.to_string())));
+        with.push(format!("NULL {}", lit(&o.null)));
+        if o.header {
+            with.push("HEADER".into());
+        }
+        if o.format == CopyFormat::Csv {
+            with.push(format!("QUOTE {}", lit(&o.quote.to_string())));
+            with.push(format!("ESCAPE {}", lit(&o.escape.to_string())));
+            for (name, idx) in [
+                ("FORCE_NOT_NULL", &plan.force_not_null),
+                ("FORCE_NULL", &plan.force_null),
+            ] {
+                if !idx.is_empty() {
+                    let names: Vec<String> = idx.iter().map(|&i| cols[i].clone()).collect();
+                    with.push(format!("{name} ({})", names.join(", ")));
+                }
+            }
+        }
+        if o.utf8 {
+            with.push("ENCODING 'UTF8'".into());
+        }
+        plan.sql = format!(
+            "COPY {table_sql} ({}) FROM STDIN WITH ({})",
+            cols.join(", "),
+            with.join(", ")
+        );
         plan.columns = Some(list);
         plan.appended_columns = appended_cols;
         Ok(Top::Copy(Box::new(plan)))
