@@ -1,8 +1,17 @@
-//! COPY … FROM STDIN into a protected table: split the client's CopyData
-//! stream into rows (rows may span messages), encrypt the protected fields,
-//! append the blind-index fields, and send the rows on. Text and CSV
-//! formats; binary COPY is refused at planning.
+//! COPY … FROM STDIN into a protected table: read the client's CopyData
+//! stream exactly as PostgreSQL 15 reads it (`copyfromparse.c`: the line
+//! reader `CopyReadLineText`, then `CopyReadAttributesText` /
+//! `CopyReadAttributesCSV`), encrypt the protected fields, append the
+//! blind-index fields, and send the rows on. Fields pgveil does not change
+//! are forwarded as the client's bytes, so PostgreSQL reads them as it
+//! would have; data PostgreSQL would reject is refused (CopyFail) rather
+//! than guessed at. Binary COPY is refused at planning.
+//!
+//! Each byte is scanned once by the line reader and once by the field
+//! splitter; at most one incomplete row (`limits.max_message_bytes`) is
+//! held back.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -14,17 +23,391 @@ use crate::crypto::Storage;
 use crate::sql::{CopyField, CopyFormat, CopyPlan, SlotOp};
 use crate::wire::msg::{begin, finish};
 
+/// The line ending PostgreSQL fixes from the first line of the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eol {
+    Unknown,
+    Nl,
+    Cr,
+    CrNl,
+}
+
+/// What the line reader found at the start of the buffer it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A record: bytes `..end`; the next record starts at `next`.
+    Line { end: usize, next: usize },
+    /// The end-of-copy marker `\.`; bytes `..end` before it are a last
+    /// record when not empty (text format). Everything after is ignored.
+    EndMarker { end: usize },
+    /// End of data (CopyDone): bytes `..end` are a last record when not
+    /// empty.
+    Eof { end: usize },
+    /// More bytes are needed to decide.
+    More,
+}
+
+/// PostgreSQL's `CopyReadLineText`, resumable at any byte.
+#[derive(Debug, Clone)]
+struct LineReader {
+    csv: bool,
+    quote: u8,
+    /// The escape as the line reader sees it: none when equal to the quote.
+    escape: Option<u8>,
+    eol: Eol,
+    /// Scan position in the current record, and the state there.
+    pos: usize,
+    in_quote: bool,
+    last_was_esc: bool,
+    first: bool,
+}
+
+impl LineReader {
+    fn new(plan: &CopyPlan) -> LineReader {
+        let csv = plan.format == CopyFormat::Csv;
+        let (quote, escape) = (plan.quote as u8, plan.escape as u8);
+        LineReader {
+            csv,
+            quote,
+            escape: (csv && escape != quote).then_some(escape),
+            eol: Eol::Unknown,
+            pos: 0,
+            in_quote: false,
+            last_was_esc: false,
+            first: true,
+        }
+    }
+
+    /// Start a new record.
+    fn reset(&mut self) {
+        self.pos = 0;
+        self.in_quote = false;
+        self.last_was_esc = false;
+        self.first = true;
+    }
+
+    /// Find the end of the record that starts at `buf[0]`. `eof`: no more
+    /// bytes will come.
+    fn next(&mut self, buf: &[u8], eof: bool) -> Result<Step, &'static str> {
+        let n = buf.len();
+        let mut i = self.pos;
+        loop {
+            if i >= n {
+                self.pos = i;
+                return Ok(if eof {
+                    Step::Eof { end: n }
+                } else {
+                    Step::More
+                });
+            }
+            let saved = (self.in_quote, self.last_was_esc);
+            let more = move |s: &mut LineReader| {
+                (s.in_quote, s.last_was_esc) = saved;
+                s.pos = i;
+                Ok(Step::More)
+            };
+            let c = buf[i];
+            if self.csv {
+                if self.in_quote && Some(c) == self.escape {
+                    self.last_was_esc = !self.last_was_esc;
+                }
+                if c == self.quote && !self.last_was_esc {
+                    self.in_quote = !self.in_quote;
+                }
+                if Some(c) != self.escape {
+                    self.last_was_esc = false;
+                }
+            }
+            let unquoted = !self.csv || !self.in_quote;
+            if c == b'\r' && unquoted {
+                match self.eol {
+                    Eol::Unknown | Eol::CrNl => {
+                        if i + 1 >= n && !eof {
+                            return more(self);
+                        }
+                        if buf.get(i + 1) == Some(&b'\n') {
+                            self.eol = Eol::CrNl;
+                            return Ok(Step::Line {
+                                end: i,
+                                next: i + 2,
+                            });
+                        }
+                        if self.eol == Eol::CrNl {
+                            return Err("a carriage return in the data where lines end with CRLF");
+                        }
+                        self.eol = Eol::Cr;
+                    }
+                    Eol::Nl => {
+                        return Err("a carriage return in the data where lines end with LF");
+                    }
+                    Eol::Cr => {}
+                }
+                return Ok(Step::Line {
+                    end: i,
+                    next: i + 1,
+                });
+            }
+            if c == b'\n' && unquoted {
+                if matches!(self.eol, Eol::Cr | Eol::CrNl) {
+                    return Err("a newline in the data where lines end with CR");
+                }
+                self.eol = Eol::Nl;
+                return Ok(Step::Line {
+                    end: i,
+                    next: i + 1,
+                });
+            }
+            if c == b'\\' && (!self.csv || self.first) {
+                if i + 1 >= n {
+                    if !eof {
+                        return more(self);
+                    }
+                    self.pos = n;
+                    return Ok(Step::Eof { end: n });
+                }
+                if buf[i + 1] == b'.' {
+                    match self.end_marker(buf, i, eof) {
+                        Marker::End => return Ok(Step::EndMarker { end: i }),
+                        Marker::More => return more(self),
+                        Marker::Error(e) => return Err(e),
+                        // CSV: `\.` followed by data is data.
+                        Marker::Data => {}
+                    }
+                } else if !self.csv {
+                    // Text: the byte after a backslash is never special.
+                    i += 1;
+                }
+            }
+            self.first = false;
+            i += 1;
+        }
+    }
+
+    /// `\.` at `buf[i]`: is it the end-of-copy marker?
+    fn end_marker(&mut self, buf: &[u8], i: usize, eof: bool) -> Marker {
+        let n = buf.len();
+        let mut j = i + 2;
+        let bad = |csv: bool, e: &'static str| {
+            if csv { Marker::Data } else { Marker::Error(e) }
+        };
+        if self.eol == Eol::CrNl {
+            if j >= n && !eof {
+                return Marker::More;
+            }
+            let c = buf.get(j).copied().unwrap_or(0);
+            j += 1;
+            if c == b'\n' {
+                return bad(
+                    self.csv,
+                    "an end-of-copy marker that does not match the line endings",
+                );
+            }
+            if c != b'\r' {
+                return bad(self.csv, "a corrupt end-of-copy marker");
+            }
+        }
+        if j >= n && !eof {
+            return Marker::More;
+        }
+        let c = buf.get(j).copied().unwrap_or(0);
+        if c != b'\r' && c != b'\n' {
+            return bad(self.csv, "a corrupt end-of-copy marker");
+        }
+        if (matches!(self.eol, Eol::Nl | Eol::CrNl) && c != b'\n')
+            || (self.eol == Eol::Cr && c != b'\r')
+        {
+            return Marker::Error("an end-of-copy marker that does not match the line endings");
+        }
+        Marker::End
+    }
+}
+
+enum Marker {
+    End,
+    Data,
+    More,
+    Error(&'static str),
+}
+
+/// One field of a record: its bytes as the client sent them and its value
+/// as PostgreSQL reads it (`None` = NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Field {
+    raw: Range<usize>,
+    value: Option<Vec<u8>>,
+}
+
+/// PostgreSQL's `CopyReadAttributesText`.
+fn split_text(line: &[u8], delim: u8, null: &[u8]) -> Result<Vec<Field>, &'static str> {
+    let mut out = vec![];
+    let mut i = 0;
+    loop {
+        let start = i;
+        let mut value = Vec::new();
+        let mut non_ascii = false;
+        let mut found_delim = false;
+        let mut end;
+        loop {
+            end = i;
+            let Some(&c) = line.get(i) else { break };
+            i += 1;
+            if c == delim {
+                found_delim = true;
+                break;
+            }
+            if c != b'\\' {
+                value.push(c);
+                continue;
+            }
+            let Some(&c) = line.get(i) else { break };
+            i += 1;
+            let v = match c {
+                b'0'..=b'7' => {
+                    let mut v = u32::from(c - b'0');
+                    for _ in 0..2 {
+                        match line.get(i) {
+                            Some(d @ b'0'..=b'7') => {
+                                v = (v << 3) + u32::from(d - b'0');
+                                i += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let v = (v & 0xff) as u8;
+                    non_ascii |= v == 0 || v >= 0x80;
+                    v
+                }
+                b'x' => match line.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                    Some(d) => {
+                        i += 1;
+                        let mut v = d;
+                        if let Some(d) = line.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                            i += 1;
+                            v = (v << 4) + d;
+                        }
+                        let v = v as u8;
+                        non_ascii |= v == 0 || v >= 0x80;
+                        v
+                    }
+                    None => b'x',
+                },
+                b'b' => 8,
+                b'f' => 12,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'v' => 11,
+                other => other,
+            };
+            value.push(v);
+        }
+        let raw = start..end;
+        let value = if &line[raw.clone()] == null {
+            None
+        } else {
+            if non_ascii && !valid_text(&value) {
+                return Err("an escape that makes invalid UTF-8 or a zero byte");
+            }
+            Some(value)
+        };
+        out.push(Field { raw, value });
+        if !found_delim {
+            return Ok(out);
+        }
+    }
+}
+
+/// PostgreSQL's `CopyReadAttributesCSV` (before FORCE_NULL and
+/// FORCE_NOT_NULL, which apply per column).
+fn split_csv(
+    line: &[u8],
+    delim: u8,
+    quote: u8,
+    escape: u8,
+    null: &[u8],
+) -> Result<Vec<(Field, bool)>, &'static str> {
+    let mut out = vec![];
+    let mut i = 0;
+    loop {
+        let start = i;
+        let mut value = Vec::new();
+        let mut quoted = false;
+        let mut found_delim = false;
+        let mut end;
+        'field: loop {
+            // Not in quotes.
+            loop {
+                end = i;
+                let Some(&c) = line.get(i) else {
+                    break 'field;
+                };
+                i += 1;
+                if c == delim {
+                    found_delim = true;
+                    break 'field;
+                }
+                if c == quote {
+                    quoted = true;
+                    break;
+                }
+                value.push(c);
+            }
+            // In quotes.
+            loop {
+                let Some(&c) = line.get(i) else {
+                    return Err("an unterminated quoted CSV field");
+                };
+                i += 1;
+                if c == escape
+                    && let Some(&next) = line.get(i)
+                    && (next == escape || next == quote)
+                {
+                    value.push(next);
+                    i += 1;
+                    continue;
+                }
+                if c == quote {
+                    break;
+                }
+                value.push(c);
+            }
+        }
+        let raw = start..end;
+        let value = (quoted || &line[raw.clone()] != null).then_some(value);
+        out.push((Field { raw, value }, quoted));
+        if !found_delim {
+            return Ok(out);
+        }
+    }
+}
+
+/// Text PostgreSQL accepts from a UTF8 client: valid UTF-8 without zero
+/// bytes.
+fn valid_text(b: &[u8]) -> bool {
+    !b.contains(&0) && std::str::from_utf8(b).is_ok()
+}
+
+/// What a value pgveil writes stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A column name in the header line (PostgreSQL skips the line).
+    Header,
+    /// Client field `i`.
+    Field(usize),
+    /// A field pgveil appends (blind index).
+    Appended,
+}
+
 pub struct CopyIn {
     plan: Arc<CopyPlan>,
     entry: Arc<CatalogEntry>,
-    /// Bytes of an incomplete row carried to the next CopyData.
+    reader: LineReader,
+    /// Bytes of an incomplete record carried to the next CopyData.
     partial: Vec<u8>,
-    /// CSV: whether the end of `partial` is inside a quoted field (each
-    /// byte is scanned once, however many messages a row spans).
-    in_quotes: bool,
-    /// Longest row held back (`limits.max_message_bytes`).
+    /// Longest record held back (`limits.max_message_bytes`).
     max_row: usize,
     header_pending: bool,
+    /// The end-of-copy marker was seen: PostgreSQL ignores the rest.
     ended: bool,
 }
 
@@ -32,10 +415,10 @@ impl CopyIn {
     pub fn new(plan: Arc<CopyPlan>, entry: Arc<CatalogEntry>, max_row: usize) -> CopyIn {
         let header_pending = plan.header;
         CopyIn {
+            reader: LineReader::new(&plan),
             plan,
             entry,
             partial: Vec::new(),
-            in_quotes: false,
             max_row,
             header_pending,
             ended: false,
@@ -49,23 +432,13 @@ impl CopyIn {
         engine: &Engine,
         out: &mut BytesMut,
     ) -> Result<(), Refusal> {
+        if self.ended {
+            return Ok(());
+        }
         let mut buf = std::mem::take(&mut self.partial);
-        let scanned = buf.len();
         buf.extend_from_slice(data);
         let mut rows = BytesMut::new();
-        let mut start = 0;
-        let csv = self.plan.format == CopyFormat::Csv;
-        let quote = self.plan.quote as u8;
-        let mut in_quotes = self.in_quotes;
-        for i in scanned..buf.len() {
-            let b = buf[i];
-            if csv && b == quote {
-                in_quotes = !in_quotes;
-            } else if b == b'\n' && !in_quotes {
-                self.row(&buf[start..i], engine, &mut rows).await?;
-                start = i + 1;
-            }
-        }
+        let start = self.records(&buf, false, engine, &mut rows).await?;
         buf.drain(..start);
         if buf.len() > self.max_row {
             return Err(Refusal {
@@ -77,68 +450,143 @@ impl CopyIn {
             });
         }
         self.partial = buf;
-        self.in_quotes = in_quotes;
-        if !rows.is_empty() {
-            let s = begin(out, b'd');
-            out.extend_from_slice(&rows);
-            finish(out, s);
-        }
+        put_copy_data(out, &rows);
         Ok(())
     }
 
-    /// CopyDone: a last row without a newline is still a row.
+    /// CopyDone: the end of the data (a last record without a newline is
+    /// still a record).
     pub async fn finish(&mut self, engine: &Engine, out: &mut BytesMut) -> Result<(), Refusal> {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            let mut rows = BytesMut::new();
-            self.row(&line, engine, &mut rows).await?;
-            let s = begin(out, b'd');
-            out.extend_from_slice(&rows);
-            finish(out, s);
+        if self.ended {
+            return Ok(());
         }
+        let buf = std::mem::take(&mut self.partial);
+        let mut rows = BytesMut::new();
+        self.records(&buf, true, engine, &mut rows).await?;
+        put_copy_data(out, &rows);
         Ok(())
     }
 
-    async fn row(
+    /// Transform every complete record of `buf` into `out`; returns where
+    /// the incomplete rest starts.
+    async fn records(
+        &mut self,
+        buf: &[u8],
+        eof: bool,
+        engine: &Engine,
+        out: &mut BytesMut,
+    ) -> Result<usize, Refusal> {
+        let mut start = 0;
+        while !self.ended {
+            let step = self
+                .reader
+                .next(&buf[start..], eof)
+                .map_err(|e| self.malformed(e))?;
+            match step {
+                Step::More => break,
+                Step::Line { end, next } => {
+                    self.record(&buf[start..start + end], engine, out).await?;
+                    start += next;
+                    self.reader.reset();
+                }
+                Step::EndMarker { end } => {
+                    if end > 0 || self.header_pending {
+                        self.record(&buf[start..start + end], engine, out).await?;
+                    }
+                    out.extend_from_slice(b"\\.\n");
+                    self.ended = true;
+                    start = buf.len();
+                }
+                Step::Eof { end } => {
+                    if end > 0 {
+                        self.record(&buf[start..start + end], engine, out).await?;
+                    }
+                    start = buf.len();
+                    break;
+                }
+            }
+        }
+        Ok(start)
+    }
+
+    fn malformed(&self, what: &str) -> Refusal {
+        Refusal {
+            sqlstate: "22P04",
+            message: format!(
+                "pgveil: COPY data for {}.{} has {what}: PostgreSQL would reject it, so pgveil does not forward it",
+                self.plan.schema, self.plan.table
+            ),
+        }
+    }
+
+    /// One record (without its line ending).
+    async fn record(
         &mut self,
         line: &[u8],
         engine: &Engine,
         out: &mut BytesMut,
     ) -> Result<(), Refusal> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if self.ended {
-            return Ok(());
+        if !valid_text(line) {
+            return Err(
+                self.malformed("bytes that are not a valid text (UTF-8 without zero bytes)")
+            );
         }
-        if self.header_pending {
-            self.header_pending = false;
-            out.extend_from_slice(line);
+        let plan = self.plan.clone();
+        let delim = plan.delimiter as u8;
+        let null = plan.null.as_bytes();
+        if std::mem::take(&mut self.header_pending) {
+            // PostgreSQL skips the header line (HEADER MATCH is refused at
+            // planning): send one naming the columns it will read.
+            let names = plan
+                .columns
+                .iter()
+                .flatten()
+                .chain(plan.appended_columns.iter());
+            for (i, name) in names.enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(&[delim]);
+                }
+                self.put_value(name.as_bytes(), Target::Header, out)?;
+            }
             out.extend_from_slice(b"\n");
             return Ok(());
         }
-        if self.plan.format == CopyFormat::Text && line == b"\\." {
-            self.ended = true;
-            out.extend_from_slice(b"\\.\n");
-            return Ok(());
+        let fields: Vec<Field> = match plan.format {
+            CopyFormat::Csv => {
+                let mut f = split_csv(line, delim, plan.quote as u8, plan.escape as u8, null)
+                    .map_err(|e| self.malformed(e))?;
+                for &i in &plan.force_not_null {
+                    if let Some((f, _)) = f.get_mut(i)
+                        && f.value.is_none()
+                    {
+                        f.value = Some(null.to_vec());
+                    }
+                }
+                for &i in &plan.force_null {
+                    if let Some((f, _)) = f.get_mut(i)
+                        && f.value.as_deref() == Some(null)
+                    {
+                        f.value = None;
+                    }
+                }
+                f.into_iter().map(|(f, _)| f).collect()
+            }
+            _ => split_text(line, delim, null).map_err(|e| self.malformed(e))?,
+        };
+        if fields.len() != plan.fields.len() {
+            return Err(self.malformed(if fields.len() > plan.fields.len() {
+                "a row with more fields than the column list"
+            } else {
+                "a row with fewer fields than the column list"
+            }));
         }
-        let fields = match self.plan.format {
-            CopyFormat::Csv => split_csv(line, &self.plan),
-            _ => split_text(line, &self.plan),
-        }
-        .ok_or_else(|| Refusal {
-            sqlstate: "22P04",
-            message: format!(
-                "pgveil: malformed COPY data for {}.{}",
-                self.plan.schema, self.plan.table
-            ),
-        })?;
-        let mut outf: Vec<Option<Vec<u8>>> =
-            Vec::with_capacity(fields.len() + self.plan.appended.len());
-        // Field values, decoded; `None` = NULL.
-        for (i, f) in fields.iter().enumerate() {
-            let spec = self.plan.fields.get(i).unwrap_or(&CopyField::Plain);
-            let v = match (spec, f) {
-                (_, None) => None,
-                (CopyField::Plain, Some(v)) => Some(v.clone()),
+        for (i, (spec, f)) in plan.fields.iter().zip(&fields).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(&[delim]);
+            }
+            let raw = &line[f.raw.clone()];
+            match (spec, &f.value) {
+                (CopyField::Plain, _) | (_, None) => out.extend_from_slice(raw),
                 (
                     CopyField::Encrypt {
                         target,
@@ -148,8 +596,8 @@ impl CopyIn {
                 ) => {
                     let attr = self.attr(target)?;
                     let tenant = match tenant_field {
-                        Some(t) => match fields.get(*t).cloned().flatten() {
-                            Some(t) => Some(String::from_utf8_lossy(&t).into_owned()),
+                        Some(t) => match fields.get(*t).and_then(|f| f.value.as_ref()) {
+                            Some(t) => Some(String::from_utf8_lossy(t).into_owned()),
                             None => {
                                 return Err(Refusal {
                                     sqlstate: "42501",
@@ -166,7 +614,7 @@ impl CopyIn {
                         .crypto
                         .encrypt(&attr, tenant.as_deref(), &canonical)
                         .await?;
-                    Some(stored_text(attr.storage, &env))
+                    self.put_value(&stored_text(attr.storage, &env), Target::Field(i), out)?;
                 }
                 (CopyField::RequireEnvelope { target }, Some(v)) => {
                     let attr = self.attr(target)?;
@@ -176,30 +624,67 @@ impl CopyIn {
                         }
                         .into());
                     }
-                    Some(v.clone())
+                    out.extend_from_slice(raw);
                 }
-            };
-            outf.push(v);
+            }
         }
-        for (op, src, target) in &self.plan.appended {
+        for (op, src, target) in &plan.appended {
+            out.extend_from_slice(&[delim]);
             let attr = self.attr(target)?;
-            let v = match fields.get(*src).cloned().flatten() {
-                None => None,
+            match fields.get(*src).and_then(|f| f.value.as_ref()) {
+                None => out.extend_from_slice(null),
                 Some(v) => {
-                    let canonical = engine.crypto.canonical(&attr, 0, &v)?;
+                    let canonical = engine.crypto.canonical(&attr, 0, v)?;
                     let idx = engine.crypto.blind_index(
                         &attr,
                         *op == SlotOp::BlindIndexNext,
                         &canonical,
                     )?;
-                    Some(format!("\\x{}", hex::encode(idx)).into_bytes())
+                    let text = format!("\\x{}", hex::encode(idx));
+                    self.put_value(text.as_bytes(), Target::Appended, out)?;
                 }
-            };
-            outf.push(v);
+            }
         }
-        match self.plan.format {
-            CopyFormat::Csv => join_csv(&outf, &self.plan, out),
-            _ => join_text(&outf, &self.plan, out),
+        out.extend_from_slice(b"\n");
+        Ok(())
+    }
+
+    /// Write a non-NULL value so that PostgreSQL reads back exactly `v`
+    /// (never as NULL).
+    fn put_value(&self, v: &[u8], target: Target, out: &mut BytesMut) -> Result<(), Refusal> {
+        let plan = &self.plan;
+        let delim = plan.delimiter as u8;
+        let null = plan.null.as_bytes();
+        let at = out.len();
+        match plan.format {
+            CopyFormat::Csv => {
+                if matches!(target, Target::Field(i) if plan.force_null.contains(&i)) && v == null {
+                    return Err(self.malformed("a value that FORCE_NULL would read as NULL"));
+                }
+                let (quote, escape) = (plan.quote as u8, plan.escape as u8);
+                out.extend_from_slice(&[quote]);
+                for &b in v {
+                    if b == quote || b == escape {
+                        out.extend_from_slice(&[escape]);
+                    }
+                    out.extend_from_slice(&[b]);
+                }
+                out.extend_from_slice(&[quote]);
+            }
+            _ => {
+                for &b in v {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        b if b == delim => out.extend_from_slice(&[b'\\', b]),
+                        b => out.extend_from_slice(&[b]),
+                    }
+                }
+                if target != Target::Header && &out[at..] == null {
+                    return Err(self.malformed("a value that reads as the NULL string"));
+                }
+            }
         }
         Ok(())
     }
@@ -217,6 +702,14 @@ impl CopyIn {
     }
 }
 
+fn put_copy_data(out: &mut BytesMut, rows: &[u8]) {
+    if !rows.is_empty() {
+        let s = begin(out, b'd');
+        out.extend_from_slice(rows);
+        finish(out, s);
+    }
+}
+
 /// The text form of an envelope as the column stores it.
 fn stored_text(storage: Storage, env: &[u8]) -> Vec<u8> {
     match storage {
@@ -225,260 +718,315 @@ fn stored_text(storage: Storage, env: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Split a text-format COPY line into decoded fields.
-fn split_text(line: &[u8], plan: &CopyPlan) -> Option<Vec<Option<Vec<u8>>>> {
-    let delim = plan.delimiter as u8;
-    let null = plan.null.as_bytes();
-    let mut out = Vec::new();
-    for raw in line.split(|&b| b == delim) {
-        // A delimiter inside a field is always escaped, so a plain split is
-        // right once escapes are decoded per field — except `\<delim>`.
-        out.push(raw.to_vec());
-    }
-    // Re-join fields whose delimiter was escaped (`\<delim>`).
-    let mut joined: Vec<Vec<u8>> = Vec::new();
-    for f in out {
-        match joined.last_mut() {
-            Some(prev) if ends_with_odd_backslashes(prev) => {
-                prev.push(delim);
-                prev.extend_from_slice(&f);
-            }
-            _ => joined.push(f),
-        }
-    }
-    joined
-        .into_iter()
-        .map(|f| {
-            if f == null {
-                Some(None)
-            } else {
-                unescape_text(&f).map(Some)
-            }
-        })
-        .collect()
-}
-
-fn ends_with_odd_backslashes(b: &[u8]) -> bool {
-    b.iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 1
-}
-
-fn unescape_text(f: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] != b'\\' {
-            out.push(f[i]);
-            i += 1;
-            continue;
-        }
-        let c = *f.get(i + 1)?;
-        i += 2;
-        match c {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = (c - b'0') as u32;
-                for _ in 0..2 {
-                    match f.get(i) {
-                        Some(d @ b'0'..=b'7') => {
-                            v = v * 8 + (d - b'0') as u32;
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push(v as u8);
-            }
-            b'x' => {
-                let mut v = 0u32;
-                let mut n = 0;
-                while n < 2 {
-                    match f.get(i).and_then(|d| (*d as char).to_digit(16)) {
-                        Some(d) => {
-                            v = v * 16 + d;
-                            i += 1;
-                            n += 1;
-                        }
-                        None => break,
-                    }
-                }
-                if n == 0 {
-                    out.push(b'x');
-                } else {
-                    out.push(v as u8);
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    Some(out)
-}
-
-fn join_text(fields: &[Option<Vec<u8>>], plan: &CopyPlan, out: &mut BytesMut) {
-    let delim = plan.delimiter as u8;
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(&[delim]);
-        }
-        match f {
-            None => out.extend_from_slice(plan.null.as_bytes()),
-            Some(v) => {
-                for &b in v {
-                    match b {
-                        b'\\' => out.extend_from_slice(b"\\\\"),
-                        b'\n' => out.extend_from_slice(b"\\n"),
-                        b'\r' => out.extend_from_slice(b"\\r"),
-                        b'\t' if delim == b'\t' => out.extend_from_slice(b"\\t"),
-                        b if b == delim => {
-                            out.extend_from_slice(b"\\");
-                            out.extend_from_slice(&[b]);
-                        }
-                        b => out.extend_from_slice(&[b]),
-                    }
-                }
-            }
-        }
-    }
-    out.extend_from_slice(b"\n");
-}
-
-/// Split a CSV line (quotes already balanced) into fields. An unquoted
-/// field equal to the NULL string is NULL.
-fn split_csv(line: &[u8], plan: &CopyPlan) -> Option<Vec<Option<Vec<u8>>>> {
-    let (delim, quote, escape) = (plan.delimiter as u8, plan.quote as u8, plan.escape as u8);
-    let mut out = Vec::new();
+/// Whether a statement (as `lex::split_statements` cuts it) is a COPY:
+/// its first word after comments and whitespace.
+pub fn is_copy_statement(sql: &str) -> bool {
+    let b = sql.as_bytes();
     let mut i = 0;
     loop {
-        let mut field = Vec::new();
-        let mut quoted = false;
-        if line.get(i) == Some(&quote) {
-            quoted = true;
+        while i < b.len() && b[i].is_ascii_whitespace() {
             i += 1;
-            loop {
-                let c = *line.get(i)?;
-                if c == escape && line.get(i + 1) == Some(&quote) {
-                    field.push(quote);
+        }
+        if b[i..].starts_with(b"--") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            // Nested block comments, as PostgreSQL reads them.
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
                     i += 2;
-                } else if c == escape && escape != quote && line.get(i + 1) == Some(&escape) {
-                    field.push(escape);
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
                     i += 2;
-                } else if c == quote {
-                    i += 1;
-                    break;
+                    if depth == 0 {
+                        break;
+                    }
                 } else {
-                    field.push(c);
                     i += 1;
                 }
             }
-        }
-        while let Some(&c) = line.get(i) {
-            if c == delim {
-                break;
-            }
-            field.push(c);
-            i += 1;
-        }
-        if !quoted && field == plan.null.as_bytes() {
-            out.push(None);
-        } else {
-            out.push(Some(field));
-        }
-        if line.get(i) == Some(&delim) {
-            i += 1;
         } else {
             break;
         }
     }
-    Some(out)
+    let word = &b[i..];
+    word.len() >= 4
+        && word[..4].eq_ignore_ascii_case(b"copy")
+        && !word
+            .get(4)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80)
 }
 
-fn join_csv(fields: &[Option<Vec<u8>>], plan: &CopyPlan, out: &mut BytesMut) {
-    let (delim, quote, escape) = (plan.delimiter as u8, plan.quote as u8, plan.escape as u8);
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(&[delim]);
-        }
-        match f {
-            None => out.extend_from_slice(plan.null.as_bytes()),
-            Some(v) => {
-                out.extend_from_slice(&[quote]);
-                for &b in v {
-                    if b == quote || b == escape {
-                        out.extend_from_slice(&[escape]);
-                    }
-                    out.extend_from_slice(&[b]);
-                }
-                out.extend_from_slice(&[quote]);
-            }
-        }
-    }
-    out.extend_from_slice(b"\n");
-}
-
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn plan(format: CopyFormat) -> CopyPlan {
+        let csv = format == CopyFormat::Csv;
         CopyPlan {
             schema: "public".into(),
             table: "t".into(),
             columns: None,
             format,
-            delimiter: if format == CopyFormat::Csv { ',' } else { '\t' },
-            null: if format == CopyFormat::Csv {
-                String::new()
-            } else {
-                "\\N".into()
-            },
+            delimiter: if csv { ',' } else { '\t' },
+            null: if csv { String::new() } else { "\\N".into() },
             header: false,
             quote: '"',
-            escape: '"',
+            escape: if csv { '"' } else { '\\' },
             direction: crate::sql::CopyDirection::In,
             sql: String::new(),
             fields: vec![],
             appended: vec![],
+            appended_columns: vec![],
+            force_not_null: vec![],
+            force_null: vec![],
             source: 0..0,
         }
     }
 
-    #[test]
-    fn text_fields_round_trip() {
-        let p = plan(CopyFormat::Text);
-        let f = split_text(b"a\\tb\t\\N\tc\\\\d\tx\\\ty", &p).unwrap();
-        assert_eq!(
-            f,
-            vec![
-                Some(b"a\tb".to_vec()),
-                None,
-                Some(b"c\\d".to_vec()),
-                Some(b"x\ty".to_vec())
-            ]
-        );
-        let mut out = BytesMut::new();
-        join_text(&f, &p, &mut out);
-        assert_eq!(split_text(out.strip_suffix(b"\n").unwrap(), &p).unwrap(), f);
+    /// Records as the reader cuts `data` (fed in pieces of `chunk` bytes),
+    /// and whether it ended at `\.`.
+    fn lines(p: &CopyPlan, data: &[u8], chunk: usize) -> Result<(Vec<Vec<u8>>, bool), String> {
+        let mut r = LineReader::new(p);
+        let mut buf = Vec::new();
+        let mut out = vec![];
+        let mut fed = 0;
+        loop {
+            let eof = fed >= data.len();
+            if !eof {
+                let n = chunk.min(data.len() - fed);
+                buf.extend_from_slice(&data[fed..fed + n]);
+                fed += n;
+            }
+            let mut start = 0;
+            loop {
+                match r.next(&buf[start..], eof).map_err(str::to_string)? {
+                    Step::More => break,
+                    Step::Line { end, next } => {
+                        out.push(buf[start..start + end].to_vec());
+                        start += next;
+                        r.reset();
+                    }
+                    Step::EndMarker { end } => {
+                        if end > 0 {
+                            out.push(buf[start..start + end].to_vec());
+                        }
+                        return Ok((out, true));
+                    }
+                    Step::Eof { end } => {
+                        if end > 0 {
+                            out.push(buf[start..start + end].to_vec());
+                        }
+                        return Ok((out, false));
+                    }
+                }
+            }
+            buf.drain(..start);
+            if eof {
+                unreachable!("the reader always answers at end of data");
+            }
+        }
+    }
+
+    fn same_in_every_chunking(p: &CopyPlan, data: &[u8]) -> Result<(Vec<Vec<u8>>, bool), String> {
+        let whole = lines(p, data, data.len().max(1));
+        for chunk in 1..=4 {
+            assert_eq!(lines(p, data, chunk), whole, "chunk {chunk}: {data:?}");
+        }
+        whole
+    }
+
+    fn v(s: &[&str]) -> Vec<Vec<u8>> {
+        s.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 
     #[test]
-    fn csv_fields_round_trip() {
-        let p = plan(CopyFormat::Csv);
-        let f = split_csv(b"a,\"b,\"\"c\"\"\",,\"\"", &p).unwrap();
+    fn text_line_endings_are_fixed_by_the_first_line() {
+        let p = plan(CopyFormat::Text);
         assert_eq!(
-            f,
+            same_in_every_chunking(&p, b"a\nb\n"),
+            Ok((v(&["a", "b"]), false))
+        );
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\r\nb\r\n"),
+            Ok((v(&["a", "b"]), false))
+        );
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\rb\r"),
+            Ok((v(&["a", "b"]), false))
+        );
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\nb"),
+            Ok((v(&["a", "b"]), false))
+        );
+        // A different ending later is an error, as in PostgreSQL.
+        assert!(same_in_every_chunking(&p, b"a\r\nb\nc").is_err());
+        assert!(same_in_every_chunking(&p, b"a\nb\r\n").is_err());
+        assert!(same_in_every_chunking(&p, b"a\rb\n").is_err());
+        assert!(same_in_every_chunking(&p, b"a\r\nb\rc\r\n").is_err());
+    }
+
+    #[test]
+    fn text_backslash_escapes_the_next_byte_even_a_newline() {
+        let p = plan(CopyFormat::Text);
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\\\nb\nc\n"),
+            Ok((v(&["a\\\nb", "c"]), false))
+        );
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\\\\\nb\n"),
+            Ok((v(&["a\\\\", "b"]), false))
+        );
+        // `\\.` is a backslash and a period, not the end marker.
+        assert_eq!(
+            same_in_every_chunking(&p, b"\\\\.\nb\n"),
+            Ok((v(&["\\\\.", "b"]), false))
+        );
+    }
+
+    #[test]
+    fn text_end_marker() {
+        let p = plan(CopyFormat::Text);
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\n\\.\nplaintext-after\n"),
+            Ok((v(&["a"]), true))
+        );
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\r\n\\.\r\nz"),
+            Ok((v(&["a"]), true))
+        );
+        // Data before `\.` on its line is a last row (PostgreSQL 15).
+        assert_eq!(
+            same_in_every_chunking(&p, b"a\nb\\.\nc\n"),
+            Ok((v(&["a", "b"]), true))
+        );
+        assert!(same_in_every_chunking(&p, b"a\n\\.x\n").is_err());
+        assert!(same_in_every_chunking(&p, b"a\r\n\\.\n").is_err());
+        assert!(same_in_every_chunking(&p, b"a\n\\.\r").is_err());
+    }
+
+    #[test]
+    fn csv_quoted_newlines_and_end_marker() {
+        let p = plan(CopyFormat::Csv);
+        assert_eq!(
+            same_in_every_chunking(&p, b"\"a\nb\",c\r\nd\r\n"),
+            Ok((v(&["\"a\nb\",c", "d"]), false))
+        );
+        assert_eq!(
+            same_in_every_chunking(&p, b"\"a\r\n\\.\r\nb\",c\r\n\\.\r\n"),
+            Ok((v(&["\"a\r\n\\.\r\nb\",c"]), true))
+        );
+        // `\.` with more on its line is data in CSV.
+        assert_eq!(
+            same_in_every_chunking(&p, b"\\.x,1\n\\.\nz\n"),
+            Ok((v(&["\\.x,1"]), true))
+        );
+        // Only the first byte of a record can start the marker.
+        assert_eq!(
+            same_in_every_chunking(&p, b"x\\.\ny\n"),
+            Ok((v(&["x\\.", "y"]), false))
+        );
+    }
+
+    #[test]
+    fn csv_escape_other_than_quote() {
+        let mut p = plan(CopyFormat::Csv);
+        p.escape = '\\';
+        // `\"` does not close the quoted field; `\\` before a quote does not
+        // escape it.
+        let data = b"\"a\\\"\nb\",1\n\"c\\\\\",2\n";
+        let (l, _) = same_in_every_chunking(&p, data).unwrap();
+        assert_eq!(l, v(&["\"a\\\"\nb\",1", "\"c\\\\\",2"]));
+        let f = split_csv(&l[0], b',', b'"', b'\\', b"").unwrap();
+        assert_eq!(f[0].0.value.as_deref(), Some(&b"a\"\nb"[..]));
+        let f = split_csv(&l[1], b',', b'"', b'\\', b"").unwrap();
+        assert_eq!(f[0].0.value.as_deref(), Some(&b"c\\"[..]));
+    }
+
+    #[test]
+    fn text_fields_decode_as_postgresql() {
+        let f = split_text(
+            b"a\\tb\t\\N\tc\\\\d\tx\\\ty\t\\101\\x41\\x4g\\xz\\q\tend\\",
+            b'\t',
+            b"\\N",
+        )
+        .unwrap();
+        let vals: Vec<Option<&[u8]>> = f.iter().map(|f| f.value.as_deref()).collect();
+        assert_eq!(
+            vals,
             vec![
-                Some(b"a".to_vec()),
-                Some(b"b,\"c\"".to_vec()),
+                Some(&b"a\tb"[..]),
                 None,
-                Some(b"".to_vec())
+                Some(&b"c\\d"[..]),
+                Some(&b"x\ty"[..]),
+                Some(&b"AA\x04gxzq"[..]),
+                Some(&b"end"[..]),
             ]
         );
-        let mut out = BytesMut::new();
-        join_csv(&f, &p, &mut out);
-        assert_eq!(split_csv(out.strip_suffix(b"\n").unwrap(), &p).unwrap(), f);
+        // The trailing lone backslash is not part of the raw field.
+        assert_eq!(f[5].raw.len(), 3);
+        // NULL is the raw text: an escaped form of it is a value.
+        let f = split_text(b"\\\\N", b'\t', b"\\N").unwrap();
+        assert_eq!(f[0].value.as_deref(), Some(&b"\\N"[..]));
+        // Escapes that make invalid UTF-8 or NUL are refused.
+        assert!(split_text(b"\\000", b'\t', b"\\N").is_err());
+        assert!(split_text(b"\\xff", b'\t', b"\\N").is_err());
+        assert!(split_text(b"\\xc3\\xa9", b'\t', b"\\N").is_ok());
+    }
+
+    #[test]
+    fn csv_fields_decode_as_postgresql() {
+        let f = split_csv(b"a,\"b,\"\"c\"\"\",,\"\",x\"y\"z", b',', b'"', b'"', b"").unwrap();
+        let vals: Vec<Option<&[u8]>> = f.iter().map(|(f, _)| f.value.as_deref()).collect();
+        assert_eq!(
+            vals,
+            vec![
+                Some(&b"a"[..]),
+                Some(&b"b,\"c\""[..]),
+                None,
+                Some(&b""[..]),
+                Some(&b"xyz"[..]),
+            ]
+        );
+        assert!(split_csv(b"\"abc", b',', b'"', b'"', b"").is_err());
+    }
+
+    #[test]
+    fn copy_statements_are_recognised() {
+        assert!(is_copy_statement("COPY t FROM STDIN"));
+        assert!(is_copy_statement(
+            "/* a /* nested */ c */ -- x\n copy t from stdin"
+        ));
+        assert!(is_copy_statement("Copy(t)"));
+        assert!(!is_copy_statement("copyright"));
+        assert!(!is_copy_statement("SELECT 'COPY'"));
+    }
+
+    /// The reader cuts any input the same however it is split into
+    /// messages, in one pass (property over generated inputs).
+    #[test]
+    fn reader_is_independent_of_message_boundaries() {
+        let alphabet: &[u8] = b"a,\t\"\\.\r\nN";
+        let mut seed = 0x2545F4914F6CDD1Du64;
+        for format in [CopyFormat::Text, CopyFormat::Csv] {
+            let p = plan(format);
+            for _ in 0..3000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let len = (seed % 14) as usize;
+                let data: Vec<u8> = (0..len)
+                    .map(|k| alphabet[((seed >> (k * 4 % 60)) as usize + k) % alphabet.len()])
+                    .collect();
+                let whole = lines(&p, &data, data.len().max(1));
+                for chunk in 1..=3 {
+                    assert_eq!(lines(&p, &data, chunk), whole, "{data:?}");
+                }
+            }
+        }
     }
 }

@@ -102,6 +102,29 @@ fn backslash_is_always_a_character(enc: &str) -> bool {
 /// Why a statement that is not valid UTF-8 is refused.
 const NOT_UTF8: &str = "pgveil: a statement that may touch protected tables is not valid UTF-8: pgveil can only analyse statements sent with client_encoding UTF8";
 
+/// PostgreSQL feeds all CopyData after a simple Query to the first COPY
+/// FROM STDIN that runs, then the rest to the next: pgveil transforms rows
+/// only when a protected COPY FROM is the one COPY of its Query.
+fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
+    let cp = plans.iter().find_map(|p| match p {
+        StatementPlan::Copy(cp) if cp.direction == CopyDirection::In => Some(cp),
+        _ => None,
+    })?;
+    let copies = crate::sql::split_statements(sql)
+        .into_iter()
+        .filter(|r| super::copy::is_copy_statement(&sql[r.clone()]))
+        .count();
+    (copies > 1).then(|| {
+        refuse(
+            "0A000",
+            format!(
+                "pgveil: COPY {}.{} FROM STDIN must be the only COPY in its query: send each COPY as a query of its own",
+                cp.schema, cp.table
+            ),
+        )
+    })
+}
+
 fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         sqlstate,
@@ -338,6 +361,9 @@ impl Frontend {
         }
         if !matches!(f.tag, b'd' | b'c' | b'f' | b'S' | b'H') {
             self.copy_failed = false;
+            // PostgreSQL ends a COPY FROM STDIN at any other message: a
+            // later COPY's data is never read with this one's plan.
+            self.copy = None;
         }
         if matches!(f.tag, b'd' | b'c' | b'f') && std::mem::take(&mut self.after_execute) {
             let mut q = self.shared.pending.lock().expect("pending queue");
@@ -548,6 +574,17 @@ impl Frontend {
             return;
         }
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
+        if let Some(r) = copy_not_alone(sql, &plans) {
+            // Refused whole: the client's CopyData for it stays here.
+            self.rejected(&r);
+            self.copy_failed = true;
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+            });
+            m::encode_query(out, &raise_sql(&r));
+            return;
+        }
         let barrier = self.batch_refusal(sql, &entry);
         let mut parts: Vec<String> = Vec::with_capacity(plans.len());
         let mut audit: Option<AuditInfo> = None;
@@ -587,6 +624,7 @@ impl Frontend {
                             );
                             parts.push(raise_sql(&r));
                             self.rejected(&r);
+                            refused = true;
                             break;
                         }
                         self.copy = Some(CopyIn::new(
@@ -601,9 +639,19 @@ impl Frontend {
                     let r = refuse(sqlstate, message.clone());
                     parts.push(raise_sql(&r));
                     self.rejected(&r);
+                    refused = true;
                     break;
                 }
             }
+        }
+        // A refusal ends the Query before any COPY after it runs: CopyData
+        // the client sent behind the Query stays here.
+        if refused
+            && !parts[..parts.len() - 1]
+                .iter()
+                .any(|p| super::copy::is_copy_statement(p))
+        {
+            self.copy_failed = true;
         }
         metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
         if let ([StatementPlan::Rewrite(rp)], [sql], false) = (&plans[..], &parts[..], refused)

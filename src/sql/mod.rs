@@ -318,6 +318,11 @@ pub struct CopyPlan {
     /// Fields the proxy appends to every row, in order: (op, index of the
     /// client field it is computed from, target protected column).
     pub appended: Vec<(SlotOp, usize, ColumnRef)>,
+    /// Names of the appended columns, in order (COPY FROM only).
+    pub appended_columns: Vec<String>,
+    /// CSV `FORCE_NOT_NULL` / `FORCE_NULL`: indexes of client fields.
+    pub force_not_null: Vec<usize>,
+    pub force_null: Vec<usize>,
     pub source: Range<usize>,
 }
 

@@ -79,7 +79,7 @@ pub(crate) fn plan_statement(
         Ok(Top::Passthrough) => StatementPlan::Passthrough {
             sql: text.to_string(),
         },
-        Ok(Top::Copy(p)) => StatementPlan::Copy(p),
+        Ok(Top::Copy(p)) => StatementPlan::Copy(*p),
         Ok(Top::Done(kind)) => match cx.finish(&stmt, text, source, kind) {
             Ok(p) => StatementPlan::Rewrite(p),
             Err(r) => StatementPlan::reject(r),
@@ -176,7 +176,7 @@ fn mentioned(an: &Analyzer, text: &str) -> String {
 
 enum Top {
     Passthrough,
-    Copy(CopyPlan),
+    Copy(Box<CopyPlan>),
     Done(StatementKind),
 }
 
@@ -276,6 +276,309 @@ fn norm(id: &Ident) -> String {
     } else {
         id.value.to_ascii_lowercase()
     }
+}
+
+/// COPY options as PostgreSQL reads them.
+struct CopyOpts {
+    format: CopyFormat,
+    delimiter: char,
+    null: String,
+    header: bool,
+    quote: char,
+    escape: char,
+    force_not_null: Vec<String>,
+    force_null: Vec<String>,
+    freeze: bool,
+    /// `ENCODING` was given (it can only be UTF8).
+    utf8: bool,
+}
+
+/// Read the options of a COPY. `strict` (COPY FROM into a protected
+/// table): refuse every option or combination pgveil does not read exactly
+/// as PostgreSQL 15 does (`ProcessCopyOptions`), naming the option.
+fn copy_options(
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+    strict: bool,
+    table: &str,
+) -> R<CopyOpts> {
+    let unsupported = |what: &str, alt: &str| {
+        Reject::unsupported(format!(
+            "pgveil: COPY option {what} is not supported for COPY into protected table {table}: {alt}"
+        ))
+    };
+    let mut seen: Vec<&'static str> = vec![];
+    let mut once = |name: &'static str| -> R<()> {
+        if strict && seen.contains(&name) {
+            return Err(unsupported(name, "give each option once"));
+        }
+        seen.push(name);
+        Ok(())
+    };
+    let mut format = CopyFormat::Text;
+    let mut delimiter = None;
+    let mut null = None;
+    let mut header = false;
+    let mut quote = None;
+    let mut escape = None;
+    let mut force_not_null = vec![];
+    let mut force_null = vec![];
+    let mut freeze = false;
+    let mut utf8 = false;
+    if strict && !options.is_empty() && !legacy.is_empty() {
+        return Err(unsupported(
+            "lists in both syntaxes",
+            "use either (option value, …) or the legacy WITH syntax",
+        ));
+    }
+    for o in options {
+        match o {
+            CopyOption::Format(f) => {
+                once("FORMAT")?;
+                format = match norm(f).as_str() {
+                    "text" => CopyFormat::Text,
+                    "csv" => CopyFormat::Csv,
+                    "binary" => CopyFormat::Binary,
+                    _ if strict => {
+                        return Err(unsupported("FORMAT", "use FORMAT text or FORMAT csv"));
+                    }
+                    _ => CopyFormat::Text,
+                }
+            }
+            CopyOption::Freeze(f) => {
+                once("FREEZE")?;
+                freeze = *f;
+            }
+            CopyOption::Delimiter(c) => {
+                once("DELIMITER")?;
+                delimiter = Some(*c);
+            }
+            CopyOption::Null(s) => {
+                once("NULL")?;
+                null = Some(s.clone());
+            }
+            CopyOption::Header(h) => {
+                once("HEADER")?;
+                header = *h;
+            }
+            CopyOption::Quote(c) => {
+                once("QUOTE")?;
+                quote = Some(*c);
+            }
+            CopyOption::Escape(c) => {
+                once("ESCAPE")?;
+                escape = Some(*c);
+            }
+            CopyOption::ForceQuote(_) => {
+                once("FORCE_QUOTE")?;
+                if strict {
+                    return Err(unsupported("FORCE_QUOTE", "it applies to COPY TO only"));
+                }
+            }
+            CopyOption::ForceNotNull(cols) => {
+                once("FORCE_NOT_NULL")?;
+                force_not_null = cols.iter().map(norm).collect();
+            }
+            CopyOption::ForceNull(cols) => {
+                once("FORCE_NULL")?;
+                force_null = cols.iter().map(norm).collect();
+            }
+            CopyOption::Encoding(e) => {
+                once("ENCODING")?;
+                let name: String = e
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                utf8 = true;
+                if strict && name != "utf8" && name != "unicode" {
+                    return Err(unsupported(
+                        "ENCODING",
+                        "send the data in UTF8 (ENCODING 'UTF8' or no ENCODING option)",
+                    ));
+                }
+            }
+        }
+    }
+    for o in legacy {
+        match o {
+            CopyLegacyOption::Binary => {
+                once("FORMAT")?;
+                format = CopyFormat::Binary;
+            }
+            CopyLegacyOption::Delimiter(c) => {
+                once("DELIMITER")?;
+                delimiter = Some(*c);
+            }
+            CopyLegacyOption::Null(s) => {
+                once("NULL")?;
+                null = Some(s.clone());
+            }
+            CopyLegacyOption::Header => {
+                once("HEADER")?;
+                header = true;
+            }
+            CopyLegacyOption::Csv(cs) => {
+                once("FORMAT")?;
+                format = CopyFormat::Csv;
+                for c in cs {
+                    match c {
+                        CopyLegacyCsvOption::Header => {
+                            once("HEADER")?;
+                            header = true;
+                        }
+                        CopyLegacyCsvOption::Quote(q) => {
+                            once("QUOTE")?;
+                            quote = Some(*q);
+                        }
+                        CopyLegacyCsvOption::Escape(e) => {
+                            once("ESCAPE")?;
+                            escape = Some(*e);
+                        }
+                        CopyLegacyCsvOption::ForceNotNull(cols) => {
+                            once("FORCE_NOT_NULL")?;
+                            force_not_null = cols.iter().map(norm).collect();
+                        }
+                        CopyLegacyCsvOption::ForceQuote(_) if strict => {
+                            return Err(unsupported("FORCE QUOTE", "it applies to COPY TO only"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ if strict => {
+                return Err(unsupported(
+                    "in this form",
+                    "write PostgreSQL's COPY options: (FORMAT csv, HEADER, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NULL '…')",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let csv = format == CopyFormat::Csv;
+    let opts = CopyOpts {
+        format,
+        delimiter: delimiter.unwrap_or(if csv { ',' } else { '\t' }),
+        null: null
+            .clone()
+            .unwrap_or_else(|| if csv { String::new() } else { "\\N".into() }),
+        header,
+        quote: quote.unwrap_or('"'),
+        escape: escape.or(quote).unwrap_or('"'),
+        force_not_null,
+        force_null,
+        freeze,
+        utf8,
+    };
+    let opts = CopyOpts {
+        escape: if csv { opts.escape } else { '\\' },
+        ..opts
+    };
+    if !strict {
+        return Ok(opts);
+    }
+    // PostgreSQL's own checks (it would refuse these too; pgveil refuses
+    // first so that it never reads data under options PostgreSQL rejects).
+    if !csv {
+        for (name, given) in [
+            ("QUOTE", quote.is_some()),
+            ("ESCAPE", escape.is_some()),
+            ("FORCE_NOT_NULL", !opts.force_not_null.is_empty()),
+            ("FORCE_NULL", !opts.force_null.is_empty()),
+        ] {
+            if given {
+                return Err(unsupported(name, "it is available in CSV format only"));
+            }
+        }
+    }
+    let d = opts.delimiter;
+    if !d.is_ascii() || d == '\n' || d == '\r' || d == '\0' {
+        return Err(unsupported(
+            "DELIMITER",
+            "use a single one-byte character other than newline and carriage return",
+        ));
+    }
+    if !csv && "\\.abcdefghijklmnopqrstuvwxyz0123456789".contains(d) {
+        return Err(unsupported(
+            "DELIMITER",
+            "in text format it cannot be a backslash, a period, a lower-case letter or a digit",
+        ));
+    }
+    if opts.null.contains(['\n', '\r', '\0']) {
+        return Err(unsupported(
+            "NULL",
+            "the NULL string cannot contain newline or carriage return",
+        ));
+    }
+    if opts.null.contains(d) {
+        return Err(unsupported(
+            "NULL",
+            "the delimiter must not appear in the NULL string",
+        ));
+    }
+    if csv {
+        let (q, e) = (opts.quote, opts.escape);
+        if !q.is_ascii() || !e.is_ascii() || q == '\0' || e == '\0' {
+            return Err(unsupported(
+                "QUOTE/ESCAPE",
+                "use single one-byte characters",
+            ));
+        }
+        if q == d {
+            return Err(unsupported(
+                "QUOTE",
+                "the delimiter and the quote must differ",
+            ));
+        }
+        if opts.null.contains(q) {
+            return Err(unsupported(
+                "NULL",
+                "the quote character must not appear in the NULL string",
+            ));
+        }
+    }
+    Ok(opts)
+}
+
+/// Refuse COPY options written as string forms whose value pgveil's parser
+/// might read differently from PostgreSQL (escape, Unicode and dollar
+/// quoting, adjacent literals that PostgreSQL concatenates).
+fn plain_option_literals(text: &str, table: &str) -> R<()> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let refuse = || {
+        Reject::unsupported(format!(
+            "pgveil: the COPY options of protected table {table} must be plain '…' strings: write them without E'', U&'', dollar quoting or adjacent literals"
+        ))
+    };
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .map_err(|_| refuse())?;
+    let mut last_string = false;
+    for tok in &tokens {
+        match tok {
+            // Comments too: PostgreSQL continues a literal across them.
+            Token::Whitespace(_) => {}
+            Token::SingleQuotedString(_) => {
+                if last_string {
+                    return Err(refuse());
+                }
+                last_string = true;
+            }
+            Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::DollarQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_) => return Err(refuse()),
+            _ => last_string = false,
+        }
+    }
+    Ok(())
 }
 
 fn name_parts(n: &ObjectName) -> Vec<String> {
@@ -2793,53 +3096,6 @@ impl<'a> Cx<'a> {
         else {
             unreachable!("copy() is called on COPY");
         };
-        let mut format = CopyFormat::Text;
-        let mut delimiter = None;
-        let mut null = None;
-        let mut header = false;
-        let mut quote = '"';
-        let mut escape = None;
-        for o in options.iter() {
-            match o {
-                CopyOption::Format(f) => {
-                    format = match f.value.to_ascii_lowercase().as_str() {
-                        "csv" => CopyFormat::Csv,
-                        "binary" => CopyFormat::Binary,
-                        _ => CopyFormat::Text,
-                    }
-                }
-                CopyOption::Delimiter(c) => delimiter = Some(*c),
-                CopyOption::Null(s) => null = Some(s.clone()),
-                CopyOption::Header(h) => header = *h,
-                CopyOption::Quote(c) => quote = *c,
-                CopyOption::Escape(c) => escape = Some(*c),
-                _ => {}
-            }
-        }
-        for o in legacy_options.iter() {
-            match o {
-                CopyLegacyOption::Binary => format = CopyFormat::Binary,
-                CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
-                CopyLegacyOption::Null(s) => null = Some(s.clone()),
-                CopyLegacyOption::Header => header = true,
-                CopyLegacyOption::Csv(cs) => {
-                    format = CopyFormat::Csv;
-                    for c in cs {
-                        match c {
-                            CopyLegacyCsvOption::Header => header = true,
-                            CopyLegacyCsvOption::Quote(q) => quote = *q,
-                            CopyLegacyCsvOption::Escape(e) => escape = Some(*e),
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let csv = format == CopyFormat::Csv;
-        let delimiter = delimiter.unwrap_or(if csv { ',' } else { '\t' });
-        let null = null.unwrap_or_else(|| if csv { String::new() } else { "\\N".into() });
-        let escape = escape.unwrap_or(if csv { quote } else { '\\' });
         let direction = if *to {
             CopyDirection::Out
         } else {
@@ -2860,13 +3116,28 @@ impl<'a> Cx<'a> {
                 columns,
             } => (table_name, columns),
         };
+        let table_sql = table_name.to_string();
         let (_, _, kind) = self.table_kind(&name_parts(table_name), &[])?;
         let t = match kind {
             RelKind::Table(t) => t,
+            // A view over protected columns: PostgreSQL would route the rows
+            // through its INSTEAD OF trigger or rule, where pgveil cannot
+            // encrypt them.
+            RelKind::View(v) if direction == CopyDirection::In => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: COPY into view {}.{} is not supported: it shows protected columns and pgveil encrypts only rows copied into the protected table itself; COPY into the base table with a column list",
+                    v.schema, v.name
+                )));
+            }
             RelKind::View(_) => return Ok(Top::Done(StatementKind::Copy)),
             _ => return Ok(Top::Passthrough),
         };
         let qualified = t.qualified();
+        let strict = direction == CopyDirection::In;
+        if strict {
+            plain_option_literals(text, &qualified)?;
+        }
+        let o = copy_options(options, legacy_options, strict, &qualified)?;
         let mut cols: Option<Vec<String>> = if columns.is_empty() {
             self.an
                 .table_columns
@@ -2879,16 +3150,19 @@ impl<'a> Cx<'a> {
             schema: t.schema.clone(),
             table: t.table.clone(),
             columns: None,
-            format,
-            delimiter,
-            null,
-            header,
-            quote,
-            escape,
+            format: o.format,
+            delimiter: o.delimiter,
+            null: o.null.clone(),
+            header: o.header,
+            quote: o.quote,
+            escape: o.escape,
             direction,
             sql: text.to_string(),
             fields: vec![],
             appended: vec![],
+            appended_columns: vec![],
+            force_not_null: vec![],
+            force_null: vec![],
             source,
         };
         if direction == CopyDirection::Out {
@@ -2896,14 +3170,14 @@ impl<'a> Cx<'a> {
                 self.touch(&ColumnRef::new(&t.schema, &t.table, &c.name), Use::Read);
             }
             plan.columns = cols;
-            return Ok(Top::Copy(plan));
+            return Ok(Top::Copy(Box::new(plan)));
         }
         if !matches!(target, CopyTarget::Stdin) {
             return Err(Reject::unsupported(format!(
                 "pgveil: COPY {qualified} FROM a server file or program is not supported: it would store plaintext; use COPY … FROM STDIN through pgveil"
             )));
         }
-        if format == CopyFormat::Binary {
+        if o.format == CopyFormat::Binary {
             return Err(Reject::unsupported(format!(
                 "pgveil: binary COPY into protected table {qualified} is not supported: use FORMAT text or csv"
             )));
@@ -2913,6 +3187,23 @@ impl<'a> Cx<'a> {
                 "pgveil: COPY into protected table {qualified} needs a column list: COPY {qualified} (col, …) FROM STDIN"
             )));
         };
+        for (name, given, into) in [
+            (
+                "FORCE_NOT_NULL",
+                &o.force_not_null,
+                &mut plan.force_not_null,
+            ),
+            ("FORCE_NULL", &o.force_null, &mut plan.force_null),
+        ] {
+            for c in given {
+                let Some(i) = list.iter().position(|l| l == c) else {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: COPY option {name} of protected table {qualified} names column {c}, which is not in the COPY column list: name only listed columns"
+                    )));
+                };
+                into.push(i);
+            }
+        }
         let tenant_field = t
             .tenant
             .as_ref()
@@ -2959,16 +3250,54 @@ impl<'a> Cx<'a> {
                     .push(CopyField::RequireEnvelope { target: cref });
             }
         }
-        if columns.is_empty() || !appended_cols.is_empty() {
-            *columns = list
-                .iter()
-                .chain(appended_cols.iter())
-                .map(|c| make_ident(c))
-                .collect();
-            plan.sql = self.spliced(text, stmt)?;
+        // The statement PostgreSQL runs states every option exactly as
+        // pgveil read it (and the blind-index columns pgveil appends).
+        let cols: Vec<String> = list
+            .iter()
+            .chain(appended_cols.iter())
+            .map(|c| make_ident(c).to_string())
+            .collect();
+        let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut with = vec![format!(
+            "FORMAT {}",
+            if o.format == CopyFormat::Csv {
+                "csv"
+            } else {
+                "text"
+            }
+        )];
+        if o.freeze {
+            with.push("FREEZE".into());
         }
+        with.push(format!("DELIMITER {}", lit(&o.delimiter.to_string())));
+        with.push(format!("NULL {}", lit(&o.null)));
+        if o.header {
+            with.push("HEADER".into());
+        }
+        if o.format == CopyFormat::Csv {
+            with.push(format!("QUOTE {}", lit(&o.quote.to_string())));
+            with.push(format!("ESCAPE {}", lit(&o.escape.to_string())));
+            for (name, idx) in [
+                ("FORCE_NOT_NULL", &plan.force_not_null),
+                ("FORCE_NULL", &plan.force_null),
+            ] {
+                if !idx.is_empty() {
+                    let names: Vec<String> = idx.iter().map(|&i| cols[i].clone()).collect();
+                    with.push(format!("{name} ({})", names.join(", ")));
+                }
+            }
+        }
+        if o.utf8 {
+            with.push("ENCODING 'UTF8'".into());
+        }
+        plan.sql = format!(
+            "COPY {table_sql} ({}) FROM STDIN WITH ({})",
+            cols.join(", "),
+            with.join(", ")
+        );
         plan.columns = Some(list);
-        Ok(Top::Copy(plan))
+        plan.appended_columns = appended_cols;
+        Ok(Top::Copy(Box::new(plan)))
     }
 
     // ----- output -------------------------------------------------------------
