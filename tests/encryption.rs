@@ -315,9 +315,12 @@ async fn non_text_types_round_trip_in_binary_and_text() {
         )
         .await
         .unwrap();
-    doc.execute(&cast, &[&"Quentin Cast", &"1984-02-28", &"555-44-3333", &87i32])
-        .await
-        .unwrap();
+    doc.execute(
+        &cast,
+        &[&"Quentin Cast", &"1984-02-28", &"555-44-3333", &87i32],
+    )
+    .await
+    .unwrap();
     doc.batch_execute(
         "INSERT INTO phi.member_profile (legal_name, date_of_birth, ssn, risk_score, note) \
          VALUES ('Quentin Literal', '1984-03-01'::text::date, '555-44-2222', 88, 'n')",

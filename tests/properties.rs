@@ -49,9 +49,7 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{
-    Config, FileFailurePersistence, TestCaseError, TestError, TestRunner,
-};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 

@@ -199,7 +199,8 @@ impl Pgveil {
             }
             // With a metrics listener, both ports: pgveil binds the metrics
             // port right after `listen:` and exits if that fails.
-            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
             if up(&self.addr) && metrics_addr(&self.yaml).is_none_or(|m| up(&m)) {
                 if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                     return Err(format!("pgveil exited early with {status}"));
@@ -406,7 +407,12 @@ fn metrics_addr(yaml: &str) -> Option<SocketAddr> {
         }
         if in_metrics {
             if let Some(rest) = line.trim_start().strip_prefix("listen:") {
-                let v = rest.split('#').next().unwrap().trim().trim_matches(['"', '\'']);
+                let v = rest
+                    .split('#')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .trim_matches(['"', '\'']);
                 return v.parse().ok();
             }
         }
