@@ -26,12 +26,16 @@ impl Moto {
     fn start() -> Moto {
         for _attempt in 0..5 {
             let port = common::free_port();
-            let mut child = Command::new("moto_server")
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("moto_server on PATH (pip install 'moto[server]')");
+            // Owned by `Moto` at once: its Drop kills and reaps the child.
+            let mut moto = Moto {
+                child: Command::new("moto_server")
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("moto_server on PATH (pip install 'moto[server]')"),
+                port,
+            };
             let deadline = Instant::now() + Duration::from_secs(60);
             let mut exited = false;
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -39,7 +43,7 @@ impl Moto {
                     Instant::now() < deadline,
                     "moto_server did not listen on {port}"
                 );
-                if child.try_wait().unwrap().is_some() {
+                if moto.child.try_wait().unwrap().is_some() {
                     // The port was taken meanwhile: try another one.
                     exited = true;
                     break;
@@ -47,7 +51,7 @@ impl Moto {
                 std::thread::sleep(Duration::from_millis(100));
             }
             if !exited {
-                return Moto { child, port };
+                return moto;
             }
         }
         panic!("moto_server could not bind any of 5 free ports");

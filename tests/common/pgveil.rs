@@ -405,16 +405,14 @@ fn metrics_addr(yaml: &str) -> Option<SocketAddr> {
             in_metrics = line.trim_end() == "metrics:";
             continue;
         }
-        if in_metrics {
-            if let Some(rest) = line.trim_start().strip_prefix("listen:") {
-                let v = rest
-                    .split('#')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .trim_matches(['"', '\'']);
-                return v.parse().ok();
-            }
+        if in_metrics && let Some(rest) = line.trim_start().strip_prefix("listen:") {
+            let v = rest
+                .split('#')
+                .next()
+                .unwrap()
+                .trim()
+                .trim_matches(['"', '\'']);
+            return v.parse().ok();
         }
     }
     None
