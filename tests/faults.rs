@@ -15,9 +15,8 @@
 //!
 //! Every scenario ends by checking that pgveil is still running and serving
 //! new sessions, logged no panic, and that no sentinel plaintext reached
-//! PostgreSQL or any log. Every wait has a timeout, so a hang fails the test.
-//! `data_key_lost_in_a_crash_is_never_used` documents a known bug and fails
-//! until it is fixed.
+//! PostgreSQL or any log. Every wait has a timeout, so a hang fails the test;
+//! no assertion is on a duration (durations are printed, `--nocapture`).
 
 mod common;
 
@@ -443,9 +442,8 @@ async fn backend_terminated_mid_query_and_mid_transaction() {
         .unwrap();
     let e = r.expect_err("the query of a terminated backend succeeded");
     assert_eq!(code(&e), "57P01", "{}", err_text(&e));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
+    eprintln!(
+        "terminate: the client saw 57P01 after {:?}",
         started.elapsed()
     );
     assert!(
@@ -646,10 +644,11 @@ async fn backend_sigkill_crash_restart() {
 /// uncommitted rows are gone and the committed ones all decrypt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_restart_mid_select_and_mid_transaction() {
-    let mport = free_port();
     let mut fx = Calmony::builder()
-        .extra_yaml(&format!("metrics:\n  listen: 127.0.0.1:{mport}\n"))
+        .extra_yaml(&format!("metrics:\n  listen: 127.0.0.1:{}\n", free_port()))
         .start();
+    // The harness moves the metrics port if it clashed.
+    let mport = fx.pv.metrics_port();
     // An immediate stop is a crash: keep PostgreSQL's default so committed
     // rows survive it (see `data_key_lost_in_a_crash_is_never_used`).
     durable_commits(&fx).await;
@@ -729,7 +728,7 @@ async fn cluster_restart_mid_select_and_mid_transaction() {
     // reports as a closed connection on the next statement.
     assert!(code(&e) == "08006" || e.is_closed(), "{}", err_text(&e));
 
-    // While PostgreSQL is down: a clear, prompt refusal, and pgveil stays up.
+    // While PostgreSQL is down: a clear refusal, and pgveil stays up.
     let t = Instant::now();
     let e = within(
         "connect while PostgreSQL is down",
@@ -739,7 +738,10 @@ async fn cluster_restart_mid_select_and_mid_transaction() {
     .await
     .expect_err("connected through pgveil while PostgreSQL is down");
     assert_eq!(code(&e), "08006", "{}", err_text(&e));
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    eprintln!(
+        "PostgreSQL down: a new session refused after {:?}",
+        t.elapsed()
+    );
     assert!(fx.pv.is_running());
     let m = http_get(mport, "/metrics");
     assert!(metric(&m, "pgveil_upstream_errors_total") >= 1.0, "{m}");
@@ -768,10 +770,21 @@ async fn cluster_restart_mid_select_and_mid_transaction() {
     let all = rows(&c, "SELECT email FROM users ORDER BY id").await;
     assert_eq!(all.len(), 2001);
     assert_eq!(all[1999][0].as_deref(), Some("bulk1999@example.com"));
+    assert_eq!(users_with_email(&c, "after-restart@example.com").await, 1);
     assert_only_complete_envelopes(&fx).await;
     assert_serving(&mut fx.pv, "calmony_app", "app").await;
-    fx.assert_no_plaintext(&["stop-sentinel", "Stopsentinel"])
-        .await;
+    let m = http_get(mport, "/metrics");
+    fx.assert_no_plaintext_with(
+        &[
+            "stop-sentinel",
+            "Stopsentinel",
+            "after-restart@example.com",
+            "After-Restart",
+            "restart-tenant@example.com",
+        ],
+        &[("the metrics page", m.as_bytes())],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -787,22 +800,37 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server on PATH (pip install 'moto[server]')");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        for _attempt in 0..5 {
+            let port = free_port();
+            // Owned by `Moto` at once: its Drop kills and reaps the child.
+            let mut moto = Moto {
+                child: Command::new("moto_server")
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("moto_server on PATH (pip install 'moto[server]')"),
+                port,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut exited = false;
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "moto_server did not listen on {port}"
+                );
+                if moto.child.try_wait().unwrap().is_some() {
+                    // The port was taken meanwhile: try another one.
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !exited {
+                return moto;
+            }
         }
-        Moto { child, port }
+        panic!("moto_server could not bind any of 5 free ports");
     }
 
     fn endpoint(&self) -> String {
@@ -1047,7 +1075,6 @@ async fn kms_outage_cached_keys_serve_and_recovery_is_automatic() {
     }
     let mut fx = b.start();
     // Switch the fixture's pgveil to aws-kms through the forwarder.
-    let mport = free_port();
     let listen = fx.pv.port();
     let pg_port = fx.pg.port();
     fx.pv.set_config(&aws_config_yaml(
@@ -1055,9 +1082,11 @@ async fn kms_outage_cached_keys_serve_and_recovery_is_automatic() {
         pg_port,
         &key_id,
         &fwd.endpoint(),
-        &format!("metrics:\n  listen: 127.0.0.1:{mport}\n"),
+        &format!("metrics:\n  listen: 127.0.0.1:{}\n", free_port()),
     ));
     fx.pv.restart();
+    // The harness moves the metrics port if it clashed.
+    let mport = fx.pv.metrics_port();
     // A second instance talking to moto directly writes tenants 2 and 3:
     // their data keys exist in the keystore but were never unwrapped by
     // the first instance.
@@ -1179,17 +1208,22 @@ async fn kms_outage_cached_keys_serve_and_recovery_is_automatic() {
         .await;
         (r, t.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the KMS request hangs in the black hole, cached-key statements
+    // on another session complete while it is still pending.
+    let held = fwd.st.clone();
+    wait_for(STEP, "the KMS request to reach the black hole", || {
+        let held = held.clone();
+        async move { !held.live.lock().unwrap().is_empty() }
+    })
+    .await;
     for _ in 0..3 {
-        let t1 = Instant::now();
         assert_eq!(customer_names(&fresh, 1).await.unwrap().len(), 2);
         insert_user(&fresh, "kms-hang-user@example.com", "Kmshang-User").await;
-        assert!(
-            t1.elapsed() < Duration::from_secs(2),
-            "a cached-key statement waited {:?} behind a hanging KMS",
-            t1.elapsed()
-        );
     }
+    assert!(
+        !pending.is_finished(),
+        "the hanging KMS request ended before the cached-key statements did"
+    );
     let (r, took) = within(
         "insert while the KMS hangs",
         Duration::from_secs(60),
@@ -1203,7 +1237,6 @@ async fn kms_outage_cached_keys_serve_and_recovery_is_automatic() {
         err_text(&e)
     );
     assert!(err_text(&e).contains("unreachable"), "{}", err_text(&e));
-    assert!(took < Duration::from_secs(30), "{took:?}");
 
     // --- Back, and slow ------------------------------------------------------
     fwd.set(Link::Pass, Duration::from_millis(700));
@@ -1233,14 +1266,15 @@ async fn kms_outage_cached_keys_serve_and_recovery_is_automatic() {
     );
     // Recovery needs nothing: the tenant that failed is written now, and
     // tenant 2 reads.
-    let t = Instant::now();
+    let (_, gen0) = fwd.calls();
     insert_customer(&app, 99, "kms-back@example.com", "Kms Back")
         .await
         .unwrap_or_else(|e| panic!("new tenant after the KMS came back: {}", err_text(&e)));
-    assert!(
-        t.elapsed() >= Duration::from_millis(700),
-        "{:?}",
-        t.elapsed()
+    let (_, gen1) = fwd.calls();
+    assert_eq!(
+        gen1 - gen0,
+        1,
+        "the new tenant's data key came from the (slow) KMS"
     );
     assert_eq!(customer_names(&app, 99).await.unwrap(), ["Kms Back"]);
     assert_eq!(customer_names(&app, 2).await.unwrap(), ["Org 2"]);
@@ -1260,19 +1294,23 @@ async fn kms_outage_cached_keys_serve_and_recovery_is_automatic() {
     assert!(m.contains("pgveil_kms_seconds"), "{m}");
     assert_only_complete_envelopes(&fx).await;
     assert_serving(&mut fx.pv, "calmony_app", "app").await;
-    fx.assert_no_plaintext(&[
-        "kms-warm-sentinel",
-        "Kmswarm-Sentinel",
-        "kms-user-sentinel",
-        "Kmsuser-Sentinel",
-        "kms-down-sentinel",
-        "Kmsdown-Sentinel",
-        "kms-new-sentinel",
-        "Kmsnew-Sentinel",
-        "kms-lit-sentinel",
-        "kms-hang-sentinel",
-        "Kmshang-Sentinel",
-    ])
+    let m = http_get(mport, "/metrics");
+    fx.assert_no_plaintext_with(
+        &[
+            "kms-warm-sentinel",
+            "Kmswarm-Sentinel",
+            "kms-user-sentinel",
+            "Kmsuser-Sentinel",
+            "kms-down-sentinel",
+            "Kmsdown-Sentinel",
+            "kms-new-sentinel",
+            "Kmsnew-Sentinel",
+            "kms-lit-sentinel",
+            "kms-hang-sentinel",
+            "Kmshang-Sentinel",
+        ],
+        &[("the metrics page", m.as_bytes())],
+    )
     .await;
     drop(other);
 }
@@ -1764,7 +1802,20 @@ async fn malformed_server_messages_from_a_fake_postgres() {
                     assert_eq!(code(&e), "08P01", "{label} {case}: {}", err_text(&e));
                     assert!(err_text(&e).contains("invalid message from PostgreSQL"));
                 }
-                _ => {}
+                // A DataRow whose field count or length lies, in a result
+                // without protected columns: pgveil relays it as it came
+                // (it decodes only rows it must decrypt, see the protected
+                // cases below) and the client's own parser refuses it, so
+                // there is no SQLSTATE; the session is lost, not the proxy.
+                "fieldcount" | "fieldlen" => {
+                    assert_eq!(code(&e), "", "{label} {case}: {}", err_text(&e));
+                    assert!(
+                        err_text(&e).contains("error parsing response from server"),
+                        "{label} {case}: {}",
+                        err_text(&e)
+                    );
+                }
+                other => unreachable!("case {other}"),
             }
             let again = within(
                 "bystander after a broken session",
@@ -2193,7 +2244,9 @@ async fn read_result(r: &mut Raw) -> (u64, u64) {
             }
             b'E' => panic!("error in the result: {:?}", error_fields(&body)),
             b'Z' => return (rows, bytes),
-            _ => {}
+            // RowDescription, CommandComplete, NoticeResponse, ParameterStatus.
+            b'T' | b'C' | b'N' | b'S' => {}
+            other => panic!("unexpected message {:?} in a result", other as char),
         }
     }
 }
@@ -2260,7 +2313,23 @@ async fn backpressure_memory_stays_bounded_when_the_client_stops_reading() {
         let base = rss_kib(pid);
         let sampler = RssSampler::start(pid);
         r.send(&query_msg(sql)).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Until PostgreSQL is held back: its backend waits to write to
+        // pgveil (a pgveil that buffered the whole result would let it
+        // finish instead, and this wait would fail).
+        let held_back = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = {} \
+             AND wait_event = 'ClientWrite' AND pid <> pg_backend_pid()",
+            quote_literal(sql)
+        );
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{label}: PostgreSQL to wait in ClientWrite"),
+            || {
+                let (d, q) = (&d, &held_back);
+                async move { count(d, q).await == 1 }
+            },
+        )
+        .await;
         let waiting = rows(
             &d,
             &format!(
@@ -2434,8 +2503,9 @@ async fn client_vanishes_mid_copy_into_a_protected_table() {
     .await;
 }
 
-/// FINDING (fails until fixed in `src/keys/`): a data key whose creation
-/// was committed asynchronously (`synchronous_commit = off` on the keystore's
+/// Regression test for a real bug, now fixed (the keystore's own
+/// transactions commit synchronously): a data key whose creation was
+/// committed asynchronously (`synchronous_commit = off` on the keystore's
 /// server, which the test harness uses and many production servers do; the
 /// same happens after a failover to an asynchronous replica) is lost when
 /// PostgreSQL crashes right after creating it. pgveil keeps encrypting new
@@ -2458,7 +2528,15 @@ async fn data_key_lost_in_a_crash_is_never_used() {
         .await
         .unwrap();
     d.simple_query("SELECT pg_reload_conf()").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until new backends see the reloaded setting.
+    wait_for(STEP, "wal_writer_delay = 10s to be loaded", || {
+        let pg = &fx.pg;
+        async move {
+            let c = pg.connect("postgres", None, "postgres").await;
+            rows(&c, "SHOW wal_writer_delay").await[0][0].as_deref() == Some("10s")
+        }
+    })
+    .await;
     let app = fx.app("calmony_app").await;
     // Creates the data key of public.users (key_id 1).
     insert_user(&app, "before-crash@example.com", "Before Crash").await;
@@ -2649,7 +2727,7 @@ async fn copy_data_pgveil_holds_back_never_reaches_postgres() {
     copy_users_start(&mut r).await;
     r.send(&frame(b'd', b"vanish-sentinel@example.com\tVanishsentinel"))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // TCP delivers the partial row to pgveil before the close.
     drop(r);
 
     let c = fx.app("calmony_app").await;

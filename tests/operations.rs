@@ -141,27 +141,6 @@ async fn backfill_encrypts_plaintext_in_place_and_is_idempotent() {
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(plain, 0);
-    let all: String = direct
-        .query_one(
-            "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM phi.member_profile) t",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    for s in ["Sentinel", "\\x31393837", "123-45", "\\x5175"] {
-        assert!(!all.contains(s), "plaintext {s:?} left in member_profile");
-    }
-    let all: String = direct
-        .query_one(
-            "SELECT string_agg(encode(email, 'escape') || encode(name, 'escape'), ' ') FROM pay_customers",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!all.contains("tenant."), "plaintext left in pay_customers");
-
     // Through pgveil: the originals, and blind-index lookups.
     let rows = app
         .query("SELECT email, name FROM users ORDER BY id", &[])
@@ -234,6 +213,20 @@ async fn backfill_encrypts_plaintext_in_place_and_is_idempotent() {
         let k = envelope::peek_key(r.get::<_, &[u8]>(1)).unwrap();
         assert_eq!(k.tenant, Some(r.get::<_, i64>(0).to_string()));
     }
+    // Every value read back above is stored and logged only encrypted.
+    fx.assert_no_plaintext(&[
+        "user77@example.com",
+        "through.proxy@example.com",
+        "Proxy Written",
+        "lost.index@example.com",
+        "Quentin Sentinel",
+        "Rita Sentinel",
+        "1987-06-05",
+        "2001-12-31",
+        "tenant.twenty@example.com",
+        "Tenant Twenty",
+    ])
+    .await;
 
     // Idempotent: a second run changes nothing.
     let before: String = direct
@@ -358,6 +351,12 @@ async fn backfill_killed_mid_run_completes_on_rerun_without_loss() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // A COMMIT the killed process had already sent still lands: count once
+    // its backends are gone (only `direct` is left on the database).
+    assert!(
+        wait_until(Duration::from_secs(60), || fx.pg.backend_count("app") == 1),
+        "the killed encrypt's backends did not go away"
+    );
     let partial = count_encrypted(&direct).await;
     assert!(partial > 0 && partial < N, "killed at {partial} of {N}");
     // Rerun: finishes, skipping what was done.
@@ -481,11 +480,35 @@ async fn rotation_under_concurrent_traffic_then_old_version_destroyed() {
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Rotate once both have made progress, so the rotation really happens
+    // under traffic.
+    wait_for(
+        Duration::from_secs(60),
+        "writer and reader to start",
+        || {
+            let (w, r) = (written.clone(), reads.clone());
+            async move { w.load(Ordering::Relaxed) >= 5 && r.load(Ordering::Relaxed) >= 5 }
+        },
+    )
+    .await;
     let t = assert_ok(&fx.run(&["keys", "rotate", "--table", "public.users"]));
     assert!(t.contains("v2"), "{t}");
-    // Every pgveil instance switches to v2 within keys.cache_ttl.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // pgveil switches to v2 once its cached key expires (keys.cache_ttl 1s):
+    // wait until the writer's newest row is under v2.
+    wait_for(Duration::from_secs(60), "new writes under v2", || {
+        let direct = &direct;
+        async move {
+            let r = direct
+                .query_one(
+                    "SELECT email, name FROM users ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .unwrap();
+            version_of(r.get::<_, &[u8]>(0)) == 2
+        }
+    })
+    .await;
     let url = fx.db_url("app");
     let t = assert_ok(&fx.run(&[
         "rotate",
@@ -497,7 +520,16 @@ async fn rotation_under_concurrent_traffic_then_old_version_destroyed() {
         "64",
     ]));
     assert!(t.contains("public.users: scanned"), "{t}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Traffic goes on after the rewrite before it stops.
+    let (w0, r0) = (
+        written.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+    );
+    wait_for(Duration::from_secs(60), "traffic after the rewrite", || {
+        let (w, r) = (written.clone(), reads.clone());
+        async move { w.load(Ordering::Relaxed) >= w0 + 5 && r.load(Ordering::Relaxed) >= r0 + 5 }
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let n_written = writer.await.unwrap();
     reader.await.unwrap();
@@ -730,8 +762,22 @@ async fn shred_makes_a_tenant_unreadable_in_a_restored_dump_only() {
         .output()
         .unwrap();
     assert!(out.status.success(), "pg_restore: {}", text(&out));
-    // pgveil drops cached keys within keys.cache_ttl (1 s here).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // pgveil drops cached keys after keys.cache_ttl (1 s here): wait until
+    // tenant 1 fails to decrypt on a fresh session.
+    wait_for(
+        Duration::from_secs(60),
+        "tenant 1's key to leave the cache",
+        || {
+            let pv = &fx.pv;
+            async move {
+                let c = pv.connect("calmony_app", None, "app").await;
+                c.query("SELECT email FROM pay_customers WHERE org_id = 1", &[])
+                    .await
+                    .is_err()
+            }
+        },
+    )
+    .await;
     for db in ["app_restored", "app"] {
         let c = fx.pv.connect("calmony_app", None, db).await;
         let r = c
@@ -751,6 +797,7 @@ async fn shred_makes_a_tenant_unreadable_in_a_restored_dump_only() {
             )
             .await
             .expect_err("tenant 1 is shredded");
+        assert_eq!(code(&e), "39000", "{db}: {}", err_text(&e));
         let msg = err_text(&e);
         assert!(msg.contains("key destroyed"), "{db}: {msg}");
         assert!(!msg.contains("alpha"), "{msg}");

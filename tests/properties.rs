@@ -7,8 +7,10 @@
 //! a policy of its own); proptest's `TestRunner` drives the cases inside one
 //! tokio runtime. Per case, one random row (every column nullable):
 //!
-//! 1. The row goes into `shadow` (plaintext types, in a database pgveil
-//!    never sees) directly, in binary; reading it back directly gives the
+//! 1. The row goes into `shadow` (plaintext types, in a second cluster of
+//!    its own that pgveil never sees, so the plaintext scan of the protected
+//!    cluster at the end covers every database of it) directly, in binary;
+//!    reading it back directly gives the
 //!    oracle: PostgreSQL's own binary and text output of each value, and the
 //!    text spelling of dates and timestamps (timestamptz in a random zone).
 //! 2. The same row goes into the protected table `prop` through pgveil four
@@ -29,10 +31,14 @@
 //!    literal) return exactly the ids of all rows written so far whose value
 //!    is equal (small value pools make collisions across cases common).
 //!
-//! At the end, no sentinel appears in a `pg_dump`, in pgveil's trace-level
-//! log, in the PostgreSQL log or in the audit log.
+//! At the end, the plaintext scanner (`Calmony::assert_no_plaintext`: every
+//! relation of every database of the protected cluster, raw bytea, a
+//! `pg_dump`, pgveil's log, the PostgreSQL log, the audit log) finds no
+//! sentinel.
 //!
-//! `PROPTEST_CASES=n` changes the number of cases (default 48).
+//! `PROPTEST_CASES=n` changes the number of cases (default 48). A failing
+//! case's seed is persisted in `tests/properties.proptest-regressions` and
+//! replayed first on every later run (commit the file with the fix).
 
 mod common;
 
@@ -43,7 +49,7 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 
@@ -774,8 +780,9 @@ struct Conns {
     reader: tokio_postgres::Client,
     raw_writer: RawConn,
     raw_reader: RawConn,
-    /// Superuser, straight to PostgreSQL: `app` (ciphertext) and `shadow`.
+    /// Superuser, straight to PostgreSQL: `app` (ciphertext).
     direct: tokio_postgres::Client,
+    /// Superuser of the model cluster: `shadow` (plaintext).
     shadow: tokio_postgres::Client,
     stmts: Stmts,
 }
@@ -1325,14 +1332,17 @@ fn check_envelope(e: &[u8]) -> Result<(), String> {
 fn random_rows_round_trip_through_pgveil_and_stay_encrypted() {
     let started = Instant::now();
     let fx = Calmony::builder().policy(POLICY).extra_sql(SCHEMA).start();
-    fx.pg.create_database("shadow");
-    fx.pg.psql("shadow", SHADOW);
+    // The plaintext model lives in a cluster of its own: the scan at the end
+    // reads every database of `fx.pg`, and must find nothing there.
+    let model = PgCluster::start(Hba::Trust);
+    model.create_database("shadow");
+    model.psql("shadow", SHADOW);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let conns = RefCell::new(rt.block_on(async {
-        let shadow = fx.pg.connect("postgres", None, "shadow").await;
+        let shadow = model.connect("postgres", None, "shadow").await;
         shadow.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
         let writer = fx.app("prop_writer").await;
         let reader = fx.app("prop_reader").await;
@@ -1355,7 +1365,12 @@ fn random_rows_round_trip_through_pgveil_and_stay_encrypted() {
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 2000,
-        failure_persistence: None,
+        // Failing seeds go to tests/properties.proptest-regressions and are
+        // replayed before the random cases on every run.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        source_file: Some(file!()),
         ..Config::default()
     });
     let ledger = RefCell::new(Ledger::new());

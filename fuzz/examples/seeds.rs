@@ -146,7 +146,10 @@ fn base64url(b: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for c in b.chunks(3) {
-        let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
         for i in 0..=c.len() {
             out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -185,7 +188,11 @@ fn frontend_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]);
     let array = encode_binary_array(
         25,
-        &[Some(b"a@example.com".to_vec()), None, Some(b"B@x.org ".to_vec())],
+        &[
+            Some(b"a@example.com".to_vec()),
+            None,
+            Some(b"B@x.org ".to_vec()),
+        ],
     );
     vec![
         (
@@ -228,7 +235,11 @@ fn frontend_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "extended-lookup-any-array",
             cat(&[
                 vec![app | chunk(2)],
-                parse("", "select id, name from users where email = any($1)", &[1009]),
+                parse(
+                    "",
+                    "select id, name from users where email = any($1)",
+                    &[1009],
+                ),
                 bind("", &[1], &[Some(&array)], &[0]),
                 describe(b'P', ""),
                 execute(),
@@ -286,7 +297,11 @@ fn frontend_seeds() -> Vec<(&'static str, Vec<u8>)> {
             cat(&[
                 vec![role("intake") | chunk(1)],
                 query("select id from phi.member_profile where ssn = '123-45-6789'"),
-                parse("", "update phi.member_profile set note = 'x' where ssn = $1", &[]),
+                parse(
+                    "",
+                    "update phi.member_profile set note = 'x' where ssn = $1",
+                    &[],
+                ),
                 bind("", &[], &[Some(b"123456789")], &[]),
                 execute(),
                 sync(),
@@ -344,11 +359,19 @@ fn frontend_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "variant-binary-lookups",
             cat(&[
                 vec![role("v_search") | VARIANT],
-                parse("", "select id, t from vault where i4 = $1 or d = $2 or by = $3", &[23, 1082, 17]),
+                parse(
+                    "",
+                    "select id, t from vault where i4 = $1 or d = $2 or by = $3",
+                    &[23, 1082, 17],
+                ),
                 bind(
                     "",
                     &[1],
-                    &[Some(&7i32.to_be_bytes()), Some(&(-1i32).to_be_bytes()), Some(b"\x00\xff")],
+                    &[
+                        Some(&7i32.to_be_bytes()),
+                        Some(&(-1i32).to_be_bytes()),
+                        Some(b"\x00\xff"),
+                    ],
                     &[1],
                 ),
                 describe(b'P', ""),
@@ -369,7 +392,14 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
         field("name", 16400, 4, 25, 0),
     ];
     let catalog_fields: Vec<Field> = [
-        "oid", "attnum", "nspname", "relname", "relkind", "attname", "format_type", "pg_get_viewdef",
+        "oid",
+        "attnum",
+        "nspname",
+        "relname",
+        "relkind",
+        "attname",
+        "format_type",
+        "pg_get_viewdef",
     ]
     .iter()
     .map(|n| field(n, 0, 0, 25, 0))
@@ -415,9 +445,15 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &cat(&[
                     frame(b'1', b""),
                     param_desc.to_vec(),
-                    row_description(&[field("id", 16400, 1, 20, 0), field("email", 16400, 2, 17, 0)]),
+                    row_description(&[
+                        field("id", 16400, 1, 20, 0),
+                        field("email", 16400, 2, 17, 0),
+                    ]),
                     frame(b'2', b""),
-                    row_description(&[field("id", 16400, 1, 20, 1), field("email", 16400, 2, 17, 1)]),
+                    row_description(&[
+                        field("id", 16400, 1, 20, 1),
+                        field("email", 16400, 2, 17, 1),
+                    ]),
                     data_row(&[Some(&1i64.to_be_bytes()), Some(&env)]),
                     command_complete("SELECT 1"),
                     ready(b'T'),
@@ -430,7 +466,10 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 app | chunk(1),
                 &query("select org_id, email from pay_customers; select 1/0"),
                 &cat(&[
-                    row_description(&[field("org_id", 16410, 2, 20, 0), field("email", 16410, 3, 17, 0)]),
+                    row_description(&[
+                        field("org_id", 16410, 2, 20, 0),
+                        field("email", 16410, 3, 17, 0),
+                    ]),
                     data_row(&[Some(b"42"), Some(&hex_bytea(&env_t))]),
                     command_complete("SELECT 1"),
                     msg::error_response_with("ERROR", "22012", "division by zero", Some("hint"))
@@ -451,18 +490,12 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                         b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
                     )
                     .to_vec(),
-                    msg::authentication(
-                        msg::AUTH_SASL_FINAL,
-                        b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
-                    )
-                    .to_vec(),
+                    msg::authentication(msg::AUTH_SASL_FINAL, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+                        .to_vec(),
                     msg::authentication(msg::AUTH_OK, b"").to_vec(),
                     frame(b'S', b"server_version\x0015.18\x00"),
                     msg::backend_key_data(7, 9).to_vec(),
-                    frame(
-                        b'N',
-                        b"SNOTICE\x00VNOTICE\x00C00000\x00Mhello\x00\x00",
-                    ),
+                    frame(b'N', b"SNOTICE\x00VNOTICE\x00C00000\x00Mhello\x00\x00"),
                     ready(b'I'),
                 ]),
             ),
@@ -475,14 +508,23 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &cat(&[
                     row_description(&catalog_fields),
                     cat_row(["16400", "1", "public", "users", "r", "id", "bigint"], None),
-                    cat_row(["16400", "2", "public", "users", "r", "email", "bytea"], None),
-                    cat_row(["16400", "3", "public", "users", "r", "email_bidx", "bytea"], None),
+                    cat_row(
+                        ["16400", "2", "public", "users", "r", "email", "bytea"],
+                        None,
+                    ),
+                    cat_row(
+                        ["16400", "3", "public", "users", "r", "email_bidx", "bytea"],
+                        None,
+                    ),
                     cat_row(["16400", "4", "public", "users", "r", "name", "text"], None),
                     cat_row(
                         ["16450", "1", "public", "people", "v", "email", "bytea"],
                         Some(" SELECT users.email,\n    users.name\n   FROM users;"),
                     ),
-                    cat_row(["16450", "2", "public", "people", "v", "name", "text"], None),
+                    cat_row(
+                        ["16450", "2", "public", "people", "v", "name", "text"],
+                        None,
+                    ),
                     command_complete("SELECT 6"),
                     ready(b'I'),
                     row_description(&[field("name", 16450, 2, 25, 0)]),
@@ -502,7 +544,10 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 ]),
                 &cat(&[
                     frame(b'H', &[0, 0, 2, 0, 0, 0, 0]),
-                    frame(b'd', format!("1\t{}\n", String::from_utf8_lossy(&hex_bytea(&env))).as_bytes()),
+                    frame(
+                        b'd',
+                        format!("1\t{}\n", String::from_utf8_lossy(&hex_bytea(&env))).as_bytes(),
+                    ),
                     frame(b'c', b""),
                     command_complete("COPY 1"),
                     ready(b'I'),
@@ -578,29 +623,190 @@ fn analyzer_seeds() -> Vec<(&'static str, Vec<u8>)> {
     // Type codes index `PARAM_TYPES` in fuzz/src/lib.rs (1 text, 2 int4,
     // 3 int8, 6 date, 9 uuid, 14 text[]).
     vec![
-        ("select-join-cte", sql(app, &[], "with c as (select id, email from users where email = 'a@b.c') select c.email, p.name from c join pay_customers p on p.id = c.id union all select email, name from users where id in (select customer_id from pay_payment_methods)")),
-        ("lookups", sql(app | BIT4, &[1, 14], "select * from users u where u.email = $1 or u.email = any($2) or u.email in ('x', 'y') or u.email is null")),
-        ("insert-multi-returning", sql(app, &[], "insert into users (email, name, plan) values ('a', 'A', 'pro'), (NULL, DEFAULT, 'free') returning id, email")),
-        ("insert-no-columns", sql(app | BIT4, &[3, 1, 1, 1], "insert into users values ($1, $2, NULL, $3, $4)")),
-        ("on-conflict", sql(app, &[], "insert into users (email) values ('a') on conflict (email) do update set email = excluded.email, name = excluded.name")),
-        ("tenant-update", sql(app | BIT4, &[1, 3], "update pay_customers set email = $1, postal_code = 'AB1 2CD' where org_id = $2 and email = 'old@x'")),
-        ("delete-exists", sql(app, &[], "delete from users where exists (select 1 from pay_customers c where c.email = 'q') and email <> 'z'")),
-        ("copy", sql(app, &[], "copy pay_customers (org_id, email, name) from stdin with (format csv, delimiter ';', null 'NULL', header)")),
-        ("copy-to", sql(app, &[], "copy (select email from users) to stdout; copy users to stdout (format binary)")),
-        ("rejected-order-like", sql(app, &[], "select * from users where email like '%@x' order by name, email desc limit 3")),
-        ("rejected-expr", sql(app, &[], "select lower(email), count(distinct name), email || 'x' from users group by email")),
-        ("do-and-prepare", sql(app, &[], "do $$ begin insert into users (email) values ('x'); end $$; prepare p as select * from users; execute p")),
-        ("ddl", sql(app, &[], "create index on users (email_bidx); alter table users add column z int; grant select on users to dba; truncate pay_customers")),
-        ("view", sql(app, &[], "select email, plan from people where email = 'a' and plan = 'pro'")),
-        ("search-role", sql(role("intake") | BIT4, &[1], "select id, legal_name from phi.member_profile where ssn = $1")),
-        ("write-role", sql(role("signup"), &[], "insert into users (email) values ('s@x'); select * from users where email = 'a'")),
-        ("none-role-envelope", sql(role("dba") | BIT4, &[0], "update users set email = $1 where id = 1")),
-        ("quoted-unicode", sql(app, &[], "select * from \"USERS\"; select * from U&\"\\0075sers\"; select * from public.\"users\" as \"U\" where \"U\".\"email\" = E'\\x41'")),
-        ("cursor-explain", sql(app, &[], "declare c cursor for select email from users where email = 'a'; explain analyze select * from users where email = 'a'")),
-        ("variant-types", sql(role("v_writer") | VARIANT | BIT4, &[1, 1, 2, 6, 9], "insert into vault (org, t, i4, d, u, n, j, tz) values ($1, $2, $3, $4, $5, 1.5e2, '{\"a\": 1}', '2024-01-01 00:00:00+00')")),
-        ("variant-rotation", sql(role("calmony_app") | VARIANT, &[], "update vault set t = 'x' where org = 'acme' and t = 'y'; select * from vault_view where i4 = 3")),
-        ("variant-search", sql(role("v_search") | VARIANT | BIT4, &[2, 9], "select id from vault where i4 = $1 and u = $2 and t is not null")),
-        ("merge-call", sql(app, &[], "merge into users u using (select 1 id) s on u.id = s.id when matched then update set email = 'x'; call f(); select * from users for update")),
+        (
+            "select-join-cte",
+            sql(
+                app,
+                &[],
+                "with c as (select id, email from users where email = 'a@b.c') select c.email, p.name from c join pay_customers p on p.id = c.id union all select email, name from users where id in (select customer_id from pay_payment_methods)",
+            ),
+        ),
+        (
+            "lookups",
+            sql(
+                app | BIT4,
+                &[1, 14],
+                "select * from users u where u.email = $1 or u.email = any($2) or u.email in ('x', 'y') or u.email is null",
+            ),
+        ),
+        (
+            "insert-multi-returning",
+            sql(
+                app,
+                &[],
+                "insert into users (email, name, plan) values ('a', 'A', 'pro'), (NULL, DEFAULT, 'free') returning id, email",
+            ),
+        ),
+        (
+            "insert-no-columns",
+            sql(
+                app | BIT4,
+                &[3, 1, 1, 1],
+                "insert into users values ($1, $2, NULL, $3, $4)",
+            ),
+        ),
+        (
+            "on-conflict",
+            sql(
+                app,
+                &[],
+                "insert into users (email) values ('a') on conflict (email) do update set email = excluded.email, name = excluded.name",
+            ),
+        ),
+        (
+            "tenant-update",
+            sql(
+                app | BIT4,
+                &[1, 3],
+                "update pay_customers set email = $1, postal_code = 'AB1 2CD' where org_id = $2 and email = 'old@x'",
+            ),
+        ),
+        (
+            "delete-exists",
+            sql(
+                app,
+                &[],
+                "delete from users where exists (select 1 from pay_customers c where c.email = 'q') and email <> 'z'",
+            ),
+        ),
+        (
+            "copy",
+            sql(
+                app,
+                &[],
+                "copy pay_customers (org_id, email, name) from stdin with (format csv, delimiter ';', null 'NULL', header)",
+            ),
+        ),
+        (
+            "copy-to",
+            sql(
+                app,
+                &[],
+                "copy (select email from users) to stdout; copy users to stdout (format binary)",
+            ),
+        ),
+        (
+            "rejected-order-like",
+            sql(
+                app,
+                &[],
+                "select * from users where email like '%@x' order by name, email desc limit 3",
+            ),
+        ),
+        (
+            "rejected-expr",
+            sql(
+                app,
+                &[],
+                "select lower(email), count(distinct name), email || 'x' from users group by email",
+            ),
+        ),
+        (
+            "do-and-prepare",
+            sql(
+                app,
+                &[],
+                "do $$ begin insert into users (email) values ('x'); end $$; prepare p as select * from users; execute p",
+            ),
+        ),
+        (
+            "ddl",
+            sql(
+                app,
+                &[],
+                "create index on users (email_bidx); alter table users add column z int; grant select on users to dba; truncate pay_customers",
+            ),
+        ),
+        (
+            "view",
+            sql(
+                app,
+                &[],
+                "select email, plan from people where email = 'a' and plan = 'pro'",
+            ),
+        ),
+        (
+            "search-role",
+            sql(
+                role("intake") | BIT4,
+                &[1],
+                "select id, legal_name from phi.member_profile where ssn = $1",
+            ),
+        ),
+        (
+            "write-role",
+            sql(
+                role("signup"),
+                &[],
+                "insert into users (email) values ('s@x'); select * from users where email = 'a'",
+            ),
+        ),
+        (
+            "none-role-envelope",
+            sql(
+                role("dba") | BIT4,
+                &[0],
+                "update users set email = $1 where id = 1",
+            ),
+        ),
+        (
+            "quoted-unicode",
+            sql(
+                app,
+                &[],
+                "select * from \"USERS\"; select * from U&\"\\0075sers\"; select * from public.\"users\" as \"U\" where \"U\".\"email\" = E'\\x41'",
+            ),
+        ),
+        (
+            "cursor-explain",
+            sql(
+                app,
+                &[],
+                "declare c cursor for select email from users where email = 'a'; explain analyze select * from users where email = 'a'",
+            ),
+        ),
+        (
+            "variant-types",
+            sql(
+                role("v_writer") | VARIANT | BIT4,
+                &[1, 1, 2, 6, 9],
+                "insert into vault (org, t, i4, d, u, n, j, tz) values ($1, $2, $3, $4, $5, 1.5e2, '{\"a\": 1}', '2024-01-01 00:00:00+00')",
+            ),
+        ),
+        (
+            "variant-rotation",
+            sql(
+                role("calmony_app") | VARIANT,
+                &[],
+                "update vault set t = 'x' where org = 'acme' and t = 'y'; select * from vault_view where i4 = 3",
+            ),
+        ),
+        (
+            "variant-search",
+            sql(
+                role("v_search") | VARIANT | BIT4,
+                &[2, 9],
+                "select id from vault where i4 = $1 and u = $2 and t is not null",
+            ),
+        ),
+        (
+            "merge-call",
+            sql(
+                app,
+                &[],
+                "merge into users u using (select 1 id) s on u.id = s.id when matched then update set email = 'x'; call f(); select * from users for update",
+            ),
+        ),
     ]
 }
 

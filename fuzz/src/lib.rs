@@ -1,16 +1,23 @@
 //! Shared harness of the pgveil fuzz targets (`fuzz_targets/*.rs` are thin
 //! wrappers around [`frontend`], [`backend`] and [`analyzer`]).
 //!
-//! Everything runs in memory: the policy is the reference policy or a small
-//! variant, the catalog is a fixed set of rows in the shape of
-//! `Catalog::simple_query`'s result, and the key manager has a local master
-//! key but no keystore (every data-key lookup fails at once, so encryption
-//! and decryption end in pgveil's refusal paths; blind indexes, which need no
-//! keystore, are computed for real).
+//! The policy is the reference policy or a small variant, the catalog is a
+//! fixed set of rows in the shape of `Catalog::simple_query`'s result, and
+//! the key manager has a local master key and a real keystore, so
+//! encryption and decryption succeed and the success paths are fuzzed too:
+//! the keystore is the PostgreSQL at `PGVEIL_FUZZ_KEYSTORE` (a libpq-style
+//! connection string) if set, else a throwaway PostgreSQL cluster the
+//! harness starts once per process on a Unix socket (binaries from
+//! `/usr/lib/postgresql/15/bin`, the newest `/usr/lib/postgresql/*/bin`, or
+//! `PATH`; as root it runs as the `postgres` user) and that stops and is
+//! removed when the process exits.
 //!
 //! Input layouts (first byte = control byte, see each function):
 //!
-//! - frontend: `ctl`, then the client's byte stream.
+//! - frontend: `ctl`, then the client's byte stream. Property: no value
+//!   pgveil had to encrypt or blind-index (a parameter or literal for a
+//!   protected column, 8 bytes or more, occurring once in the input) is in
+//!   what pgveil sends upstream.
 //! - backend:  `ctl`, `u16` BE length `n`, `n` bytes of client frames (to
 //!   put requests in flight), then the server's byte stream.
 //! - analyzer: `ctl`, declared parameter type codes, then SQL text.
@@ -26,7 +33,7 @@ use zeroize::Zeroizing;
 
 use pgveil::auth::scram;
 use pgveil::crypto::BlindIndexRoot;
-use pgveil::keys::{KeyError, KeyManager, KeyManagerOptions, Keystore, LocalProvider};
+use pgveil::keys::{KeyManager, KeyManagerOptions, Keystore, LocalProvider};
 use pgveil::policy::Policy;
 use pgveil::policy::catalog::Catalog;
 use pgveil::session::backend::Backend;
@@ -286,12 +293,7 @@ impl Env {
         );
         let provider = LocalProvider::new(vec![("k1".into(), Zeroizing::new([0x11; 32]))])
             .expect("local master key");
-        let keystore = Keystore::with_connector(
-            Arc::new(|| {
-                Box::pin(async { Err(KeyError::Keystore("no keystore while fuzzing".into())) })
-            }),
-            "none".into(),
-        );
+        let keystore = Keystore::new_no_tls(&keystore_url()).expect("keystore URL");
         let keys = KeyManager::new(Arc::new(provider), keystore, KeyManagerOptions::default());
         let bidx = BlindIndexRoot::from_bytes(&[0x22; 32]).expect("blind-index root");
         let crypto = Arc::new(ValueCrypto::new(keys, Some(bidx)));
@@ -349,6 +351,133 @@ impl Env {
             Backend::new(id, shared, self.engine.clone()),
         )
     }
+}
+
+/// The keystore's connection string: `PGVEIL_FUZZ_KEYSTORE`, else a
+/// throwaway cluster (see the crate doc).
+pub fn keystore_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("PGVEIL_FUZZ_KEYSTORE") {
+        Ok(url) if !url.is_empty() => url,
+        _ => throwaway_cluster(),
+    })
+    .clone()
+}
+
+fn pg_bin_dir() -> std::path::PathBuf {
+    let preferred = Path::new("/usr/lib/postgresql/15/bin");
+    if preferred.join("initdb").exists() {
+        return preferred.to_path_buf();
+    }
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort();
+    if let Some(b) = found.pop() {
+        return b;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p).find(|d| d.join("initdb").exists())
+        })
+        .expect("PostgreSQL server binaries (initdb, postgres) for the fuzz keystore, or set PGVEIL_FUZZ_KEYSTORE")
+}
+
+/// initdb + postgres on a Unix socket in a new temporary directory. The
+/// server runs under a shell that waits on a pipe from this process: when
+/// the process exits (libFuzzer ends with `exit`), the pipe closes and the
+/// shell stops the server and removes the directory.
+fn throwaway_cluster() -> String {
+    use std::process::{Command, Stdio};
+    let bin = pg_bin_dir();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let dir = std::env::temp_dir().join(format!(
+        "pgveil-fuzz-keystore-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("keystore directory");
+    if root {
+        let st = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(st.success(), "chown postgres {}", dir.display());
+    }
+    let as_pg = |prog: &str| {
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", prog]);
+            c
+        } else {
+            Command::new(prog)
+        }
+    };
+    let data = dir.join("data");
+    let out = as_pg(bin.join("initdb").to_str().unwrap())
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb for the fuzz keystore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = format!(
+        "'{pg}' -D '{data}' -k '{dir}' -c listen_addresses='' -c fsync=off -p 5432 \
+         >'{dir}/postgresql.log' 2>&1 & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf '{dir}'",
+        pg = bin.join("postgres").display(),
+        data = data.display(),
+        dir = dir.display()
+    );
+    let child = as_pg("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the fuzz keystore");
+    // Keep the pipe open for the life of the process.
+    std::mem::forget(child);
+    let log = dir.join("postgresql.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready to accept connections")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fuzz keystore did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    format!(
+        "host={} port=5432 user=postgres dbname=postgres",
+        dir.display()
+    )
 }
 
 fn rt() -> &'static tokio::runtime::Runtime {
@@ -593,6 +722,7 @@ pub fn frontend(data: &[u8]) {
         let (mut fe, _be) = env.session(role);
         let mut reader = FrameReader::new(sock, MAX_MESSAGE);
         let mut out = BytesMut::new();
+        let mut secrets = Secrets::default();
         'read: while reader.fill().await.is_ok() {
             loop {
                 let f = match reader.try_frame() {
@@ -601,6 +731,7 @@ pub fn frontend(data: &[u8]) {
                     Err(_) => break 'read,
                 };
                 check_frontend_frame(&f);
+                secrets.note(env, role, &f);
                 let flow = fe.on_frame(f, &mut out).await;
                 if flow == Flow::Terminate {
                     break 'read;
@@ -608,7 +739,112 @@ pub fn frontend(data: &[u8]) {
             }
         }
         assert_well_framed(&out, "client → server");
+        secrets.assert_not_sent(stream, &out);
     });
+}
+
+/// Values of the client's traffic that pgveil must never send upstream as
+/// they are: parameters and literals the statement's plan encrypts or
+/// blind-indexes (the plan as pgveil's own analyzer makes it).
+#[derive(Default)]
+pub struct Secrets {
+    /// Prepared statements: name → protected parameter positions.
+    stmts: std::collections::HashMap<String, Vec<usize>>,
+    values: Vec<Vec<u8>>,
+}
+
+/// Shorter values occur by chance in other bytes.
+const MIN_SECRET: usize = 8;
+
+fn protects(op: &pgveil::sql::SlotOp) -> bool {
+    use pgveil::sql::SlotOp;
+    matches!(
+        op,
+        SlotOp::Encrypt | SlotOp::BlindIndex | SlotOp::BlindIndexNext
+    )
+}
+
+impl Secrets {
+    pub fn note(&mut self, env: &Env, role: &str, f: &Frame) {
+        use pgveil::sql::ParamAction;
+        let body = f.raw.slice(5..);
+        match f.tag {
+            b'P' => {
+                let Some(p) = m::ParseMsg::decode(&body) else {
+                    return;
+                };
+                let plans = env.entry.plan(
+                    &p.query,
+                    role,
+                    Mode::Extended {
+                        param_types: &p.param_types,
+                    },
+                );
+                let mut protected = vec![];
+                for plan in plans.iter() {
+                    if let StatementPlan::Rewrite(r) = plan {
+                        for a in &r.params {
+                            if matches!(
+                                a,
+                                ParamAction::Encrypt { .. }
+                                    | ParamAction::BlindIndex { .. }
+                                    | ParamAction::BlindIndexNext { .. }
+                            ) {
+                                protected.push(a.orig());
+                            }
+                        }
+                    }
+                }
+                self.stmts.insert(p.name, protected);
+            }
+            b'B' => {
+                let Some(b) = m::BindMsg::decode(&body) else {
+                    return;
+                };
+                if let Some(pos) = self.stmts.get(&b.statement) {
+                    for &i in pos {
+                        if let Some(Some(v)) = b.params.get(i) {
+                            self.values.push(v.to_vec());
+                        }
+                    }
+                }
+            }
+            b'Q' => {
+                let Some(sql) = body.strip_suffix(b"\0") else {
+                    return;
+                };
+                let Ok(sql) = std::str::from_utf8(sql) else {
+                    return;
+                };
+                for plan in env.entry.plan(sql, role, Mode::Simple).iter() {
+                    if let StatementPlan::Rewrite(r) = plan {
+                        for l in &r.literals {
+                            if let (Some(v), true) = (&l.value, protects(&l.op)) {
+                                self.values.push(v.as_bytes().to_vec());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// No protected value that occurs once in the client's input (so that
+    /// any copy upstream can only be that value) is in `upstream`.
+    pub fn assert_not_sent(&self, input: &[u8], upstream: &[u8]) {
+        let count = |hay: &[u8], v: &[u8]| hay.windows(v.len()).filter(|w| *w == v).count();
+        for v in &self.values {
+            if v.len() < MIN_SECRET || count(input, v) != 1 {
+                continue;
+            }
+            assert!(
+                count(upstream, v) == 0,
+                "a protected value was sent upstream in plaintext: {:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 }
 
 /// Server traffic through `Backend::on_frame`, after the client frames of
@@ -721,6 +957,11 @@ pub fn analyzer(data: &[u8]) {
     let plans = an.plan(&sql, role, mode);
     for p in &plans {
         check_plan(&sql, p, touches);
+        // A statement that names a protected table or view is planned or
+        // refused, never passed through unexamined.
+        if let StatementPlan::Passthrough { sql: text } = p {
+            assert_no_protected_relation(env, text);
+        }
     }
     if !touches {
         assert_no_protected_relation(env, &sql);

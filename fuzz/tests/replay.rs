@@ -45,3 +45,16 @@ fn backend_corpus() {
 fn analyzer_corpus() {
     replay("analyzer", pgveil_fuzz::analyzer);
 }
+
+/// The harness's keystore is live, so the targets reach encryption and
+/// decryption instead of ending in the no-keystore refusal.
+#[test]
+fn keystore_is_live() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ks = pgveil::keys::Keystore::new_no_tls(&pgveil_fuzz::keystore_url()).unwrap();
+    rt.block_on(ks.check())
+        .unwrap_or_else(|e| panic!("fuzz keystore: {e}"));
+}

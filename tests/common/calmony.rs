@@ -201,13 +201,17 @@ impl Calmony {
     /// PostgreSQL's log, pgveil's log and the audit log (see
     /// [`super::scan`]).
     pub async fn assert_no_plaintext(&self, sentinels: &[&str]) {
+        self.assert_no_plaintext_with(sentinels, &[]).await;
+    }
+
+    /// [`assert_no_plaintext`](Self::assert_no_plaintext) over more places
+    /// too (the metrics page, a client's output, ...).
+    pub async fn assert_no_plaintext_with(&self, sentinels: &[&str], extra: &[(&str, &[u8])]) {
         let logs = self.pv.logs();
         let audit = std::fs::read(self.pv.dir().join("audit.jsonl")).unwrap_or_default();
-        super::scan::assert_absent(
-            &self.pg,
-            sentinels,
-            &[("pgveil's log", logs.as_bytes()), ("the audit log", &audit)],
-        )
-        .await;
+        let mut places: Vec<(&str, &[u8])> =
+            vec![("pgveil's log", logs.as_bytes()), ("the audit log", &audit)];
+        places.extend_from_slice(extra);
+        super::scan::assert_absent(&self.pg, sentinels, &places).await;
     }
 }

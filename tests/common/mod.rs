@@ -57,6 +57,27 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Poll `cond` every 50 ms until it holds; panic naming `what` after
+/// `timeout`. The timeout only keeps a hang from stalling the suite: use a
+/// generous one, it is not a performance claim.
+pub async fn wait_for<F, Fut>(timeout: std::time::Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Connect with tokio-postgres without TLS and spawn the connection task.
 /// Panics with the error if the connection fails.
 pub async fn connect_to(

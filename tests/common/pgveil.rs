@@ -165,10 +165,18 @@ impl Pgveil {
                         let _ = c.wait();
                     }
                     if clash && why.contains("exited") {
-                        // Someone else took the port: move to another one.
+                        // Someone else took the port: move to another one
+                        // (the metrics listener's when that one clashed).
                         let new_port = super::free_port();
-                        self.yaml = replace_listen_port(&self.yaml, self.addr, new_port);
-                        self.addr.set_port(new_port);
+                        if logs.contains("metrics.listen") && metrics_addr(&self.yaml).is_some() {
+                            self.yaml = replace_metrics_port(&self.yaml, new_port);
+                        } else {
+                            self.yaml = replace_listen_port(&self.yaml, self.addr, new_port);
+                            self.addr.set_port(new_port);
+                        }
+                        // Start the next attempt's log afresh, so an old
+                        // clash is not mistaken for a new one.
+                        let _ = fs::remove_file(&self.log);
                         last_log = logs;
                         continue;
                     }
@@ -189,7 +197,14 @@ impl Pgveil {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(format!("pgveil exited early with {status}"));
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            // With a metrics listener, both ports: pgveil binds the metrics
+            // port right after `listen:` and exits if that fails.
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            if up(&self.addr) && metrics_addr(&self.yaml).is_none_or(|m| up(&m)) {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    return Err(format!("pgveil exited early with {status}"));
+                }
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -200,6 +215,14 @@ impl Pgveil {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The port of the metrics listener (`metrics:` / `listen:` in the
+    /// config; moved by the harness if it clashed at start).
+    pub fn metrics_port(&self) -> u16 {
+        metrics_addr(&self.yaml)
+            .expect("the config has a `metrics:` section with `listen:`")
+            .port()
     }
 
     /// The port pgveil listens on.
@@ -372,6 +395,48 @@ fn listen_addr(yaml: &str) -> SocketAddr {
         }
     }
     panic!("test harness: config has no top-level `listen:` line:\n{yaml}");
+}
+
+/// `listen:` inside the top-level `metrics:` section, if any.
+fn metrics_addr(yaml: &str) -> Option<SocketAddr> {
+    let mut in_metrics = false;
+    for line in yaml.lines() {
+        if !line.starts_with([' ', '\t']) {
+            in_metrics = line.trim_end() == "metrics:";
+            continue;
+        }
+        if in_metrics && let Some(rest) = line.trim_start().strip_prefix("listen:") {
+            let v = rest
+                .split('#')
+                .next()
+                .unwrap()
+                .trim()
+                .trim_matches(['"', '\'']);
+            return v.parse().ok();
+        }
+    }
+    None
+}
+
+fn replace_metrics_port(yaml: &str, new_port: u16) -> String {
+    let mut new = metrics_addr(yaml).expect("a metrics listener");
+    new.set_port(new_port);
+    let mut in_metrics = false;
+    yaml.lines()
+        .map(|l| {
+            if !l.starts_with([' ', '\t']) {
+                in_metrics = l.trim_end() == "metrics:";
+                l.to_string()
+            } else if in_metrics && l.trim_start().starts_with("listen:") {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}listen: {new}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 fn replace_listen_port(yaml: &str, old: SocketAddr, new_port: u16) -> String {
