@@ -72,6 +72,16 @@ impl Default for LexState {
 }
 
 impl LexState {
+    /// Before the server has reported anything: statements on protected
+    /// tables are refused until `standard_conforming_strings` is reported
+    /// `on`, and backslashes until `client_encoding` is reported.
+    pub fn unreported() -> LexState {
+        LexState {
+            standard_strings: AtomicBool::new(false),
+            backslash_safe_encoding: AtomicBool::new(false),
+        }
+    }
+
     /// Take note of a ParameterStatus message body (name, value).
     pub fn observe(&self, body: &[u8]) {
         let mut b = body;
