@@ -1738,6 +1738,94 @@ mod tests {
         assert!(scs(&l) && enc(&l));
     }
 
+    fn prepared(n: usize) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            plan: None,
+            deferred_literals: vec![],
+            copy: None,
+            client_params: n,
+            declared: vec![],
+        })
+    }
+
+    fn is(v: View, want: Option<&Arc<Prepared>>) -> bool {
+        matches!(v, View::Known(got) if same(got.as_ref(), want))
+    }
+
+    #[test]
+    fn names_change_only_on_confirmation() {
+        use Space::{Portal, Statement};
+        let (a, b) = (prepared(1), prepared(2));
+        let mut n = Names::default();
+        // Nothing protected, nothing pending: nothing to record.
+        assert_eq!(n.set(Statement, "x", None), 0);
+        assert!(n.is_empty());
+        // A Parse counts for the messages behind it before its Sync …
+        let id = n.set(Statement, "s", Some(a.clone()));
+        assert!(id > 0 && is(n.view(Statement, "s"), Some(&a)));
+        // … and after it (the name did not exist: a Bind of it fails).
+        n.segment += 1;
+        assert!(is(n.view(Statement, "s"), Some(&a)));
+        // Rejected: it never happened.
+        n.apply(Resolution::Op(id, false));
+        assert!(is(n.view(Statement, "s"), None));
+        let id = n.set(Statement, "s", Some(a.clone()));
+        n.apply(Resolution::Op(id, true));
+        assert!(is(n.view(Statement, "s"), Some(&a)));
+        // Parsed again as something unprotected, then a Sync: `s` may
+        // still be the protected one.
+        let id = n.set(Statement, "s", None);
+        assert!(is(n.view(Statement, "s"), None));
+        n.segment += 1;
+        assert!(matches!(n.view(Statement, "s"), View::Ambiguous));
+        assert!(n.may_be_protected(&SqlName::Ident("s".into())));
+        assert!(!n.may_be_protected(&SqlName::Ident("t".into())));
+        assert!(n.may_be_protected(&SqlName::Unknown));
+        n.apply(Resolution::Op(id, false)); // 42P05
+        assert!(is(n.view(Statement, "s"), Some(&a)));
+        // A DEALLOCATE is never certain before its answer.
+        let id = n.set_in(Statement, "s", None, u64::MAX);
+        assert!(matches!(n.view(Statement, "s"), View::Ambiguous));
+        n.apply(Resolution::Op(id, true));
+        assert!(is(n.view(Statement, "s"), None) && n.is_empty());
+        // An answer to a later change: the older unanswered ones did not
+        // happen.
+        let p = n.set(Portal, "p", Some(b.clone()));
+        let q = n.set(Portal, "q", Some(b.clone()));
+        assert!(p > 0 && q > p);
+        n.apply(Resolution::Op(q, true));
+        assert!(is(n.view(Portal, "p"), None) && is(n.view(Portal, "q"), Some(&b)));
+        let id = n.set(Statement, "s", Some(a.clone()));
+        n.apply(Resolution::Op(id, true));
+        n.apply(Resolution::ForgetAll { portals: false });
+        assert!(is(n.view(Statement, "s"), None) && is(n.view(Portal, "q"), Some(&b)));
+        n.apply(Resolution::ForgetAll { portals: true });
+        assert!(n.is_empty());
+    }
+
+    #[test]
+    fn lone_deallocate_is_read_as_postgres_reads_it() {
+        assert_eq!(deallocated("DEALLOCATE s1"), Some("s1".into()));
+        assert_eq!(deallocated("deallocate  Foo"), Some("foo".into()));
+        assert_eq!(
+            deallocated("DEALLOCATE PREPARE \"S\"\"1\""),
+            Some("S\"1".into())
+        );
+        // Not read with certainty: left in the map (only stale).
+        for none in [
+            "DEALLOCATE \"a b\"",
+            "DEALLOCATE ALL",
+            "deallocate prepare all",
+            "DEALLOCATE s1 extra",
+            "DEALLOCATE",
+            "DEALLOCATE 1x",
+            "SELECT 1",
+            "/* c */ DEALLOCATE s1",
+        ] {
+            assert_eq!(deallocated(none), None, "{none}");
+        }
+    }
+
     #[test]
     fn raise_sql_quotes_message() {
         let s = raise_sql(&refuse("42501", "it's $pgveil$ bad"));
