@@ -891,9 +891,9 @@ impl Frontend {
             // reading names no protected table, PostgreSQL judges it;
             // otherwise it is refused here and never goes upstream.
             let lossy = String::from_utf8_lossy(f.body());
-            if !self.entry().analyzer.may_touch_protected(&lossy)
-                && !(crate::sql::mentions_execute(&lossy) && self.names.any_statement())
-            {
+            let suspect = self.entry().analyzer.may_touch_protected(&lossy)
+                || (crate::sql::mentions_execute(&lossy) && self.names.any_statement());
+            if !suspect {
                 self.shared.push(Pending::Parse {
                     internal: false,
                     op: 0,

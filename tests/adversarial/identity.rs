@@ -49,7 +49,7 @@ async fn stored(fx: &Calmony, v: &str) {
 async fn repeated_startup_keys_are_refused_before_anything_goes_upstream() {
     let fx = Calmony::start();
     let v = "attack-dupkey-3301@example.com";
-    stored(&fx, &v).await;
+    stored(&fx, v).await;
     // Every login PostgreSQL accepts from now on is in its log.
     let d = fx.direct().await;
     d.batch_execute("ALTER SYSTEM SET log_connections = on")
@@ -134,7 +134,7 @@ async fn repeated_startup_keys_are_refused_before_anything_goes_upstream() {
 async fn startup_role_and_session_authorization_cannot_widen_access() {
     let fx = Calmony::start();
     let v = "attack-startrole-4402@example.com";
-    stored(&fx, &v).await;
+    stored(&fx, v).await;
     fx.pg.psql("app", "GRANT calmony_app TO dba");
     let addr = fx.pv.addr();
 
@@ -283,7 +283,7 @@ fn lying_upstream(reported: &'static str) -> (u16, Arc<Mutex<Option<Vec<u8>>>>) 
 async fn a_session_user_other_than_the_login_role_closes_the_connection() {
     let fx = Calmony::start();
     let v = "attack-liar-5503@example.com";
-    stored(&fx, &v).await;
+    stored(&fx, v).await;
     let (fake, got) = lying_upstream("calmony_app");
     // A second pgveil with the reference policy whose upstream is the
     // fake (its keystore is the real cluster's).
