@@ -234,6 +234,26 @@ impl Backend {
         }) {
             return;
         }
+        // pgveil's own Parse/Bind/Describe/Execute/Sync for a simple-query
+        // SELECT (`Pending::ResultShape`): its Execute and Sync are the
+        // `Query` entry behind it, which the ReadyForQuery pops.
+        let own_select = {
+            let q = self.shared.pending.lock().expect("pending queue");
+            q.iter()
+                .take_while(|p| {
+                    !matches!(
+                        p,
+                        Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
+                    )
+                })
+                .any(|p| matches!(p, Pending::ResultShape))
+        };
+        if own_select {
+            while self.front_is(|p| !matches!(p, Pending::Query { .. })) {
+                self.shared.pop_as(false);
+            }
+            return;
+        }
         self.skipping = true;
         while self.front_is(|p| !matches!(p, Pending::Sync)) {
             self.shared.pop_as(false);

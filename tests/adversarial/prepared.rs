@@ -506,3 +506,31 @@ async fn deallocate_and_discard_follow_command_complete() {
     assert_eq!(emails(&fx).await, vec![v2.to_string()]);
     fx.assert_no_plaintext(&[v1, v2]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_pgveils_own_select_sequence_keeps_later_answers_in_step() {
+    let fx = Calmony::start();
+    let v = "attack-ownselect-8851@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[
+        parse("", INSERT),
+        bind("", "", &[v, "Alice"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // A simple-query SELECT that pgveil sends as Parse/Bind/Describe/
+    // Execute/Sync (binary email), failing at Parse in PostgreSQL, with the
+    // next Query already behind it: that one's rows are still decrypted.
+    c.send(&[
+        query("SELECT email FROM users WHERE no_such_function(id)"),
+        query("SELECT email FROM users"),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "42883", &[v], "bad SELECT");
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+    assert_eq!(rows(&m), vec![vec![Some(v.to_string())]]);
+    fx.assert_no_plaintext(&[v]).await;
+}
