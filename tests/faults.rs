@@ -1440,6 +1440,7 @@ fn fake_session(mut s: TcpStream) -> std::io::Result<()> {
         ("DateStyle", "ISO, MDY"),
         ("integer_datetimes", "on"),
         ("standard_conforming_strings", "on"),
+        ("session_authorization", user.as_str()),
     ] {
         hello.extend(param_status(k, v));
     }

@@ -18,7 +18,7 @@ use crate::config::ClientTlsMode;
 use crate::session::backend::Backend;
 use crate::session::frontend::{Frontend, LexState};
 use crate::session::{CatalogEntry, Engine, Identity};
-use crate::wire::codec::{FrameError, FrameReader, read_startup};
+use crate::wire::codec::{FrameError, FrameReader, read_cstr, read_startup};
 use crate::wire::msg::{self, FirstPacket, Startup};
 
 /// Serve one client connection to the end.
@@ -104,8 +104,11 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
     let mut transform = None;
     // The settings that decide how PostgreSQL reads SQL, from the
     // ParameterStatus messages of the startup (role and database defaults,
-    // startup options).
-    let lex = Arc::new(LexState::default());
+    // startup options, plain startup keys): what PostgreSQL applied, not
+    // what the client asked for. Unsafe until reported.
+    let lex = Arc::new(LexState::unreported());
+    // The session user PostgreSQL reports (`session_authorization`).
+    let mut session_user: Option<String> = None;
     let result = async {
         loop {
             let f = match upstream.next().await {
@@ -136,6 +139,33 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                 }
                 b'Z' => {
                     if let Some(engine) = &shared.engine {
+                        // The policy identity is the login role; it must be
+                        // the session user PostgreSQL reports. A startup
+                        // `session_authorization` (plain key or `options`)
+                        // or a login PostgreSQL read differently ends here,
+                        // before any statement.
+                        if session_user.as_deref() != Some(outcome.login_role.as_str()) {
+                            warn!(
+                                reported = session_user.as_deref().unwrap_or("(none)"),
+                                "session user differs from the login role: connection closed"
+                            );
+                            let _ = client
+                                .get_mut()
+                                .write_all(&msg::error_response(
+                                    "FATAL",
+                                    "28000",
+                                    &format!(
+                                        "pgveil: PostgreSQL reports session user {} for login role \"{}\": the policy identity must be the login role; do not set session_authorization at startup",
+                                        session_user
+                                            .as_deref()
+                                            .map(|u| format!("\"{u}\""))
+                                            .unwrap_or_else(|| "(none)".into()),
+                                        outcome.login_role
+                                    ),
+                                ))
+                                .await;
+                            return Err("session user differs from the login role".into());
+                        }
                         let db = startup.database().unwrap_or_default().to_string();
                         let entry = match engine.cached(&db) {
                             Some(e) => e,
@@ -171,6 +201,12 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                 }
                 b'S' => {
                     lex.observe(f.body());
+                    let mut b = f.body();
+                    if let (Some("session_authorization"), Some(v)) =
+                        (read_cstr(&mut b), read_cstr(&mut b))
+                    {
+                        session_user = Some(v.to_string());
+                    }
                     write_client(&mut client, &f.raw).await?;
                 }
                 _ => write_client(&mut client, &f.raw).await?,
@@ -305,6 +341,22 @@ async fn negotiate(
                         ))
                         .await;
                     return Err("startup without user".into());
+                }
+                if let Some(key) = s.repeated_key() {
+                    // PostgreSQL takes the last value, and pgveil must read
+                    // the login exactly as it does: refused before anything
+                    // goes upstream. The message names the key, not a value.
+                    warn!(key, "startup packet repeats a parameter");
+                    let _ = stream
+                        .write_all(&msg::error_response(
+                            "FATAL",
+                            "08P01",
+                            &format!(
+                                "pgveil: startup parameter \"{key}\" is given more than once: send each parameter once"
+                            ),
+                        ))
+                        .await;
+                    return Err(format!("startup repeats parameter {key}"));
                 }
                 return Ok(Some((stream, raw, s)));
             }

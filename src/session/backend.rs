@@ -36,6 +36,10 @@ pub struct Backend {
     streaming: Option<Option<Shape>>,
     /// A row failed to decrypt since the last ReadyForQuery.
     row_failed: bool,
+    /// An error in the extended protocol: PostgreSQL skips every message
+    /// up to the next Sync (a Query and a FunctionCall too), and that
+    /// Sync's ReadyForQuery ends it.
+    skipping: bool,
 }
 
 impl Backend {
@@ -54,6 +58,7 @@ impl Backend {
             decryptor: RowDecryptor::default(),
             streaming: None,
             row_failed: false,
+            skipping: false,
         }
     }
 
@@ -93,15 +98,18 @@ impl Backend {
         match f.tag {
             b'1' | b'2' => {
                 let internal = matches!(
-                    self.shared.pop(),
-                    Some(Pending::Parse { internal: true } | Pending::Bind { internal: true })
+                    self.shared.pop_as(true),
+                    Some(
+                        Pending::Parse { internal: true, .. }
+                            | Pending::Bind { internal: true, .. }
+                    )
                 );
                 if !internal {
                     out.extend_from_slice(&f.raw);
                 }
             }
             b'3' => {
-                self.shared.pop();
+                self.shared.pop_as(true);
                 out.extend_from_slice(&f.raw);
             }
             b't' => self.on_parameter_description(&f, out),
@@ -172,7 +180,17 @@ impl Backend {
                 self.shared.set_tx_status(st);
                 self.discard_until_ready = false;
                 self.current = None;
-                self.shared.pop();
+                if std::mem::take(&mut self.skipping) {
+                    // Everything up to the Sync was skipped, including what
+                    // the client sent after the error reached pgveil.
+                    while let Some(p) = self.shared.pop_as(false) {
+                        if matches!(p, Pending::Sync) {
+                            break;
+                        }
+                    }
+                } else {
+                    self.shared.pop();
+                }
                 out.extend_from_slice(&[b'Z', 0, 0, 0, 5, st]);
             }
             _ => out.extend_from_slice(&f.raw),
@@ -181,8 +199,13 @@ impl Backend {
 
     /// While discarding, keep the queue in step with what the server answers.
     fn pop_if_completes(&mut self, tag: u8) {
+        if matches!(tag, b'1' | b'2' | b'3') {
+            // PostgreSQL went on: its statements and portals changed.
+            self.shared.pop_as(true);
+            return;
+        }
         let pop = match tag {
-            b'1' | b'2' | b'3' | b'n' | b's' => true,
+            b'n' | b's' => true,
             b'C' | b'I' => self.front_is(|p| matches!(p, Pending::Execute { .. })),
             b'T' => self.front_is(|p| {
                 matches!(
@@ -199,17 +222,41 @@ impl Backend {
         }
     }
 
-    /// An error in the extended protocol: the server skips to Sync.
+    /// An error in the extended protocol: the server skips to Sync, and
+    /// none of the skipped messages changes a statement or portal. (An
+    /// error of a Query or FunctionCall at the front skips nothing.)
     fn drop_until_sync(&mut self) {
-        let mut q = self.shared.pending.lock().expect("pending queue");
-        while let Some(p) = q.front() {
-            if matches!(
+        if self.front_is(|p| {
+            matches!(
                 p,
                 Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
-            ) {
-                break;
+            )
+        }) {
+            return;
+        }
+        // pgveil's own Parse/Bind/Describe/Execute/Sync for a simple-query
+        // SELECT (`Pending::ResultShape`): its Execute and Sync are the
+        // `Query` entry behind it, which the ReadyForQuery pops.
+        let own_select = {
+            let q = self.shared.pending.lock().expect("pending queue");
+            q.iter()
+                .take_while(|p| {
+                    !matches!(
+                        p,
+                        Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
+                    )
+                })
+                .any(|p| matches!(p, Pending::ResultShape))
+        };
+        if own_select {
+            while self.front_is(|p| !matches!(p, Pending::Query { .. })) {
+                self.shared.pop_as(false);
             }
-            q.pop_front();
+            return;
+        }
+        self.skipping = true;
+        while self.front_is(|p| !matches!(p, Pending::Sync)) {
+            self.shared.pop_as(false);
         }
     }
 
@@ -528,12 +575,33 @@ impl Backend {
         {
             self.engine.invalidate();
         }
-        let audit = match self.shared.pending.lock().expect("pending queue").front() {
-            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => {
-                audit.clone()
+        let audit = {
+            let mut q = self.shared.pending.lock().expect("pending queue");
+            match q.front_mut() {
+                Some(Pending::Query { ops, .. }) if tag == "DEALLOCATE" => {
+                    // A lone `DEALLOCATE name` completed (see
+                    // `Frontend::query_ops`).
+                    if let Some(i) = ops.iter().position(|o| o.deallocate) {
+                        let o = ops.remove(i);
+                        self.shared.resolve(super::Resolution::Op(o.id, true));
+                    }
+                    None
+                }
+                Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => {
+                    audit.clone()
+                }
+                _ => None,
             }
-            _ => None,
         };
+        match tag {
+            "DEALLOCATE ALL" => self
+                .shared
+                .resolve(super::Resolution::ForgetAll { portals: false }),
+            "DISCARD ALL" => self
+                .shared
+                .resolve(super::Resolution::ForgetAll { portals: true }),
+            _ => {}
+        }
         if let Some(a) = audit
             && (a.searched || self.decrypted_rows > 0)
             && let Some(log) = &self.engine.audit

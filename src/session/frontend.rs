@@ -4,7 +4,7 @@
 //! PostgreSQL itself at the right point, so the transaction state and the
 //! rest of a pipeline behave exactly as with a native error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,11 +15,11 @@ use super::messages::{self as m, BindMsg, ParseMsg};
 use super::values::{
     ValueError, bytea_literal, envelope_literal, envelope_to_stored_binary, stored_to_envelope,
 };
-use super::{AuditInfo, Identity, Pending, Prepared, Shared};
+use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Resolution, Shared};
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::{
-    ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp, StatementPlan,
-    TenantSource, Use, batch,
+    ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp, SqlName,
+    StatementPlan, TenantSource, Use, batch,
 };
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -72,6 +72,16 @@ impl Default for LexState {
 }
 
 impl LexState {
+    /// Before the server has reported anything: statements on protected
+    /// tables are refused until `standard_conforming_strings` is reported
+    /// `on`, and backslashes until `client_encoding` is reported.
+    pub fn unreported() -> LexState {
+        LexState {
+            standard_strings: AtomicBool::new(false),
+            backslash_safe_encoding: AtomicBool::new(false),
+        }
+    }
+
     /// Take note of a ParameterStatus message body (name, value).
     pub fn observe(&self, body: &[u8]) {
         let mut b = body;
@@ -125,6 +135,16 @@ fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
     })
 }
 
+/// A name whose meaning depends on an answer PostgreSQL has not sent yet.
+fn ambiguous(what: &str, name: &str) -> Refusal {
+    refuse(
+        "0A000",
+        format!(
+            "pgveil: {what} \"{name}\" was prepared or closed again before PostgreSQL answered an earlier Sync, and it involves a protected table: wait for the earlier ReadyForQuery before using the name, or use a new name"
+        ),
+    )
+}
+
 fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         sqlstate,
@@ -132,13 +152,220 @@ fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
     }
 }
 
+/// The two namespaces PostgreSQL keeps per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Space {
+    Statement,
+    Portal,
+}
+
+/// A change to a name that pgveil forwarded and PostgreSQL has not answered.
+#[derive(Debug)]
+struct Change {
+    id: u64,
+    space: Space,
+    name: String,
+    /// What the name refers to once it happens (`None`: nothing protected).
+    value: Option<Arc<Prepared>>,
+    /// The Sync-delimited stretch of messages it was sent in: PostgreSQL
+    /// skips every later message of that stretch when it fails, so for
+    /// those it has certainly happened. `u64::MAX`: never certain (a SQL
+    /// `DEALLOCATE` can fail without skipping what follows).
+    segment: u64,
+}
+
+/// What a name refers to for the message being handled.
+#[derive(Debug)]
+enum View {
+    /// The statement or portal (`None`: nothing protected, or unknown).
+    Known(Option<Arc<Prepared>>),
+    /// A change still unanswered from an earlier Sync could leave the
+    /// name meaning something protected other than what pgveil would
+    /// assume: refused.
+    Ambiguous,
+}
+
+/// pgveil's view of the session's prepared statements and portals that
+/// involve protected tables. A name enters or leaves the maps only when
+/// PostgreSQL confirms it (ParseComplete, BindComplete, CloseComplete, a
+/// Query that ran, a `DEALLOCATE`'s CommandComplete); until then the change
+/// waits in `unresolved`. Names that are not in the maps are unprotected or
+/// do not exist: their messages are forwarded as they are, so pass-through
+/// statements record nothing.
+#[derive(Debug, Default)]
+struct Names {
+    statements: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, Arc<Prepared>>,
+    unresolved: VecDeque<Change>,
+    next_id: u64,
+    /// Syncs sent so far.
+    segment: u64,
+}
+
+fn same(a: Option<&Arc<Prepared>>, b: Option<&Arc<Prepared>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl Names {
+    fn map(&mut self, space: Space) -> &mut HashMap<String, Arc<Prepared>> {
+        match space {
+            Space::Statement => &mut self.statements,
+            Space::Portal => &mut self.portals,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.statements.is_empty() && self.portals.is_empty() && self.unresolved.is_empty()
+    }
+
+    /// Apply PostgreSQL's answers (in the order it gave them).
+    fn drain(&mut self, shared: &Shared) {
+        for r in shared.take_resolutions() {
+            self.apply(r);
+        }
+    }
+
+    fn apply(&mut self, r: Resolution) {
+        match r {
+            Resolution::Op(id, ok) => {
+                // Answers come in the order the changes were sent; a change
+                // older than this answer without one of its own did not
+                // happen.
+                while self.unresolved.front().is_some_and(|c| c.id <= id) {
+                    let c = self.unresolved.pop_front().expect("front");
+                    if c.id == id && ok {
+                        match c.value {
+                            Some(v) => self.map(c.space).insert(c.name, v),
+                            None => self.map(c.space).remove(&c.name),
+                        };
+                    }
+                }
+            }
+            Resolution::ForgetAll { portals } => {
+                self.statements.clear();
+                if portals {
+                    self.portals.clear();
+                }
+            }
+        }
+    }
+
+    /// Record a change that happens when PostgreSQL confirms it; returns
+    /// its id for the pending entry (0: nothing changes, nothing to wait
+    /// for).
+    fn set(&mut self, space: Space, name: &str, value: Option<Arc<Prepared>>) -> u64 {
+        self.set_in(space, name, value, self.segment)
+    }
+
+    fn set_in(
+        &mut self,
+        space: Space,
+        name: &str,
+        value: Option<Arc<Prepared>>,
+        segment: u64,
+    ) -> u64 {
+        let map = match space {
+            Space::Statement => &self.statements,
+            Space::Portal => &self.portals,
+        };
+        let pending = !self.unresolved.is_empty()
+            && self
+                .unresolved
+                .iter()
+                .any(|c| c.space == space && c.name == name);
+        let now = if map.is_empty() { None } else { map.get(name) };
+        if !pending && same(now, value.as_ref()) {
+            return 0;
+        }
+        self.next_id += 1;
+        self.unresolved.push_back(Change {
+            id: self.next_id,
+            space,
+            name: name.to_string(),
+            value,
+            segment,
+        });
+        self.next_id
+    }
+
+    /// What `name` may refer to for a message sent now: the value assumed
+    /// if every change so far happens, and the others it could have.
+    fn possible(&self, space: Space, name: &str) -> (Option<Arc<Prepared>>, Vec<Arc<Prepared>>) {
+        let map = match space {
+            Space::Statement => &self.statements,
+            Space::Portal => &self.portals,
+        };
+        let mut current = if map.is_empty() {
+            None
+        } else {
+            map.get(name).cloned()
+        };
+        let mut others: Vec<Arc<Prepared>> = Vec::new();
+        for c in self
+            .unresolved
+            .iter()
+            .filter(|c| c.space == space && c.name == name)
+        {
+            if c.segment == self.segment {
+                // If it failed, PostgreSQL skips this message too.
+                others.clear();
+            } else {
+                others.extend(current.take());
+            }
+            current = c.value.clone();
+        }
+        (current, others)
+    }
+
+    fn view(&self, space: Space, name: &str) -> View {
+        let (current, others) = self.possible(space, name);
+        if others
+            .iter()
+            .all(|o| current.as_ref().is_some_and(|c| Arc::ptr_eq(c, o)))
+        {
+            View::Known(current)
+        } else {
+            View::Ambiguous
+        }
+    }
+
+    /// Whether `name` may be a statement pgveil prepared with a rewrite
+    /// (known, or still waiting for PostgreSQL's answer).
+    fn may_be_protected(&self, name: &SqlName) -> bool {
+        match name {
+            SqlName::Ident(n) => {
+                let (current, others) = self.possible(Space::Statement, n);
+                current.is_some() || !others.is_empty()
+            }
+            SqlName::Unknown => self.any_statement(),
+        }
+    }
+
+    fn any_statement(&self) -> bool {
+        !self.statements.is_empty()
+            || self
+                .unresolved
+                .iter()
+                .any(|c| c.space == Space::Statement && c.value.is_some())
+    }
+}
+
+/// A prepared statement is protected when pgveil rewrites its text or its
+/// COPY data; the others are not recorded.
+fn protected(p: Prepared) -> Option<Arc<Prepared>> {
+    (p.plan.is_some() || p.copy.is_some()).then(|| Arc::new(p))
+}
+
 pub struct Frontend {
     pub id: Identity,
     pub shared: Arc<Shared>,
     pub engine: Arc<super::Engine>,
-    statements: HashMap<String, Arc<Prepared>>,
-    /// Portal → (protected, statement).
-    portals: HashMap<String, (bool, Arc<Prepared>)>,
+    /// Prepared statements and portals that involve protected tables.
+    names: Names,
     skip_until_sync: bool,
     copy: Option<CopyIn>,
     /// A COPY into a protected table was refused (CopyFail sent): the rest
@@ -160,8 +387,6 @@ pub struct Frontend {
     /// control is refused; after a settings change, statements that touch
     /// protected tables are.
     behind_unsettled: batch::Effect,
-    /// Shared record of every statement that touches no protected table.
-    unprotected: Arc<Prepared>,
 }
 
 impl Frontend {
@@ -170,8 +395,7 @@ impl Frontend {
             id,
             shared,
             engine,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            names: Names::default(),
             skip_until_sync: false,
             copy: None,
             copy_failed: false,
@@ -181,13 +405,6 @@ impl Frontend {
             statement_id: 0,
             unsettled: batch::Effect::None,
             behind_unsettled: batch::Effect::None,
-            unprotected: Arc::new(Prepared {
-                plan: None,
-                deferred_literals: vec![],
-                copy: None,
-                client_params: 0,
-                declared: vec![],
-            }),
         }
     }
 
@@ -393,12 +610,13 @@ impl Frontend {
             }
             b'B' => self.on_bind(&f, out).await,
             b'D' => {
+                self.names.drain(&self.shared);
                 match m::decode_target(f.body()) {
                     Some((b'S', name)) => self.shared.push(Pending::DescribeStatement {
-                        prepared: self.statements.get(&name).cloned(),
+                        prepared: self.names.possible(Space::Statement, &name).0,
                     }),
                     Some((_, name)) => {
-                        let protected = self.portals.get(&name).is_some_and(|p| p.0);
+                        let protected = self.names.possible(Space::Portal, &name).0.is_some();
                         self.shared.push(Pending::DescribePortal {
                             portal: name,
                             protected,
@@ -413,10 +631,17 @@ impl Frontend {
             }
             b'E' => {
                 let (portal, _) = m::decode_execute(f.body()).unwrap_or_default();
-                let (protected, prepared) = match self.portals.get(&portal) {
-                    Some((p, prep)) => (*p, Some(prep.clone())),
-                    None => (false, None),
+                self.names.drain(&self.shared);
+                let prepared = match self.names.view(Space::Portal, &portal) {
+                    View::Known(p) => p,
+                    View::Ambiguous => {
+                        let r = ambiguous("portal", &portal);
+                        self.rejected(&r);
+                        self.inject_raise(&r, out);
+                        return Flow::Continue;
+                    }
                 };
+                let protected = prepared.is_some();
                 let audit = prepared
                     .as_ref()
                     .and_then(|p| p.plan.as_ref())
@@ -436,20 +661,18 @@ impl Frontend {
                 return Flow::Continue;
             }
             b'C' => {
-                match m::decode_target(f.body()) {
-                    Some((b'S', name)) => {
-                        self.statements.remove(&name);
-                    }
-                    Some((_, name)) => {
-                        self.portals.remove(&name);
-                    }
-                    None => {}
-                }
-                self.shared.push(Pending::Close);
+                self.names.drain(&self.shared);
+                let op = match m::decode_target(f.body()) {
+                    Some((b'S', name)) => self.names.set(Space::Statement, &name, None),
+                    Some((_, name)) => self.names.set(Space::Portal, &name, None),
+                    None => 0,
+                };
+                self.shared.push(Pending::Close { op });
                 out.extend_from_slice(&f.raw);
             }
             b'S' => {
                 self.skip_until_sync = false;
+                self.names.segment += 1;
                 self.shared.push(Pending::Sync);
                 out.extend_from_slice(&f.raw);
             }
@@ -517,6 +740,19 @@ impl Frontend {
         let body = f.body();
         let text = &body[..body.len().saturating_sub(1)];
         let entry = self.entry();
+        // The map changes this Query makes (none, and no allocation, while
+        // the session has nothing protected prepared).
+        let ops = self.query_ops(text);
+        if let Some(r) = self.sql_execute(text) {
+            self.rejected(&r);
+            self.shared.push(Pending::Query {
+                protected: false,
+                audit: None,
+                ops,
+            });
+            m::encode_query(out, &raise_sql(&r));
+            return;
+        }
         let Ok(sql) = std::str::from_utf8(text) else {
             // Not UTF-8 (another client_encoding): the statement cannot be
             // analysed, so it may only go through if even a lossy reading
@@ -530,6 +766,7 @@ impl Frontend {
                 self.shared.push(Pending::Query {
                     protected: false,
                     audit: None,
+                    ops,
                 });
                 m::encode_query(out, &raise_sql(&r));
             } else {
@@ -538,6 +775,7 @@ impl Frontend {
                 self.shared.push(Pending::Query {
                     protected: false,
                     audit: None,
+                    ops,
                 });
                 out.extend_from_slice(&f.raw);
             }
@@ -548,6 +786,7 @@ impl Frontend {
             self.shared.push(Pending::Query {
                 protected: false,
                 audit: None,
+                ops: Vec::new(),
             });
             m::encode_query(out, &raise_sql(&r));
             return;
@@ -557,6 +796,7 @@ impl Frontend {
             self.shared.push(Pending::Query {
                 protected: false,
                 audit: None,
+                ops,
             });
             out.extend_from_slice(&f.raw);
             return;
@@ -569,6 +809,7 @@ impl Frontend {
             self.shared.push(Pending::Query {
                 protected: false,
                 audit: None,
+                ops,
             });
             m::encode_query(out, &raise_sql(&r));
             return;
@@ -581,6 +822,7 @@ impl Frontend {
             self.shared.push(Pending::Query {
                 protected: false,
                 audit: None,
+                ops: Vec::new(),
             });
             m::encode_query(out, &raise_sql(&r));
             return;
@@ -668,18 +910,95 @@ impl Frontend {
             self.shared.push(Pending::Query {
                 protected: true,
                 audit: audit.map(Arc::new),
+                ops,
             });
-            // PostgreSQL drops the unnamed statement and portal on a simple
-            // Query too.
-            self.statements.remove("");
-            self.portals.remove("");
             return;
         }
         self.shared.push(Pending::Query {
             protected: true,
             audit: audit.map(Arc::new),
+            ops,
         });
         m::encode_query(out, &parts.join(";\n"));
+    }
+
+    /// The statement and portal map changes a simple Query makes once
+    /// PostgreSQL runs it: it drops the unnamed statement and portal when
+    /// it starts, and a lone `DEALLOCATE name` drops that statement when it
+    /// completes (several statements: left alone, see below).
+    fn query_ops(&mut self, text: &[u8]) -> Vec<QueryOp> {
+        if self.names.is_empty() {
+            return Vec::new();
+        }
+        self.names.drain(&self.shared);
+        let mut ops = Vec::new();
+        // Each DEALLOCATE CommandComplete confirms one change, so they are
+        // recorded only for a Query of one statement, where nothing can
+        // pair the wrong one. A name left in the map after a DEALLOCATE
+        // pgveil did not follow is only stale: a Bind of it is rewritten
+        // and PostgreSQL reports that the statement does not exist.
+        if let Ok(sql) = std::str::from_utf8(text)
+            && let [r] = &crate::sql::split_statements(sql)[..]
+            && let Some(name) = deallocated(&sql[r.clone()])
+        {
+            let id = self.names.set_in(Space::Statement, &name, None, u64::MAX);
+            ops.push(QueryOp {
+                id,
+                deallocate: true,
+            });
+        }
+        for space in [Space::Statement, Space::Portal] {
+            let id = self.names.set(space, "", None);
+            if id != 0 {
+                ops.push(QueryOp {
+                    id,
+                    deallocate: false,
+                });
+            }
+        }
+        ops
+    }
+
+    /// Refuse SQL `EXECUTE` (also in `EXPLAIN` and `CREATE TABLE … AS`) of
+    /// a statement pgveil prepared with a rewrite, known or still waiting
+    /// for PostgreSQL's answer: its parameters would reach PostgreSQL as
+    /// written, where pgveil's rewrite expects ciphertext, and its rows
+    /// would not be decrypted. Only looked at when the session has
+    /// prepared something protected, after a byte scan for the word.
+    fn sql_execute(&mut self, text: &[u8]) -> Option<Refusal> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let sql = String::from_utf8_lossy(text);
+        if !crate::sql::mentions_execute(&sql) {
+            return None;
+        }
+        self.names.drain(&self.shared);
+        if !self.names.any_statement() {
+            return None;
+        }
+        // Where PostgreSQL might read the text differently (see
+        // `LexState`), any EXECUTE counts.
+        let unsure = std::str::from_utf8(text).is_err()
+            || !self.lex.standard_strings.load(Ordering::SeqCst)
+            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst));
+        let hit = if unsure {
+            Some(SqlName::Unknown)
+        } else {
+            crate::sql::names_after_execute(&sql)
+                .into_iter()
+                .find(|n| self.names.may_be_protected(n))
+        }?;
+        let name = match &hit {
+            SqlName::Ident(n) => format!("\"{n}\""),
+            SqlName::Unknown => "(a name pgveil cannot read)".into(),
+        };
+        Some(refuse(
+            "0A000",
+            format!(
+                "pgveil: SQL-level EXECUTE of prepared statement {name}, which involves protected tables, is not supported: use the protocol-level Bind/Execute of your driver's prepared statements instead"
+            ),
+        ))
     }
 
     /// The result formats for a simple-query SELECT to run as Parse, Bind,
@@ -733,35 +1052,41 @@ impl Frontend {
         // Hot path: read the name and text in place; a statement that
         // touches no protected table is recorded and forwarded untouched.
         let mut b = f.body();
-        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b))
-            && let Some(r) = self.settle(query, false)
-        {
-            self.rejected(&r);
-            self.statements.remove(name);
-            self.inject_raise(&r, out);
-            return;
-        }
-        let mut b = f.body();
-        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b))
-            && !self.entry().analyzer.may_touch_protected(query)
-        {
-            metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
-            self.statements
-                .insert(name.to_string(), self.unprotected.clone());
-            self.shared.push(Pending::Parse { internal: false });
-            out.extend_from_slice(&f.raw);
-            return;
+        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) {
+            if let Some(r) = self.settle(query, false) {
+                self.rejected(&r);
+                self.inject_raise(&r, out);
+                return;
+            }
+            if let Some(r) = self.sql_execute(query.as_bytes()) {
+                self.rejected(&r);
+                self.inject_raise(&r, out);
+                return;
+            }
+            if !self.entry().analyzer.may_touch_protected(query) {
+                metrics::counter!("pgveil_statements_total", "outcome" => "passthrough")
+                    .increment(1);
+                let op = self.names.set(Space::Statement, name, None);
+                self.shared.push(Pending::Parse {
+                    internal: false,
+                    op,
+                });
+                out.extend_from_slice(&f.raw);
+                return;
+            }
         }
         let Some(parse) = ParseMsg::decode(f.body()) else {
             // Malformed or not UTF-8: it cannot be analysed. If even a lossy
             // reading names no protected table, PostgreSQL judges it;
             // otherwise it is refused here and never goes upstream.
-            if !self
-                .entry()
-                .analyzer
-                .may_touch_protected(&String::from_utf8_lossy(f.body()))
-            {
-                self.shared.push(Pending::Parse { internal: false });
+            let lossy = String::from_utf8_lossy(f.body());
+            let suspect = self.entry().analyzer.may_touch_protected(&lossy)
+                || (crate::sql::mentions_execute(&lossy) && self.names.any_statement());
+            if !suspect {
+                self.shared.push(Pending::Parse {
+                    internal: false,
+                    op: 0,
+                });
                 out.extend_from_slice(&f.raw);
                 return;
             }
@@ -770,28 +1095,20 @@ impl Frontend {
             } else {
                 refuse("08P01", "pgveil: invalid Parse message")
             };
+            // The client's statement never reaches PostgreSQL: its name
+            // keeps what it had.
             self.rejected(&r);
-            let mut b = f.body();
-            if let Some(name) = read_cstr(&mut b) {
-                self.statements.remove(name);
-            }
             self.inject_raise(&r, out);
             return;
         };
         let entry = self.entry();
         if !entry.analyzer.may_touch_protected(&parse.query) {
             metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
-            self.statements.insert(
-                parse.name,
-                Arc::new(Prepared {
-                    plan: None,
-                    deferred_literals: vec![],
-                    copy: None,
-                    client_params: parse.param_types.len(),
-                    declared: parse.param_types.clone(),
-                }),
-            );
-            self.shared.push(Pending::Parse { internal: false });
+            let op = self.names.set(Space::Statement, &parse.name, None);
+            self.shared.push(Pending::Parse {
+                internal: false,
+                op,
+            });
             out.extend_from_slice(&f.raw);
             return;
         }
@@ -800,7 +1117,6 @@ impl Frontend {
             .or_else(|| self.read_differently(&parse.query))
         {
             self.rejected(&r);
-            self.statements.remove(&parse.name);
             self.inject_raise(&r, out);
             return;
         }
@@ -877,9 +1193,14 @@ impl Frontend {
         match result {
             Ok((sql, types, prepared)) => {
                 metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
-                self.statements
-                    .insert(parse.name.clone(), Arc::new(prepared));
-                self.shared.push(Pending::Parse { internal: false });
+                self.names.drain(&self.shared);
+                let op = self
+                    .names
+                    .set(Space::Statement, &parse.name, protected(prepared));
+                self.shared.push(Pending::Parse {
+                    internal: false,
+                    op,
+                });
                 ParseMsg {
                     name: parse.name,
                     query: sql,
@@ -889,7 +1210,6 @@ impl Frontend {
             }
             Err(r) => {
                 self.rejected(&r);
-                self.statements.remove(&parse.name);
                 self.inject_raise(&r, out);
             }
         }
@@ -899,25 +1219,41 @@ impl Frontend {
         // Hot path: portal and statement names in place; a statement that
         // needs no parameter rewriting is forwarded as the original bytes.
         let mut b = f.body();
-        if let (Some(portal), Some(statement)) = (read_cstr(&mut b), read_cstr(&mut b)) {
-            match self.statements.get(statement) {
-                Some(p) if p.plan.is_none() => {
-                    let protected = p.copy.is_some();
-                    let p = p.clone();
-                    self.portals.insert(portal.to_string(), (protected, p));
-                    self.shared.push(Pending::Bind { internal: false });
-                    out.extend_from_slice(&f.raw);
-                    return;
+        self.names.drain(&self.shared);
+        let prepared =
+            if let (Some(portal), Some(statement)) = (read_cstr(&mut b), read_cstr(&mut b)) {
+                match self.names.view(Space::Statement, statement) {
+                    View::Known(Some(p)) if p.plan.is_none() => {
+                        // COPY: forwarded as it is; its data is encrypted.
+                        let op = self.names.set(Space::Portal, portal, Some(p));
+                        self.shared.push(Pending::Bind {
+                            internal: false,
+                            op,
+                        });
+                        out.extend_from_slice(&f.raw);
+                        return;
+                    }
+                    View::Known(None) => {
+                        // Unprotected, or unknown (PostgreSQL reports the error).
+                        let op = self.names.set(Space::Portal, portal, None);
+                        self.shared.push(Pending::Bind {
+                            internal: false,
+                            op,
+                        });
+                        out.extend_from_slice(&f.raw);
+                        return;
+                    }
+                    View::Ambiguous => {
+                        let r = ambiguous("prepared statement", statement);
+                        self.rejected(&r);
+                        self.inject_raise(&r, out);
+                        return;
+                    }
+                    View::Known(Some(p)) => Some(p),
                 }
-                None => {
-                    // Unknown statement: PostgreSQL reports the error.
-                    self.shared.push(Pending::Bind { internal: false });
-                    out.extend_from_slice(&f.raw);
-                    return;
-                }
-                Some(_) => {}
-            }
-        }
+            } else {
+                None
+            };
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
             // A Bind of a protected statement (or one whose names cannot be
@@ -932,23 +1268,29 @@ impl Frontend {
             self.inject_raise(&r, out);
             return;
         };
-        let Some(prepared) = self.statements.get(&bind.statement).cloned() else {
-            // Unknown statement: PostgreSQL reports the error.
-            self.shared.push(Pending::Bind { internal: false });
-            out.extend_from_slice(&f.raw);
+        // The names could be read above (the message decoded).
+        let Some(prepared) = prepared else {
+            let r = refuse("08P01", "pgveil: invalid Bind message");
+            self.rejected(&r);
+            self.inject_raise(&r, out);
             return;
         };
-        let protected = prepared.plan.is_some() || prepared.copy.is_some();
         let Some(plan) = prepared.plan.clone() else {
-            self.portals
-                .insert(bind.portal.clone(), (protected, prepared));
-            self.shared.push(Pending::Bind { internal: false });
+            let op = self.names.set(Space::Portal, &bind.portal, Some(prepared));
+            self.shared.push(Pending::Bind {
+                internal: false,
+                op,
+            });
             out.extend_from_slice(&f.raw);
             return;
         };
         match self.transform_bind(&bind, &plan, &prepared).await {
             Ok(new) => {
-                self.shared.push(Pending::Bind { internal: false });
+                let op = self.names.set(Space::Portal, &bind.portal, Some(prepared));
+                self.shared.push(Pending::Bind {
+                    internal: false,
+                    op,
+                });
                 new.encode(out);
                 // Learn the row shape of this portal (formats included).
                 m::encode_describe(out, b'P', &bind.portal);
@@ -957,7 +1299,6 @@ impl Frontend {
                     protected: true,
                     internal: true,
                 });
-                self.portals.insert(bind.portal, (true, prepared));
             }
             Err(r) => {
                 self.rejected(&r);
@@ -976,7 +1317,11 @@ impl Frontend {
             param_types: vec![],
         }
         .encode(out);
-        self.shared.push(Pending::Parse { internal: true });
+        // They replace the client's unnamed statement and portal (with
+        // nothing protected: pgveil's own text) once PostgreSQL runs them.
+        self.names.drain(&self.shared);
+        let op = self.names.set(Space::Statement, "", None);
+        self.shared.push(Pending::Parse { internal: true, op });
         BindMsg {
             portal: String::new(),
             statement: String::new(),
@@ -985,7 +1330,8 @@ impl Frontend {
             result_formats,
         }
         .encode(out);
-        self.shared.push(Pending::Bind { internal: true });
+        let op = self.names.set(Space::Portal, "", None);
+        self.shared.push(Pending::Bind { internal: true, op });
     }
 
     /// The first statement after a decryption failure inside a transaction
@@ -996,10 +1342,7 @@ impl Frontend {
     fn abort_transaction(&mut self, f: &Frame, out: &mut BytesMut) {
         if f.tag == b'Q' && is_commit(f.body()) {
             // What PostgreSQL does with a COMMIT of a failed transaction.
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-            });
+            self.shared.push(Pending::query(false, None));
             m::encode_query(out, "ROLLBACK");
             return;
         }
@@ -1009,10 +1352,7 @@ impl Frontend {
         );
         tracing::warn!("statement refused: the transaction failed on a decryption error");
         if f.tag == b'Q' {
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-            });
+            self.shared.push(Pending::query(false, None));
             m::encode_query(out, &raise_sql(&r));
         } else {
             self.inject_raise(&r, out);
@@ -1425,6 +1765,29 @@ fn plan_kind(p: &StatementPlan) -> &'static str {
     }
 }
 
+/// The statement a lone `DEALLOCATE [PREPARE] name` drops (`None` for
+/// `DEALLOCATE ALL`, which its CommandComplete tag reports, and for
+/// anything pgveil does not read with certainty).
+fn deallocated(stmt: &str) -> Option<String> {
+    let mut w = stmt.split_ascii_whitespace();
+    if !w.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = w.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = w.next()?;
+    }
+    if w.next().is_some() || name.eq_ignore_ascii_case("all") {
+        return None;
+    }
+    if let Some(q) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        return (!q.is_empty()).then(|| q.replace("\"\"", "\""));
+    }
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    (name.chars().all(word) && !name.starts_with(|c: char| c.is_ascii_digit() || c == '$'))
+        .then(|| name.to_ascii_lowercase())
+}
+
 /// Whether a simple Query is exactly one COMMIT (or END), with optional
 /// WORK/TRANSACTION and semicolons.
 fn is_commit(body: &[u8]) -> bool {
@@ -1565,6 +1928,94 @@ mod tests {
         l.observe(&status("application_name", "off"));
         l.observe(b"truncated");
         assert!(scs(&l) && enc(&l));
+    }
+
+    fn prepared(n: usize) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            plan: None,
+            deferred_literals: vec![],
+            copy: None,
+            client_params: n,
+            declared: vec![],
+        })
+    }
+
+    fn is(v: View, want: Option<&Arc<Prepared>>) -> bool {
+        matches!(v, View::Known(got) if same(got.as_ref(), want))
+    }
+
+    #[test]
+    fn names_change_only_on_confirmation() {
+        use Space::{Portal, Statement};
+        let (a, b) = (prepared(1), prepared(2));
+        let mut n = Names::default();
+        // Nothing protected, nothing pending: nothing to record.
+        assert_eq!(n.set(Statement, "x", None), 0);
+        assert!(n.is_empty());
+        // A Parse counts for the messages behind it before its Sync …
+        let id = n.set(Statement, "s", Some(a.clone()));
+        assert!(id > 0 && is(n.view(Statement, "s"), Some(&a)));
+        // … and after it (the name did not exist: a Bind of it fails).
+        n.segment += 1;
+        assert!(is(n.view(Statement, "s"), Some(&a)));
+        // Rejected: it never happened.
+        n.apply(Resolution::Op(id, false));
+        assert!(is(n.view(Statement, "s"), None));
+        let id = n.set(Statement, "s", Some(a.clone()));
+        n.apply(Resolution::Op(id, true));
+        assert!(is(n.view(Statement, "s"), Some(&a)));
+        // Parsed again as something unprotected, then a Sync: `s` may
+        // still be the protected one.
+        let id = n.set(Statement, "s", None);
+        assert!(is(n.view(Statement, "s"), None));
+        n.segment += 1;
+        assert!(matches!(n.view(Statement, "s"), View::Ambiguous));
+        assert!(n.may_be_protected(&SqlName::Ident("s".into())));
+        assert!(!n.may_be_protected(&SqlName::Ident("t".into())));
+        assert!(n.may_be_protected(&SqlName::Unknown));
+        n.apply(Resolution::Op(id, false)); // 42P05
+        assert!(is(n.view(Statement, "s"), Some(&a)));
+        // A DEALLOCATE is never certain before its answer.
+        let id = n.set_in(Statement, "s", None, u64::MAX);
+        assert!(matches!(n.view(Statement, "s"), View::Ambiguous));
+        n.apply(Resolution::Op(id, true));
+        assert!(is(n.view(Statement, "s"), None) && n.is_empty());
+        // An answer to a later change: the older unanswered ones did not
+        // happen.
+        let p = n.set(Portal, "p", Some(b.clone()));
+        let q = n.set(Portal, "q", Some(b.clone()));
+        assert!(p > 0 && q > p);
+        n.apply(Resolution::Op(q, true));
+        assert!(is(n.view(Portal, "p"), None) && is(n.view(Portal, "q"), Some(&b)));
+        let id = n.set(Statement, "s", Some(a.clone()));
+        n.apply(Resolution::Op(id, true));
+        n.apply(Resolution::ForgetAll { portals: false });
+        assert!(is(n.view(Statement, "s"), None) && is(n.view(Portal, "q"), Some(&b)));
+        n.apply(Resolution::ForgetAll { portals: true });
+        assert!(n.is_empty());
+    }
+
+    #[test]
+    fn lone_deallocate_is_read_as_postgres_reads_it() {
+        assert_eq!(deallocated("DEALLOCATE s1"), Some("s1".into()));
+        assert_eq!(deallocated("deallocate  Foo"), Some("foo".into()));
+        assert_eq!(
+            deallocated("DEALLOCATE PREPARE \"S\"\"1\""),
+            Some("S\"1".into())
+        );
+        // Not read with certainty: left in the map (only stale).
+        for none in [
+            "DEALLOCATE \"a b\"",
+            "DEALLOCATE ALL",
+            "deallocate prepare all",
+            "DEALLOCATE s1 extra",
+            "DEALLOCATE",
+            "DEALLOCATE 1x",
+            "SELECT 1",
+            "/* c */ DEALLOCATE s1",
+        ] {
+            assert_eq!(deallocated(none), None, "{none}");
+        }
     }
 
     #[test]

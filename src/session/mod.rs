@@ -74,11 +74,16 @@ pub type CatalogRows = Vec<Vec<Option<String>>>;
 /// What the server's next response(s) answer, in request order.
 #[derive(Debug)]
 pub enum Pending {
+    /// `op`: the change to pgveil's statement map this Parse makes once
+    /// PostgreSQL confirms it (0: none, see [`Resolution`]).
     Parse {
         internal: bool,
+        op: u64,
     },
+    /// `op`: the portal map change, as for Parse.
     Bind {
         internal: bool,
+        op: u64,
     },
     /// ParameterDescription + RowDescription/NoData for a statement.
     DescribeStatement {
@@ -96,7 +101,10 @@ pub enum Pending {
         protected: bool,
         audit: Option<Arc<AuditInfo>>,
     },
-    Close,
+    /// `op`: the statement or portal map change, as for Parse.
+    Close {
+        op: u64,
+    },
     Sync,
     /// RowDescription/NoData of the portal of a simple-query SELECT that
     /// pgveil sends as Parse/Bind/Describe/Execute/Sync, with binary
@@ -108,6 +116,11 @@ pub enum Pending {
     Query {
         protected: bool,
         audit: Option<Arc<AuditInfo>>,
+        /// Map changes the Query makes: dropping the unnamed statement and
+        /// portal (PostgreSQL does it when it starts the Query: confirmed
+        /// by any answer), and one per SQL `DEALLOCATE name`, in order
+        /// (confirmed by its CommandComplete).
+        ops: Vec<QueryOp>,
     },
     /// FunctionCall ('F'): FunctionCallResponse, then ReadyForQuery.
     FunctionCall,
@@ -115,6 +128,39 @@ pub enum Pending {
     Catalog {
         done: Option<tokio::sync::oneshot::Sender<Option<CatalogRows>>>,
     },
+}
+
+/// A statement/portal map change made by a simple Query.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryOp {
+    pub id: u64,
+    /// Confirmed by a `DEALLOCATE` CommandComplete (else by the Query
+    /// running at all).
+    pub deallocate: bool,
+}
+
+impl Pending {
+    /// A Query with nothing to confirm.
+    pub fn query(protected: bool, audit: Option<Arc<AuditInfo>>) -> Pending {
+        Pending::Query {
+            protected,
+            audit,
+            ops: Vec::new(),
+        }
+    }
+}
+
+/// What PostgreSQL answered to a change of the statement/portal maps that
+/// the frontend forwarded (see `frontend::Names`), in the order it
+/// answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// ParseComplete / BindComplete / CloseComplete (or the Query ran, or
+    /// its DEALLOCATE completed): `true`. An error, or a message skipped
+    /// after one until Sync: `false`.
+    Op(u64, bool),
+    /// `DEALLOCATE ALL` (`portals: false`) or `DISCARD ALL` completed.
+    ForgetAll { portals: bool },
 }
 
 /// What the audit log records for a statement that reads or searches
@@ -140,6 +186,15 @@ pub struct Shared {
     /// statement must abort it (see `Frontend::abort_transaction`), so that
     /// a COMMIT cannot make the writes before the failure stand.
     must_abort: AtomicBool,
+    /// Answers to the frontend's map changes. The frontend owns its maps of
+    /// prepared statements and portals without a lock; the backend only
+    /// appends here, and only for changes that involve protected
+    /// statements (pass-through statements create none), so the hot path
+    /// takes no lock beyond the pending queue's. The frontend drains this
+    /// when it next needs its maps, after one atomic load says there is
+    /// something to drain.
+    resolutions: Mutex<Vec<Resolution>>,
+    has_resolutions: AtomicBool,
 }
 
 impl Shared {
@@ -149,15 +204,70 @@ impl Shared {
             entry: Mutex::new(entry),
             tx_status: AtomicU8::new(b'I'),
             must_abort: AtomicBool::new(false),
+            resolutions: Mutex::new(Vec::new()),
+            has_resolutions: AtomicBool::new(false),
         }
+    }
+
+    /// Record PostgreSQL's answer to a map change.
+    pub fn resolve(&self, r: Resolution) {
+        if matches!(r, Resolution::Op(0, _)) {
+            return;
+        }
+        self.resolutions.lock().expect("resolutions").push(r);
+        self.has_resolutions.store(true, Ordering::Release);
+    }
+
+    /// Record the answer to every map change `p` carries: `confirmed` for
+    /// ParseComplete/BindComplete/CloseComplete and a Query's end, else
+    /// (an error, or skipped after one) they did not happen. A Query's
+    /// pending DEALLOCATEs did not complete.
+    pub fn resolve_entry(&self, p: &Pending, confirmed: bool) {
+        match p {
+            Pending::Parse { op, .. } | Pending::Bind { op, .. } | Pending::Close { op } => {
+                self.resolve(Resolution::Op(*op, confirmed))
+            }
+            Pending::Query { ops, .. } => {
+                for o in ops {
+                    self.resolve(Resolution::Op(o.id, confirmed && !o.deallocate));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The answers recorded since the last call.
+    pub fn take_resolutions(&self) -> Vec<Resolution> {
+        if !self.has_resolutions.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut r = self.resolutions.lock().expect("resolutions");
+        self.has_resolutions.store(false, Ordering::Release);
+        std::mem::take(&mut *r)
     }
 
     pub fn push(&self, p: Pending) {
         self.pending.lock().expect("pending queue").push_back(p);
     }
 
+    /// Pop the front entry; the map changes it carries did not happen
+    /// (error or skipped), unless it is a Query (see [`Shared::pop_as`]).
     pub fn pop(&self) -> Option<Pending> {
-        self.pending.lock().expect("pending queue").pop_front()
+        let p = self.pending.lock().expect("pending queue").pop_front();
+        if let Some(p) = &p {
+            self.resolve_entry(p, matches!(p, Pending::Query { .. }));
+        }
+        p
+    }
+
+    /// Pop the front entry; `confirmed`: PostgreSQL confirmed its map
+    /// change.
+    pub fn pop_as(&self, confirmed: bool) -> Option<Pending> {
+        let p = self.pending.lock().expect("pending queue").pop_front();
+        if let Some(p) = &p {
+            self.resolve_entry(p, confirmed);
+        }
+        p
     }
 
     pub fn is_idle(&self) -> bool {

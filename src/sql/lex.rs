@@ -124,6 +124,120 @@ fn skip_quoted(b: &[u8], start: usize, q: u8, escapes: bool) -> usize {
     b.len()
 }
 
+/// A name as SQL text writes it after a keyword.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlName {
+    /// An identifier: a plain one folded to lower case (ASCII, as
+    /// PostgreSQL does in UTF-8), a quoted one as written.
+    Ident(String),
+    /// A `U&"…"` identifier, which pgveil does not decode: any name.
+    Unknown,
+}
+
+/// Whether `sql` contains the word EXECUTE anywhere, in any case (a cheap
+/// byte scan before [`names_after_execute`]).
+pub fn mentions_execute(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(7)
+        .any(|w| w.eq_ignore_ascii_case(b"execute"))
+}
+
+/// The name after every word EXECUTE outside strings, quoted identifiers,
+/// dollar quotes and comments: the prepared statements that SQL `EXECUTE
+/// name`, `EXPLAIN … EXECUTE name` and `CREATE TABLE … AS EXECUTE name`
+/// run. Other uses of the word (`GRANT EXECUTE ON`, `EXECUTE FUNCTION`)
+/// give names too (`on`, `function`): harmless extra candidates.
+pub fn names_after_execute(sql: &str) -> Vec<SqlName> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_word(b[i - 2]));
+                i = skip_quoted(b, i, b'\'', escapes);
+            }
+            b'"' => i = skip_quoted(b, i, b'"', false),
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_comment(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_comment(b, i),
+            b'$' if i == 0 || !is_word(b[i - 1]) => match dollar_tag(b, i) {
+                Some(end) => {
+                    let tag = &b[i..end];
+                    i = b[end..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map(|p| end + p + tag.len())
+                        .unwrap_or(b.len());
+                }
+                None => i += 1,
+            },
+            c if is_word(c) => {
+                let start = i;
+                while i < b.len() && is_word(b[i]) {
+                    i += 1;
+                }
+                if !b[start..i].eq_ignore_ascii_case(b"execute") {
+                    continue;
+                }
+                let mut j = i;
+                loop {
+                    while j < b.len() && b[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if b[j..].starts_with(b"--") || b[j..].starts_with(b"/*") {
+                        j = skip_comment(b, j);
+                    } else {
+                        break;
+                    }
+                }
+                if j >= b.len() {
+                    continue;
+                }
+                if b[j] == b'"' {
+                    let end = skip_quoted(b, j, b'"', false);
+                    let inner = &sql[j + 1..end.saturating_sub(1).max(j + 1)];
+                    out.push(SqlName::Ident(inner.replace("\"\"", "\"")));
+                } else if matches!(b[j], b'u' | b'U') && b[j + 1..].starts_with(b"&\"") {
+                    out.push(SqlName::Unknown);
+                } else if is_word(b[j]) && !b[j].is_ascii_digit() && b[j] != b'$' {
+                    let s = j;
+                    while j < b.len() && is_word(b[j]) {
+                        j += 1;
+                    }
+                    out.push(SqlName::Ident(sql[s..j].to_ascii_lowercase()));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// Skip a `--` or (nested) `/* */` comment starting at `i`.
+fn skip_comment(b: &[u8], mut i: usize) -> usize {
+    if b[i] == b'-' {
+        while i < b.len() && b[i] != b'\n' {
+            i += 1;
+        }
+        return i;
+    }
+    let mut depth = 1;
+    i += 2;
+    while i < b.len() && depth > 0 {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
 /// `$tag$` starting at `i`: returns the index after the closing `$` of the tag.
 fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
@@ -365,6 +479,39 @@ mod tests {
         );
         assert_eq!(pieces(" ; ;; -- only a comment\n"), Vec::<&str>::new());
         assert_eq!(pieces("select $1; select 2"), vec!["select $1", "select 2"]);
+    }
+
+    #[test]
+    fn names_after_execute_as_postgres_reads_them() {
+        let id = |s: &str| SqlName::Ident(s.to_string());
+        assert_eq!(
+            names_after_execute("EXECUTE S1(55, 'Alice')"),
+            vec![id("s1")]
+        );
+        assert_eq!(
+            names_after_execute("explain (analyze, format json) execute \"S_1\" (1)"),
+            vec![id("S_1")]
+        );
+        assert_eq!(
+            names_after_execute("create temp table t as execute/* x */s2"),
+            vec![id("s2")]
+        );
+        assert_eq!(
+            names_after_execute("ExEcUtE -- c\n \"a\"\"b\"; execute U&\"\\0073\""),
+            vec![id("a\"b"), SqlName::Unknown]
+        );
+        for none in [
+            "select 'execute s1'",
+            "select $$ execute s1 $$",
+            "select E'\\' execute s1'",
+            "select 1 -- execute s1",
+            "select executed, execute_at from t",
+            "select \"execute s1\"",
+            "execute",
+        ] {
+            assert!(names_after_execute(none).is_empty(), "{none}");
+        }
+        assert!(mentions_execute("x EXECUTE y") && !mentions_execute("select 1"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::crypto::types::{Oid, PgType};
 use crate::policy::{Catalog, Policy};
 
 pub use lex::split_statements;
+pub use lex::{SqlName, mentions_execute, names_after_execute};
 
 /// A column of a table: `schema.table.column`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -34,13 +34,30 @@ impl Startup {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The user name as PostgreSQL reads it (cut to 63 bytes).
     pub fn user(&self) -> Option<&str> {
-        self.get("user")
+        self.get("user").map(pg_name)
     }
 
-    /// The database, defaulting to the user name as PostgreSQL does.
+    /// The database as PostgreSQL reads it: cut to 63 bytes, and the user
+    /// name when it is missing or empty.
     pub fn database(&self) -> Option<&str> {
-        self.get("database").or_else(|| self.user())
+        self.get("database")
+            .filter(|d| !d.is_empty())
+            .map(pg_name)
+            .or_else(|| self.user())
+    }
+
+    /// A key given more than once (compared without case: PostgreSQL
+    /// applies the last of `user`, `database`, `options` or a setting,
+    /// which pgveil must not read differently).
+    pub fn repeated_key(&self) -> Option<&str> {
+        self.params.iter().enumerate().find_map(|(i, (k, _))| {
+            self.params[..i]
+                .iter()
+                .any(|(e, _)| e.eq_ignore_ascii_case(k))
+                .then_some(k.as_str())
+        })
     }
 
     pub fn encode(&self) -> Bytes {
@@ -56,6 +73,21 @@ impl Startup {
         b[..4].copy_from_slice(&len.to_be_bytes());
         b.freeze()
     }
+}
+
+/// A user or database name as PostgreSQL reads it from a StartupMessage:
+/// names of 64 bytes or more are cut to NAMEDATALEN - 1 = 63 bytes (here at
+/// the character boundary before; a name cut inside a character names no
+/// role or database in PostgreSQL either).
+pub fn pg_name(s: &str) -> &str {
+    if s.len() < 64 {
+        return s;
+    }
+    let mut end = 63;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Parse the untyped first packet (including its 4-byte length).
@@ -294,6 +326,39 @@ mod tests {
         };
         let raw = s.encode();
         assert_eq!(parse_first_packet(&raw).unwrap(), FirstPacket::Startup(s));
+    }
+
+    #[test]
+    fn startup_names_as_postgres_reads_them() {
+        let s = |params: &[(&str, &str)]| Startup {
+            version: PROTOCOL_V3,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let dup = s(&[
+            ("user", "calmony_app"),
+            ("database", "app"),
+            ("user", "dba"),
+        ]);
+        assert_eq!(dup.repeated_key(), Some("user"));
+        let dup = s(&[("database", "a"), ("user", "u"), ("DataBase", "b")]);
+        assert_eq!(dup.repeated_key(), Some("DataBase"));
+        let dup = s(&[("user", "u"), ("options", "-c role=a"), ("options", "")]);
+        assert_eq!(dup.repeated_key(), Some("options"));
+        let one = s(&[("user", "u"), ("database", ""), ("application_name", "x")]);
+        assert_eq!(one.repeated_key(), None);
+        // An empty database is the user's, as in PostgreSQL.
+        assert_eq!(one.database(), Some("u"));
+        let long = "r".repeat(70);
+        let one = s(&[("user", &long), ("database", &format!("{long}x"))]);
+        assert_eq!(one.user(), Some(&long[..63]));
+        assert_eq!(one.database(), Some(&long[..63]));
+        // Cut at the character boundary before byte 63.
+        let wide = format!("{}é", "a".repeat(62));
+        assert_eq!(pg_name(&wide), &wide[..62]);
+        assert_eq!(pg_name("app"), "app");
     }
 
     #[test]

@@ -1,1 +1,536 @@
-//! (filled in by the prepared work)
+//! Prepared statements and portals as PostgreSQL keeps them (issue 14,
+//! class 3): pgveil's map of protected statements changes only on
+//! PostgreSQL's confirmation (ParseComplete, BindComplete, CloseComplete, a
+//! DEALLOCATE's CommandComplete), never for a message PostgreSQL rejected or
+//! skipped, and SQL `EXECUTE` of a statement pgveil rewrote is refused.
+//! Raw protocol frames: drivers do not send these sequences.
+
+use crate::common::*;
+
+/// A client speaking raw protocol frames to pgveil.
+pub(crate) mod raw {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn cstr(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// A protocol-3.0 StartupMessage with these parameters, in order
+    /// (repeats included).
+    pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            cstr(&mut body, k);
+            cstr(&mut body, v);
+        }
+        body.push(0);
+        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(&body);
+        m
+    }
+
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0u16.to_be_bytes());
+        frame(b'P', &b)
+    }
+
+    /// Bind with text parameters and text results.
+    pub fn bind(portal: &str, stmt: &str, params: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        cstr(&mut b, stmt);
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as u16).to_be_bytes());
+        for p in params {
+            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        b.extend_from_slice(&0u16.to_be_bytes());
+        frame(b'B', &b)
+    }
+
+    pub fn execute(portal: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        b.extend_from_slice(&0i32.to_be_bytes());
+        frame(b'E', &b)
+    }
+
+    pub fn close_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        frame(b'C', &b)
+    }
+
+    pub fn sync() -> Vec<u8> {
+        frame(b'S', &[])
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, sql);
+        frame(b'Q', &b)
+    }
+
+    /// One server message: tag and body.
+    pub type Msg = (u8, Vec<u8>);
+
+    pub struct Raw {
+        pub s: TcpStream,
+    }
+
+    impl Raw {
+        /// Send a StartupMessage; the connection is not read.
+        pub async fn open(addr: std::net::SocketAddr, params: &[(&str, &str)]) -> Raw {
+            let mut s = TcpStream::connect(addr).await.expect("connect to pgveil");
+            s.write_all(&startup(params)).await.unwrap();
+            Raw { s }
+        }
+
+        /// Log in (trust) as `user` on `app` and read up to ReadyForQuery.
+        pub async fn login(addr: std::net::SocketAddr, user: &str) -> Raw {
+            let mut r = Raw::open(addr, &[("user", user), ("database", "app")]).await;
+            let msgs = r.until_ready().await;
+            assert!(
+                errors(&msgs).is_empty(),
+                "login as {user} failed: {:?}",
+                errors(&msgs)
+            );
+            r
+        }
+
+        pub async fn send(&mut self, parts: &[Vec<u8>]) {
+            self.s.write_all(&parts.concat()).await.unwrap();
+        }
+
+        /// The next message, or `None` when the connection closed.
+        pub async fn next(&mut self) -> Option<Msg> {
+            let read = async {
+                let tag = self.s.read_u8().await.ok()?;
+                let len = self.s.read_u32().await.ok()?;
+                let mut body = vec![0; len.checked_sub(4)? as usize];
+                self.s.read_exact(&mut body).await.ok()?;
+                Some((tag, body))
+            };
+            tokio::time::timeout(Duration::from_secs(30), read)
+                .await
+                .expect("no answer from pgveil within 30 s")
+        }
+
+        /// Everything up to and including the next ReadyForQuery (or up to
+        /// the connection's end).
+        pub async fn until_ready(&mut self) -> Vec<Msg> {
+            let mut v = Vec::new();
+            while let Some(m) = self.next().await {
+                let done = m.0 == b'Z';
+                v.push(m);
+                if done {
+                    break;
+                }
+            }
+            v
+        }
+
+        /// Everything until the connection closes.
+        pub async fn until_closed(&mut self) -> Vec<Msg> {
+            let mut v = Vec::new();
+            while let Some(m) = self.next().await {
+                v.push(m);
+            }
+            v
+        }
+    }
+
+    /// One field of an ErrorResponse body.
+    fn field(body: &[u8], code: u8) -> String {
+        body.split(|&b| b == 0)
+            .find(|f| f.first() == Some(&code))
+            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// (severity, SQLSTATE, message) of every ErrorResponse.
+    pub fn errors(msgs: &[Msg]) -> Vec<(String, String, String)> {
+        msgs.iter()
+            .filter(|m| m.0 == b'E')
+            .map(|(_, b)| (field(b, b'V'), field(b, b'C'), field(b, b'M')))
+            .collect()
+    }
+
+    /// The tags of the messages, as characters (for assertions).
+    pub fn tags(msgs: &[Msg]) -> String {
+        msgs.iter().map(|m| m.0 as char).collect()
+    }
+
+    /// The text fields of every DataRow.
+    pub fn rows(msgs: &[Msg]) -> Vec<Vec<Option<String>>> {
+        msgs.iter()
+            .filter(|m| m.0 == b'D')
+            .map(|(_, b)| {
+                let n = u16::from_be_bytes([b[0], b[1]]) as usize;
+                let mut i = 2;
+                let mut row = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = i32::from_be_bytes(b[i..i + 4].try_into().unwrap());
+                    i += 4;
+                    if len < 0 {
+                        row.push(None);
+                    } else {
+                        let l = len as usize;
+                        row.push(Some(String::from_utf8_lossy(&b[i..i + l]).into_owned()));
+                        i += l;
+                    }
+                }
+                row
+            })
+            .collect()
+    }
+}
+
+use raw::{Raw, bind, close_statement, errors, execute, parse, query, rows, sync};
+
+const INSERT: &str = "INSERT INTO users (email, name) VALUES ($1, $2)";
+
+/// Exactly one error, with this SQLSTATE, whose message holds none of
+/// `values`.
+fn assert_refused(msgs: &[raw::Msg], sqlstate: &str, values: &[&str], what: &str) {
+    let errs = errors(msgs);
+    assert_eq!(errs.len(), 1, "{what}: {errs:?} ({})", raw::tags(msgs));
+    assert_eq!(errs[0].1, sqlstate, "{what}: {errs:?}");
+    for v in values {
+        assert!(!errs[0].2.contains(v), "{what}: the error shows a value");
+    }
+}
+
+/// The emails of `users` as `calmony_app` (read) sees them.
+async fn emails(fx: &Calmony) -> Vec<String> {
+    let c = fx.app("calmony_app").await;
+    c.query("SELECT email FROM users ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_execute_of_a_statement_pgveil_rewrote_is_refused() {
+    let fx = Calmony::start();
+    let v = "attack-sqlexec-4417@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+
+    // Parse and SQL EXECUTE in one pipeline: the Parse is not confirmed
+    // yet when the EXECUTE arrives.
+    c.send(&[
+        parse("s1", INSERT),
+        sync(),
+        query(&format!("EXECUTE s1('{v}', 'Alice')")),
+    ])
+    .await;
+    let first = c.until_ready().await;
+    assert!(errors(&first).is_empty(), "{:?}", errors(&first));
+    let second = c.until_ready().await;
+    assert_refused(&second, "0A000", &[v, "Alice"], "pipelined EXECUTE");
+    assert!(errors(&second)[0].2.contains("Bind/Execute"));
+
+    // Across round trips, in every spelling PostgreSQL accepts.
+    for sql in [
+        format!("EXECUTE s1('{v}', 'Alice')"),
+        format!("execute S1 ('{v}', 'Alice')"),
+        format!("EXECUTE/* c */\"s1\"('{v}', 'Alice')"),
+        format!("SELECT 1; EXECUTE s1('{v}', 'Alice')"),
+        format!("EXPLAIN ANALYZE EXECUTE s1('{v}', 'Alice')"),
+        format!("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE s1('{v}', 'Alice')"),
+    ] {
+        c.send(&[query(&sql)]).await;
+        assert_refused(&c.until_ready().await, "0A000", &[v], &sql);
+    }
+    // A protected SELECT through CREATE TABLE … AS EXECUTE.
+    c.send(&[
+        parse("s2", "SELECT id, email FROM users WHERE email = $1"),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[query(&format!("CREATE TABLE stolen AS EXECUTE s2('{v}')"))])
+        .await;
+    assert_refused(&c.until_ready().await, "0A000", &[v], "CREATE TABLE AS");
+    // The extended protocol carrying SQL EXECUTE.
+    c.send(&[
+        parse("", &format!("EXECUTE s1('{v}', 'Alice')")),
+        bind("", "", &[]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "0A000", &[v], "Parse of EXECUTE");
+
+    // SQL PREPARE on a protected table is refused by the analyzer.
+    c.send(&[query(&format!(
+        "PREPARE p1(text) AS INSERT INTO users (email) VALUES ($1); EXECUTE p1('{v}')"
+    ))])
+    .await;
+    assert_refused(&c.until_ready().await, "0A000", &[v], "SQL PREPARE");
+
+    // Unprotected SQL prepared statements still work next to s1.
+    c.send(&[query(
+        "PREPARE q1(text) AS SELECT upper($1); EXECUTE q1('plain')",
+    )])
+    .await;
+    let ok = c.until_ready().await;
+    assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
+    assert_eq!(rows(&ok), vec![vec![Some("PLAIN".to_string())]]);
+
+    // The protocol-level way works and encrypts.
+    c.send(&[bind("", "s1", &[v, "Alice"]), execute(""), sync()])
+        .await;
+    let ok = c.until_ready().await;
+    assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
+    assert_eq!(emails(&fx).await, vec![v.to_string()]);
+    let d = fx.direct().await;
+    let n: i64 = d
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'stolen'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    fx.assert_no_plaintext(&[v]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_postgres_rejects_never_takes_effect() {
+    let fx = Calmony::start();
+    let v1 = "attack-failparse-5521@example.com";
+    let v2 = "attack-failparse-5522@example.com";
+    let v3 = "attack-failparse-5523@example.com";
+    let ok_v = "fine-failparse-5524@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[parse("s", INSERT), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+
+    // Re-Parse of an existing name fails in PostgreSQL (42P05): `s` stays
+    // the encrypting INSERT, and a Bind of it in a later round trip is
+    // encrypted.
+    c.send(&[parse("s", "SELECT $1::text, $2::text"), sync()])
+        .await;
+    let m = c.until_ready().await;
+    assert_refused(&m, "42P05", &[], "re-Parse");
+    c.send(&[bind("", "s", &[ok_v, "Bob"]), execute(""), sync()])
+        .await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+
+    // The same in one pipeline: the Bind comes before PostgreSQL has
+    // answered the Parse, so pgveil cannot know which `s` it binds:
+    // refused, nothing stored.
+    c.send(&[
+        parse("s", "SELECT $1::text, $2::text"),
+        sync(),
+        bind("", "s", &[v1, "Eve"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "42P05", &[v1], "re-Parse");
+    assert_refused(&c.until_ready().await, "0A000", &[v1], "Bind after it");
+
+    // A protected Parse that PostgreSQL rejects, then Bind/Execute of its
+    // name in the same pipeline (skipped) and in the next (the name does
+    // not exist: 26000, the parameter never stored).
+    c.send(&[
+        parse(
+            "t",
+            "INSERT INTO users (email, name, plan) VALUES ($1, $2, no_such_function())",
+        ),
+        bind("", "t", &[v2, "Eve"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "42883", &[v2], "bad Parse");
+    c.send(&[bind("", "t", &[v2, "Eve"]), execute(""), sync()])
+        .await;
+    assert_refused(&c.until_ready().await, "26000", &[v2], "Bind of t");
+
+    // A Parse skipped after an earlier error of its pipeline never takes
+    // effect either: the unnamed statement stays the encrypting INSERT.
+    c.send(&[parse("", INSERT), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[
+        execute("no_such_portal"),
+        parse("", "SELECT $1::text, $2::text"),
+        query("SELECT 1"),
+        sync(),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "34000", &[], "Execute");
+    c.send(&[bind("", "", &[v3, "Eve"]), execute(""), sync()])
+        .await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+
+    assert_eq!(
+        emails(&fx).await,
+        vec![ok_v.to_string(), v3.to_string()],
+        "what went in, decrypted"
+    );
+    fx.assert_no_plaintext(&[v1, v2, v3, ok_v]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_then_parse_again_under_the_same_name() {
+    let fx = Calmony::start();
+    let v1 = "attack-reparse-6631@example.com";
+    let v2 = "attack-reparse-6632@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[parse("s", INSERT), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+
+    // Close and Parse again in one pipeline, Bind after another Sync:
+    // whether the Close and Parse happened is not known yet: refused.
+    c.send(&[
+        close_statement("s"),
+        sync(),
+        parse("s", "SELECT $1::text, $2::text"),
+        sync(),
+        bind("", "s", &[v1, "Eve"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    assert!(errors(&c.until_ready().await).is_empty());
+    assert_refused(&c.until_ready().await, "0A000", &[v1], "Bind");
+    // Now confirmed: `s` is the plain SELECT, and binds as one.
+    c.send(&[bind("", "s", &["echo", "x"]), execute(""), sync()])
+        .await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+    assert_eq!(
+        rows(&m),
+        vec![vec![Some("echo".to_string()), Some("x".to_string())]]
+    );
+
+    // And back: closed, parsed as the INSERT again, in one pipeline with
+    // the Bind (same Sync): encrypted.
+    c.send(&[
+        close_statement("s"),
+        parse("s", INSERT),
+        bind("", "s", &[v2, "Alice"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+    assert_eq!(emails(&fx).await, vec![v2.to_string()]);
+    fx.assert_no_plaintext(&[v1, v2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_and_discard_follow_command_complete() {
+    let fx = Calmony::start();
+    let v1 = "attack-dealloc-7741@example.com";
+    let v2 = "attack-dealloc-7742@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+
+    for (reset, tag) in [
+        ("DEALLOCATE s", "DEALLOCATE"),
+        ("DEALLOCATE ALL", "DEALLOCATE ALL"),
+        ("DISCARD ALL", "DISCARD ALL"),
+    ] {
+        c.send(&[parse("s", INSERT), sync()]).await;
+        assert!(errors(&c.until_ready().await).is_empty(), "{reset}");
+        // Sent together: the EXECUTE comes before the reset's
+        // CommandComplete, so `s` may still be the INSERT: refused.
+        c.send(&[
+            query(reset),
+            query(&format!(
+                "PREPARE s(text, text) AS SELECT $1, $2; EXECUTE s('{v1}', 'x')"
+            )),
+        ])
+        .await;
+        let m = c.until_ready().await;
+        assert!(errors(&m).is_empty(), "{reset}: {:?}", errors(&m));
+        assert!(
+            m.iter()
+                .any(|(t, b)| *t == b'C' && b.starts_with(tag.as_bytes())),
+            "{reset}"
+        );
+        assert_refused(&c.until_ready().await, "0A000", &[v1], reset);
+        // After it: `s` is forgotten; a SQL-prepared `s` of plain SELECT
+        // runs, by SQL and by Bind.
+        c.send(&[query(
+            "PREPARE s(text, text) AS SELECT $1, $2; EXECUTE s('plain', 'x')",
+        )])
+        .await;
+        let m = c.until_ready().await;
+        assert!(errors(&m).is_empty(), "{reset}: {:?}", errors(&m));
+        assert_eq!(
+            rows(&m),
+            vec![vec![Some("plain".to_string()), Some("x".to_string())]]
+        );
+        c.send(&[query("DEALLOCATE s")]).await;
+        assert!(errors(&c.until_ready().await).is_empty());
+    }
+
+    // A DEALLOCATE that fails (no such statement) changes nothing: `s`
+    // stays the encrypting INSERT.
+    c.send(&[parse("s", INSERT), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    c.send(&[query("DEALLOCATE no_such_statement")]).await;
+    assert_refused(&c.until_ready().await, "26000", &[], "DEALLOCATE");
+    c.send(&[query(&format!("EXECUTE s('{v1}', 'x')"))]).await;
+    assert_refused(&c.until_ready().await, "0A000", &[v1], "EXECUTE");
+    c.send(&[bind("", "s", &[v2, "Alice"]), execute(""), sync()])
+        .await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+    assert_eq!(emails(&fx).await, vec![v2.to_string()]);
+    fx.assert_no_plaintext(&[v1, v2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_pgveils_own_select_sequence_keeps_later_answers_in_step() {
+    let fx = Calmony::start();
+    let v = "attack-ownselect-8851@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[
+        parse("", INSERT),
+        bind("", "", &[v, "Alice"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert!(errors(&c.until_ready().await).is_empty());
+    // A simple-query SELECT that pgveil sends as Parse/Bind/Describe/
+    // Execute/Sync (binary email), failing at Parse in PostgreSQL, with the
+    // next Query already behind it: that one's rows are still decrypted.
+    c.send(&[
+        query("SELECT email FROM users WHERE no_such_function(id)"),
+        query("SELECT email FROM users"),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "42883", &[v], "bad SELECT");
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+    assert_eq!(rows(&m), vec![vec![Some(v.to_string())]]);
+    fx.assert_no_plaintext(&[v]).await;
+}
