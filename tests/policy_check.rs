@@ -176,7 +176,7 @@ async fn catalog_query_maps_tables_and_views() {
         panic!("{plans:?}")
     };
     let sql = r.render(|_, _| unreachable!());
-    assert_eq!(sql, "SELECT id FROM user_emails WHERE email_bidx = $1");
+    assert_eq!(sql, "select id from user_emails where email_bidx = $1");
     client.prepare(&sql).await.unwrap();
 }
 

@@ -992,13 +992,45 @@ fn check_plan(sql: &str, p: &StatementPlan, touches: bool) {
             let rendered = r.render(|_, _| "'\\x7076'::bytea".to_string());
             if r.unchanged {
                 assert_eq!(rendered, original, "unchanged rewrite is the original");
+                assert!(r.edits.is_empty(), "an unchanged rewrite has no edits");
             } else {
+                check_splice(original, &r.edits, &rendered);
                 let dialect = sqlparser::dialect::PostgreSqlDialect {};
                 match sqlparser::parser::Parser::parse_sql(&dialect, &rendered) {
                     Ok(v) => assert_eq!(v.len(), 1, "rewritten statement count: {rendered}"),
                     Err(e) => panic!("rewritten statement does not parse ({e}):\n{rendered}"),
                 }
             }
+        }
+    }
+}
+
+/// The splice invariant: outside the announced edit spans, the statement
+/// sent is the client's text byte for byte and in order (the first kept
+/// piece starts it, the last ends it, the others appear in order between
+/// the edits' replacements).
+fn check_splice(original: &str, edits: &[std::ops::Range<usize>], rendered: &str) {
+    let mut kept = vec![];
+    let mut at = 0;
+    for e in edits {
+        assert!(e.start >= at && e.end >= e.start && e.end <= original.len(), "edit spans in order");
+        kept.push(&original[at..e.start]);
+        at = e.end;
+    }
+    kept.push(&original[at..]);
+    let mut pos = 0;
+    let last = kept.len() - 1;
+    for (i, piece) in kept.iter().enumerate() {
+        if i == 0 {
+            assert!(rendered.starts_with(piece), "kept prefix:\n{original}\n{rendered}");
+            pos = piece.len();
+        } else if i == last {
+            assert!(rendered[pos..].ends_with(piece), "kept suffix:\n{original}\n{rendered}");
+        } else {
+            let found = rendered[pos..]
+                .find(piece)
+                .unwrap_or_else(|| panic!("kept piece {piece:?} missing:\n{original}\n{rendered}"));
+            pos += found + piece.len();
         }
     }
 }

@@ -460,7 +460,7 @@ impl Frontend {
             effect = batch::Effect::None;
         }
         self.unsettled = self.unsettled.max(effect);
-        (self.behind_unsettled == batch::Effect::Catalog && !batch::is_transaction_control(sql))
+        (self.behind_unsettled == batch::Effect::Catalog && !batch::may_follow_ddl(sql))
             .then(|| {
                 refuse(
                     "0A000",
@@ -493,13 +493,13 @@ impl Frontend {
         for (i, r) in ranges.iter().enumerate() {
             let text = &sql[r.clone()];
             match after {
-                batch::Effect::Catalog if !batch::is_transaction_control(text) => {
+                batch::Effect::Catalog if !batch::may_follow_ddl(text) => {
                     return Some((
                         i,
                         refuse(
                             "0A000",
                             format!(
-                                "pgveil: statement {} of this query follows a statement that can change the catalog (DDL, DO, CALL or EXECUTE) in the same query; pgveil plans every statement against the catalog as it was before the query, so it refuses the query: send the DDL in a query of its own",
+                                "pgveil: statement {} of this query follows a statement that can change the catalog (DDL, DO, CALL or EXECUTE) in the same query; pgveil plans every statement against the catalog as it was before the query, so it refuses the query: send statements that read or write data in a query of their own after the DDL",
                                 i + 1
                             ),
                         ),

@@ -97,6 +97,12 @@ pub fn runs_code(sql: &str) -> bool {
     })
 }
 
+/// What may follow DDL before the catalog is re-read: transaction control
+/// and more DDL (which writes no values; DO, CALL and EXECUTE excepted).
+pub fn may_follow_ddl(stmt: &str) -> bool {
+    is_transaction_control(stmt) || (effect(stmt) == Effect::Catalog && !runs_code(stmt))
+}
+
 /// Transaction control, which may follow anything.
 pub fn is_transaction_control(stmt: &str) -> bool {
     let w = pglex::leading_words(stmt, 1);

@@ -3,14 +3,14 @@
 
 use std::ops::Range;
 
-/// Split `sql` at top-level `;` (outside strings, quoted identifiers,
-/// dollar quotes and comments). Returns the byte range of each non-empty
-/// statement, trimmed of surrounding whitespace, without the `;`.
+/// Split `sql` at top-level `;` tokens as PostgreSQL's lexer finds them
+/// (`super::pglex`: outside strings, quoted identifiers, dollar quotes and
+/// comments, a `--` comment ending at `\n` or `\r`). Returns the byte
+/// range of each non-empty statement, trimmed of surrounding whitespace,
+/// without the `;`. A `;` inside parentheses (rule actions) does not split.
 pub fn split_statements(sql: &str) -> Vec<Range<usize>> {
-    let b = sql.as_bytes();
     let mut out = vec![];
     let mut start = 0;
-    let mut i = 0;
     let mut paren = 0i32;
     let push = |out: &mut Vec<Range<usize>>, s: usize, e: usize| {
         let piece = &sql[s..e];
@@ -20,69 +20,22 @@ pub fn split_statements(sql: &str) -> Vec<Range<usize>> {
             out.push(s + lead..e - trail);
         }
     };
-    while i < b.len() {
-        match b[i] {
-            b'\'' => {
-                // E'…' strings allow backslash escapes.
-                let escapes =
-                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_word(b[i - 2]));
-                i = skip_quoted(b, i, b'\'', escapes);
-                continue;
-            }
-            b'"' => {
-                i = skip_quoted(b, i, b'"', false);
-                continue;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while i < b.len() && depth > 0 {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                    } else {
-                        i += 1;
-                    }
-                }
-                continue;
-            }
-            b'$' if i == 0 || !is_word(b[i - 1]) => {
-                if let Some(end) = dollar_tag(b, i) {
-                    let tag = &b[i..end];
-                    let mut j = end;
-                    let mut close = None;
-                    while j + tag.len() <= b.len() {
-                        if &b[j..j + tag.len()] == tag {
-                            close = Some(j + tag.len());
-                            break;
-                        }
-                        j += 1;
-                    }
-                    i = close.unwrap_or(b.len());
-                    continue;
-                }
-            }
-            b'(' => paren += 1,
-            b')' => paren -= 1,
-            b';' if paren <= 0 => {
-                push(&mut out, start, i);
-                start = i + 1;
+    for t in super::pglex::Tokens::new(sql) {
+        if t.kind != super::pglex::Kind::Op {
+            continue;
+        }
+        match &sql[t.span.clone()] {
+            "(" => paren += 1,
+            ")" => paren -= 1,
+            ";" if paren <= 0 => {
+                push(&mut out, start, t.span.start);
+                start = t.span.end;
                 paren = 0;
             }
             _ => {}
         }
-        i += 1;
     }
-    push(&mut out, start, b.len());
+    push(&mut out, start, sql.len());
     out
 }
 
@@ -93,7 +46,11 @@ fn only_comments(s: &str) -> bool {
             return true;
         }
         if let Some(r) = rest.strip_prefix("--") {
-            rest = r.split_once('\n').map(|x| x.1).unwrap_or("").trim_start();
+            rest = r
+                .split_once(['\n', '\r'])
+                .map(|x| x.1)
+                .unwrap_or("")
+                .trim_start();
         } else if let Some(r) = rest.strip_prefix("/*") {
             match r.find("*/") {
                 Some(p) => rest = r[p + 2..].trim_start(),
@@ -217,7 +174,7 @@ pub fn names_after_execute(sql: &str) -> Vec<SqlName> {
 /// Skip a `--` or (nested) `/* */` comment starting at `i`.
 fn skip_comment(b: &[u8], mut i: usize) -> usize {
     if b[i] == b'-' {
-        while i < b.len() && b[i] != b'\n' {
+        while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
             i += 1;
         }
         return i;

@@ -239,6 +239,10 @@ pub struct RewritePlan {
     pub touched: Vec<(ColumnRef, Use)>,
     /// True when `sql` is the original text byte for byte.
     pub unchanged: bool,
+    /// The byte ranges of the statement's text (relative to `source`)
+    /// that pgveil replaced or inserted at, in order; every other byte of
+    /// `sql` is the client's (`splice`).
+    pub edits: Vec<Range<usize>>,
     /// Byte range of this statement in the text given to `plan`.
     pub source: Range<usize>,
     /// For a plain SELECT without `*` (no set operation, no INTO): per

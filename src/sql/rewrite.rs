@@ -119,10 +119,11 @@ fn names_blind_index(an: &Analyzer, text: &str, role: &str) -> Option<Reject> {
     // constraint, dropping it) reads no value; ALTER … USING could copy
     // values into a readable column, views and CREATE … AS could show them.
     let structural = match (word(0).as_str(), word(1).as_str(), word(2).as_str()) {
-        ("create", "index", _)
-        | ("create", "unique", "index")
-        | ("drop", _, _)
-        | ("comment", _, _) => true,
+        // A partial index's predicate could compare rows: not exempt.
+        ("create", "index", _) | ("create", "unique", "index") => !toks.iter().any(|t| {
+            t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("where")
+        }),
+        ("drop", _, _) | ("comment", _, _) => true,
         ("alter", "table" | "index", _) => !toks.iter().any(|t| {
             t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("using")
         }),
@@ -264,6 +265,8 @@ struct Cx<'a> {
     /// are spliced into the client's text from its difference with the
     /// rewritten AST (`super::splice`).
     before: Option<Statement>,
+    /// Spans of the client's text the splice replaced.
+    edits: Vec<Range<usize>>,
     /// Set by `top` for a plain SELECT statement and taken by the first
     /// `select`: only that select list may show view columns pgveil cannot
     /// map (as stored); everywhere else they are refused.
@@ -659,6 +662,7 @@ impl<'a> Cx<'a> {
             changed: false,
             result_columns: None,
             before: None,
+            edits: vec![],
             outer_select: false,
         }
     }
@@ -1524,6 +1528,14 @@ impl<'a> Cx<'a> {
         if let Some(with) = &mut q.with {
             for cte in with.cte_tables.iter_mut() {
                 let name = norm(&cte.alias.name);
+                // PostgreSQL resolves the target of INSERT/UPDATE/DELETE
+                // to the table even when a CTE has its name; pgveil would
+                // see the CTE. A CTE may not wear a protected name.
+                if self.an.may_touch_protected(&quote_ident(&name)) {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: a WITH query named {name} shadows protected table or view {name}: give the WITH query another name"
+                    )));
+                }
                 if with.recursive {
                     // A recursive CTE sees itself with unknown columns.
                     sc.last_mut()
@@ -2375,6 +2387,36 @@ impl<'a> Cx<'a> {
                         "pgveil: renaming protected {what}"
                     )));
                 }
+                // A type change (with USING or a domain's default) or a
+                // generated expression would let PostgreSQL compute the
+                // stored value from the client's text: plaintext.
+                let computed = match op {
+                    AlterTableOperation::AlterColumn {
+                        column_name,
+                        op:
+                            AlterColumnOperation::SetDataType { .. }
+                            | AlterColumnOperation::AddGenerated { .. },
+                    } => Some(norm(column_name)),
+                    AlterTableOperation::AddColumn { column_def, .. }
+                        if column_def
+                            .options
+                            .iter()
+                            .any(|o| matches!(o.option, ColumnOption::Generated { .. })) =>
+                    {
+                        Some(norm(&column_def.name))
+                    }
+                    _ => None,
+                };
+                if let Some(c) = computed
+                    && (t.column(&c).is_some()
+                        || t.blind_index_owner(&c).is_some()
+                        || t.tenant.as_deref() == Some(c.as_str()))
+                {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: changing the type of, or generating, protected column {}.{c} through pgveil is not supported: PostgreSQL would compute its stored value from plaintext; its storage type is fixed by the policy (bytea or text), change it directly on PostgreSQL with the policy check",
+                        t.qualified()
+                    )));
+                }
                 let col = match op {
                     AlterTableOperation::AlterColumn {
                         column_name,
@@ -3166,6 +3208,31 @@ impl<'a> Cx<'a> {
             source,
         };
         if direction == CopyDirection::Out {
+            // CopyData is not masked like DataRows: blind-index columns go
+            // out only to roles that may search them.
+            for c in cols.iter().flatten().chain(
+                cols.is_none()
+                    .then(|| {
+                        t.columns
+                            .iter()
+                            .filter_map(|c| c.blind_index.as_ref().map(|b| &b.column))
+                    })
+                    .into_iter()
+                    .flatten(),
+            ) {
+                if let Some((cp, _)) = t.blind_index_owner(c)
+                    && !self
+                        .an
+                        .policy
+                        .column_access(self.role, cp)
+                        .is_some_and(|a| a.search)
+                {
+                    return Err(Reject::privilege(format!(
+                        "pgveil: COPY {qualified} TO would show blind-index column {c}, which role {} may not search: list the columns without it, e.g. COPY {qualified} (id, …) TO STDOUT",
+                        self.role
+                    )));
+                }
+            }
             for c in &t.columns {
                 self.touch(&ColumnRef::new(&t.schema, &t.table, &c.name), Use::Read);
             }
@@ -3356,6 +3423,7 @@ impl<'a> Cx<'a> {
             parse_param_types: parse_types,
             touched: std::mem::take(&mut self.touched),
             unchanged: !self.changed,
+            edits: std::mem::take(&mut self.edits),
             source,
             result_columns: self.result_columns.take(),
         })
@@ -3365,10 +3433,13 @@ impl<'a> Cx<'a> {
 impl Cx<'_> {
     /// The client's text with the rewrite of `stmt` spliced in; never a
     /// print of the client's statement.
-    fn spliced(&self, text: &str, stmt: &Statement) -> R<String> {
+    fn spliced(&mut self, text: &str, stmt: &Statement) -> R<String> {
         let before = self.before.as_ref().ok_or_else(internal)?;
         match splice::splice_statement(text, before, stmt) {
-            Some((out, _)) => Ok(out),
+            Some((out, edits)) => {
+                self.edits = edits.into_iter().map(|e| e.span).collect();
+                Ok(out)
+            }
             None => Err(Reject::unsupported(format!(
                 "pgveil: the rewrite of this statement on protected table {} could not be applied to the statement's own text exactly, so it was not sent: simplify it (one statement, values as bind parameters, no comments inside the changed parts)",
                 mentioned(self.an, text)

@@ -785,7 +785,7 @@ fn copy_plans() {
         "{}",
         c.sql
     );
-    let v = a.plan("copy users to stdout", "dba", Mode::Simple);
+    let v = a.plan("copy users to stdout", "app_user", Mode::Simple);
     assert!(matches!(&v[0], StatementPlan::Copy(c) if c.direction == CopyDirection::Out));
     let v = a.plan("copy users from stdin", "app_user", Mode::Simple);
     assert!(reject(v[0].clone()).1.contains("column list"));
@@ -1135,4 +1135,49 @@ fn renaming_protected_names_is_refused() {
         ext("alter table users rename column plan to plan2", "app_user"),
         StatementPlan::Reject { .. }
     ));
+}
+
+#[test]
+fn review_findings_are_closed() {
+    // `--` comments end at a carriage return, as in PostgreSQL: the
+    // statement boundaries are PostgreSQL's.
+    let sql = "SELECT text --\r'\n;SELECT '; INSERT INTO users(email) VALUES ($q$alice@example.com$q$); SELECT text ' --'";
+    let pieces: Vec<&str> = split_statements(sql).into_iter().map(|r| &sql[r]).collect();
+    assert_eq!(pieces.len(), 3, "{pieces:?}");
+    assert!(pieces[1].starts_with("INSERT INTO users"), "{pieces:?}");
+    let plans = simple(sql, "signup");
+    match &plans[1] {
+        StatementPlan::Rewrite(r) => assert!(shown(r).contains("{0:Encrypt}"), "{}", shown(r)),
+        StatementPlan::Reject { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    // A CTE may not shadow a protected table (PostgreSQL writes the table).
+    for sql in [
+        "with users as (select 1) insert into users (email) values ('alice@example.com')",
+        "with users as (select 1) update users set email = 'x' where id = 1",
+    ] {
+        let (code, _) = reject(ext(sql, "app_user"));
+        assert_eq!(code, "0A000", "{sql}");
+    }
+    // DDL cannot compute a protected column's value from plaintext.
+    for sql in [
+        "alter table users alter column email type text using 'alice@example.com'",
+        "alter table users add column name text generated always as ('x') stored",
+    ] {
+        let (code, _) = reject(ext(sql, "app_user"));
+        assert_eq!(code, "0A000", "{sql}");
+    }
+    // COPY TO shows blind indexes only to roles that may search.
+    let (code, _) = reject(ext("copy users to stdout", "dba"));
+    assert_eq!(code, "42501");
+    assert!(!matches!(
+        ext("copy users (id, email) to stdout", "dba"),
+        StatementPlan::Reject { .. }
+    ));
+    // A partial index on a blind index could compare rows.
+    let (code, _) = reject(ext(
+        "create unique index p on users (email_bidx) where id in (1, 999)",
+        "dba",
+    ));
+    assert_eq!(code, "42501");
 }

@@ -248,3 +248,48 @@ async fn blind_index_columns_are_no_oracle() {
     ])
     .await;
 }
+
+/// Findings of the attacker review: statement boundaries where a `--`
+/// comment ends at a carriage return, and a WITH query named like the
+/// protected table it writes.
+#[tokio::test]
+async fn comment_boundaries_and_shadowing_ctes_cannot_smuggle_plaintext() {
+    let fx = Calmony::start();
+    let signup = fx.app("signup").await;
+    let reader = fx.app("calmony_app").await;
+    let sql = "SELECT text --\r'\n;SELECT '; INSERT INTO users(id, email) VALUES (90, $q$review-cr-90@example.com$q$); SELECT text ' --'";
+    match signup.simple_query(sql).await {
+        Ok(_) => {
+            let row = reader
+                .query_one("SELECT email FROM users WHERE id = 90", &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                row.get::<_, Option<String>>(0).as_deref(),
+                Some("review-cr-90@example.com")
+            );
+        }
+        Err(e) => {
+            assert!(
+                matches!(code(&e).as_str(), "0A000" | "42501"),
+                "{}",
+                err_text(&e)
+            );
+            assert!(!err_text(&e).contains("review-cr-90"), "{}", err_text(&e));
+        }
+    }
+    for sql in [
+        "WITH users AS (SELECT 1) INSERT INTO users (id, email) VALUES (91, 'review-cte-91@example.com')",
+        "WITH users AS (SELECT 1) UPDATE users SET email = 'review-cte-92@example.com' WHERE id = 90",
+    ] {
+        let e = reader.simple_query(sql).await.expect_err(sql);
+        assert_eq!(code(&e), "0A000", "{sql}: {}", err_text(&e));
+        assert!(!err_text(&e).contains("review-cte"), "{}", err_text(&e));
+    }
+    fx.assert_no_plaintext(&[
+        "review-cr-90@example.com",
+        "review-cte-91@example.com",
+        "review-cte-92@example.com",
+    ])
+    .await;
+}
