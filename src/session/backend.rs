@@ -36,6 +36,9 @@ pub struct Backend {
     streaming: Option<Option<Shape>>,
     /// A row failed to decrypt since the last ReadyForQuery.
     row_failed: bool,
+    /// The abort was requested when the bad row arrived (inside a block),
+    /// not at ReadyForQuery: the client may act on the error first.
+    abort_early: bool,
     /// An error in the extended protocol: PostgreSQL skips every message
     /// up to the next Sync (a Query and a FunctionCall too), and that
     /// Sync's ReadyForQuery ends it.
@@ -58,6 +61,7 @@ impl Backend {
             decryptor: RowDecryptor::default(),
             streaming: None,
             row_failed: false,
+            abort_early: false,
             skipping: false,
         }
     }
@@ -172,8 +176,13 @@ impl Backend {
                 // told the block failed, as after any error, until the
                 // frontend has made PostgreSQL agree (at the next
                 // statement; a bare Sync before it changes nothing).
-                if (std::mem::take(&mut self.row_failed) || self.shared.must_abort()) && st == b'T'
-                {
+                // If the abort was requested when the row failed, the
+                // frontend may already have carried it out (the client
+                // answered the error with ROLLBACK before this arrived):
+                // then it is not requested again.
+                let failed = std::mem::take(&mut self.row_failed);
+                let early = std::mem::take(&mut self.abort_early);
+                if (self.shared.must_abort() || (failed && !early)) && st == b'T' {
                     self.shared.set_must_abort();
                     st = b'E';
                 }
@@ -547,6 +556,13 @@ impl Backend {
             Err(e) => {
                 metrics::counter!("pgveil_decrypt_errors_total").increment(1);
                 self.row_failed = true;
+                // Inside a transaction block, request the abort now: the
+                // client can send its next statement as soon as it reads
+                // this error, before PostgreSQL's ReadyForQuery arrives.
+                if self.shared.tx_in_block() {
+                    self.shared.set_must_abort();
+                    self.abort_early = true;
+                }
                 tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
                 out.extend_from_slice(&msg::error_response(
                     "ERROR",

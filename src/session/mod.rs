@@ -294,6 +294,11 @@ impl Shared {
     }
 
     /// Whether the session is outside any transaction block.
+    /// Whether the last ReadyForQuery said "in a transaction block".
+    pub fn tx_in_block(&self) -> bool {
+        self.tx_status.load(Ordering::Relaxed) == b'T'
+    }
+
     pub fn tx_idle(&self) -> bool {
         self.tx_status.load(Ordering::Relaxed) == b'I'
     }
