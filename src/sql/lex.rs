@@ -40,45 +40,7 @@ pub fn split_statements(sql: &str) -> Vec<Range<usize>> {
 }
 
 fn only_comments(s: &str) -> bool {
-    let mut rest = s.trim_start();
-    loop {
-        if rest.is_empty() {
-            return true;
-        }
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r
-                .split_once(['\n', '\r'])
-                .map(|x| x.1)
-                .unwrap_or("")
-                .trim_start();
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            match r.find("*/") {
-                Some(p) => rest = r[p + 2..].trim_start(),
-                None => return true,
-            }
-        } else {
-            return false;
-        }
-    }
-}
-
-fn skip_quoted(b: &[u8], start: usize, q: u8, escapes: bool) -> usize {
-    let mut i = start + 1;
-    while i < b.len() {
-        if escapes && b[i] == b'\\' {
-            i += 2;
-            continue;
-        }
-        if b[i] == q {
-            if b.get(i + 1) == Some(&q) {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += 1;
-    }
-    b.len()
+    super::pglex::Tokens::new(s).next().is_none()
 }
 
 /// A name as SQL text writes it after a keyword.
@@ -99,115 +61,33 @@ pub fn mentions_execute(sql: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(b"execute"))
 }
 
-/// The name after every word EXECUTE outside strings, quoted identifiers,
-/// dollar quotes and comments: the prepared statements that SQL `EXECUTE
-/// name`, `EXPLAIN … EXECUTE name` and `CREATE TABLE … AS EXECUTE name`
-/// run. Other uses of the word (`GRANT EXECUTE ON`, `EXECUTE FUNCTION`)
-/// give names too (`on`, `function`): harmless extra candidates.
+/// The name after every word EXECUTE, on PostgreSQL's tokens
+/// (`super::pglex`: never inside strings, quoted identifiers, dollar
+/// quotes or comments): the prepared statements that SQL `EXECUTE name`,
+/// `EXPLAIN … EXECUTE name` and `CREATE TABLE … AS EXECUTE name` run.
+/// Other uses of the word (`GRANT EXECUTE ON`, `EXECUTE FUNCTION`) give
+/// names too (`on`, `function`): harmless extra candidates.
 pub fn names_after_execute(sql: &str) -> Vec<SqlName> {
-    let b = sql.as_bytes();
+    use super::pglex::Kind;
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\'' => {
-                let escapes =
-                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_word(b[i - 2]));
-                i = skip_quoted(b, i, b'\'', escapes);
-            }
-            b'"' => i = skip_quoted(b, i, b'"', false),
-            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_comment(b, i),
-            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_comment(b, i),
-            b'$' if i == 0 || !is_word(b[i - 1]) => match dollar_tag(b, i) {
-                Some(end) => {
-                    let tag = &b[i..end];
-                    i = b[end..]
-                        .windows(tag.len())
-                        .position(|w| w == tag)
-                        .map(|p| end + p + tag.len())
-                        .unwrap_or(b.len());
-                }
-                None => i += 1,
-            },
-            c if is_word(c) => {
-                let start = i;
-                while i < b.len() && is_word(b[i]) {
-                    i += 1;
-                }
-                if !b[start..i].eq_ignore_ascii_case(b"execute") {
-                    continue;
-                }
-                let mut j = i;
-                loop {
-                    while j < b.len() && b[j].is_ascii_whitespace() {
-                        j += 1;
-                    }
-                    if b[j..].starts_with(b"--") || b[j..].starts_with(b"/*") {
-                        j = skip_comment(b, j);
-                    } else {
-                        break;
-                    }
-                }
-                if j >= b.len() {
-                    continue;
-                }
-                if b[j] == b'"' {
-                    let end = skip_quoted(b, j, b'"', false);
-                    let inner = &sql[j + 1..end.saturating_sub(1).max(j + 1)];
-                    out.push(SqlName::Ident(inner.replace("\"\"", "\"")));
-                } else if matches!(b[j], b'u' | b'U') && b[j + 1..].starts_with(b"&\"") {
-                    out.push(SqlName::Unknown);
-                } else if is_word(b[j]) && !b[j].is_ascii_digit() && b[j] != b'$' {
-                    let s = j;
-                    while j < b.len() && is_word(b[j]) {
-                        j += 1;
-                    }
-                    out.push(SqlName::Ident(sql[s..j].to_ascii_lowercase()));
-                }
-            }
-            _ => i += 1,
+    let mut tokens = super::pglex::Tokens::new(sql).peekable();
+    while let Some(t) = tokens.next() {
+        if t.kind != Kind::Ident || !sql[t.span].eq_ignore_ascii_case("execute") {
+            continue;
+        }
+        let Some(next) = tokens.peek() else { break };
+        match next.kind {
+            Kind::Ident => out.push(SqlName::Ident(sql[next.span.clone()].to_ascii_lowercase())),
+            Kind::QuotedIdent => out.push(SqlName::Ident(
+                super::pglex::value(sql, next).unwrap_or_default(),
+            )),
+            // `U&"…"` is not decoded, and a token PostgreSQL may read
+            // otherwise could be any name.
+            Kind::UnicodeIdent | Kind::Unsure => out.push(SqlName::Unknown),
+            _ => {}
         }
     }
     out
-}
-
-/// Skip a `--` or (nested) `/* */` comment starting at `i`.
-fn skip_comment(b: &[u8], mut i: usize) -> usize {
-    if b[i] == b'-' {
-        while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
-            i += 1;
-        }
-        return i;
-    }
-    let mut depth = 1;
-    i += 2;
-    while i < b.len() && depth > 0 {
-        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-            depth += 1;
-            i += 2;
-        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-            depth -= 1;
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    i
-}
-
-/// `$tag$` starting at `i`: returns the index after the closing `$` of the tag.
-fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    while j < b.len() && b[j] != b'$' {
-        let c = b[j];
-        let ok =
-            c == b'_' || c.is_ascii_alphabetic() || c >= 0x80 || (j > i + 1 && c.is_ascii_digit());
-        if !ok {
-            return None;
-        }
-        j += 1;
-    }
-    (j < b.len()).then_some(j + 1)
 }
 
 #[inline]
