@@ -715,6 +715,20 @@ impl Frontend {
         Flow::Continue
     }
 
+    /// Answer a simple Query with a refusal that PostgreSQL raises (so the
+    /// transaction state is PostgreSQL's). `ops` are the Query's name
+    /// changes: the raising Query drops the unnamed statement and portal
+    /// just as the client's would have.
+    fn refuse_query(&mut self, r: &Refusal, ops: Vec<QueryOp>, out: &mut BytesMut) {
+        self.rejected(r);
+        self.shared.push(Pending::Query {
+            protected: false,
+            audit: None,
+            ops,
+        });
+        m::encode_query(out, &raise_sql(r));
+    }
+
     fn rejected(&mut self, r: &Refusal) {
         // A refused statement never runs: it changes nothing for later ones.
         self.unsettled = self.behind_unsettled;
@@ -744,13 +758,7 @@ impl Frontend {
         // the session has nothing protected prepared).
         let ops = self.query_ops(text);
         if let Some(r) = self.sql_execute(text) {
-            self.rejected(&r);
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-                ops,
-            });
-            m::encode_query(out, &raise_sql(&r));
+            self.refuse_query(&r, ops, out);
             return;
         }
         let Ok(sql) = std::str::from_utf8(text) else {
@@ -762,13 +770,7 @@ impl Frontend {
                 .may_touch_protected(&String::from_utf8_lossy(text))
             {
                 let r = refuse("22021", NOT_UTF8);
-                self.rejected(&r);
-                self.shared.push(Pending::Query {
-                    protected: false,
-                    audit: None,
-                    ops,
-                });
-                m::encode_query(out, &raise_sql(&r));
+                self.refuse_query(&r, ops, out);
             } else {
                 metrics::counter!("pgveil_statements_total", "outcome" => "passthrough")
                     .increment(1);
@@ -782,13 +784,7 @@ impl Frontend {
             return;
         };
         if let Some(r) = self.settle(sql, true) {
-            self.rejected(&r);
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-                ops: Vec::new(),
-            });
-            m::encode_query(out, &raise_sql(&r));
+            self.refuse_query(&r, ops, out);
             return;
         }
         if !entry.analyzer.may_touch_protected(sql) {
@@ -805,26 +801,14 @@ impl Frontend {
             .unsettled_refusal()
             .or_else(|| self.read_differently(sql))
         {
-            self.rejected(&r);
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-                ops,
-            });
-            m::encode_query(out, &raise_sql(&r));
+            self.refuse_query(&r, ops, out);
             return;
         }
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
         if let Some(r) = copy_not_alone(sql, &plans) {
             // Refused whole: the client's CopyData for it stays here.
-            self.rejected(&r);
             self.copy_failed = true;
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-                ops: Vec::new(),
-            });
-            m::encode_query(out, &raise_sql(&r));
+            self.refuse_query(&r, ops, out);
             return;
         }
         let barrier = self.batch_refusal(sql, &entry);
