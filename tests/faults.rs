@@ -23,7 +23,7 @@ mod common;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -792,51 +792,10 @@ async fn cluster_restart_mid_select_and_mid_transaction() {
 // ---------------------------------------------------------------------------
 
 /// `moto_server` (PyPI `moto[server]`): a KMS-compatible API on a free
-/// loopback port, as in tests/kms.rs.
-struct Moto {
-    child: Child,
-    port: u16,
-}
+/// loopback port (`tests/common/moto.rs`).
+use common::moto::Moto;
 
 impl Moto {
-    fn start() -> Moto {
-        for _attempt in 0..5 {
-            let port = free_port();
-            // Owned by `Moto` at once: its Drop kills and reaps the child.
-            let mut moto = Moto {
-                child: Command::new("moto_server")
-                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("moto_server on PATH (pip install 'moto[server]')"),
-                port,
-            };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut exited = false;
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "moto_server did not listen on {port}"
-                );
-                if moto.child.try_wait().unwrap().is_some() {
-                    // The port was taken meanwhile: try another one.
-                    exited = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if !exited {
-                return moto;
-            }
-        }
-        panic!("moto_server could not bind any of 5 free ports");
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
     /// Create a KMS key (credentials passed explicitly: no process-wide
     /// environment changes in a test binary that runs tests in parallel).
     async fn create_key(&self) -> String {
@@ -851,13 +810,6 @@ impl Moto {
         let client = aws_sdk_kms::Client::from_conf(conf);
         let key = client.create_key().send().await.expect("CreateKey");
         key.key_metadata().unwrap().key_id().to_string()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

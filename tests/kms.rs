@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgveil::crypto::{ColumnContext, DataKey, PgType, envelope};
 use pgveil::keys::{
@@ -17,61 +15,7 @@ use pgveil::keys::{
     WrapContext,
 };
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        for _attempt in 0..5 {
-            let port = common::free_port();
-            // Owned by `Moto` at once: its Drop kills and reaps the child.
-            let mut moto = Moto {
-                child: Command::new("moto_server")
-                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("moto_server on PATH (pip install 'moto[server]')"),
-                port,
-            };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut exited = false;
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "moto_server did not listen on {port}"
-                );
-                if moto.child.try_wait().unwrap().is_some() {
-                    // The port was taken meanwhile: try another one.
-                    exited = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if !exited {
-                return moto;
-            }
-        }
-        panic!("moto_server could not bind any of 5 free ports");
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::moto::Moto;
 
 /// An SDK KMS client for moto with explicit credentials and region, and
 /// the timeouts and retries `AwsKmsProvider::from_config` uses.

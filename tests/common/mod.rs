@@ -27,6 +27,7 @@
 
 pub mod calmony;
 pub mod certs;
+pub mod moto;
 pub mod pg;
 pub mod pgveil;
 pub mod scan;
