@@ -19,12 +19,17 @@ use crate::crypto::types::{Oid, Storage};
 use crate::sql::ColumnRef;
 
 /// One query returning, for every protected table named in `$1`, every
-/// table that inherits from one or is a partition of one (recursively), and
-/// every view or materialized view that (transitively) reads one of those,
+/// table that inherits from one or is a partition of one (recursively),
+/// every table it or they inherit from or are a partition of (upward, not
+/// down again into siblings: writes and reads through an ancestor reach the
+/// protected rows), and every view or materialized view that
+/// (transitively) reads one of those,
 /// all of its columns as plain text: `oid, attnum, schema, relname,
-/// relkind, attname, format_type, viewdef, parents` (`viewdef` only on
-/// attnum 1 of views, `parents` — the `pg_inherits` parents as an OID array
-/// literal — only on attnum 1).
+/// relkind, attname, format_type, viewdef, parents, reads` (`viewdef` only
+/// on attnum 1 of views, `parents` — the `pg_inherits` parents as an OID
+/// array literal — only on attnum 1, `reads` — every relation a view's rule
+/// depends on, from `pg_depend`, as an OID array literal — only on attnum 1
+/// of views).
 ///
 /// `$1` is a `text[]` of `schema.table` names: pass
 /// [`Catalog::query_param`]. This form is for pgveil's own connections
@@ -54,24 +59,27 @@ fn catalog_sql(filter: &str, hex: bool) -> String {
         }
     };
     format!(
-        "WITH RECURSIVE rels(oid) AS (
-    SELECT c.oid FROM pg_catalog.pg_class c
+        "WITH RECURSIVE rels(oid, up) AS (
+    SELECT c.oid, false FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
     WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,f,v,m}}'::pg_catalog.\"char\"[])
       AND c.relpersistence OPERATOR(pg_catalog.<>) 't'
       AND {filter}
   UNION
-    SELECT x.oid FROM rels CROSS JOIN LATERAL (
-        SELECT r.ev_class FROM pg_catalog.pg_depend d
+    SELECT x.oid, x.up FROM rels CROSS JOIN LATERAL (
+        SELECT r.ev_class, false FROM pg_catalog.pg_depend d
         JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid
         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
           AND d.refobjid OPERATOR(pg_catalog.=) rels.oid
           AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
           AND r.ev_class OPERATOR(pg_catalog.<>) rels.oid
       UNION ALL
-        SELECT i.inhrelid FROM pg_catalog.pg_inherits i
-        WHERE i.inhparent OPERATOR(pg_catalog.=) rels.oid
-    ) x(oid)
+        SELECT i.inhrelid, false FROM pg_catalog.pg_inherits i
+        WHERE i.inhparent OPERATOR(pg_catalog.=) rels.oid AND NOT rels.up
+      UNION ALL
+        SELECT i.inhparent, true FROM pg_catalog.pg_inherits i
+        WHERE i.inhrelid OPERATOR(pg_catalog.=) rels.oid
+    ) x(oid, up)
 )
 SELECT c.oid::pg_catalog.text, a.attnum::pg_catalog.text,
        {nsp}, {rel}, c.relkind::pg_catalog.text, {att},
@@ -82,8 +90,17 @@ SELECT c.oid::pg_catalog.text, a.attnum::pg_catalog.text,
        CASE WHEN a.attnum OPERATOR(pg_catalog.=) 1 THEN
          (SELECT pg_catalog.array_agg(i.inhparent ORDER BY i.inhseqno)
             FROM pg_catalog.pg_inherits i
-           WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)::pg_catalog.text END
-FROM rels
+           WHERE i.inhrelid OPERATOR(pg_catalog.=) c.oid)::pg_catalog.text END,
+       CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog.\"char\"[])
+             AND a.attnum OPERATOR(pg_catalog.=) 1 THEN
+         (SELECT pg_catalog.array_agg(DISTINCT d.refobjid)
+            FROM pg_catalog.pg_depend d
+            JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid
+           WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+             AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+             AND r.ev_class OPERATOR(pg_catalog.=) c.oid
+             AND d.refobjid OPERATOR(pg_catalog.<>) c.oid)::pg_catalog.text END
+FROM (SELECT DISTINCT rels.oid FROM rels) rels
 JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) rels.oid
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid
@@ -159,6 +176,9 @@ pub struct Relation {
     /// The relations it inherits from (`pg_inherits`, also the parent of a
     /// partition), in inheritance order.
     pub parents: Vec<Oid>,
+    /// For views: every relation its definition reads (`pg_depend`), in
+    /// set operations, subqueries and CTEs too.
+    pub reads: Vec<Oid>,
 }
 
 impl Relation {
@@ -193,6 +213,12 @@ pub struct Catalog {
     pub children: HashMap<(String, String), ChildOf>,
     /// Views over protected tables: (schema, name) → columns.
     pub views: HashMap<(String, String), Vec<ViewColumn>>,
+    /// Views over protected tables: (schema, name) → the protected columns
+    /// whose blind index the view's rows may carry (its relations' blind
+    /// indexes, through views and children; every blind index of the policy
+    /// when it reads a relation pgveil refuses). A column pgveil cannot map
+    /// may hold any of them.
+    pub view_blind_indexes: HashMap<(String, String), Vec<ColumnRef>>,
     /// Lower-cased names of protected tables and views over them (for the
     /// analyzer's fast pre-check).
     pub names: BTreeSet<String>,
@@ -299,18 +325,24 @@ impl Catalog {
                     columns: vec![],
                     viewdef: None,
                     parents: vec![],
+                    reads: vec![],
                 }
             });
             rel.columns.push((attnum, att, ty));
             if let Some(def) = get(7) {
                 rel.viewdef = Some(def);
             }
-            if let Some(p) = get(8) {
-                rel.parents = p
-                    .trim_matches(|c| c == '{' || c == '}')
+            let oids = |p: String| -> Vec<Oid> {
+                p.trim_matches(|c| c == '{' || c == '}')
                     .split(',')
                     .filter_map(|x| x.trim().parse::<Oid>().ok())
-                    .collect();
+                    .collect()
+            };
+            if let Some(p) = get(8) {
+                rel.parents = oids(p);
+            }
+            if let Some(p) = get(9) {
+                rel.reads = oids(p);
             }
         }
         // Base tables.
@@ -383,6 +415,7 @@ impl Catalog {
             }
         }
         cat.map_children(policy);
+        cat.map_ancestors(policy);
         // Views, possibly over other views: resolve until nothing changes.
         let view_keys: Vec<(String, String)> = order
             .iter()
@@ -401,6 +434,10 @@ impl Catalog {
             if !changed {
                 break;
             }
+        }
+        for k in &view_keys {
+            let b = cat.blind_indexes_read(policy, k, 0);
+            cat.view_blind_indexes.insert(k.clone(), b);
         }
         for k in &view_keys {
             let rel = &cat.relations[k];
@@ -526,6 +563,147 @@ impl Catalog {
             self.names.insert(key.1.to_lowercase());
             self.children.insert(key, verdict);
         }
+    }
+
+    /// Refuse every ancestor of a protected relation (the tables a policy
+    /// table or one of its children inherits from or is a partition of, at
+    /// any depth). Rows written through an ancestor are routed into the
+    /// protected partition (`INSERT`), or reached in it (`UPDATE`, `DELETE`,
+    /// `MERGE` without `ONLY`), and reads through it show the protected
+    /// rows' ciphertext and blind indexes under the ancestor's own column
+    /// numbers. pgveil cannot know which descendant a row reaches, so it
+    /// plans nothing through an ancestor: statements naming one are refused,
+    /// and views over one have only columns pgveil cannot map. A policy
+    /// table that is an ancestor of another policy table is refused the same
+    /// way (the two would bind the same rows to two tables' associated data).
+    fn map_ancestors(&mut self, policy: &Policy) {
+        let by_oid: HashMap<Oid, (String, String)> = self
+            .relations
+            .values()
+            .map(|r| (r.oid, (r.schema.clone(), r.name.clone())))
+            .collect();
+        let is_policy = |k: &(String, String)| policy.table(&k.0, &k.1).is_some();
+        // The protected relations: policy tables and their children.
+        let protected: Vec<(String, String)> = self
+            .relations
+            .keys()
+            .filter(|k| is_policy(k) || self.children.contains_key(*k))
+            .cloned()
+            .collect();
+        // ancestor → the protected relation below it (for the message).
+        let mut found: HashMap<(String, String), (String, String)> = HashMap::new();
+        for below in &protected {
+            let mut stack: Vec<(Oid, usize)> = self.relations[below]
+                .parents
+                .iter()
+                .map(|p| (*p, 0))
+                .collect();
+            while let Some((oid, depth)) = stack.pop() {
+                let Some(key) = by_oid.get(&oid) else {
+                    continue;
+                };
+                if depth > 64 {
+                    continue;
+                }
+                // A child's own parents inside the protected lineage are
+                // planned as the root already; only the root's ancestors,
+                // and policy tables above another policy table, are refused.
+                let in_lineage = self.children.contains_key(key);
+                let policy_above_policy = is_policy(key) && is_policy(below);
+                if (!in_lineage && !is_policy(key)) || policy_above_policy {
+                    found.entry(key.clone()).or_insert_with(|| below.clone());
+                }
+                if let Some(rel) = self.relations.get(key) {
+                    stack.extend(rel.parents.iter().map(|p| (*p, depth + 1)));
+                }
+            }
+        }
+        for (anc, below) in found {
+            let a = format!("{}.{}", anc.0, anc.1);
+            let b = format!("{}.{}", below.0, below.1);
+            let msg = if is_policy(&anc) {
+                format!(
+                    "pgveil: protected table {a} is a parent of protected table {b} (inheritance or partitioning): the two would bind the same rows to different tables, so pgveil plans neither through {a}: list only the root of the tree ({a}) in the policy; its children and partitions are protected as it"
+                )
+            } else {
+                format!(
+                    "pgveil: table {a} is a parent of protected table {b} (inheritance or partitioning): rows written or read through {a} reach {b}'s protected columns, which pgveil cannot plan through {a}: add {a} to the policy with {b}'s columns (its children and partitions are then protected as it), or name {b} directly"
+                )
+            };
+            self.problems
+                .push(msg.trim_start_matches("pgveil: ").to_string());
+            self.names.insert(anc.1.to_lowercase());
+            self.children.insert(anc, Err(msg));
+        }
+    }
+
+    /// The protected columns whose blind index rows of `key` may carry:
+    /// its own (a policy table), its root's (a planned child), those of
+    /// everything a view reads, and every one in the policy for a relation
+    /// pgveil refuses (a child it cannot plan, an ancestor) or a view whose
+    /// reads it does not know.
+    fn blind_indexes_read(
+        &self,
+        policy: &Policy,
+        key: &(String, String),
+        depth: usize,
+    ) -> Vec<ColumnRef> {
+        let all = || -> Vec<ColumnRef> {
+            policy
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.columns
+                        .iter()
+                        .filter(|c| c.blind_index.is_some())
+                        .map(|c| ColumnRef::new(&t.schema, &t.table, &c.name))
+                })
+                .collect()
+        };
+        let own = |t: &super::TablePolicy| -> Vec<ColumnRef> {
+            t.columns
+                .iter()
+                .filter(|c| c.blind_index.is_some())
+                .map(|c| ColumnRef::new(&t.schema, &t.table, &c.name))
+                .collect()
+        };
+        if depth > 64 {
+            return all();
+        }
+        if let Some(t) = policy.table(&key.0, &key.1) {
+            return match self.children.get(key) {
+                Some(Err(_)) => all(),
+                _ => own(t),
+            };
+        }
+        match self.children.get(key) {
+            Some(Ok((rs, rt))) => return policy.table(rs, rt).map(own).unwrap_or_else(all),
+            Some(Err(_)) => return all(),
+            None => {}
+        }
+        let Some(rel) = self.relations.get(key) else {
+            return vec![];
+        };
+        if !rel.is_view() {
+            return vec![];
+        }
+        if rel.reads.is_empty() {
+            return all();
+        }
+        let mut out: Vec<ColumnRef> = vec![];
+        for oid in &rel.reads {
+            let Some(r) = self.relations.values().find(|r| r.oid == *oid) else {
+                // Not returned: it holds no protected data.
+                continue;
+            };
+            let k = (r.schema.clone(), r.name.clone());
+            for c in self.blind_indexes_read(policy, &k, depth + 1) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
     }
 
     fn base_attr(&self, base: &ColumnRef) -> Option<ProtectedAttr> {

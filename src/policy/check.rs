@@ -169,6 +169,23 @@ pub fn problems(policy: &Policy, text: &str, catalog: &Catalog) -> Vec<SchemaPro
             );
         }
     }
+    // Tables related to protected ones by inheritance or partitioning that
+    // pgveil refuses (a child with other columns, a parent): every
+    // statement naming them through pgveil is refused until the policy or
+    // the schema changes.
+    let mut related: Vec<(&(String, String), &String)> = catalog
+        .children
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().err().map(|m| (k, m)))
+        .collect();
+    related.sort();
+    for ((schema, table), msg) in related {
+        let line = policy
+            .table(schema, table)
+            .and_then(|t| t.line)
+            .or_else(|| yaml::locate(text, &["tables", &format!("{schema}.{table}")]));
+        push(line, msg.trim_start_matches("pgveil: ").to_string(), None);
+    }
     out
 }
 

@@ -513,3 +513,61 @@ fn view_columns_that_cannot_be_mapped_are_unknown() {
     );
     assert!(cat.protected_attr(202, 2).is_none());
 }
+
+#[test]
+fn catalog_refuses_parents_of_protected_tables() {
+    // public.events is an unprotected partitioned parent of the protected
+    // partition public.events_2024 (and has a parent of its own); public.a
+    // and its child public.a_1 are both in the policy.
+    let p = Policy::from_text(
+        Path::new("p.yaml"),
+        "version: 1\ntables:\n  public.events_2024:\n    columns:\n      email:\n        type: text\n        blind_index: { column: email_bidx }\n        access: { app: read }\n  public.a:\n    columns:\n      email: { type: text, access: { app: read } }\n  public.a_1:\n    columns:\n      email: { type: text, access: { app: read } }\n",
+    )
+    .unwrap();
+    let mut rows = vec![];
+    for (oid, name, kind, parents) in [
+        ("90", "root", "p", None),
+        ("100", "events", "p", Some("{90}")),
+        ("101", "events_2024", "r", Some("{100}")),
+        ("102", "events_2025", "r", Some("{100}")),
+        ("200", "a", "r", None),
+        ("201", "a_1", "r", Some("{200}")),
+    ] {
+        for (i, c) in ["id", "email", "email_bidx"].iter().enumerate() {
+            let att = (i + 1).to_string();
+            let ty = if i == 0 { "bigint" } else { "bytea" };
+            rows.push(cat_row(
+                oid,
+                &att,
+                name,
+                kind,
+                c,
+                ty,
+                None,
+                if i == 0 { parents } else { None },
+            ));
+        }
+    }
+    let cat = Catalog::from_rows(&p, rows);
+    for anc in ["events", "root", "a"] {
+        let v = cat.children.get(&("public".into(), anc.into()));
+        assert!(
+            matches!(v, Some(Err(m)) if m.contains(&format!("public.{anc} is a parent of protected table"))),
+            "{anc}: {v:?}"
+        );
+        assert!(cat.names.contains(anc), "{anc} must trigger analysis");
+    }
+    // A sibling of the protected partition is not related to it.
+    assert!(
+        !cat.children
+            .contains_key(&("public".into(), "events_2025".into()))
+    );
+    // The policy check reports every refused relative.
+    let probs = crate::policy::check::problems(&p, "", &cat);
+    for anc in ["public.events", "public.root", "public.a "] {
+        assert!(
+            probs.iter().any(|x| x.message.contains(anc)),
+            "{anc}: {probs:?}"
+        );
+    }
+}

@@ -340,6 +340,10 @@ pub(crate) struct ViewDef {
     /// Columns computed from protected data in a way pgveil cannot map
     /// (see [`crate::policy::ViewColumn::unknown`]).
     pub unknown: Vec<String>,
+    /// The protected columns whose blind index the view's rows may carry
+    /// (see [`crate::policy::Catalog::view_blind_indexes`]): an unknown
+    /// column is shown as stored only to a role that may search them all.
+    pub blind_indexes: Vec<ColumnRef>,
 }
 
 /// Plans statements against a policy (and, optionally, the catalog: views
@@ -388,6 +392,11 @@ impl Analyzer {
                         .filter(|c| c.unknown)
                         .map(|c| c.name.clone())
                         .collect(),
+                    blind_indexes: catalog
+                        .view_blind_indexes
+                        .get(&(schema.clone(), name.clone()))
+                        .cloned()
+                        .unwrap_or_default(),
                 },
             );
         }

@@ -71,6 +71,12 @@ pub(crate) fn plan_statement(
         ));
     }
     let mut stmt = stmts.pop().expect("one statement");
+    if let Some(kw) = keyword_as_relation(&stmt) {
+        return StatementPlan::reject(Reject::unsupported(format!(
+            "pgveil: this statement mentions protected table {} and uses the reserved word {kw} where pgveil's parser reads a table name (PostgreSQL reads it as the keyword: `ONLY users` is table users without its children, not a table named only with alias users), so pgveil cannot be sure which table it writes or reads: leave out ONLY (children and partitions of a protected table are protected as it) or quote the name",
+            mentioned(an, text)
+        )));
+    }
     let mut cx = Cx::new(an, role, params, text);
     cx.before = Some(stmt.clone());
     let res = cx.top(&mut stmt, text, source.clone());
@@ -85,6 +91,133 @@ pub(crate) fn plan_statement(
             Err(r) => StatementPlan::reject(r),
         },
     }
+}
+
+/// PostgreSQL's reserved keywords and the ones that may only name functions
+/// or types (`gram.y`'s `reserved_keyword` and `type_func_name_keyword`):
+/// none of them can be an unquoted table, schema or column name.
+const PG_RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// An unquoted reserved keyword that sqlparser took for (part of) a
+/// relation name. PostgreSQL's grammar never reads one as a name, so such a
+/// statement means something else to PostgreSQL: `UPDATE ONLY users SET …`
+/// is, to sqlparser, an update of a table `ONLY` aliased `users`.
+fn keyword_as_relation(stmt: &Statement) -> Option<String> {
+    let mut hit = None;
+    let _ = visit_relations(stmt, |n| {
+        for part in &n.0 {
+            if let ObjectNamePart::Identifier(i) = part
+                && i.quote_style.is_none()
+                && PG_RESERVED.contains(&i.value.to_ascii_lowercase().as_str())
+            {
+                hit = Some(i.value.to_ascii_uppercase());
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    hit
 }
 
 /// Blind-index columns belong to pgveil: the client's statement may name
@@ -164,7 +297,7 @@ fn mentioned(an: &Analyzer, text: &str) -> String {
     }
     for (s, t) in an.children.keys() {
         if super::lex::NameSet::new([t.clone()]).matches(text) {
-            return format!("{s}.{t} (a child of a protected table)");
+            return format!("{s}.{t} (a child or parent of a protected table)");
         }
     }
     for v in an.views.values() {
@@ -776,6 +909,96 @@ impl<'a> Cx<'a> {
         (t, cp)
     }
 
+    /// Whether the role may search every protected column in `cols`.
+    fn searches_all(&self, cols: &[ColumnRef]) -> bool {
+        cols.iter().all(|c| {
+            self.an
+                .policy
+                .table(&c.schema, &c.table)
+                .and_then(|t| t.column(&c.column))
+                .is_some_and(|cp| self.access(cp).search)
+        })
+    }
+
+    /// Columns of view `v` that pgveil cannot map may carry a blind index:
+    /// they are shown as stored only to a role that may search every blind
+    /// index the view reads.
+    fn may_show_as_stored(&self, v: &ViewDef) -> bool {
+        self.searches_all(&v.blind_indexes)
+    }
+
+    /// `*` over view `v`: refused when it would show a column pgveil cannot
+    /// map where that is not allowed (below the top-level select list, or to
+    /// a role that may not search every blind index the view reads), or a
+    /// mapped blind-index column the role may not search.
+    fn view_wildcard(&self, v: &ViewDef, top: bool) -> R<()> {
+        if let Some(u) = v.unknown.first()
+            && !(top && self.may_show_as_stored(v))
+        {
+            return Err(Self::unknown_reject(v, u));
+        }
+        if let Some((name, _)) = v.columns.iter().find(|(_, b)| {
+            b.as_ref()
+                .and_then(|b| self.blind_index_of(b))
+                .is_some_and(|p| !self.searches_all(std::slice::from_ref(&p)))
+        }) {
+            return Err(self.view_bidx_reject(v, name));
+        }
+        Ok(())
+    }
+
+    /// The protected column whose blind index (current or `next`) `c` is.
+    fn blind_index_of(&self, c: &ColumnRef) -> Option<ColumnRef> {
+        let t = self.an.policy.table(&c.schema, &c.table)?;
+        let (cp, _) = t.blind_index_owner(&c.column)?;
+        Some(ColumnRef::new(&t.schema, &t.table, &cp.name))
+    }
+
+    /// A reference to a view column that is a blind index the role may not
+    /// search (a view can show one under another name).
+    fn view_bidx_ref(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<Reject> {
+        let ids: &[Ident] = match e {
+            Expr::Identifier(i) => std::slice::from_ref(i),
+            Expr::CompoundIdentifier(ids) => ids,
+            _ => return None,
+        };
+        let parts: Vec<String> = ids.iter().map(norm).collect();
+        let (col, qual) = parts.split_last()?;
+        let hit = |r: &Rel<'a>| -> Option<Reject> {
+            let RelKind::View(v) = &r.kind else {
+                return None;
+            };
+            let (name, base) = v.columns.iter().find(|(n, _)| n == col)?;
+            let p = self.blind_index_of(base.as_ref()?)?;
+            (!self.searches_all(std::slice::from_ref(&p))).then(|| self.view_bidx_reject(v, name))
+        };
+        for s in sc.iter().rev() {
+            if qual.is_empty() {
+                if let Some(r) = s.rels.iter().find_map(hit) {
+                    return Some(r);
+                }
+            } else if let Some(r) = s.rels.iter().find(|r| Self::rel_matches(r, qual)) {
+                return hit(r);
+            }
+        }
+        None
+    }
+
+    fn view_bidx_reject(&self, v: &ViewDef, col: &str) -> Reject {
+        let base = v
+            .columns
+            .iter()
+            .find(|(n, _)| n == col)
+            .and_then(|(_, b)| b.as_ref())
+            .and_then(|b| self.blind_index_of(b))
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        Reject::privilege(format!(
+            "pgveil: column {}.{}.{col} is the blind index of protected column {base}, which role {} may not search: only pgveil and roles with search access may use it; look the value up with = on the protected column (pgveil rewrites it) from a role with search access, or name the view's other columns",
+            v.schema, v.name, self.role
+        ))
+    }
+
     fn access(&self, cp: &ColumnPolicy) -> Access {
         self.an
             .policy
@@ -802,7 +1025,12 @@ impl<'a> Cx<'a> {
                 let cands: Vec<&'a TablePolicy> =
                     pol.tables.iter().filter(|x| &x.table == t).collect();
                 match cands.as_slice() {
-                    [one] => return Ok((Some(one.schema.clone()), t.clone(), RelKind::Table(one))),
+                    [one] => {
+                        if let Some(Err(msg)) = an.children.get(&(one.schema.clone(), t.clone())) {
+                            return Err(Reject::unsupported(msg.clone()));
+                        }
+                        return Ok((Some(one.schema.clone()), t.clone(), RelKind::Table(one)));
+                    }
                     [] => {}
                     many => {
                         return Err(Reject::unsupported(format!(
@@ -838,6 +1066,9 @@ impl<'a> Cx<'a> {
             }
             [.., s, t] => {
                 if let Some(tp) = pol.table(s, t) {
+                    if let Some(Err(msg)) = an.children.get(&(s.clone(), t.clone())) {
+                        return Err(Reject::unsupported(msg.clone()));
+                    }
                     return Ok((Some(s.clone()), t.clone(), RelKind::Table(tp)));
                 }
                 if let Some((k, v)) = an.children.get_key_value(&(s.clone(), t.clone())) {
@@ -926,6 +1157,106 @@ impl<'a> Cx<'a> {
         None
     }
 
+    /// Whether `rel` holds protected data (ciphertext, blind indexes or
+    /// columns pgveil cannot map), so that its whole row carries them.
+    fn rel_is_hot(rel: &Rel<'a>) -> bool {
+        match &rel.kind {
+            RelKind::Table(_) => true,
+            RelKind::View(v) => !v.unknown.is_empty() || v.columns.iter().any(|c| c.1.is_some()),
+            RelKind::Derived(cols) => cols.iter().any(|c| c.prot.is_some()),
+            RelKind::Plain => false,
+        }
+    }
+
+    /// Whether `rel` has a column `col`: `None` when pgveil does not know
+    /// its columns (a plain table, or no catalog).
+    fn rel_has_column(&self, rel: &Rel<'a>, col: &str) -> Option<bool> {
+        match &rel.kind {
+            RelKind::Table(t) => self
+                .an
+                .table_columns
+                .get(&(t.schema.clone(), t.table.clone()))
+                .map(|cols| cols.iter().any(|c| c == col)),
+            RelKind::View(v) => Some(v.columns.iter().any(|c| c.0 == col)),
+            RelKind::Derived(cols) => Some(cols.iter().any(|c| c.name.as_deref() == Some(col))),
+            RelKind::Plain => None,
+        }
+    }
+
+    /// A reference PostgreSQL reads as the whole row of a relation in scope
+    /// that holds protected data: `u` or `public.users` where no column of
+    /// that name exists (PostgreSQL tries columns first), `u.*` inside an
+    /// expression (`ROW(u.*)`), or `u.f` where `f` is no column of `u`
+    /// (PostgreSQL's functional notation: `u.to_jsonb` is `to_jsonb(u)`).
+    /// The row would carry ciphertext and blind indexes into an expression
+    /// pgveil cannot analyze (`to_jsonb(u)->>'email_bidx'`, `u::text`,
+    /// `(u).email = 'x'`). Returns the relation's name for the refusal.
+    fn whole_row(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<String> {
+        let show = |r: &Rel<'a>| r.alias.clone().unwrap_or_else(|| r.name.clone());
+        let parts: Vec<String> = match e {
+            Expr::Identifier(i) => vec![norm(i)],
+            Expr::CompoundIdentifier(ids) => ids.iter().map(norm).collect(),
+            Expr::QualifiedWildcard(n, _) => {
+                let parts = name_parts(n);
+                return sc.iter().rev().find_map(|s| {
+                    s.rels
+                        .iter()
+                        .find(|r| Self::rel_matches(r, &parts))
+                        .filter(|r| Self::rel_is_hot(r))
+                        .map(show)
+                });
+            }
+            _ => return None,
+        };
+        let (last, qual) = parts.split_last()?;
+        if qual.is_empty() {
+            // A column of that name anywhere in scope wins.
+            let is_column = sc.iter().any(|s| {
+                s.rels
+                    .iter()
+                    .any(|r| self.rel_has_column(r, last) == Some(true))
+            });
+            if is_column {
+                return None;
+            }
+            let one = [last.clone()];
+            return sc.iter().rev().find_map(|s| {
+                s.rels
+                    .iter()
+                    .find(|r| Self::rel_matches(r, &one))
+                    .filter(|r| Self::rel_is_hot(r))
+                    .map(show)
+            });
+        }
+        // `qual.last`: a relation qualifier and a column — or, when the
+        // qualifier names a relation without that column, a function of its
+        // whole row. (`schema.table` alone, the whole row of a
+        // schema-qualified table, is matched the same way below.)
+        for s in sc.iter().rev() {
+            if let Some(r) = s.rels.iter().find(|r| Self::rel_matches(r, qual)) {
+                return (Self::rel_is_hot(r) && self.rel_has_column(r, last) == Some(false))
+                    .then(|| show(r));
+            }
+        }
+        if qual.len() == 1 {
+            let whole = [qual[0].clone(), last.clone()];
+            return sc.iter().rev().find_map(|s| {
+                s.rels
+                    .iter()
+                    .find(|r| Self::rel_matches(r, &whole))
+                    .filter(|r| Self::rel_is_hot(r))
+                    .map(show)
+            });
+        }
+        None
+    }
+
+    fn whole_row_reject(rel: &str) -> Reject {
+        Reject::unsupported(format!(
+            "pgveil: a whole-row reference to {rel}, which holds protected columns, is not supported (a bare table name or alias used as a value, {rel}.* inside an expression, or {rel}.f for a function f of the row): it would carry ciphertext and blind indexes into an expression pgveil cannot analyze; name the columns you need"
+        ))
+    }
+
     fn expr_resolve(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<ProtCol<'a>> {
         match e {
             Expr::Identifier(i) => self.resolve(std::slice::from_ref(i), sc),
@@ -1001,10 +1332,16 @@ impl<'a> Cx<'a> {
                 let (v, col) = self.unknown_ref(e, sc).expect("checked");
                 Err(Self::unknown_reject(v, &col))
             }
-            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(match self.expr_resolve(e, sc) {
-                Some(p) => Class::Prot(p),
-                None => Class::Plain,
-            }),
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) if self.view_bidx_ref(e, sc).is_some() => {
+                Err(self.view_bidx_ref(e, sc).expect("checked"))
+            }
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => match self.expr_resolve(e, sc) {
+                Some(p) => Ok(Class::Prot(p)),
+                None => match self.whole_row(e, sc) {
+                    Some(rel) => Err(Self::whole_row_reject(&rel)),
+                    None => Ok(Class::Plain),
+                },
+            },
             Expr::Value(v) => self.value(&v.value),
             Expr::TypedString(ts) => match self.value(&ts.value.value)? {
                 Class::Lit(s) => Ok(Class::Lit(s)),
@@ -1239,6 +1576,8 @@ impl<'a> Cx<'a> {
         let mut params = vec![];
         let mut found: Option<ProtCol<'a>> = None;
         let mut unknown: Option<(&'a ViewDef, String)> = None;
+        let mut whole: Option<String> = None;
+        let mut bidx: Option<Reject> = None;
         let _ = visit_expressions(node, |x| {
             match x {
                 Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
@@ -1246,8 +1585,22 @@ impl<'a> Cx<'a> {
                         unknown = Some(u);
                         return ControlFlow::Break(());
                     }
+                    if let Some(r) = self.view_bidx_ref(x, sc) {
+                        bidx = Some(r);
+                        return ControlFlow::Break(());
+                    }
                     if let Some(p) = self.expr_resolve(x, sc) {
                         found = Some(p);
+                        return ControlFlow::Break(());
+                    }
+                    if let Some(rel) = self.whole_row(x, sc) {
+                        whole = Some(rel);
+                        return ControlFlow::Break(());
+                    }
+                }
+                Expr::QualifiedWildcard(..) => {
+                    if let Some(rel) = self.whole_row(x, sc) {
+                        whole = Some(rel);
                         return ControlFlow::Break(());
                     }
                 }
@@ -1262,6 +1615,12 @@ impl<'a> Cx<'a> {
         });
         if let Some((v, col)) = unknown {
             return Err(Self::unknown_reject(v, &col));
+        }
+        if let Some(r) = bidx {
+            return Err(r);
+        }
+        if let Some(rel) = whole {
+            return Err(Self::whole_row_reject(&rel));
         }
         if let Some(p) = found {
             return Err(self.unsupported_on(
@@ -1912,7 +2271,10 @@ impl<'a> Cx<'a> {
         for item in s.projection.iter_mut() {
             match item {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }
-                    if top && self.unknown_ref(e, &sc).is_some() =>
+                    if top
+                        && self
+                            .unknown_ref(e, &sc)
+                            .is_some_and(|(v, _)| self.may_show_as_stored(v)) =>
                 {
                     // Shown as stored (ciphertext or whatever the view
                     // computes); never decrypted, never compared.
@@ -1946,11 +2308,8 @@ impl<'a> Cx<'a> {
                 }
                 SelectItem::Wildcard(_) => {
                     for r in &scope.rels {
-                        if !top
-                            && let RelKind::View(v) = &r.kind
-                            && let Some(u) = v.unknown.first()
-                        {
-                            return Err(Self::unknown_reject(v, u));
+                        if let RelKind::View(v) = &r.kind {
+                            self.view_wildcard(v, top)?;
                         }
                         let o = self.rel_outputs(&r.kind);
                         outs.extend(o);
@@ -1960,11 +2319,8 @@ impl<'a> Cx<'a> {
                     SelectItemQualifiedWildcardKind::ObjectName(n) => {
                         let parts = name_parts(n);
                         if let Some(r) = scope.rels.iter().find(|r| Self::rel_matches(r, &parts)) {
-                            if !top
-                                && let RelKind::View(v) = &r.kind
-                                && let Some(u) = v.unknown.first()
-                            {
-                                return Err(Self::unknown_reject(v, u));
+                            if let RelKind::View(v) = &r.kind {
+                                self.view_wildcard(v, top)?;
                             }
                             let o = self.rel_outputs(&r.kind.clone());
                             outs.extend(o);

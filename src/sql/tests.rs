@@ -1181,3 +1181,167 @@ fn review_findings_are_closed() {
     ));
     assert_eq!(code, "42501");
 }
+
+#[test]
+fn whole_row_references_to_protected_relations_are_refused() {
+    let p = Arc::new(Policy::from_text(Path::new("t.yaml"), POLICY).unwrap());
+    let row = |att: &str, c: &str| {
+        vec![
+            Some("1".into()),
+            Some(att.into()),
+            Some("public".into()),
+            Some("users".into()),
+            Some("r".into()),
+            Some(c.into()),
+            Some("bytea".into()),
+            None,
+        ]
+    };
+    let rows = ["id", "email", "email_bidx", "name", "dob", "plan"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| row(&(i + 1).to_string(), c))
+        .collect();
+    let cat = crate::policy::Catalog::from_rows(&p, rows);
+    let a = Analyzer::with_catalog(p, &cat);
+    for sql in [
+        "SELECT u FROM users u",
+        "SELECT users FROM users",
+        "SELECT public.users FROM public.users",
+        "SELECT to_jsonb(u) FROM users u",
+        "SELECT to_jsonb(u)->>'email_bidx' FROM users u",
+        "SELECT row_to_json(users) FROM users",
+        "SELECT u::text FROM users u",
+        "SELECT (u).email FROM users u",
+        "SELECT id FROM users u WHERE (u).email = 'x@example.com'",
+        "SELECT u.to_jsonb FROM users u",
+        "SELECT users.row_to_json FROM users",
+        "SELECT id FROM users u WHERE u.to_jsonb ->> 'email' = 'x@example.com'",
+        "SELECT ROW(u.*) FROM users u",
+        "SELECT ARRAY[u.*] FROM users u",
+        "SELECT (u.*)::text FROM users u",
+        "SELECT count(u) FROM users u",
+        "SELECT id FROM users u WHERE u = u",
+        "SELECT t FROM (SELECT email FROM users) t",
+        "WITH t AS (SELECT * FROM users) SELECT to_json(t) FROM t",
+        "SELECT (SELECT u FROM users u LIMIT 1)",
+        "UPDATE users u SET plan = 'x' RETURNING u",
+        "DELETE FROM users u RETURNING to_jsonb(u)",
+        "INSERT INTO users (id) VALUES (1) RETURNING users",
+        "SELECT id FROM users u ORDER BY u",
+    ] {
+        for role in ["app_user", "signup", "dba"] {
+            let v = a.plan(sql, role, Mode::Simple);
+            let (code, msg) = reject(v[0].clone());
+            assert!(code == "0A000" || code == "42501", "{sql}: {code} {msg}");
+            assert!(!msg.contains("x@example.com"), "{msg}");
+        }
+    }
+    // Columns, qualified or not, and u.* in the select list still work.
+    for sql in [
+        "SELECT u.id, u.email FROM users u",
+        "SELECT u.plan FROM users u WHERE u.id = 1",
+        "SELECT plan FROM users",
+        "SELECT u.* FROM users u",
+        "SELECT count(*) FROM users u",
+    ] {
+        let v = a.plan(sql, "app_user", Mode::Simple);
+        assert!(
+            !matches!(v[0], StatementPlan::Reject { .. }),
+            "{sql}: {:?}",
+            v[0]
+        );
+    }
+}
+
+#[test]
+fn reserved_words_read_as_table_names_are_refused() {
+    // sqlparser reads `ONLY users` as a table ONLY aliased users;
+    // PostgreSQL reads table users without its children.
+    for sql in [
+        "UPDATE ONLY users SET email = 'x@example.com'",
+        "UPDATE ONLY users SET name = 'Secret Name' WHERE id = 1",
+        "DELETE FROM ONLY users WHERE email = 'x@example.com'",
+        "SELECT id FROM ONLY users WHERE email = 'x@example.com'",
+        "SELECT id FROM ONLY public.users WHERE email = 'x@example.com'",
+    ] {
+        for role in ["app_user", "signup", "dba"] {
+            let (code, msg) = reject(ext(sql, role));
+            assert_eq!(code, "0A000", "{sql}: {msg}");
+            assert!(
+                msg.contains("ONLY") || msg.contains("cannot parse"),
+                "{sql}: {msg}"
+            );
+            assert!(
+                !msg.contains("x@example.com") && !msg.contains("Secret"),
+                "{msg}"
+            );
+        }
+    }
+    // Statements sqlparser reads with ONLY as a keyword still plan.
+    for sql in ["TRUNCATE ONLY users", "LOCK TABLE ONLY users"] {
+        assert!(
+            !matches!(ext(sql, "app_user"), StatementPlan::Reject { .. }),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn views_cannot_show_a_blind_index_under_another_name() {
+    let p = Arc::new(Policy::from_text(Path::new("t.yaml"), POLICY).unwrap());
+    let row = |oid: &str, att: &str, t: &str, k: &str, c: &str, ty: &str, def: Option<&str>| {
+        vec![
+            Some(oid.into()),
+            Some(att.into()),
+            Some("public".into()),
+            Some(t.into()),
+            Some(k.into()),
+            Some(c.into()),
+            Some(ty.into()),
+            def.map(str::to_string),
+        ]
+    };
+    let rows = vec![
+        row("1", "1", "users", "r", "id", "bigint", None),
+        row("1", "2", "users", "r", "email", "bytea", None),
+        row("1", "3", "users", "r", "email_bidx", "bytea", None),
+        row(
+            "2",
+            "1",
+            "hv",
+            "v",
+            "id",
+            "bigint",
+            Some("SELECT users.id, users.email_bidx AS h FROM users"),
+        ),
+        row("2", "2", "hv", "v", "h", "bytea", None),
+    ];
+    let cat = crate::policy::Catalog::from_rows(&p, rows);
+    let a = Analyzer::with_catalog(p, &cat);
+    for sql in [
+        "select h from hv",
+        "select * from hv",
+        "select hv.* from hv",
+        "select id from hv where h = $1",
+        "select count(*) from hv a join hv b on a.h = b.h",
+        "select md5(h) from hv",
+    ] {
+        for role in ["signup", "dba"] {
+            let v = a.plan(sql, role, Mode::Extended { param_types: &[] });
+            let (code, msg) = reject(v[0].clone());
+            assert_eq!(code, "42501", "{sql}: {msg}");
+            assert!(
+                msg.contains("public.hv.h") && msg.contains("public.users.email"),
+                "{msg}"
+            );
+        }
+        // A role that may search reads it.
+        let v = a.plan(sql, "searcher", Mode::Extended { param_types: &[] });
+        assert!(
+            !matches!(v[0], StatementPlan::Reject { .. }),
+            "{sql}: {:?}",
+            v[0]
+        );
+    }
+}

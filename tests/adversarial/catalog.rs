@@ -669,3 +669,210 @@ async fn tenant_ids_are_canonical_before_they_select_a_key() {
     fx.assert_no_plaintext(&[s_lit, s_space, s_param, s_copy])
         .await;
 }
+
+#[tokio::test]
+async fn parents_of_protected_tables_are_refused() {
+    // public.users_all: an unprotected partitioned parent whose (default)
+    // partition is the protected public.users; public.contacts: an
+    // inheritance parent of public.pay_payment_methods; views over both.
+    let fx = Calmony::builder()
+        .extra_sql(
+            "CREATE TABLE public.users_all (LIKE public.users INCLUDING DEFAULTS)
+                 PARTITION BY LIST (plan);
+             ALTER TABLE public.users_all ATTACH PARTITION public.users DEFAULT;
+             CREATE TABLE public.contacts (billing_name bytea);
+             ALTER TABLE public.pay_payment_methods INHERIT public.contacts;
+             CREATE VIEW public.all_users AS SELECT * FROM public.users_all;
+             CREATE VIEW public.all_contacts AS SELECT billing_name FROM public.contacts;",
+        )
+        .start();
+    let s_ins = "attack-parent-insert-8811@example.com";
+    let s_upd = "attack-parent-update-8812@example.com";
+    let s_view = "attack-parent-view-8813@example.com";
+    let s_copy = "attack-parent-copy-8814@example.com";
+    let s_inh = "Attack Parent Inherit 8815";
+    let s_seed = "attack-parent-seed-8816@example.com";
+    let app = fx.app("calmony_app").await;
+    // A legitimate row through the protected partition itself.
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Seed')",
+        &[&s_seed],
+    )
+    .await
+    .unwrap();
+    let dba = fx.app("dba").await;
+    for c in [&app, &dba] {
+        for sql in [
+            format!("INSERT INTO users_all (email, name) VALUES ('{s_ins}', 'x')"),
+            format!(
+                "INSERT INTO public.users_all (email, plan) VALUES (decode('{}', 'hex'), 'free')",
+                hex::encode(s_ins)
+            ),
+            format!("UPDATE users_all SET name = '{s_upd}'"),
+            format!("UPDATE ONLY users_all SET email = '{s_upd}'"),
+            format!("INSERT INTO all_users (email, name) VALUES ('{s_view}', 'v')"),
+            format!("UPDATE all_users SET name = '{s_view}'"),
+            format!("SELECT id FROM users_all WHERE email = '{s_view}'"),
+            "SELECT email_bidx FROM users_all".to_string(),
+            "SELECT * FROM users_all".to_string(),
+            "SELECT * FROM all_users".to_string(),
+            format!("UPDATE contacts SET billing_name = '{s_inh}'"),
+            format!("INSERT INTO all_contacts (billing_name) VALUES ('{s_inh}')"),
+            "SELECT billing_name FROM contacts".to_string(),
+        ] {
+            let secret = [s_ins, s_upd, s_view, s_inh]
+                .into_iter()
+                .find(|s| sql.contains(s))
+                .unwrap_or("no-secret-in-this-statement");
+            // Parents are named in the refusal (views over them refuse
+            // their columns as unmappable); a role that may not search is
+            // refused a blind index first.
+            let code = if sql.contains("email_bidx") && !std::ptr::eq(c, &app) {
+                "42501"
+            } else {
+                "0A000"
+            };
+            let msg = refused(c, &sql, code, secret, &[]).await;
+            assert!(
+                msg.contains("parent of protected table")
+                    || msg.contains("reserved word ONLY")
+                    || msg.contains("blind index")
+                    || sql.contains(" all_"),
+                "{sql}: {msg}"
+            );
+        }
+    }
+    let owner = fx.app("postgres").await;
+    let Err(e) = owner
+        .copy_in::<_, bytes::Bytes>("COPY users_all (email, name) FROM STDIN")
+        .await
+    else {
+        panic!("COPY into a parent must be refused");
+    };
+    let (code, msg) = db_err(&e);
+    assert_eq!(code, "0A000", "{msg}");
+    assert!(msg.contains("public.users_all"), "{msg}");
+    // The seed is still there and decrypts through the partition.
+    let r = app
+        .query("SELECT name FROM users WHERE email = $1", &[&s_seed])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    // policy check names both parents.
+    let out = fx.run(&[
+        "policy",
+        "check",
+        "--database",
+        &fx.pg.url("postgres", "app"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "policy check must fail");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for p in ["public.users_all", "public.contacts"] {
+        assert!(text.contains(p), "policy check should name {p}: {text}");
+    }
+    fx.assert_no_plaintext(&[s_ins, s_upd, s_view, s_copy, s_inh, s_seed])
+        .await;
+}
+
+#[tokio::test]
+async fn whole_row_references_are_refused() {
+    let fx = Calmony::start();
+    let secret = "attack-whole-row-9921@example.com";
+    let app = fx.app("calmony_app").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Whole Row')",
+        &[&secret],
+    )
+    .await
+    .unwrap();
+    let signup = fx.app("signup").await;
+    let dba = fx.app("dba").await;
+    for c in [&app, &signup, &dba] {
+        for sql in [
+            "SELECT to_jsonb(u) ->> 'email_bidx' FROM users u".to_string(),
+            "SELECT u FROM users u".to_string(),
+            "SELECT u.to_jsonb FROM users u".to_string(),
+            "SELECT users.row_to_json FROM users".to_string(),
+            "SELECT (u).email_bidx FROM users u".to_string(),
+            "SELECT u::text FROM users u".to_string(),
+            "SELECT ROW(u.*) FROM users u".to_string(),
+            format!("SELECT id FROM users u WHERE (u).email = '{secret}'"),
+            format!("SELECT id FROM users u WHERE u.to_jsonb ->> 'email' = '{secret}'"),
+            "UPDATE users u SET plan = plan RETURNING to_jsonb(u)".to_string(),
+        ] {
+            // Naming the blind index is refused first (42501) for roles
+            // that may not search.
+            let code = if sql.contains(").email_bidx") && !std::ptr::eq(c, &app) {
+                "42501"
+            } else {
+                "0A000"
+            };
+            let msg = refused(c, &sql, code, secret, &[]).await;
+            assert!(
+                msg.contains("whole-row")
+                    || msg.contains("blind index")
+                    || msg.contains("over all columns of u"),
+                "{sql}: {msg}"
+            );
+        }
+    }
+    fx.assert_no_plaintext(&[secret]).await;
+}
+
+/// A view can show a blind index under another name, or inside a column
+/// pgveil cannot map: neither reaches a role that may not search it.
+#[tokio::test]
+async fn views_show_blind_indexes_only_to_roles_that_may_search() {
+    let fx = Calmony::builder()
+        .extra_sql(
+            "CREATE VIEW public.user_hashes AS SELECT id, email_bidx AS h FROM public.users;
+             CREATE VIEW public.user_union AS
+                 SELECT id, email_bidx AS h FROM public.users
+                 UNION ALL SELECT id, email_bidx FROM public.users;",
+        )
+        .start();
+    let secret = "attack-view-bidx-4411@example.com";
+    let guess = "attack-view-guess-4412@example.com";
+    let app = fx.app("calmony_app").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'View Bidx')",
+        &[&secret],
+    )
+    .await
+    .unwrap();
+    // The write-only role writes a guess, then tries to compare its blind
+    // index with the other rows through the views.
+    let signup = fx.app("signup").await;
+    signup
+        .execute("INSERT INTO users (email) VALUES ($1)", &[&guess])
+        .await
+        .unwrap();
+    for role in ["signup", "dba"] {
+        let c = fx.app(role).await;
+        for sql in [
+            "SELECT h FROM user_hashes",
+            "SELECT * FROM user_hashes",
+            "SELECT count(*) FROM user_hashes a JOIN user_hashes b ON a.h = b.h AND a.id <> b.id",
+            "SELECT h FROM user_union",
+            "SELECT * FROM user_union",
+        ] {
+            let e = c
+                .simple_query(sql)
+                .await
+                .expect_err(&format!("{role}: must be refused: {sql}"));
+            let code = code(&e);
+            assert!(
+                code == "42501" || code == "0A000",
+                "{role}: {sql}: {}",
+                err_text(&e)
+            );
+        }
+    }
+    // A role that may search sees them.
+    let r = app.simple_query("SELECT h FROM user_hashes").await.unwrap();
+    assert_eq!(simple_rows(&r).len(), 2);
+    let r = app.simple_query("SELECT * FROM user_union").await.unwrap();
+    assert_eq!(simple_rows(&r).len(), 4);
+    fx.assert_no_plaintext(&[secret, guess]).await;
+}

@@ -293,3 +293,50 @@ async fn comment_boundaries_and_shadowing_ctes_cannot_smuggle_plaintext() {
     ])
     .await;
 }
+
+/// sqlparser reads `UPDATE ONLY users` as an update of a table named ONLY
+/// aliased users; PostgreSQL reads the keyword ONLY and updates users. A
+/// reserved word where sqlparser reads a relation name is refused.
+#[tokio::test]
+async fn reserved_words_read_as_table_names_are_refused() {
+    let fx = Calmony::start();
+    let app = fx.app("calmony_app").await;
+    let seed = "only-seed-3301@example.com";
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Only Seed')",
+        &[&seed],
+    )
+    .await
+    .unwrap();
+    let s_email = "only-update-3302@example.com";
+    let s_name = "Only Update Name 3303";
+    let s_where = "only-where-3304@example.com";
+    for role in ["calmony_app", "signup", "dba"] {
+        let c = fx.app(role).await;
+        for sql in [
+            format!("UPDATE ONLY users SET email = '{s_email}'"),
+            format!("UPDATE ONLY public.users SET name = '{s_name}' WHERE id > 0"),
+            format!("update only users set email = convert_to('{s_email}', 'UTF8')"),
+            format!("DELETE FROM ONLY users WHERE email = '{s_where}'"),
+            format!("SELECT id FROM ONLY users WHERE email = '{s_where}'"),
+        ] {
+            let e = c
+                .simple_query(&sql)
+                .await
+                .expect_err(&format!("{role}: must be refused: {sql}"));
+            assert_eq!(code(&e), "0A000", "{role}: {sql}: {}", err_text(&e));
+            let msg = err_text(&e);
+            for s in [s_email, s_name, s_where] {
+                assert!(!msg.contains(s), "the refusal shows the value: {msg}");
+            }
+        }
+    }
+    // The stored row is unchanged (the seed still decrypts).
+    let r = app
+        .query("SELECT name FROM users WHERE email = $1", &[&seed])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "Only Seed");
+    fx.assert_no_plaintext(&[seed, s_email, s_name, s_where])
+        .await;
+}
