@@ -15,6 +15,8 @@ mod copy;
 mod identity;
 #[path = "adversarial/prepared.rs"]
 mod prepared;
+#[path = "adversarial/reads.rs"]
+mod reads;
 #[path = "adversarial/scanner.rs"]
 mod scanner;
 #[path = "adversarial/splice.rs"]

@@ -363,7 +363,13 @@ pub struct Analyzer {
 
 impl Analyzer {
     pub fn new(policy: Arc<Policy>) -> Analyzer {
-        let names = lex::NameSet::new(policy.tables.iter().map(|t| t.table.clone()));
+        let names = lex::NameSet::new(
+            policy
+                .tables
+                .iter()
+                .map(|t| t.table.clone())
+                .chain(rewrite::READS_ANY_TABLE.iter().map(|n| n.to_string())),
+        );
         Analyzer {
             policy,
             views: HashMap::new(),
@@ -410,6 +416,7 @@ impl Analyzer {
         let mut names: Vec<String> = a.policy.tables.iter().map(|t| t.table.clone()).collect();
         names.extend(a.views.keys().map(|(_, n)| n.clone()));
         names.extend(a.children.keys().map(|(_, n)| n.clone()));
+        names.extend(rewrite::READS_ANY_TABLE.iter().map(|n| n.to_string()));
         a.names = lex::NameSet::new(names);
         a
     }

@@ -56,6 +56,11 @@ pub(crate) fn plan_statement(
     if let Some(r) = names_blind_index(an, text, role) {
         return StatementPlan::reject(r);
     }
+    if let Some(f) = reads_any_table(text) {
+        return StatementPlan::reject(Reject::unsupported(format!(
+            "pgveil: {f} reads tables the statement does not name (SQL given as a string, whole tables or schemas, or every column's most common values), so pgveil cannot plan it while a policy protects columns: query the tables with plain SQL, or run it directly on PostgreSQL as a role that may see ciphertext and blind indexes"
+        )));
+    }
     let mut stmts = match Parser::parse_sql(&PostgreSqlDialect {}, text) {
         Ok(s) => s,
         Err(_) => {
@@ -91,6 +96,48 @@ pub(crate) fn plan_statement(
             Err(r) => StatementPlan::reject(r),
         },
     }
+}
+
+/// Functions and views that read tables the statement does not name: the
+/// XML functions run SQL given as a string or dump whole tables, schemas
+/// and databases; the statistics views show the most common values (blind
+/// indexes among them) of every column. Statements naming one are analysed
+/// (the no-parse pre-check matches them like protected names) and refused.
+pub(crate) const READS_ANY_TABLE: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext_data",
+];
+
+/// The first of [`READS_ANY_TABLE`] the text names as an identifier (on
+/// PostgreSQL's tokens, quoted or not).
+fn reads_any_table(text: &str) -> Option<String> {
+    pglex::tokens(text).iter().find_map(|t| {
+        let name = match t.kind {
+            pglex::Kind::Ident => text[t.span.clone()].to_ascii_lowercase(),
+            pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => {
+                pglex::value(text, t).unwrap_or_default()
+            }
+            _ => return None,
+        };
+        READS_ANY_TABLE.contains(&name.as_str()).then_some(name)
+    })
 }
 
 /// PostgreSQL's reserved keywords and the ones that may only name functions
@@ -228,19 +275,35 @@ fn keyword_as_relation(stmt: &Statement) -> Option<String> {
 /// after this check. Checked on PostgreSQL's tokens, so no syntax escapes
 /// it; an unrelated column that happens to share the name is refused too.
 fn names_blind_index(an: &Analyzer, text: &str, role: &str) -> Option<Reject> {
-    // Tables the text names (a view or child of one reaches its columns too:
-    // then every table with such a column counts).
-    let named: Vec<&TablePolicy> = an
+    // The policy tables whose columns the text reaches: those it names,
+    // the tables of the views it names (their blind indexes, from
+    // pg_depend), the roots of the children it names; every table when a
+    // named relation is one pgveil refuses, or nothing is named.
+    let names = |n: &str| super::lex::NameSet::new([n.to_string()]).matches(text);
+    let mut tables: Vec<&TablePolicy> = an
         .policy
         .tables
         .iter()
-        .filter(|t| super::lex::NameSet::new([t.table.clone()]).matches(text))
+        .filter(|t| names(&t.table))
         .collect();
-    let tables: Vec<&TablePolicy> = if named.is_empty() {
-        an.policy.tables.iter().collect()
-    } else {
-        named
-    };
+    let mut everything = false;
+    for v in an.views.values().filter(|v| names(&v.name)) {
+        for c in &v.blind_indexes {
+            if let Some(t) = an.policy.table(&c.schema, &c.table) {
+                tables.push(t);
+            }
+        }
+        everything |= !v.unknown.is_empty() && v.blind_indexes.is_empty();
+    }
+    for (_, verdict) in an.children.iter().filter(|((_, n), _)| names(n)) {
+        match verdict {
+            Ok((rs, rt)) => tables.extend(an.policy.table(rs, rt)),
+            Err(_) => everything = true,
+        }
+    }
+    if everything || tables.is_empty() {
+        tables = an.policy.tables.iter().collect();
+    }
     let toks = pglex::tokens(text);
     let word = |i: usize| {
         toks.get(i)
@@ -331,10 +394,20 @@ struct ProtCol<'a> {
     via: Via<'a>,
 }
 
-#[derive(Debug, Clone)]
+/// One output column of a query, subquery, CTE or `*` expansion.
+#[derive(Debug, Clone, Default)]
 struct OutCol<'a> {
     name: Option<String>,
+    /// It is this protected column.
     prot: Option<ProtCol<'a>>,
+    /// It is the blind index (current or `next`) of this protected column.
+    bidx: Option<ColumnRef>,
+    /// A view column pgveil cannot map: it may hold any protected data.
+    unknown: bool,
+    /// Stands for the rest of a `*` over a protected table whose column
+    /// list pgveil does not know (no catalog): zero or more columns, so
+    /// positions after it (ordinals, column aliases) are unknown.
+    many: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -909,6 +982,54 @@ impl<'a> Cx<'a> {
         (t, cp)
     }
 
+    /// Rows that leave what pgveil can mask: a set operation's result (its
+    /// columns name no table), rows copied into another table, COPY (query)
+    /// TO, a cursor (FETCH is not planned). None of their columns may be a
+    /// blind index the role may not search, or a column pgveil cannot tell
+    /// apart (a `*` whose columns it does not know, an unmappable view
+    /// column).
+    fn exported(&self, outs: &[OutCol<'a>], what: &str) -> R<()> {
+        for o in outs {
+            if let Some(p) = &o.bidx
+                && !self.searches_all(std::slice::from_ref(p))
+            {
+                return Err(Reject::privilege(format!(
+                    "pgveil: {what} would carry the blind index of protected column {p}, which role {} may not search: only pgveil and roles with search access may use it; list the columns you need without it",
+                    self.role
+                )));
+            }
+            if o.many || o.unknown {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: {what} over all columns of a protected table, or over a view column pgveil cannot map, is not supported: pgveil cannot tell which of them are protected or blind indexes; list the columns you need"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A new relation filled from a query (CREATE TABLE … AS, SELECT …
+    /// INTO, CREATE MATERIALIZED VIEW) completes with the tag `SELECT n`,
+    /// and pgveil learns of it only at its next catalog refresh: until then
+    /// (for a table, for ever) its protected columns and blind indexes would
+    /// be read as plain. Refused when the query's columns carry protected
+    /// data of any kind.
+    fn no_protected_copy(outs: &[OutCol<'a>], what: &str) -> R<()> {
+        if let Some(o) = outs
+            .iter()
+            .find(|o| o.prot.is_some() || o.bidx.is_some() || o.unknown || o.many)
+        {
+            let which = match (&o.prot, &o.bidx) {
+                (Some(p), _) => format!("protected column {}", p.col),
+                (_, Some(b)) => format!("the blind index of protected column {b}"),
+                _ => "columns pgveil cannot map".to_string(),
+            };
+            return Err(Reject::unsupported(format!(
+                "pgveil: {what} over {which} is not supported: the new relation would hold protected data pgveil does not know is there; select only unprotected columns, or create it directly on PostgreSQL (a view or materialized view over protected tables is protected after pgveil's next catalog refresh)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the role may search every protected column in `cols`.
     fn searches_all(&self, cols: &[ColumnRef]) -> bool {
         cols.iter().all(|c| {
@@ -965,12 +1086,25 @@ impl<'a> Cx<'a> {
         let parts: Vec<String> = ids.iter().map(norm).collect();
         let (col, qual) = parts.split_last()?;
         let hit = |r: &Rel<'a>| -> Option<Reject> {
-            let RelKind::View(v) = &r.kind else {
-                return None;
-            };
-            let (name, base) = v.columns.iter().find(|(n, _)| n == col)?;
-            let p = self.blind_index_of(base.as_ref()?)?;
-            (!self.searches_all(std::slice::from_ref(&p))).then(|| self.view_bidx_reject(v, name))
+            match &r.kind {
+                RelKind::View(v) => {
+                    let (name, base) = v.columns.iter().find(|(n, _)| n == col)?;
+                    let p = self.blind_index_of(base.as_ref()?)?;
+                    (!self.searches_all(std::slice::from_ref(&p)))
+                        .then(|| self.view_bidx_reject(v, name))
+                }
+                RelKind::Derived(cols) => {
+                    let o = cols.iter().find(|o| o.name.as_deref() == Some(col))?;
+                    let p = o.bidx.as_ref()?;
+                    (!self.searches_all(std::slice::from_ref(p))).then(|| {
+                        Reject::privilege(format!(
+                            "pgveil: {col} is the blind index of protected column {p} (through a subquery or WITH query), which role {} may not search: only pgveil and roles with search access may use it",
+                            self.role
+                        ))
+                    })
+                }
+                RelKind::Table(_) | RelKind::Plain => None,
+            }
         };
         for s in sc.iter().rev() {
             if qual.is_empty() {
@@ -1903,6 +2037,7 @@ impl<'a> Cx<'a> {
                         .push((name.clone(), RelKind::Plain));
                 }
                 let mut outs = self.query(&mut cte.query, &sc)?;
+                Self::positions_known(&outs, !cte.alias.columns.is_empty())?;
                 for (i, c) in cte.alias.columns.iter().enumerate() {
                     if let Some(o) = outs.get_mut(i) {
                         o.name = Some(norm(&c.name));
@@ -1930,7 +2065,7 @@ impl<'a> Cx<'a> {
                 }
                 OrderByKind::Expressions(items) => {
                     for it in items.iter_mut() {
-                        if let Some(p) = self.output_ref(&it.expr, &outs) {
+                        if let Some(p) = self.output_ref(&it.expr, &outs)? {
                             return Err(self.order_reject(&p));
                         }
                         let c = self.expr(&mut it.expr, &osc)?;
@@ -1961,26 +2096,64 @@ impl<'a> Cx<'a> {
         )
     }
 
-    /// `ORDER BY 2` / `GROUP BY alias` referring to a protected output.
-    fn output_ref(&self, e: &Expr, outs: &[OutCol<'a>]) -> Option<ProtCol<'a>> {
-        match e {
+    /// Column aliases (`s(a, b, c)`, `WITH s(a, b) AS …`) name outputs by
+    /// position: refused when pgveil does not know every position (a `*`
+    /// over a protected table without the catalog's column list).
+    fn positions_known(outs: &[OutCol<'a>], aliased: bool) -> R<()> {
+        if aliased && outs.iter().any(|o| o.many) {
+            return Err(Reject::unsupported(
+                "pgveil: column aliases over * of a protected table are not supported here: pgveil does not know the table's columns; list the columns in the subquery",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `ORDER BY 2` / `GROUP BY alias` / `DISTINCT ON (3)` referring to an
+    /// output: the protected column it is, or a refusal when it is a blind
+    /// index the role may not search, a column pgveil cannot map, or a
+    /// position pgveil cannot tell (after a `*` it cannot expand).
+    fn output_ref(&self, e: &Expr, outs: &[OutCol<'a>]) -> R<Option<ProtCol<'a>>> {
+        let o = match e {
             Expr::Value(v) => match &v.value {
-                Value::Number(n, _) => n
-                    .to_string()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| outs.get(i.checked_sub(1)?))
-                    .and_then(|o| o.prot.clone()),
+                Value::Number(n, _) => {
+                    let Some(i) = n
+                        .to_string()
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| i.checked_sub(1))
+                    else {
+                        return Ok(None);
+                    };
+                    if outs.iter().take(i + 1).any(|o| o.many) {
+                        return Err(Reject::unsupported(
+                            "pgveil: a column position over * of a protected table is not supported here: pgveil does not know the table's columns; name the column",
+                        ));
+                    }
+                    outs.get(i)
+                }
                 _ => None,
             },
             Expr::Identifier(i) => {
                 let n = norm(i);
-                outs.iter()
-                    .find(|o| o.name.as_deref() == Some(n.as_str()))
-                    .and_then(|o| o.prot.clone())
+                outs.iter().find(|o| o.name.as_deref() == Some(n.as_str()))
             }
             _ => None,
+        };
+        let Some(o) = o else { return Ok(None) };
+        if let Some(p) = &o.bidx
+            && !self.searches_all(std::slice::from_ref(p))
+        {
+            return Err(Reject::privilege(format!(
+                "pgveil: this refers to the blind index of protected column {p}, which role {} may not search: only pgveil and roles with search access may use it",
+                self.role
+            )));
         }
+        if o.unknown {
+            return Err(Reject::unsupported(
+                "pgveil: this refers to a view column pgveil cannot map to one protected column: name an unprotected column",
+            ));
+        }
+        Ok(o.prot.clone())
     }
 
     fn set_expr(
@@ -2006,14 +2179,22 @@ impl<'a> Cx<'a> {
                 let outs: Vec<OutCol<'a>> = l
                     .iter()
                     .enumerate()
-                    .map(|(i, o)| OutCol {
-                        name: o.name.clone(),
-                        prot: o
-                            .prot
-                            .clone()
-                            .or_else(|| r.get(i).and_then(|x| x.prot.clone())),
+                    .map(|(i, o)| {
+                        let x = r.get(i);
+                        OutCol {
+                            name: o.name.clone(),
+                            prot: o.prot.clone().or_else(|| x.and_then(|x| x.prot.clone())),
+                            bidx: o.bidx.clone().or_else(|| x.and_then(|x| x.bidx.clone())),
+                            unknown: o.unknown || x.is_some_and(|x| x.unknown),
+                            many: o.many,
+                        }
                     })
                     .collect();
+                // A set operation's result columns name no table: nothing
+                // masks a blind index or tells which column a value is.
+                for side in [&l, &r] {
+                    self.exported(side, "a set operation (UNION, INTERSECT, EXCEPT)")?;
+                }
                 if !all && let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
                     let w = match op {
                         SetOperator::Union => "UNION (without ALL)",
@@ -2060,24 +2241,51 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// Outputs of `*` over a relation (the protected ones are known).
+    /// Outputs of `*` over a relation: every column in table order when the
+    /// catalog gives it (protected columns and blind indexes marked),
+    /// otherwise the protected columns followed by a `many` marker.
     fn rel_outputs(&mut self, kind: &RelKind<'a>) -> Vec<OutCol<'a>> {
         match kind {
-            RelKind::Table(t) => t
-                .columns
-                .iter()
-                .map(|c| {
-                    let col = ColumnRef::new(&t.schema, &t.table, &c.name);
-                    self.touch(&col, Use::Read);
-                    OutCol {
-                        name: Some(c.name.clone()),
-                        prot: Some(ProtCol {
-                            col,
-                            via: Via::Base,
-                        }),
+            RelKind::Table(t) => {
+                let all = self
+                    .an
+                    .table_columns
+                    .get(&(t.schema.clone(), t.table.clone()))
+                    .cloned();
+                let out = |cx: &mut Self, name: &str| -> OutCol<'a> {
+                    let col = ColumnRef::new(&t.schema, &t.table, name);
+                    if t.column(name).is_some() {
+                        cx.touch(&col, Use::Read);
+                        return OutCol {
+                            name: Some(name.to_string()),
+                            prot: Some(ProtCol {
+                                col,
+                                via: Via::Base,
+                            }),
+                            ..Default::default()
+                        };
                     }
-                })
-                .collect(),
+                    OutCol {
+                        name: Some(name.to_string()),
+                        bidx: t
+                            .blind_index_owner(name)
+                            .map(|(cp, _)| ColumnRef::new(&t.schema, &t.table, &cp.name)),
+                        ..Default::default()
+                    }
+                };
+                match all {
+                    Some(cols) => cols.iter().map(|c| out(self, c)).collect(),
+                    None => {
+                        let mut v: Vec<OutCol<'a>> =
+                            t.columns.iter().map(|c| out(self, &c.name)).collect();
+                        v.push(OutCol {
+                            many: true,
+                            ..Default::default()
+                        });
+                        v
+                    }
+                }
+            }
             RelKind::View(v) => v
                 .columns
                 .iter()
@@ -2098,6 +2306,9 @@ impl<'a> Cx<'a> {
                     OutCol {
                         name: Some(n.clone()),
                         prot,
+                        bidx: b.as_ref().and_then(|b| self.blind_index_of(b)),
+                        unknown: v.unknown.contains(n),
+                        many: false,
                     }
                 })
                 .collect(),
@@ -2116,7 +2327,14 @@ impl<'a> Cx<'a> {
         {
             let (name, alias) = (name.clone(), alias.clone());
             let probe = tf.clone();
-            self.generic(&probe, sc)?;
+            // A function in FROM is implicitly LATERAL: its arguments see
+            // the FROM items before it.
+            let mut fsc = sc.to_vec();
+            fsc.push(Scope {
+                rels: into.clone(),
+                ctes: vec![],
+            });
+            self.generic(&probe, &fsc)?;
             into.push(Rel {
                 alias: alias.as_ref().map(|a| norm(&a.name)),
                 schema: None,
@@ -2158,6 +2376,10 @@ impl<'a> Cx<'a> {
                     });
                 }
                 let mut outs = self.query(subquery, &inner_sc)?;
+                Self::positions_known(
+                    &outs,
+                    alias.as_ref().is_some_and(|a| !a.columns.is_empty()),
+                )?;
                 if let Some(a) = alias {
                     for (i, c) in a.columns.iter().enumerate() {
                         if let Some(o) = outs.get_mut(i) {
@@ -2187,7 +2409,12 @@ impl<'a> Cx<'a> {
             }
             other => {
                 let probe = other.clone();
-                self.generic(&probe, sc)?;
+                let mut fsc = sc.to_vec();
+                fsc.push(Scope {
+                    rels: into.clone(),
+                    ctes: vec![],
+                });
+                self.generic(&probe, &fsc)?;
                 into.push(Rel {
                     alias: None,
                     schema: None,
@@ -2283,7 +2510,11 @@ impl<'a> Cx<'a> {
                         SelectItem::UnnamedExpr(e) => item_alias(e),
                         _ => None,
                     };
-                    outs.push(OutCol { name, prot: None });
+                    outs.push(OutCol {
+                        name,
+                        unknown: true,
+                        ..Default::default()
+                    });
                 }
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
                     let alias = item_alias(e);
@@ -2298,11 +2529,15 @@ impl<'a> Cx<'a> {
                             outs.push(OutCol {
                                 name,
                                 prot: Some(p),
+                                ..Default::default()
                             });
                         }
                         c => {
                             self.plain(c, "", "")?;
-                            outs.push(OutCol { name, prot: None });
+                            outs.push(OutCol {
+                                name,
+                                ..Default::default()
+                            });
                         }
                     }
                 }
@@ -2353,7 +2588,7 @@ impl<'a> Cx<'a> {
             }
             GroupByExpr::Expressions(exprs, _) => {
                 for e in exprs.iter_mut() {
-                    if let Some(p) = self.output_ref(e, &outs) {
+                    if let Some(p) = self.output_ref(e, &outs)? {
                         return Err(self.group_reject(&p));
                     }
                     let c = self.expr(e, &sc)?;
@@ -2380,6 +2615,13 @@ impl<'a> Cx<'a> {
             }
             Some(Distinct::On(exprs)) => {
                 for e in exprs.iter_mut() {
+                    if let Some(p) = self.output_ref(e, &outs)? {
+                        return Err(self.unsupported_on(
+                            &p,
+                            "DISTINCT ON",
+                            "de-duplicate on an unprotected column",
+                        ));
+                    }
                     let c = self.expr(e, &sc)?;
                     self.plain(c, "DISTINCT ON", "de-duplicate on an unprotected column")?;
                 }
@@ -2462,6 +2704,9 @@ impl<'a> Cx<'a> {
                 self.outer_select = q.with.is_none()
                     && matches!(q.body.as_ref(), SetExpr::Select(sel) if sel.into.is_none());
                 let outs = self.query(q, &[])?;
+                if matches!(q.body.as_ref(), SetExpr::Select(s) if s.into.is_some()) {
+                    Self::no_protected_copy(&outs, "SELECT … INTO")?;
+                }
                 if let SetExpr::Select(s) = q.body.as_ref()
                     && s.into.is_none()
                     && outs.len() == s.projection.len()
@@ -2514,7 +2759,9 @@ impl<'a> Cx<'a> {
                 for d in stmts.iter_mut() {
                     match &mut d.for_query {
                         Some(q) if d.assignment.is_none() => {
-                            self.query(q, &[])?;
+                            let outs = self.query(q, &[])?;
+                            // FETCH names no table: its rows are not planned.
+                            self.exported(&outs, "a cursor (DECLARE … CURSOR FOR)")?;
                         }
                         _ => {
                             return Err(Reject::unsupported(format!(
@@ -2534,7 +2781,10 @@ impl<'a> Cx<'a> {
                     &*probe,
                     &[],
                 )?;
-                self.query(&mut v.query, &[])?;
+                let outs = self.query(&mut v.query, &[])?;
+                if v.materialized {
+                    Self::no_protected_copy(&outs, "CREATE MATERIALIZED VIEW")?;
+                }
                 StatementKind::Ddl
             }
             Statement::CreateTable(ct) => {
@@ -2553,7 +2803,8 @@ impl<'a> Cx<'a> {
                     &parents,
                 )?;
                 if let Some(q) = &mut ct.query {
-                    self.query(q, &[])?;
+                    let outs = self.query(q, &[])?;
+                    Self::no_protected_copy(&outs, "CREATE TABLE … AS")?;
                 } else {
                     let probe = ct.clone();
                     self.ddl_exprs(&probe)?;
@@ -2835,11 +3086,15 @@ impl<'a> Cx<'a> {
                             outs.push(OutCol {
                                 name,
                                 prot: Some(p),
+                                ..Default::default()
                             });
                         }
                         c => {
                             self.plain(c, "", "")?;
-                            outs.push(OutCol { name, prot: None });
+                            outs.push(OutCol {
+                                name,
+                                ..Default::default()
+                            });
                         }
                     }
                 }
@@ -2964,9 +3219,11 @@ impl<'a> Cx<'a> {
                 )));
             }
             _ => {
-                // Not protected: analyze the source and RETURNING.
+                // Not protected: analyze the source and RETURNING. The rows
+                // land in a table pgveil does not protect.
                 if let Some(src) = &mut ins.source {
-                    self.query(src, sc)?;
+                    let outs = self.query(src, sc)?;
+                    self.exported(&outs, "INSERT … SELECT into an unprotected table")?;
                 }
                 let mut rsc = sc.to_vec();
                 rsc.push(Scope {
@@ -3020,8 +3277,8 @@ impl<'a> Cx<'a> {
         let cols: Vec<String> = ins
             .columns
             .iter()
-            .map(|c| name_parts(c).last().cloned().unwrap_or_default())
-            .collect();
+            .map(|c| write_target(c, &qualified))
+            .collect::<R<_>>()?;
         let row_scope = Scope {
             rels: vec![Rel {
                 alias: alias.clone(),
@@ -3236,18 +3493,16 @@ impl<'a> Cx<'a> {
         let assigned: Vec<String> = list
             .iter()
             .filter_map(|a| match &a.target {
-                AssignmentTarget::ColumnName(n) => name_parts(n).last().cloned(),
+                AssignmentTarget::ColumnName(n) => Some(write_target(n, &qualified)),
                 _ => None,
             })
-            .collect();
+            .collect::<R<_>>()?;
         for a in list.iter_mut() {
             let col = match &a.target {
-                AssignmentTarget::ColumnName(n) => {
-                    name_parts(n).last().cloned().unwrap_or_default()
-                }
+                AssignmentTarget::ColumnName(n) => write_target(n, &qualified)?,
                 AssignmentTarget::Tuple(ns) => {
                     for n in ns {
-                        let c = name_parts(n).last().cloned().unwrap_or_default();
+                        let c = write_target(n, &qualified)?;
                         if t.column(&c).is_some() || t.tenant.as_deref() == Some(c.as_str()) {
                             return Err(Reject::unsupported(format!(
                                 "pgveil: assigning protected column {qualified}.{c} in a column tuple is not supported: write SET {c} = $1 separately"
@@ -3501,7 +3756,8 @@ impl<'a> Cx<'a> {
         };
         let (table_name, columns) = match src {
             CopySource::Query(q) => {
-                self.query(q, &[])?;
+                let outs = self.query(q, &[])?;
+                self.exported(&outs, "COPY (query) TO")?;
                 if self.changed {
                     return Err(Reject::unsupported(
                         "pgveil: COPY (SELECT …) with lookups on protected columns is not supported: run the SELECT instead",
@@ -3807,6 +4063,22 @@ impl Cx<'_> {
 /// Up to two leading words of a statement that are plain keywords (ASCII
 /// letters and `_`), upper-cased; never a literal or an identifier in
 /// quotes.
+/// The column a write target (an INSERT column list entry, an UPDATE SET
+/// target) names. PostgreSQL reads `a.b` and `a[1]` there as field or
+/// element `b` of column `a` (never as a qualified name): pgveil does not
+/// write into parts of columns of a protected table, so any such target is
+/// refused rather than guessed.
+fn write_target(n: &ObjectName, table: &str) -> R<String> {
+    match name_parts(n).as_slice() {
+        [c] => Ok(c.clone()),
+        parts => Err(Reject::unsupported(format!(
+            "pgveil: writing a field or element of column {} of protected table {table} ({} written with a dot) is not supported: write whole columns",
+            parts.first().cloned().unwrap_or_default(),
+            parts.join(".")
+        ))),
+    }
+}
+
 fn leading_keywords(text: &str) -> String {
     let mut words = vec![];
     for t in pglex::tokens(text).into_iter().take(2) {

@@ -1345,3 +1345,91 @@ fn views_cannot_show_a_blind_index_under_another_name() {
         );
     }
 }
+
+/// The second review's shapes, planned without a catalog (so `*` over a
+/// protected table has unknown columns): each is refused, and the no-parse
+/// pre-check sends each to the analyzer.
+#[test]
+fn second_review_shapes_are_refused_without_a_catalog() {
+    let p = Policy::from_text(
+        Path::new("calmony.yaml"),
+        include_str!("../../policies/calmony.yaml"),
+    )
+    .unwrap();
+    let a = Analyzer::new(Arc::new(p));
+    for (sql, role) in [
+        (
+            "SELECT s.a FROM (SELECT * FROM users) s(a, b, c, d) WHERE s.d = 'Alice Sentinel'",
+            "dba",
+        ),
+        (
+            "SELECT s.a, encode(s.c, 'hex') FROM (SELECT * FROM users) s(a, b, c)",
+            "signup",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT * FROM users) s(a, b, c) WHERE s.c = (SELECT x.c FROM (SELECT * FROM users) x(a, b, c, d, e, f) ORDER BY x.f DESC LIMIT 1)",
+            "signup",
+        ),
+        (
+            "WITH s(a, b, c) AS (SELECT * FROM users) SELECT encode(c, 'hex') FROM s",
+            "signup",
+        ),
+        (
+            "WITH s(a, b, c) AS (SELECT * FROM users) SELECT count(*) FROM s GROUP BY c HAVING count(*) > 1",
+            "signup",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT DISTINCT ON (3) * FROM users) s",
+            "signup",
+        ),
+        ("SELECT * FROM users ORDER BY 3", "signup"),
+        ("SELECT * FROM users ORDER BY 4", "dba"),
+        (
+            "SELECT * FROM users UNION ALL SELECT * FROM users WHERE false",
+            "signup",
+        ),
+        ("INSERT INTO tmp_copy SELECT * FROM users", "signup"),
+        (
+            "SELECT query_to_xml('SELECT id, email_bidx FROM users', true, false, '')",
+            "signup",
+        ),
+        (
+            "SELECT query_to_xml('SELECT id FROM users WHERE name = ''Alice Sentinel''', true, false, '')",
+            "dba",
+        ),
+        ("SELECT table_to_xml('users', true, false, '')", "signup"),
+        ("SELECT schema_to_xml('public', true, false, '')", "signup"),
+        (
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'users' AND attname = 'email_bidx'",
+            "signup",
+        ),
+        (
+            "SELECT g FROM users u, generate_series(1, CASE WHEN u.name = 'Alice Sentinel' THEN 1 ELSE 0 END) g",
+            "dba",
+        ),
+        (
+            "SELECT x FROM users u, unnest(ARRAY[u.name = 'Alice Sentinel']) x",
+            "dba",
+        ),
+        ("UPDATE users SET name.x = 'Alice Sentinel'", "calmony_app"),
+        (
+            "INSERT INTO users (name.x) VALUES ('Alice Sentinel')",
+            "calmony_app",
+        ),
+        (
+            "SELECT id FROM users u WHERE name(u) = 'Alice Sentinel'",
+            "dba",
+        ),
+        (
+            "SELECT g FROM users u, generate_series(1, (SELECT 1 WHERE u.name = 'Alice Sentinel')) g",
+            "dba",
+        ),
+    ] {
+        assert!(a.may_touch_protected(sql), "pre-check: {sql}");
+        for p in a.plan(sql, role, Mode::Simple) {
+            let (code, msg) = reject(p);
+            assert!(code == "0A000" || code == "42501", "{sql}: {code}");
+            assert!(!msg.contains("Alice Sentinel"), "{msg}");
+        }
+    }
+}
