@@ -426,10 +426,12 @@ impl Analyzer {
     }
 
     /// Fast pre-check, no parse: could `sql` mention a protected table or a
-    /// view over one? False positives are possible, false negatives are not
-    /// (names inside strings, comments and quoted identifiers count).
+    /// view over one (or rename the schema of a protected table: the word
+    /// SCHEMA counts too)? False positives are possible, false negatives
+    /// are not (names inside strings, comments and quoted identifiers
+    /// count).
     pub fn may_touch_protected(&self, sql: &str) -> bool {
-        self.names.matches(sql)
+        self.names.matches(sql) || SCHEMA_WORD.matches(sql)
     }
 
     /// Plan every statement in `sql` for login role `role`.
@@ -474,7 +476,15 @@ impl Analyzer {
         params: Option<&[Oid]>,
     ) -> StatementPlan {
         let text = &full[r.clone()];
-        if !self.may_touch_protected(text) {
+        if !self.names.matches(text) {
+            // Only the word SCHEMA (or nothing) matched: the one statement
+            // of that kind pgveil refuses is a rename of a protected
+            // table's schema, which would move the table out of the policy.
+            if SCHEMA_WORD.matches(text)
+                && let Some(r) = rewrite::renames_protected_schema(self, text)
+            {
+                return StatementPlan::reject(r);
+            }
             return StatementPlan::Passthrough {
                 sql: text.to_string(),
             };
@@ -482,6 +492,10 @@ impl Analyzer {
         rewrite::plan_statement(self, text, r, role, params)
     }
 }
+
+/// The word SCHEMA, for the pre-check (see [`Analyzer::may_touch_protected`]).
+static SCHEMA_WORD: std::sync::LazyLock<lex::NameSet> =
+    std::sync::LazyLock::new(|| lex::NameSet::new(["schema".to_string()]));
 
 /// Quote an identifier for PostgreSQL when needed.
 pub fn quote_ident(s: &str) -> String {

@@ -140,6 +140,38 @@ fn reads_any_table(text: &str) -> Option<String> {
     })
 }
 
+/// `ALTER SCHEMA s RENAME TO …` where `s` holds a protected table: the
+/// policy names tables by schema, so the rename would leave them
+/// unprotected (and their values unreadable). Read on PostgreSQL's tokens.
+pub(crate) fn renames_protected_schema(an: &Analyzer, text: &str) -> Option<Reject> {
+    let toks = pglex::tokens(text);
+    let word = |i: usize| -> Option<String> {
+        let t = toks.get(i)?;
+        match t.kind {
+            pglex::Kind::Ident => Some(text[t.span.clone()].to_ascii_lowercase()),
+            pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => pglex::value(text, t),
+            _ => None,
+        }
+    };
+    for i in 0..toks.len() {
+        if word(i).as_deref() == Some("alter") && word(i + 1).as_deref() == Some("schema") {
+            let Some(schema) = word(i + 2) else {
+                // A name pgveil cannot read (U&"…" it cannot decode).
+                return Some(Reject::unsupported(
+                    "pgveil: ALTER SCHEMA with a name pgveil cannot read is not supported while a policy protects tables: run it directly on PostgreSQL",
+                ));
+            };
+            let renames = word(i + 3).as_deref() == Some("rename");
+            if renames && an.policy.tables.iter().any(|t| t.schema == schema) {
+                return Some(Reject::unsupported(format!(
+                    "pgveil: renaming schema {schema}, which holds protected tables, is not supported: the policy names its tables as {schema}.…; rename the tables in the policy and reload pgveil together with the rename, run directly on PostgreSQL"
+                )));
+            }
+        }
+    }
+    None
+}
+
 /// PostgreSQL's reserved keywords and the ones that may only name functions
 /// or types (`gram.y`'s `reserved_keyword` and `type_func_name_keyword`):
 /// none of them can be an unquoted table, schema or column name.

@@ -1433,3 +1433,33 @@ fn second_review_shapes_are_refused_without_a_catalog() {
         }
     }
 }
+
+#[test]
+fn renaming_the_schema_of_a_protected_table_is_refused() {
+    let a = analyzer();
+    for sql in [
+        "ALTER SCHEMA public RENAME TO old_public",
+        "alter schema \"public\" rename to x",
+        "BEGIN; ALTER SCHEMA public RENAME TO x",
+    ] {
+        assert!(a.may_touch_protected(sql), "{sql}");
+        let v = a.plan(sql, "app_user", Mode::Simple);
+        let (code, msg) = reject(v.last().unwrap().clone());
+        assert_eq!(code, "0A000", "{sql}");
+        assert!(msg.contains("schema public"), "{msg}");
+    }
+    // Other schema statements pass through untouched.
+    for sql in [
+        "CREATE SCHEMA reporting",
+        "ALTER SCHEMA reporting RENAME TO reports",
+        "ALTER SCHEMA public OWNER TO app",
+        "SELECT * FROM information_schema.tables",
+    ] {
+        let v = a.plan(sql, "app_user", Mode::Simple);
+        assert_eq!(
+            v,
+            vec![StatementPlan::Passthrough { sql: sql.into() }],
+            "{sql}"
+        );
+    }
+}

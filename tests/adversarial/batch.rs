@@ -98,7 +98,8 @@ async fn owner_fixture() -> Calmony {
     // often does), so PostgreSQL lets it rename columns.
     fx.pg.psql(
         "app",
-        "ALTER TABLE public.users OWNER TO calmony_app; GRANT CREATE ON SCHEMA public TO calmony_app;",
+        "ALTER TABLE public.users OWNER TO calmony_app; GRANT CREATE ON SCHEMA public TO calmony_app;
+         ALTER SCHEMA public OWNER TO calmony_app;",
     );
     fx
 }
@@ -112,6 +113,10 @@ async fn renaming_protected_names_is_refused() {
         "ALTER TABLE users RENAME COLUMN email_bidx TO eb",
         "ALTER TABLE public.users RENAME TO users_old",
         "ALTER TABLE users RENAME COLUMN name TO n2; INSERT INTO users (id, n2) VALUES (80, 'batch-rename-80@example.com'); ALTER TABLE users RENAME COLUMN n2 TO name",
+        // The policy names tables by schema: renaming the schema would
+        // move public.users out of it.
+        "ALTER SCHEMA public RENAME TO old_public",
+        "ALTER SCHEMA \"public\" RENAME TO old_public; INSERT INTO old_public.users (id, name) VALUES (80, 'batch-rename-80@example.com')",
     ] {
         let e = c.simple_query(sql).await.expect_err(sql);
         assert_eq!(code(&e), "0A000", "{sql}: {}", err_text(&e));
@@ -132,6 +137,15 @@ async fn renaming_protected_names_is_refused() {
         .unwrap()
         .get(0);
     assert_eq!(cols, 2);
+    let schemas: i64 = d
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 1, "schema public was renamed");
     fx.assert_no_plaintext(&["batch-rename-80@example.com"])
         .await;
 }
