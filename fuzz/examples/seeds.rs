@@ -800,6 +800,22 @@ fn analyzer_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "whole-row-and-only",
+            sql(
+                role("signup"),
+                &[],
+                "select to_jsonb(u) ->> 'email_bidx', u.row_to_json, (u).email from users u where u = u; update only users set email = 'x'; select s.c from (select * from users) s(a, b, c) order by 3",
+            ),
+        ),
+        (
+            "lateral-xml-schema",
+            sql(
+                role("dba"),
+                &[],
+                "select g from users u, generate_series(1, case when u.name = 'x' then 1 else 0 end) g union all select query_to_xml('select 1', false, false, '')::text::int; alter schema public rename to p2",
+            ),
+        ),
+        (
             "merge-call",
             sql(
                 app,
