@@ -514,4 +514,6 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod review_tests;
+#[cfg(test)]
 mod tests;

@@ -99,9 +99,11 @@ pub(crate) fn plan_statement(
 }
 
 /// Functions and views that read tables the statement does not name: the
-/// XML functions run SQL given as a string or dump whole tables, schemas
-/// and databases; the statistics views show the most common values (blind
-/// indexes among them) of every column. Statements naming one are analysed
+/// XML and text-search functions run SQL given as a string (`ts_stat`,
+/// `ts_rewrite`, `query_to_xml`) or dump whole tables, schemas and
+/// databases; `dblink` runs SQL on another connection; the file functions
+/// read relation files; the statistics views show the most common values
+/// (blind indexes among them) of every column. Statements naming one are analysed
 /// (the no-parse pre-check matches them like protected names) and refused.
 pub(crate) const READS_ANY_TABLE: &[&str] = &[
     "query_to_xml",
@@ -118,6 +120,16 @@ pub(crate) const READS_ANY_TABLE: &[&str] = &[
     "database_to_xml_and_xmlschema",
     "cursor_to_xml",
     "cursor_to_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "lo_import",
+    "lo_export",
+    "dblink",
+    "dblink_exec",
+    "dblink_open",
+    "dblink_send_query",
     "pg_stats",
     "pg_stats_ext",
     "pg_stats_ext_exprs",
@@ -1687,14 +1699,35 @@ impl<'a> Cx<'a> {
             Expr::Subquery(q) => {
                 let outs = self.query(q, sc)?;
                 match outs.as_slice() {
-                    [o] => Ok(match &o.prot {
-                        Some(p) => Class::Prot(ProtCol {
-                            col: p.col.clone(),
-                            via: Via::Derived,
-                        }),
-                        None => Class::Plain,
-                    }),
-                    _ => Ok(Class::Plain),
+                    [o] if !o.many => {
+                        if o.bidx.is_some() || o.unknown {
+                            // A blind index or an unmappable column as a
+                            // value: only as plain as its role may see.
+                            self.exported(&outs, "a subquery used as a value")?;
+                        }
+                        Ok(match &o.prot {
+                            Some(p) => Class::Prot(ProtCol {
+                                col: p.col.clone(),
+                                via: Via::Derived,
+                            }),
+                            None => Class::Plain,
+                        })
+                    }
+                    _ => {
+                        // A row subquery: PostgreSQL compares it element by
+                        // element with a row constructor (`(x, y) = (SELECT
+                        // email, id …)`, also under ANY/ALL), which pgveil
+                        // does not plan.
+                        if let Some(p) = outs.iter().find_map(|o| o.prot.clone()) {
+                            return Err(self.unsupported_on(
+                                &p,
+                                "a row subquery that returns it",
+                                "compare the protected column on its own: col = $1, or look the rows up first",
+                            ));
+                        }
+                        self.exported(&outs, "a row subquery")?;
+                        Ok(Class::Plain)
+                    }
                 }
             }
             Expr::Tuple(items) => {
@@ -2777,6 +2810,15 @@ impl<'a> Cx<'a> {
                     }
                     s @ (Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) => {
                         self.dml(s, &[])?;
+                        // EXPLAIN VERBOSE prints the values pgveil computed
+                        // (the guess's blind index among them) as text,
+                        // which no result masking reaches; EXPLAIN ANALYZE
+                        // would also run the write.
+                        if let Some((c, _)) = self.touched.iter().find(|(_, u)| *u == Use::Write) {
+                            return Err(Reject::unsupported(format!(
+                                "pgveil: EXPLAIN of a statement that writes protected column {c} is not supported: its output would show the envelope and blind index pgveil computed; EXPLAIN the statement on a copy without protected data, or explain the SELECT that finds the rows"
+                            )));
+                        }
                     }
                     _ => {
                         return Err(Reject::unsupported(format!(

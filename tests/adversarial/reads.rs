@@ -229,3 +229,73 @@ async fn field_writes_into_protected_columns_are_refused() {
     all_refused(&app, "calmony_app", &sqls, &["0A000"], &[s1, s2]).await;
     fx.assert_no_plaintext(&[s1, s2]).await;
 }
+
+/// Built-ins that run SQL given as a string (`ts_stat`, `ts_rewrite`), also
+/// with the names split by `||` so that no protected name appears: refused
+/// by name.
+#[tokio::test]
+async fn functions_that_run_sql_from_a_string_are_refused() {
+    let fx = Calmony::start();
+    let victim = "reads-tsstat-victim-8811@example.com";
+    let app = fx.app("calmony_app").await;
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Ts Victim')",
+        &[&victim],
+    )
+    .await
+    .unwrap();
+    let signup = fx.app("signup").await;
+    signup
+        .execute("INSERT INTO users (email) VALUES ($1)", &[&victim])
+        .await
+        .unwrap();
+    let sqls: Vec<String> = [
+        "SELECT word, ndoc FROM ts_stat('SELECT to_tsvector(''simple'', encode(email_bidx, ''hex'')) FROM users') ORDER BY ndoc DESC",
+        "SELECT word, ndoc FROM ts_stat('SELECT to_tsvector(''simple'', encode(email_' || 'bidx, ''hex'')) FROM us' || 'ers')",
+        "SELECT word FROM pg_catalog.ts_stat('SELECT 1', 'a')",
+        "SELECT ts_rewrite('x'::tsquery, 'SELECT ''x''::tsquery, (''b'' || encode(email_bidx, ''hex''))::tsquery FROM users')::text",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all_refused(&signup, "signup", &sqls, &["0A000", "42501"], &[victim]).await;
+    fx.assert_no_plaintext(&[victim]).await;
+}
+
+/// Row comparisons with a row subquery compare element by element in
+/// PostgreSQL: a literal paired with a protected column must not be sent.
+/// EXPLAIN of a write would print the envelope and blind index pgveil
+/// computed for the written value.
+#[tokio::test]
+async fn row_subqueries_and_explain_of_writes_are_refused() {
+    let fx = Calmony::start();
+    let s1 = "reads-rowcmp-sentinel-8812@example.com";
+    let s2 = "reads-rowany-sentinel-8813@example.com";
+    let guess = "reads-explain-guess-8814@example.com";
+    let app = fx.app("calmony_app").await;
+    let sqls = vec![
+        format!("SELECT 1/0 WHERE ('{s1}', 1::bigint) = (SELECT email, id FROM users LIMIT 1)"),
+        format!("SELECT 1/0 WHERE ('{s2}', 1::bigint) = ANY (SELECT email, id FROM users)"),
+        format!("SELECT 1 WHERE ROW('{s1}', 1::bigint) <> ALL (SELECT email, id FROM users)"),
+        format!(
+            "SELECT 1 WHERE ('{s1}', 1::bigint) IS DISTINCT FROM (SELECT email, id FROM users LIMIT 1)"
+        ),
+    ];
+    all_refused(&app, "calmony_app", &sqls, &["0A000"], &[s1, s2]).await;
+    for role in ["signup", "calmony_app"] {
+        let c = fx.app(role).await;
+        let sqls = vec![
+            format!("EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO users (email) VALUES ('{guess}')"),
+            format!("EXPLAIN ANALYZE INSERT INTO users (email) VALUES ('{guess}')"),
+            format!("EXPLAIN (VERBOSE) UPDATE users SET email = '{guess}' WHERE id = 1"),
+        ];
+        all_refused(&c, role, &sqls, &["0A000"], &[guess]).await;
+    }
+    // EXPLAIN of a read still works.
+    let r = app
+        .simple_query("EXPLAIN SELECT id FROM users WHERE email = 'x@example.com'")
+        .await
+        .unwrap();
+    assert!(!simple_rows(&r).is_empty());
+    fx.assert_no_plaintext(&[s1, s2, guess]).await;
+}
