@@ -173,6 +173,17 @@ impl Backend {
         if self.broken {
             return;
         }
+        let ends_copy_or_request = !matches!(f.tag, b'D' | b'd' | b'N' | b'S' | b'A');
+        self.on_frame_inner(f, out).await;
+        // Resolve CopySync entries as soon as their COPY's fate is known,
+        // so that the queue is idle when PostgreSQL is (the frontend and
+        // the catalog refresh wait for that).
+        if ends_copy_or_request && !self.broken && !self.settle_front() {
+            self.out_of_step("a Sync inside a COPY that failed", out);
+        }
+    }
+
+    async fn on_frame_inner(&mut self, f: Frame, out: &mut BytesMut) {
         if f.tag == b'D'
             && !self.discard_until_ready
             && let Some(shape) = &self.streaming

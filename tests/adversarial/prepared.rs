@@ -731,8 +731,27 @@ async fn long_names_are_keyed_on_their_first_63_bytes_as_postgresql_does() {
     ])
     .await;
     assert_ok(&c.until_ready().await, "short non-ASCII name");
-    assert_eq!(names(&fx).await, vec![v1, v2, v3, v5]);
-    fx.assert_no_plaintext(&[v1, v2, v3, v4, v5]).await;
+    // With another client_encoding PostgreSQL converts names before it
+    // keys them: non-ASCII names are refused, ASCII ones still alias.
+    c.send(&[query("SET client_encoding = 'LATIN1'")]).await;
+    assert_ok(&c.until_ready().await, "SET client_encoding");
+    c.send(&[parse("é", INSERT_NAME), sync()]).await;
+    assert_refused(
+        &c.until_ready().await,
+        "0A000",
+        &[],
+        "non-ASCII name in LATIN1",
+    );
+    let v6 = "Attack-Name63-Sentinel-9909";
+    let b = "b".repeat(63);
+    c.send(&[parse(&format!("{b}1"), INSERT_NAME), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Parse in LATIN1");
+    c.send(&[bind("", &format!("{b}2"), &[v6]), execute(""), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Bind of the alias in LATIN1");
+    assert_eq!(names(&fx).await, vec![v1, v2, v3, v5, v6]);
+    fx.assert_no_plaintext(&[v1, v2, v3, v4, v5, v6]).await;
 }
 
 /// PostgreSQL ignores Sync and Flush while it is in COPY IN: they must not
@@ -766,6 +785,16 @@ async fn sync_and_flush_inside_copy_keep_prepared_statements_in_step() {
             raw::copy_done(),
             sync(),
         ],
+        // Two COPYs in one Query, a Sync inside each one's data.
+        vec![
+            query("COPY scratch (t) FROM STDIN; COPY scratch (t) FROM STDIN"),
+            raw::copy_data(b"row\n"),
+            sync(),
+            raw::copy_done(),
+            sync(),
+            raw::copy_data(b"row\n"),
+            raw::copy_done(),
+        ],
         // A protected COPY, with Syncs before and inside its data.
         vec![
             parse("", "COPY users (name) FROM STDIN"),
@@ -794,8 +823,8 @@ async fn sync_and_flush_inside_copy_keep_prepared_statements_in_step() {
         stored.push(v);
     }
     let mut want = vec!["Attack-SyncCopy-Row-9911".to_string()];
-    want.splice(0..0, stored[..2].iter().cloned());
-    want.push(stored[2].clone());
+    want.splice(0..0, stored[..3].iter().cloned());
+    want.push(stored[3].clone());
     assert_eq!(names(&fx).await, want);
     let mut sentinels: Vec<&str> = stored.iter().map(String::as_str).collect();
     sentinels.push("Attack-SyncCopy-Row-9911");
