@@ -630,9 +630,11 @@ impl Frontend {
     }
 
     /// Whether the catalog should be reloaded before the next statement
-    /// (only called when no request is in flight).
+    /// (only called when no request is in flight, so PostgreSQL runs no
+    /// COPY: a COPY keeps its Query or Execute pending until it ends; a
+    /// COPY window left open after an answered Execute is no COPY).
     pub fn wants_catalog_refresh(&self) -> bool {
-        self.copy_window.is_none() && !self.skip_until_sync && self.engine.is_stale(&self.entry())
+        self.copy.is_none() && !self.skip_until_sync && self.engine.is_stale(&self.entry())
     }
 
     /// Handle one client frame, appending what goes upstream to `out`.
