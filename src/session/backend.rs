@@ -3,14 +3,14 @@
 //! for roles that may read them, and stream everything else through as the
 //! original bytes. Rows are handled one at a time: nothing is buffered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
 use super::messages::{self as m, Field};
 use super::rows::RowDecryptor;
-use super::{AuditInfo, Decrypt, Identity, Pending, Shape, Shared};
+use super::{AuditInfo, Decrypt, Identity, Kind, Pending, Shape, Shared};
 use crate::crypto::envelope;
 use crate::crypto::{ColumnContext, PgType};
 use crate::wire::codec::Frame;
@@ -40,9 +40,19 @@ pub struct Backend {
     /// not at ReadyForQuery: the client may act on the error first.
     abort_early: bool,
     /// An error in the extended protocol: PostgreSQL skips every message
-    /// up to the next Sync (a Query and a FunctionCall too), and that
-    /// Sync's ReadyForQuery ends it.
+    /// up to the next Sync (a Query too), and that Sync's ReadyForQuery
+    /// ends it.
     skipping: bool,
+    /// The COPY FROM STDIN PostgreSQL is in (from its CopyInResponse to
+    /// the CommandComplete or ErrorResponse that ends it).
+    copy_in: Option<u64>,
+    /// The COPYs PostgreSQL started since the queue was last empty, and how
+    /// each ended (`Some(true)` completed, `Some(false)` failed): what the
+    /// [`Pending::CopySync`] entries of each one mean.
+    copies: VecDeque<(u64, Option<bool>)>,
+    /// PostgreSQL's answers went out of step with the requests: nothing
+    /// more is forwarded (see [`Backend::out_of_step`]).
+    broken: bool,
 }
 
 impl Backend {
@@ -63,6 +73,9 @@ impl Backend {
             row_failed: false,
             abort_early: false,
             skipping: false,
+            copy_in: None,
+            copies: VecDeque::new(),
+            broken: false,
         }
     }
 
@@ -75,8 +88,102 @@ impl Backend {
             .is_some_and(f)
     }
 
+    fn front_kind(&self) -> Option<Kind> {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending queue")
+            .front()
+            .map(Pending::kind)
+    }
+
+    /// Resolve the [`Pending::CopySync`] entries at the front of the queue
+    /// from what PostgreSQL said about their COPY: one it never started
+    /// (the Query or Execute ended without a CopyInResponse for it) was a
+    /// Sync PostgreSQL answers; one of a COPY that completed was ignored.
+    /// Of a COPY that failed, pgveil cannot know whether PostgreSQL read
+    /// the Sync before or after leaving COPY IN: `false`, the session
+    /// cannot go on.
+    fn settle_front(&mut self) -> bool {
+        loop {
+            let mut q = self.shared.pending.lock().expect("pending queue");
+            let Some(Pending::CopySync { copy }) = q.front() else {
+                return true;
+            };
+            let copy = *copy;
+            if self.copy_in == Some(copy) {
+                return false;
+            }
+            match self.copies.iter().find(|c| c.0 == copy).map(|c| c.1) {
+                None => {
+                    q[0] = Pending::Sync;
+                    return true;
+                }
+                Some(Some(true)) => {
+                    q.pop_front();
+                }
+                Some(_) => return false,
+            }
+        }
+    }
+
+    /// PostgreSQL answered something pgveil did not ask for, or pgveil can
+    /// no longer tell which request an answer belongs to: applying or
+    /// skipping a state change on a guess could let a protected value
+    /// through raw, so the session ends (FATAL to the client; the frontend
+    /// closes the upstream connection at the client's next message, and a
+    /// client that closes does it too). Nothing PostgreSQL sends after
+    /// this reaches the client.
+    fn out_of_step(&mut self, what: &'static str, out: &mut BytesMut) {
+        if self.broken {
+            return;
+        }
+        self.broken = true;
+        self.shared.set_broken();
+        metrics::counter!("pgveil_protocol_desync_total").increment(1);
+        tracing::error!(
+            answer = what,
+            "PostgreSQL's answers are out of step with the requests pgveil forwarded; closing the session"
+        );
+        out.extend_from_slice(&msg::error_response(
+            "FATAL",
+            "08P01",
+            "pgveil: PostgreSQL's answers are out of step with the requests pgveil forwarded (the client sent messages PostgreSQL handles in a way pgveil cannot follow, e.g. Sync inside a COPY that failed); the session is closed",
+        ));
+    }
+
+    /// Check that the front entry is one of `kinds` (after settling
+    /// CopySync entries); otherwise the session ends.
+    fn expect(&mut self, kinds: &[Kind], what: &'static str, out: &mut BytesMut) -> bool {
+        if !self.settle_front() {
+            self.out_of_step("a Sync inside a COPY that failed", out);
+            return false;
+        }
+        match self.front_kind() {
+            Some(k) if kinds.contains(&k) => true,
+            _ => {
+                self.out_of_step(what, out);
+                false
+            }
+        }
+    }
+
     /// Handle one server frame, appending what goes to the client to `out`.
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) {
+        if self.broken {
+            return;
+        }
+        let ends_copy_or_request = !matches!(f.tag, b'D' | b'd' | b'N' | b'S' | b'A');
+        self.on_frame_inner(f, out).await;
+        // Resolve CopySync entries as soon as their COPY's fate is known,
+        // so that the queue is idle when PostgreSQL is (the frontend and
+        // the catalog refresh wait for that).
+        if ends_copy_or_request && !self.broken && !self.settle_front() {
+            self.out_of_step("a Sync inside a COPY that failed", out);
+        }
+    }
+
+    async fn on_frame_inner(&mut self, f: Frame, out: &mut BytesMut) {
         if f.tag == b'D'
             && !self.discard_until_ready
             && let Some(shape) = &self.streaming
@@ -86,21 +193,46 @@ impl Backend {
             return;
         }
         self.streaming = None;
+        if !self.settle_front() {
+            self.out_of_step("a Sync inside a COPY that failed", out);
+            return;
+        }
         if self.front_is(|p| matches!(p, Pending::Catalog { .. })) {
             self.on_catalog_frame(&f);
             return;
         }
+        // COPY IN as PostgreSQL reports it: CopyInResponse starts it,
+        // CommandComplete or ErrorResponse ends it.
+        match f.tag {
+            b'C' | b'E' => {
+                if let Some(id) = self.copy_in.take()
+                    && let Some(c) = self.copies.iter_mut().find(|c| c.0 == id)
+                {
+                    c.1 = Some(f.tag == b'C');
+                }
+            }
+            b'G' if !self.copy_started(out) => return,
+            _ => {}
+        }
         if self.discard_until_ready && f.tag != b'Z' {
             if f.tag == b'E' {
                 // Errors after ours are dropped too; keep the queue in step.
-                self.drop_until_sync();
+                self.drop_until_sync(out);
             } else {
-                self.pop_if_completes(f.tag);
+                self.pop_if_completes(f.tag, out);
             }
             return;
         }
         match f.tag {
             b'1' | b'2' => {
+                let (kind, what) = if f.tag == b'1' {
+                    (Kind::Parse, "ParseComplete without a Parse")
+                } else {
+                    (Kind::Bind, "BindComplete without a Bind")
+                };
+                if !self.expect(&[kind], what, out) {
+                    return;
+                }
                 let internal = matches!(
                     self.shared.pop_as(true),
                     Some(
@@ -113,12 +245,49 @@ impl Backend {
                 }
             }
             b'3' => {
+                if !self.expect(&[Kind::Close], "CloseComplete without a Close", out) {
+                    return;
+                }
                 self.shared.pop_as(true);
                 out.extend_from_slice(&f.raw);
             }
-            b't' => self.on_parameter_description(&f, out),
-            b'T' => self.on_row_description(&f, out),
+            b't' => {
+                if !self.expect(
+                    &[Kind::DescribeStatement],
+                    "ParameterDescription without a Describe",
+                    out,
+                ) {
+                    return;
+                }
+                self.on_parameter_description(&f, out)
+            }
+            b'T' => {
+                if !self.expect(
+                    &[
+                        Kind::DescribeStatement,
+                        Kind::DescribePortal,
+                        Kind::ResultShape,
+                        Kind::Query,
+                    ],
+                    "RowDescription without a Describe or Query",
+                    out,
+                ) {
+                    return;
+                }
+                self.on_row_description(&f, out)
+            }
             b'n' => {
+                if !self.expect(
+                    &[
+                        Kind::DescribeStatement,
+                        Kind::DescribePortal,
+                        Kind::ResultShape,
+                    ],
+                    "NoData without a Describe",
+                    out,
+                ) {
+                    return;
+                }
                 let internal = match self.shared.pop() {
                     // A simple Query that returns no rows sends no
                     // RowDescription.
@@ -135,30 +304,68 @@ impl Backend {
                     out.extend_from_slice(&f.raw);
                 }
             }
-            b'D' => self.on_data_row(f, out).await,
+            b'D' => {
+                if !self.expect(
+                    &[Kind::Execute, Kind::Query],
+                    "DataRow without an Execute or Query",
+                    out,
+                ) {
+                    return;
+                }
+                self.on_data_row(f, out).await
+            }
             b'C' => {
+                if !self.expect(
+                    &[Kind::Execute, Kind::Query],
+                    "CommandComplete without an Execute or Query",
+                    out,
+                ) {
+                    return;
+                }
                 self.current = None;
                 self.finish_statement(&f);
                 out.extend_from_slice(&f.raw);
             }
             b's' => {
+                if !self.expect(&[Kind::Execute], "PortalSuspended without an Execute", out) {
+                    return;
+                }
                 self.shared.pop();
                 out.extend_from_slice(&f.raw);
             }
             b'I' => {
+                if !self.expect(
+                    &[Kind::Execute, Kind::Query],
+                    "EmptyQueryResponse without an Execute or Query",
+                    out,
+                ) {
+                    return;
+                }
                 if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
                     self.shared.pop();
                 }
                 out.extend_from_slice(&f.raw);
             }
+            // COPY responses and the data of a COPY TO STDOUT answer the
+            // Query or Execute at the front.
+            b'G' | b'H' | b'W' | b'd' | b'c' => {
+                if !self.expect(
+                    &[Kind::Execute, Kind::Query],
+                    "a COPY message without an Execute or Query",
+                    out,
+                ) {
+                    return;
+                }
+                out.extend_from_slice(&f.raw);
+            }
+            // pgveil never forwards a FunctionCall.
+            b'V' => self.out_of_step("FunctionCallResponse", out),
             b'E' => {
-                if self.front_is(|p| {
-                    !matches!(
-                        p,
-                        Pending::Query { .. } | Pending::FunctionCall | Pending::Sync
-                    )
-                }) {
-                    self.drop_until_sync();
+                if self.front_is(|p| !matches!(p, Pending::Query { .. } | Pending::Sync)) {
+                    self.drop_until_sync(out);
+                    if self.broken {
+                        return;
+                    }
                 }
                 self.current = None;
                 match without_rejection_context(f.body()) {
@@ -192,13 +399,33 @@ impl Backend {
                 if std::mem::take(&mut self.skipping) {
                     // Everything up to the Sync was skipped, including what
                     // the client sent after the error reached pgveil.
-                    while let Some(p) = self.shared.pop_as(false) {
-                        if matches!(p, Pending::Sync) {
-                            break;
+                    loop {
+                        if !self.settle_front() {
+                            self.out_of_step("a Sync inside a COPY that failed", out);
+                            return;
+                        }
+                        match self.shared.pop_as(false) {
+                            Some(Pending::Sync) => break,
+                            Some(_) => {}
+                            None => {
+                                self.out_of_step("ReadyForQuery without a Sync", out);
+                                return;
+                            }
                         }
                     }
                 } else {
+                    if !self.expect(
+                        &[Kind::Sync, Kind::Query],
+                        "ReadyForQuery without a Sync or Query",
+                        out,
+                    ) {
+                        return;
+                    }
                     self.shared.pop();
+                }
+                if self.shared.is_idle() && self.copy_in.is_none() {
+                    // No CopySync can refer to a COPY seen so far.
+                    self.copies.clear();
                 }
                 out.extend_from_slice(&[b'Z', 0, 0, 0, 5, st]);
             }
@@ -206,15 +433,53 @@ impl Backend {
         }
     }
 
+    /// A CopyInResponse: PostgreSQL started the next COPY FROM STDIN of the
+    /// Query or Execute at the front. One pgveil did not count there (its
+    /// data would be forwarded raw, or with another COPY's plan) ends the
+    /// session.
+    fn copy_started(&mut self, out: &mut BytesMut) -> bool {
+        if !self.settle_front() {
+            self.out_of_step("a Sync inside a COPY that failed", out);
+            return false;
+        }
+        let ids = match self.shared.pending.lock().expect("pending queue").front() {
+            Some(Pending::Query { copies, .. } | Pending::Execute { copies, .. }) => copies.clone(),
+            _ => 0..0,
+        };
+        let started = self.copies.iter().filter(|c| ids.contains(&c.0)).count() as u64;
+        let id = ids.start + started;
+        if self.copy_in.is_some() || id >= ids.end {
+            self.out_of_step("a CopyInResponse for a COPY pgveil did not plan", out);
+            return false;
+        }
+        self.copies.push_back((id, None));
+        self.copy_in = Some(id);
+        true
+    }
+
     /// While discarding, keep the queue in step with what the server answers.
-    fn pop_if_completes(&mut self, tag: u8) {
-        if matches!(tag, b'1' | b'2' | b'3') {
+    fn pop_if_completes(&mut self, tag: u8, out: &mut BytesMut) {
+        let want: &[Kind] = match tag {
+            b'1' => &[Kind::Parse],
+            b'2' => &[Kind::Bind],
+            b'3' => &[Kind::Close],
+            b'n' => &[
+                Kind::DescribeStatement,
+                Kind::DescribePortal,
+                Kind::ResultShape,
+            ],
+            b's' => &[Kind::Execute],
+            _ => &[],
+        };
+        if !want.is_empty() {
+            if !self.expect(want, "an answer without its request", out) {
+                return;
+            }
             // PostgreSQL went on: its statements and portals changed.
-            self.shared.pop_as(true);
+            self.shared.pop_as(matches!(tag, b'1' | b'2' | b'3'));
             return;
         }
         let pop = match tag {
-            b'n' | b's' => true,
             b'C' | b'I' => self.front_is(|p| matches!(p, Pending::Execute { .. })),
             b'T' => self.front_is(|p| {
                 matches!(
@@ -233,14 +498,9 @@ impl Backend {
 
     /// An error in the extended protocol: the server skips to Sync, and
     /// none of the skipped messages changes a statement or portal. (An
-    /// error of a Query or FunctionCall at the front skips nothing.)
-    fn drop_until_sync(&mut self) {
-        if self.front_is(|p| {
-            matches!(
-                p,
-                Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
-            )
-        }) {
+    /// error of a Query at the front skips nothing.)
+    fn drop_until_sync(&mut self, out: &mut BytesMut) {
+        if self.front_is(|p| matches!(p, Pending::Sync | Pending::Query { .. })) {
             return;
         }
         // pgveil's own Parse/Bind/Describe/Execute/Sync for a simple-query
@@ -249,12 +509,7 @@ impl Backend {
         let own_select = {
             let q = self.shared.pending.lock().expect("pending queue");
             q.iter()
-                .take_while(|p| {
-                    !matches!(
-                        p,
-                        Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
-                    )
-                })
+                .take_while(|p| !matches!(p, Pending::Sync | Pending::Query { .. }))
                 .any(|p| matches!(p, Pending::ResultShape))
         };
         if own_select {
@@ -264,7 +519,14 @@ impl Backend {
             return;
         }
         self.skipping = true;
-        while self.front_is(|p| !matches!(p, Pending::Sync)) {
+        loop {
+            if !self.settle_front() {
+                self.out_of_step("a Sync inside a COPY that failed", out);
+                return;
+            }
+            if !self.front_is(|p| !matches!(p, Pending::Sync)) {
+                return;
+            }
             self.shared.pop_as(false);
         }
     }
@@ -572,7 +834,7 @@ impl Backend {
                 self.discard_until_ready = true;
                 self.streaming = None;
                 self.decryptor.end_statement();
-                self.pop_if_completes(b'C');
+                self.pop_if_completes(b'C', out);
             }
         }
     }

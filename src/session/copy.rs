@@ -718,49 +718,85 @@ fn stored_text(storage: Storage, env: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Whether a statement (as `lex::split_statements` cuts it) is a COPY:
-/// its first word after comments and whitespace.
-pub fn is_copy_statement(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    loop {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if b[i..].starts_with(b"--") {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if b[i..].starts_with(b"/*") {
-            // Nested block comments, as PostgreSQL reads them.
-            let mut depth = 0;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else {
-            break;
-        }
-    }
-    let word = &b[i..];
-    word.len() >= 4
-        && word[..4].eq_ignore_ascii_case(b"copy")
-        && !word
-            .get(4)
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80)
+/// What a statement (as `sql::split_statements` cuts it) is to COPY, read
+/// on PostgreSQL's tokens (`sql::pglex`: comments, strings, quoted
+/// identifiers and dollar quotes as PostgreSQL ends them; a `--` comment
+/// ends at `\n` or `\r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    NotCopy,
+    /// `COPY … FROM STDIN`: PostgreSQL reads CopyData from the client.
+    FromStdin,
+    /// Any other COPY (`TO`, `FROM 'file'`, `FROM PROGRAM`).
+    Other,
 }
 
-#[cfg(test)]
+/// How PostgreSQL reads `stmt`'s COPY, if it is one. A token the lexer
+/// does not model exactly counts as a COPY FROM STDIN (the cautious
+/// reading: more COPYs, never fewer).
+pub fn copy_kind(stmt: &str) -> CopyKind {
+    use crate::sql::pglex::{Kind, Tokens};
+    let mut t = Tokens::new(stmt);
+    match t.next() {
+        Some(first) if first.kind == Kind::Unsure => return CopyKind::FromStdin,
+        Some(first)
+            if first.kind == Kind::Ident
+                && stmt[first.span.clone()].eq_ignore_ascii_case("copy") => {}
+        _ => return CopyKind::NotCopy,
+    }
+    let mut depth = 0i32;
+    let mut unsure = false;
+    let cautious = |unsure: bool, k: CopyKind| if unsure { CopyKind::FromStdin } else { k };
+    while let Some(tok) = t.next() {
+        let text = &stmt[tok.span.clone()];
+        match tok.kind {
+            Kind::Unsure => unsure = true,
+            Kind::Op if text == "(" => depth += 1,
+            Kind::Op if text == ")" => depth -= 1,
+            // `COPY (query) TO …` has its FROM inside the parentheses.
+            Kind::Ident if depth == 0 && text.eq_ignore_ascii_case("to") => {
+                return cautious(unsure, CopyKind::Other);
+            }
+            Kind::Ident if depth == 0 && text.eq_ignore_ascii_case("from") => {
+                return match t.next() {
+                    Some(n)
+                        if n.kind == Kind::Ident
+                            && stmt[n.span.clone()].eq_ignore_ascii_case("stdin") =>
+                    {
+                        CopyKind::FromStdin
+                    }
+                    Some(n) if n.kind == Kind::Unsure => CopyKind::FromStdin,
+                    _ => cautious(unsure, CopyKind::Other),
+                };
+            }
+            _ => {}
+        }
+    }
+    cautious(unsure, CopyKind::Other)
+}
+
+/// Whether a statement is a COPY of any kind.
+pub fn is_copy_statement(stmt: &str) -> bool {
+    copy_kind(stmt) != CopyKind::NotCopy
+}
+
+/// How many COPY … FROM STDIN statements PostgreSQL runs for a simple
+/// Query with this text, in order (a byte scan for the word first: most
+/// queries hold none).
+pub fn copies_from_stdin(sql: &str) -> usize {
+    if !sql
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"copy"))
+    {
+        return 0;
+    }
+    crate::sql::split_statements(sql)
+        .into_iter()
+        .filter(|r| copy_kind(&sql[r.clone()]) == CopyKind::FromStdin)
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1004,6 +1040,51 @@ mod tests {
         assert!(is_copy_statement("Copy(t)"));
         assert!(!is_copy_statement("copyright"));
         assert!(!is_copy_statement("SELECT 'COPY'"));
+        // A `--` comment ends at a carriage return too, as in PostgreSQL.
+        for hidden in [
+            "-- c\rCOPY t FROM STDIN",
+            "--\r\ncopy t from stdin",
+            "-- a\r--b\rCOPY t FROM STDIN",
+        ] {
+            assert_eq!(copy_kind(hidden), CopyKind::FromStdin, "{hidden:?}");
+        }
+        assert_eq!(copy_kind("-- COPY t FROM STDIN"), CopyKind::NotCopy);
+        assert_eq!(
+            copy_kind("/* COPY t FROM STDIN */ SELECT 1"),
+            CopyKind::NotCopy
+        );
+        assert_eq!(
+            copy_kind("COPY t (a, b) FROM stdin WITH (FORMAT csv)"),
+            CopyKind::FromStdin
+        );
+        assert_eq!(copy_kind("COPY stdin FROM STDIN"), CopyKind::FromStdin);
+        assert_eq!(
+            copy_kind("COPY (SELECT a FROM t) TO STDOUT"),
+            CopyKind::Other
+        );
+        assert_eq!(copy_kind("COPY t FROM '/tmp/f'"), CopyKind::Other);
+        assert_eq!(copy_kind("COPY t TO STDOUT"), CopyKind::Other);
+        assert_eq!(copy_kind("COPY \"from\" FROM STDIN"), CopyKind::FromStdin);
+    }
+
+    #[test]
+    fn copies_are_counted_on_postgresql_tokens() {
+        assert_eq!(copies_from_stdin("SELECT 1"), 0);
+        assert_eq!(
+            copies_from_stdin(
+                "-- hidden\rCOPY scratch (t) FROM STDIN; COPY users (name) FROM STDIN"
+            ),
+            2
+        );
+        assert_eq!(
+            copies_from_stdin("SELECT 'COPY t FROM STDIN; x'; COPY t FROM STDIN"),
+            1
+        );
+        assert_eq!(copies_from_stdin("SELECT $$;COPY t FROM STDIN$$"), 0);
+        assert_eq!(
+            copies_from_stdin("COPY a FROM STDIN;COPY b TO STDOUT;copy c from stdin"),
+            2
+        );
     }
 
     /// The reader cuts any input the same however it is split into

@@ -5,6 +5,7 @@
 //! rest of a pipeline behave exactly as with a native error.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -60,6 +61,11 @@ impl From<ValueError> for Refusal {
 pub struct LexState {
     standard_strings: AtomicBool,
     backslash_safe_encoding: AtomicBool,
+    /// `client_encoding` and `server_encoding` are UTF8: PostgreSQL keys a
+    /// statement or portal name on the bytes the client sent (no
+    /// conversion), so pgveil can too (see [`pg_name`]).
+    client_utf8: AtomicBool,
+    server_utf8: AtomicBool,
 }
 
 impl Default for LexState {
@@ -67,6 +73,8 @@ impl Default for LexState {
         LexState {
             standard_strings: AtomicBool::new(true),
             backslash_safe_encoding: AtomicBool::new(true),
+            client_utf8: AtomicBool::new(true),
+            server_utf8: AtomicBool::new(true),
         }
     }
 }
@@ -79,6 +87,8 @@ impl LexState {
         LexState {
             standard_strings: AtomicBool::new(false),
             backslash_safe_encoding: AtomicBool::new(false),
+            client_utf8: AtomicBool::new(false),
+            server_utf8: AtomicBool::new(false),
         }
     }
 
@@ -94,9 +104,63 @@ impl LexState {
         } else if name.eq_ignore_ascii_case("client_encoding") {
             self.backslash_safe_encoding
                 .store(backslash_is_always_a_character(value), Ordering::SeqCst);
+            self.client_utf8.store(is_utf8(value), Ordering::SeqCst);
+        } else if name.eq_ignore_ascii_case("server_encoding") {
+            self.server_utf8.store(is_utf8(value), Ordering::SeqCst);
         }
     }
+
+    /// Whether PostgreSQL sees a name's bytes as the client sent them.
+    fn names_unconverted(&self) -> bool {
+        self.client_utf8.load(Ordering::SeqCst) && self.server_utf8.load(Ordering::SeqCst)
+    }
 }
+
+fn is_utf8(enc: &str) -> bool {
+    enc.eq_ignore_ascii_case("UTF8") || enc.eq_ignore_ascii_case("UTF-8")
+}
+
+/// PostgreSQL's NAMEDATALEN - 1: the bytes of a statement or portal name
+/// that PostgreSQL keys it on (`strlcpy` into a NAMEDATALEN hash key, after
+/// the client → server encoding conversion of the message).
+const NAME_KEY: usize = 63;
+
+/// A protocol-level statement or portal name as PostgreSQL keys it: an
+/// ASCII name's first 63 bytes (ASCII is the same in every encoding);
+/// a non-ASCII name only when it is shorter than that and no encoding
+/// conversion happens (client and server encoding UTF8). `None`: pgveil
+/// cannot be sure which name PostgreSQL means, and refuses the message.
+fn pg_name(name: &str, unconverted: bool) -> Option<&str> {
+    if name.is_ascii() {
+        return Some(&name[..name.len().min(NAME_KEY)]);
+    }
+    (name.len() <= NAME_KEY && unconverted).then_some(name)
+}
+
+/// A name in SQL text (`DEALLOCATE name`, `EXECUTE name`) as PostgreSQL
+/// keys it: its lexer truncates identifiers to 63 bytes at a character
+/// boundary, the same cut as the protocol's for ASCII names. `None` for a
+/// longer non-ASCII one.
+fn sql_name_key(name: &str) -> Option<&str> {
+    if name.len() <= NAME_KEY {
+        Some(name)
+    } else {
+        name.is_ascii().then(|| &name[..NAME_KEY])
+    }
+}
+
+/// A statement or portal name PostgreSQL may key otherwise than pgveil.
+fn unkeyable(what: &str) -> Refusal {
+    refuse(
+        "0A000",
+        format!(
+            "pgveil: a {what} name that is not valid UTF-8, or has non-ASCII characters and is 64 bytes or longer or is sent while client_encoding or server_encoding is not UTF8, is refused: PostgreSQL keys names on their first 63 bytes after encoding conversion, so pgveil could not tell which one it means; use an ASCII name (PostgreSQL uses only its first 63 bytes)"
+        ),
+    )
+}
+
+/// Why a FunctionCall is refused.
+const FUNCTION_CALL: &str = "pgveil: FunctionCall messages (the fast-path function interface, which libpq's large-object functions lo_* use) are refused while a policy is loaded: they call any function by OID, out of pgveil's analysis; call the function from a SQL statement instead (for large objects: SELECT lo_import(…), lo_get(…), lo_put(…))";
 
 /// Client encodings (PostgreSQL's names) in which the byte 0x5C is always a
 /// backslash: UTF8, SQL_ASCII, the single-byte encodings and the EUC family.
@@ -367,17 +431,24 @@ pub struct Frontend {
     /// Prepared statements and portals that involve protected tables.
     names: Names,
     skip_until_sync: bool,
+    /// The COPY FROM STDIN that PostgreSQL may be in when it reads the
+    /// client's next message: its id (see [`Pending::CopySync`]). Opened by
+    /// a Query holding COPY FROM STDIN statements (counted on PostgreSQL's
+    /// tokens) or an Execute of a portal that is one or that pgveil does
+    /// not know; each CopyDone or CopyFail moves to the Query's next COPY,
+    /// any other message but CopyData, Sync and Flush ends them (as in
+    /// PostgreSQL). Outside one, CopyData, CopyDone and CopyFail are not
+    /// forwarded: PostgreSQL would ignore them, and if pgveil's reading
+    /// were wrong they must not reach a COPY raw.
+    copy_window: Option<u64>,
+    /// The ids of the later COPYs of the same Query.
+    copy_rest: Range<u64>,
+    next_copy: u64,
+    /// The rows of the window's COPY are encrypted (a protected COPY).
     copy: Option<CopyIn>,
-    /// A COPY into a protected table was refused (CopyFail sent): the rest
-    /// of its data stays here instead of reaching PostgreSQL.
-    copy_failed: bool,
     /// `limits.max_message_bytes`: also the longest COPY row held back.
     max_message: usize,
     lex: Arc<LexState>,
-    /// An Execute was sent: if COPY data follows, the Syncs the client sent
-    /// in between are ignored by the server (copy-in mode) and get no
-    /// ReadyForQuery, so their queue entries must go.
-    after_execute: bool,
     statement_id: u64,
     /// A statement that can change the catalog or how text is read
     /// (`sql::batch`) was sent and its result may not have arrived yet.
@@ -397,11 +468,12 @@ impl Frontend {
             engine,
             names: Names::default(),
             skip_until_sync: false,
+            copy_window: None,
+            copy_rest: 0..0,
+            next_copy: 0,
             copy: None,
-            copy_failed: false,
             max_message: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
             lex: Arc::new(LexState::default()),
-            after_execute: false,
             statement_id: 0,
             unsettled: batch::Effect::None,
             behind_unsettled: batch::Effect::None,
@@ -558,13 +630,22 @@ impl Frontend {
     }
 
     /// Whether the catalog should be reloaded before the next statement
-    /// (only called when no request is in flight).
+    /// (only called when no request is in flight, so PostgreSQL runs no
+    /// COPY: a COPY keeps its Query or Execute pending until it ends; a
+    /// COPY window left open after an answered Execute is no COPY).
     pub fn wants_catalog_refresh(&self) -> bool {
         self.copy.is_none() && !self.skip_until_sync && self.engine.is_stale(&self.entry())
     }
 
     /// Handle one client frame, appending what goes upstream to `out`.
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) -> Flow {
+        if self.shared.is_broken() {
+            // The backend found PostgreSQL's answers out of step and told
+            // the client (FATAL): nothing more goes upstream.
+            tracing::warn!("session closed: PostgreSQL's answers were out of step");
+            out.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+            return Flow::Terminate;
+        }
         if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
             return Flow::Continue;
         }
@@ -573,22 +654,15 @@ impl Frontend {
             && self.shared.take_must_abort()
             && !ends_transaction(&f)
         {
+            self.end_copies();
             self.abort_transaction(&f, out);
             return Flow::Continue;
         }
         if !matches!(f.tag, b'd' | b'c' | b'f' | b'S' | b'H') {
-            self.copy_failed = false;
-            // PostgreSQL ends a COPY FROM STDIN at any other message: a
-            // later COPY's data is never read with this one's plan.
-            self.copy = None;
-        }
-        if matches!(f.tag, b'd' | b'c' | b'f') && std::mem::take(&mut self.after_execute) {
-            let mut q = self.shared.pending.lock().expect("pending queue");
-            while matches!(q.back(), Some(Pending::Sync)) {
-                q.pop_back();
-            }
-        } else if !matches!(f.tag, b'S' | b'H' | b'd' | b'c' | b'f') {
-            self.after_execute = false;
+            // PostgreSQL ends a COPY FROM STDIN at any other message (and
+            // with it the Query that ran it): a later COPY's data is never
+            // read with this one's plan.
+            self.end_copies();
         }
         match f.tag {
             b'Q' | b'P' => {
@@ -611,26 +685,56 @@ impl Frontend {
             b'B' => self.on_bind(&f, out).await,
             b'D' => {
                 self.names.drain(&self.shared);
+                let unconverted = self.lex.names_unconverted();
                 match m::decode_target(f.body()) {
-                    Some((b'S', name)) => self.shared.push(Pending::DescribeStatement {
-                        prepared: self.names.possible(Space::Statement, &name).0,
-                    }),
-                    Some((_, name)) => {
-                        let protected = self.names.possible(Space::Portal, &name).0.is_some();
-                        self.shared.push(Pending::DescribePortal {
-                            portal: name,
-                            protected,
-                            internal: false,
-                        })
+                    Some((kind, name)) => {
+                        let Some(key) = pg_name(&name, unconverted) else {
+                            let r = unkeyable(if kind == b'S' { "statement" } else { "portal" });
+                            self.rejected(&r);
+                            self.inject_raise(&r, out);
+                            return Flow::Continue;
+                        };
+                        if kind == b'S' {
+                            self.shared.push(Pending::DescribeStatement {
+                                prepared: self.names.possible(Space::Statement, key).0,
+                            })
+                        } else {
+                            let protected = self
+                                .names
+                                .possible(Space::Portal, key)
+                                .0
+                                .is_some_and(|p| p.plan.is_some() || p.copy.is_some());
+                            self.shared.push(Pending::DescribePortal {
+                                portal: key.to_string(),
+                                protected,
+                                internal: false,
+                            })
+                        }
                     }
-                    None => self
-                        .shared
-                        .push(Pending::DescribeStatement { prepared: None }),
+                    None => {
+                        let r = unkeyable("statement or portal");
+                        self.rejected(&r);
+                        self.inject_raise(&r, out);
+                        return Flow::Continue;
+                    }
                 }
                 out.extend_from_slice(&f.raw);
             }
             b'E' => {
-                let (portal, _) = m::decode_execute(f.body()).unwrap_or_default();
+                let Some((portal, _)) = m::decode_execute(f.body()) else {
+                    let r = unkeyable("portal");
+                    self.rejected(&r);
+                    self.inject_raise(&r, out);
+                    return Flow::Continue;
+                };
+                let Some(portal) =
+                    pg_name(&portal, self.lex.names_unconverted()).map(str::to_string)
+                else {
+                    let r = unkeyable("portal");
+                    self.rejected(&r);
+                    self.inject_raise(&r, out);
+                    return Flow::Continue;
+                };
                 self.names.drain(&self.shared);
                 let prepared = match self.names.view(Space::Portal, &portal) {
                     View::Known(p) => p,
@@ -646,26 +750,52 @@ impl Frontend {
                     .as_ref()
                     .and_then(|p| p.plan.as_ref())
                     .and_then(|p| audit_info(p));
-                if let Some(copy) = prepared.as_ref().and_then(|p| p.copy.clone())
-                    && copy.direction == CopyDirection::In
-                {
-                    self.copy = Some(CopyIn::new(copy, self.entry(), self.max_message));
-                }
+                // A portal pgveil does not know may be a COPY FROM STDIN of
+                // an unprotected table (pass-through statements are not
+                // recorded): PostgreSQL tells at its answer.
+                let copies = match &prepared {
+                    None => self.open_copies(1, None),
+                    Some(p) => match &p.copy {
+                        Some(copy) if copy.direction == CopyDirection::In => {
+                            let t = CopyIn::new(copy.clone(), self.entry(), self.max_message);
+                            self.open_copies(1, Some(t))
+                        }
+                        _ => 0..0,
+                    },
+                };
                 self.shared.push(Pending::Execute {
                     portal,
                     protected,
                     audit,
+                    copies,
                 });
                 out.extend_from_slice(&f.raw);
-                self.after_execute = true;
                 return Flow::Continue;
             }
             b'C' => {
                 self.names.drain(&self.shared);
+                let unconverted = self.lex.names_unconverted();
                 let op = match m::decode_target(f.body()) {
-                    Some((b'S', name)) => self.names.set(Space::Statement, &name, None),
-                    Some((_, name)) => self.names.set(Space::Portal, &name, None),
-                    None => 0,
+                    Some((kind, name)) => {
+                        let space = if kind == b'S' {
+                            Space::Statement
+                        } else {
+                            Space::Portal
+                        };
+                        let Some(key) = pg_name(&name, unconverted) else {
+                            let r = unkeyable(if kind == b'S' { "statement" } else { "portal" });
+                            self.rejected(&r);
+                            self.inject_raise(&r, out);
+                            return Flow::Continue;
+                        };
+                        self.names.set(space, key, None)
+                    }
+                    None => {
+                        let r = unkeyable("statement or portal");
+                        self.rejected(&r);
+                        self.inject_raise(&r, out);
+                        return Flow::Continue;
+                    }
                 };
                 self.shared.push(Pending::Close { op });
                 out.extend_from_slice(&f.raw);
@@ -673,38 +803,46 @@ impl Frontend {
             b'S' => {
                 self.skip_until_sync = false;
                 self.names.segment += 1;
-                self.shared.push(Pending::Sync);
+                // PostgreSQL ignores a Sync while it is in COPY IN: whether
+                // it is, the server's answers to the COPY tell.
+                self.shared.push(match self.copy_window {
+                    Some(copy) => Pending::CopySync { copy },
+                    None => Pending::Sync,
+                });
                 out.extend_from_slice(&f.raw);
             }
             b'F' => {
-                self.shared.push(Pending::FunctionCall);
-                out.extend_from_slice(&f.raw);
+                // PostgreSQL answers a FunctionCall as it answers a Query
+                // (its response or an error, then ReadyForQuery): a Query
+                // that raises keeps the protocol in step.
+                let r = refuse("0A000", FUNCTION_CALL);
+                self.refuse_query(&r, Vec::new(), out);
             }
+            // CopyData, CopyDone and CopyFail outside a COPY window:
+            // PostgreSQL ignores them; they are not forwarded.
+            b'd' | b'c' | b'f' if self.copy_window.is_none() => {}
             b'd' => match &mut self.copy {
                 Some(c) => {
                     if let Err(e) = c.data(f.body(), &self.engine, out).await {
                         self.fail_copy(e, out);
                     }
                 }
-                // The rest of a refused COPY: PostgreSQL would ignore it.
-                None if self.copy_failed => {}
                 None => out.extend_from_slice(&f.raw),
             },
-            // PostgreSQL ended the refused COPY at pgveil's CopyFail.
-            b'c' | b'f' if std::mem::take(&mut self.copy_failed) => {}
             b'c' => {
                 if let Some(mut c) = self.copy.take()
                     && let Err(e) = c.finish(&self.engine, out).await
                 {
-                    self.copy = Some(c);
                     self.fail_copy(e, out);
                     return Flow::Continue;
                 }
                 out.extend_from_slice(&f.raw);
+                self.next_copy_window();
             }
             b'f' => {
                 self.copy = None;
                 out.extend_from_slice(&f.raw);
+                self.next_copy_window();
             }
             b'X' => {
                 out.extend_from_slice(&f.raw);
@@ -713,6 +851,32 @@ impl Frontend {
             _ => out.extend_from_slice(&f.raw),
         }
         Flow::Continue
+    }
+
+    /// Open `n` COPY windows (the COPY FROM STDIN statements of one Query,
+    /// or the COPY an Execute may start), the first with `transform`.
+    fn open_copies(&mut self, n: usize, transform: Option<CopyIn>) -> Range<u64> {
+        let ids = self.next_copy..self.next_copy + n as u64;
+        self.next_copy = ids.end;
+        if n > 0 {
+            self.copy_window = Some(ids.start);
+            self.copy_rest = ids.start + 1..ids.end;
+            self.copy = transform;
+        }
+        ids
+    }
+
+    /// The client ended the window's COPY (CopyDone or CopyFail): the
+    /// Query's next COPY, if any, reads what follows.
+    fn next_copy_window(&mut self) {
+        self.copy = None;
+        self.copy_window = self.copy_rest.next();
+    }
+
+    fn end_copies(&mut self) {
+        self.copy = None;
+        self.copy_window = None;
+        self.copy_rest = 0..0;
     }
 
     /// Answer a simple Query with a refusal that PostgreSQL raises (so the
@@ -725,8 +889,23 @@ impl Frontend {
             protected: false,
             audit: None,
             ops,
+            copies: 0..0,
         });
         m::encode_query(out, &raise_sql(r));
+    }
+
+    /// Forward a simple Query as the client sent it: the COPY FROM STDIN
+    /// statements PostgreSQL will run for it are counted on its tokens.
+    fn pass_query(&mut self, f: &Frame, text: &str, ops: Vec<QueryOp>, out: &mut BytesMut) {
+        metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
+        let copies = self.open_copies(super::copy::copies_from_stdin(text), None);
+        self.shared.push(Pending::Query {
+            protected: false,
+            audit: None,
+            ops,
+            copies,
+        });
+        out.extend_from_slice(&f.raw);
     }
 
     fn rejected(&mut self, r: &Refusal) {
@@ -741,9 +920,10 @@ impl Frontend {
 
     /// A COPY row that cannot be encrypted aborts the COPY with CopyFail, so
     /// PostgreSQL rolls it back and reports the reason.
+    /// PostgreSQL leaves COPY at it: the rest of the client's data is not
+    /// forwarded.
     fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
-        self.copy = None;
-        self.copy_failed = true;
+        self.end_copies();
         self.rejected(&e);
         let s = crate::wire::msg::begin(out, b'f');
         crate::wire::msg::put_cstr(out, &e.message);
@@ -765,21 +945,12 @@ impl Frontend {
             // Not UTF-8 (another client_encoding): the statement cannot be
             // analysed, so it may only go through if even a lossy reading
             // names no protected table.
-            if entry
-                .analyzer
-                .may_touch_protected(&String::from_utf8_lossy(text))
-            {
+            let lossy = String::from_utf8_lossy(text);
+            if entry.analyzer.may_touch_protected(&lossy) {
                 let r = refuse("22021", NOT_UTF8);
                 self.refuse_query(&r, ops, out);
             } else {
-                metrics::counter!("pgveil_statements_total", "outcome" => "passthrough")
-                    .increment(1);
-                self.shared.push(Pending::Query {
-                    protected: false,
-                    audit: None,
-                    ops,
-                });
-                out.extend_from_slice(&f.raw);
+                self.pass_query(f, &lossy, ops, out);
             }
             return;
         };
@@ -788,13 +959,7 @@ impl Frontend {
             return;
         }
         if !entry.analyzer.may_touch_protected(sql) {
-            metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
-            self.shared.push(Pending::Query {
-                protected: false,
-                audit: None,
-                ops,
-            });
-            out.extend_from_slice(&f.raw);
+            self.pass_query(f, sql, ops, out);
             return;
         }
         if let Some(r) = self
@@ -806,8 +971,8 @@ impl Frontend {
         }
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
         if let Some(r) = copy_not_alone(sql, &plans) {
-            // Refused whole: the client's CopyData for it stays here.
-            self.copy_failed = true;
+            // Refused whole: no COPY runs, the client's CopyData for it
+            // stays here.
             self.refuse_query(&r, ops, out);
             return;
         }
@@ -815,6 +980,7 @@ impl Frontend {
         let mut parts: Vec<String> = Vec::with_capacity(plans.len());
         let mut audit: Option<AuditInfo> = None;
         let mut refused = false;
+        let mut transform: Option<CopyIn> = None;
         for (i, plan) in plans.iter().enumerate() {
             if let Some((at, r)) = &barrier
                 && *at == i
@@ -853,7 +1019,7 @@ impl Frontend {
                             refused = true;
                             break;
                         }
-                        self.copy = Some(CopyIn::new(
+                        transform = Some(CopyIn::new(
                             Arc::new(cp.clone()),
                             entry.clone(),
                             self.max_message,
@@ -870,19 +1036,10 @@ impl Frontend {
                 }
             }
         }
-        // A refusal ends the Query before any COPY after it runs: CopyData
-        // the client sent behind the Query stays here.
-        if refused
-            && !parts[..parts.len() - 1]
-                .iter()
-                .any(|p| super::copy::is_copy_statement(p))
-        {
-            self.copy_failed = true;
-        }
         metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
         if let ([StatementPlan::Rewrite(rp)], [sql], false) = (&plans[..], &parts[..], refused)
             && self.shared.is_idle()
-            && self.copy.is_none()
+            && transform.is_none()
             && let Some(result_formats) = self.binary_result_formats(rp, &entry)
         {
             // One round trip, as the simple Query would have been.
@@ -895,15 +1052,32 @@ impl Frontend {
                 protected: true,
                 audit: audit.map(Arc::new),
                 ops,
+                copies: 0..0,
             });
             return;
         }
+        // The COPYs PostgreSQL will run, counted on the text sent (a
+        // refusal ends the Query before any COPY after it). A protected
+        // COPY is the only COPY of its Query (`copy_not_alone`), so its
+        // rows are the data of the one COPY window.
+        let sent = parts.join(";\n");
+        let n = super::copy::copies_from_stdin(&sent);
+        if transform.is_some() && n != 1 {
+            let r = refuse(
+                "0A000",
+                "pgveil: the COPY statements of this query could not be matched to their data: send each COPY as a query of its own",
+            );
+            self.refuse_query(&r, ops, out);
+            return;
+        }
+        let copies = self.open_copies(n, transform);
         self.shared.push(Pending::Query {
             protected: true,
             audit: audit.map(Arc::new),
             ops,
+            copies,
         });
-        m::encode_query(out, &parts.join(";\n"));
+        m::encode_query(out, &sent);
     }
 
     /// The statement and portal map changes a simple Query makes once
@@ -924,8 +1098,9 @@ impl Frontend {
         if let Ok(sql) = std::str::from_utf8(text)
             && let [r] = &crate::sql::split_statements(sql)[..]
             && let Some(name) = deallocated(&sql[r.clone()])
+            && let Some(name) = sql_name_key(&name)
         {
-            let id = self.names.set_in(Space::Statement, &name, None, u64::MAX);
+            let id = self.names.set_in(Space::Statement, name, None, u64::MAX);
             ops.push(QueryOp {
                 id,
                 deallocate: true,
@@ -971,6 +1146,15 @@ impl Frontend {
         } else {
             crate::sql::names_after_execute(&sql)
                 .into_iter()
+                .map(|n| match n {
+                    // Keyed as PostgreSQL keys it; a long non-ASCII name
+                    // could be any.
+                    SqlName::Ident(i) => match sql_name_key(&i) {
+                        Some(k) => SqlName::Ident(k.to_string()),
+                        None => SqlName::Unknown,
+                    },
+                    u => u,
+                })
                 .find(|n| self.names.may_be_protected(n))
         }?;
         let name = match &hit {
@@ -1037,6 +1221,12 @@ impl Frontend {
         // touches no protected table is recorded and forwarded untouched.
         let mut b = f.body();
         if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) {
+            let Some(name) = pg_name(name, self.lex.names_unconverted()) else {
+                let r = unkeyable("statement");
+                self.rejected(&r);
+                self.inject_raise(&r, out);
+                return;
+            };
             if let Some(r) = self.settle(query, false) {
                 self.rejected(&r);
                 self.inject_raise(&r, out);
@@ -1059,7 +1249,7 @@ impl Frontend {
                 return;
             }
         }
-        let Some(parse) = ParseMsg::decode(f.body()) else {
+        let Some(mut parse) = ParseMsg::decode(f.body()) else {
             // Malformed or not UTF-8: it cannot be analysed. If even a lossy
             // reading names no protected table, PostgreSQL judges it;
             // otherwise it is refused here and never goes upstream.
@@ -1085,10 +1275,15 @@ impl Frontend {
             self.inject_raise(&r, out);
             return;
         };
+        // Keyed as PostgreSQL keys it (the hot path above refused names it
+        // cannot key); the name sent upstream stays the client's.
+        let key = pg_name(&parse.name, self.lex.names_unconverted())
+            .unwrap_or_default()
+            .to_string();
         let entry = self.entry();
         if !entry.analyzer.may_touch_protected(&parse.query) {
             metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
-            let op = self.names.set(Space::Statement, &parse.name, None);
+            let op = self.names.set(Space::Statement, &key, None);
             self.shared.push(Pending::Parse {
                 internal: false,
                 op,
@@ -1178,15 +1373,13 @@ impl Frontend {
             Ok((sql, types, prepared)) => {
                 metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
                 self.names.drain(&self.shared);
-                let op = self
-                    .names
-                    .set(Space::Statement, &parse.name, protected(prepared));
+                let op = self.names.set(Space::Statement, &key, protected(prepared));
                 self.shared.push(Pending::Parse {
                     internal: false,
                     op,
                 });
                 ParseMsg {
-                    name: parse.name,
+                    name: std::mem::take(&mut parse.name),
                     query: sql,
                     param_types: types,
                 }
@@ -1204,40 +1397,58 @@ impl Frontend {
         // needs no parameter rewriting is forwarded as the original bytes.
         let mut b = f.body();
         self.names.drain(&self.shared);
-        let prepared =
-            if let (Some(portal), Some(statement)) = (read_cstr(&mut b), read_cstr(&mut b)) {
-                match self.names.view(Space::Statement, statement) {
-                    View::Known(Some(p)) if p.plan.is_none() => {
-                        // COPY: forwarded as it is; its data is encrypted.
-                        let op = self.names.set(Space::Portal, portal, Some(p));
-                        self.shared.push(Pending::Bind {
-                            internal: false,
-                            op,
-                        });
-                        out.extend_from_slice(&f.raw);
-                        return;
-                    }
-                    View::Known(None) => {
-                        // Unprotected, or unknown (PostgreSQL reports the error).
-                        let op = self.names.set(Space::Portal, portal, None);
-                        self.shared.push(Pending::Bind {
-                            internal: false,
-                            op,
-                        });
-                        out.extend_from_slice(&f.raw);
-                        return;
-                    }
-                    View::Ambiguous => {
-                        let r = ambiguous("prepared statement", statement);
+        let unconverted = self.lex.names_unconverted();
+        let names = match (read_cstr(&mut b), read_cstr(&mut b)) {
+            (Some(portal), Some(statement)) => {
+                match (
+                    pg_name(portal, unconverted),
+                    pg_name(statement, unconverted),
+                ) {
+                    (Some(p), Some(s)) => Some((p, s)),
+                    _ => {
+                        let r = unkeyable("portal or statement");
                         self.rejected(&r);
                         self.inject_raise(&r, out);
                         return;
                     }
-                    View::Known(Some(p)) => Some(p),
                 }
-            } else {
-                None
-            };
+            }
+            _ => None,
+        };
+        let portal_key = names.map(|(p, _)| p.to_string()).unwrap_or_default();
+        let prepared = if let Some((portal, statement)) = names {
+            match self.names.view(Space::Statement, statement) {
+                View::Known(Some(p)) if p.plan.is_none() => {
+                    // COPY: forwarded as it is; its data is encrypted.
+                    let op = self.names.set(Space::Portal, portal, Some(p));
+                    self.shared.push(Pending::Bind {
+                        internal: false,
+                        op,
+                    });
+                    out.extend_from_slice(&f.raw);
+                    return;
+                }
+                View::Known(None) => {
+                    // Unprotected, or unknown (PostgreSQL reports the error).
+                    let op = self.names.set(Space::Portal, portal, None);
+                    self.shared.push(Pending::Bind {
+                        internal: false,
+                        op,
+                    });
+                    out.extend_from_slice(&f.raw);
+                    return;
+                }
+                View::Ambiguous => {
+                    let r = ambiguous("prepared statement", statement);
+                    self.rejected(&r);
+                    self.inject_raise(&r, out);
+                    return;
+                }
+                View::Known(Some(p)) => Some(p),
+            }
+        } else {
+            None
+        };
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
             // A Bind of a protected statement (or one whose names cannot be
@@ -1260,7 +1471,7 @@ impl Frontend {
             return;
         };
         let Some(plan) = prepared.plan.clone() else {
-            let op = self.names.set(Space::Portal, &bind.portal, Some(prepared));
+            let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
             self.shared.push(Pending::Bind {
                 internal: false,
                 op,
@@ -1270,7 +1481,7 @@ impl Frontend {
         };
         match self.transform_bind(&bind, &plan, &prepared).await {
             Ok(new) => {
-                let op = self.names.set(Space::Portal, &bind.portal, Some(prepared));
+                let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
                 self.shared.push(Pending::Bind {
                     internal: false,
                     op,
@@ -1279,7 +1490,7 @@ impl Frontend {
                 // Learn the row shape of this portal (formats included).
                 m::encode_describe(out, b'P', &bind.portal);
                 self.shared.push(Pending::DescribePortal {
-                    portal: bind.portal.clone(),
+                    portal: portal_key,
                     protected: true,
                     internal: true,
                 });
@@ -1335,7 +1546,8 @@ impl Frontend {
             "current transaction is aborted by the decryption error above; commands ignored until end of transaction block (ROLLBACK)",
         );
         tracing::warn!("statement refused: the transaction failed on a decryption error");
-        if f.tag == b'Q' {
+        // A FunctionCall is answered as a Query is.
+        if matches!(f.tag, b'Q' | b'F') {
             self.shared.push(Pending::query(false, None));
             m::encode_query(out, &raise_sql(&r));
         } else {
@@ -1352,6 +1564,7 @@ impl Frontend {
             portal: String::new(),
             protected: false,
             audit: None,
+            copies: 0..0,
         });
         m::encode_flush(out);
         self.skip_until_sync = true;

@@ -19,6 +19,7 @@ pub mod rows;
 pub mod values;
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -100,12 +101,26 @@ pub enum Pending {
         portal: String,
         protected: bool,
         audit: Option<Arc<AuditInfo>>,
+        /// The COPY FROM STDIN this Execute may start (see
+        /// [`Pending::CopySync`]): one id when the portal is a COPY FROM
+        /// STDIN or pgveil does not know it, none otherwise.
+        copies: Range<u64>,
     },
     /// `op`: the statement or portal map change, as for Parse.
     Close {
         op: u64,
     },
     Sync,
+    /// A Sync the client sent while PostgreSQL may be in COPY IN for COPY
+    /// `copy` (between the Query or Execute that may start it and the
+    /// client's CopyDone or CopyFail). PostgreSQL ignores it if it is in
+    /// COPY IN when it reads it, and answers it otherwise: the backend
+    /// decides from what the server said about that COPY
+    /// (`Backend::settle_front`): never started → a Sync; completed →
+    /// ignored; failed → unknowable, the session ends.
+    CopySync {
+        copy: u64,
+    },
     /// RowDescription/NoData of the portal of a simple-query SELECT that
     /// pgveil sends as Parse/Bind/Describe/Execute/Sync, with binary
     /// results for the protected `bytea` columns it decrypts (see
@@ -121,9 +136,11 @@ pub enum Pending {
         /// by any answer), and one per SQL `DEALLOCATE name`, in order
         /// (confirmed by its CommandComplete).
         ops: Vec<QueryOp>,
+        /// Ids of the COPY FROM STDIN statements of the Query, in order
+        /// (as pgveil counted them on PostgreSQL's tokens): a
+        /// CopyInResponse beyond them was not planned and ends the session.
+        copies: Range<u64>,
     },
-    /// FunctionCall ('F'): FunctionCallResponse, then ReadyForQuery.
-    FunctionCall,
     /// The catalog query pgveil runs between statements.
     Catalog {
         done: Option<tokio::sync::oneshot::Sender<Option<CatalogRows>>>,
@@ -146,8 +163,42 @@ impl Pending {
             protected,
             audit,
             ops: Vec::new(),
+            copies: 0..0,
         }
     }
+
+    /// What kind of request this is (for matching answers to requests).
+    pub fn kind(&self) -> Kind {
+        match self {
+            Pending::Parse { .. } => Kind::Parse,
+            Pending::Bind { .. } => Kind::Bind,
+            Pending::DescribeStatement { .. } => Kind::DescribeStatement,
+            Pending::DescribePortal { .. } => Kind::DescribePortal,
+            Pending::Execute { .. } => Kind::Execute,
+            Pending::Close { .. } => Kind::Close,
+            Pending::Sync => Kind::Sync,
+            Pending::CopySync { .. } => Kind::CopySync,
+            Pending::ResultShape => Kind::ResultShape,
+            Pending::Query { .. } => Kind::Query,
+            Pending::Catalog { .. } => Kind::Catalog,
+        }
+    }
+}
+
+/// The kind of a [`Pending`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    CopySync,
+    ResultShape,
+    Query,
+    Catalog,
 }
 
 /// What PostgreSQL answered to a change of the statement/portal maps that
@@ -195,6 +246,11 @@ pub struct Shared {
     /// something to drain.
     resolutions: Mutex<Vec<Resolution>>,
     has_resolutions: AtomicBool,
+    /// PostgreSQL answered something pgveil did not ask for (its answers
+    /// are out of step with the requests): the backend told the client
+    /// (FATAL) and drops everything after; the frontend ends the session
+    /// at the client's next message.
+    broken: AtomicBool,
 }
 
 impl Shared {
@@ -206,6 +262,7 @@ impl Shared {
             must_abort: AtomicBool::new(false),
             resolutions: Mutex::new(Vec::new()),
             has_resolutions: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -268,6 +325,15 @@ impl Shared {
             self.resolve_entry(p, confirmed);
         }
         p
+    }
+
+    /// The session is out of step with PostgreSQL and must end.
+    pub fn set_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 
     pub fn is_idle(&self) -> bool {

@@ -478,3 +478,90 @@ async fn copy_that_pgveil_cannot_read_exactly_is_refused() {
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     fx.assert_no_plaintext(&all).await;
 }
+
+/// COPY statements are counted on PostgreSQL's tokens: a `--` comment
+/// ends at a carriage return as well as a newline, so a COPY after one is
+/// seen, and a Query holding it and a protected COPY is refused whole (its
+/// data held back).
+#[tokio::test]
+async fn a_copy_hidden_behind_a_comment_is_counted() {
+    let fx = Calmony::builder()
+        .extra_sql("CREATE TABLE public.scratch (t text);")
+        .start();
+    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut sentinels = Vec::new();
+    for (i, hide) in [
+        "-- hidden\r",
+        "-- hidden\r\n",
+        "-- a\r-- b\r",
+        "/* a /* nested */ -- b\r */ -- c\r",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = format!("Attack-CopyCR-Sentinel-88{i:02}");
+        let sql = format!("{hide}COPY scratch (t) FROM STDIN; COPY users (name) FROM STDIN");
+        let mut m = frame(b'Q', &[sql.as_bytes(), b"\0"].concat());
+        m.extend(frame(b'd', b"first-copy-row\n"));
+        m.extend(frame(b'c', b""));
+        m.extend(frame(b'd', format!("{s}\n").as_bytes()));
+        m.extend(frame(b'c', b""));
+        r.s.write_all(&m).await.unwrap();
+        assert_refused(&r.until_ready().await, "0A000", &[&s], &format!("{hide:?}"));
+        sentinels.push(s);
+    }
+    // A protected COPY behind such a comment is read as the COPY it is.
+    let s = "Attack-CopyCR-Sentinel-8899".to_string();
+    let got = r
+        .copy(
+            "-- comment\rCOPY users (name) FROM STDIN",
+            &[format!("{s}\n").as_bytes()],
+        )
+        .await;
+    assert_ok(&got, "protected COPY after a comment");
+    let app = fx.app("calmony_app").await;
+    assert_eq!(
+        rows(&app, "SELECT name FROM users").await,
+        vec![vec![Some(s.clone())]]
+    );
+    let d = fx.direct().await;
+    assert_eq!(
+        rows(&d, "SELECT count(*) FROM scratch").await,
+        vec![vec![Some("0".into())]]
+    );
+    sentinels.push(s);
+    let sentinels: Vec<&str> = sentinels.iter().map(String::as_str).collect();
+    fx.assert_no_plaintext(&sentinels).await;
+}
+
+/// Data after the COPYs a Query runs (here: a second CopyData/CopyDone
+/// pair behind a lone protected COPY) is not forwarded: PostgreSQL would
+/// ignore it, and it must never reach a COPY raw.
+#[tokio::test]
+async fn copy_data_after_the_querys_copies_is_held_back() {
+    let fx = Calmony::start();
+    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let (s1, s2) = (
+        "Attack-CopyAfter-Sentinel-8871",
+        "Attack-CopyAfter-Sentinel-8872",
+    );
+    let got = r
+        .copy(
+            "COPY users (name) FROM STDIN",
+            &[format!("{s1}\n").as_bytes()],
+        )
+        .await;
+    assert_ok(&got, "the COPY");
+    // Stray data, then a Query: the stray data never reaches PostgreSQL.
+    let mut m = frame(b'd', format!("{s2}\n").as_bytes());
+    m.extend(frame(b'c', b""));
+    m.extend(frame(b'Q', b"SELECT 1\0"));
+    r.s.write_all(&m).await.unwrap();
+    assert!(error_of(&r.until_ready().await).is_none());
+    let app = fx.app("calmony_app").await;
+    assert_eq!(
+        rows(&app, "SELECT name FROM users").await,
+        vec![vec![Some(s1.to_string())]]
+    );
+    fx.assert_no_plaintext(&[s1, s2]).await;
+}

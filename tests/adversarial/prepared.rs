@@ -86,6 +86,37 @@ pub(crate) mod raw {
         frame(b'Q', &b)
     }
 
+    pub fn flush() -> Vec<u8> {
+        frame(b'H', &[])
+    }
+
+    pub fn copy_data(data: &[u8]) -> Vec<u8> {
+        frame(b'd', data)
+    }
+
+    pub fn copy_done() -> Vec<u8> {
+        frame(b'c', &[])
+    }
+
+    pub fn copy_fail(why: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, why);
+        frame(b'f', &b)
+    }
+
+    /// FunctionCall of `oid` with text arguments and a text result.
+    pub fn function_call(oid: u32, args: &[&str]) -> Vec<u8> {
+        let mut b = oid.to_be_bytes().to_vec();
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&(args.len() as u16).to_be_bytes());
+        for a in args {
+            b.extend_from_slice(&(a.len() as i32).to_be_bytes());
+            b.extend_from_slice(a.as_bytes());
+        }
+        b.extend_from_slice(&0u16.to_be_bytes());
+        frame(b'F', &b)
+    }
+
     /// One server message: tag and body.
     pub type Msg = (u8, Vec<u8>);
 
@@ -532,5 +563,464 @@ async fn an_error_in_pgveils_own_select_sequence_keeps_later_answers_in_step() {
     let m = c.until_ready().await;
     assert!(errors(&m).is_empty(), "{:?}", errors(&m));
     assert_eq!(rows(&m), vec![vec![Some(v.to_string())]]);
+    fx.assert_no_plaintext(&[v]).await;
+}
+
+/// The `name` column of `users` as `calmony_app` (read) sees it.
+async fn names(fx: &Calmony) -> Vec<String> {
+    let c = fx.app("calmony_app").await;
+    c.query("SELECT name FROM users ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+const INSERT_NAME: &str = "INSERT INTO users (name) VALUES ($1)";
+
+fn assert_ok(msgs: &[raw::Msg], what: &str) {
+    assert!(
+        errors(msgs).is_empty(),
+        "{what}: {:?} ({})",
+        errors(msgs),
+        raw::tags(msgs)
+    );
+}
+
+/// The session ended: a FATAL 08P01 from pgveil, then the connection
+/// closes, at the latest when the client sends its next message (which
+/// must not reach PostgreSQL).
+async fn assert_ended(c: &mut Raw, next: &[Vec<u8>], what: &str) {
+    let mut got = Vec::new();
+    while let Some(m) = c.next().await {
+        let fatal = m.0 == b'E' && errors(std::slice::from_ref(&m))[0].0 == "FATAL";
+        got.push(m);
+        if fatal {
+            break;
+        }
+    }
+    let errs = errors(&got);
+    let fatal = errs
+        .last()
+        .unwrap_or_else(|| panic!("{what}: no FATAL: {}", raw::tags(&got)));
+    assert_eq!(
+        (fatal.0.as_str(), fatal.1.as_str()),
+        ("FATAL", "08P01"),
+        "{what}: {errs:?}"
+    );
+    assert!(fatal.2.starts_with("pgveil: "), "{what}: {errs:?}");
+    // Whatever the client sends now ends the session; nothing comes back.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut c.s, &next.concat()).await;
+    let rest = c.until_closed().await;
+    assert!(
+        rest.is_empty(),
+        "{what}: answered after FATAL: {}",
+        raw::tags(&rest)
+    );
+}
+
+/// PostgreSQL 15 keys prepared statements and portals on the first 63
+/// bytes of their names (NAMEDATALEN - 1): it is checked here against the
+/// server itself, and pgveil keys them the same way, so an alias of a
+/// protected statement or portal is rewritten like the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_names_are_keyed_on_their_first_63_bytes_as_postgresql_does() {
+    let fx = Calmony::start();
+    let prefix = "a".repeat(63);
+    let (long, alias) = (format!("{prefix}XXXXXXX"), format!("{prefix}YYYYYYY"));
+
+    // The server: a Bind of the alias binds the statement.
+    let pg = std::net::SocketAddr::from(([127, 0, 0, 1], fx.pg.port()));
+    let mut d = Raw::login(pg, "calmony_app").await;
+    d.send(&[parse(&long, "SELECT $1::text"), sync()]).await;
+    assert_ok(&d.until_ready().await, "PostgreSQL: Parse");
+    d.send(&[bind("", &alias, &["echo"]), execute(""), sync()])
+        .await;
+    let m = d.until_ready().await;
+    assert_ok(&m, "PostgreSQL: Bind of the alias");
+    assert_eq!(rows(&m), vec![vec![Some("echo".to_string())]]);
+    d.send(&[parse(&alias, "SELECT 1"), sync()]).await;
+    assert_refused(&d.until_ready().await, "42P05", &[], "PostgreSQL: re-Parse");
+
+    // Through pgveil: statements.
+    let v1 = "Attack-Name63-Sentinel-9904";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[parse(&long, INSERT_NAME), sync()]).await;
+    assert_ok(&c.until_ready().await, "Parse of the long name");
+    c.send(&[bind("", &alias, &[v1]), execute(""), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Bind of the alias");
+    // Exactly 63 bytes, and 64 bytes, are the same statement too.
+    let v2 = "Attack-Name63-Sentinel-9906";
+    c.send(&[bind("", &prefix, &[v2]), execute(""), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Bind of the 63-byte name");
+    // Closed under an alias: pgveil forgets it with PostgreSQL, and a
+    // plain statement under a third alias is plain.
+    c.send(&[
+        close_statement(&format!("{prefix}Z")),
+        sync(),
+        parse(&format!("{prefix}W"), "SELECT $1::text"),
+        sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "Close of an alias");
+    assert_ok(&c.until_ready().await, "Parse of another alias");
+    c.send(&[bind("", &long, &["plain"]), execute(""), sync()])
+        .await;
+    let m = c.until_ready().await;
+    assert_ok(&m, "Bind of the plain statement");
+    assert_eq!(rows(&m), vec![vec![Some("plain".to_string())]]);
+
+    // Portals: a protected COPY bound under a long name, executed under
+    // an alias, has its rows encrypted.
+    let v3 = "Attack-Portal63-Sentinel-9905";
+    let pprefix = "p".repeat(63);
+    c.send(&[query("BEGIN")]).await;
+    assert_ok(&c.until_ready().await, "BEGIN");
+    c.send(&[
+        parse("cp", "COPY users (name) FROM STDIN"),
+        bind(&format!("{pprefix}XXXXXXX"), "cp", &[]),
+        sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "Parse/Bind of the COPY");
+    c.send(&[
+        execute(&format!("{pprefix}YYYYYYY")),
+        raw::copy_data(format!("{v3}\n").as_bytes()),
+        raw::copy_done(),
+        sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "Execute of the alias");
+    c.send(&[query("COMMIT")]).await;
+    assert_ok(&c.until_ready().await, "COMMIT");
+    assert_eq!(names(&fx).await, vec![v1, v2, v3]);
+
+    // Names pgveil cannot key as PostgreSQL does are refused.
+    let v4 = "Attack-Name63-Sentinel-9907";
+    let wide = "é".repeat(32); // 64 bytes
+    c.send(&[parse(&wide, INSERT_NAME), sync()]).await;
+    assert_refused(
+        &c.until_ready().await,
+        "0A000",
+        &[v4],
+        "long non-ASCII name",
+    );
+    c.send(&[
+        parse("", INSERT_NAME),
+        bind(&wide, "", &[v4]),
+        execute(&wide),
+        sync(),
+    ])
+    .await;
+    assert_refused(
+        &c.until_ready().await,
+        "0A000",
+        &[v4],
+        "long non-ASCII portal",
+    );
+    // Short non-ASCII names work (client and server encoding UTF8).
+    let v5 = "Attack-Name63-Sentinel-9908";
+    c.send(&[
+        parse("é", INSERT_NAME),
+        bind("", "é", &[v5]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "short non-ASCII name");
+    // With another client_encoding PostgreSQL converts names before it
+    // keys them: non-ASCII names are refused, ASCII ones still alias.
+    c.send(&[query("SET client_encoding = 'LATIN1'")]).await;
+    assert_ok(&c.until_ready().await, "SET client_encoding");
+    c.send(&[parse("é", INSERT_NAME), sync()]).await;
+    assert_refused(
+        &c.until_ready().await,
+        "0A000",
+        &[],
+        "non-ASCII name in LATIN1",
+    );
+    let v6 = "Attack-Name63-Sentinel-9909";
+    let b = "b".repeat(63);
+    c.send(&[parse(&format!("{b}1"), INSERT_NAME), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Parse in LATIN1");
+    c.send(&[bind("", &format!("{b}2"), &[v6]), execute(""), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Bind of the alias in LATIN1");
+    assert_eq!(names(&fx).await, vec![v1, v2, v3, v5, v6]);
+    fx.assert_no_plaintext(&[v1, v2, v3, v4, v5, v6]).await;
+}
+
+/// PostgreSQL ignores Sync and Flush while it is in COPY IN: they must not
+/// leave an entry in pgveil's queue of pending answers (which would make
+/// the next ParseComplete confirm the wrong request), whether the COPY ran
+/// from a simple Query or from an Execute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_flush_inside_copy_keep_prepared_statements_in_step() {
+    let fx = Calmony::builder()
+        .extra_sql("CREATE TABLE public.scratch (t text);")
+        .start();
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    let mut stored = Vec::new();
+    for (i, copy) in [
+        // Simple Query, Sync and Flush inside the data.
+        vec![
+            query("COPY scratch (t) FROM STDIN"),
+            sync(),
+            raw::copy_data(b"row\n"),
+            raw::flush(),
+            sync(),
+            raw::copy_done(),
+        ],
+        // Extended protocol as libpq sends it: Sync right after Execute.
+        vec![
+            parse("", "COPY scratch (t) FROM STDIN"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+            raw::copy_data(b"row\n"),
+            raw::copy_done(),
+            sync(),
+        ],
+        // Two COPYs in one Query, a Sync inside each one's data.
+        vec![
+            query("COPY scratch (t) FROM STDIN; COPY scratch (t) FROM STDIN"),
+            raw::copy_data(b"row\n"),
+            sync(),
+            raw::copy_done(),
+            sync(),
+            raw::copy_data(b"row\n"),
+            raw::copy_done(),
+        ],
+        // A protected COPY, with Syncs before and inside its data.
+        vec![
+            parse("", "COPY users (name) FROM STDIN"),
+            bind("", "", &[]),
+            execute(""),
+            flush(),
+            sync(),
+            raw::copy_data(b"Attack-SyncCopy-Row-9911\n"),
+            sync(),
+            raw::copy_done(),
+            sync(),
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = format!("Attack-SyncCopy-Sentinel-99{i:02}");
+        c.send(&copy).await;
+        assert_ok(&c.until_ready().await, "COPY");
+        c.send(&[parse("s1", INSERT_NAME), sync()]).await;
+        assert_ok(&c.until_ready().await, "Parse");
+        c.send(&[bind("", "s1", &[&v]), execute(""), sync()]).await;
+        assert_ok(&c.until_ready().await, "Bind");
+        c.send(&[close_statement("s1"), sync()]).await;
+        assert_ok(&c.until_ready().await, "Close");
+        stored.push(v);
+    }
+    let mut want = vec!["Attack-SyncCopy-Row-9911".to_string()];
+    want.splice(0..0, stored[..3].iter().cloned());
+    want.push(stored[3].clone());
+    assert_eq!(names(&fx).await, want);
+    let mut sentinels: Vec<&str> = stored.iter().map(String::as_str).collect();
+    sentinels.push("Attack-SyncCopy-Row-9911");
+    fx.assert_no_plaintext(&sentinels).await;
+}
+
+use raw::flush;
+
+/// PostgreSQL ignores CopyData, CopyDone and CopyFail outside COPY IN:
+/// pgveil does not forward them, and they never cost a queue entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_messages_outside_copy_keep_prepared_statements_in_step() {
+    let fx = Calmony::start();
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    let mut stored = Vec::new();
+    for (i, stray) in [
+        raw::copy_data(b"x"),
+        raw::copy_done(),
+        raw::copy_fail("x"),
+        [raw::copy_data(b"x\n"), raw::copy_done()].concat(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = format!("Attack-StrayCopy-Sentinel-99{i:02}");
+        // After an Execute (the case pgveil used to read as the start of a
+        // COPY), after a simple Query, and on their own.
+        c.send(&[
+            parse("", "SELECT 1"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+            stray.clone(),
+            query("SELECT 2"),
+            stray.clone(),
+            parse("s1", INSERT_NAME),
+            sync(),
+        ])
+        .await;
+        for what in ["Execute", "Query", "Parse"] {
+            assert_ok(&c.until_ready().await, what);
+        }
+        c.send(&[bind("", "s1", &[&v]), execute(""), sync()]).await;
+        assert_ok(&c.until_ready().await, "Bind");
+        c.send(&[close_statement("s1"), sync()]).await;
+        assert_ok(&c.until_ready().await, "Close");
+        stored.push(v);
+    }
+    assert_eq!(names(&fx).await, stored);
+    let sentinels: Vec<&str> = stored.iter().map(String::as_str).collect();
+    fx.assert_no_plaintext(&sentinels).await;
+}
+
+/// A Sync sent inside a COPY that then fails: PostgreSQL answers it or not
+/// depending on whether it read it before the failure, which pgveil cannot
+/// see. It ends the session rather than guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_inside_a_failed_copy_ends_the_session() {
+    let fx = Calmony::builder()
+        .extra_sql("CREATE TABLE public.scratch (t int);")
+        .start();
+    let v = "Attack-FailedCopySync-Sentinel-9931";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[
+        parse("", "COPY scratch (t) FROM STDIN"),
+        bind("", "", &[]),
+        execute(""),
+        sync(),
+        raw::copy_data(b"not a number\n"),
+        sync(),
+        raw::copy_done(),
+        parse("s1", INSERT_NAME),
+        sync(),
+    ])
+    .await;
+    assert_ended(
+        &mut c,
+        &[bind("", "s1", &[v]), execute(""), sync()],
+        "failed COPY",
+    )
+    .await;
+    let d = fx.direct().await;
+    let n: i64 = d
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // Without a Sync inside, a failed COPY is an ordinary error.
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[
+        parse("", "COPY scratch (t) FROM STDIN"),
+        bind("", "", &[]),
+        execute(""),
+        raw::copy_data(b"not a number\n"),
+        raw::copy_done(),
+        sync(),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "22P02", &[], "failed COPY");
+    c.send(&[
+        parse("s1", INSERT_NAME),
+        bind("", "s1", &[v]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "INSERT after it");
+    assert_eq!(names(&fx).await, vec![v]);
+    fx.assert_no_plaintext(&[v]).await;
+}
+
+/// A COPY FROM STDIN that pgveil did not count in its Query (here: SQL
+/// `EXECUTE` of a COPY prepared at the protocol level) ends the session at
+/// its CopyInResponse; the client's data for it never reaches PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_pgveil_did_not_plan_ends_the_session() {
+    let fx = Calmony::builder()
+        .extra_sql("CREATE TABLE public.scratch (t text);")
+        .start();
+    let v = "Attack-UnplannedCopy-Sentinel-9941";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[parse("cs", "COPY scratch (t) FROM STDIN"), sync()])
+        .await;
+    assert_ok(&c.until_ready().await, "Parse");
+    c.send(&[
+        query("EXECUTE cs"),
+        raw::copy_data(format!("{v}\n").as_bytes()),
+        raw::copy_done(),
+    ])
+    .await;
+    assert_ended(&mut c, &[query("SELECT 1")], "unplanned COPY").await;
+    let d = fx.direct().await;
+    let n: i64 = d
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    fx.assert_no_plaintext(&[v]).await;
+}
+
+/// FunctionCall ('F') calls any function by OID, out of pgveil's analysis:
+/// refused while a policy is loaded, as PostgreSQL answers a failing one
+/// (an error, then ReadyForQuery), so the session goes on in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_calls_are_refused_in_step() {
+    let fx = Calmony::start();
+    let v = "Attack-FunctionCall-Sentinel-9951";
+    let d = fx.direct().await;
+    let oid: u32 = d
+        .query_one(
+            "SELECT 'pg_catalog.query_to_xml(text, boolean, boolean, text)'::regprocedure::oid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[raw::function_call(
+        oid,
+        &[
+            &format!("INSERT INTO users (name) VALUES ('{v}') RETURNING 1"),
+            "f",
+            "f",
+            "",
+        ],
+    )])
+    .await;
+    let m = c.until_ready().await;
+    assert_refused(&m, "0A000", &[v], "FunctionCall");
+    assert!(errors(&m)[0].2.contains("FunctionCall"), "{:?}", errors(&m));
+    assert_eq!(m.last().unwrap().1, b"I");
+    // Inside a transaction block it fails the block, like any error.
+    c.send(&[
+        query("BEGIN"),
+        raw::function_call(oid, &["SELECT 1", "f", "f", ""]),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "BEGIN");
+    let m = c.until_ready().await;
+    assert_refused(&m, "0A000", &[], "FunctionCall in a block");
+    assert_eq!(m.last().unwrap().1, b"E");
+    c.send(&[query("ROLLBACK")]).await;
+    assert_ok(&c.until_ready().await, "ROLLBACK");
+    // In step: a prepared INSERT right after is encrypted.
+    c.send(&[
+        raw::function_call(oid, &["SELECT 1", "f", "f", ""]),
+        parse("s1", INSERT_NAME),
+        bind("", "s1", &[v]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    assert_refused(&c.until_ready().await, "0A000", &[], "FunctionCall");
+    assert_ok(&c.until_ready().await, "INSERT");
+    assert_eq!(names(&fx).await, vec![v]);
     fx.assert_no_plaintext(&[v]).await;
 }
