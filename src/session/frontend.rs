@@ -409,6 +409,21 @@ impl Names {
         }
     }
 
+    /// Whether `name` may be a portal pgveil bound for a statement on
+    /// protected tables (known, or still waiting for PostgreSQL's answer).
+    fn may_be_protected_portal(&self, name: &str) -> bool {
+        let (current, others) = self.possible(Space::Portal, name);
+        current.is_some() || !others.is_empty()
+    }
+
+    fn any_portal(&self) -> bool {
+        !self.portals.is_empty()
+            || self
+                .unresolved
+                .iter()
+                .any(|c| c.space == Space::Portal && c.value.is_some())
+    }
+
     fn any_statement(&self) -> bool {
         !self.statements.is_empty()
             || self
@@ -937,7 +952,7 @@ impl Frontend {
         // The map changes this Query makes (none, and no allocation, while
         // the session has nothing protected prepared).
         let ops = self.query_ops(text);
-        if let Some(r) = self.sql_execute(text) {
+        if let Some(r) = self.sql_execute(text).or_else(|| self.sql_fetch(text)) {
             self.refuse_query(&r, ops, out);
             return;
         }
@@ -1169,6 +1184,61 @@ impl Frontend {
         ))
     }
 
+    /// SQL `FETCH` from a portal pgveil bound for a statement on protected
+    /// tables: its rows are not planned (not matched to the portal's row
+    /// shape), so blind indexes would not be masked for roles that may not
+    /// search them, and nothing would be decrypted. Refused; the protocol's
+    /// Execute with a row limit fetches from such a portal.
+    fn sql_fetch(&mut self, text: &[u8]) -> Option<Refusal> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let sql = String::from_utf8_lossy(text);
+        if !sql
+            .as_bytes()
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b"fetch"))
+        {
+            return None;
+        }
+        self.names.drain(&self.shared);
+        if !self.names.any_portal() {
+            return None;
+        }
+        let unsure = std::str::from_utf8(text).is_err()
+            || !self.lex.standard_strings.load(Ordering::SeqCst)
+            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst));
+        // Any identifier may be the cursor name: every one is checked.
+        let hit = unsure
+            || crate::sql::pglex::tokens(&sql).iter().any(|t| {
+                let name = match t.kind {
+                    crate::sql::pglex::Kind::Ident => {
+                        // A span inside a character (lexer junk): unsure.
+                        Some(
+                            sql.get(t.span.clone())
+                                .map_or_else(|| "\u{0}".to_string(), str::to_ascii_lowercase),
+                        )
+                    }
+                    crate::sql::pglex::Kind::QuotedIdent
+                    | crate::sql::pglex::Kind::UnicodeIdent => crate::sql::pglex::value(&sql, t),
+                    _ => None,
+                };
+                name.is_some_and(|n| {
+                    n == "\u{0}"
+                        || match sql_name_key(&n) {
+                            Some(k) => self.names.may_be_protected_portal(k),
+                            None => true,
+                        }
+                })
+            });
+        hit.then(|| {
+            refuse(
+                "0A000",
+                "pgveil: SQL FETCH from a portal bound to a statement on protected tables is not supported: fetch its rows with the protocol's Execute and a row limit (your driver's fetch size), or DECLARE a cursor in SQL",
+            )
+        })
+    }
+
     /// The result formats for a simple-query SELECT to run as Parse, Bind,
     /// Describe, Execute, Sync: binary for the protected `bytea` columns
     /// this role decrypts, text for the rest; `None` to send it as it came.
@@ -1232,7 +1302,10 @@ impl Frontend {
                 self.inject_raise(&r, out);
                 return;
             }
-            if let Some(r) = self.sql_execute(query.as_bytes()) {
+            if let Some(r) = self
+                .sql_execute(query.as_bytes())
+                .or_else(|| self.sql_fetch(query.as_bytes()))
+            {
                 self.rejected(&r);
                 self.inject_raise(&r, out);
                 return;

@@ -142,7 +142,9 @@ pub(crate) const READS_ANY_TABLE: &[&str] = &[
 fn reads_any_table(text: &str) -> Option<String> {
     pglex::tokens(text).iter().find_map(|t| {
         let name = match t.kind {
-            pglex::Kind::Ident => text[t.span.clone()].to_ascii_lowercase(),
+            // (`get`: a token pgveil's lexer cut inside a character, as in
+            // junk after a number, names nothing.)
+            pglex::Kind::Ident => text.get(t.span.clone())?.to_ascii_lowercase(),
             pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => {
                 pglex::value(text, t).unwrap_or_default()
             }
@@ -160,7 +162,9 @@ pub(crate) fn renames_protected_schema(an: &Analyzer, text: &str) -> Option<Reje
     let word = |i: usize| -> Option<String> {
         let t = toks.get(i)?;
         match t.kind {
-            pglex::Kind::Ident => Some(text[t.span.clone()].to_ascii_lowercase()),
+            // Not yet checked by `pglex::agree`: a span inside a character
+            // reads as no word.
+            pglex::Kind::Ident => Some(text.get(t.span.clone())?.to_ascii_lowercase()),
             pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => pglex::value(text, t),
             _ => None,
         }

@@ -1024,3 +1024,80 @@ async fn function_calls_are_refused_in_step() {
     assert_eq!(names(&fx).await, vec![v]);
     fx.assert_no_plaintext(&[v]).await;
 }
+
+/// Protocol portals and SQL cursors share one namespace: a SQL `FETCH` from
+/// a portal pgveil bound for a statement on protected tables would bring
+/// its rows back unplanned (blind indexes unmasked for a role that may not
+/// search them). Refused, in a simple Query and in a Parse; fetching the
+/// portal with Execute keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_fetch_from_a_protected_portal_is_refused() {
+    let fx = Calmony::start();
+    let app = fx.app("calmony_app").await;
+    let victim = "attack-fetch-portal-7811@example.com";
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Fetch Victim')",
+        &[&victim],
+    )
+    .await
+    .unwrap();
+    let mut c = Raw::login(fx.pv.addr(), "signup").await;
+    c.send(&[query("BEGIN")]).await;
+    assert_ok(&c.until_ready().await, "BEGIN");
+    c.send(&[
+        raw::parse("s_all", "SELECT * FROM users"),
+        raw::bind("p_all", "s_all", &[]),
+        raw::sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "Parse/Bind of a protected portal");
+    for sql in [
+        "FETCH ALL FROM p_all",
+        "fetch forward 5 in \"p_all\"",
+        "FETCH p_all",
+    ] {
+        c.send(&[query(sql)]).await;
+        let m = c.until_ready().await;
+        assert_refused(&m, "0A000", &[victim], sql);
+        c.send(&[query("ROLLBACK")]).await;
+        assert_ok(&c.until_ready().await, "ROLLBACK");
+        c.send(&[
+            query("BEGIN"),
+            raw::bind("p_all", "s_all", &[]),
+            raw::sync(),
+        ])
+        .await;
+        assert_ok(&c.until_ready().await, "BEGIN");
+        assert_ok(&c.until_ready().await, "rebind");
+    }
+    // Prepared as a statement of its own.
+    c.send(&[
+        raw::parse("", "FETCH ALL FROM p_all"),
+        raw::bind("", "", &[]),
+        raw::execute(""),
+        raw::sync(),
+    ])
+    .await;
+    let m = c.until_ready().await;
+    assert_refused(&m, "0A000", &[victim], "Parse of FETCH");
+    c.send(&[query("ROLLBACK")]).await;
+    assert_ok(&c.until_ready().await, "ROLLBACK");
+    // Execute of the portal itself: the blind index arrives masked.
+    c.send(&[
+        query("BEGIN"),
+        raw::bind("p_all", "s_all", &[]),
+        raw::execute("p_all"),
+        raw::sync(),
+    ])
+    .await;
+    assert_ok(&c.until_ready().await, "BEGIN");
+    let m = c.until_ready().await;
+    assert_ok(&m, "Execute of the portal");
+    let r = rows(&m);
+    assert_eq!(r.len(), 1, "{}", raw::tags(&m));
+    assert_eq!(
+        r[0][2], None,
+        "the blind index reached a role that may not search"
+    );
+    fx.assert_no_plaintext(&[victim]).await;
+}
