@@ -387,6 +387,9 @@ pub struct Frontend {
     /// control is refused; after a settings change, statements that touch
     /// protected tables are.
     behind_unsettled: batch::Effect,
+    /// A large frame forwarded unchanged: written after what `out` holds,
+    /// without copying it into `out` ([`take_forward`](Self::take_forward)).
+    forward: Option<Bytes>,
 }
 
 impl Frontend {
@@ -405,6 +408,56 @@ impl Frontend {
             statement_id: 0,
             unsettled: batch::Effect::None,
             behind_unsettled: batch::Effect::None,
+            forward: None,
+        }
+    }
+
+    /// Forward `f` unchanged: appended to `out` when small; a large frame
+    /// is handed to the relay as it is instead (no copy of its bytes).
+    /// Only the last thing a call of [`on_frame`](Self::on_frame) does.
+    fn forward(&mut self, f: &Frame, out: &mut BytesMut) {
+        if f.raw.len() > crate::wire::budget::Budget::FREE_BYTES {
+            self.forward = Some(f.raw.clone());
+        } else {
+            out.extend_from_slice(&f.raw);
+        }
+    }
+
+    /// The large frame [`on_frame`](Self::on_frame) forwards unchanged, to
+    /// be written right after `out`.
+    pub fn take_forward(&mut self) -> Option<Bytes> {
+        self.forward.take()
+    }
+
+    /// A client message that did not fit in `limits.max_buffered_bytes`
+    /// was discarded unread: answer it as PostgreSQL answers a statement
+    /// that ran out of memory (53200), in protocol step. Returns false when
+    /// the connection must close instead (a message outside a statement).
+    pub fn refuse_over_budget(&mut self, tag: u8, message: &str, out: &mut BytesMut) -> bool {
+        if self.skip_until_sync {
+            return true;
+        }
+        let r = refuse("53200", message.to_string());
+        match tag {
+            b'Q' => {
+                let ops = self.query_ops(b"");
+                self.refuse_query(&r, ops, out);
+                true
+            }
+            // PostgreSQL skips to Sync after an error; so does the frontend.
+            b'P' | b'B' | b'E' | b'D' | b'C' => {
+                if !self.skip_until_sync {
+                    self.rejected(&r);
+                    self.inject_raise(&r, out);
+                }
+                true
+            }
+            b'd' if self.copy.is_some() || !self.copy_failed => {
+                self.fail_copy(r, out);
+                true
+            }
+            b'd' => true,
+            _ => false,
         }
     }
 
@@ -688,7 +741,7 @@ impl Frontend {
                 }
                 // The rest of a refused COPY: PostgreSQL would ignore it.
                 None if self.copy_failed => {}
-                None => out.extend_from_slice(&f.raw),
+                None => self.forward(&f, out),
             },
             // PostgreSQL ended the refused COPY at pgveil's CopyFail.
             b'c' | b'f' if std::mem::take(&mut self.copy_failed) => {}
@@ -710,7 +763,7 @@ impl Frontend {
                 out.extend_from_slice(&f.raw);
                 return Flow::Terminate;
             }
-            _ => out.extend_from_slice(&f.raw),
+            _ => self.forward(&f, out),
         }
         Flow::Continue
     }
@@ -779,7 +832,7 @@ impl Frontend {
                     audit: None,
                     ops,
                 });
-                out.extend_from_slice(&f.raw);
+                self.forward(f, out);
             }
             return;
         };
@@ -794,7 +847,7 @@ impl Frontend {
                 audit: None,
                 ops,
             });
-            out.extend_from_slice(&f.raw);
+            self.forward(f, out);
             return;
         }
         if let Some(r) = self
@@ -1055,7 +1108,7 @@ impl Frontend {
                     internal: false,
                     op,
                 });
-                out.extend_from_slice(&f.raw);
+                self.forward(f, out);
                 return;
             }
         }
@@ -1071,7 +1124,7 @@ impl Frontend {
                     internal: false,
                     op: 0,
                 });
-                out.extend_from_slice(&f.raw);
+                self.forward(f, out);
                 return;
             }
             let r = if std::str::from_utf8(f.body()).is_err() {
@@ -1093,7 +1146,7 @@ impl Frontend {
                 internal: false,
                 op,
             });
-            out.extend_from_slice(&f.raw);
+            self.forward(f, out);
             return;
         }
         if let Some(r) = self
@@ -1214,7 +1267,7 @@ impl Frontend {
                             internal: false,
                             op,
                         });
-                        out.extend_from_slice(&f.raw);
+                        self.forward(f, out);
                         return;
                     }
                     View::Known(None) => {
@@ -1224,7 +1277,7 @@ impl Frontend {
                             internal: false,
                             op,
                         });
-                        out.extend_from_slice(&f.raw);
+                        self.forward(f, out);
                         return;
                     }
                     View::Ambiguous => {
@@ -1265,7 +1318,7 @@ impl Frontend {
                 internal: false,
                 op,
             });
-            out.extend_from_slice(&f.raw);
+            self.forward(f, out);
             return;
         };
         match self.transform_bind(&bind, &plan, &prepared).await {
