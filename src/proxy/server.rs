@@ -150,9 +150,7 @@ impl Shared {
 /// Bind `listen` and serve until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), String> {
     let addr = config.listen_addr();
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     if let Some(m) = &config.metrics {
         crate::metrics::install(m.listen.as_str())?;
     }
@@ -170,6 +168,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
     info!(%addr, "pgveil listening");
     run(listener, shared, shutdown).await;
     Ok(())
+}
+
+/// Bind `addr` with a listen backlog of 4096 (tokio's default is 1024): a
+/// burst of connections waits in the kernel's queue instead of having its
+/// handshakes dropped, which leaves clients with connections pgveil never
+/// sees.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 #[cfg(unix)]
