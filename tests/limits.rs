@@ -365,3 +365,296 @@ async fn pending_login_caps_and_session_cap() {
         );
     }
 }
+
+/// Peak and current resident set of a process, in bytes (VmHWM, VmRSS).
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Reset VmHWM to the current RSS (Linux: write 5 to clear_refs).
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// A raw protocol connection, logged in with trust authentication.
+async fn raw_login(port: u16, user: &str, db: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    s.write_all(&p).await.unwrap();
+    let (_, errors) = read_until_ready(&mut s).await;
+    assert!(errors.is_empty(), "login failed: {errors:?}");
+    s
+}
+
+/// Read messages up to ReadyForQuery: the CommandComplete tags and the
+/// SQLSTATEs of ErrorResponses.
+async fn read_until_ready(s: &mut TcpStream) -> (Vec<String>, Vec<String>) {
+    let mut tags = Vec::new();
+    let mut errors = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head)
+            .await
+            .expect("a message from pgveil");
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        match head[0] {
+            b'Z' => return (tags, errors),
+            b'C' => tags.push(String::from_utf8_lossy(&body[..len - 1]).into_owned()),
+            b'E' => {
+                let code = body
+                    .split(|&b| b == 0)
+                    .find_map(|f| f.strip_prefix(b"C"))
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .unwrap_or_default();
+                errors.push(code);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Send `prefix`, `n` bytes of `fill`, `suffix` as one simple Query,
+/// generated in 1 MiB pieces (the test never holds the statement), and
+/// read the answer.
+async fn big_query(
+    s: &mut TcpStream,
+    prefix: &str,
+    n: usize,
+    fill: u8,
+    suffix: &str,
+) -> (Vec<String>, Vec<String>) {
+    let len = 4 + prefix.len() + n + suffix.len() + 1;
+    let mut head = vec![b'Q'];
+    head.extend_from_slice(&(len as u32).to_be_bytes());
+    head.extend_from_slice(prefix.as_bytes());
+    s.write_all(&head).await.unwrap();
+    let piece = vec![fill; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(piece.len());
+        s.write_all(&piece[..k]).await.unwrap();
+        left -= k;
+    }
+    let mut tail = suffix.as_bytes().to_vec();
+    tail.push(0);
+    s.write_all(&tail).await.unwrap();
+    read_until_ready(s).await
+}
+
+/// Eight clients each send a 256 MB statement, half into a protected
+/// column, half into an unprotected table, while others run small
+/// statements: pgveil's peak RSS stays under its baseline plus
+/// `limits.max_buffered_bytes`, every big statement either succeeds or is
+/// refused with 53200, what succeeded is stored whole, and the small
+/// clients see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_statements_stay_within_the_memory_budget() {
+    let mb: usize = std::env::var("PGVEIL_TEST_BIG_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let big = mb * 1_000_000;
+    let budget: u64 = 1 << 30;
+    let fx = Calmony::builder()
+        .rust_log("info")
+        .extra_sql("CREATE TABLE public.blobs (id serial PRIMARY KEY, who int, v text); GRANT ALL ON public.blobs, public.blobs_id_seq TO PUBLIC;")
+        .extra_yaml(&if std::env::var_os("PGVEIL_TEST_BEFORE_BUDGET").is_some() {
+            // A pgveil from before limits.max_buffered_bytes (for figures).
+            format!("limits:\n  max_message_bytes: {}\n", big + (16 << 20))
+        } else {
+            format!(
+                "limits:\n  max_message_bytes: {}\n  max_buffered_bytes: {budget}\n  buffer_wait: 30s\n",
+                big + (16 << 20)
+            )
+        })
+        .start();
+    let pid = fx.pv.pid().unwrap();
+    let port = fx.pv.port();
+
+    // Small traffic on protected and unprotected tables throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let small_done = Arc::new(AtomicU64::new(0));
+    let mut small = Vec::new();
+    for i in 0..4 {
+        let c = fx.app("calmony_app").await;
+        let stop = stop.clone();
+        let done = small_done.clone();
+        small.push(tokio::spawn(async move {
+            let mut k = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let email = format!("small-{i}-{k}@example.com");
+                c.execute(
+                    "INSERT INTO users (email, name) VALUES ($1, $2)",
+                    &[&email, &"Small Name"],
+                )
+                .await
+                .map_err(|e| format!("small {i}: {}", err_text(&e)))?;
+                let rows = c
+                    .query("SELECT name FROM users WHERE email = $1", &[&email])
+                    .await
+                    .map_err(|e| format!("small {i}: {}", err_text(&e)))?;
+                if rows.len() != 1 || rows[0].get::<_, String>(0) != "Small Name" {
+                    return Err(format!("small {i}: wrong rows"));
+                }
+                c.batch_execute(&format!("INSERT INTO blobs (who, v) VALUES (-1, 'x{k}')"))
+                    .await
+                    .map_err(|e| format!("small {i}: {}", err_text(&e)))?;
+                k += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<u64, String>(k)
+        }));
+    }
+    wait_for(Duration::from_secs(30), "small clients running", || {
+        let d = small_done.clone();
+        async move { d.load(Ordering::Relaxed) >= 4 }
+    })
+    .await;
+    let (_, baseline) = rss(pid);
+    reset_peak(pid);
+
+    let started = Instant::now();
+    let mut bigs = Vec::new();
+    let n_big: usize = std::env::var("PGVEIL_TEST_BIG_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let kind = std::env::var("PGVEIL_TEST_BIG_KIND").unwrap_or_default();
+    for i in 0..n_big {
+        let i = match kind.as_str() {
+            "protected" => 2 * i,
+            "plain" => 2 * i + 1,
+            _ => i,
+        };
+        bigs.push(tokio::spawn(async move {
+            let mut s = raw_login(port, "calmony_app", "app").await;
+            let t = Instant::now();
+            let (tags, errors) = if i % 2 == 0 {
+                big_query(
+                    &mut s,
+                    &format!("INSERT INTO users (email, name) VALUES ('big-{i}@example.com', '"),
+                    big,
+                    b'a' + i as u8,
+                    "')",
+                )
+                .await
+            } else {
+                big_query(
+                    &mut s,
+                    &format!("INSERT INTO blobs (who, v) VALUES ({i}, '"),
+                    big,
+                    b'a' + i as u8,
+                    "')",
+                )
+                .await
+            };
+            (i, tags, errors, t.elapsed())
+        }));
+    }
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for b in bigs {
+        let (i, tags, errors, took) = b.await.unwrap();
+        match (&tags[..], &errors[..]) {
+            ([tag], []) if tag == "INSERT 0 1" => ok.push((i, took)),
+            ([], [code]) if code == "53200" => refused.push((i, took)),
+            other => panic!("big statement {i}: {other:?}"),
+        }
+    }
+    let all_big = started.elapsed();
+    let (peak, _) = rss(pid);
+
+    stop.store(true, Ordering::SeqCst);
+    let mut small_statements = 0;
+    for s in small {
+        small_statements += s.await.unwrap().expect("a small client saw an error");
+    }
+
+    // What succeeded is stored whole: plaintext through pgveil, the
+    // protected one as an envelope in PostgreSQL.
+    let c = fx.app("calmony_app").await;
+    for (i, _) in &ok {
+        let (len, first): (i32, String) = if i % 2 == 0 {
+            let r = c
+                .query_one(
+                    "SELECT name FROM users WHERE email = $1",
+                    &[&format!("big-{i}@example.com")],
+                )
+                .await
+                .unwrap();
+            let v: String = r.get(0);
+            (v.len() as i32, v[..1].to_string())
+        } else {
+            let r = c
+                .query_one(
+                    "SELECT length(v), left(v, 1) FROM blobs WHERE who = $1",
+                    &[&(*i as i32)],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(
+            (len as usize, first.as_bytes()[0]),
+            (big, b'a' + *i as u8),
+            "statement {i}"
+        );
+    }
+    let stored_raw = fx.pg.psql(
+        "app",
+        "SELECT count(*) FROM users WHERE email_bidx IS NOT NULL AND name LIKE 'pgv1:%' AND length(name) > 1000000",
+    );
+    assert_eq!(
+        stored_raw.trim().parse::<usize>().unwrap(),
+        ok.iter().filter(|(i, _)| i % 2 == 0).count()
+    );
+
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "8 statements of {mb} MB: {} succeeded ({:?}), {} refused with 53200 ({:?}), all done in {:.1} s; \
+         pgveil RSS baseline {:.0} MiB, peak {:.0} MiB (budget {:.0} MiB); {small_statements} small statements, no errors",
+        ok.len(),
+        ok.iter()
+            .map(|(i, t)| format!("#{i} {:.1}s", t.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        refused.len(),
+        refused
+            .iter()
+            .map(|(i, t)| format!("#{i} {:.1}s", t.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        all_big.as_secs_f64(),
+        mib(baseline),
+        mib(peak),
+        mib(budget)
+    );
+    assert!(
+        peak <= baseline + budget,
+        "pgveil's peak RSS {:.0} MiB is over its baseline {:.0} MiB plus the budget {:.0} MiB",
+        mib(peak),
+        mib(baseline),
+        mib(budget)
+    );
+    assert!(!ok.is_empty(), "no big statement got through");
+}

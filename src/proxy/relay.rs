@@ -21,10 +21,12 @@ use crate::wire::msg;
 use bytes::BytesMut;
 
 /// Bytes charged per byte of a large client frame with a policy: the frame
-/// itself, and the statement pgveil sends for it (the frame again when it
-/// is forwarded unchanged; the rewrite, whose ciphertext literals are
-/// larger than the plaintext, otherwise). Measured in docs/benchmarks.md.
-pub const CLIENT_HOLD_FACTOR: usize = 3;
+/// itself, and the statement pgveil sends for it until it is written (none
+/// when the frame is forwarded unchanged; the rewrite, whose ciphertext
+/// literals are larger than the plaintext, otherwise). Planning a rewrite
+/// is charged apart, by the frontend (`frontend::REWRITE_FACTOR`).
+/// Measured in docs/benchmarks.md.
+pub const CLIENT_HOLD_FACTOR: usize = 2;
 /// Bytes charged per byte of a large server frame with a policy: the frame
 /// (decrypted in place) and its copy on the way out.
 pub const SERVER_HOLD_FACTOR: usize = 2;
@@ -97,7 +99,7 @@ pub async fn relay(
                     Ok(()) => {}
                     Err(End::ClientOverBudget { tag, len, why }) => {
                         // Discarded unread: answered in protocol step.
-                        let message = over_budget_message(len, why);
+                        let message = crate::wire::budget::refusal_message(len, why);
                         warn!(len, "client message refused: limits.max_buffered_bytes");
                         let mut out = BytesMut::new();
                         if !fe.refuse_over_budget(tag, &message, &mut out) {
@@ -124,6 +126,7 @@ pub async fn relay(
                     };
                     let flow = fe.on_frame(f, &mut out).await;
                     held.extend(cr.take_charge());
+                    held.extend(fe.take_charge());
                     let unchanged = fe.take_forward();
                     if unchanged.is_some() || flow == Flow::Terminate || out.len() >= 64 * 1024 {
                         if let Err(e) = uw.write_all(&out).await {
@@ -250,7 +253,12 @@ pub async fn relay(
     match end {
         End::ClientDone => Ok(()),
         End::ClientOverBudget { len, why, .. } => {
-            let _ = send_fatal(&mut cw, "53200", &over_budget_message(len, why)).await;
+            let _ = send_fatal(
+                &mut cw,
+                "53200",
+                &crate::wire::budget::refusal_message(len, why),
+            )
+            .await;
             let _ = uw.write_all(&terminate()).await;
             Err(format!(
                 "client message of {len} bytes refused: limits.max_buffered_bytes"
@@ -258,7 +266,12 @@ pub async fn relay(
         }
         End::UpstreamOverBudget { len, why } => {
             warn!(len, "server message refused: limits.max_buffered_bytes");
-            let _ = send_fatal(&mut cw, "53200", &over_budget_message(len, why)).await;
+            let _ = send_fatal(
+                &mut cw,
+                "53200",
+                &crate::wire::budget::refusal_message(len, why),
+            )
+            .await;
             let _ = uw.write_all(&terminate()).await;
             Err(format!(
                 "server message of {len} bytes refused: limits.max_buffered_bytes"
@@ -386,18 +399,6 @@ fn reset(out: &mut BytesMut) {
         *out = BytesMut::new();
     } else {
         out.clear();
-    }
-}
-
-/// PostgreSQL's wording for 53200, with what pgveil's limit was.
-fn over_budget_message(len: usize, why: Refusal) -> String {
-    match why {
-        Refusal::TooLarge => format!(
-            "out of memory: pgveil: a message of {len} bytes is more than limits.max_buffered_bytes can ever hold with its rewrite; send less at once"
-        ),
-        Refusal::Busy => format!(
-            "out of memory: pgveil: a message of {len} bytes did not fit in limits.max_buffered_bytes within limits.buffer_wait (other sessions hold it); retry later"
-        ),
     }
 }
 

@@ -259,6 +259,7 @@ async fn run(
                         let st = Arc::new(crate::session::Shared::new(entry));
                         let mut fe = Frontend::new(id.clone(), st.clone(), engine.clone());
                         fe.set_max_message(max);
+                        fe.set_budget(shared.budget.clone());
                         fe.set_lex_state(lex.clone());
                         transform = Some((fe, Backend::new(id, st, engine.clone())));
                     }

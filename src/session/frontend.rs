@@ -10,6 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::wire::budget::{Budget, Charge};
+
+/// Bytes held per byte of a large statement on protected tables while it
+/// is planned and rewritten, beyond the frame itself. Measured (VmHWM
+/// around `CatalogEntry::plan`, docs/benchmarks.md "Memory budget"):
+/// planning a statement whose bulk is one literal peaks at 12.7 times its
+/// size (the two lexers', the parser's and the AST's copies of the
+/// literal, the AST kept from before the rewrite, the check parse of the
+/// spliced text) and the plan keeps about 5 times; rendering adds the
+/// envelope's text form.
+pub const REWRITE_FACTOR: usize = 13;
+
 use super::copy::CopyIn;
 use super::messages::{self as m, BindMsg, ParseMsg};
 use super::values::{
@@ -390,6 +402,11 @@ pub struct Frontend {
     /// A large frame forwarded unchanged: written after what `out` holds,
     /// without copying it into `out` ([`take_forward`](Self::take_forward)).
     forward: Option<Bytes>,
+    /// `limits.max_buffered_bytes`: charged again while a large statement
+    /// on protected tables is planned and rewritten.
+    budget: Budget,
+    /// The charge for the rewrite in `out`, until the relay has written it.
+    rewrite_charge: Option<Charge>,
 }
 
 impl Frontend {
@@ -409,7 +426,34 @@ impl Frontend {
             unsettled: batch::Effect::None,
             behind_unsettled: batch::Effect::None,
             forward: None,
+            budget: Budget::unlimited(),
+            rewrite_charge: None,
         }
+    }
+
+    /// The charge for the rewrite [`on_frame`](Self::on_frame) just put in
+    /// `out`: hold it until `out` is written.
+    pub fn take_charge(&mut self) -> Option<Charge> {
+        self.rewrite_charge.take()
+    }
+
+    /// Charge the rewrite of large statements against `budget`.
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.budget = budget;
+    }
+
+    /// Charge what planning and rewriting a message of `len` bytes on
+    /// protected tables holds beyond the message itself
+    /// ([`REWRITE_FACTOR`]); refused with 53200 when it does not fit.
+    async fn charge_rewrite(&self, len: usize) -> Result<Option<Charge>, Refusal> {
+        if len <= Budget::FREE_BYTES {
+            return Ok(None);
+        }
+        self.budget
+            .charge(len.saturating_mul(REWRITE_FACTOR))
+            .await
+            .map(Some)
+            .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
     }
 
     /// Forward `f` unchanged: appended to `out` when small; a large frame
@@ -857,6 +901,13 @@ impl Frontend {
             self.refuse_query(&r, ops, out);
             return;
         }
+        self.rewrite_charge = match self.charge_rewrite(sql.len()).await {
+            Ok(c) => c,
+            Err(r) => {
+                self.refuse_query(&r, ops, out);
+                return;
+            }
+        };
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
         if let Some(r) = copy_not_alone(sql, &plans) {
             // Refused whole: the client's CopyData for it stays here.
@@ -1157,6 +1208,14 @@ impl Frontend {
             self.inject_raise(&r, out);
             return;
         }
+        self.rewrite_charge = match self.charge_rewrite(parse.query.len()).await {
+            Ok(c) => c,
+            Err(r) => {
+                self.rejected(&r);
+                self.inject_raise(&r, out);
+                return;
+            }
+        };
         let plans = entry.plan(
             &parse.query,
             &self.id.login_role,
@@ -1321,7 +1380,14 @@ impl Frontend {
             self.forward(f, out);
             return;
         };
-        match self.transform_bind(&bind, &plan, &prepared).await {
+        let transformed = match self.charge_rewrite(f.raw.len()).await {
+            Ok(c) => {
+                self.rewrite_charge = c;
+                self.transform_bind(&bind, &plan, &prepared).await
+            }
+            Err(r) => Err(r),
+        };
+        match transformed {
             Ok(new) => {
                 let op = self.names.set(Space::Portal, &bind.portal, Some(prepared));
                 self.shared.push(Pending::Bind {

@@ -54,6 +54,19 @@ impl Drop for Charge {
     }
 }
 
+/// PostgreSQL's wording for 53200, with what pgveil's limit was (no value
+/// of the message, only its size).
+pub fn refusal_message(len: usize, why: Refusal) -> String {
+    match why {
+        Refusal::TooLarge => format!(
+            "out of memory: pgveil: a message of {len} bytes is more than limits.max_buffered_bytes can ever hold with its rewrite; send less at once"
+        ),
+        Refusal::Busy => format!(
+            "out of memory: pgveil: a message of {len} bytes did not fit in limits.max_buffered_bytes within limits.buffer_wait (other sessions hold it); retry later"
+        ),
+    }
+}
+
 impl Budget {
     /// Frames up to this size are never charged.
     pub const FREE_BYTES: usize = 256 * 1024;
