@@ -502,6 +502,29 @@ mod tests {
     }
 
     #[test]
+    fn limit_defaults_and_validation() {
+        let base = "listen: 127.0.0.1:1\nupstream:\n  host: h\n  port: 5\n";
+        let cfg = Config::from_text(Path::new("p.yaml"), base).unwrap();
+        assert_eq!(cfg.limits.login_timeout.0, Duration::from_secs(60));
+        assert_eq!(cfg.limits.max_pending_logins, 1000);
+        assert_eq!(cfg.limits.max_pending_logins_per_ip, 0);
+        assert_eq!(cfg.limits.max_buffered_bytes, 256 << 20);
+        assert_eq!(cfg.limits.max_message_bytes, 64 << 20);
+        assert_eq!(cfg.tcp_keepalive.idle.0, Duration::from_secs(60));
+        for (bad, line) in [
+            ("limits:\n  max_pending_logins: 0\n", "p.yaml:6:"),
+            ("limits:\n  login_timeout: 0s\n", "p.yaml:6:"),
+            ("limits:\n  max_buffered_bytes: 1000\n", "p.yaml:6:"),
+        ] {
+            let e = Config::from_text(Path::new("p.yaml"), &format!("{base}{bad}")).unwrap_err();
+            assert!(e.to_string().starts_with(line), "{e}");
+        }
+        let off = format!("{base}tcp_keepalive: {{ idle: 0s }}\n");
+        let cfg = Config::from_text(Path::new("p.yaml"), &off).unwrap();
+        assert!(cfg.tcp_keepalive.idle.0.is_zero());
+    }
+
+    #[test]
     fn unknown_key_reports_line_and_fix() {
         let text = "listen: 127.0.0.1:1\nupstream:\n  host: h\n  prot: 1\n";
         let e = Config::from_text(Path::new("p.yaml"), text).unwrap_err();

@@ -435,8 +435,25 @@ async fn read_until_ready(s: &mut TcpStream) -> (Vec<String>, Vec<String>) {
     }
 }
 
-/// Send `prefix`, `n` bytes of `fill`, `suffix` as one simple Query,
-/// generated in 1 MiB pieces (the test never holds the statement), and
+/// Write one message `tag` whose body is `head`, `n` bytes of `fill`,
+/// `tail`, generated in 1 MiB pieces (the test never holds it).
+async fn send_big(s: &mut TcpStream, tag: u8, head: &[u8], n: usize, fill: u8, tail: &[u8]) {
+    let len = 4 + head.len() + n + tail.len();
+    let mut h = vec![tag];
+    h.extend_from_slice(&(len as u32).to_be_bytes());
+    h.extend_from_slice(head);
+    s.write_all(&h).await.unwrap();
+    let piece = vec![fill; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(piece.len());
+        s.write_all(&piece[..k]).await.unwrap();
+        left -= k;
+    }
+    s.write_all(tail).await.unwrap();
+}
+
+/// Send `prefix`, `n` bytes of `fill`, `suffix` as one simple Query and
 /// read the answer.
 async fn big_query(
     s: &mut TcpStream,
@@ -445,22 +462,114 @@ async fn big_query(
     fill: u8,
     suffix: &str,
 ) -> (Vec<String>, Vec<String>) {
-    let len = 4 + prefix.len() + n + suffix.len() + 1;
-    let mut head = vec![b'Q'];
-    head.extend_from_slice(&(len as u32).to_be_bytes());
-    head.extend_from_slice(prefix.as_bytes());
-    s.write_all(&head).await.unwrap();
-    let piece = vec![fill; 1 << 20];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(piece.len());
-        s.write_all(&piece[..k]).await.unwrap();
-        left -= k;
-    }
     let mut tail = suffix.as_bytes().to_vec();
     tail.push(0);
-    s.write_all(&tail).await.unwrap();
+    send_big(s, b'Q', prefix.as_bytes(), n, fill, &tail).await;
     read_until_ready(s).await
+}
+
+/// A small simple Query on a raw connection.
+async fn raw_query(s: &mut TcpStream, sql: &str) -> (Vec<String>, Vec<String>) {
+    s.write_all(&query_msg(sql)).await.unwrap();
+    read_until_ready(s).await
+}
+
+fn query_msg(sql: &str) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    m
+}
+
+/// Messages over the budget are answered with 53200 in protocol step and
+/// the session goes on: a simple Query, one inside a pipeline of simple
+/// Queries, and an extended-protocol Parse followed by Bind, Execute and
+/// Sync. Without a policy nothing is held: a statement sixteen times the
+/// budget streams through.
+#[tokio::test]
+async fn over_budget_messages_keep_the_session_in_step() {
+    let budget = 4 << 20;
+    let fx = Calmony::builder()
+        .rust_log("info")
+        .extra_sql("CREATE TABLE public.blobs (id serial PRIMARY KEY, who int, v text); GRANT ALL ON public.blobs, public.blobs_id_seq TO PUBLIC;")
+        .extra_yaml(&format!(
+            "limits:\n  max_message_bytes: 268435456\n  max_buffered_bytes: {budget}\n  buffer_wait: 1s\n"
+        ))
+        .start();
+    let n = 3 << 20; // fits in the budget once, not twice
+    let mut s = raw_login(fx.pv.port(), "calmony_app", "app").await;
+
+    let (tags, errors) = big_query(&mut s, "SELECT length('", n, b'q', "')").await;
+    assert_eq!((tags.len(), &errors[..]), (0, &["53200".to_string()][..]));
+    assert_eq!(
+        raw_query(&mut s, "SELECT 1").await,
+        (vec!["SELECT 1".into()], vec![])
+    );
+
+    // In a pipeline: answers stay in order.
+    s.write_all(&query_msg("SELECT 1")).await.unwrap();
+    let mut tail = b"')".to_vec();
+    tail.push(0);
+    send_big(&mut s, b'Q', b"SELECT length('", n, b'q', &tail).await;
+    s.write_all(&query_msg("SELECT 2")).await.unwrap();
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec!["SELECT 1".into()], vec![])
+    );
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec![], vec!["53200".into()])
+    );
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec!["SELECT 1".into()], vec![])
+    );
+
+    // Extended protocol: Parse refused, Bind and Execute skipped to Sync.
+    let mut parse_tail = b"')".to_vec();
+    parse_tail.extend_from_slice(&[0, 0, 0]);
+    send_big(&mut s, b'P', b"\0SELECT length('", n, b'q', &parse_tail).await;
+    let mut rest = Vec::new();
+    rest.extend_from_slice(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);
+    rest.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    rest.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+    s.write_all(&rest).await.unwrap();
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec![], vec!["53200".into()])
+    );
+    assert_eq!(
+        raw_query(&mut s, "SELECT 3").await,
+        (vec!["SELECT 1".into()], vec![])
+    );
+    let log = fx.pv.logs();
+    assert!(
+        !log.contains("qqqqqqqq"),
+        "a refused message reached the log"
+    );
+
+    // No policy: large messages pass through in pieces, never held.
+    let pv = Pgveil::start(&format!(
+        "{}limits:\n  max_message_bytes: 268435456\n  max_buffered_bytes: {budget}\n",
+        Pgveil::config_for_port(fx.pg.port())
+    ));
+    let pid = pv.pid().unwrap();
+    let mut p = raw_login(pv.port(), "calmony_app", "app").await;
+    let (_, baseline) = rss(pid);
+    reset_peak(pid);
+    let (tags, errors) = big_query(&mut p, "SELECT length('", 64 << 20, b'p', "')").await;
+    assert_eq!((tags, errors), (vec!["SELECT 1".to_string()], vec![]));
+    let (peak, _) = rss(pid);
+    println!(
+        "without a policy, a 64 MiB statement through a pgveil with a 4 MiB budget: RSS baseline {} KiB, peak {} KiB",
+        baseline / 1024,
+        peak / 1024
+    );
+    assert!(
+        peak <= baseline + budget as u64,
+        "{peak} > {baseline} + {budget}"
+    );
 }
 
 /// Eight clients each send a 256 MB statement, half into a protected
@@ -570,7 +679,13 @@ async fn large_statements_stay_within_the_memory_budget() {
                 )
                 .await
             };
-            (i, tags, errors, t.elapsed())
+            let took = t.elapsed();
+            // Refused or not, the session is still in step.
+            assert_eq!(
+                raw_query(&mut s, "SELECT 1").await,
+                (vec!["SELECT 1".into()], vec![])
+            );
+            (i, tags, errors, took)
         }));
     }
     let mut ok = Vec::new();

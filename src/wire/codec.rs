@@ -467,6 +467,98 @@ mod tests {
         assert_eq!(r.try_frame().unwrap().unwrap().tag, b'T');
     }
 
+    #[tokio::test]
+    async fn a_frame_over_the_budget_is_discarded_and_the_next_one_read() {
+        use crate::wire::budget::{Budget, Refusal};
+        let big = vec![b'x'; Budget::FREE_BYTES * 4];
+        let mut data = frame(b'Q', &big);
+        data.extend(frame(b'Q', b"select 1\0"));
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&data).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 30);
+        // Room for the frame itself but not for twice it.
+        r.set_budget(
+            Budget::new(Budget::FREE_BYTES * 6, std::time::Duration::from_millis(10)),
+            2,
+        );
+        match r.next().await {
+            Err(FrameError::OverBudget { tag, len, why }) => {
+                assert_eq!((tag, len, why), (b'Q', big.len() + 5, Refusal::TooLarge));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.buf.capacity() < big.len(), "the refused frame was held");
+        let f = r.next().await.unwrap();
+        assert_eq!(f.body(), b"select 1\0");
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_charged_frame_is_allocated_once_and_its_charge_handed_over() {
+        use crate::wire::budget::Budget;
+        let big = vec![b'y'; Budget::FREE_BYTES * 3 + 7];
+        let data = frame(b'd', &big);
+        let (mut a, b) = tokio::io::duplex(8 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&data).await.unwrap();
+        });
+        let budget = Budget::new(1 << 30, std::time::Duration::from_millis(10));
+        let mut r = FrameReader::new(b, 1 << 30);
+        r.set_budget(budget.clone(), 2);
+        r.fill().await.unwrap();
+        assert_eq!(r.buf.capacity(), big.len() + 5, "one exact allocation");
+        let f = r.try_frame().unwrap().unwrap();
+        assert_eq!(f.raw.len(), big.len() + 5);
+        let charge = r.take_charge().expect("the frame's charge");
+        assert!(budget.available().unwrap() <= (1 << 30) - 2 * f.raw.len());
+        drop(charge);
+        assert_eq!(budget.available(), Some(1 << 30));
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn next_run_passes_a_large_frame_in_pieces() {
+        use crate::wire::budget::Budget;
+        let big = vec![b'z'; Budget::FREE_BYTES * 8];
+        let mut data = frame(b'Q', b"select 1\0");
+        data.extend(frame(b'Q', &big));
+        data.extend(frame(b'X', b""));
+        let expect = data.clone();
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&data).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 30);
+        let mut got = Vec::new();
+        let mut tags = Vec::new();
+        let mut largest = 0;
+        loop {
+            match r
+                .next_run(|tag, _| {
+                    tags.push(tag);
+                    true
+                })
+                .await
+            {
+                Ok(run) => {
+                    largest = largest.max(run.len());
+                    got.extend_from_slice(&run);
+                }
+                Err(FrameError::Closed) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got, expect, "the bytes pass unchanged");
+        assert_eq!(tags, b"QQX");
+        assert!(largest < big.len() / 2, "the large frame was held whole");
+    }
+
     #[test]
     fn cstr() {
         let mut b: &[u8] = b"user\0bob\0";
