@@ -748,7 +748,7 @@ async fn large_statements_stay_within_the_memory_budget() {
 
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "8 statements of {mb} MB: {} succeeded ({:?}), {} refused with 53200 ({:?}), all done in {:.1} s; \
+        "{n_big} statements of {mb} MB: {} succeeded ({:?}), {} refused with 53200 ({:?}), all done in {:.1} s; \
          pgveil RSS baseline {:.0} MiB, peak {:.0} MiB (budget {:.0} MiB); {small_statements} small statements, no errors",
         ok.len(),
         ok.iter()

@@ -509,7 +509,7 @@ impl Frontend {
         self.shared.entry()
     }
 
-    /// `limits.max_message_bytes` of this session (default 1 GiB).
+    /// `limits.max_message_bytes` of this session (default 64 MiB).
     pub fn set_max_message(&mut self, n: usize) {
         self.max_message = n;
     }
