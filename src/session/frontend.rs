@@ -22,6 +22,11 @@ use crate::wire::budget::{Budget, Charge};
 /// envelope's text form.
 pub const REWRITE_FACTOR: usize = 13;
 
+/// Bytes held per byte of a large CopyData into a protected table beyond
+/// the frame: the encrypted rows (a bytea envelope in hex is twice the
+/// plaintext) and the row being assembled.
+pub const COPY_FACTOR: usize = 3;
+
 use super::copy::CopyIn;
 use super::messages::{self as m, BindMsg, ParseMsg};
 use super::values::{
@@ -779,7 +784,30 @@ impl Frontend {
             }
             b'd' => match &mut self.copy {
                 Some(c) => {
-                    if let Err(e) = c.data(f.body(), &self.engine, out).await {
+                    // A large CopyData into a protected table: its rows are
+                    // encrypted into `out` (hex for bytea: twice the size).
+                    let charged = if f.raw.len() > Budget::FREE_BYTES {
+                        self.budget
+                            .charge(f.raw.len().saturating_mul(COPY_FACTOR))
+                            .await
+                            .map(Some)
+                            .map_err(|why| {
+                                refuse(
+                                    "53200",
+                                    crate::wire::budget::refusal_message(f.raw.len(), why),
+                                )
+                            })
+                    } else {
+                        Ok(None)
+                    };
+                    let done = match charged {
+                        Ok(charge) => {
+                            self.rewrite_charge = charge;
+                            c.data(f.body(), &self.engine, out).await
+                        }
+                        Err(r) => Err(r),
+                    };
+                    if let Err(e) = done {
                         self.fail_copy(e, out);
                     }
                 }
