@@ -296,6 +296,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 let raw = self.buf.split_to(total).freeze();
                 if total > Budget::FREE_BYTES {
                     self.taken = self.charge.take();
+                    self.unshare();
                 }
                 Ok(Some(Frame { tag: raw[0], raw }))
             }
@@ -326,10 +327,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if off == 0 {
             return Ok(None);
         }
+        let run = self.buf.split_to(off).freeze();
         if large {
             self.taken = self.charge.take();
+            self.unshare();
         }
-        Ok(Some(self.buf.split_to(off).freeze()))
+        Ok(Some(run))
     }
 
     /// Wait for and return the next frame.
@@ -341,6 +344,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Whether a complete frame is already buffered.
     pub fn has_frame(&self) -> bool {
         matches!(complete_frame_len(&self.buf, self.max), Ok(Some(_)))
+    }
+
+    /// After a large frame was split off, the rest of the buffer still
+    /// shares its allocation and would keep it alive (after its charge was
+    /// released) until the next read: move the few bytes left to a buffer
+    /// of their own, so the frame's memory goes when the frame does.
+    fn unshare(&mut self) {
+        self.buf = BytesMut::from(&self.buf[..]);
     }
 
     fn maybe_shrink(&mut self) {
@@ -513,6 +524,11 @@ mod tests {
         assert_eq!(r.buf.capacity(), big.len() + 5, "one exact allocation");
         let f = r.try_frame().unwrap().unwrap();
         assert_eq!(f.raw.len(), big.len() + 5);
+        // Only the frame holds its memory: the reader kept no share of it.
+        assert!(
+            f.raw.is_unique(),
+            "the reader still shares the frame's allocation"
+        );
         let charge = r.take_charge().expect("the frame's charge");
         assert!(budget.available().unwrap() <= (1 << 30) - 2 * f.raw.len());
         drop(charge);
