@@ -10,9 +10,14 @@ use serde::Deserialize;
 
 use crate::yaml::{self, EnvString, HumanDuration, YamlError, YamlErrors};
 
-/// Default cap on one protocol message, the same as PostgreSQL's
-/// `PQ_LARGE_MESSAGE_LIMIT` (1 GiB).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Default cap on one protocol message (64 MiB): a message pgveil rewrites
+/// is held with its rewrite, so the default lets a few of them fit in the
+/// default [`DEFAULT_MAX_BUFFERED_BYTES`] at once. PostgreSQL's own limit
+/// (`PQ_LARGE_MESSAGE_LIMIT`) is 1 GiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Default global budget for message bodies held whole (256 MiB).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +34,8 @@ pub struct Config {
     pub audit: Option<Audit>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepalive,
     /// How long sessions may keep running after SIGINT/SIGTERM.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
@@ -194,9 +201,28 @@ pub struct Limits {
     /// Largest protocol message accepted from either side.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
-    /// Largest number of client connections served at once.
+    /// Largest number of authenticated client sessions served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Time a client has from connecting to completing authentication
+    /// (PostgreSQL's `authentication_timeout`).
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: HumanDuration,
+    /// Largest number of connections still logging in at once.
+    #[serde(default = "default_max_pending_logins")]
+    pub max_pending_logins: usize,
+    /// Largest number of connections still logging in from one client IP
+    /// address (0: no per-address cap).
+    #[serde(default)]
+    pub max_pending_logins_per_ip: usize,
+    /// Memory budget for message bodies pgveil holds whole, across all
+    /// sessions.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_bytes: usize,
+    /// How long a message waits for room in `max_buffered_bytes` before it
+    /// is refused with 53200.
+    #[serde(default = "default_buffer_wait")]
+    pub buffer_wait: HumanDuration,
 }
 
 fn default_max_message() -> usize {
@@ -205,12 +231,74 @@ fn default_max_message() -> usize {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_login_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_pending_logins() -> usize {
+    1_000
+}
+fn default_max_buffered() -> usize {
+    DEFAULT_MAX_BUFFERED_BYTES
+}
+fn default_buffer_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: default_max_connections(),
+            login_timeout: default_login_timeout(),
+            max_pending_logins: default_max_pending_logins(),
+            max_pending_logins_per_ip: 0,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            buffer_wait: default_buffer_wait(),
+        }
+    }
+}
+
+/// TCP keepalive on the client and the PostgreSQL leg.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe (`0s` turns keepalive off).
+    #[serde(default = "default_keepalive_idle")]
+    pub idle: HumanDuration,
+    /// Time between probes; the number of probes is the OS default
+    /// (`net.ipv4.tcp_keepalive_probes`, 9 on Linux).
+    #[serde(default = "default_keepalive_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_keepalive_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_keepalive_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: default_keepalive_idle(),
+            interval: default_keepalive_interval(),
+        }
+    }
+}
+
+impl TcpKeepalive {
+    /// Turn keepalive on for `tcp` as configured (best effort: a socket
+    /// that refuses the option keeps working without it).
+    pub fn apply(&self, tcp: &tokio::net::TcpStream) {
+        if self.idle.0.is_zero() {
+            return;
+        }
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(self.idle.0)
+            .with_interval(self.interval.0.max(Duration::from_secs(1)));
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+            tracing::debug!(error = %e, "cannot enable TCP keepalive");
         }
     }
 }
@@ -294,6 +382,27 @@ impl Config {
                 text,
                 &["limits", "max_message_bytes"],
                 "limits.max_message_bytes is below 1024: PostgreSQL needs at least a few KiB",
+            ));
+        }
+        if self.limits.max_pending_logins == 0 {
+            errs.push(self.err(
+                text,
+                &["limits", "max_pending_logins"],
+                "limits.max_pending_logins is 0: no client could log in; give at least 1",
+            ));
+        }
+        if self.limits.login_timeout.0.is_zero() {
+            errs.push(self.err(
+                text,
+                &["limits", "login_timeout"],
+                "limits.login_timeout is 0: no client could log in; give e.g. 60s",
+            ));
+        }
+        if self.limits.max_buffered_bytes < self.limits.max_message_bytes.min(1 << 20) {
+            errs.push(self.err(
+                text,
+                &["limits", "max_buffered_bytes"],
+                "limits.max_buffered_bytes is below 1 MiB: give at least 1048576 (default 268435456)",
             ));
         }
         if let Some(keys) = &self.keys {
@@ -390,6 +499,29 @@ mod tests {
         assert_eq!(keys.provider, KeyProvider::Local);
         assert_eq!(keys.local.unwrap().master_keys[0].id.as_str(), "k2");
         assert_eq!(keys.cache_ttl.unwrap().0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn limit_defaults_and_validation() {
+        let base = "listen: 127.0.0.1:1\nupstream:\n  host: h\n  port: 5\n";
+        let cfg = Config::from_text(Path::new("p.yaml"), base).unwrap();
+        assert_eq!(cfg.limits.login_timeout.0, Duration::from_secs(60));
+        assert_eq!(cfg.limits.max_pending_logins, 1000);
+        assert_eq!(cfg.limits.max_pending_logins_per_ip, 0);
+        assert_eq!(cfg.limits.max_buffered_bytes, 256 << 20);
+        assert_eq!(cfg.limits.max_message_bytes, 64 << 20);
+        assert_eq!(cfg.tcp_keepalive.idle.0, Duration::from_secs(60));
+        for (bad, line) in [
+            ("limits:\n  max_pending_logins: 0\n", "p.yaml:6:"),
+            ("limits:\n  login_timeout: 0s\n", "p.yaml:6:"),
+            ("limits:\n  max_buffered_bytes: 1000\n", "p.yaml:6:"),
+        ] {
+            let e = Config::from_text(Path::new("p.yaml"), &format!("{base}{bad}")).unwrap_err();
+            assert!(e.to_string().starts_with(line), "{e}");
+        }
+        let off = format!("{base}tcp_keepalive: {{ idle: 0s }}\n");
+        let cfg = Config::from_text(Path::new("p.yaml"), &off).unwrap();
+        assert!(cfg.tcp_keepalive.idle.0.is_zero());
     }
 
     #[test]

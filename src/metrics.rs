@@ -22,6 +22,31 @@ pub fn install(listen: &str) -> Result<(), String> {
 fn describe() {
     describe_counter!("pgveil_connections_total", "Client connections accepted");
     describe_gauge!("pgveil_connections_active", "Client connections open now");
+    describe_gauge!(
+        "pgveil_logins_pending",
+        "Client connections that have not completed authentication"
+    );
+    describe_counter!(
+        "pgveil_login_timeouts_total",
+        "Connections closed by limits.login_timeout before authentication completed"
+    );
+    describe_counter!(
+        "pgveil_connections_refused_total",
+        "Connections refused by a limit (label limit: connections, pending_logins, pending_logins_per_ip)"
+    );
+    describe_gauge!(
+        "pgveil_buffered_bytes",
+        Unit::Bytes,
+        "Bytes charged against limits.max_buffered_bytes now"
+    );
+    describe_counter!(
+        "pgveil_buffer_waits_total",
+        "Large messages that waited for room in limits.max_buffered_bytes"
+    );
+    describe_counter!(
+        "pgveil_buffer_refusals_total",
+        "Messages refused with 53200 by limits.max_buffered_bytes (label reason: too_large, busy)"
+    );
     describe_counter!(
         "pgveil_statements_total",
         "Statements by outcome: passthrough, rewritten, rejected"

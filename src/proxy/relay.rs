@@ -3,7 +3,10 @@
 //!
 //! Frames are forwarded as the original bytes. Every complete frame that
 //! one read brought in goes out in one write, so pipelined traffic keeps its
-//! batching.
+//! batching. Without a policy, large frames pass through in pieces and are
+//! never held whole; with one, a large frame is held (charged against
+//! `limits.max_buffered_bytes` by its reader) until what was built from it
+//! has been written.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::warn;
@@ -12,9 +15,25 @@ use super::stream::Stream;
 use crate::session::Pending;
 use crate::session::backend::Backend;
 use crate::session::frontend::{Flow, Frontend};
+use crate::wire::budget::{Budget, Charge, Refusal};
 use crate::wire::codec::{FrameError, FrameReader};
 use crate::wire::msg;
 use bytes::BytesMut;
+
+/// Bytes charged per byte of a large client frame with a policy: the frame
+/// itself, and the statement pgveil sends for it until it is written (none
+/// when the frame is forwarded unchanged; the rewrite, whose ciphertext
+/// literals are larger than the plaintext, otherwise). Planning a rewrite
+/// is charged apart, by the frontend (`frontend::REWRITE_FACTOR`).
+/// Measured in docs/benchmarks.md.
+pub const CLIENT_HOLD_FACTOR: usize = 2;
+/// Bytes charged per byte of a large server frame with a policy: the frame
+/// (decrypted in place) and its copy on the way out.
+pub const SERVER_HOLD_FACTOR: usize = 2;
+
+/// `out` buffers larger than this are dropped after a write, not kept for
+/// the next frames.
+const KEEP_OUT: usize = 1 << 20;
 
 /// Per-session facts the relay needs.
 pub struct Session {
@@ -23,6 +42,8 @@ pub struct Session {
     pub max_message: usize,
     /// With a policy: the two halves of the session layer.
     pub transform: Option<(Frontend, Backend)>,
+    /// `limits.max_buffered_bytes`, shared by all sessions.
+    pub budget: Budget,
 }
 
 enum End {
@@ -30,6 +51,18 @@ enum End {
     ClientDone,
     /// A malformed or oversized message from the client.
     ClientProtocol(FrameError),
+    /// A client message that does not fit in the memory budget, discarded.
+    ClientOverBudget {
+        tag: u8,
+        len: usize,
+        why: Refusal,
+    },
+    /// A server message that does not fit in the memory budget: the
+    /// session cannot go on without it.
+    UpstreamOverBudget {
+        len: usize,
+        why: Refusal,
+    },
     ClientIo(String),
     /// PostgreSQL closed the connection.
     UpstreamClosed,
@@ -49,6 +82,10 @@ pub async fn relay(
     let (ur, mut uw) = tokio::io::split(us);
     let mut cr = FrameReader::with_buffer(cr, max, cbuf);
     let mut ur = FrameReader::with_buffer(ur, max, ubuf);
+    if session.transform.is_some() {
+        cr.set_budget(session.budget.clone(), CLIENT_HOLD_FACTOR);
+        ur.set_budget(session.budget.clone(), SERVER_HOLD_FACTOR);
+    }
     // PostgreSQL sent a FATAL (or PANIC) error: closing is what comes next.
     let mut upstream_fatal = false;
 
@@ -58,13 +95,29 @@ pub async fn relay(
         let lex = fe.lex_state();
         let c2s = async {
             loop {
-                if let Err(end) = fill_client(&mut cr, &mut uw).await {
-                    return end;
+                match fill_client(&mut cr, &mut uw).await {
+                    Ok(()) => {}
+                    Err(End::ClientOverBudget { tag, len, why }) => {
+                        // Discarded unread: answered in protocol step.
+                        let message = crate::wire::budget::refusal_message(len, why);
+                        warn!(len, "client message refused: limits.max_buffered_bytes");
+                        let mut out = BytesMut::new();
+                        if !fe.refuse_over_budget(tag, &message, &mut out) {
+                            return End::ClientOverBudget { tag, len, why };
+                        }
+                        if let Err(e) = uw.write_all(&out).await {
+                            return End::UpstreamIo(e.to_string());
+                        }
+                        continue;
+                    }
+                    Err(end) => return end,
                 }
                 if fe.shared.is_idle() && fe.shared.tx_idle() && fe.wants_catalog_refresh() {
                     refresh_catalog(&fe, &database, &mut uw).await;
                 }
                 let mut out = BytesMut::new();
+                // Charges of the large frames whose output is in `out`.
+                let mut held: Vec<Charge> = Vec::new();
                 loop {
                     let f = match cr.try_frame() {
                         Ok(Some(f)) => f,
@@ -72,11 +125,20 @@ pub async fn relay(
                         Err(e) => return End::ClientProtocol(e),
                     };
                     let flow = fe.on_frame(f, &mut out).await;
-                    if flow == Flow::Terminate || out.len() >= 64 * 1024 {
+                    held.extend(cr.take_charge());
+                    held.extend(fe.take_charge());
+                    let unchanged = fe.take_forward();
+                    if unchanged.is_some() || flow == Flow::Terminate || out.len() >= 64 * 1024 {
                         if let Err(e) = uw.write_all(&out).await {
                             return End::UpstreamIo(e.to_string());
                         }
-                        out.clear();
+                        if let Some(raw) = unchanged
+                            && let Err(e) = uw.write_all(&raw).await
+                        {
+                            return End::UpstreamIo(e.to_string());
+                        }
+                        reset(&mut out);
+                        held.clear();
                     }
                     if flow == Flow::Terminate {
                         let _ = uw.flush().await;
@@ -96,6 +158,7 @@ pub async fn relay(
                     return end;
                 }
                 let mut out = BytesMut::new();
+                let mut held: Vec<Charge> = Vec::new();
                 loop {
                     let f = match ur.try_frame() {
                         Ok(Some(f)) => f,
@@ -107,11 +170,13 @@ pub async fn relay(
                         lex.observe(f.body());
                     }
                     be.on_frame(f, &mut out).await;
+                    held.extend(ur.take_charge());
                     if out.len() >= 64 * 1024 {
                         if let Err(e) = cw.write_all(&out).await {
                             return End::ClientIo(e.to_string());
                         }
-                        out.clear();
+                        reset(&mut out);
+                        held.clear();
                     }
                 }
                 if !out.is_empty()
@@ -126,24 +191,31 @@ pub async fn relay(
             e = s2c => e,
         }
     } else {
+        // No policy: nothing past a frame's header is looked at, so large
+        // frames pass through in pieces (`next_run`), never held whole.
         let c2s = async {
             loop {
-                if let Err(end) = fill_client(&mut cr, &mut uw).await {
-                    return end;
-                }
                 let mut saw_terminate = false;
-                loop {
-                    let run = match cr.take_run(|tag, _| {
+                let run = match cr
+                    .next_run(|tag, _| {
                         saw_terminate |= tag == b'X';
                         true
-                    }) {
-                        Ok(Some(run)) => run,
-                        Ok(None) => break,
-                        Err(e) => return End::ClientProtocol(e),
-                    };
-                    if let Err(e) = uw.write_all(&run).await {
-                        return End::UpstreamIo(e.to_string());
+                    })
+                    .await
+                {
+                    Ok(run) => run,
+                    Err(FrameError::Closed) => {
+                        let _ = uw.write_all(&terminate()).await;
+                        return End::ClientDone;
                     }
+                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
+                        let _ = uw.write_all(&terminate()).await;
+                        return End::ClientIo(e.to_string());
+                    }
+                    Err(e) => return End::ClientProtocol(e),
+                };
+                if let Err(e) = uw.write_all(&run).await {
+                    return End::UpstreamIo(e.to_string());
                 }
                 if saw_terminate {
                     let _ = uw.flush().await;
@@ -153,21 +225,22 @@ pub async fn relay(
         };
         let s2c = async {
             loop {
-                if let Err(end) = fill_upstream(&mut ur).await {
-                    return end;
-                }
-                loop {
-                    let run = match ur.take_run(|tag, frame| {
+                let run = match ur
+                    .next_run(|tag, frame| {
                         upstream_fatal |= tag == b'E' && is_fatal(frame);
                         true
-                    }) {
-                        Ok(Some(run)) => run,
-                        Ok(None) => break,
-                        Err(e) => return End::UpstreamProtocol(e),
-                    };
-                    if let Err(e) = cw.write_all(&run).await {
-                        return End::ClientIo(e.to_string());
+                    })
+                    .await
+                {
+                    Ok(run) => run,
+                    Err(FrameError::Closed) => return End::UpstreamClosed,
+                    Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
+                        return End::UpstreamIo(e.to_string());
                     }
+                    Err(e) => return End::UpstreamProtocol(e),
+                };
+                if let Err(e) = cw.write_all(&run).await {
+                    return End::ClientIo(e.to_string());
                 }
             }
         };
@@ -179,6 +252,31 @@ pub async fn relay(
 
     match end {
         End::ClientDone => Ok(()),
+        End::ClientOverBudget { len, why, .. } => {
+            let _ = send_fatal(
+                &mut cw,
+                "53200",
+                &crate::wire::budget::refusal_message(len, why),
+            )
+            .await;
+            let _ = uw.write_all(&terminate()).await;
+            Err(format!(
+                "client message of {len} bytes refused: limits.max_buffered_bytes"
+            ))
+        }
+        End::UpstreamOverBudget { len, why } => {
+            warn!(len, "server message refused: limits.max_buffered_bytes");
+            let _ = send_fatal(
+                &mut cw,
+                "53200",
+                &crate::wire::budget::refusal_message(len, why),
+            )
+            .await;
+            let _ = uw.write_all(&terminate()).await;
+            Err(format!(
+                "server message of {len} bytes refused: limits.max_buffered_bytes"
+            ))
+        }
         End::ClientIo(e) => Err(format!("client: {e}")),
         End::ClientProtocol(e) => {
             warn!(error = %e, "closing connection: protocol violation by the client");
@@ -265,6 +363,9 @@ where
             let _ = uw.write_all(&terminate()).await;
             Err(End::ClientIo(e.to_string()))
         }
+        Err(FrameError::OverBudget { tag, len, why }) => {
+            Err(End::ClientOverBudget { tag, len, why })
+        }
         Err(e) => Err(End::ClientProtocol(e)),
     }
 }
@@ -277,6 +378,7 @@ async fn fill_upstream<R: tokio::io::AsyncRead + Unpin>(
         Ok(()) => Ok(()),
         Err(FrameError::Closed) => Err(End::UpstreamClosed),
         Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => Err(End::UpstreamIo(e.to_string())),
+        Err(FrameError::OverBudget { len, why, .. }) => Err(End::UpstreamOverBudget { len, why }),
         Err(e) => Err(End::UpstreamProtocol(e)),
     }
 }
@@ -289,6 +391,15 @@ fn is_fatal(frame: &[u8]) -> bool {
         .unwrap_or_default()
         .split(|&b| b == 0)
         .any(|f| matches!(f, b"VFATAL" | b"VPANIC" | b"SFATAL" | b"SPANIC"))
+}
+
+/// Empty `out` after a write; a large one is given back, not kept.
+fn reset(out: &mut BytesMut) {
+    if out.capacity() > KEEP_OUT {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
 }
 
 fn terminate() -> [u8; 5] {

@@ -1,12 +1,17 @@
 //! The listener: accepts clients, spawns sessions, shuts down gracefully on
 //! SIGINT/SIGTERM (stop accepting, let sessions finish within
-//! `shutdown_timeout`, then close).
+//! `shutdown_timeout`, then close). Admission: connections still logging in
+//! are capped apart from authenticated sessions (`limits.max_pending_logins`,
+//! optionally per client IP), so slow or silent logins cannot take the
+//! slots of working clients.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
@@ -26,6 +31,84 @@ pub struct Shared {
     pub cancel: CancelRegistry,
     /// The session layer, when a policy is configured.
     pub engine: Option<Arc<Engine>>,
+    /// Slots for authenticated sessions (`limits.max_connections`).
+    pub sessions: Arc<Semaphore>,
+    /// Slots for connections still logging in, and their count per client
+    /// address.
+    pub admission: Arc<Admission>,
+    /// The memory budget for messages held whole.
+    pub budget: crate::wire::budget::Budget,
+}
+
+/// Pre-authentication admission: `limits.max_pending_logins` and
+/// `limits.max_pending_logins_per_ip`.
+pub struct Admission {
+    pending: Arc<Semaphore>,
+    per_ip_cap: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a new connection was refused before it could log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    PendingLogins,
+    PendingLoginsPerIp,
+}
+
+impl Admission {
+    pub fn new(max_pending: usize, per_ip_cap: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            pending: Arc::new(Semaphore::new(max_pending)),
+            per_ip_cap,
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admit a connection from `ip` to log in, or say which cap it hit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<PendingLogin, Refused> {
+        let permit = self
+            .pending
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::PendingLogins)?;
+        if self.per_ip_cap > 0 {
+            let mut m = self.per_ip.lock().expect("per-ip map");
+            let n = m.entry(ip).or_insert(0);
+            if *n >= self.per_ip_cap {
+                return Err(Refused::PendingLoginsPerIp);
+            }
+            *n += 1;
+        }
+        metrics::gauge!("pgveil_logins_pending").increment(1.0);
+        Ok(PendingLogin {
+            admission: self.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+/// A connection that has not completed authentication; dropping it gives
+/// its pending-login slot back.
+pub struct PendingLogin {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        metrics::gauge!("pgveil_logins_pending").decrement(1.0);
+        if self.admission.per_ip_cap > 0 {
+            let mut m = self.admission.per_ip.lock().expect("per-ip map");
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -48,8 +131,13 @@ impl Shared {
                 return Err("client_tls.mode is require but cert_file/key_file are missing".into());
             }
         };
-        let upstream = UpstreamConnector::from_config(&config.upstream, |p| config.resolve(p))?;
+        let mut upstream = UpstreamConnector::from_config(&config.upstream, |p| config.resolve(p))?;
+        upstream.keepalive = config.tcp_keepalive.clone();
+        let l = &config.limits;
         Ok(Shared {
+            sessions: Arc::new(Semaphore::new(l.max_connections)),
+            admission: Admission::new(l.max_pending_logins, l.max_pending_logins_per_ip),
+            budget: crate::wire::budget::Budget::new(l.max_buffered_bytes, l.buffer_wait.0),
             config,
             server_tls,
             upstream,
@@ -62,9 +150,7 @@ impl Shared {
 /// Bind `listen` and serve until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), String> {
     let addr = config.listen_addr();
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     if let Some(m) = &config.metrics {
         crate::metrics::install(m.listen.as_str())?;
     }
@@ -82,6 +168,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
     info!(%addr, "pgveil listening");
     run(listener, shared, shutdown).await;
     Ok(())
+}
+
+/// Bind `addr` with a listen backlog of 4096 (tokio's default is 1024): a
+/// burst of connections waits in the kernel's queue instead of having its
+/// handshakes dropped, which leaves clients with connections pgveil never
+/// sees.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 #[cfg(unix)]
@@ -103,7 +205,6 @@ async fn wait_for_signal() {
 /// Accept on `listener` until `shutdown` fires, then drain sessions.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let mut next_id: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -119,21 +220,29 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, "connection refused: limits.max_connections reached");
-            tracker.spawn(refuse_busy(tcp));
-            continue;
+        let pending = match shared.admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                let (key, label) = match why {
+                    Refused::PendingLogins => ("limits.max_pending_logins", "pending_logins"),
+                    Refused::PendingLoginsPerIp => {
+                        ("limits.max_pending_logins_per_ip", "pending_logins_per_ip")
+                    }
+                };
+                metrics::counter!("pgveil_connections_refused_total", "limit" => label)
+                    .increment(1);
+                warn!(%peer, limit = key, "connection refused: too many connections logging in");
+                tracker.spawn(refuse_busy(
+                    tcp,
+                    format!("sorry, too many clients already (pgveil: {key} reached)"),
+                ));
+                continue;
+            }
         };
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer);
         let shared = shared.clone();
-        tracker.spawn(
-            async move {
-                session::handle(shared, tcp, peer).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        tracker.spawn(session::handle(shared, tcp, peer, pending).instrument(span));
     }
     drop(listener);
     tracker.close();
@@ -154,13 +263,16 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
     info!("pgveil stopped");
 }
 
-async fn refuse_busy(mut tcp: tokio::net::TcpStream) {
+/// Answer a connection pgveil will not serve with PostgreSQL's 53300 and
+/// close it. The write goes into an empty socket buffer; it never waits
+/// for the peer for long.
+async fn refuse_busy(mut tcp: tokio::net::TcpStream, message: String) {
     use tokio::io::AsyncWriteExt;
-    let _ = tcp
-        .write_all(&crate::wire::msg::error_response(
-            "FATAL",
-            "53300",
-            "pgveil: too many connections (limits.max_connections)",
-        ))
-        .await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tcp.write_all(&crate::wire::msg::error_response(
+            "FATAL", "53300", &message,
+        )),
+    )
+    .await;
 }

@@ -1,5 +1,7 @@
 //! One client connection: TLS/GSS negotiation, cancel routing, startup,
-//! authentication, then the relay.
+//! authentication, then the relay. Everything before the relay runs under
+//! `limits.login_timeout` and in a pending-login slot; the session takes
+//! one of `limits.max_connections` when PostgreSQL reports it ready.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::cancel::BackendKey;
 use super::relay;
-use super::server::Shared;
+use super::server::{PendingLogin, Shared};
 use super::stream::Stream;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
@@ -21,23 +23,60 @@ use crate::session::{CatalogEntry, Engine, Identity};
 use crate::wire::codec::{FrameError, FrameReader, read_cstr, read_startup};
 use crate::wire::msg::{self, FirstPacket, Startup};
 
+/// PostgreSQL's message when `authentication_timeout` expires.
+const LOGIN_TIMEOUT_MESSAGE: &str = "canceling authentication due to timeout";
+
 /// Serve one client connection to the end.
-pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, pending: PendingLogin) {
     let _ = tcp.set_nodelay(true);
+    shared.config.tcp_keepalive.apply(&tcp);
     metrics::counter!("pgveil_connections_total").increment(1);
     metrics::gauge!("pgveil_connections_active").increment(1.0);
-    match run(&shared, tcp, peer).await {
+    match run(&shared, tcp, peer, pending).await {
         Ok(()) => debug!("session ended"),
         Err(e) => info!(error = %e, "session ended"),
     }
     metrics::gauge!("pgveil_connections_active").decrement(1.0);
 }
 
-async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
+/// The login deadline passed: count it, tell the client as PostgreSQL
+/// words it (57014), and end the connection.
+async fn login_timed_out(client: Option<&mut Stream>, phase: &str) -> String {
+    metrics::counter!("pgveil_login_timeouts_total").increment(1);
+    if let Some(c) = client {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            c.write_all(&msg::error_response(
+                "FATAL",
+                "57014",
+                LOGIN_TIMEOUT_MESSAGE,
+            )),
+        )
+        .await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), c.shutdown()).await;
+    }
+    format!("limits.login_timeout expired {phase}")
+}
+
+async fn run(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pending: PendingLogin,
+) -> Result<(), String> {
     let max = shared.config.limits.max_message_bytes;
-    let Some((mut client, startup_raw, startup)) = negotiate(shared, tcp).await? else {
-        return Ok(());
+    let deadline = tokio::time::Instant::now() + shared.config.limits.login_timeout.0;
+    let mut slot = Some(Stream::Tcp(tcp));
+    let negotiated = tokio::time::timeout_at(deadline, negotiate(shared, &mut slot)).await;
+    let (startup_raw, startup) = match negotiated {
+        Ok(r) => match r? {
+            Some(s) => s,
+            None => return Ok(()),
+        },
+        // Mid-handshake (`slot` empty) there is nobody to tell.
+        Err(_) => return Err(login_timed_out(slot.as_mut(), "before the startup message").await),
     };
+    let mut client = slot.expect("negotiate leaves the stream in place");
 
     if shared.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
         let _ = client
@@ -50,7 +89,11 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
         return Err("client refused: TLS required".into());
     }
 
-    let upstream = match shared.upstream.connect().await {
+    let connected = tokio::time::timeout_at(deadline, shared.upstream.connect()).await;
+    let Ok(connected) = connected else {
+        return Err(login_timed_out(Some(&mut client), "connecting to PostgreSQL").await);
+    };
+    let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "upstream connection failed");
@@ -82,15 +125,22 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
         upstream: &shared.upstream,
         base_dir: &shared.config.base_dir,
     };
-    let outcome =
-        match auth::authenticate(&mut client, &mut upstream, &startup_raw, &startup, &ctx).await {
-            Ok(o) => o,
-            Err(AuthError::Rejected) => return Err("login refused by PostgreSQL".into()),
-            Err(AuthError::Upstream(e)) => {
-                return Err(upstream_failed(&mut client, "during authentication", e).await);
-            }
-            Err(e) => return Err(format!("authentication: {e}")),
-        };
+    let authenticated = tokio::time::timeout_at(
+        deadline,
+        auth::authenticate(&mut client, &mut upstream, &startup_raw, &startup, &ctx),
+    )
+    .await;
+    let Ok(authenticated) = authenticated else {
+        return Err(login_timed_out(Some(client.get_mut()), "during authentication").await);
+    };
+    let outcome = match authenticated {
+        Ok(o) => o,
+        Err(AuthError::Rejected) => return Err("login refused by PostgreSQL".into()),
+        Err(AuthError::Upstream(e)) => {
+            return Err(upstream_failed(&mut client, "during authentication", e).await);
+        }
+        Err(e) => return Err(format!("authentication: {e}")),
+    };
     let span = tracing::info_span!(
         "session",
         role = %outcome.login_role,
@@ -109,7 +159,9 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
     let lex = Arc::new(LexState::unreported());
     // The session user PostgreSQL reports (`session_authorization`).
     let mut session_user: Option<String> = None;
-    let result = async {
+    let mut pending = Some(pending);
+    let mut session_slot = None;
+    let startup_done = tokio::time::timeout_at(deadline, async {
         loop {
             let f = match upstream.next().await {
                 Ok(f) => f,
@@ -138,6 +190,24 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                     write_client(&mut client, &msg::backend_key_data(v.pid, v.secret)).await?;
                 }
                 b'Z' => {
+                    // Logged in: from a pending-login slot to a session slot.
+                    let Ok(permit) = shared.sessions.clone().try_acquire_owned() else {
+                        warn!("connection refused: limits.max_connections reached");
+                        metrics::counter!("pgveil_connections_refused_total", "limit" => "connections")
+                            .increment(1);
+                        let _ = client
+                            .get_mut()
+                            .write_all(&msg::error_response(
+                                "FATAL",
+                                "53300",
+                                "sorry, too many clients already (pgveil: limits.max_connections reached)",
+                            ))
+                            .await;
+                        let _ = upstream.get_mut().write_all(&[b'X', 0, 0, 0, 4]).await;
+                        return Err("limits.max_connections reached".to_string());
+                    };
+                    session_slot = Some(permit);
+                    pending.take();
                     if let Some(engine) = &shared.engine {
                         // The policy identity is the login role; it must be
                         // the session user PostgreSQL reports. A startup
@@ -189,6 +259,7 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                         let st = Arc::new(crate::session::Shared::new(entry));
                         let mut fe = Frontend::new(id.clone(), st.clone(), engine.clone());
                         fe.set_max_message(max);
+                        fe.set_budget(shared.budget.clone());
                         fe.set_lex_state(lex.clone());
                         transform = Some((fe, Backend::new(id, st, engine.clone())));
                     }
@@ -212,15 +283,24 @@ async fn run(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), St
                 _ => write_client(&mut client, &f.raw).await?,
             }
         }
-        let session = relay::Session {
-            login_role: outcome.login_role.clone(),
-            database: startup.database().unwrap_or_default().to_string(),
-            max_message: max,
-            transform,
-        };
-        relay::relay(session, client, upstream).await
-    }
+        Ok(())
+    })
     .await;
+    let result = match startup_done {
+        Err(_) => Err(login_timed_out(Some(client.get_mut()), "during startup").await),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => {
+            let session = relay::Session {
+                login_role: outcome.login_role.clone(),
+                database: startup.database().unwrap_or_default().to_string(),
+                max_message: max,
+                transform,
+                budget: shared.budget.clone(),
+            };
+            relay::relay(session, client, upstream).await
+        }
+    };
+    drop(session_slot);
     if let Some(v) = visible_key {
         shared.cancel.unregister(v);
     }
@@ -234,7 +314,9 @@ async fn upstream_failed(client: &mut FrameReader<Stream>, when: &str, e: FrameE
     metrics::counter!("pgveil_upstream_errors_total").increment(1);
     let code = match e {
         FrameError::Closed | FrameError::Truncated | FrameError::Io(_) => "08006",
-        FrameError::BadLength { .. } | FrameError::TooLarge { .. } => "08P01",
+        FrameError::BadLength { .. }
+        | FrameError::TooLarge { .. }
+        | FrameError::OverBudget { .. } => "08P01",
     };
     let what = match code {
         "08006" => "lost the connection to PostgreSQL",
@@ -261,14 +343,16 @@ async fn write_client(client: &mut FrameReader<Stream>, bytes: &[u8]) -> Result<
 
 /// SSLRequest / GSSENCRequest / CancelRequest handling up to the
 /// StartupMessage. Returns `None` when the connection was a cancel request.
+/// The connection stays in `slot` (empty only during a TLS handshake), so
+/// that the caller can still answer it when the login deadline cuts this
+/// short.
 async fn negotiate(
     shared: &Shared,
-    tcp: TcpStream,
-) -> Result<Option<(Stream, bytes::Bytes, Startup)>, String> {
+    slot: &mut Option<Stream>,
+) -> Result<Option<(bytes::Bytes, Startup)>, String> {
     let max = shared.config.limits.max_message_bytes;
-    let mut stream = Stream::Tcp(tcp);
     // PostgreSQL 17 clients may start TLS directly (sslnegotiation=direct).
-    if let Stream::Tcp(tcp) = &stream {
+    if let Some(Stream::Tcp(tcp)) = slot.as_ref() {
         let mut first = [0u8; 1];
         if let Ok(1) = tcp.peek(&mut first).await
             && first[0] == 0x16
@@ -276,7 +360,7 @@ async fn negotiate(
             let Some(tls) = &shared.server_tls else {
                 return Err("client started TLS directly but client_tls is not configured".into());
             };
-            let Stream::Tcp(tcp) = stream else {
+            let Some(Stream::Tcp(tcp)) = slot.take() else {
                 unreachable!()
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
@@ -284,11 +368,12 @@ async fn negotiate(
                 .accept(tcp)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            stream = Stream::ServerTls(Box::new(conn));
+            *slot = Some(Stream::ServerTls(Box::new(conn)));
         }
     }
     loop {
-        let raw = match read_startup(&mut stream, max).await {
+        let stream = slot.as_mut().expect("a stream outside TLS handshakes");
+        let raw = match read_startup(stream, max).await {
             Ok(r) => r,
             Err(FrameError::Closed) => return Ok(None),
             Err(e) => {
@@ -313,7 +398,7 @@ async fn negotiate(
                     continue;
                 }
                 stream.write_all(b"S").await.map_err(|e| e.to_string())?;
-                let Stream::Tcp(tcp) = stream else {
+                let Some(Stream::Tcp(tcp)) = slot.take() else {
                     unreachable!()
                 };
                 let tls = shared.server_tls.as_ref().expect("checked above");
@@ -322,7 +407,7 @@ async fn negotiate(
                     .accept(tcp)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
-                stream = Stream::ServerTls(Box::new(conn));
+                *slot = Some(Stream::ServerTls(Box::new(conn)));
             }
             Ok(FirstPacket::GssEncRequest) => {
                 stream.write_all(b"N").await.map_err(|e| e.to_string())?;
@@ -358,7 +443,7 @@ async fn negotiate(
                         .await;
                     return Err(format!("startup repeats parameter {key}"));
                 }
-                return Ok(Some((stream, raw, s)));
+                return Ok(Some((raw, s)));
             }
             Err(e) => {
                 let _ = stream

@@ -17,6 +17,8 @@ pub struct UpstreamConnector {
     pub server_name: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub connect_timeout: std::time::Duration,
+    /// TCP keepalive on the PostgreSQL leg (`tcp_keepalive`).
+    pub keepalive: crate::config::TcpKeepalive,
 }
 
 impl UpstreamConnector {
@@ -45,6 +47,7 @@ impl UpstreamConnector {
             server_name,
             tls,
             connect_timeout: u.connect_timeout.0,
+            keepalive: crate::config::TcpKeepalive::default(),
         })
     }
 
@@ -66,6 +69,7 @@ impl UpstreamConnector {
                 )
             })?;
         let _ = tcp.set_nodelay(true);
+        self.keepalive.apply(&tcp);
         let Some(tls) = &self.tls else {
             return Ok(Stream::Tcp(tcp));
         };

@@ -19,6 +19,11 @@ pub const CATALOG_TTL: Duration = Duration::from_secs(60);
 
 /// Plans kept per database before the cache is cleared.
 const PLAN_CACHE_MAX: usize = 10_000;
+/// Statements longer than this are planned every time, not cached: the
+/// cache would keep their text (and the literals in their plans) after the
+/// memory budget released them, and texts that long (bulk literals) are
+/// not sent twice.
+const PLAN_CACHE_MAX_TEXT: usize = 64 * 1024;
 
 pub struct Engine {
     pub policy: Arc<Policy>,
@@ -191,6 +196,9 @@ impl CatalogEntry {
         }
         metrics::counter!("pgveil_plan_cache_misses_total").increment(1);
         let plans = Arc::new(self.analyzer.plan(sql, role, mode));
+        if sql.len() > PLAN_CACHE_MAX_TEXT {
+            return plans;
+        }
         let mut cache = self.plans.lock().expect("plan cache");
         if cache.len() >= PLAN_CACHE_MAX {
             cache.clear();

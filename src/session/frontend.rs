@@ -11,6 +11,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::wire::budget::{Budget, Charge};
+
+/// Bytes held per byte of a large statement on protected tables while it
+/// is planned and rewritten, beyond the frame itself. Measured (VmHWM
+/// around `CatalogEntry::plan`, docs/benchmarks.md "Memory budget"):
+/// planning a statement whose bulk is one literal peaks at 12.7 times its
+/// size (the two lexers', the parser's and the AST's copies of the
+/// literal, the AST kept from before the rewrite, the check parse of the
+/// spliced text) and the plan keeps about 5 times; rendering adds the
+/// envelope's text form.
+pub const REWRITE_FACTOR: usize = 13;
+
+/// Bytes held per byte of a large CopyData into a protected table beyond
+/// the frame: the encrypted rows (a bytea envelope in hex is twice the
+/// plaintext) and the row being assembled.
+pub const COPY_FACTOR: usize = 3;
+
 use super::copy::CopyIn;
 use super::messages::{self as m, BindMsg, ParseMsg};
 use super::values::{
@@ -473,6 +490,14 @@ pub struct Frontend {
     /// control is refused; after a settings change, statements that touch
     /// protected tables are.
     behind_unsettled: batch::Effect,
+    /// A large frame forwarded unchanged: written after what `out` holds,
+    /// without copying it into `out` ([`take_forward`](Self::take_forward)).
+    forward: Option<Bytes>,
+    /// `limits.max_buffered_bytes`: charged again while a large statement
+    /// on protected tables is planned and rewritten.
+    budget: Budget,
+    /// The charge for the rewrite in `out`, until the relay has written it.
+    rewrite_charge: Option<Charge>,
 }
 
 impl Frontend {
@@ -492,6 +517,85 @@ impl Frontend {
             statement_id: 0,
             unsettled: batch::Effect::None,
             behind_unsettled: batch::Effect::None,
+            forward: None,
+            budget: Budget::unlimited(),
+            rewrite_charge: None,
+        }
+    }
+
+    /// The charge for the rewrite [`on_frame`](Self::on_frame) just put in
+    /// `out`: hold it until `out` is written.
+    pub fn take_charge(&mut self) -> Option<Charge> {
+        self.rewrite_charge.take()
+    }
+
+    /// Charge the rewrite of large statements against `budget`.
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.budget = budget;
+    }
+
+    /// Charge what planning and rewriting a message of `len` bytes on
+    /// protected tables holds beyond the message itself
+    /// ([`REWRITE_FACTOR`]); refused with 53200 when it does not fit.
+    async fn charge_rewrite(&self, len: usize) -> Result<Option<Charge>, Refusal> {
+        if len <= Budget::FREE_BYTES {
+            return Ok(None);
+        }
+        self.budget
+            .charge(len.saturating_mul(REWRITE_FACTOR))
+            .await
+            .map(Some)
+            .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
+    }
+
+    /// Forward `f` unchanged: appended to `out` when small; a large frame
+    /// is handed to the relay as it is instead (no copy of its bytes).
+    /// Only the last thing a call of [`on_frame`](Self::on_frame) does.
+    fn forward(&mut self, f: &Frame, out: &mut BytesMut) {
+        if f.raw.len() > crate::wire::budget::Budget::FREE_BYTES {
+            self.forward = Some(f.raw.clone());
+        } else {
+            out.extend_from_slice(&f.raw);
+        }
+    }
+
+    /// The large frame [`on_frame`](Self::on_frame) forwards unchanged, to
+    /// be written right after `out`.
+    pub fn take_forward(&mut self) -> Option<Bytes> {
+        self.forward.take()
+    }
+
+    /// A client message that did not fit in `limits.max_buffered_bytes`
+    /// was discarded unread: answer it as PostgreSQL answers a statement
+    /// that ran out of memory (53200), in protocol step. Returns false when
+    /// the connection must close instead (a message outside a statement).
+    pub fn refuse_over_budget(&mut self, tag: u8, message: &str, out: &mut BytesMut) -> bool {
+        if self.skip_until_sync {
+            return true;
+        }
+        let r = refuse("53200", message.to_string());
+        match tag {
+            b'Q' => {
+                let ops = self.query_ops(b"");
+                self.refuse_query(&r, ops, out);
+                true
+            }
+            // PostgreSQL skips to Sync after an error; so does the frontend.
+            b'P' | b'B' | b'E' | b'D' | b'C' => {
+                if !self.skip_until_sync {
+                    self.rejected(&r);
+                    self.inject_raise(&r, out);
+                }
+                true
+            }
+            // Inside a COPY window: fail that COPY (its later data is then
+            // outside any window and dropped, as PostgreSQL would ignore it).
+            b'd' if self.copy_window.is_some() => {
+                self.fail_copy(r, out);
+                true
+            }
+            b'd' => true,
+            _ => false,
         }
     }
 
@@ -499,7 +603,7 @@ impl Frontend {
         self.shared.entry()
     }
 
-    /// `limits.max_message_bytes` of this session (default 1 GiB).
+    /// `limits.max_message_bytes` of this session (default 64 MiB).
     pub fn set_max_message(&mut self, n: usize) {
         self.max_message = n;
     }
@@ -838,11 +942,34 @@ impl Frontend {
             b'd' | b'c' | b'f' if self.copy_window.is_none() => {}
             b'd' => match &mut self.copy {
                 Some(c) => {
-                    if let Err(e) = c.data(f.body(), &self.engine, out).await {
+                    // A large CopyData into a protected table: its rows are
+                    // encrypted into `out` (hex for bytea: twice the size).
+                    let charged = if f.raw.len() > Budget::FREE_BYTES {
+                        self.budget
+                            .charge(f.raw.len().saturating_mul(COPY_FACTOR))
+                            .await
+                            .map(Some)
+                            .map_err(|why| {
+                                refuse(
+                                    "53200",
+                                    crate::wire::budget::refusal_message(f.raw.len(), why),
+                                )
+                            })
+                    } else {
+                        Ok(None)
+                    };
+                    let done = match charged {
+                        Ok(charge) => {
+                            self.rewrite_charge = charge;
+                            c.data(f.body(), &self.engine, out).await
+                        }
+                        Err(r) => Err(r),
+                    };
+                    if let Err(e) = done {
                         self.fail_copy(e, out);
                     }
                 }
-                None => out.extend_from_slice(&f.raw),
+                None => self.forward(&f, out),
             },
             b'c' => {
                 if let Some(mut c) = self.copy.take()
@@ -863,7 +990,7 @@ impl Frontend {
                 out.extend_from_slice(&f.raw);
                 return Flow::Terminate;
             }
-            _ => out.extend_from_slice(&f.raw),
+            _ => self.forward(&f, out),
         }
         Flow::Continue
     }
@@ -920,7 +1047,7 @@ impl Frontend {
             ops,
             copies,
         });
-        out.extend_from_slice(&f.raw);
+        self.forward(f, out);
     }
 
     fn rejected(&mut self, r: &Refusal) {
@@ -984,6 +1111,13 @@ impl Frontend {
             self.refuse_query(&r, ops, out);
             return;
         }
+        self.rewrite_charge = match self.charge_rewrite(sql.len()).await {
+            Ok(c) => c,
+            Err(r) => {
+                self.refuse_query(&r, ops, out);
+                return;
+            }
+        };
         let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
         if let Some(r) = copy_not_alone(sql, &plans) {
             // Refused whole: no COPY runs, the client's CopyData for it
@@ -1318,7 +1452,7 @@ impl Frontend {
                     internal: false,
                     op,
                 });
-                out.extend_from_slice(&f.raw);
+                self.forward(f, out);
                 return;
             }
         }
@@ -1334,7 +1468,7 @@ impl Frontend {
                     internal: false,
                     op: 0,
                 });
-                out.extend_from_slice(&f.raw);
+                self.forward(f, out);
                 return;
             }
             let r = if std::str::from_utf8(f.body()).is_err() {
@@ -1361,7 +1495,7 @@ impl Frontend {
                 internal: false,
                 op,
             });
-            out.extend_from_slice(&f.raw);
+            self.forward(f, out);
             return;
         }
         if let Some(r) = self
@@ -1372,6 +1506,14 @@ impl Frontend {
             self.inject_raise(&r, out);
             return;
         }
+        self.rewrite_charge = match self.charge_rewrite(parse.query.len()).await {
+            Ok(c) => c,
+            Err(r) => {
+                self.rejected(&r);
+                self.inject_raise(&r, out);
+                return;
+            }
+        };
         let plans = entry.plan(
             &parse.query,
             &self.id.login_role,
@@ -1498,7 +1640,7 @@ impl Frontend {
                         internal: false,
                         op,
                     });
-                    out.extend_from_slice(&f.raw);
+                    self.forward(f, out);
                     return;
                 }
                 View::Known(None) => {
@@ -1508,7 +1650,7 @@ impl Frontend {
                         internal: false,
                         op,
                     });
-                    out.extend_from_slice(&f.raw);
+                    self.forward(f, out);
                     return;
                 }
                 View::Ambiguous => {
@@ -1549,10 +1691,17 @@ impl Frontend {
                 internal: false,
                 op,
             });
-            out.extend_from_slice(&f.raw);
+            self.forward(f, out);
             return;
         };
-        match self.transform_bind(&bind, &plan, &prepared).await {
+        let transformed = match self.charge_rewrite(f.raw.len()).await {
+            Ok(c) => {
+                self.rewrite_charge = c;
+                self.transform_bind(&bind, &plan, &prepared).await
+            }
+            Err(r) => Err(r),
+        };
+        match transformed {
             Ok(new) => {
                 let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
                 self.shared.push(Pending::Bind {

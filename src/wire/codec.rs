@@ -9,6 +9,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::budget::{Budget, Charge, Refusal};
+
 /// Smallest read buffer we keep; grows for large messages and shrinks back
 /// when idle so idle connections stay small.
 pub const READ_CHUNK: usize = 8 * 1024;
@@ -25,6 +27,10 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A frame that did not fit in `limits.max_buffered_bytes`. Its bytes
+    /// were read and discarded: the reader stands at the next frame.
+    #[error("message of {len} bytes does not fit in limits.max_buffered_bytes now")]
+    OverBudget { tag: u8, len: usize, why: Refusal },
 }
 
 /// One complete protocol message: `tag`, then the whole message bytes
@@ -72,6 +78,19 @@ pub struct FrameReader<R> {
     /// streaming (a large result, a COPY), so read in larger chunks to cut
     /// syscalls. Idle connections stay at [`READ_CHUNK`].
     streaming: bool,
+    /// Charged before a large frame's body is read.
+    budget: Budget,
+    /// Bytes charged per byte of a large frame: the frame plus what is
+    /// built from it while it is held.
+    factor: usize,
+    /// The charge for the (incomplete) frame at the head of the buffer.
+    charge: Option<Charge>,
+    /// The charge for the last large frame taken, until the caller has
+    /// sent what it built from it ([`take_charge`](Self::take_charge)).
+    taken: Option<Charge>,
+    /// Bytes of the frame being passed through in pieces
+    /// ([`next_run`](Self::next_run)) still to come.
+    pass: usize,
 }
 
 /// Read size while the peer is streaming.
@@ -89,15 +108,132 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf,
             max,
             streaming: false,
+            budget: Budget::unlimited(),
+            factor: 1,
+            charge: None,
+            taken: None,
+            pass: 0,
         }
+    }
+
+    /// Charge frames larger than [`Budget::FREE_BYTES`] against `budget`,
+    /// `factor` bytes per byte, before their bodies are read.
+    pub fn set_budget(&mut self, budget: Budget, factor: usize) {
+        self.budget = budget;
+        self.factor = factor.max(1);
+    }
+
+    /// The charge of the last large frame taken: hold it until what was
+    /// built from the frame has been written, then drop it.
+    pub fn take_charge(&mut self) -> Option<Charge> {
+        self.taken.take()
     }
 
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
 
+    /// The stream and the bytes read but not yet taken. The budget and
+    /// any charge stay behind: give the new reader its own
+    /// [`set_budget`](Self::set_budget).
     pub fn into_parts(self) -> (R, BytesMut) {
         (self.inner, self.buf)
+    }
+
+    /// Charge the large frame at the head of the buffer before its body is
+    /// read. Refused: read and drop the frame's bytes (never holding more
+    /// than one read chunk) and report it.
+    async fn charge_head(&mut self, total: usize) -> Result<(), FrameError> {
+        let want = total.saturating_mul(self.factor);
+        match self.budget.charge(want).await {
+            Ok(c) => {
+                self.charge = Some(c);
+                // One allocation of the frame's size, not a doubling series.
+                let have = self.buf.len();
+                if self.buf.capacity() < total {
+                    let mut b = BytesMut::with_capacity(total);
+                    b.extend_from_slice(&self.buf);
+                    self.buf = b;
+                }
+                debug_assert!(have <= total);
+                Ok(())
+            }
+            Err(why) => {
+                let tag = self.buf[0];
+                let mut left = total - self.buf.len();
+                self.buf.clear();
+                let mut scratch = vec![0u8; STREAM_CHUNK];
+                while left > 0 {
+                    let n = left.min(scratch.len());
+                    let got = self.inner.read(&mut scratch[..n]).await?;
+                    if got == 0 {
+                        return Err(FrameError::Truncated);
+                    }
+                    left -= got;
+                }
+                self.buf = BytesMut::new();
+                Err(FrameError::OverBudget {
+                    tag,
+                    len: total,
+                    why,
+                })
+            }
+        }
+    }
+
+    /// Announced total length of the frame at the head of the buffer, if
+    /// its header is buffered and valid.
+    fn head_len(&self) -> Result<Option<usize>, FrameError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        complete_frame_len(&self.buf, self.max)?;
+        Ok(Some(
+            u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize + 1,
+        ))
+    }
+
+    /// The next bytes to forward unchanged, at frame granularity for small
+    /// frames and in pieces for large ones, which are therefore never held
+    /// whole (for a peer whose messages pgveil never inspects past the
+    /// header). `inspect` sees each small frame, and the header of each
+    /// large one. Returns `Err(Closed)` on a clean EOF between frames.
+    pub async fn next_run(
+        &mut self,
+        mut inspect: impl FnMut(u8, &[u8]) -> bool,
+    ) -> Result<Bytes, FrameError> {
+        loop {
+            if self.pass > 0 {
+                if !self.buf.is_empty() {
+                    let n = self.pass.min(self.buf.len());
+                    self.pass -= n;
+                    let run = self.buf.split_to(n).freeze();
+                    if self.pass == 0 {
+                        self.maybe_shrink();
+                    }
+                    return Ok(run);
+                }
+            } else if let Some(run) = self.take_run(&mut inspect)? {
+                return Ok(run);
+            } else if let Some(total) = self.head_len()?
+                && total > Budget::FREE_BYTES
+            {
+                inspect(self.buf[0], &self.buf[..5]);
+                self.pass = total;
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                self.buf.reserve(STREAM_CHUNK);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(if self.buf.is_empty() && self.pass == 0 {
+                    FrameError::Closed
+                } else {
+                    FrameError::Truncated
+                });
+            }
+        }
     }
 
     /// Read from the stream until at least one complete frame is buffered.
@@ -107,12 +243,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match complete_frame_len(&self.buf, self.max)? {
                 Some(_) => return Ok(()),
                 None => {
+                    if self.charge.is_none()
+                        && let Some(total) = self.head_len()?
+                        && total > Budget::FREE_BYTES
+                    {
+                        self.charge_head(total).await?;
+                    }
                     let chunk = if self.streaming {
                         STREAM_CHUNK
                     } else {
                         READ_CHUNK
                     };
-                    if self.buf.capacity() - self.buf.len() < chunk {
+                    // A charged frame was given its whole size at once.
+                    let charged_room =
+                        self.charge.is_some() && self.buf.capacity() > self.buf.len();
+                    if !charged_room && self.buf.capacity() - self.buf.len() < chunk {
                         // Reserve for the announced frame (bounded by `max`,
                         // already checked) or one chunk.
                         let want = if self.buf.len() >= 5 {
@@ -149,6 +294,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         match complete_frame_len(&self.buf, self.max)? {
             Some(total) => {
                 let raw = self.buf.split_to(total).freeze();
+                if total > Budget::FREE_BYTES {
+                    self.taken = self.charge.take();
+                    self.unshare();
+                }
                 Ok(Some(Frame { tag: raw[0], raw }))
             }
             None => {
@@ -167,16 +316,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         mut inspect: impl FnMut(u8, &[u8]) -> bool,
     ) -> Result<Option<Bytes>, FrameError> {
         let mut off = 0;
+        let mut large = false;
         while let Some(total) = complete_frame_len(&self.buf[off..], self.max)? {
             if !inspect(self.buf[off], &self.buf[off..off + total]) {
                 break;
             }
+            large |= total > Budget::FREE_BYTES;
             off += total;
         }
         if off == 0 {
             return Ok(None);
         }
-        Ok(Some(self.buf.split_to(off).freeze()))
+        let run = self.buf.split_to(off).freeze();
+        if large {
+            self.taken = self.charge.take();
+            self.unshare();
+        }
+        Ok(Some(run))
     }
 
     /// Wait for and return the next frame.
@@ -188,6 +344,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Whether a complete frame is already buffered.
     pub fn has_frame(&self) -> bool {
         matches!(complete_frame_len(&self.buf, self.max), Ok(Some(_)))
+    }
+
+    /// After a large frame was split off, the rest of the buffer still
+    /// shares its allocation and would keep it alive (after its charge was
+    /// released) until the next read: move the few bytes left to a buffer
+    /// of their own, so the frame's memory goes when the frame does.
+    fn unshare(&mut self) {
+        self.buf = BytesMut::from(&self.buf[..]);
     }
 
     fn maybe_shrink(&mut self) {
@@ -312,6 +476,103 @@ mod tests {
         let run = r.take_run(|tag, _| tag == b'D').unwrap().unwrap();
         assert_eq!(run.len(), 12);
         assert_eq!(r.try_frame().unwrap().unwrap().tag, b'T');
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_budget_is_discarded_and_the_next_one_read() {
+        use crate::wire::budget::{Budget, Refusal};
+        let big = vec![b'x'; Budget::FREE_BYTES * 4];
+        let mut data = frame(b'Q', &big);
+        data.extend(frame(b'Q', b"select 1\0"));
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&data).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 30);
+        // Room for the frame itself but not for twice it.
+        r.set_budget(
+            Budget::new(Budget::FREE_BYTES * 6, std::time::Duration::from_millis(10)),
+            2,
+        );
+        match r.next().await {
+            Err(FrameError::OverBudget { tag, len, why }) => {
+                assert_eq!((tag, len, why), (b'Q', big.len() + 5, Refusal::TooLarge));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.buf.capacity() < big.len(), "the refused frame was held");
+        let f = r.next().await.unwrap();
+        assert_eq!(f.body(), b"select 1\0");
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_charged_frame_is_allocated_once_and_its_charge_handed_over() {
+        use crate::wire::budget::Budget;
+        let big = vec![b'y'; Budget::FREE_BYTES * 3 + 7];
+        let data = frame(b'd', &big);
+        let (mut a, b) = tokio::io::duplex(8 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&data).await.unwrap();
+        });
+        let budget = Budget::new(1 << 30, std::time::Duration::from_millis(10));
+        let mut r = FrameReader::new(b, 1 << 30);
+        r.set_budget(budget.clone(), 2);
+        r.fill().await.unwrap();
+        assert_eq!(r.buf.capacity(), big.len() + 5, "one exact allocation");
+        let f = r.try_frame().unwrap().unwrap();
+        assert_eq!(f.raw.len(), big.len() + 5);
+        // Only the frame holds its memory: the reader kept no share of it.
+        assert!(
+            f.raw.is_unique(),
+            "the reader still shares the frame's allocation"
+        );
+        let charge = r.take_charge().expect("the frame's charge");
+        assert!(budget.available().unwrap() <= (1 << 30) - 2 * f.raw.len());
+        drop(charge);
+        assert_eq!(budget.available(), Some(1 << 30));
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn next_run_passes_a_large_frame_in_pieces() {
+        use crate::wire::budget::Budget;
+        let big = vec![b'z'; Budget::FREE_BYTES * 8];
+        let mut data = frame(b'Q', b"select 1\0");
+        data.extend(frame(b'Q', &big));
+        data.extend(frame(b'X', b""));
+        let expect = data.clone();
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&data).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 30);
+        let mut got = Vec::new();
+        let mut tags = Vec::new();
+        let mut largest = 0;
+        loop {
+            match r
+                .next_run(|tag, _| {
+                    tags.push(tag);
+                    true
+                })
+                .await
+            {
+                Ok(run) => {
+                    largest = largest.max(run.len());
+                    got.extend_from_slice(&run);
+                }
+                Err(FrameError::Closed) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got, expect, "the bytes pass unchanged");
+        assert_eq!(tags, b"QQX");
+        assert!(largest < big.len() / 2, "the large frame was held whole");
     }
 
     #[test]

@@ -11,9 +11,12 @@ use super::pg::PgCluster;
 /// How long `start` waits for the listen port to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The pgveil binary under test.
+/// The pgveil binary under test: the one cargo built for this test run,
+/// or `$PGVEIL_TEST_BIN` (e.g. a release build, for figures).
 pub fn pgveil_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pgveil"))
+    std::env::var_os("PGVEIL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pgveil")))
 }
 
 /// A `Command` for the pgveil binary (any subcommand: `policy check`,
