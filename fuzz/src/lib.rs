@@ -834,8 +834,12 @@ impl Secrets {
     /// any copy upstream can only be that value) is in `upstream`.
     pub fn assert_not_sent(&self, input: &[u8], upstream: &[u8]) {
         let count = |hay: &[u8], v: &[u8]| hay.windows(v.len()).filter(|w| *w == v).count();
+        // Text pgveil writes itself (the DO block that raises a refusal):
+        // a "value" that is part of it proves nothing.
+        const OWN: &[u8] =
+            b"DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '', MESSAGE = ''; END $pgveil$\0";
         for v in &self.values {
-            if v.len() < MIN_SECRET || count(input, v) != 1 {
+            if v.len() < MIN_SECRET || count(input, v) != 1 || count(OWN, v) > 0 {
                 continue;
             }
             assert!(
