@@ -195,7 +195,13 @@ impl Iterator for Tokens<'_> {
                 }
                 continue;
             }
-            let (kind, end) = token_at(b, i);
+            let (kind, mut end) = token_at(b, i);
+            // A token may end inside a multi-byte character (junk right
+            // after a number): the span always ends on a character
+            // boundary, so that every span slices the text.
+            while end < b.len() && (b[end] & 0xC0) == 0x80 {
+                end += 1;
+            }
             self.i = end.max(i + 1);
             return Some(Token { kind, span: i..end });
         }

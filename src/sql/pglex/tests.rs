@@ -102,3 +102,18 @@ fn the_two_readings_disagree_on_hostile_sql() {
         assert!(agree(sql).is_err(), "{sql}: {:?}", kinds(sql));
     }
 }
+
+#[test]
+fn spans_end_on_character_boundaries() {
+    // Junk right after a number ends the (unsure) token inside a
+    // multi-byte character; fuzzing found callers slicing the text there.
+    for sql in ["2\u{fffd}mail", "1ȼx", "select 1é from t", "copy 9\u{23c}"] {
+        for t in Tokens::new(sql) {
+            assert!(sql.get(t.span.clone()).is_some(), "{sql:?}: {:?}", t.span);
+        }
+    }
+    assert_eq!(
+        crate::session::copy::copy_kind("copy 9\u{23c} from stdin"),
+        crate::session::copy::CopyKind::FromStdin
+    );
+}
