@@ -6,20 +6,8 @@ use std::sync::Arc;
 use super::*;
 use crate::policy::Policy;
 
-const POLICY: &str = "\
-version: 1
-groups:
-  app: [app_user]
-tables:
-  public.users:
-    columns:
-      email:
-        type: text
-        blind_index: { column: email_bidx, normalize: [trim, lowercase] }
-        access: { app: read, signup: write, searcher: search }
-      name: { type: text, access: { app: read } }
-      dob: { type: date, access: { app: read } }
-";
+// The unit tests' policy (users, pay_customers, rot).
+use super::tests::POLICY;
 
 fn analyzer() -> Analyzer {
     let p = Arc::new(Policy::from_text(Path::new("t.yaml"), POLICY).unwrap());

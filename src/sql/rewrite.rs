@@ -188,114 +188,10 @@ pub(crate) fn renames_protected_schema(an: &Analyzer, text: &str) -> Option<Reje
     None
 }
 
-/// PostgreSQL's reserved keywords and the ones that may only name functions
-/// or types (`gram.y`'s `reserved_keyword` and `type_func_name_keyword`):
-/// none of them can be an unquoted table, schema or column name.
-const PG_RESERVED: &[&str] = &[
-    "all",
-    "analyse",
-    "analyze",
-    "and",
-    "any",
-    "array",
-    "as",
-    "asc",
-    "asymmetric",
-    "authorization",
-    "binary",
-    "both",
-    "case",
-    "cast",
-    "check",
-    "collate",
-    "collation",
-    "column",
-    "concurrently",
-    "constraint",
-    "create",
-    "cross",
-    "current_catalog",
-    "current_date",
-    "current_role",
-    "current_schema",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "default",
-    "deferrable",
-    "desc",
-    "distinct",
-    "do",
-    "else",
-    "end",
-    "except",
-    "false",
-    "fetch",
-    "for",
-    "foreign",
-    "freeze",
-    "from",
-    "full",
-    "grant",
-    "group",
-    "having",
-    "ilike",
-    "in",
-    "initially",
-    "inner",
-    "intersect",
-    "into",
-    "is",
-    "isnull",
-    "join",
-    "lateral",
-    "leading",
-    "left",
-    "like",
-    "limit",
-    "localtime",
-    "localtimestamp",
-    "natural",
-    "not",
-    "notnull",
-    "null",
-    "offset",
-    "on",
-    "only",
-    "or",
-    "order",
-    "outer",
-    "overlaps",
-    "placing",
-    "primary",
-    "references",
-    "returning",
-    "right",
-    "select",
-    "session_user",
-    "similar",
-    "some",
-    "symmetric",
-    "table",
-    "tablesample",
-    "then",
-    "to",
-    "trailing",
-    "true",
-    "union",
-    "unique",
-    "user",
-    "using",
-    "variadic",
-    "verbose",
-    "when",
-    "where",
-    "window",
-    "with",
-];
-
-/// An unquoted reserved keyword that sqlparser took for (part of) a
-/// relation name. PostgreSQL's grammar never reads one as a name, so such a
+/// An unquoted reserved keyword (PostgreSQL's reserved and
+/// type-or-function-name keywords, which can never be an unquoted table,
+/// schema or column name: [`super::lex::is_reserved`]) that sqlparser took
+/// for (part of) a relation name. PostgreSQL's grammar never reads one as a name, so such a
 /// statement means something else to PostgreSQL: `UPDATE ONLY users SET …`
 /// is, to sqlparser, an update of a table `ONLY` aliased `users`.
 fn keyword_as_relation(stmt: &Statement) -> Option<String> {
@@ -304,7 +200,7 @@ fn keyword_as_relation(stmt: &Statement) -> Option<String> {
         for part in &n.0 {
             if let ObjectNamePart::Identifier(i) = part
                 && i.quote_style.is_none()
-                && PG_RESERVED.contains(&i.value.to_ascii_lowercase().as_str())
+                && super::lex::is_reserved(&i.value.to_ascii_lowercase())
             {
                 hit = Some(i.value.to_ascii_uppercase());
                 return ControlFlow::Break(());
@@ -1126,12 +1022,7 @@ impl<'a> Cx<'a> {
     /// A reference to a view column that is a blind index the role may not
     /// search (a view can show one under another name).
     fn view_bidx_ref(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<Reject> {
-        let ids: &[Ident] = match e {
-            Expr::Identifier(i) => std::slice::from_ref(i),
-            Expr::CompoundIdentifier(ids) => ids,
-            _ => return None,
-        };
-        let parts: Vec<String> = ids.iter().map(norm).collect();
+        let parts = ref_parts(e)?;
         let (col, qual) = parts.split_last()?;
         let hit = |r: &Rel<'a>| -> Option<Reject> {
             match &r.kind {
@@ -1450,12 +1341,7 @@ impl<'a> Cx<'a> {
     /// A reference to a view column computed from protected data that
     /// pgveil cannot map: the view and the column.
     fn unknown_ref(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<(&'a ViewDef, String)> {
-        let ids: &[Ident] = match e {
-            Expr::Identifier(i) => std::slice::from_ref(i),
-            Expr::CompoundIdentifier(ids) => ids,
-            _ => return None,
-        };
-        let parts: Vec<String> = ids.iter().map(norm).collect();
+        let parts = ref_parts(e)?;
         let (col, qual) = parts.split_last()?;
         let hit = |r: &Rel<'a>| match &r.kind {
             RelKind::View(v) if v.unknown.iter().any(|u| u == col) => Some((*v, col.clone())),
@@ -4154,6 +4040,15 @@ fn write_target(n: &ObjectName, table: &str) -> R<String> {
             parts.first().cloned().unwrap_or_default(),
             parts.join(".")
         ))),
+    }
+}
+
+/// The normalised parts of a column reference (`a`, `t.a`, `s.t.a`).
+fn ref_parts(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Identifier(i) => Some(vec![norm(i)]),
+        Expr::CompoundIdentifier(ids) => Some(ids.iter().map(norm).collect()),
+        _ => None,
     }
 }
 

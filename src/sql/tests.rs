@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::*;
 use crate::policy::Policy;
 
-const POLICY: &str = "\
+pub(super) const POLICY: &str = "\
 version: 1
 groups:
   app: [app_user]
