@@ -464,11 +464,7 @@ impl Catalog {
     /// and `COPY` without a column list depend on it), or that descends
     /// from two protected tables, is refused instead.
     fn map_children(&mut self, policy: &Policy) {
-        let by_oid: HashMap<Oid, (String, String)> = self
-            .relations
-            .values()
-            .map(|r| (r.oid, (r.schema.clone(), r.name.clone())))
-            .collect();
+        let by_oid = self.keys_by_oid();
         let is_policy = |k: &(String, String)| policy.table(&k.0, &k.1).is_some();
         // The policy tables a relation descends from (itself if it is one).
         fn roots(
@@ -577,11 +573,7 @@ impl Catalog {
     /// table that is an ancestor of another policy table is refused the same
     /// way (the two would bind the same rows to two tables' associated data).
     fn map_ancestors(&mut self, policy: &Policy) {
-        let by_oid: HashMap<Oid, (String, String)> = self
-            .relations
-            .values()
-            .map(|r| (r.oid, (r.schema.clone(), r.name.clone())))
-            .collect();
+        let by_oid = self.keys_by_oid();
         let is_policy = |k: &(String, String)| policy.table(&k.0, &k.1).is_some();
         // The protected relations: policy tables and their children.
         let protected: Vec<(String, String)> = self
@@ -704,6 +696,14 @@ impl Catalog {
             }
         }
         out
+    }
+
+    /// (schema, name) of every relation returned, by OID.
+    fn keys_by_oid(&self) -> HashMap<Oid, (String, String)> {
+        self.relations
+            .values()
+            .map(|r| (r.oid, (r.schema.clone(), r.name.clone())))
+            .collect()
     }
 
     fn base_attr(&self, base: &ColumnRef) -> Option<ProtectedAttr> {

@@ -252,7 +252,13 @@ pub async fn relay(
 
     match end {
         End::ClientDone => Ok(()),
-        End::ClientOverBudget { len, why, .. } => {
+        End::ClientOverBudget { len, why, .. } | End::UpstreamOverBudget { len, why } => {
+            let side = if matches!(end, End::ClientOverBudget { .. }) {
+                "client"
+            } else {
+                warn!(len, "server message refused: limits.max_buffered_bytes");
+                "server"
+            };
             let _ = send_fatal(
                 &mut cw,
                 "53200",
@@ -261,20 +267,7 @@ pub async fn relay(
             .await;
             let _ = uw.write_all(&terminate()).await;
             Err(format!(
-                "client message of {len} bytes refused: limits.max_buffered_bytes"
-            ))
-        }
-        End::UpstreamOverBudget { len, why } => {
-            warn!(len, "server message refused: limits.max_buffered_bytes");
-            let _ = send_fatal(
-                &mut cw,
-                "53200",
-                &crate::wire::budget::refusal_message(len, why),
-            )
-            .await;
-            let _ = uw.write_all(&terminate()).await;
-            Err(format!(
-                "server message of {len} bytes refused: limits.max_buffered_bytes"
+                "{side} message of {len} bytes refused: limits.max_buffered_bytes"
             ))
         }
         End::ClientIo(e) => Err(format!("client: {e}")),
