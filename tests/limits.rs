@@ -747,6 +747,15 @@ async fn large_statements_stay_within_the_memory_budget() {
         ok.iter().filter(|(i, _)| i % 2 == 0).count()
     );
 
+    // No big value reached the protected table in plaintext, refused or
+    // not (a direct read of PostgreSQL: the full scanner is not made for
+    // 256 MB sentinels).
+    let plain = fx.pg.psql(
+        "app",
+        "SELECT count(*) FROM users WHERE length(name) > 1000000 AND name NOT LIKE 'pgv1:%'",
+    );
+    assert_eq!(plain.trim(), "0", "a big value was stored in plaintext");
+
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "{n_big} statements of {mb} MB: {} succeeded ({:?}), {} refused with 53200 ({:?}), all done in {:.1} s; \
