@@ -306,9 +306,9 @@ impl Env {
                 r.into_iter()
                     .enumerate()
                     .map(|(i, v)| match i {
-                        2 | 3 | 5 | 6 | 7 => v.map(|v| {
-                            v.bytes().map(|b| format!("{b:02x}")).collect::<String>()
-                        }),
+                        2 | 3 | 5 | 6 | 7 => {
+                            v.map(|v| v.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+                        }
                         _ => v,
                     })
                     .collect()
@@ -1024,7 +1024,10 @@ fn check_splice(original: &str, edits: &[std::ops::Range<usize>], rendered: &str
     let mut kept = vec![];
     let mut at = 0;
     for e in edits {
-        assert!(e.start >= at && e.end >= e.start && e.end <= original.len(), "edit spans in order");
+        assert!(
+            e.start >= at && e.end >= e.start && e.end <= original.len(),
+            "edit spans in order"
+        );
         kept.push(&original[at..e.start]);
         at = e.end;
     }
@@ -1033,10 +1036,16 @@ fn check_splice(original: &str, edits: &[std::ops::Range<usize>], rendered: &str
     let last = kept.len() - 1;
     for (i, piece) in kept.iter().enumerate() {
         if i == 0 {
-            assert!(rendered.starts_with(piece), "kept prefix:\n{original}\n{rendered}");
+            assert!(
+                rendered.starts_with(piece),
+                "kept prefix:\n{original}\n{rendered}"
+            );
             pos = piece.len();
         } else if i == last {
-            assert!(rendered[pos..].ends_with(piece), "kept suffix:\n{original}\n{rendered}");
+            assert!(
+                rendered[pos..].ends_with(piece),
+                "kept suffix:\n{original}\n{rendered}"
+            );
         } else {
             let found = rendered[pos..]
                 .find(piece)

@@ -3,14 +3,19 @@
 //! functions, without libFuzzer: a stable-toolchain smoke test that the
 //! harness still builds against pgveil and that no known input fails.
 //!
-//! ```sh
-//! cargo test --manifest-path fuzz/Cargo.toml
-//! ```
+//! The harness source (`fuzz/src/lib.rs`) is compiled into this test of the
+//! main crate rather than through the fuzz workspace, so `cargo test` builds
+//! the dependency tree (the AWS SDK, aws-lc-sys) once, not twice: a second
+//! debug build of it costs CI ~15 GB of disk and many minutes.
 
 use std::path::Path;
 
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod pgveil_fuzz;
+
 fn replay(target: &str, run: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut n = 0;
     for dir in ["corpus", "regressions"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
