@@ -34,6 +34,10 @@ pub struct Backend {
     /// one (`Some(None)`: forwarded as they come); reset by any other
     /// message, so the pending queue is read once per result, not per row.
     streaming: Option<Option<Shape>>,
+    /// The shape of the first row decrypted since the last
+    /// CommandComplete: the columns a FETCH's audit record names (a FETCH
+    /// names none itself).
+    decrypted_shape: Option<Shape>,
     /// A row failed to decrypt since the last ReadyForQuery.
     row_failed: bool,
     /// The abort was requested when the bad row arrived (inside a block),
@@ -68,6 +72,7 @@ impl Backend {
             catalog_failed: false,
             rows: 0,
             decrypted_rows: 0,
+            decrypted_shape: None,
             decryptor: RowDecryptor::default(),
             streaming: None,
             row_failed: false,
@@ -330,6 +335,7 @@ impl Backend {
                 if !self.expect(&[Kind::Execute], "PortalSuspended without an Execute", out) {
                     return;
                 }
+                self.suspend_statement();
                 self.shared.pop();
                 out.extend_from_slice(&f.raw);
             }
@@ -811,7 +817,12 @@ impl Backend {
             .decrypt_row(&self.engine.crypto, &shape, &f.raw[5..], out)
             .await
         {
-            Ok(true) => self.decrypted_rows += 1,
+            Ok(true) => {
+                if self.decrypted_rows == 0 {
+                    self.decrypted_shape = Some(shape.clone());
+                }
+                self.decrypted_rows += 1;
+            }
             // Malformed: forwarded as it came (ciphertext only); the
             // client's driver reports the protocol error.
             Ok(false) => out.extend_from_slice(&f.raw),
@@ -880,20 +891,53 @@ impl Backend {
                 .resolve(super::Resolution::ForgetAll { portals: true }),
             _ => {}
         }
+        self.record_audit(audit, tag);
+        self.decryptor.end_statement();
+        if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
+            self.shared.pop();
+        }
+    }
+
+    /// PortalSuspended: an Execute with a row limit ended before the
+    /// portal did. What it decrypted is audited now: the client may never
+    /// run the portal to its end.
+    fn suspend_statement(&mut self) {
+        let audit = match self.shared.pending.lock().expect("pending queue").front() {
+            Some(Pending::Execute { audit, .. }) => audit.clone(),
+            _ => None,
+        };
+        self.record_audit(audit, "SUSPENDED");
+    }
+
+    /// One audit record for the rows since the last record, when they
+    /// searched or decrypted protected data.
+    fn record_audit(&mut self, audit: Option<Arc<AuditInfo>>, tag: &str) {
         if let Some(a) = audit
             && (a.searched || self.decrypted_rows > 0)
             && let Some(log) = &self.engine.audit
         {
             let mut info: AuditInfo = (*a).clone();
             info.decrypted = self.decrypted_rows > 0;
+            if info.columns.is_empty()
+                && let Some(shape) = &self.decrypted_shape
+            {
+                for d in shape.iter().flatten().filter(|d| !d.mask) {
+                    let c = &d.attr.column;
+                    let t = format!("{}.{}", c.schema, c.table);
+                    if !info.tables.contains(&t) {
+                        info.tables.push(t);
+                    }
+                    let col = c.to_string();
+                    if !info.columns.contains(&col) {
+                        info.columns.push(col);
+                    }
+                }
+            }
             log.record(&self.id, &info, tag, self.rows, "ok");
         }
         self.rows = 0;
         self.decrypted_rows = 0;
-        self.decryptor.end_statement();
-        if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
-            self.shared.pop();
-        }
+        self.decrypted_shape = None;
     }
 }
 

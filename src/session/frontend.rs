@@ -2145,7 +2145,9 @@ fn audit_info(rp: &RewritePlan) -> Option<Arc<AuditInfo>> {
             columns.push(col);
         }
     }
-    (searched || reads).then(|| {
+    // A FETCH names no column: the backend records the ones it decrypted.
+    let fetch = rp.kind == crate::sql::StatementKind::Fetch;
+    (searched || reads || fetch).then(|| {
         Arc::new(AuditInfo {
             tables,
             columns,

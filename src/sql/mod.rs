@@ -206,6 +206,8 @@ pub enum StatementKind {
     Delete,
     Copy,
     Explain,
+    /// SQL `FETCH` from a cursor (see [`RewritePlan::fetch`]).
+    Fetch,
     /// DDL mentioning a protected table: refresh the catalog afterwards.
     Ddl,
     Other,
@@ -253,6 +255,30 @@ pub struct RewritePlan {
 }
 
 impl RewritePlan {
+    /// SQL `FETCH` (any direction and count; `MOVE` returns no rows): sent
+    /// as written, and marked protected so that its result is shaped like a
+    /// SELECT's. PostgreSQL describes a FETCH's columns with the table and
+    /// column they come from (the cursor's target list, also after a WITH
+    /// HOLD cursor outlives its transaction), so the backend decrypts the
+    /// columns this role may read and masks the blind indexes it may not
+    /// search exactly as for the SELECT the cursor runs. The cursor's query
+    /// itself was planned (and refused or rewritten) at DECLARE.
+    pub fn fetch(text: &str, source: Range<usize>) -> RewritePlan {
+        RewritePlan {
+            kind: StatementKind::Fetch,
+            sql: vec![Segment::Text(text.to_string())],
+            literals: vec![],
+            params: vec![],
+            param_type_overrides: vec![],
+            parse_param_types: vec![],
+            touched: vec![],
+            unchanged: true,
+            edits: vec![],
+            source,
+            result_columns: None,
+        }
+    }
+
     /// Render the statement, turning each literal slot into SQL text with
     /// `literal(index, slot)`.
     pub fn render(&self, mut literal: impl FnMut(usize, &LiteralSlot) -> String) -> String {
@@ -368,7 +394,8 @@ impl Analyzer {
                 .tables
                 .iter()
                 .map(|t| t.table.clone())
-                .chain(rewrite::READS_ANY_TABLE.iter().map(|n| n.to_string())),
+                .chain(rewrite::READS_ANY_TABLE.iter().map(|n| n.to_string()))
+                .chain(fetch_word(&policy)),
         );
         Analyzer {
             policy,
@@ -417,6 +444,7 @@ impl Analyzer {
         names.extend(a.views.keys().map(|(_, n)| n.clone()));
         names.extend(a.children.keys().map(|(_, n)| n.clone()));
         names.extend(rewrite::READS_ANY_TABLE.iter().map(|n| n.to_string()));
+        names.extend(fetch_word(&a.policy));
         a.names = lex::NameSet::new(names);
         a
     }
@@ -489,8 +517,19 @@ impl Analyzer {
                 sql: text.to_string(),
             };
         }
+        if rewrite::is_fetch(text) {
+            return StatementPlan::Rewrite(RewritePlan::fetch(text, r));
+        }
         rewrite::plan_statement(self, text, r, role, params)
     }
+}
+
+/// The word FETCH joins the pre-check while a policy protects anything: a
+/// SQL `FETCH` from a cursor declared over protected tables names no table,
+/// but its rows are protected data. It is planned as the cursor's SELECT
+/// would be at result time (see [`RewritePlan::fetch`]).
+fn fetch_word(policy: &Policy) -> Option<String> {
+    (!policy.tables.is_empty()).then(|| "fetch".to_string())
 }
 
 /// The word SCHEMA, for the pre-check (see [`Analyzer::may_touch_protected`]).

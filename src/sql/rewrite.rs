@@ -2723,9 +2723,11 @@ impl<'a> Cx<'a> {
                 for d in stmts.iter_mut() {
                     match &mut d.for_query {
                         Some(q) if d.assignment.is_none() => {
-                            let outs = self.query(q, &[])?;
-                            // FETCH names no table: its rows are not planned.
-                            self.exported(&outs, "a cursor (DECLARE … CURSOR FOR)")?;
+                            // The rules of the SELECT it runs: a FETCH from
+                            // the cursor is shaped by its row description
+                            // (see `RewritePlan::fetch`), as the SELECT's
+                            // result would be.
+                            self.query(q, &[])?;
                         }
                         _ => {
                             return Err(Reject::unsupported(format!(
@@ -4050,6 +4052,14 @@ fn ref_parts(e: &Expr) -> Option<Vec<String>> {
         Expr::CompoundIdentifier(ids) => Some(ids.iter().map(norm).collect()),
         _ => None,
     }
+}
+
+/// The statement is a SQL `FETCH` (its first token, as PostgreSQL reads
+/// it; comments and whitespace before it do not count).
+pub(crate) fn is_fetch(text: &str) -> bool {
+    pglex::tokens(text).first().is_some_and(|t| {
+        t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("fetch")
+    })
 }
 
 fn leading_keywords(text: &str) -> String {

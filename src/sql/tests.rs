@@ -927,6 +927,49 @@ fn declare_cursor_is_analyzed() {
     assert!(matches!(v[0], StatementPlan::Reject { .. }));
 }
 
+#[test]
+fn fetch_is_planned_as_a_protected_result_and_sent_as_written() {
+    for sql in [
+        "FETCH 1 FROM c",
+        "fetch c",
+        "FETCH 5 c",
+        "FETCH RELATIVE -2 FROM \"Users\"",
+        "/* x */ FETCH BACKWARD ALL IN c",
+    ] {
+        let v = simple(sql, "app_user");
+        let StatementPlan::Rewrite(r) = &v[0] else {
+            panic!("{sql}: {:?}", v[0]);
+        };
+        assert_eq!(r.kind, StatementKind::Fetch, "{sql}");
+        assert!(r.unchanged && r.edits.is_empty() && r.params.is_empty());
+        assert_eq!(shown(r), sql);
+    }
+    // The word elsewhere costs a parse, not a refusal or an edit.
+    for sql in [
+        "SELECT id FROM orders FETCH FIRST 1 ROWS ONLY",
+        "SELECT 'fetch'",
+        "MOVE ABSOLUTE 0 IN c",
+    ] {
+        let v = simple(sql, "app_user");
+        match &v[0] {
+            StatementPlan::Passthrough { sql: s } => assert_eq!(s, sql),
+            StatementPlan::Rewrite(r) => {
+                assert!(r.unchanged && r.kind != StatementKind::Fetch, "{sql}");
+                assert_eq!(shown(r), sql);
+            }
+            p => panic!("{sql}: {p:?}"),
+        }
+    }
+    // Protected tables with FETCH FIRST are analysed as any SELECT.
+    let v = simple(
+        "SELECT name FROM users WHERE email = 'x' FETCH FIRST 1 ROWS ONLY",
+        "app_user",
+    );
+    let r = rw(v[0].clone());
+    assert_eq!(r.kind, StatementKind::Select);
+    assert!(shown(&r).contains("email_bidx = {0:BlindIndex}"));
+}
+
 /// Whether `sql` has a word that is the name of a protected table of
 /// [`POLICY`] (identifiers compared case-insensitively, quotes ignored).
 fn names_protected_table(sql: &str) -> bool {
