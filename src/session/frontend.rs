@@ -462,6 +462,13 @@ pub struct Frontend {
     pub engine: Arc<super::Engine>,
     /// Prepared statements and portals that involve protected tables.
     names: Names,
+    /// A cursor over protected tables may exist: this session sent a
+    /// `DECLARE` pgveil planned as protected (set when it is planned, never
+    /// cleared: over-approximating only makes results shaped). SQL cursors
+    /// are portals too, which a client may Describe or Execute through the
+    /// protocol (psycopg describes its named cursors so): such a portal is
+    /// then treated as protected, its rows shaped by its row description.
+    protected_cursors: bool,
     skip_until_sync: bool,
     /// The COPY FROM STDIN that PostgreSQL may be in when it reads the
     /// client's next message: its id (see [`Pending::CopySync`]). Opened by
@@ -507,6 +514,7 @@ impl Frontend {
             shared,
             engine,
             names: Names::default(),
+            protected_cursors: false,
             skip_until_sync: false,
             copy_window: None,
             copy_rest: 0..0,
@@ -818,11 +826,12 @@ impl Frontend {
                                 prepared: self.names.possible(Space::Statement, key).0,
                             })
                         } else {
-                            let protected = self
-                                .names
-                                .possible(Space::Portal, key)
-                                .0
-                                .is_some_and(|p| p.plan.is_some() || p.copy.is_some());
+                            let known = self.names.possible(Space::Portal, key).0;
+                            let protected = match known {
+                                Some(p) => p.plan.is_some() || p.copy.is_some(),
+                                // Maybe a SQL cursor (see `protected_cursors`).
+                                None => self.protected_cursors,
+                            };
                             self.shared.push(Pending::DescribePortal {
                                 portal: key.to_string(),
                                 protected,
@@ -865,10 +874,30 @@ impl Frontend {
                     }
                 };
                 let protected = prepared.is_some();
-                let audit = prepared
+                let mut audit = prepared
                     .as_ref()
                     .and_then(|p| p.plan.as_ref())
                     .and_then(|p| audit_info(p));
+                // A portal pgveil did not bind may be a SQL cursor over
+                // protected tables: learn its row shape first, so its rows
+                // are shaped as a FETCH's would be (an unknown portal makes
+                // this Describe fail as the Execute would have).
+                let cursor = prepared.is_none() && self.protected_cursors;
+                if cursor {
+                    m::encode_describe(out, b'P', &portal);
+                    self.shared.push(Pending::DescribePortal {
+                        portal: portal.clone(),
+                        protected: true,
+                        internal: true,
+                    });
+                    audit = Some(Arc::new(AuditInfo {
+                        tables: vec![],
+                        columns: vec![],
+                        searched: false,
+                        decrypted: false,
+                    }));
+                }
+                let protected = protected || cursor;
                 // A portal pgveil does not know may be a COPY FROM STDIN of
                 // an unprotected table (pass-through statements are not
                 // recorded): PostgreSQL tells at its answer.
@@ -1812,10 +1841,13 @@ impl Frontend {
     /// before Bind: it becomes an appended parameter, and the indices of
     /// such slots are returned.
     async fn render(
-        &self,
+        &mut self,
         rp: &RewritePlan,
         extended: bool,
     ) -> Result<(String, Vec<usize>), Refusal> {
+        if rp.kind == crate::sql::StatementKind::Declare {
+            self.protected_cursors = true;
+        }
         let entry = self.entry();
         let mut rendered = Vec::with_capacity(rp.literals.len());
         let mut deferred = Vec::new();

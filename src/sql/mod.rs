@@ -208,6 +208,8 @@ pub enum StatementKind {
     Explain,
     /// SQL `FETCH` from a cursor (see [`RewritePlan::fetch`]).
     Fetch,
+    /// SQL `DECLARE … CURSOR FOR` a SELECT on protected tables.
+    Declare,
     /// DDL mentioning a protected table: refresh the catalog afterwards.
     Ddl,
     Other,

@@ -2737,7 +2737,7 @@ impl<'a> Cx<'a> {
                         }
                     }
                 }
-                StatementKind::Select
+                StatementKind::Declare
             }
             Statement::CreateView(v) => {
                 let probe = v.query.clone();

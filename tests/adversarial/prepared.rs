@@ -70,6 +70,12 @@ pub(crate) mod raw {
         frame(b'E', &b)
     }
 
+    pub fn describe_portal(name: &str) -> Vec<u8> {
+        let mut b = vec![b'P'];
+        cstr(&mut b, name);
+        frame(b'D', &b)
+    }
+
     pub fn close_statement(name: &str) -> Vec<u8> {
         let mut b = vec![b'S'];
         cstr(&mut b, name);
@@ -232,7 +238,7 @@ pub(crate) mod raw {
     }
 }
 
-use raw::{Raw, bind, close_statement, errors, execute, parse, query, rows, sync};
+use raw::{Raw, bind, close_statement, describe_portal, errors, execute, parse, query, rows, sync};
 
 const INSERT: &str = "INSERT INTO users (email, name) VALUES ($1, $2)";
 
@@ -1100,4 +1106,94 @@ async fn sql_fetch_from_a_protected_portal_is_refused() {
         "the blind index reached a role that may not search"
     );
     fx.assert_no_plaintext(&[victim]).await;
+}
+
+/// SQL cursors are portals too: a client may Describe or Execute one
+/// through the protocol (psycopg describes its named cursors). Its rows are
+/// shaped as a FETCH's are: for a role that may not search, the blind index
+/// arrives masked whether the cursor is fetched in SQL or executed as a
+/// portal, with or without a Describe first, and with a row limit; a read
+/// role gets plaintext and the plaintext type. A portal that does not
+/// exist fails as it would without pgveil.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_cursors_executed_as_protocol_portals_are_shaped() {
+    let fx = Calmony::start();
+    let app = fx.app("calmony_app").await;
+    let victim = "attack-cursor-portal-7812@example.com";
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, 'Cursor Portal Victim')",
+        &[&victim],
+    )
+    .await
+    .unwrap();
+    let mut c = Raw::login(fx.pv.addr(), "signup").await;
+    c.send(&[query(
+        "BEGIN; DECLARE cur SCROLL CURSOR FOR SELECT * FROM users",
+    )])
+    .await;
+    assert_ok(&c.until_ready().await, "DECLARE");
+    // Execute without a Describe, with a row limit, then to the end.
+    let mut limited = execute("cur");
+    let n = limited.len();
+    limited[n - 4..].copy_from_slice(&1i32.to_be_bytes());
+    for msgs in [
+        vec![limited.clone(), sync()],
+        vec![query("MOVE ABSOLUTE 0 IN cur"), execute("cur"), sync()],
+        vec![
+            query("MOVE ABSOLUTE 0 IN cur"),
+            describe_portal("cur"),
+            execute("cur"),
+            sync(),
+        ],
+    ] {
+        c.send(&msgs).await;
+        let mut m = c.until_ready().await;
+        if msgs.len() >= 3 {
+            m.extend(c.until_ready().await);
+        }
+        assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+        let r = rows(&m);
+        assert_eq!(r.len(), 1, "{}", raw::tags(&m));
+        assert_eq!(
+            r[0][2], None,
+            "the blind index reached a role that may not search"
+        );
+        assert!(
+            r[0][1].as_deref().unwrap().starts_with("\\x7076"),
+            "email as stored"
+        );
+    }
+    // A portal that does not exist: PostgreSQL's own error, in step.
+    c.send(&[execute("nope"), sync()]).await;
+    let m = c.until_ready().await;
+    assert_eq!(errors(&m).len(), 1, "{}", raw::tags(&m));
+    assert_eq!(errors(&m)[0].1, "34000");
+    c.send(&[query("ROLLBACK")]).await;
+    assert_ok(&c.until_ready().await, "ROLLBACK");
+
+    // A read role: Describe shows text, Execute decrypts.
+    let mut r = Raw::login(fx.pv.addr(), "calmony_app").await;
+    r.send(&[query(
+        "BEGIN; DECLARE cur CURSOR FOR SELECT email, name FROM users",
+    )])
+    .await;
+    assert_ok(&r.until_ready().await, "DECLARE");
+    r.send(&[describe_portal("cur"), execute("cur"), sync()])
+        .await;
+    let m = r.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+    let desc = m.iter().find(|m| m.0 == b'T').expect("RowDescription");
+    // First field: name, table oid (4), attnum (2), type oid (4).
+    let at = desc.1[2..].iter().position(|&b| b == 0).unwrap() + 3;
+    let ty = u32::from_be_bytes(desc.1[at + 6..at + 10].try_into().unwrap());
+    assert_eq!(ty, 25, "email described as text");
+    assert_eq!(
+        rows(&m),
+        vec![vec![
+            Some(victim.to_string()),
+            Some("Cursor Portal Victim".to_string())
+        ]]
+    );
+    fx.assert_no_plaintext(&[victim, "Cursor Portal Victim"])
+        .await;
 }
