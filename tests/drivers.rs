@@ -1196,6 +1196,10 @@ async fn jdbc() {
         .find(|r| r["step"] == "prepared_many")
         .unwrap();
     assert!(prepared["server_prepared"].as_i64().unwrap() >= 2);
+    assert!(
+        report.iter().any(|r| r["step"] == "fetch_size"),
+        "setFetchSize reads reported"
+    );
     verify(&fx, &s, s.final_users(), &[]).await;
 }
 

@@ -2821,6 +2821,14 @@ impl<'a> Cx<'a> {
                     mentioned(self.an, text)
                 )));
             }
+            Statement::CreateFunction(_)
+            | Statement::CreateProcedure { .. }
+            | Statement::CreateTrigger(_) => {
+                return Err(Reject::unsupported(format!(
+                    "pgveil: a function, procedure or trigger body that mentions protected table {} is not supported: pgveil cannot see the values inside it, and PostgreSQL would store them as written; send the statements themselves through pgveil (Sequelize's findOrCreate creates such a function: use findCreateFind, see docs/orm.md)",
+                    mentioned(self.an, text)
+                )));
+            }
             Statement::Merge(_) => {
                 return Err(Reject::unsupported(format!(
                     "pgveil: MERGE on protected table {} is not supported: use INSERT … ON CONFLICT or UPDATE",

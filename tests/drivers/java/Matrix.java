@@ -212,6 +212,26 @@ public class Matrix {
         }
         ok("");
 
+        // setFetchSize in a transaction: pgjdbc reads through a protocol
+        // portal, an Execute with a row limit per batch (PortalSuspended
+        // between them), on both the plain Statement and the prepared path.
+        step = "fetch_size";
+        app.setAutoCommit(false);
+        try (PreparedStatement ps = app.prepareStatement("SELECT email, name FROM users WHERE email <> ? ORDER BY id")) {
+            ps.setFetchSize(1);
+            ps.setString(1, email("nobody"));
+            expect(collect(ps.executeQuery()),
+                list(row(email("bob"), name("Bob Updated")), row(email("cat2"), name("Cat Example"))), "fetch size 1");
+        }
+        try (Statement st = app.createStatement()) {
+            st.setFetchSize(1);
+            expect(collect(st.executeQuery("SELECT email, name FROM users ORDER BY id")),
+                list(row(email("bob"), name("Bob Updated")), row(email("cat2"), name("Cat Example"))), "statement fetch size 1");
+        }
+        app.commit();
+        app.setAutoCommit(true);
+        ok("");
+
         step = "read_ciphertext";
         try (Connection dba = connect("dba"); Statement st = dba.createStatement()) {
             ResultSet rs = st.executeQuery("SELECT email, name FROM users ORDER BY id");
