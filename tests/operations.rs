@@ -317,6 +317,47 @@ async fn backfill_refuses_tables_without_a_primary_key_and_bad_usage() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = fx.encrypt(&["--batch", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // pgveil's own address is refused (it reports itself at login): the
+    // command must reach PostgreSQL directly.
+    for cmd in ["encrypt", "rotate"] {
+        let out = fx.run(&[cmd, "--database", &fx.url("postgres")]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("is a pgveil"), "{}", text(&out));
+    }
+    let out = fx.run(&["policy", "check", "--database", &fx.url("postgres")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is a pgveil"), "{}", text(&out));
+    // Passwords never appear in messages, whatever the connection-string form.
+    for db in [
+        "host=127.0.0.1 port=1 user=x dbname=app password=hunter2",
+        "host=127.0.0.1 port=1 user=x password = 'hun ter2' dbname=app",
+        "postgres://x:hunter2@127.0.0.1:1/app",
+        "postgres://x@127.0.0.1:1/app?password=hunter2",
+    ] {
+        let out = fx.run(&["encrypt", "--database", db]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+        assert!(
+            !text(&out).contains("hunter2") && !text(&out).contains("hun ter2"),
+            "{}",
+            text(&out)
+        );
+    }
+    // --password-file is read (and its failure named).
+    let out = fx.run(&[
+        "encrypt",
+        "--database",
+        &format!("postgres://postgres@127.0.0.1:{}/app", fx.pg.port()),
+        "--password-file",
+        "/nonexistent/pgveil-password",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--password-file /nonexistent/pgveil-password"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test]
@@ -734,14 +775,28 @@ async fn shred_makes_a_tenant_unreadable_in_a_restored_dump_only() {
         t.contains("public.pay_customers") && t.contains("current"),
         "{t}"
     );
-    let t = assert_ok(&fx.run(&["shred", "--tenant", "1"]));
+    // A dry run says what would become unreadable and changes nothing;
+    // without a terminal and without --yes, shred refuses.
+    let t = assert_ok(&fx.run(&["shred", "--tenant", "1", "--dry-run"]));
+    assert!(
+        t.contains(
+            "1 live data key version(s) of 1 table(s) would be destroyed (public.pay_customers)"
+        ) && t.contains("dry run: nothing changed"),
+        "{t}"
+    );
+    let out = fx.run(&["shred", "--tenant", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pass --yes"), "{}", text(&out));
+    let t = assert_ok(&fx.run(&["keys", "list", "--tenant", "1"]));
+    assert!(t.contains("current"), "nothing shredded yet: {t}");
+    let t = assert_ok(&fx.run(&["shred", "--tenant", "1", "--yes"]));
     assert!(t.contains("destroyed 1 data key version"), "{t}");
     let t = assert_ok(&fx.run(&["keys", "list", "--tenant", "1"]));
     assert!(t.contains("destroyed") && !t.contains("current"), "{t}");
     let t = assert_ok(&fx.run(&["keys", "list", "--tenant", "2"]));
     assert!(t.contains("current"), "{t}");
     // Shredding again is not an error.
-    let t = assert_ok(&fx.run(&["shred", "--tenant", "1"]));
+    let t = assert_ok(&fx.run(&["shred", "--tenant", "1", "--yes"]));
     assert!(t.contains("already shredded"), "{t}");
 
     // Restore the pre-shred dump into a new database.

@@ -589,13 +589,24 @@ impl TablePlan {
             },
             collector
         );
+        // A worker that panicked sent nothing for its batch: the run failed,
+        // whatever the others did.
+        let mut panicked = None;
         for w in workers {
-            let _ = w.await;
+            if let Err(e) = w.await {
+                panicked.get_or_insert(e);
+            }
         }
         progress.finish();
         produced?;
         if let Some(e) = failed {
             return Err(e);
+        }
+        if let Some(e) = panicked {
+            return Err(format!(
+                "{}: a worker failed ({e}) after {} row(s) were scanned: nothing is lost (each batch is its own transaction); run the command again, and report the failure if it repeats",
+                self.name, sum.scanned
+            ));
         }
         sum.elapsed = started.elapsed();
         Ok(sum)

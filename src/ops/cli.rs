@@ -52,6 +52,10 @@ pub enum Command {
         /// through pgveil), e.g. postgres://owner@host/db
         #[arg(long)]
         database: String,
+        /// Password for --database when its connection string has none: this
+        /// file's first line (else PGPASSWORD, else ~/.pgpass, as libpq).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
         /// Only this table (schema.table, or a table name the policy has once).
         #[arg(long)]
         table: Option<String>,
@@ -72,6 +76,10 @@ pub enum Command {
         /// PostgreSQL URL of the data database (direct, not through pgveil).
         #[arg(long)]
         database: String,
+        /// Password for --database when its connection string has none: this
+        /// file's first line (else PGPASSWORD, else ~/.pgpass, as libpq).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
         /// Only this table (schema.table, or a table name the policy has once).
         #[arg(long)]
         table: Option<String>,
@@ -98,6 +106,12 @@ pub enum Command {
         /// The tenant id, as the tenant column's value in text form.
         #[arg(long)]
         tenant: String,
+        /// Show what would become unreadable and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (scripts; there is no undo).
+        #[arg(long)]
+        yes: bool,
     },
     /// Key utilities.
     Keys {
@@ -117,6 +131,10 @@ pub enum PolicyCommand {
         /// PostgreSQL URL of the database to check, e.g. postgres://user@host/db
         #[arg(long)]
         database: Option<String>,
+        /// Password for --database when its connection string has none: this
+        /// file's first line (else PGPASSWORD, else ~/.pgpass, as libpq).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -164,6 +182,23 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Command::Encrypt {
+        password_file: Some(f),
+        ..
+    }
+    | Command::Rotate {
+        password_file: Some(f),
+        ..
+    }
+    | Command::Policy {
+        command: PolicyCommand::Check {
+            password_file: Some(f),
+            ..
+        },
+    } = &cli.command
+    {
+        crate::ops::db::set_password_file(f.clone());
+    }
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Demo { no_wait } => {
@@ -177,7 +212,9 @@ pub fn main() -> i32 {
             }
         }
         Command::Policy {
-            command: PolicyCommand::Check { config, database },
+            command: PolicyCommand::Check {
+                config, database, ..
+            },
         } => policy_check(config, database),
         Command::Encrypt {
             config,
@@ -185,6 +222,7 @@ pub fn main() -> i32 {
             table,
             batch,
             jobs,
+            ..
         } => backfill(
             config,
             database,
@@ -200,6 +238,7 @@ pub fn main() -> i32 {
             batch,
             jobs,
             new_version,
+            ..
         } => backfill(
             config,
             database,
@@ -208,9 +247,21 @@ pub fn main() -> i32 {
             crate::ops::backfill::Mode::Rotate,
             new_version,
         ),
-        Command::Shred { config, tenant } => with_keys(&config, |k| {
-            Box::pin(async move { crate::ops::shred::shred(&k, &tenant).await })
-        }),
+        Command::Shred {
+            config,
+            tenant,
+            dry_run,
+            yes,
+        } => {
+            let confirm = match (dry_run, yes) {
+                (true, _) => crate::ops::shred::Confirm::DryRun,
+                (false, true) => crate::ops::shred::Confirm::Yes,
+                (false, false) => crate::ops::shred::Confirm::Ask,
+            };
+            with_keys(&config, move |k| {
+                Box::pin(async move { crate::ops::shred::shred(&k, &tenant, confirm).await })
+            })
+        }
         Command::Keys {
             command: KeysCommand::List { config, tenant },
         } => with_keys(&config, |k| {

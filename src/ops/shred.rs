@@ -4,12 +4,25 @@ use std::time::SystemTime;
 
 use crate::keys::{KeyManager, KeyRecord};
 
+/// Whether `pgveil shred` asks before destroying keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// Print what would become unreadable; change nothing.
+    DryRun,
+    /// Ask on the terminal (type the tenant id); refuse without one.
+    Ask,
+    /// `--yes`: no question.
+    Yes,
+}
+
 /// `pgveil shred`: destroy every data key of `tenant`. Exit 1 if the
 /// keystore has never held a key for it (a typo must not look like success).
 /// Every spelling of the tenant id in the keystore is shredded: envelopes
 /// written before tenant ids were canonicalised to the tenant column's type
-/// use the id as the client wrote it (`042` for tenant 42).
-pub async fn shred(keys: &KeyManager, tenant: &str) -> i32 {
+/// use the id as the client wrote it (`042` for tenant 42). It first shows
+/// what becomes unreadable; `Confirm` decides whether it then asks, goes
+/// on, or stops there.
+pub async fn shred(keys: &KeyManager, tenant: &str, confirm: Confirm) -> i32 {
     let before: Vec<KeyRecord> = match keys.list_keys(None).await {
         Ok(r) => r
             .into_iter()
@@ -31,6 +44,39 @@ pub async fn shred(keys: &KeyManager, tenant: &str) -> i32 {
             "tenant {tenant:?} has no data keys in the keystore: check the id (it is the tenant column's value as text); `pgveil keys list` shows every tenant"
         );
         return 1;
+    }
+    let live: Vec<&KeyRecord> = before.iter().filter(|r| !r.destroyed).collect();
+    let tables: std::collections::BTreeSet<&str> = live.iter().map(|r| r.table.as_str()).collect();
+    println!(
+        "tenant {tenant:?}: {} live data key version(s) of {} table(s) would be destroyed ({}); every value encrypted under them becomes unreadable for good, in the database, its replicas and its backups",
+        live.len(),
+        tables.len(),
+        tables.iter().copied().collect::<Vec<_>>().join(", ")
+    );
+    match confirm {
+        Confirm::DryRun => {
+            println!("dry run: nothing changed");
+            return 0;
+        }
+        Confirm::Yes => {}
+        Confirm::Ask if live.is_empty() => {}
+        Confirm::Ask => {
+            use std::io::{BufRead, IsTerminal, Write};
+            if !std::io::stdin().is_terminal() {
+                eprintln!(
+                    "refusing to shred without confirmation: run it on a terminal, or pass --yes (there is no undo; --dry-run shows what it would do)"
+                );
+                return 1;
+            }
+            print!("type the tenant id to confirm: ");
+            let _ = std::io::stdout().flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            if line.trim_end_matches(['\n', '\r']) != tenant {
+                eprintln!("not confirmed: nothing changed");
+                return 1;
+            }
+        }
     }
     let mut total = Ok(0);
     for s in &spellings {

@@ -263,6 +263,17 @@ async fn run(
                         fe.set_lex_state(lex.clone());
                         transform = Some((fe, Backend::new(id, st, engine.clone())));
                     }
+                    // Tell the client it is talking to pgveil (an unknown
+                    // ParameterStatus: drivers keep or ignore it). pgveil's
+                    // own operations commands refuse to run through one.
+                    write_client(
+                        &mut client,
+                        &msg::parameter_status(
+                            PGVEIL_PARAMETER,
+                            concat!("pgveil ", env!("CARGO_PKG_VERSION")),
+                        ),
+                    )
+                    .await?;
                     write_client(&mut client, &f.raw).await?;
                     break;
                 }
@@ -306,6 +317,11 @@ async fn run(
     }
     result
 }
+
+/// The ParameterStatus pgveil reports to every client at login (value:
+/// `pgveil <version>`): how pgveil's operations commands recognise a
+/// pgveil given where PostgreSQL was meant.
+pub const PGVEIL_PARAMETER: &str = "pgveil_version";
 
 /// The server connection failed before the session started: tell the
 /// client (08006 for a lost connection, 08P01 for an invalid message), count

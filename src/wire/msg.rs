@@ -207,6 +207,15 @@ pub fn ready_for_query(status: u8) -> Bytes {
     b.freeze()
 }
 
+pub fn parameter_status(name: &str, value: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(name.len() + value.len() + 7);
+    let s = begin(&mut b, b'S');
+    put_cstr(&mut b, name);
+    put_cstr(&mut b, value);
+    finish(&mut b, s);
+    b.freeze()
+}
+
 pub fn backend_key_data(pid: u32, secret: u32) -> Bytes {
     let mut b = BytesMut::with_capacity(13);
     let s = begin(&mut b, b'K');

@@ -627,7 +627,7 @@ async fn tenant_ids_are_canonical_before_they_select_a_key() {
         .unwrap();
     assert_eq!(r[4].get::<_, String>(0), s_legacy);
     // Shredding 42 destroys the keys of both spellings.
-    let out = fx.run(&["shred", "--tenant", "42"]);
+    let out = fx.run(&["shred", "--tenant", "42", "--yes"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
