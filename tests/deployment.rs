@@ -699,7 +699,7 @@ fn docker_files_match_readme_and_config() {
     std::fs::copy(repo("docker/pgveil.yaml"), dir.path().join("pgveil.yaml")).unwrap();
     write_file(dir.path(), "policies/calmony.yaml", POLICY);
     let out = pgveil_cmd()
-        .args(["policy", "check", "--config"])
+        .args(["policy", "check", "--offline", "--config"])
         .arg(dir.path().join("pgveil.yaml"))
         .env_remove("PGVEIL_CONFIG")
         .env("PGVEIL_MASTER_KEY", MASTER_KEY)

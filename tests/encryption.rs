@@ -1026,24 +1026,86 @@ async fn catalog_is_reloaded_after_ddl_through_pgveil() {
 #[tokio::test]
 async fn policy_check_reports_schema_problems_with_fixes() {
     let fx = setup();
-    let ok = pgveil_cmd()
-        .args(["policy", "check", "--config"])
-        .arg(fx.pv.config_path())
-        .args(["--database", &fx.pg.url("postgres", "app")])
-        .output()
-        .unwrap();
+    let ok = fx.run(&[
+        "policy",
+        "check",
+        "--database",
+        &fx.pg.url("postgres", "app"),
+    ]);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    fx.pg.psql("app", "ALTER TABLE public.users DROP COLUMN email_bidx; ALTER TABLE phi.member_profile ALTER COLUMN ssn TYPE text USING 'x'");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("checked: config, policy, secrets, keystore and master key, schema"),
+        "{out}"
+    );
+    // --json: one object.
+    let j = fx.run(&["policy", "check", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    // Secrets missing (the key variables unset): every problem at once,
+    // keystore check skipped only with --offline.
     let bad = pgveil_cmd()
-        .args(["policy", "check", "--config"])
+        .args(["policy", "check", "--json", "--config"])
         .arg(fx.pv.config_path())
-        .args(["--database", &fx.pg.url("postgres", "app")])
+        .env_remove("PGVEIL_TEST_MASTER_KEY")
+        .env_remove("PGVEIL_TEST_BIDX_KEY")
         .output()
         .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("PGVEIL_TEST_MASTER_KEY") && problems.contains("PGVEIL_TEST_BIDX_KEY"),
+        "{v}"
+    );
+    // An unreachable keystore is a problem unless --offline.
+    let cfg = std::fs::read_to_string(fx.pv.config_path()).unwrap();
+    let port = fx.pg.port().to_string();
+    let moved = fx.pv.dir().join("unreachable.yaml");
+    std::fs::write(
+        &moved,
+        cfg.replace(
+            &format!("127.0.0.1:{port}/pgveil_keys"),
+            "127.0.0.1:1/pgveil_keys",
+        ),
+    )
+    .unwrap();
+    let check = |offline: bool| {
+        let mut c = pgveil_cmd();
+        c.args(["policy", "check", "--config"])
+            .arg(&moved)
+            .env("PGVEIL_TEST_MASTER_KEY", common::calmony::MASTER_KEY)
+            .env("PGVEIL_TEST_BIDX_KEY", common::calmony::BIDX_KEY)
+            .env_remove("PGVEIL_CONFIG");
+        if offline {
+            c.arg("--offline");
+        }
+        c.output().unwrap()
+    };
+    let out = check(false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keystore:") && err.contains("--offline"),
+        "{err}"
+    );
+    let out = check(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.pg.psql("app", "ALTER TABLE public.users DROP COLUMN email_bidx; ALTER TABLE phi.member_profile ALTER COLUMN ssn TYPE text USING 'x'");
+    let bad = fx.run(&[
+        "policy",
+        "check",
+        "--database",
+        &fx.pg.url("postgres", "app"),
+    ]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("policy.yaml:"), "file:line: {err}");

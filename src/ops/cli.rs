@@ -122,12 +122,21 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Validate the policy (file:line for every problem); with --database,
-    /// also check that protected, blind-index and tenant columns exist with
-    /// the right types, printing the ALTER TABLE that fixes each problem.
+    /// Pre-flight everything `serve` needs, reporting every problem at once:
+    /// the config and policy (file:line), the secrets (master keys,
+    /// blind-index key), the keystore and master key provider (unless
+    /// --offline); with --database, that protected, blind-index and tenant
+    /// columns exist with the right types (printing the ALTER TABLE that
+    /// fixes each problem).
     Check {
         #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
         config: PathBuf,
+        /// Skip the checks that need the network (keystore, KMS).
+        #[arg(long)]
+        offline: bool,
+        /// One JSON object on stdout: {"ok", "passed": [...], "problems": [...]}.
+        #[arg(long)]
+        json: bool,
         /// PostgreSQL URL of the database to check, e.g. postgres://user@host/db
         #[arg(long)]
         database: Option<String>,
@@ -150,6 +159,9 @@ pub enum KeysCommand {
         /// Only this tenant's keys.
         #[arg(long)]
         tenant: Option<String>,
+        /// One JSON array on stdout, an object per key version.
+        #[arg(long)]
+        json: bool,
     },
     /// Create a new data-key version for new writes (older versions still
     /// decrypt); then run `pgveil rotate` to re-encrypt existing rows.
@@ -212,10 +224,15 @@ pub fn main() -> i32 {
             }
         }
         Command::Policy {
-            command: PolicyCommand::Check {
-                config, database, ..
-            },
-        } => policy_check(config, database),
+            command:
+                PolicyCommand::Check {
+                    config,
+                    database,
+                    offline,
+                    json,
+                    ..
+                },
+        } => policy_check(config, database, offline, json),
         Command::Encrypt {
             config,
             database,
@@ -263,9 +280,14 @@ pub fn main() -> i32 {
             })
         }
         Command::Keys {
-            command: KeysCommand::List { config, tenant },
-        } => with_keys(&config, |k| {
-            Box::pin(async move { crate::ops::shred::list(&k, tenant.as_deref()).await })
+            command:
+                KeysCommand::List {
+                    config,
+                    tenant,
+                    json,
+                },
+        } => with_keys(&config, move |k| {
+            Box::pin(async move { crate::ops::shred::list(&k, tenant.as_deref(), json).await })
         }),
         Command::Keys {
             command:
@@ -432,56 +454,66 @@ fn serve(config: PathBuf) -> i32 {
     }
 }
 
-fn policy_check(config: PathBuf, database: Option<String>) -> i32 {
-    let cfg = match load_config(&config) {
+fn policy_check(config: PathBuf, database: Option<String>, offline: bool, json: bool) -> i32 {
+    init_logging_default("error");
+    let fail = |problem: String| {
+        if json {
+            let r = crate::ops::preflight::Report {
+                passed: vec![],
+                problems: vec![problem],
+            };
+            println!("{}", report_json(&r));
+        } else {
+            eprintln!("{problem}");
+        }
+        1
+    };
+    let cfg = match Config::load(&config) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => return fail(e.to_string()),
     };
     let Some(path) = cfg.policy_path() else {
-        eprintln!(
+        return fail(format!(
             "{}: no `policy:` configured: add `policy: <file>`",
             config.display()
-        );
-        return 1;
+        ));
     };
     let policy = match crate::policy::Policy::load(&path) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let Some(url) = database else {
-        println!(
-            "{}: policy is valid ({} tables)",
-            path.display(),
-            policy.tables.len()
-        );
-        return 0;
+        Err(e) => return fail(e.to_string()),
     };
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let problems = runtime().block_on(async {
-        let client = crate::ops::db::connect(&url).await?;
-        Ok::<_, String>(crate::policy::check::check_schema(&policy, &text, &client).await)
-    });
-    match problems {
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
+    let report = runtime().block_on(crate::ops::preflight::run(
+        &cfg,
+        &policy,
+        &text,
+        database.as_deref(),
+        offline,
+    ));
+    let ok = report.problems.is_empty();
+    if json {
+        println!("{}", report_json(&report));
+    } else if ok {
+        println!(
+            "{}: policy is valid ({} tables); checked: {}",
+            path.display(),
+            policy.tables.len(),
+            report.passed.join(", ")
+        );
+    } else {
+        for problem in &report.problems {
+            eprintln!("{problem}");
         }
-        Ok(p) if p.is_empty() => {
-            println!(
-                "{}: policy is valid and the schema matches it",
-                path.display()
-            );
-            0
-        }
-        Ok(p) => {
-            for problem in &p {
-                eprintln!("{problem}");
-            }
-            eprintln!("{} problem(s)", p.len());
-            1
-        }
+        eprintln!("{} problem(s)", report.problems.len());
     }
+    if ok { 0 } else { 1 }
+}
+
+fn report_json(r: &crate::ops::preflight::Report) -> String {
+    serde_json::json!({
+        "ok": r.problems.is_empty(),
+        "passed": r.passed,
+        "problems": r.problems,
+    })
+    .to_string()
 }

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod engine;
+pub mod preflight;
 pub mod rotate;
 pub mod shred;

@@ -176,9 +176,33 @@ pub fn format_keys(recs: &[KeyRecord]) -> String {
     out
 }
 
+/// `pgveil keys list --json`: one array, an object per key version.
+pub fn keys_json(recs: &[KeyRecord]) -> String {
+    let rows: Vec<serde_json::Value> = recs
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "key_id": r.key_id,
+                "version": r.version,
+                "table": r.table,
+                "tenant": r.tenant,
+                "master_key": if r.destroyed { None } else { Some(&r.master_key_id) },
+                "created": time(r.created_at),
+                "state": state(r),
+                "encryptions": r.encryptions,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
 /// `pgveil keys list`.
-pub async fn list(keys: &KeyManager, tenant: Option<&str>) -> i32 {
+pub async fn list(keys: &KeyManager, tenant: Option<&str>, json: bool) -> i32 {
     match keys.list_keys(tenant).await {
+        Ok(recs) if json => {
+            println!("{}", keys_json(&recs));
+            0
+        }
         Ok(recs) if recs.is_empty() => {
             match tenant {
                 Some(t) => println!("no data keys for tenant {t:?}"),
