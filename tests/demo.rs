@@ -17,8 +17,22 @@ fn demo_shows_plaintext_through_pgveil_and_ciphertext_direct() {
     assert!(stdout.contains("Ada@Example.com"), "{stdout}");
     assert!(stdout.contains("Grace Hopper"), "{stdout}");
     // The blind-index lookup with normalisers found the mixed-case email.
-    assert!(stdout.contains(r#"→ Some("Ada Lovelace")"#), "{stdout}");
-    // PostgreSQL's view: envelopes only.
+    assert!(
+        stdout.contains("(rewritten to the blind index): Ada Lovelace"),
+        "{stdout}"
+    );
+    // The analyst's lookup is refused, with pgveil's message.
+    assert!(
+        stdout.contains("refused before PostgreSQL sees it")
+            && stdout.contains("role analyst may not search protected column public.users.email"),
+        "{stdout}"
+    );
+    // No Rust debug formatting.
+    assert!(
+        !stdout.contains("Some(") && !stdout.contains("None"),
+        "{stdout}"
+    );
+    // The analyst's view: envelopes and blind indexes only.
     let direct: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains(" | \\x…"))
@@ -26,7 +40,7 @@ fn demo_shows_plaintext_through_pgveil_and_ciphertext_direct() {
         .collect();
     assert_eq!(direct.len(), 3, "{stdout}");
     for d in direct {
-        assert!(d.contains("pgv1:…"), "{d}");
+        assert!(d.contains("pgv1:…") && d.matches("\\x").count() == 2, "{d}");
         assert!(
             !d.contains("Lovelace") && !d.contains("grace") && !d.contains("Turing"),
             "{d}"

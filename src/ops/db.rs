@@ -26,6 +26,15 @@ pub fn set_password_file(path: PathBuf) {
 /// operations read and write stored ciphertext and must reach PostgreSQL
 /// directly.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    connect_to(url, false).await
+}
+
+/// As [`connect`], but a pgveil is fine (the demo's application client).
+pub async fn connect_through_pgveil(url: &str) -> Result<tokio_postgres::Client, String> {
+    connect_to(url, true).await
+}
+
+async fn connect_to(url: &str, pgveil_ok: bool) -> Result<tokio_postgres::Client, String> {
     let mut cfg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| format!("invalid connection string {}: {e}", redact(url)))?;
@@ -38,7 +47,9 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("cannot connect to {}: {}", redact(url), describe(&e)))?;
-    if let Some(v) = conn.parameter(crate::proxy::session::PGVEIL_PARAMETER) {
+    if let Some(v) = conn.parameter(crate::proxy::session::PGVEIL_PARAMETER)
+        && !pgveil_ok
+    {
         return Err(format!(
             "{} is a pgveil ({v}), not PostgreSQL: operations commands read and write stored ciphertext themselves; give --database the address of the PostgreSQL server pgveil connects to (its `upstream:`)",
             redact(url)

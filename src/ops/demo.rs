@@ -231,7 +231,7 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
     let via = |user: &str| format!("postgres://{user}@127.0.0.1:{port}/app");
 
     // The application writes plaintext through pgveil…
-    let app = admin(&via("calmony_app")).await?;
+    let app = super::db::connect_through_pgveil(&via("calmony_app")).await?;
     for (email, name) in [
         ("Ada@Example.com", "Ada Lovelace"),
         ("grace@example.com", "Grace Hopper"),
@@ -255,40 +255,67 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
         )
         .await
         .map_err(|e| super::db::describe(&e))?;
-    // …and PostgreSQL holds ciphertext.
+    // …and an analyst connected through pgveil, like everyone without
+    // `read`, gets what PostgreSQL holds: ciphertext and blind indexes.
+    let analyst = super::db::connect_through_pgveil(&via("analyst")).await?;
     let raw = app_db
         .query(
-            "SELECT id, encode(email, 'hex'), name FROM users ORDER BY id",
+            "SELECT id, encode(email, 'hex'), encode(email_bidx, 'hex'), name FROM users ORDER BY id",
             &[],
         )
         .await
         .map_err(|e| super::db::describe(&e))?;
-
+    let analyst_rows = analyst
+        .simple_query("SELECT id, email, name FROM users ORDER BY id")
+        .await
+        .map_err(|e| super::db::describe(&e))?;
+    let analyst_rows: Vec<_> = analyst_rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let tail = |s: &str, n: usize| s[s.len().saturating_sub(n)..].to_string();
     println!(
-        "\n  what the application sees (through pgveil)   | what PostgreSQL holds (psql direct)"
+        "\n  the application (calmony_app, read)      | the analyst (no access): ciphertext through pgveil"
     );
     println!(
-        "  ---------------------------------------------+-------------------------------------"
+        "  id email                 name             | email           email_bidx (stored)  name"
     );
-    for (a, r) in seen.iter().zip(raw.iter()) {
+    println!(
+        "  ----------------------------------------- + -------------------------------------------------"
+    );
+    for ((a, r), an) in seen.iter().zip(raw.iter()).zip(analyst_rows.iter()) {
         let id: i64 = a.get(0);
         let email: String = a.get(1);
         let name: String = a.get(2);
-        let raw_email: String = r.get(1);
-        let raw_name: String = r.get(2);
-        let tail = |s: &str, n: usize| s[s.len().saturating_sub(n)..].to_string();
+        let raw_bidx: String = r.get(2);
+        let an_email = an.get(1).unwrap_or("");
+        let an_name = an.get(2).unwrap_or("");
         println!(
-            "  {id} {:<22} {:<20} | \\x…{} pgv1:…{}",
-            email,
-            name,
-            tail(&raw_email, 16),
-            tail(&raw_name, 12)
+            "  {id:<2} {email:<20} {name:<16} | \\x…{} \\x{}…  pgv1:…{}",
+            tail(an_email, 10),
+            &raw_bidx[..raw_bidx.len().min(12)],
+            tail(an_name, 10)
         );
     }
+    let found: Option<String> = found.first().map(|r| r.get(0));
     println!(
-        "\n  lookup through the blind index: WHERE email = 'ada@example.com' → {:?}",
-        found.first().map(|r| r.get::<_, String>(0))
+        "\n  the application looks up WHERE email = 'ada@example.com' (rewritten to the blind index): {}",
+        found.as_deref().unwrap_or("no row")
     );
+    // The analyst may not use the blind index as an equality oracle.
+    let refused = analyst
+        .simple_query("SELECT id FROM users WHERE email = 'ada@example.com'")
+        .await;
+    match refused {
+        Err(e) => println!(
+            "  the analyst tries the same lookup and is refused before PostgreSQL sees it:\n    {}",
+            super::db::describe(&e)
+        ),
+        Ok(_) => return Err("the analyst's lookup was not refused".into()),
+    }
     println!("\nConnection strings:");
     println!(
         "  application (reads plaintext):  psql {}",
@@ -306,6 +333,7 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(app);
+    drop(analyst);
     drop(app_db);
     drop(su);
     shutdown.cancel();
