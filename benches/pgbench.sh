@@ -10,7 +10,7 @@
 #         SECTIONS=soak benches/pgbench.sh   # the soak test (not a default)
 #
 # Environment knobs (defaults in brackets):
-#   SECTIONS   sections to run, in order   [proxy_core encrypted bulk_read]
+#   SECTIONS   sections to run, in order   [proxy_core pass_through_policy encrypted bulk_read]
 #   ROUNDS     rounds per workload                              [3]
 #   DURATION   seconds per pgbench run                          [15]
 #   CLIENTS    pgbench -c                                       [16]
@@ -46,7 +46,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SECTIONS=${SECTIONS:-proxy_core encrypted bulk_read}
+SECTIONS=${SECTIONS:-proxy_core pass_through_policy encrypted bulk_read}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-16}
@@ -267,6 +267,7 @@ port_of() {
         pgbouncer) echo "$PGB_PORT" ;;
         pgveil) echo "$PGVEIL_CORE_PORT" ;;
         pgveil_enc | enc | plain) echo "$PGVEIL_ENC_PORT" ;;
+        pgveil_refpol) echo "$PGVEIL_REFPOL_PORT" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -443,6 +444,43 @@ SQL
     printf '%-20s with policy %8.0f tps   no policy %10.0f tps   ratio %s\n' "pgbench -S" "$e" "$p" "$(ratio "$e" "$p")"
 }
 
+# Issue 18: pass-through with a production-like setup: the reference policy
+# (policies/calmony.yaml, its schema loaded beside pgbench's tables), SCRAM
+# terminated by pgveil (auth.file with the user's verifier; pgveil logs in
+# upstream with the client's ClientKey), the audit log on, user postgres.
+# pgbench -S touches no protected table: this is the cost of a loaded policy
+# on the hot path, against PgBouncer (session mode) and direct.
+section_pass_through_policy() {
+    pgbench_init
+    psql_su postgres -c "CREATE DATABASE pgveil_keys" 2>/dev/null || true
+    psql_su "$DB" -c "DROP SCHEMA IF EXISTS phi CASCADE" \
+        -c "DROP TABLE IF EXISTS users, pay_customers, pay_payment_methods, pay_webhook_endpoints CASCADE" >/dev/null
+    psql_su "$DB" -f "$ROOT/policies/calmony.sql" >/dev/null
+    local pw=pgveil-bench-password verifier dir="$WORK/pgveil-refpol"
+    psql_su postgres -c "SET password_encryption = 'scram-sha-256'" \
+        -c "ALTER ROLE postgres PASSWORD '$pw'" >/dev/null
+    verifier=$(psql_su postgres -At -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+    mkdir -p "$dir"
+    echo "\"postgres\" \"$verifier\"" >"$dir/userlist.txt"
+    [[ -n "${PGVEIL_REFPOL_PORT:-}" ]] || {
+        start_pgveil_policy refpol "$ROOT/policies/calmony.yaml" "auth:
+  file: $dir/userlist.txt
+audit:
+  path: $dir/audit.jsonl"
+        PGVEIL_REFPOL_PORT=$PGVEIL_PORT
+    }
+    local common=(-n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M extended)
+    PGPASSWORD=$pw run_workload pass_through_policy select-only "direct pgbouncer pgveil_refpol" -S "${common[@]}"
+    printf '\n== pass_through_policy: reference policy, SCRAM terminated by pgveil, audit on; medians over %s rounds of %s s (-c %s -j %s, -M extended) ==\n' \
+        "$ROUNDS" "$DURATION" "$CLIENTS" "$THREADS"
+    local d b v
+    d=$(median pass_through_policy select-only direct 5)
+    b=$(median pass_through_policy select-only pgbouncer 5)
+    v=$(median pass_through_policy select-only pgveil_refpol 5)
+    printf 'pgbench -S   direct %8.0f tps   pgbouncer %8.0f tps   pgveil %8.0f tps   pgveil/direct %s   pgveil/pgbouncer %s\n' \
+        "$d" "$b" "$v" "$(ratio "$v" "$d")" "$(ratio "$v" "$b")"
+}
+
 section_bulk_read() {
     psql_su postgres -c "CREATE DATABASE pgveil_keys" 2>/dev/null || true
     psql_su "$DB" -c "DROP ROLE IF EXISTS bench" -c "CREATE ROLE bench LOGIN SUPERUSER" >/dev/null
@@ -473,10 +511,12 @@ SQL
     local rss0 r target
     rss0=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")
     # One timed read: psql, simple protocol, text format, output discarded.
-    timed_read() { # target port user table
+    # With a fifth argument N, psql reads through a cursor (FETCH_COUNT:
+    # DECLARE … CURSOR, then FETCH FORWARD N until done).
+    timed_read() { # target port user table [fetch_count]
         t0=$(date +%s.%N)
         PGSSLMODE=disable "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$2" -U "$3" -d "$DB" \
-            -c "SELECT email, name, phone FROM $4" >/dev/null
+            ${5:+-v FETCH_COUNT=$5} -c "SELECT email, name, phone FROM $4" >/dev/null
         t1=$(date +%s.%N)
         printf 'bulk\tread\t%s\t%s\t%s\t0\n' "$1" "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" >>"$RESULTS_TSV"
     }
@@ -485,6 +525,8 @@ SQL
         timed_read pgveil "$port" bench bulk_enc
         timed_read pgveil_text "$port" bench bulk_enc_text
         timed_read direct_ciphertext "$PG_PORT" postgres bulk_enc
+        timed_read pgveil_cursor "$port" bench bulk_enc 1000
+        timed_read direct_ciphertext_cursor "$PG_PORT" postgres bulk_enc 1000
     done
     local direct_s
     direct_s=$(median bulk read direct 5)
@@ -500,6 +542,14 @@ SQL
         esac
         printf '%s %6.2f s   ratio %s\n' "$label" "$v" "$(ratio "$v" "$direct_s")"
     done
+    local cur sel
+    cur=$(median bulk read pgveil_cursor 5)
+    sel=$(median bulk read pgveil 5)
+    local dcur dsel
+    dcur=$(median bulk read direct_ciphertext_cursor 5)
+    dsel=$(median bulk read direct_ciphertext 5)
+    printf 'decrypted through pgveil, cursor FETCH 1000 %6.2f s   vs the plain SELECT through pgveil %s\n' "$cur" "$(ratio "$cur" "$sel")"
+    printf 'ciphertext direct, cursor FETCH 1000        %6.2f s   vs the plain SELECT direct %s (the cursor'"'"'s own cost)\n' "$dcur" "$(ratio "$dcur" "$dsel")"
     printf 'pgveil RSS before %s KiB, peak (VmHWM) %s KiB\n' "$rss0" "$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")"
 }
 
