@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
+pub mod pgclient;
 pub mod policy;
 pub mod proxy;
 pub mod session;

@@ -291,3 +291,84 @@ async fn encryption_counts_persist_and_retire_keys() {
         .sum();
     assert_eq!(after, before + 10);
 }
+
+/// The keystore and the operations commands' connections speak TLS with
+/// libpq's `sslmode` (here against a cluster that accepts ordinary users
+/// over TLS only): `verify-full` with the CA as `sslrootcert` works in the
+/// URL and key=value forms, the password comes from PGPASSWORD-free
+/// sources too, a wrong CA fails the handshake, and `disable` is refused by
+/// the server. Messages never show the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystore_and_ops_connections_use_tls_up_to_verify_full() {
+    use common::{Hba, PgCluster, PgOptions, make_certs};
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(certs_dir.path());
+    let pg = PgCluster::start_with(PgOptions {
+        hba: Hba::Scram,
+        tls: Some((
+            certs.server_cert_path.clone(),
+            certs.server_key_path.clone(),
+        )),
+        hostssl_only: true,
+        extra_conf: vec![],
+    });
+    pg.create_role("keys", Some("k-secret-pw"));
+    pg.psql("postgres", "ALTER ROLE keys CREATEDB");
+    pg.create_database_owned("pgveil_keys", "keys");
+    let ca = certs.ca_pem_path.display().to_string();
+    let port = pg.port();
+    for url in [
+        format!(
+            "postgres://keys:k-secret-pw@localhost:{port}/pgveil_keys?sslmode=verify-full&sslrootcert={ca}"
+        ),
+        format!(
+            "host=localhost port={port} user=keys password='k-secret-pw' dbname=pgveil_keys sslmode=verify-full sslrootcert='{ca}'"
+        ),
+        format!("postgres://keys:k-secret-pw@127.0.0.1:{port}/pgveil_keys?sslmode=require"),
+    ] {
+        let ks = Keystore::new(&url).unwrap();
+        ks.check().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let km = KeyManager::new(local(&[("k1", 1)]), ks, KeyManagerOptions::default());
+        let env = seal(&km, &users(), b"over tls").await;
+        assert_eq!(open(&km, &users(), &env).await.unwrap(), b"over tls");
+    }
+    // The server refuses a plain connection; a CA that did not sign the
+    // server's certificate fails verify-full. Neither message shows the
+    // password.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = make_certs(other.path()).ca_pem_path.display().to_string();
+    for url in [
+        format!("postgres://keys:k-secret-pw@localhost:{port}/pgveil_keys?sslmode=disable"),
+        format!(
+            "postgres://keys:k-secret-pw@localhost:{port}/pgveil_keys?sslmode=verify-full&sslrootcert={other_ca}"
+        ),
+    ] {
+        let e = Keystore::new(&url)
+            .unwrap()
+            .check()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("k-secret-pw"), "{e}");
+        assert!(
+            e.contains("cannot connect to postgres://keys@localhost"),
+            "{e}"
+        );
+    }
+    // An operations connection with the same knobs (here: policy check
+    // --database, which reads the catalog only).
+    let c = pgveil::ops::db::connect(&format!(
+        "host=localhost port={port} user=keys password=k-secret-pw dbname=pgveil_keys sslmode=verify-full sslrootcert={ca}"
+    ))
+    .await
+    .unwrap();
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the ops connection is encrypted");
+}

@@ -145,6 +145,40 @@ impl std::fmt::Debug for Keystore {
 }
 
 impl Keystore {
+    /// A keystore at a libpq-style connection string, with TLS as its
+    /// `sslmode` says (`prefer` by default, up to `verify-full` with
+    /// `sslrootcert`; see [`crate::pgclient`]) and the password from the
+    /// string, `PGPASSWORD` or `~/.pgpass`.
+    pub fn new(url: &str) -> Result<Keystore, KeyError> {
+        let target = crate::pgclient::parse(url, "keys.keystore.database", None)
+            .map_err(KeyError::Config)?;
+        let c = &target.config;
+        let what = format!(
+            "{}@{}/{}",
+            c.get_user().unwrap_or("?"),
+            match c.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                _ => "localhost".into(),
+            },
+            c.get_dbname().unwrap_or("?")
+        );
+        let connect: ConnectFn = Arc::new(move || {
+            let target = target.clone();
+            Box::pin(async move {
+                let (client, conn) = crate::pgclient::connect(&target)
+                    .await
+                    .map_err(KeyError::Keystore)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "keystore connection closed");
+                    }
+                });
+                Ok(client)
+            })
+        });
+        Ok(Keystore::with_connector(connect, what))
+    }
+
     /// A keystore at a libpq-style URL, connected without TLS.
     pub fn new_no_tls(url: &str) -> Result<Keystore, KeyError> {
         let cfg: tokio_postgres::Config = url.parse().map_err(|e| {

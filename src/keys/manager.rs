@@ -139,7 +139,7 @@ impl KeyManager {
                 "keys.keystore.database is missing: name the database that holds wrapped data keys (keep it out of the data database's backups)".into(),
             )
         })?;
-        let store = Keystore::new_no_tls(ks.database.as_str())?;
+        let store = Keystore::new(ks.database.as_str())?;
         let mut opts = KeyManagerOptions::default();
         if let Some(t) = &keys.cache_ttl {
             opts.cache_ttl = t.0;
