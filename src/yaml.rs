@@ -84,12 +84,21 @@ pub fn from_str<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result
     })
 }
 
-/// Add the usual fix to serde's terse messages.
+/// Add the usual fix to serde's terse messages, with the closest allowed
+/// name for a typo (serde writes ``unknown field `lisen`, expected one of
+/// `listen`, …``).
 fn hint(message: &str) -> String {
+    let names: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let did_you_mean = match names.split_first() {
+        Some((typo, allowed)) => suggest(typo, allowed)
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
     if message.contains("unknown field") {
-        format!("{message} (remove it or fix its spelling)")
+        format!("{message} ({did_you_mean}remove it or fix its spelling)")
     } else if message.contains("unknown variant") {
-        format!("{message} (use one of the expected values)")
+        format!("{message} ({did_you_mean}use one of the expected values)")
     } else if message.contains("duplicate") {
         format!("{message} (each key may appear once: merge the two entries)")
     } else {
@@ -240,6 +249,30 @@ impl<'de> Deserialize<'de> for HumanDuration {
             .map(HumanDuration)
             .map_err(|e| de::Error::custom(format!("{e}: write a duration such as 300s or 5m")))
     }
+}
+
+/// The allowed name closest to a typo (edit distance ≤ 2).
+pub(crate) fn suggest<'a>(k: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(k, a), *a))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]

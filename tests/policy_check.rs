@@ -241,3 +241,74 @@ async fn rewritten_statements_prepare_on_postgresql() {
         }
     }
 }
+
+/// `policy check` reports every secret problem at once, each on the line
+/// of its config entry, and suggests the closest key for a typo.
+#[test]
+fn policy_check_reports_every_secret_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let cfg = "\
+listen: 127.0.0.1:6432
+upstream: { host: 127.0.0.1, port: 5432, tls: disable }
+policy: policy.yaml
+keys:
+  provider: local
+  local:
+    master_keys:
+      - { id: k2, env: PGVEIL_TEST_UNSET_MASTER_K2 }
+      - { id: k1, file: missing-k1.key }
+  blind_index_key:
+    env: PGVEIL_TEST_UNSET_BIDX
+  keystore:
+    database: postgres://keys@127.0.0.1:1/pgveil_keys
+";
+    std::fs::write(dir.path().join("pgveil.yaml"), cfg).unwrap();
+    let out = common::pgveil::pgveil_cmd()
+        .args(["policy", "check", "--offline", "--json", "--config"])
+        .arg(dir.path().join("pgveil.yaml"))
+        .env_remove("PGVEIL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems[0].contains("pgveil.yaml:8: master key k2")
+            && problems[0].contains("PGVEIL_TEST_UNSET_MASTER_K2"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("pgveil.yaml:9: master key k1: cannot read"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[2].contains("pgveil.yaml:10: keys.blind_index_key")
+            && problems[2].contains("PGVEIL_TEST_UNSET_BIDX"),
+        "{problems:?}"
+    );
+    // A typo in a config key: the line and the closest key.
+    std::fs::write(
+        dir.path().join("pgveil.yaml"),
+        cfg.replace("listen:", "lisen:"),
+    )
+    .unwrap();
+    let out = common::pgveil::pgveil_cmd()
+        .args(["policy", "check", "--offline", "--config"])
+        .arg(dir.path().join("pgveil.yaml"))
+        .env_remove("PGVEIL_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pgveil.yaml:1: unknown field `lisen`")
+            && err.contains("did you mean `listen`?"),
+        "{err}"
+    );
+}

@@ -88,6 +88,11 @@ pub fn load_secret(
     }
 }
 
+/// Whether `s` is a hex 256-bit key (for `policy check`).
+pub fn check_key_hex(s: &str, what: &str) -> Result<(), KeyError> {
+    decode_key_hex(s, what).map(|_| ())
+}
+
 /// Decode a hex 256-bit key (whitespace around it ignored).
 pub(crate) fn decode_key_hex(s: &str, what: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let mut out = Zeroizing::new([0u8; 32]);

@@ -44,11 +44,44 @@ pub async fn run(
     // Secrets: building the key manager reads every master key (or the KMS
     // settings) and names the keystore; the blind-index key is read when a
     // column has a blind index.
+    let text = std::fs::read_to_string(&cfg.path).unwrap_or_default();
+    let at = |path: &[&str]| match crate::yaml::locate(&text, path) {
+        Some(l) => format!("{}:{l}: ", cfg.path.display()),
+        None => format!("{}: ", cfg.path.display()),
+    };
+    // Every local master key on its own (the key manager stops at the
+    // first that fails), on the line of its list item.
     let mut secrets = vec![];
+    if let Some(local) = cfg.keys.as_ref().and_then(|k| k.local.as_ref())
+        && cfg
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.provider == crate::config::KeyProvider::Local)
+    {
+        let items = list_item_lines(&text, &["keys", "local", "master_keys"]);
+        for (i, m) in local.master_keys.iter().enumerate() {
+            let what = format!("master key {}", m.id);
+            let r = crate::config::SecretRef {
+                env: m.env.clone(),
+                file: m.file.clone(),
+            };
+            let res = crate::keys::load_secret(&r, &cfg.base_dir, &what)
+                .and_then(|s| crate::keys::check_key_hex(&s, &what));
+            if let Err(e) = res {
+                let place = match items.get(i) {
+                    Some(l) => format!("{}:{l}: ", cfg.path.display()),
+                    None => at(&["keys", "local", "master_keys"]),
+                };
+                secrets.push(format!("{place}{e}"));
+            }
+        }
+    }
     let keys = match crate::ops::backfill::key_manager(cfg).await {
         Ok(k) => Some(k),
         Err(e) => {
-            secrets.push(e);
+            if secrets.is_empty() {
+                secrets.push(format!("{}{e}", at(&["keys"])));
+            }
             None
         }
     };
@@ -59,12 +92,12 @@ pub async fn run(
     if needs_bidx {
         match cfg.keys.as_ref().and_then(|k| k.blind_index_key.as_ref()) {
             None => secrets.push(format!(
-                "{}: keys.blind_index_key is missing and the policy has blind indexes: add `blind_index_key: {{ env: PGVEIL_BLIND_INDEX_KEY }}` (a 64-hex-digit secret; `pgveil keys generate` makes one)",
-                cfg.path.display()
+                "{}keys.blind_index_key is missing and the policy has blind indexes: add `blind_index_key: {{ env: PGVEIL_BLIND_INDEX_KEY }}` (a 64-hex-digit secret; `pgveil keys generate` makes one)",
+                at(&["keys"])
             )),
             Some(s) => {
                 if let Err(e) = crate::crypto::BlindIndexRoot::from_secret_ref(s, &cfg.base_dir) {
-                    secrets.push(format!("keys.blind_index_key: {e}"));
+                    secrets.push(format!("{}{e}", at(&["keys", "blind_index_key"])));
                 }
             }
         }
@@ -99,4 +132,31 @@ pub async fn run(
         r.check("schema", found);
     }
     r
+}
+
+/// The 1-based lines of the items (`- …`) of the YAML list at `path`.
+fn list_item_lines(text: &str, path: &[&str]) -> Vec<usize> {
+    let Some(start) = crate::yaml::locate(text, path) else {
+        return vec![];
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let Some(key_line) = lines.get(start - 1) else {
+        return vec![];
+    };
+    let base = indent(key_line);
+    let mut out = vec![];
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if indent(l) <= base && !t.starts_with("- ") {
+            break;
+        }
+        if t.starts_with("- ") || t == "-" {
+            out.push(i + 1);
+        }
+    }
+    out
 }
