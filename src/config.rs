@@ -82,13 +82,58 @@ pub enum UpstreamTlsMode {
     VerifyFull,
 }
 
+/// TLS offered to clients. With mode `prefer` or `disable`, a certificate
+/// or key file named by an unset `${VAR}` means no certificate (TLS is not
+/// offered), so the shipped example loads without TLS files; with
+/// `require`, the unset variable is an error.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawClientTls")]
 pub struct ClientTls {
-    #[serde(default)]
     pub mode: ClientTlsMode,
     pub cert_file: Option<EnvString>,
     pub key_file: Option<EnvString>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientTls {
+    #[serde(default)]
+    mode: ClientTlsMode,
+    cert_file: Option<crate::yaml::MaybeEnvString>,
+    key_file: Option<crate::yaml::MaybeEnvString>,
+}
+
+impl TryFrom<RawClientTls> for ClientTls {
+    type Error = String;
+
+    fn try_from(r: RawClientTls) -> Result<ClientTls, String> {
+        use crate::yaml::MaybeEnvString as M;
+        let unset = [&r.cert_file, &r.key_file]
+            .into_iter()
+            .flatten()
+            .find_map(|f| match f {
+                M::Unset(why) => Some(why.clone()),
+                M::Set(_) => None,
+            });
+        let (cert_file, key_file) = match (unset, r.mode) {
+            (Some(why), ClientTlsMode::Require) => {
+                return Err(format!("client_tls (mode require): {why}"));
+            }
+            (Some(_), _) => (None, None),
+            (None, _) => {
+                let set = |f: Option<M>| match f {
+                    Some(M::Set(v)) => Some(v),
+                    _ => None,
+                };
+                (set(r.cert_file), set(r.key_file))
+            }
+        };
+        Ok(ClientTls {
+            mode: r.mode,
+            cert_file,
+            key_file,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

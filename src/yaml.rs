@@ -238,6 +238,24 @@ impl<'de> Deserialize<'de> for EnvString {
     }
 }
 
+/// An [`EnvString`] whose unset `${VAR}` is kept as a value (the message
+/// saying which), for settings that are optional in some modes.
+#[derive(Debug, Clone)]
+pub enum MaybeEnvString {
+    Set(EnvString),
+    Unset(String),
+}
+
+impl<'de> Deserialize<'de> for MaybeEnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Ok(match expand_env(&raw) {
+            Ok(v) => MaybeEnvString::Set(EnvString(v)),
+            Err(why) => MaybeEnvString::Unset(why),
+        })
+    }
+}
+
 /// A duration written like `300s`, `5m`, `1h 30m` (humantime syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub std::time::Duration);

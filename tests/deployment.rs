@@ -863,3 +863,52 @@ async fn works_in_front_of_pgbouncer_session_mode() {
     )
     .await;
 }
+
+/// The shipped example config loads as it is: its client TLS files come
+/// from variables that may be unset while the mode is `prefer` (no TLS is
+/// offered then); what `policy check` still asks for is only the secrets
+/// themselves, each named with its line.
+#[test]
+fn shipped_example_config_checks_without_tls_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo("pgveil.example.yaml"), dir.path().join("pgveil.yaml")).unwrap();
+    write_file(dir.path(), "policies/calmony.yaml", POLICY);
+    let out = pgveil_cmd()
+        .args(["policy", "check", "--offline", "--json", "--config"])
+        .arg(dir.path().join("pgveil.yaml"))
+        .env_remove("PGVEIL_CONFIG")
+        .env_remove("PGVEIL_TLS_CERT")
+        .env_remove("PGVEIL_TLS_KEY")
+        .env("PGVEIL_MASTER_KEY_K2", MASTER_KEY)
+        .env("PGVEIL_BLIND_INDEX_KEY", BIDX_KEY)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let problems = v["problems"].as_array().unwrap();
+    // The one file-based master key (/run/secrets/pgveil_k1) is the only
+    // thing missing here.
+    assert_eq!(problems.len(), 1, "{v}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .contains("master key k1: cannot read /run/secrets/pgveil_k1"),
+        "{v}"
+    );
+    // With mode require, an unset TLS variable is an error with its line.
+    let text = read_repo("pgveil.example.yaml").replace("mode: prefer", "mode: require");
+    std::fs::write(dir.path().join("pgveil.yaml"), text).unwrap();
+    let out = pgveil_cmd()
+        .args(["policy", "check", "--offline", "--config"])
+        .arg(dir.path().join("pgveil.yaml"))
+        .env_remove("PGVEIL_CONFIG")
+        .env_remove("PGVEIL_TLS_CERT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client_tls (mode require)") && err.contains("PGVEIL_TLS_CERT"),
+        "{err}"
+    );
+}
