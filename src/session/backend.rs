@@ -11,8 +11,7 @@ use bytes::BytesMut;
 use super::messages::{self as m, Field};
 use super::rows::RowDecryptor;
 use super::{AuditInfo, Decrypt, Identity, Kind, Pending, Shape, Shared};
-use crate::crypto::envelope;
-use crate::crypto::{ColumnContext, PgType};
+use crate::crypto::PgType;
 use crate::wire::codec::Frame;
 use crate::wire::msg;
 
@@ -769,16 +768,7 @@ impl Backend {
                             .unwrap_or_else(|| "text".into());
                         (i, ty, fmt)
                     });
-                let c = &attr.column;
-                let ctx = ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
-                Some(Decrypt {
-                    attr: attr.clone(),
-                    format: f.format,
-                    wire: f.format,
-                    tenant,
-                    aad_names: envelope::aad_names(&ctx).into(),
-                    mask: false,
-                })
+                Some(Decrypt::read(attr.clone(), f.format, tenant))
             })
             .collect()
     }
@@ -817,26 +807,31 @@ impl Backend {
             Ok(false) => out.extend_from_slice(&f.raw),
             Err(e) => {
                 metrics::counter!("pgveil_decrypt_errors_total").increment(1);
-                self.row_failed = true;
-                // Inside a transaction block, request the abort now: the
-                // client can send its next statement as soon as it reads
-                // this error, before PostgreSQL's ReadyForQuery arrives.
-                if self.shared.tx_in_block() {
-                    self.shared.set_must_abort();
-                    self.abort_early = true;
-                }
                 tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
-                out.extend_from_slice(&msg::error_response(
-                    "ERROR",
-                    e.error.sqlstate(),
-                    &e.error.to_string(),
-                ));
-                self.discard_until_ready = true;
-                self.streaming = None;
-                self.decryptor.end_statement();
-                self.pop_if_completes(b'C', out);
+                self.fail_result(e.error.sqlstate(), &e.error.to_string(), out);
             }
         }
+    }
+
+    /// A row of the current result cannot reach the client (a value failed
+    /// to decrypt): the statement fails for the client with this error,
+    /// like a PostgreSQL error at that row. The rest of its answers are
+    /// dropped up to ReadyForQuery, and a transaction block it ran in is
+    /// made to fail on PostgreSQL too.
+    fn fail_result(&mut self, sqlstate: &str, message: &str, out: &mut BytesMut) {
+        self.row_failed = true;
+        // Inside a transaction block, request the abort now: the
+        // client can send its next statement as soon as it reads
+        // this error, before PostgreSQL's ReadyForQuery arrives.
+        if self.shared.tx_in_block() {
+            self.shared.set_must_abort();
+            self.abort_early = true;
+        }
+        out.extend_from_slice(&msg::error_response("ERROR", sqlstate, message));
+        self.discard_until_ready = true;
+        self.streaming = None;
+        self.decryptor.end_statement();
+        self.pop_if_completes(b'C', out);
     }
 
     /// CommandComplete: audit, catalog invalidation after DDL, and the

@@ -50,6 +50,28 @@ pub struct Decrypt {
     pub mask: bool,
 }
 
+impl Decrypt {
+    /// A column the role reads decrypted, in wire format `format` both
+    /// ways, its tenant id (if checked) in result column `tenant`.
+    pub fn read(
+        attr: Arc<ProtectedAttr>,
+        format: i16,
+        tenant: Option<(usize, String, i16)>,
+    ) -> Decrypt {
+        let c = &attr.column;
+        let ctx = crate::crypto::ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
+        let aad_names = crate::crypto::envelope::aad_names(&ctx).into();
+        Decrypt {
+            attr,
+            format,
+            wire: format,
+            tenant,
+            aad_names,
+            mask: false,
+        }
+    }
+}
+
 /// The row shape of a result: per column, `Some` when it is decrypted.
 pub type Shape = Arc<Vec<Option<Decrypt>>>;
 
