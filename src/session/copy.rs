@@ -821,6 +821,8 @@ mod tests {
             appended_columns: vec![],
             force_not_null: vec![],
             force_null: vec![],
+            decrypt: vec![],
+            force_quote: vec![],
             source: 0..0,
         }
     }
