@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod copy;
+pub mod copy_out;
 pub mod frontend;
 pub mod messages;
 pub mod rows;
@@ -127,6 +128,8 @@ pub enum Pending {
         /// [`Pending::CopySync`]): one id when the portal is a COPY FROM
         /// STDIN or pgveil does not know it, none otherwise.
         copies: Range<u64>,
+        /// A COPY TO STDOUT whose rows are decrypted for the role.
+        copy_out: Option<Arc<CopyPlan>>,
     },
     /// `op`: the statement or portal map change, as for Parse.
     Close {
@@ -162,6 +165,10 @@ pub enum Pending {
         /// (as pgveil counted them on PostgreSQL's tokens): a
         /// CopyInResponse beyond them was not planned and ends the session.
         copies: Range<u64>,
+        /// The Query's COPY TO STDOUT whose rows are decrypted for the
+        /// role: then the only COPY of the Query (taken at its
+        /// CopyOutResponse).
+        copy_out: Option<Arc<CopyPlan>>,
     },
     /// The catalog query pgveil runs between statements.
     Catalog {
@@ -186,6 +193,7 @@ impl Pending {
             audit,
             ops: Vec::new(),
             copies: 0..0,
+            copy_out: None,
         }
     }
 
