@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::copy_out::{CopyOut, Failure};
 use super::messages::{self as m, Field};
 use super::rows::RowDecryptor;
 use super::{AuditInfo, Decrypt, Identity, Kind, Pending, Shape, Shared};
-use crate::crypto::envelope;
-use crate::crypto::{ColumnContext, PgType};
+use crate::crypto::PgType;
 use crate::wire::codec::Frame;
 use crate::wire::msg;
 
@@ -57,6 +57,9 @@ pub struct Backend {
     /// PostgreSQL's answers went out of step with the requests: nothing
     /// more is forwarded (see [`Backend::out_of_step`]).
     broken: bool,
+    /// The COPY TO STDOUT streaming now whose rows are decrypted (from its
+    /// CopyOutResponse to its CopyDone or error).
+    copy_out: Option<CopyOut>,
 }
 
 impl Backend {
@@ -81,6 +84,7 @@ impl Backend {
             copy_in: None,
             copies: VecDeque::new(),
             broken: false,
+            copy_out: None,
         }
     }
 
@@ -196,6 +200,13 @@ impl Backend {
             let shape = shape.clone();
             self.on_data_row_with(shape, f, out).await;
             return;
+        }
+        if f.tag == b'd' && !self.discard_until_ready && self.copy_out.is_some() {
+            self.on_copy_out_data(&f, out).await;
+            return;
+        }
+        if matches!(f.tag, b'C' | b'E' | b'Z') {
+            self.copy_out = None;
         }
         self.streaming = None;
         if !self.settle_front() {
@@ -362,7 +373,11 @@ impl Backend {
                 ) {
                     return;
                 }
-                out.extend_from_slice(&f.raw);
+                match f.tag {
+                    b'H' => self.copy_out_started(&f, out),
+                    b'c' => self.copy_out_done(&f, out),
+                    _ => out.extend_from_slice(&f.raw),
+                }
             }
             // pgveil never forwards a FunctionCall.
             b'V' => self.out_of_step("FunctionCallResponse", out),
@@ -775,16 +790,7 @@ impl Backend {
                             .unwrap_or_else(|| "text".into());
                         (i, ty, fmt)
                     });
-                let c = &attr.column;
-                let ctx = ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
-                Some(Decrypt {
-                    attr: attr.clone(),
-                    format: f.format,
-                    wire: f.format,
-                    tenant,
-                    aad_names: envelope::aad_names(&ctx).into(),
-                    mask: false,
-                })
+                Some(Decrypt::read(attr.clone(), f.format, tenant))
             })
             .collect()
     }
@@ -828,26 +834,132 @@ impl Backend {
             Ok(false) => out.extend_from_slice(&f.raw),
             Err(e) => {
                 metrics::counter!("pgveil_decrypt_errors_total").increment(1);
-                self.row_failed = true;
-                // Inside a transaction block, request the abort now: the
-                // client can send its next statement as soon as it reads
-                // this error, before PostgreSQL's ReadyForQuery arrives.
-                if self.shared.tx_in_block() {
-                    self.shared.set_must_abort();
-                    self.abort_early = true;
-                }
                 tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
-                out.extend_from_slice(&msg::error_response(
-                    "ERROR",
-                    e.error.sqlstate(),
-                    &e.error.to_string(),
-                ));
-                self.discard_until_ready = true;
-                self.streaming = None;
-                self.decryptor.end_statement();
-                self.pop_if_completes(b'C', out);
+                self.fail_result(e.error.sqlstate(), &e.error.to_string(), out);
             }
         }
+    }
+
+    /// A CopyOutResponse: a COPY TO STDOUT whose rows are decrypted starts
+    /// when the Query or Execute at the front planned one (the only COPY
+    /// of its Query). It must announce the format and the number of
+    /// columns that were planned.
+    fn copy_out_started(&mut self, f: &Frame, out: &mut BytesMut) {
+        let plan = match self
+            .shared
+            .pending
+            .lock()
+            .expect("pending queue")
+            .front_mut()
+        {
+            Some(Pending::Query { copy_out, .. }) => copy_out.take(),
+            Some(Pending::Execute { copy_out, .. }) => copy_out.take(),
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            out.extend_from_slice(&f.raw);
+            return;
+        };
+        match CopyOut::new(plan, &self.shared.entry()) {
+            Ok(c) if c.matches_response(f.body()) => {
+                out.extend_from_slice(&f.raw);
+                self.copy_out = Some(c);
+            }
+            Ok(c) => {
+                tracing::warn!(
+                    table = %c.plan().qualified(),
+                    "a COPY's columns differ from the statement's analysis; statement failed"
+                );
+                self.fail_result(
+                    "0A000",
+                    "pgveil: the columns of this COPY differ from what pgveil analysed (the table changed?): run it again",
+                    out,
+                );
+            }
+            Err(column) => {
+                tracing::warn!(%column, "a protected column of a COPY is not in the catalog");
+                self.fail_result(
+                    "0A000",
+                    &format!(
+                        "pgveil: protected column {column} is not in the database catalog as the policy expects: run `pgveil policy check --database …`"
+                    ),
+                    out,
+                );
+            }
+        }
+    }
+
+    /// One CopyData of a COPY TO STDOUT whose rows are decrypted.
+    async fn on_copy_out_data(&mut self, f: &Frame, out: &mut BytesMut) {
+        let Some(mut c) = self.copy_out.take() else {
+            return;
+        };
+        let done = c
+            .data(&self.engine.crypto, &mut self.decryptor, f.body(), out)
+            .await;
+        let n = c.take_rows();
+        self.rows += n;
+        self.decrypted_rows += n;
+        match done {
+            Ok(()) => self.copy_out = Some(c),
+            Err(e) => self.copy_out_failed(&c, e, out),
+        }
+    }
+
+    /// CopyDone of a COPY TO STDOUT whose rows are decrypted: its data
+    /// must have ended where PostgreSQL's format ends.
+    fn copy_out_done(&mut self, f: &Frame, out: &mut BytesMut) {
+        if let Some(c) = self.copy_out.take()
+            && let Err(e) = c.done()
+        {
+            self.copy_out_failed(&c, e, out);
+            return;
+        }
+        out.extend_from_slice(&f.raw);
+    }
+
+    /// The COPY TO cannot go on: the client gets an error in place of the
+    /// row (as when PostgreSQL fails a COPY midway), nothing of it.
+    fn copy_out_failed(&mut self, c: &CopyOut, e: Failure, out: &mut BytesMut) {
+        match e {
+            Failure::Decrypt(e) => {
+                metrics::counter!("pgveil_decrypt_errors_total").increment(1);
+                tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
+                self.fail_result(e.error.sqlstate(), &e.error.to_string(), out);
+            }
+            Failure::Malformed(what) => {
+                let table = c.plan().qualified();
+                tracing::warn!(%table, problem = what, "COPY data from PostgreSQL could not be read");
+                self.fail_result(
+                    "22P04",
+                    &format!(
+                        "pgveil: the COPY data PostgreSQL sent for {table} has {what}: pgveil could not decrypt it, so the COPY was ended"
+                    ),
+                    out,
+                );
+            }
+        }
+    }
+
+    /// A row of the current result cannot reach the client (a value failed
+    /// to decrypt): the statement fails for the client with this error,
+    /// like a PostgreSQL error at that row. The rest of its answers are
+    /// dropped up to ReadyForQuery, and a transaction block it ran in is
+    /// made to fail on PostgreSQL too.
+    fn fail_result(&mut self, sqlstate: &str, message: &str, out: &mut BytesMut) {
+        self.row_failed = true;
+        // Inside a transaction block, request the abort now: the
+        // client can send its next statement as soon as it reads
+        // this error, before PostgreSQL's ReadyForQuery arrives.
+        if self.shared.tx_in_block() {
+            self.shared.set_must_abort();
+            self.abort_early = true;
+        }
+        out.extend_from_slice(&msg::error_response("ERROR", sqlstate, message));
+        self.discard_until_ready = true;
+        self.streaming = None;
+        self.decryptor.end_statement();
+        self.pop_if_completes(b'C', out);
     }
 
     /// CommandComplete: audit, catalog invalidation after DDL, and the

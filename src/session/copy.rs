@@ -232,13 +232,13 @@ enum Marker {
 /// One field of a record: its bytes as the client sent them and its value
 /// as PostgreSQL reads it (`None` = NULL).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Field {
-    raw: Range<usize>,
-    value: Option<Vec<u8>>,
+pub(super) struct Field {
+    pub raw: Range<usize>,
+    pub value: Option<Vec<u8>>,
 }
 
 /// PostgreSQL's `CopyReadAttributesText`.
-fn split_text(line: &[u8], delim: u8, null: &[u8]) -> Result<Vec<Field>, &'static str> {
+pub(super) fn split_text(line: &[u8], delim: u8, null: &[u8]) -> Result<Vec<Field>, &'static str> {
     let mut out = vec![];
     let mut i = 0;
     loop {
@@ -318,8 +318,9 @@ fn split_text(line: &[u8], delim: u8, null: &[u8]) -> Result<Vec<Field>, &'stati
 }
 
 /// PostgreSQL's `CopyReadAttributesCSV` (before FORCE_NULL and
-/// FORCE_NOT_NULL, which apply per column).
-fn split_csv(
+/// FORCE_NOT_NULL, which apply per column). Each field comes with whether
+/// it was quoted.
+pub(super) fn split_csv(
     line: &[u8],
     delim: u8,
     quote: u8,
@@ -820,6 +821,8 @@ mod tests {
             appended_columns: vec![],
             force_not_null: vec![],
             force_null: vec![],
+            decrypt: vec![],
+            force_quote: vec![],
             source: 0..0,
         }
     }

@@ -36,8 +36,8 @@ use super::values::{
 use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Resolution, Shared};
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::{
-    ColumnRef, CopyDirection, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp, SqlName,
-    StatementPlan, TenantSource, Use, batch,
+    ColumnRef, CopyDirection, CopyPlan, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp,
+    SqlName, StatementPlan, TenantSource, Use, batch,
 };
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -195,10 +195,12 @@ const NOT_UTF8: &str = "pgveil: a statement that may touch protected tables is n
 
 /// PostgreSQL feeds all CopyData after a simple Query to the first COPY
 /// FROM STDIN that runs, then the rest to the next: pgveil transforms rows
-/// only when a protected COPY FROM is the one COPY of its Query.
+/// only when a protected COPY FROM is the one COPY of its Query. Likewise
+/// a COPY TO STDOUT whose rows pgveil decrypts is the one COPY of its
+/// Query, so that its CopyOutResponse is the only one.
 fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
     let cp = plans.iter().find_map(|p| match p {
-        StatementPlan::Copy(cp) if cp.direction == CopyDirection::In => Some(cp),
+        StatementPlan::Copy(cp) if cp.direction == CopyDirection::In || cp.decrypts() => Some(cp),
         _ => None,
     })?;
     let copies = crate::sql::split_statements(sql)
@@ -209,8 +211,13 @@ fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
         refuse(
             "0A000",
             format!(
-                "pgveil: COPY {}.{} FROM STDIN must be the only COPY in its query: send each COPY as a query of its own",
-                cp.schema, cp.table
+                "pgveil: COPY {} {} must be the only COPY in its query: send each COPY as a query of its own",
+                cp.qualified(),
+                if cp.direction == CopyDirection::In {
+                    "FROM STDIN"
+                } else {
+                    "TO STDOUT"
+                }
             ),
         )
     })
@@ -874,10 +881,15 @@ impl Frontend {
                     }
                 };
                 let protected = prepared.is_some();
+                let copy_out = prepared
+                    .as_ref()
+                    .and_then(|p| p.copy.clone())
+                    .filter(|c| c.decrypts());
                 let mut audit = prepared
                     .as_ref()
                     .and_then(|p| p.plan.as_ref())
-                    .and_then(|p| audit_info(p));
+                    .and_then(|p| audit_info(p))
+                    .or_else(|| copy_out.as_deref().and_then(copy_audit));
                 // A portal pgveil did not bind may be a SQL cursor over
                 // protected tables: learn its row shape first, so its rows
                 // are shaped as a FETCH's would be (an unknown portal makes
@@ -916,6 +928,7 @@ impl Frontend {
                     protected,
                     audit,
                     copies,
+                    copy_out,
                 });
                 out.extend_from_slice(&f.raw);
                 return Flow::Continue;
@@ -1061,6 +1074,7 @@ impl Frontend {
             audit: None,
             ops,
             copies: 0..0,
+            copy_out: None,
         });
         m::encode_query(out, &raise_sql(r));
     }
@@ -1075,6 +1089,7 @@ impl Frontend {
             audit: None,
             ops,
             copies,
+            copy_out: None,
         });
         self.forward(f, out);
     }
@@ -1159,6 +1174,7 @@ impl Frontend {
         let mut audit: Option<AuditInfo> = None;
         let mut refused = false;
         let mut transform: Option<CopyIn> = None;
+        let mut copy_out: Option<Arc<CopyPlan>> = None;
         for (i, plan) in plans.iter().enumerate() {
             if let Some((at, r)) = &barrier
                 && *at == i
@@ -1203,6 +1219,10 @@ impl Frontend {
                             self.max_message,
                         ));
                     }
+                    if cp.decrypts() {
+                        merge_audit(&mut audit, copy_audit(cp).as_deref());
+                        copy_out = Some(Arc::new(cp.clone()));
+                    }
                     parts.push(cp.sql.clone());
                 }
                 StatementPlan::Reject { sqlstate, message } => {
@@ -1231,6 +1251,7 @@ impl Frontend {
                 audit: audit.map(Arc::new),
                 ops,
                 copies: 0..0,
+                copy_out: None,
             });
             return;
         }
@@ -1254,6 +1275,7 @@ impl Frontend {
             audit: audit.map(Arc::new),
             ops,
             copies,
+            copy_out,
         });
         m::encode_query(out, &sent);
     }
@@ -1816,6 +1838,7 @@ impl Frontend {
             protected: false,
             audit: None,
             copies: 0..0,
+            copy_out: None,
         });
         m::encode_flush(out);
         self.skip_until_sync = true;
@@ -2184,6 +2207,31 @@ fn audit_info(rp: &RewritePlan) -> Option<Arc<AuditInfo>> {
             tables,
             columns,
             searched,
+            decrypted: false,
+        })
+    })
+}
+
+/// What the audit log records for a COPY TO whose rows are decrypted: the
+/// columns decrypted.
+fn copy_audit(cp: &CopyPlan) -> Option<Arc<AuditInfo>> {
+    let mut tables: Vec<String> = Vec::new();
+    let mut columns: Vec<String> = Vec::new();
+    for d in cp.decrypt.iter().flatten() {
+        let t = format!("{}.{}", d.column.schema, d.column.table);
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+        let c = d.column.to_string();
+        if !columns.contains(&c) {
+            columns.push(c);
+        }
+    }
+    (!columns.is_empty()).then(|| {
+        Arc::new(AuditInfo {
+            tables,
+            columns,
+            searched: false,
             decrypted: false,
         })
     })

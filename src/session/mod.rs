@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod copy;
+pub mod copy_out;
 pub mod frontend;
 pub mod messages;
 pub mod rows;
@@ -48,6 +49,28 @@ pub struct Decrypt {
     /// it: sent as NULL, never decrypted. Its values would let the role
     /// compare a guess it wrote with every other row (an equality oracle).
     pub mask: bool,
+}
+
+impl Decrypt {
+    /// A column the role reads decrypted, in wire format `format` both
+    /// ways, its tenant id (if checked) in result column `tenant`.
+    pub fn read(
+        attr: Arc<ProtectedAttr>,
+        format: i16,
+        tenant: Option<(usize, String, i16)>,
+    ) -> Decrypt {
+        let c = &attr.column;
+        let ctx = crate::crypto::ColumnContext::new(&c.schema, &c.table, &c.column, attr.policy.ty);
+        let aad_names = crate::crypto::envelope::aad_names(&ctx).into();
+        Decrypt {
+            attr,
+            format,
+            wire: format,
+            tenant,
+            aad_names,
+            mask: false,
+        }
+    }
 }
 
 /// The row shape of a result: per column, `Some` when it is decrypted.
@@ -105,6 +128,8 @@ pub enum Pending {
         /// [`Pending::CopySync`]): one id when the portal is a COPY FROM
         /// STDIN or pgveil does not know it, none otherwise.
         copies: Range<u64>,
+        /// A COPY TO STDOUT whose rows are decrypted for the role.
+        copy_out: Option<Arc<CopyPlan>>,
     },
     /// `op`: the statement or portal map change, as for Parse.
     Close {
@@ -140,6 +165,10 @@ pub enum Pending {
         /// (as pgveil counted them on PostgreSQL's tokens): a
         /// CopyInResponse beyond them was not planned and ends the session.
         copies: Range<u64>,
+        /// The Query's COPY TO STDOUT whose rows are decrypted for the
+        /// role: then the only COPY of the Query (taken at its
+        /// CopyOutResponse).
+        copy_out: Option<Arc<CopyPlan>>,
     },
     /// The catalog query pgveil runs between statements.
     Catalog {
@@ -164,6 +193,7 @@ impl Pending {
             audit,
             ops: Vec::new(),
             copies: 0..0,
+            copy_out: None,
         }
     }
 

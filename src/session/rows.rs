@@ -83,6 +83,35 @@ impl RowDecryptor {
         body: &[u8],
         out: &mut BytesMut,
     ) -> Result<bool, RowError> {
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        match self.decrypt_fields(crypto, shape, body, out).await {
+            Ok(true) => {
+                let n = (out.len() - start - 1) as i32;
+                out[start + 1..start + 5].copy_from_slice(&n.to_be_bytes());
+                Ok(true)
+            }
+            other => {
+                out.truncate(start);
+                other
+            }
+        }
+    }
+
+    /// Decrypt the fields of a row laid out as a DataRow body (a 16-bit
+    /// field count, then each field as a 32-bit length, -1 for NULL, and
+    /// its bytes; a binary COPY tuple has the same layout) that `shape`
+    /// marks, appending the transformed row in the same layout to `out`.
+    /// `Ok(false)`: the body is malformed and nothing was appended. On
+    /// error nothing is appended either (what was decrypted is wiped).
+    pub async fn decrypt_fields(
+        &mut self,
+        crypto: &ValueCrypto,
+        shape: &[Option<Decrypt>],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, RowError> {
         if !self.read_fields(body) {
             return Ok(false);
         }
@@ -91,8 +120,6 @@ impl RowDecryptor {
         self.rows += 1;
         let started = (self.rows % 256 == 1).then(Instant::now);
         let start = out.len();
-        out.put_u8(b'D');
-        out.put_i32(0);
         out.put_slice(&body[..2]);
         for i in 0..self.fields.len() {
             let (at, len) = self.fields[i];
@@ -120,8 +147,6 @@ impl RowDecryptor {
                 });
             }
         }
-        let n = (out.len() - start - 1) as i32;
-        out[start + 1..start + 5].copy_from_slice(&n.to_be_bytes());
         if let Some(t) = started {
             metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt_row")
                 .record(t.elapsed().as_secs_f64());

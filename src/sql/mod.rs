@@ -326,6 +326,18 @@ pub enum CopyField {
     },
 }
 
+/// A field of the rows a `COPY … TO STDOUT` sends that pgveil decrypts
+/// for the role (it may `read` the column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyDecrypt {
+    /// The protected column the field shows unchanged.
+    pub column: ColumnRef,
+    /// The field holding the row's tenant id (tenant tables), when the
+    /// COPY sends the tenant column: the envelope must be bound to it.
+    /// Without it the envelope's own tenant is used, as for a SELECT.
+    pub tenant_field: Option<usize>,
+}
+
 /// A COPY on a protected table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyPlan {
@@ -356,7 +368,26 @@ pub struct CopyPlan {
     /// CSV `FORCE_NOT_NULL` / `FORCE_NULL`: indexes of client fields.
     pub force_not_null: Vec<usize>,
     pub force_null: Vec<usize>,
+    /// COPY TO STDOUT: per field of each row, what pgveil decrypts for the
+    /// role. Empty when it decrypts nothing: the rows go out as PostgreSQL
+    /// sends them (ciphertext).
+    pub decrypt: Vec<Option<CopyDecrypt>>,
+    /// CSV `FORCE_QUOTE` of a decrypting COPY TO: indexes of fields.
+    pub force_quote: Vec<usize>,
     pub source: Range<usize>,
+}
+
+impl CopyPlan {
+    /// Whether the rows of this COPY TO STDOUT are decrypted for the role.
+    pub fn decrypts(&self) -> bool {
+        self.direction == CopyDirection::Out && self.decrypt.iter().any(Option::is_some)
+    }
+
+    /// `schema.table` for messages (for `COPY (query)`, the table of the
+    /// first column decrypted).
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
 }
 
 /// A view over protected tables, as the analyzer sees it.
@@ -554,6 +585,8 @@ pub fn quote_ident(s: &str) -> String {
     }
 }
 
+#[cfg(test)]
+mod copy_out_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]

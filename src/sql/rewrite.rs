@@ -27,9 +27,9 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::{
-    Analyzer, ColumnRef, CopyDirection, CopyField, CopyFormat, CopyPlan, LiteralSlot, ParamAction,
-    Reject, RewritePlan, Segment, SlotOp, StatementKind, StatementPlan, TenantSource, Use, ViewDef,
-    quote_ident,
+    Analyzer, ColumnRef, CopyDecrypt, CopyDirection, CopyField, CopyFormat, CopyPlan, LiteralSlot,
+    ParamAction, Reject, RewritePlan, Segment, SlotOp, StatementKind, StatementPlan, TenantSource,
+    Use, ViewDef, quote_ident,
 };
 use super::{pglex, splice};
 use crate::crypto::types::{Oid, PgType};
@@ -346,6 +346,9 @@ struct OutCol<'a> {
     prot: Option<ProtCol<'a>>,
     /// It is the blind index (current or `next`) of this protected column.
     bidx: Option<ColumnRef>,
+    /// It is the tenant column of its protected table, unchanged (the row's
+    /// tenant id, which a COPY TO checks envelopes against).
+    tenant_of: Option<ColumnRef>,
     /// A view column pgveil cannot map: it may hold any protected data.
     unknown: bool,
     /// Stands for the rest of a `*` over a protected table whose column
@@ -441,9 +444,13 @@ struct CopyOpts {
     escape: char,
     force_not_null: Vec<String>,
     force_null: Vec<String>,
+    /// `FORCE_QUOTE` columns (COPY TO only).
+    force_quote: Vec<String>,
     freeze: bool,
     /// `ENCODING` was given (it can only be UTF8).
     utf8: bool,
+    /// The `ENCODING` given, lower case without punctuation (`utf8`).
+    encoding: Option<String>,
 }
 
 /// Read the options of a COPY. `strict` (COPY FROM into a protected
@@ -476,8 +483,10 @@ fn copy_options(
     let mut escape = None;
     let mut force_not_null = vec![];
     let mut force_null = vec![];
+    let mut force_quote = vec![];
     let mut freeze = false;
     let mut utf8 = false;
+    let mut encoding = None;
     if strict && !options.is_empty() && !legacy.is_empty() {
         return Err(unsupported(
             "lists in both syntaxes",
@@ -522,11 +531,12 @@ fn copy_options(
                 once("ESCAPE")?;
                 escape = Some(*c);
             }
-            CopyOption::ForceQuote(_) => {
+            CopyOption::ForceQuote(cols) => {
                 once("FORCE_QUOTE")?;
                 if strict {
                     return Err(unsupported("FORCE_QUOTE", "it applies to COPY TO only"));
                 }
+                force_quote = cols.iter().map(norm).collect();
             }
             CopyOption::ForceNotNull(cols) => {
                 once("FORCE_NOT_NULL")?;
@@ -544,6 +554,7 @@ fn copy_options(
                     .collect::<String>()
                     .to_ascii_lowercase();
                 utf8 = true;
+                encoding = Some(name.clone());
                 if strict && name != "utf8" && name != "unicode" {
                     return Err(unsupported(
                         "ENCODING",
@@ -595,7 +606,9 @@ fn copy_options(
                         CopyLegacyCsvOption::ForceQuote(_) if strict => {
                             return Err(unsupported("FORCE QUOTE", "it applies to COPY TO only"));
                         }
-                        _ => {}
+                        CopyLegacyCsvOption::ForceQuote(cols) => {
+                            force_quote = cols.iter().map(norm).collect();
+                        }
                     }
                 }
             }
@@ -620,8 +633,10 @@ fn copy_options(
         escape: escape.or(quote).unwrap_or('"'),
         force_not_null,
         force_null,
+        force_quote,
         freeze,
         utf8,
+        encoding,
     };
     let opts = CopyOpts {
         escape: if csv { opts.escape } else { '\\' },
@@ -732,6 +747,57 @@ fn plain_option_literals(text: &str, table: &str) -> R<()> {
         }
     }
     Ok(())
+}
+
+/// The plan of a COPY under options `o`, before its columns are known.
+fn copy_plan(
+    schema: &str,
+    table: &str,
+    o: &CopyOpts,
+    direction: CopyDirection,
+    text: &str,
+    source: Range<usize>,
+) -> CopyPlan {
+    CopyPlan {
+        schema: schema.to_string(),
+        table: table.to_string(),
+        columns: None,
+        format: o.format,
+        delimiter: o.delimiter,
+        null: o.null.clone(),
+        header: o.header,
+        quote: o.quote,
+        escape: o.escape,
+        direction,
+        sql: text.to_string(),
+        fields: vec![],
+        appended: vec![],
+        appended_columns: vec![],
+        force_not_null: vec![],
+        force_null: vec![],
+        decrypt: vec![],
+        force_quote: vec![],
+        source,
+    }
+}
+
+/// The part of a `COPY … TO` statement after its `TO` (its target and
+/// options), on PostgreSQL's tokens: the literals of a `COPY (query)` are
+/// the query's, not options.
+fn options_text(text: &str) -> &str {
+    let mut depth = 0i32;
+    for t in pglex::tokens(text) {
+        let w = &text[t.span.clone()];
+        match t.kind {
+            pglex::Kind::Op if w == "(" => depth += 1,
+            pglex::Kind::Op if w == ")" => depth -= 1,
+            pglex::Kind::Ident if depth == 0 && w.eq_ignore_ascii_case("to") => {
+                return &text[t.span.end..];
+            }
+            _ => {}
+        }
+    }
+    text
 }
 
 fn name_parts(n: &ObjectName) -> Vec<String> {
@@ -1336,6 +1402,48 @@ impl<'a> Cx<'a> {
             Expr::CompoundIdentifier(ids) => self.resolve(ids, sc),
             _ => None,
         }
+    }
+
+    /// `c` when it is the tenant column of a protected table.
+    fn tenant_column(&self, c: &ColumnRef) -> Option<ColumnRef> {
+        let t = self.an.policy.table(&c.schema, &c.table)?;
+        (t.tenant.as_deref() == Some(c.column.as_str())).then(|| c.clone())
+    }
+
+    /// The tenant column of a protected table that `e` is a bare reference
+    /// to (resolved as [`Self::resolve`] resolves protected columns).
+    fn tenant_ref(&self, e: &Expr, sc: &[Scope<'a>]) -> Option<ColumnRef> {
+        let parts = ref_parts(e)?;
+        let (col, qual) = parts.split_last()?;
+        // `Some(t)`: the relation has the column (`t`: the tenant column it
+        // is); `None`: it has not, or pgveil does not know.
+        let tenant_in = |r: &Rel<'a>| -> Option<Option<ColumnRef>> {
+            match &r.kind {
+                RelKind::Table(t) if t.tenant.as_deref() == Some(col.as_str()) => {
+                    Some(Some(ColumnRef::new(&t.schema, &t.table, col)))
+                }
+                RelKind::View(v) => v
+                    .columns
+                    .iter()
+                    .find(|c| &c.0 == col)
+                    .map(|c| c.1.as_ref().and_then(|b| self.tenant_column(b))),
+                RelKind::Derived(cols) => cols
+                    .iter()
+                    .find(|c| c.name.as_deref() == Some(col.as_str()))
+                    .map(|c| c.tenant_of.clone()),
+                _ => self.rel_has_column(r, col).filter(|h| *h).map(|_| None),
+            }
+        };
+        for s in sc.iter().rev() {
+            if qual.is_empty() {
+                if let Some(t) = s.rels.iter().find_map(tenant_in) {
+                    return t;
+                }
+            } else if let Some(r) = s.rels.iter().find(|r| Self::rel_matches(r, qual)) {
+                return tenant_in(r).flatten();
+            }
+        }
+        None
     }
 
     /// A reference to a view column computed from protected data that
@@ -2140,6 +2248,12 @@ impl<'a> Cx<'a> {
                             name: o.name.clone(),
                             prot: o.prot.clone().or_else(|| x.and_then(|x| x.prot.clone())),
                             bidx: o.bidx.clone().or_else(|| x.and_then(|x| x.bidx.clone())),
+                            // A tenant id only where both sides show the
+                            // same table's tenant column.
+                            tenant_of: o
+                                .tenant_of
+                                .clone()
+                                .filter(|t| x.is_some_and(|x| x.tenant_of.as_ref() == Some(t))),
                             unknown: o.unknown || x.is_some_and(|x| x.unknown),
                             many: o.many,
                         }
@@ -2225,6 +2339,8 @@ impl<'a> Cx<'a> {
                         bidx: t
                             .blind_index_owner(name)
                             .map(|(cp, _)| ColumnRef::new(&t.schema, &t.table, &cp.name)),
+                        tenant_of: (t.tenant.as_deref() == Some(name))
+                            .then(|| ColumnRef::new(&t.schema, &t.table, name)),
                         ..Default::default()
                     }
                 };
@@ -2262,6 +2378,7 @@ impl<'a> Cx<'a> {
                         name: Some(n.clone()),
                         prot,
                         bidx: b.as_ref().and_then(|b| self.blind_index_of(b)),
+                        tenant_of: b.as_ref().and_then(|b| self.tenant_column(b)),
                         unknown: v.unknown.contains(n),
                         many: false,
                     }
@@ -2473,6 +2590,7 @@ impl<'a> Cx<'a> {
                 }
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
                     let alias = item_alias(e);
+                    let tenant_of = self.tenant_ref(e, &sc);
                     let c = self.expr(e, &sc)?;
                     let name = match &*item {
                         SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
@@ -2491,6 +2609,7 @@ impl<'a> Cx<'a> {
                             self.plain(c, "", "")?;
                             outs.push(OutCol {
                                 name,
+                                tenant_of,
                                 ..Default::default()
                             });
                         }
@@ -3737,7 +3856,21 @@ impl<'a> Cx<'a> {
                         "pgveil: COPY (SELECT …) with lookups on protected columns is not supported: run the SELECT instead",
                     ));
                 }
-                return Ok(Top::Done(StatementKind::Copy));
+                let decrypt = self.copy_decrypt(&outs);
+                let first = decrypt.iter().flatten().next().map(|d| d.column.clone());
+                let Some(first) = first.filter(|_| matches!(target, CopyTarget::Stdout)) else {
+                    return Ok(Top::Done(StatementKind::Copy));
+                };
+                let o = copy_options(
+                    options,
+                    legacy_options,
+                    false,
+                    &format!("{}.{}", first.schema, first.table),
+                )?;
+                let mut plan = copy_plan(&first.schema, &first.table, &o, direction, text, source);
+                let names: Vec<Option<String>> = outs.iter().map(|o| o.name.clone()).collect();
+                self.decrypting_copy_to(&mut plan, &o, text, &names, decrypt)?;
+                return Ok(Top::Copy(Box::new(plan)));
             }
             CopySource::Table {
                 table_name,
@@ -3774,25 +3907,7 @@ impl<'a> Cx<'a> {
         } else {
             Some(columns.iter().map(norm).collect())
         };
-        let mut plan = CopyPlan {
-            schema: t.schema.clone(),
-            table: t.table.clone(),
-            columns: None,
-            format: o.format,
-            delimiter: o.delimiter,
-            null: o.null.clone(),
-            header: o.header,
-            quote: o.quote,
-            escape: o.escape,
-            direction,
-            sql: text.to_string(),
-            fields: vec![],
-            appended: vec![],
-            appended_columns: vec![],
-            force_not_null: vec![],
-            force_null: vec![],
-            source,
-        };
+        let mut plan = copy_plan(&t.schema, &t.table, &o, direction, text, source);
         if direction == CopyDirection::Out {
             // CopyData is not masked like DataRows: blind-index columns go
             // out only to roles that may search them.
@@ -3821,6 +3936,33 @@ impl<'a> Cx<'a> {
             }
             for c in &t.columns {
                 self.touch(&ColumnRef::new(&t.schema, &t.table, &c.name), Use::Read);
+            }
+            let reads = t.columns.iter().any(|c| self.access(c).read_plaintext);
+            if reads && matches!(target, CopyTarget::Stdout) {
+                // The rows go out decrypted, as a SELECT of the columns
+                // would show them.
+                let Some(list) = &cols else {
+                    return Err(Reject::unsupported(format!(
+                        "pgveil: COPY {qualified} TO STDOUT would be decrypted for role {}, but pgveil does not know the table's columns: list them, e.g. COPY {qualified} (id, …) TO STDOUT",
+                        self.role
+                    )));
+                };
+                let tenant_field = t
+                    .tenant
+                    .as_ref()
+                    .and_then(|tc| list.iter().position(|c| c == tc));
+                let decrypt = list
+                    .iter()
+                    .map(|c| {
+                        let cp = t.column(c)?;
+                        self.access(cp).read_plaintext.then(|| CopyDecrypt {
+                            column: ColumnRef::new(&t.schema, &t.table, c),
+                            tenant_field,
+                        })
+                    })
+                    .collect();
+                let names: Vec<Option<String>> = list.iter().cloned().map(Some).collect();
+                self.decrypting_copy_to(&mut plan, &o, text, &names, decrypt)?;
             }
             plan.columns = cols;
             return Ok(Top::Copy(Box::new(plan)));
@@ -3951,6 +4093,64 @@ impl<'a> Cx<'a> {
         plan.columns = Some(list);
         plan.appended_columns = appended_cols;
         Ok(Top::Copy(Box::new(plan)))
+    }
+
+    /// Per output column of `COPY (query) TO`: the protected column this
+    /// role gets decrypted, and where the row's tenant id is (the first
+    /// output that shows its table's tenant column unchanged).
+    fn copy_decrypt(&self, outs: &[OutCol<'a>]) -> Vec<Option<CopyDecrypt>> {
+        outs.iter()
+            .map(|o| {
+                let p = o.prot.as_ref()?;
+                let (_, cp) = self.col_policy(&p.col);
+                if !self.access(cp).read_plaintext {
+                    return None;
+                }
+                let tenant_field = outs.iter().position(|t| {
+                    t.tenant_of
+                        .as_ref()
+                        .is_some_and(|t| t.schema == p.col.schema && t.table == p.col.table)
+                });
+                Some(CopyDecrypt {
+                    column: p.col.clone(),
+                    tenant_field,
+                })
+            })
+            .collect()
+    }
+
+    /// A COPY TO STDOUT whose rows pgveil decrypts (`decrypt`, per field;
+    /// `names`: the fields' column names). pgveil parses the rows under the
+    /// statement's options, so they must read as PostgreSQL reads them
+    /// (plain `'…'` strings), and the plaintext it writes is UTF8.
+    fn decrypting_copy_to(
+        &self,
+        plan: &mut CopyPlan,
+        o: &CopyOpts,
+        text: &str,
+        names: &[Option<String>],
+        decrypt: Vec<Option<CopyDecrypt>>,
+    ) -> R<()> {
+        let qualified = plan.qualified();
+        plain_option_literals(options_text(text), &qualified)?;
+        if let Some(e) = &o.encoding
+            && e != "utf8"
+            && e != "unicode"
+        {
+            return Err(Reject::unsupported(format!(
+                "pgveil: COPY option ENCODING other than UTF8 is not supported for a COPY TO that pgveil decrypts (protected columns of {qualified}): the plaintext is UTF8; leave out ENCODING"
+            )));
+        }
+        if o.format == CopyFormat::Csv {
+            // PostgreSQL takes the first column of the name.
+            plan.force_quote = o
+                .force_quote
+                .iter()
+                .filter_map(|c| names.iter().position(|n| n.as_deref() == Some(c)))
+                .collect();
+        }
+        plan.decrypt = decrypt;
+        Ok(())
     }
 
     // ----- output -------------------------------------------------------------

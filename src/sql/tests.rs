@@ -785,7 +785,7 @@ fn copy_plans() {
         "{}",
         c.sql
     );
-    let v = a.plan("copy users to stdout", "app_user", Mode::Simple);
+    let v = a.plan("copy users (id, email) to stdout", "app_user", Mode::Simple);
     assert!(matches!(&v[0], StatementPlan::Copy(c) if c.direction == CopyDirection::Out));
     let v = a.plan("copy users from stdin", "app_user", Mode::Simple);
     assert!(reject(v[0].clone()).1.contains("column list"));
