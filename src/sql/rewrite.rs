@@ -35,6 +35,7 @@ use crate::crypto::types::{Oid, PgType};
 use crate::policy::catalog::ChildOf;
 use crate::policy::{Access, ColumnPolicy, TablePolicy};
 
+mod bulk;
 mod insert;
 
 type R<T> = Result<T, Reject>;
@@ -871,8 +872,28 @@ impl<'a> Cx<'a> {
             target: target.clone(),
             op,
             tenant,
+            tenants: vec![],
         });
         placeholder(format!("{}{}", self.marker, i))
+    }
+
+    /// A slot for a whole array literal of plaintexts (`op` one of the
+    /// array operations), with the tenant of each element.
+    fn slot_array(
+        &mut self,
+        items: &[Option<String>],
+        target: &ColumnRef,
+        op: SlotOp,
+        tenants: Vec<TenantSource>,
+    ) -> Expr {
+        let e = self.slot(
+            Some(super::array::render_text(items)),
+            target,
+            op,
+            TenantSource::None,
+        );
+        self.literals.last_mut().expect("just pushed").tenants = tenants;
+        e
     }
 
     fn touch(&mut self, c: &ColumnRef, u: Use) {
@@ -3717,6 +3738,8 @@ fn action_target(a: &ParamAction) -> Option<&ColumnRef> {
         ParamAction::Encrypt { target, .. }
         | ParamAction::BlindIndex { target, .. }
         | ParamAction::BlindIndexNext { target, .. }
+        | ParamAction::EncryptArray { target, .. }
+        | ParamAction::BlindIndexArray { target, .. }
         | ParamAction::RequireEnvelope { target, .. } => Some(target),
     }
 }

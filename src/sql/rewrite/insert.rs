@@ -312,13 +312,18 @@ impl<'a> Cx<'a> {
                 }
             }
             Some(q) => {
-                if let Some((_, cp)) = protected_pos.first() {
-                    return Err(Reject::unsupported(format!(
-                        "pgveil: INSERT … SELECT into protected column {qualified}.{} is not supported: pgveil cannot encrypt values computed by the database; insert with VALUES and parameters from the application",
-                        cp.name
-                    )));
+                if protected_pos.is_empty() {
+                    self.query(q, sc)?;
+                } else {
+                    // Rows the application sends through UNNEST or VALUES
+                    // (the ORMs' bulk inserts); anything else is refused.
+                    for bcol in self.insert_select(t, &cols, q, sc)? {
+                        ins.columns
+                            .push(ObjectName(vec![ObjectNamePart::Identifier(make_ident(
+                                &bcol,
+                            ))]));
+                    }
                 }
-                self.query(q, sc)?;
             }
             None => {}
         }
