@@ -849,6 +849,12 @@ fn on_conflict_of_bulk_inserts_uses_the_blind_index() {
 
 #[test]
 fn on_conflict_refusals() {
+    // A role that cannot compute the blind index.
+    let (_, msg) = reject(ext(
+        "insert into users (email) values ($1) on conflict (email) do nothing",
+        "dba",
+    ));
+    assert!(msg.contains("ON CONFLICT") && msg.contains("dba"), "{msg}");
     // A value computed from the conflicting row.
     let (_, msg) = reject(ext(
         "insert into users (email) values ($1) on conflict (email_bidx) do update set email = users.email",

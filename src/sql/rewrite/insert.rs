@@ -335,6 +335,15 @@ impl<'a> Cx<'a> {
                         for c in cs.iter_mut() {
                             let n = norm(c);
                             if let Some(cp) = t.column(&n) {
+                                // The conflict is found on the blind index
+                                // of the inserted value, which pgveil only
+                                // computes for roles that write plaintext.
+                                if !self.access(cp).write {
+                                    return Err(Reject::unsupported(format!(
+                                        "pgveil: ON CONFLICT ({n}) on protected column {qualified}.{n} by role {}: the conflict is found on the column's blind index, which pgveil computes only for roles with write access; ask the security team for write access, or use a unique constraint on an unprotected column",
+                                        self.role
+                                    )));
+                                }
                                 match &cp.blind_index {
                                     Some(b) => {
                                         *c = make_ident(&b.column);
