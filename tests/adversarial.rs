@@ -7,6 +7,8 @@ mod common;
 
 #[path = "adversarial/batch.rs"]
 mod batch;
+#[path = "adversarial/bulk.rs"]
+mod bulk;
 #[path = "adversarial/catalog.rs"]
 mod catalog;
 #[path = "adversarial/copy.rs"]

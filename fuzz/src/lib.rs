@@ -603,18 +603,24 @@ pub fn check_frontend_frame(f: &Frame) {
     }
 }
 
-/// Array parameters (`= ANY($1)`) in both formats.
+/// Array parameters (`= ANY($1)`, `UNNEST($1::text[])`) in both formats:
+/// what the strict readers accept survives pgveil's own encoding, and text
+/// literals render back to the same elements.
 fn check_array_param(v: &[u8]) {
-    if let Some(items) = m::decode_binary_array(v) {
-        let enc = m::encode_binary_array(25, &items);
-        assert_eq!(
-            m::decode_binary_array(&enc),
-            Some(items),
-            "binary array round trip"
-        );
+    use pgveil::sql::array;
+    if let Ok(a) = array::decode_binary(v) {
+        let enc = m::encode_binary_array(a.elem_oid, &a.items);
+        let back = array::decode_binary(&enc).expect("pgveil's own array encoding reads back");
+        assert_eq!(back.items, a.items, "binary array round trip");
     }
-    if let Ok(s) = std::str::from_utf8(v) {
-        let _ = m::decode_text_array(s);
+    if let Ok(s) = std::str::from_utf8(v)
+        && let Ok(items) = array::parse_text(s)
+    {
+        assert_eq!(
+            array::parse_text(&array::render_text(&items)),
+            Ok(items),
+            "text array round trip"
+        );
     }
 }
 
@@ -789,6 +795,8 @@ impl Secrets {
                                 ParamAction::Encrypt { .. }
                                     | ParamAction::BlindIndex { .. }
                                     | ParamAction::BlindIndexNext { .. }
+                                    | ParamAction::EncryptArray { .. }
+                                    | ParamAction::BlindIndexArray { .. }
                             ) {
                                 protected.push(a.orig());
                             }

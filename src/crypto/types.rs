@@ -102,6 +102,11 @@ impl PgType {
     pub fn from_oid(oid: Oid) -> Option<PgType> {
         PgType::ALL.into_iter().find(|t| t.oid() == oid)
     }
+
+    /// The element type of an array type's OID (`1009` → text).
+    pub fn from_array_oid(oid: Oid) -> Option<PgType> {
+        PgType::ALL.into_iter().find(|t| t.array_oid() == oid)
+    }
 }
 
 impl fmt::Display for PgType {

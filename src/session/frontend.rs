@@ -31,13 +31,16 @@ pub const COPY_FACTOR: usize = 3;
 use super::copy::CopyIn;
 use super::messages::{self as m, BindMsg, ParseMsg};
 use super::values::{
-    ValueError, bytea_literal, envelope_literal, envelope_to_stored_binary, stored_to_envelope,
+    ValueError, array_literal, bytea_literal, envelope_literal, envelope_to_stored_binary,
+    stored_to_envelope,
 };
 use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Resolution, Shared};
+use crate::crypto::Storage;
 use crate::policy::catalog::ProtectedAttr;
+use crate::sql::array::{self, ArrayError};
 use crate::sql::{
-    ColumnRef, CopyDirection, CopyPlan, LiteralSlot, Mode, ParamAction, RewritePlan, SlotOp,
-    SqlName, StatementPlan, TenantSource, Use, batch,
+    ArrayTenant, ColumnRef, CopyDirection, CopyPlan, LiteralSlot, Mode, ParamAction, RewritePlan,
+    SlotOp, SqlName, StatementPlan, TenantSource, Use, batch,
 };
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -230,6 +233,15 @@ fn ambiguous(what: &str, name: &str) -> Refusal {
         format!(
             "pgveil: {what} \"{name}\" was prepared or closed again before PostgreSQL answered an earlier Sync, and it involves a protected table: wait for the earlier ReadyForQuery before using the name, or use a new name"
         ),
+    )
+}
+
+/// An array slot whose value pgveil wrote itself did not read back: never
+/// expected, refused rather than guessed.
+fn internal_slot() -> Refusal {
+    refuse(
+        "XX000",
+        "pgveil: internal error while encrypting an array literal; the statement was not sent",
     )
 }
 
@@ -1923,6 +1935,49 @@ impl Frontend {
                 )?;
                 Ok(bytea_literal(&idx))
             }
+            SlotOp::EncryptArray => {
+                let items = array::parse_text(value).map_err(|_| internal_slot())?;
+                let mut out = Vec::with_capacity(items.len());
+                for (i, it) in items.iter().enumerate() {
+                    out.push(match it {
+                        None => None,
+                        Some(v) => {
+                            let tenant = match slot.tenants.get(i) {
+                                Some(TenantSource::Literal(t)) => Some(t.as_str()),
+                                _ if attr.tenant.is_some() => return Err(internal_slot()),
+                                _ => None,
+                            };
+                            let canonical = self.engine.crypto.canonical(&attr, 0, v.as_bytes())?;
+                            let env = self
+                                .engine
+                                .crypto
+                                .encrypt(&attr, tenant, &canonical)
+                                .await?;
+                            Some(env)
+                        }
+                    });
+                }
+                Ok(array_literal(attr.storage, &out))
+            }
+            SlotOp::BlindIndexArray | SlotOp::BlindIndexNextArray => {
+                let items = array::parse_text(value).map_err(|_| internal_slot())?;
+                let mut out = Vec::with_capacity(items.len());
+                for it in &items {
+                    out.push(match it {
+                        None => None,
+                        Some(v) => {
+                            let canonical = self.engine.crypto.canonical(&attr, 0, v.as_bytes())?;
+                            let idx = self.engine.crypto.blind_index(
+                                &attr,
+                                slot.op == SlotOp::BlindIndexNextArray,
+                                &canonical,
+                            )?;
+                            Some(idx.to_vec())
+                        }
+                    });
+                }
+                Ok(array_literal(Storage::Bytea, &out))
+            }
             SlotOp::RequireEnvelope => {
                 let env =
                     stored_to_envelope(attr.storage, 0, value.as_bytes()).ok_or_else(|| {
@@ -2027,9 +2082,46 @@ impl Frontend {
                     let attr = self.attr(&entry, target)?;
                     let out = match v {
                         None => None,
-                        Some(v) if array => Some(self.blind_index_array(&attr, f, &v)?),
+                        Some(v) if array => {
+                            Some(self.blind_index_array(&attr, f, &v, None, false)?)
+                        }
                         Some(v) => {
                             Some(self.blind_index_param(&attr, declared(*orig), f, &v, next)?)
+                        }
+                    };
+                    params.push(out);
+                    formats.push(1);
+                }
+                ParamAction::EncryptArray {
+                    orig,
+                    target,
+                    tenant,
+                    elem,
+                } => {
+                    let (v, f) = get(*orig)?;
+                    let attr = self.attr(&entry, target)?;
+                    let out = match v {
+                        None => None,
+                        Some(v) => Some(
+                            self.encrypt_array(&entry, b, &attr, tenant, *elem, f, &v)
+                                .await?,
+                        ),
+                    };
+                    params.push(out);
+                    formats.push(1);
+                }
+                ParamAction::BlindIndexArray {
+                    orig,
+                    target,
+                    next,
+                    elem,
+                } => {
+                    let (v, f) = get(*orig)?;
+                    let attr = self.attr(&entry, target)?;
+                    let out = match v {
+                        None => None,
+                        Some(v) => {
+                            Some(self.blind_index_array(&attr, f, &v, Some(*elem), *next)?)
                         }
                     };
                     params.push(out);
@@ -2092,40 +2184,202 @@ impl Frontend {
         ))
     }
 
-    fn blind_index_array(&self, attr: &ProtectedAttr, f: i16, v: &[u8]) -> Result<Bytes, Refusal> {
-        let bad = || {
-            Refusal::from(ValueError::Invalid {
-                column: attr.column.to_string(),
-                ty: "array",
-                format: if f == 1 { "binary" } else { "text" },
-            })
+    /// The elements of a one-dimensional array parameter in format `f`,
+    /// each in the same format. `elem`: the element type the client's
+    /// array must hold (checked in a binary array's header, as
+    /// PostgreSQL's `array_recv` does).
+    fn array_items(
+        &self,
+        column: &ColumnRef,
+        f: i16,
+        v: &[u8],
+        elem: Option<u32>,
+    ) -> Result<Vec<Option<Vec<u8>>>, Refusal> {
+        let err = |e: ArrayError| -> Refusal {
+            match e {
+                ArrayError::MultiDimensional => refuse(
+                    "0A000",
+                    format!(
+                        "pgveil: the array parameter for protected column {column} has more than one dimension; pgveil transforms one-dimensional arrays only (UNNEST would flatten it): send a one-dimensional array"
+                    ),
+                ),
+                ArrayError::Malformed => ValueError::Invalid {
+                    column: column.to_string(),
+                    ty: "array",
+                    format: if f == 1 { "binary" } else { "text" },
+                }
+                .into(),
+            }
         };
-        let items: Vec<Option<Vec<u8>>> = if f == 1 {
-            m::decode_binary_array(v).ok_or_else(bad)?
+        if f == 1 {
+            let a = array::decode_binary(v).map_err(err)?;
+            if let Some(e) = elem
+                && a.elem_oid != e
+            {
+                return Err(refuse(
+                    "42804",
+                    format!(
+                        "pgveil: the array parameter for protected column {column} has element type OID {} instead of the expected {e}",
+                        a.elem_oid
+                    ),
+                ));
+            }
+            Ok(a.items)
         } else {
-            let s = std::str::from_utf8(v).map_err(|_| bad())?;
-            m::decode_text_array(s)
-                .ok_or_else(bad)?
+            let s = std::str::from_utf8(v).map_err(|_| err(ArrayError::Malformed))?;
+            Ok(array::parse_text(s)
+                .map_err(err)?
                 .into_iter()
                 .map(|o| o.map(String::into_bytes))
-                .collect()
-        };
+                .collect())
+        }
+    }
+
+    /// The blind index of each element of an array parameter (`= ANY($1)`,
+    /// the blind-index argument of an UNNEST), as a binary `bytea[]`.
+    fn blind_index_array(
+        &self,
+        attr: &ProtectedAttr,
+        f: i16,
+        v: &[u8],
+        elem: Option<u32>,
+        next: bool,
+    ) -> Result<Bytes, Refusal> {
+        let items = self.array_items(&attr.column, f, v, elem)?;
         let mut out = Vec::with_capacity(items.len());
         for it in items {
             out.push(match it {
                 None => None,
                 Some(e) => {
-                    let canonical = self.engine.crypto.canonical(attr, f, &e)?;
+                    let canonical =
+                        self.engine
+                            .crypto
+                            .canonical_param(attr, elem.unwrap_or(0), f, &e)?;
                     Some(
                         self.engine
                             .crypto
-                            .blind_index(attr, false, &canonical)?
+                            .blind_index(attr, next, &canonical)?
                             .to_vec(),
                     )
                 }
             });
         }
         Ok(m::encode_binary_array(17, &out))
+    }
+
+    /// Each element of an array parameter encrypted for `attr`, with the
+    /// tenant at the same position: an array of envelopes in the column's
+    /// storage type (binary `bytea[]` or `text[]`).
+    #[allow(clippy::too_many_arguments)]
+    async fn encrypt_array(
+        &self,
+        entry: &super::CatalogEntry,
+        b: &BindMsg,
+        attr: &ProtectedAttr,
+        tenant: &ArrayTenant,
+        elem: u32,
+        f: i16,
+        v: &[u8],
+    ) -> Result<Bytes, Refusal> {
+        let target = &attr.column;
+        let items = self.array_items(target, f, v, Some(elem))?;
+        let tenants: Option<Vec<Option<String>>> = match tenant {
+            ArrayTenant::None => None,
+            ArrayTenant::Param(q) => Some(self.tenant_array(b, target, *q)?),
+            ArrayTenant::Elements(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for ts in list {
+                    out.push(match ts {
+                        TenantSource::None => None,
+                        other => self.tenant(entry, b, target, other)?,
+                    });
+                }
+                Some(out)
+            }
+        };
+        if attr.tenant.is_some() && tenants.is_none() {
+            return Err(refuse(
+                "42501",
+                format!(
+                    "pgveil: {target} is encrypted per tenant, but the rows' tenants are unknown"
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, it) in items.into_iter().enumerate() {
+            out.push(match it {
+                None => None,
+                Some(e) => {
+                    let tenant = match &tenants {
+                        None => None,
+                        Some(ts) => Some(ts.get(i).cloned().flatten().ok_or_else(|| {
+                            refuse(
+                                "42501",
+                                format!(
+                                    "pgveil: {target} is encrypted per tenant: every row with a value needs a tenant id (the tenant array has a NULL there or is shorter)"
+                                ),
+                            )
+                        })?),
+                    };
+                    let canonical = self.engine.crypto.canonical_param(attr, elem, f, &e)?;
+                    let env = self
+                        .engine
+                        .crypto
+                        .encrypt(attr, tenant.as_deref(), &canonical)
+                        .await?;
+                    Some(envelope_to_stored_binary(attr.storage, &env))
+                }
+            });
+        }
+        Ok(m::encode_binary_array(attr.storage.oid(), &out))
+    }
+
+    /// The tenant ids in the client's array parameter `q`, as text.
+    fn tenant_array(
+        &self,
+        b: &BindMsg,
+        target: &ColumnRef,
+        q: usize,
+    ) -> Result<Vec<Option<String>>, Refusal> {
+        let bad = || {
+            refuse(
+                "22P02",
+                format!(
+                    "pgveil: the tenant ids for {target} are not a valid one-dimensional array of tenant ids"
+                ),
+            )
+        };
+        let Some(Some(v)) = b.params.get(q) else {
+            return Err(refuse(
+                "42501",
+                format!(
+                    "pgveil: {target} is encrypted per tenant: the tenant id array must not be NULL"
+                ),
+            ));
+        };
+        if b.param_format(q) == 1 {
+            let a = array::decode_binary(v).map_err(|_| bad())?;
+            let ty = match a.elem_oid {
+                21 => "smallint",
+                23 => "integer",
+                20 => "bigint",
+                2950 => "uuid",
+                25 | 1043 => "text",
+                _ => return Err(bad()),
+            };
+            a.items
+                .into_iter()
+                .map(|it| match it {
+                    None => Ok(None),
+                    Some(e) => super::values::binary_tenant(ty, &e)
+                        .map(Some)
+                        .ok_or_else(bad),
+                })
+                .collect()
+        } else {
+            let s = std::str::from_utf8(v).map_err(|_| bad())?;
+            array::parse_text(s).map_err(|_| bad())
+        }
     }
 
     fn tenant(

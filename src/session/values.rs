@@ -306,6 +306,30 @@ pub fn envelope_literal(storage: Storage, env: &[u8]) -> String {
     }
 }
 
+/// An SQL array literal of stored values (envelopes, or blind indexes
+/// for `Storage::Bytea`): `E'{"\\\\x…",NULL}'::bytea[]` or
+/// `E'{"pgv1:…"}'::text[]`. An escape string for the same reason as
+/// [`bytea_literal`].
+pub fn array_literal(storage: Storage, items: &[Option<Vec<u8>>]) -> String {
+    let elems: Vec<Option<String>> = items
+        .iter()
+        .map(|it| {
+            it.as_ref().map(|b| match storage {
+                Storage::Bytea => format!("\\x{}", hex::encode(b)),
+                Storage::Text => envelope::to_text(b),
+            })
+        })
+        .collect();
+    let body = crate::sql::array::render_text(&elems)
+        .replace('\\', "\\\\")
+        .replace('\'', "''");
+    let ty = match storage {
+        Storage::Bytea => "bytea",
+        Storage::Text => "text",
+    };
+    format!("E'{body}'::{ty}[]")
+}
+
 /// `E'\\x…'::bytea`.
 /// An escape-string literal, so that it reads the same whatever the
 /// session's `standard_conforming_strings` (a plain `'\x…'` would be read as
@@ -488,5 +512,9 @@ mod tests {
             all
         );
         assert_eq!(bytea_literal(&[1, 2]), "E'\\\\x0102'::bytea");
+        assert_eq!(
+            array_literal(Storage::Bytea, &[Some(vec![1, 2]), None]),
+            r#"E'{"\\\\x0102",NULL}'::bytea[]"#
+        );
     }
 }

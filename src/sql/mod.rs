@@ -8,6 +8,7 @@
 //!
 //! See `docs/policy.md` for what SQL works on a protected column.
 
+pub mod array;
 pub mod batch;
 mod lex;
 pub mod pglex;
@@ -19,7 +20,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::crypto::types::{Oid, PgType};
+use crate::crypto::types::{Oid, PgType, Storage};
 use crate::policy::{Catalog, Policy};
 
 pub use lex::split_statements;
@@ -135,6 +136,16 @@ pub enum SlotOp {
     /// well-formed envelope for the target column; send it unchanged,
     /// otherwise reject at execution time.
     RequireEnvelope,
+    /// The value is a one-dimensional array literal of plaintexts (as
+    /// [`array::render_text`] writes it): encrypt each element for the
+    /// target column with the tenant at its position in
+    /// [`LiteralSlot::tenants`]; rendered as an array literal of envelopes
+    /// cast to the storage type's array (`bytea[]` or `text[]`).
+    EncryptArray,
+    /// Each element's blind index, as a `bytea[]` literal.
+    BlindIndexArray,
+    /// Each element's blind index under the `next` key.
+    BlindIndexNextArray,
 }
 
 /// Where the tenant id for an encryption comes from.
@@ -148,6 +159,20 @@ pub enum TenantSource {
     Param(usize),
 }
 
+/// Where the tenant of each element of an array parameter comes from
+/// (`UNNEST($1::text[])` into a tenant table): element `i` of the value
+/// array is encrypted for the tenant at position `i`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ArrayTenant {
+    /// Not a tenant table.
+    None,
+    /// The elements of the client's array parameter (0-based index).
+    Param(usize),
+    /// Known per element when the statement was planned (the elements of
+    /// an array literal, or scalar parameters in `ARRAY[$1, $2]`).
+    Elements(Vec<TenantSource>),
+}
+
 /// A literal of the client's statement that the proxy must transform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiteralSlot {
@@ -156,6 +181,10 @@ pub struct LiteralSlot {
     pub target: ColumnRef,
     pub op: SlotOp,
     pub tenant: TenantSource,
+    /// For [`SlotOp::EncryptArray`] into a tenant table: the tenant of each
+    /// element (`TenantSource::None` for a row without one, allowed only
+    /// where the element is NULL). Empty otherwise.
+    pub tenants: Vec<TenantSource>,
 }
 
 /// One parameter of the final (rewritten) statement.
@@ -179,6 +208,25 @@ pub enum ParamAction {
     },
     /// Blind index under the `next` key (dual-write during rotation).
     BlindIndexNext { orig: usize, target: ColumnRef },
+    /// Encrypt each element of the client's one-dimensional array
+    /// parameter for `target` (`UNNEST($n::text[])`): an array of envelopes
+    /// in the column's storage type. `elem` is the OID of the element type
+    /// the client's array holds (its declared type's, or the one PostgreSQL
+    /// would have inferred from the cast).
+    EncryptArray {
+        orig: usize,
+        target: ColumnRef,
+        tenant: ArrayTenant,
+        elem: Oid,
+    },
+    /// The blind index of each element of the client's array parameter
+    /// (`bytea[]`), under the current or the `next` key.
+    BlindIndexArray {
+        orig: usize,
+        target: ColumnRef,
+        next: bool,
+        elem: Oid,
+    },
     /// The role may not write plaintext: the parameter must be a well-formed
     /// envelope for `target`; send unchanged, otherwise reject at Bind.
     RequireEnvelope { orig: usize, target: ColumnRef },
@@ -192,6 +240,8 @@ impl ParamAction {
             | ParamAction::Encrypt { orig, .. }
             | ParamAction::BlindIndex { orig, .. }
             | ParamAction::BlindIndexNext { orig, .. }
+            | ParamAction::EncryptArray { orig, .. }
+            | ParamAction::BlindIndexArray { orig, .. }
             | ParamAction::RequireEnvelope { orig, .. } => *orig,
         }
     }
@@ -417,6 +467,10 @@ pub struct Analyzer {
     /// Inheritance children and partitions of protected tables: (schema,
     /// name) → the policy table they are planned as, or the refusal.
     pub(crate) children: HashMap<(String, String), crate::policy::catalog::ChildOf>,
+    /// How each protected column stores ciphertext (from the catalog;
+    /// `bytea` when unknown: a rewrite that names the wrong storage type
+    /// fails in PostgreSQL, it never stores plaintext).
+    pub(crate) storage: HashMap<ColumnRef, Storage>,
     names: lex::NameSet,
 }
 
@@ -435,6 +489,7 @@ impl Analyzer {
             views: HashMap::new(),
             table_columns: HashMap::new(),
             children: HashMap::new(),
+            storage: HashMap::new(),
             names,
         }
     }
@@ -467,6 +522,9 @@ impl Analyzer {
             );
         }
         a.children = catalog.children.clone();
+        for attr in catalog.protected.values() {
+            a.storage.insert(attr.column.clone(), attr.storage);
+        }
         for t in &a.policy.tables {
             if let Some(rel) = catalog.relation(&t.schema, &t.table) {
                 a.table_columns
@@ -585,6 +643,8 @@ pub fn quote_ident(s: &str) -> String {
     }
 }
 
+#[cfg(test)]
+mod bulk_tests;
 #[cfg(test)]
 mod copy_out_tests;
 #[cfg(test)]

@@ -24,9 +24,9 @@
 //!
 //! Every byte outside the returned edit spans is the client's.
 
-use std::ops::Range;
-
+use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::ops::Range;
 
 use sqlparser::ast::{Expr, Statement, Value, ValueWithSpan, visit_expressions_mut};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -147,9 +147,9 @@ fn splice(
     }) {
         to_orig[b] = Some(o);
     }
-    let hunks = diff(pb.len(), pa.len(), |i, j| {
-        before[pb[i].span.clone()] == after[pa[j].span.clone()]
-    })?;
+    let tb: Vec<&str> = pb.iter().map(|t| &before[t.span.clone()]).collect();
+    let ta: Vec<&str> = pa.iter().map(|t| &after[t.span.clone()]).collect();
+    let hunks = diff(&tb, &ta)?;
     let mut edits = Vec::with_capacity(hunks.len());
     for h in hunks {
         let text = if h.new.is_empty() {
@@ -320,6 +320,55 @@ fn align(n: usize, m: usize, eq: impl Fn(usize, usize) -> bool) -> Vec<(usize, u
     pairs
 }
 
+/// Tokens that occur exactly once in `a` and once in `b`, paired, keeping
+/// the longest run that is increasing in both (patience diff's anchors).
+/// The client's literals (stand-ins named by their position), pgveil's slot
+/// markers and most keywords and names are such tokens, so a long run the
+/// rewrite inserted or removed (an array literal collapsed into one slot)
+/// is bounded by anchors on both sides.
+fn unique_anchors(a: &[&str], b: &[&str]) -> Vec<(usize, usize)> {
+    let mut seen: HashMap<&str, (u32, usize, u32, usize)> = HashMap::new();
+    for (k, t) in a.iter().enumerate() {
+        let e = seen.entry(t).or_insert((0, 0, 0, 0));
+        e.0 += 1;
+        e.1 = k;
+    }
+    for (k, t) in b.iter().enumerate() {
+        if let Some(e) = seen.get_mut(t) {
+            e.2 += 1;
+            e.3 = k;
+        }
+    }
+    let mut cand: Vec<(usize, usize)> = seen
+        .into_values()
+        .filter(|e| e.0 == 1 && e.2 == 1)
+        .map(|e| (e.1, e.3))
+        .collect();
+    cand.sort_unstable();
+    // Longest increasing subsequence of the b positions.
+    let mut tails: Vec<usize> = vec![]; // index into cand of the last of each length
+    let mut prev: Vec<Option<usize>> = vec![None; cand.len()];
+    for (k, &(_, y)) in cand.iter().enumerate() {
+        let l = tails.partition_point(|&t| cand[t].1 < y);
+        if l > 0 {
+            prev[k] = Some(tails[l - 1]);
+        }
+        if l == tails.len() {
+            tails.push(k);
+        } else {
+            tails[l] = k;
+        }
+    }
+    let mut out = vec![];
+    let mut at = tails.last().copied();
+    while let Some(k) = at {
+        out.push(cand[k]);
+        at = prev[k];
+    }
+    out.reverse();
+    out
+}
+
 /// A change between two token sequences: `old` replaced by `new`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Hunk {
@@ -327,10 +376,37 @@ struct Hunk {
     new: Range<usize>,
 }
 
-/// The hunks that turn sequence A (length n) into B (length m), from the
-/// same greedy alignment; `None` if the tails cannot be aligned.
-fn diff(n: usize, m: usize, eq: impl Fn(usize, usize) -> bool) -> Option<Vec<Hunk>> {
-    let pairs = align(n, m, &eq);
+/// The hunks that turn token sequence `a` into `b` (two prints, compared
+/// exactly). Between the tokens unique to both ([`unique_anchors`]), the
+/// common beginning and end of each stretch are paired and the rest is
+/// aligned greedily as [`align`] does, so a change is one hunk however long
+/// it is, and everything around it stays the client's.
+fn diff(a: &[&str], b: &[&str]) -> Option<Vec<Hunk>> {
+    let (n, m) = (a.len(), b.len());
+    let mut pairs = Vec::with_capacity(n.min(m));
+    let (mut x0, mut y0) = (0, 0);
+    for (x1, y1) in unique_anchors(a, b)
+        .into_iter()
+        .chain(std::iter::once((n, m)))
+    {
+        // The stretch a[x0..x1] against b[y0..y1].
+        let (mut s, mut e) = (0, 0);
+        while x0 + s < x1 && y0 + s < y1 && a[x0 + s] == b[y0 + s] {
+            pairs.push((x0 + s, y0 + s));
+            s += 1;
+        }
+        while x1 - e > x0 + s && y1 - e > y0 + s && a[x1 - e - 1] == b[y1 - e - 1] {
+            e += 1;
+        }
+        let (xa, ya) = (x0 + s, y0 + s);
+        let mid = align(x1 - e - xa, y1 - e - ya, |i, j| a[xa + i] == b[ya + j]);
+        pairs.extend(mid.into_iter().map(|(i, j)| (xa + i, ya + j)));
+        pairs.extend((x1 - e..x1).zip(y1 - e..y1));
+        if x1 < n {
+            pairs.push((x1, y1));
+        }
+        (x0, y0) = (x1 + 1, y1 + 1);
+    }
     let mut hunks = vec![];
     let (mut i, mut j) = (0, 0);
     for (a, b) in pairs.into_iter().chain(std::iter::once((n, m))) {
@@ -402,5 +478,58 @@ mod tests {
         let (out, edits) = splice_statement(sql, &s, &s).unwrap();
         assert_eq!(out, sql);
         assert!(edits.is_empty());
+    }
+
+    /// A run far longer than the look-ahead (a long ARRAY[…] collapsed into
+    /// one slot, a long insertion) is one edit; the client's bytes around
+    /// it, lower-case keywords and the other arguments included, are kept.
+    #[test]
+    fn long_runs_are_one_edit() {
+        use sqlparser::ast::{SetExpr, TableFactor};
+        let items: Vec<String> = (0..60).map(|i| format!("'v{i}'")).collect();
+        let original = format!(
+            "insert into users (email, plan) select * from unnest((ARRAY[{}])::varchar[], (array['a'])::varchar[]) returning id",
+            items.join(", ")
+        );
+        let out = rewrite(&original, |s| {
+            let Statement::Insert(ins) = s else { panic!() };
+            let SetExpr::Select(sel) = ins.source.as_mut().unwrap().body.as_mut() else {
+                panic!()
+            };
+            let TableFactor::UNNEST { array_exprs, .. } = &mut sel.from[0].relation else {
+                panic!()
+            };
+            let slot = |n: &str| Expr::Value(ValueWithSpan::from(Value::Placeholder(n.into())));
+            if let Expr::Cast {
+                expr, data_type, ..
+            } = &mut array_exprs[0]
+            {
+                **expr = Expr::Nested(Box::new(slot("__pgv_slot_0")));
+                *data_type = sqlparser::ast::DataType::Array(
+                    sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                        Box::new(sqlparser::ast::DataType::Bytea),
+                        None,
+                    ),
+                );
+            }
+            array_exprs.push(slot("__pgv_slot_1"));
+        })
+        .expect("splices");
+        assert_eq!(
+            out,
+            "insert into users (email, plan) select * from unnest((__pgv_slot_0)::BYTEA[], (array['a'])::varchar[], __pgv_slot_1) returning id"
+        );
+    }
+
+    #[test]
+    fn unique_anchors_are_increasing_in_both() {
+        let a = ["x", "a", "y", "b", "c", "x"];
+        let b = ["b", "a", "c", "z"];
+        // "a", "b", "c" are unique to both; "b" before "a" in b: one of them
+        // is dropped to keep the anchors in order.
+        let got = unique_anchors(&a, &b);
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        assert_eq!(got.len(), 2);
+        assert!(got.contains(&(4, 2)));
     }
 }

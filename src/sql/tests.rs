@@ -669,7 +669,7 @@ fn update_set_param_literal_null() {
     ));
     assert_eq!(
         shown(&r),
-        "update users set email = null , email_bidx = NULL WHERE email_bidx = $1"
+        "update users set email = null, email_bidx = NULL where email_bidx = $1"
     );
     assert_eq!(r.kind, StatementKind::Update);
 }
@@ -682,7 +682,7 @@ fn same_param_for_write_and_lookup_gets_a_second_number() {
     ));
     assert_eq!(
         shown(&r),
-        "update users set email = $1 , email_bidx = $2 WHERE email_bidx = $2"
+        "update users set email = $1, email_bidx = $2 where email_bidx = $2"
     );
     assert!(matches!(r.params[0], ParamAction::Encrypt { orig: 0, .. }));
     assert!(matches!(
@@ -748,7 +748,7 @@ fn blind_index_rotation_dual_writes() {
     let r = rw(ext("update rot set ssn = '1' where ssn = '2'", "app_user"));
     assert_eq!(
         shown(&r),
-        "update rot set ssn = {0:Encrypt}, ssn_bidx = {1:BlindIndex}, ssn_bidx2 = {2:BlindIndexNext} WHERE ssn_bidx = {3:BlindIndex}"
+        "update rot set ssn = {0:Encrypt}, ssn_bidx = {1:BlindIndex}, ssn_bidx2 = {2:BlindIndexNext} where ssn_bidx = {3:BlindIndex}"
     );
 }
 
