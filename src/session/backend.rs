@@ -16,6 +16,9 @@ use crate::crypto::{ColumnContext, PgType};
 use crate::wire::codec::Frame;
 use crate::wire::msg;
 
+/// The refusal while `audit.on_failure: block` holds decryption back.
+const AUDIT_BLOCKED: &str = "pgveil: decryption is refused while the audit log cannot be written (audit.on_failure: block): fix audit.path (see pgveil's log), then run the statement again";
+
 pub struct Backend {
     pub id: Identity,
     pub shared: Arc<Shared>,
@@ -82,6 +85,15 @@ impl Backend {
             copies: VecDeque::new(),
             broken: false,
         }
+    }
+
+    /// Serve with a reloaded configuration's engine from the next answer
+    /// on (`proxy::swap`: only between transactions). Row shapes kept for
+    /// portals were decided by the old policy and are dropped.
+    pub fn adopt_engine(&mut self, engine: Arc<super::Engine>) {
+        self.engine = engine;
+        self.portal_shapes.clear();
+        self.current = None;
     }
 
     fn front_is<F: Fn(&Pending) -> bool>(&self, f: F) -> bool {
@@ -812,6 +824,18 @@ impl Backend {
             out.extend_from_slice(&f.raw);
             return;
         };
+        if let Some(log) = &self.engine.audit
+            && log.refuses_decryption()
+            && shape.iter().flatten().any(|d| !d.mask)
+        {
+            // `audit.on_failure: block`: no plaintext without its record.
+            tracing::warn!(
+                "decryption refused: the audit log cannot be written (audit.on_failure: block)"
+            );
+            log.rejected(&self.id, "58030", AUDIT_BLOCKED);
+            self.fail_statement("58030", AUDIT_BLOCKED, out);
+            return;
+        }
         match self
             .decryptor
             .decrypt_row(&self.engine.crypto, &shape, &f.raw[5..], out)
@@ -828,26 +852,29 @@ impl Backend {
             Ok(false) => out.extend_from_slice(&f.raw),
             Err(e) => {
                 metrics::counter!("pgveil_decrypt_errors_total").increment(1);
-                self.row_failed = true;
-                // Inside a transaction block, request the abort now: the
-                // client can send its next statement as soon as it reads
-                // this error, before PostgreSQL's ReadyForQuery arrives.
-                if self.shared.tx_in_block() {
-                    self.shared.set_must_abort();
-                    self.abort_early = true;
-                }
                 tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
-                out.extend_from_slice(&msg::error_response(
-                    "ERROR",
-                    e.error.sqlstate(),
-                    &e.error.to_string(),
-                ));
-                self.discard_until_ready = true;
-                self.streaming = None;
-                self.decryptor.end_statement();
-                self.pop_if_completes(b'C', out);
+                self.fail_statement(e.error.sqlstate(), &e.error.to_string(), out);
             }
         }
+    }
+
+    /// End the statement whose rows are streaming with an error: the
+    /// client gets no more of its rows, and a transaction block it runs in
+    /// is aborted.
+    fn fail_statement(&mut self, sqlstate: &str, message: &str, out: &mut BytesMut) {
+        self.row_failed = true;
+        // Inside a transaction block, request the abort now: the
+        // client can send its next statement as soon as it reads
+        // this error, before PostgreSQL's ReadyForQuery arrives.
+        if self.shared.tx_in_block() {
+            self.shared.set_must_abort();
+            self.abort_early = true;
+        }
+        out.extend_from_slice(&msg::error_response("ERROR", sqlstate, message));
+        self.discard_until_ready = true;
+        self.streaming = None;
+        self.decryptor.end_statement();
+        self.pop_if_completes(b'C', out);
     }
 
     /// CommandComplete: audit, catalog invalidation after DDL, and the
