@@ -35,7 +35,11 @@ async fn readyz_follows_postgresql_and_the_keystore() {
         assert_eq!(v["checks"][check]["ok"], true, "{check}: {body}");
     }
     let ok = fx.run(&["healthcheck", "--ready"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     // PostgreSQL (holding the keystore too) goes away.
     fx.pg.stop_server();
