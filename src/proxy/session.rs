@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::cancel::BackendKey;
 use super::relay;
@@ -151,8 +151,10 @@ async fn run(
         role = %outcome.login_role,
         db = startup.database().unwrap_or_default(),
     );
-    let _enter = span.enter();
-    debug!(client_tls, upstream_tls, "authenticated");
+    // Everything from here runs inside the session span (instrumented,
+    // not entered: a guard held across awaits would leak the span into
+    // whatever else runs on the thread).
+    span.in_scope(|| debug!(client_tls, upstream_tls, "authenticated"));
 
     // Up to ReadyForQuery: ParameterStatus, BackendKeyData (replaced), notices.
     let mut visible_key: Option<BackendKey> = None;
@@ -289,7 +291,8 @@ async fn run(
             }
         }
         Ok(())
-    })
+    }
+    .instrument(span.clone()))
     .await;
     let result = match startup_done {
         Err(_) => Err(login_timed_out(Some(client.get_mut()), "during startup").await),
@@ -310,7 +313,9 @@ async fn run(
                 budget: shared.budget.clone(),
                 follow,
             };
-            relay::relay(session, client, upstream).await
+            relay::relay(session, client, upstream)
+                .instrument(span.clone())
+                .await
         }
     };
     drop(session_slot);
