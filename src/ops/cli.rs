@@ -22,8 +22,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the proxy. SIGHUP reloads the configuration (and reopens the
-    /// audit log); SIGTERM/SIGINT stop it after draining sessions.
+    /// Run the proxy.
+    ///
+    /// SIGHUP reloads the configuration (and reopens the audit log);
+    /// SIGTERM/SIGINT stop accepting and let sessions finish for
+    /// shutdown_timeout.
     Serve {
         /// Configuration file (default ./pgveil.yaml, or $PGVEIL_CONFIG).
         #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
