@@ -39,6 +39,12 @@ pub struct Config {
     /// How long sessions may keep running after SIGINT/SIGTERM.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// File pgveil writes its process id to while it runs (for `pgveil
+    /// reload` and init scripts).
+    pub pid_file: Option<EnvString>,
+    /// Log output on stderr.
+    #[serde(default)]
+    pub log: Log,
 
     /// Directory of the config file: relative paths resolve against it.
     #[serde(skip)]
@@ -238,6 +244,41 @@ pub struct Audit {
     pub max_bytes: Option<u64>,
     /// Rotated files kept (default 5).
     pub keep: Option<u32>,
+    /// What happens to decryption while records cannot be written.
+    #[serde(default)]
+    pub on_failure: AuditOnFailure,
+}
+
+/// `audit.on_failure`: whether statements keep decrypting while the audit
+/// log cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditOnFailure {
+    /// Keep serving; lost records are counted and logged.
+    #[default]
+    Continue,
+    /// Refuse decryption (SQLSTATE 58030) until records can be written.
+    Block,
+}
+
+/// The `log:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json`: one JSON object per line.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the current spans.
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -517,6 +558,10 @@ impl Config {
 
     pub fn policy_path(&self) -> Option<PathBuf> {
         self.policy.as_ref().map(|p| self.resolve(p.as_str()))
+    }
+
+    pub fn pid_file_path(&self) -> Option<PathBuf> {
+        self.pid_file.as_ref().map(|p| self.resolve(p.as_str()))
     }
 }
 

@@ -140,6 +140,14 @@ impl Sources {
             .remove(&key);
     }
 
+    /// A reload: forget the loaded `auth.file` and every cached verifier,
+    /// so the next login reads the file again and repeats its auth query
+    /// (whatever its modification time says).
+    pub fn forget(&self) {
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn read_file(&self, path: &Path, user: &str) -> Result<Option<String>, String> {
         let meta =
             std::fs::metadata(path).map_err(|e| format!("auth.file {}: {e}", path.display()))?;
@@ -276,6 +284,27 @@ fn pg_error_text(e: &tokio_postgres::Error) -> String {
             s
         }
     }
+}
+
+/// Check an `auth.file` before a reload puts it in force: it must be
+/// readable and every line well-formed. Returns the number of users, or
+/// one `file:line: problem` per problem.
+pub fn check_file(path: &Path) -> Result<usize, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{}: cannot read auth.file: {e}", path.display())])?;
+    let (entries, errors) = parse_userlist(&text);
+    if errors.is_empty() {
+        return Ok(entries.len());
+    }
+    Err(errors
+        .into_iter()
+        .map(|line| {
+            format!(
+                "{}:{line}: expected \"user\" \"password\" (both double-quoted, \"\" for a quote inside)",
+                path.display()
+            )
+        })
+        .collect())
 }
 
 /// Parse PgBouncer's userlist format: one `"user" "password"` pair per

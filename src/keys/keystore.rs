@@ -257,6 +257,18 @@ impl Keystore {
         self.with(|_| Box::pin(async { Ok(()) })).await
     }
 
+    /// Whether the keystore answers now: a round trip on its connection
+    /// (connecting first if needed). For readiness checks.
+    pub async fn ping(&self) -> Result<(), KeyError> {
+        self.with(|c| {
+            Box::pin(async move {
+                c.simple_query("SELECT 1").await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// One version of one data key.
     pub async fn get(&self, key_id: u32, version: u32) -> Result<Option<KeyRecord>, KeyError> {
         self.with(|c| {

@@ -23,10 +23,36 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy.
+    ///
+    /// SIGHUP reloads the configuration (and reopens the audit log);
+    /// SIGTERM/SIGINT stop accepting and let sessions finish for
+    /// shutdown_timeout.
     Serve {
         /// Configuration file (default ./pgveil.yaml, or $PGVEIL_CONFIG).
         #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
         config: PathBuf,
+        /// Log line format on stderr (overrides log.format).
+        #[arg(long, value_enum)]
+        log_format: Option<crate::config::LogFormat>,
+    },
+    /// Make the pgveil running with this config reload it (policy, TLS
+    /// certificates, auth file, audit log): through the metrics listener
+    /// when configured (prints the outcome), else SIGHUP to the process in
+    /// pid_file.
+    Reload {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+    },
+    /// Probe the pgveil running with this config (its metrics listener):
+    /// exit 0 when /healthz (with --ready: /readyz) answers 200. For
+    /// container health checks in images without curl.
+    Healthcheck {
+        #[arg(long, env = "PGVEIL_CONFIG", default_value = "pgveil.yaml")]
+        config: PathBuf,
+        /// Check readiness (PostgreSQL, keystore, master keys) instead of
+        /// liveness.
+        #[arg(long)]
+        ready: bool,
     },
     /// Start a throwaway PostgreSQL with the reference schema and policy,
     /// run pgveil in front of it, write a few rows, show what the
@@ -212,7 +238,24 @@ pub fn main() -> i32 {
         crate::ops::db::set_password_file(f.clone());
     }
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Reload { config } => match load_config(&config) {
+            Ok(cfg) => crate::proxy::reload::command(&cfg),
+            Err(code) => code,
+        },
+        Command::Healthcheck { config, ready } => match load_config(&config) {
+            Ok(cfg) => match &cfg.metrics {
+                Some(m) => crate::health::command(m.listen.as_str(), ready),
+                None => {
+                    eprintln!(
+                        "{}: no metrics.listen configured: the health endpoints live there",
+                        config.display()
+                    );
+                    1
+                }
+            },
+            Err(code) => code,
+        },
         Command::Demo { no_wait } => {
             init_logging_default("warn");
             match runtime().block_on(crate::ops::demo::run(!no_wait)) {
@@ -326,33 +369,7 @@ pub fn init_logging() {
 }
 
 fn init_logging_default(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    // Libraries that log statement text, parameters or HTTP bodies at debug
-    // and trace are capped whatever RUST_LOG says: pgveil's logs must never
-    // carry values (see docs/operations.md).
-    for d in [
-        "sqlparser=off",
-        "tokio_postgres=warn",
-        "postgres_protocol=warn",
-        "aws_smithy_runtime=info",
-        "aws_smithy_http=info",
-        "aws_smithy_runtime_api=info",
-        "aws_sdk_kms=info",
-        "aws_config=info",
-        "aws_sigv4=info",
-        "hyper=info",
-        "hyper_util=info",
-        "h2=info",
-        "rustls=info",
-    ] {
-        filter = filter.add_directive(d.parse().expect("static directive"));
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::logging::init(level, crate::config::LogFormat::Text);
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, i32> {
@@ -439,12 +456,12 @@ fn backfill(
     })
 }
 
-fn serve(config: PathBuf) -> i32 {
-    init_logging();
+fn serve(config: PathBuf, log_format: Option<crate::config::LogFormat>) -> i32 {
     let cfg = match load_config(&config) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    crate::logging::init("info", log_format.unwrap_or(cfg.log.format));
     match runtime().block_on(crate::proxy::serve(cfg)) {
         Ok(()) => 0,
         Err(e) => {

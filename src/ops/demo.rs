@@ -220,8 +220,7 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
         .await
         .map_err(|e| format!("{listen}: {e}"))?;
     let engine = super::engine::build(&config).await?;
-    let mut shared = crate::proxy::Shared::new(config)?;
-    shared.engine = engine;
+    let shared = crate::proxy::Shared::new(config)?.with_engine(engine);
     let server = tokio::spawn(crate::proxy::run(
         listener,
         std::sync::Arc::new(shared),

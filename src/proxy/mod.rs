@@ -1,11 +1,14 @@
-//! The proxy: listener, sessions, TLS on both legs, cancel routing, and the
-//! steady-state relay.
+//! The proxy: listener, sessions, TLS on both legs, cancel routing, the
+//! steady-state relay, and reloading a running instance.
 
 pub mod cancel;
+pub mod pidfile;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod swap;
 pub mod tls;
 pub mod upstream;
 

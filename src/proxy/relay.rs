@@ -12,6 +12,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use super::stream::Stream;
+use super::swap::{Follow, Step};
 use crate::session::Pending;
 use crate::session::backend::Backend;
 use crate::session::frontend::{Flow, Frontend};
@@ -44,6 +45,8 @@ pub struct Session {
     pub transform: Option<(Frontend, Backend)>,
     /// `limits.max_buffered_bytes`, shared by all sessions.
     pub budget: Budget,
+    /// With a policy: reloads to follow at transaction boundaries.
+    pub follow: Option<Follow>,
 }
 
 enum End {
@@ -68,6 +71,9 @@ enum End {
     UpstreamClosed,
     UpstreamProtocol(FrameError),
     UpstreamIo(String),
+    /// A reload changed what this session's prepared statements do, or
+    /// moved the upstream server (`swap`).
+    Reloaded(&'static str),
 }
 
 pub async fn relay(
@@ -89,6 +95,8 @@ pub async fn relay(
     // PostgreSQL sent a FATAL (or PANIC) error: closing is what comes next.
     let mut upstream_fatal = false;
 
+    let mut follow = session.follow;
+    let inbox = follow.as_ref().map(Follow::inbox);
     let end = if let Some((mut fe, mut be)) = session.transform {
         let database = session.database.clone();
         // ParameterStatus tells the frontend how PostgreSQL reads SQL now.
@@ -112,8 +120,28 @@ pub async fn relay(
                     }
                     Err(end) => return end,
                 }
-                if fe.shared.is_idle() && fe.shared.tx_idle() && fe.wants_catalog_refresh() {
-                    refresh_catalog(&fe, &database, &mut uw).await;
+                if fe.shared.is_idle() && fe.shared.tx_idle() && fe.between_statements() {
+                    if let Some(f) = follow.as_mut()
+                        && f.due()
+                    {
+                        match f.step(&fe.engine, &fe.id.login_role) {
+                            Step::Stay => {}
+                            Step::Close(why) => return End::Reloaded(why),
+                            Step::Adopt(engine) => {
+                                fe.engine = engine;
+                                if !refresh_catalog(&fe, &database, &mut uw).await {
+                                    // Nothing of the old policy may stay:
+                                    // refuse protected statements until the
+                                    // next refresh.
+                                    fe.shared.set_entry(fe.engine.failed_catalog());
+                                }
+                                tracing::debug!("session now serves the reloaded policy");
+                            }
+                        }
+                    }
+                    if fe.wants_catalog_refresh() {
+                        refresh_catalog(&fe, &database, &mut uw).await;
+                    }
                 }
                 let mut out = BytesMut::new();
                 // Charges of the large frames whose output is in `out`.
@@ -124,6 +152,9 @@ pub async fn relay(
                         Ok(None) => break,
                         Err(e) => return End::ClientProtocol(e),
                     };
+                    if let Some(follow) = follow.as_mut() {
+                        follow.observe(f.tag, f.body());
+                    }
                     let flow = fe.on_frame(f, &mut out).await;
                     held.extend(cr.take_charge());
                     held.extend(fe.take_charge());
@@ -156,6 +187,11 @@ pub async fn relay(
             loop {
                 if let Err(end) = fill_upstream(&mut ur).await {
                     return end;
+                }
+                // The client side left a reloaded engine before it sent
+                // anything this read can answer.
+                if let Some(engine) = inbox.as_ref().and_then(|i| i.take()) {
+                    be.adopt_engine(engine);
                 }
                 let mut out = BytesMut::new();
                 let mut held: Vec<Charge> = Vec::new();
@@ -271,6 +307,16 @@ pub async fn relay(
             ))
         }
         End::ClientIo(e) => Err(format!("client: {e}")),
+        End::Reloaded(why) => {
+            metrics::counter!("pgveil_reload_sessions_closed_total").increment(1);
+            tracing::info!(
+                reason = why,
+                "session closed at a transaction boundary after a reload"
+            );
+            let _ = send_fatal(&mut cw, "57P01", why).await;
+            let _ = uw.write_all(&terminate()).await;
+            Err("closed after a reload".into())
+        }
         End::ClientProtocol(e) => {
             warn!(error = %e, "closing connection: protocol violation by the client");
             let _ = send_fatal(&mut cw, "08P01", &format!("pgveil: {e}")).await;
@@ -320,8 +366,9 @@ pub async fn relay(
 }
 
 /// Reload the catalog on this session's own connection, between
-/// statements and outside transactions. On failure the old one is kept.
-async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, uw: &mut W) {
+/// statements and outside transactions. On failure (`false`) the old one
+/// is kept.
+async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, uw: &mut W) -> bool {
     let (tx, rx) = tokio::sync::oneshot::channel();
     fe.shared.push(Pending::Catalog { done: Some(tx) });
     let mut q = BytesMut::new();
@@ -330,13 +377,15 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, u
         &crate::policy::catalog::Catalog::simple_query(&fe.engine.policy),
     );
     if uw.write_all(&q).await.is_err() {
-        return;
+        return false;
     }
     if let Ok(Some(rows)) = rx.await {
         let entry = fe.engine.install(database, rows);
         fe.shared.set_entry(entry);
         tracing::debug!("catalog reloaded");
+        return true;
     }
+    false
 }
 
 /// Wait for a whole client frame; on EOF or error, end the backend cleanly

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,14 +24,74 @@ use super::upstream::UpstreamConnector;
 use crate::config::{ClientTlsMode, Config};
 use crate::session::Engine;
 
-/// State shared by every session of one pgveil process.
-pub struct Shared {
+/// What a reload replaces: the configuration and everything built from it.
+/// A session reads one snapshot when it starts ([`Shared::live`]) and keeps
+/// it for its login; its policy engine moves to a newer snapshot's at a
+/// transaction boundary (`super::swap`).
+pub struct Live {
     pub config: Config,
     pub server_tls: Option<ServerTls>,
     pub upstream: UpstreamConnector,
-    pub cancel: CancelRegistry,
     /// The session layer, when a policy is configured.
     pub engine: Option<Arc<Engine>>,
+}
+
+/// A problem building [`Live`] from a config: the config key it concerns
+/// (for the file:line of the message) and what is wrong.
+#[derive(Debug, Clone)]
+pub struct LiveError {
+    pub key: &'static [&'static str],
+    pub message: String,
+}
+
+impl Live {
+    /// Build the TLS identities and the upstream connector of `config`.
+    pub fn new(config: Config, engine: Option<Arc<Engine>>) -> Result<Live, LiveError> {
+        let at = |key: &'static [&'static str]| move |message: String| LiveError { key, message };
+        let server_tls = match (
+            &config.client_tls.mode,
+            &config.client_tls.cert_file,
+            &config.client_tls.key_file,
+        ) {
+            (ClientTlsMode::Disable, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(
+                tls::server_config(
+                    &config.resolve(cert.as_str()),
+                    &config.resolve(key.as_str()),
+                )
+                .map_err(at(&["client_tls", "cert_file"]))?,
+            ),
+            (ClientTlsMode::Prefer, None, None) => None,
+            (ClientTlsMode::Prefer, _, _) => {
+                return Err(at(&["client_tls"])(
+                    "client_tls: give both cert_file and key_file, or neither".into(),
+                ));
+            }
+            (ClientTlsMode::Require, _, _) => {
+                return Err(at(&["client_tls", "mode"])(
+                    "client_tls.mode is require but cert_file/key_file are missing".into(),
+                ));
+            }
+        };
+        let mut upstream = UpstreamConnector::from_config(&config.upstream, |p| config.resolve(p))
+            .map_err(at(&["upstream"]))?;
+        upstream.keepalive = config.tcp_keepalive.clone();
+        Ok(Live {
+            config,
+            server_tls,
+            upstream,
+            engine,
+        })
+    }
+}
+
+/// State shared by every session of one pgveil process.
+pub struct Shared {
+    /// The configuration in force (replaced whole by a reload).
+    live: RwLock<Arc<Live>>,
+    /// Bumped by every reload that replaced `live`.
+    generation: AtomicU64,
+    pub cancel: CancelRegistry,
     /// Slots for authenticated sessions (`limits.max_connections`).
     pub sessions: Arc<Semaphore>,
     /// Slots for connections still logging in, and their count per client
@@ -38,6 +99,8 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// The memory budget for messages held whole.
     pub budget: crate::wire::budget::Budget,
+    /// SIGTERM/SIGINT arrived: sessions drain, `/readyz` says so.
+    pub draining: AtomicBool,
 }
 
 /// Pre-authentication admission: `limits.max_pending_logins` and
@@ -112,52 +175,82 @@ impl Drop for PendingLogin {
 }
 
 impl Shared {
+    /// Shared state for `config`; limits (connection slots, admission, the
+    /// memory budget) are sized now and keep their size until a restart.
     pub fn new(config: Config) -> Result<Shared, String> {
-        let server_tls = match (
-            &config.client_tls.mode,
-            &config.client_tls.cert_file,
-            &config.client_tls.key_file,
-        ) {
-            (ClientTlsMode::Disable, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(tls::server_config(
-                &config.resolve(cert.as_str()),
-                &config.resolve(key.as_str()),
-            )?),
-            (ClientTlsMode::Prefer, None, None) => None,
-            (ClientTlsMode::Prefer, _, _) => {
-                return Err("client_tls: give both cert_file and key_file, or neither".into());
-            }
-            (ClientTlsMode::Require, _, _) => {
-                return Err("client_tls.mode is require but cert_file/key_file are missing".into());
-            }
-        };
-        let mut upstream = UpstreamConnector::from_config(&config.upstream, |p| config.resolve(p))?;
-        upstream.keepalive = config.tcp_keepalive.clone();
-        let l = &config.limits;
+        let l = config.limits.clone();
+        let live = Live::new(config, None).map_err(|e| e.message)?;
         Ok(Shared {
+            live: RwLock::new(Arc::new(live)),
+            generation: AtomicU64::new(0),
             sessions: Arc::new(Semaphore::new(l.max_connections)),
             admission: Admission::new(l.max_pending_logins, l.max_pending_logins_per_ip),
             budget: crate::wire::budget::Budget::new(l.max_buffered_bytes, l.buffer_wait.0),
-            config,
-            server_tls,
-            upstream,
             cancel: CancelRegistry::new(),
-            engine: None,
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Serve with this policy engine (`None`: pass-through).
+    pub fn with_engine(self, engine: Option<Arc<Engine>>) -> Shared {
+        {
+            let mut live = self.live.write().expect("live config");
+            let l = Arc::get_mut(&mut live).expect("not shared yet");
+            l.engine = engine;
+        }
+        self
+    }
+
+    /// The configuration in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().expect("live config").clone()
+    }
+
+    /// How many reloads replaced the configuration so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Put a reloaded configuration in force for new sessions (and, at
+    /// their next transaction boundary, for the engines of open ones).
+    pub fn install(&self, live: Live) -> u64 {
+        *self.live.write().expect("live config") = Arc::new(live);
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
 
-/// Bind `listen` and serve until SIGINT/SIGTERM.
+/// Bind `listen` and serve until SIGINT/SIGTERM; SIGHUP reloads.
 pub async fn serve(config: Config) -> Result<(), String> {
+    // From here on SIGHUP reloads instead of ending the process (its
+    // default action); one that arrives during startup is served after.
+    let hangups = hangup_signal()?;
     let addr = config.listen_addr();
     let listener = listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    if let Some(m) = &config.metrics {
-        crate::metrics::install(m.listen.as_str())?;
-    }
+    let admin = match &config.metrics {
+        Some(m) => Some((
+            crate::admin::bind(m.listen.as_str()).await?,
+            crate::metrics::install()?,
+        )),
+        None => None,
+    };
+    let pid_file = config
+        .pid_file_path()
+        .map(|p| super::pidfile::PidFile::create(&p))
+        .transpose()?;
     let engine = crate::ops::engine::build(&config).await?;
-    let mut shared = Shared::new(config)?;
-    shared.engine = engine;
-    let shared = Arc::new(shared);
+    let shared = Arc::new(Shared::new(config)?.with_engine(engine));
+    let reloader = super::reload::Reloader::new(shared.clone());
+    if let Some((listener, metrics)) = admin {
+        crate::admin::spawn(
+            listener,
+            crate::admin::Admin {
+                metrics,
+                shared: shared.clone(),
+                reloader: reloader.clone(),
+            },
+        );
+    }
+    tokio::spawn(reloader.on_hangup(hangups));
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
@@ -166,8 +259,18 @@ pub async fn serve(config: Config) -> Result<(), String> {
         signal_token.cancel();
     });
     info!(%addr, "pgveil listening");
-    run(listener, shared, shutdown).await;
+    run(listener, shared.clone(), shutdown).await;
+    if let Some(log) = shared.live().engine.as_ref().and_then(|e| e.audit.as_ref()) {
+        log.close();
+    }
+    drop(pid_file);
     Ok(())
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> Result<tokio::signal::unix::Signal, String> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))
 }
 
 /// Bind `addr` with a listen backlog of 4096 (tokio's default is 1024): a
@@ -246,7 +349,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
     }
     drop(listener);
     tracker.close();
-    let timeout = shared.config.shutdown_timeout.0;
+    shared.draining.store(true, Ordering::Release);
+    let timeout = shared.live().config.shutdown_timeout.0;
     if !tracker.is_empty() {
         info!(
             sessions = tracker.len(),

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::cancel::BackendKey;
 use super::relay;
-use super::server::{PendingLogin, Shared};
+use super::server::{Live, PendingLogin, Shared};
 use super::stream::Stream;
+use super::swap::Follow;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
 use crate::session::backend::Backend;
@@ -29,7 +30,7 @@ const LOGIN_TIMEOUT_MESSAGE: &str = "canceling authentication due to timeout";
 /// Serve one client connection to the end.
 pub async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, pending: PendingLogin) {
     let _ = tcp.set_nodelay(true);
-    shared.config.tcp_keepalive.apply(&tcp);
+    shared.live().config.tcp_keepalive.apply(&tcp);
     metrics::counter!("pgveil_connections_total").increment(1);
     metrics::gauge!("pgveil_connections_active").increment(1.0);
     match run(&shared, tcp, peer, pending).await {
@@ -59,15 +60,19 @@ async fn login_timed_out(client: Option<&mut Stream>, phase: &str) -> String {
 }
 
 async fn run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     pending: PendingLogin,
 ) -> Result<(), String> {
-    let max = shared.config.limits.max_message_bytes;
-    let deadline = tokio::time::Instant::now() + shared.config.limits.login_timeout.0;
+    // The configuration this session logs in with (a reload while it runs
+    // reaches its engine at a transaction boundary: `swap`).
+    let generation = shared.generation();
+    let live = shared.live();
+    let max = live.config.limits.max_message_bytes;
+    let deadline = tokio::time::Instant::now() + live.config.limits.login_timeout.0;
     let mut slot = Some(Stream::Tcp(tcp));
-    let negotiated = tokio::time::timeout_at(deadline, negotiate(shared, &mut slot)).await;
+    let negotiated = tokio::time::timeout_at(deadline, negotiate(shared, &live, &mut slot)).await;
     let (startup_raw, startup) = match negotiated {
         Ok(r) => match r? {
             Some(s) => s,
@@ -78,7 +83,7 @@ async fn run(
     };
     let mut client = slot.expect("negotiate leaves the stream in place");
 
-    if shared.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
+    if live.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
         let _ = client
             .write_all(&msg::error_response(
                 "FATAL",
@@ -89,7 +94,7 @@ async fn run(
         return Err("client refused: TLS required".into());
     }
 
-    let connected = tokio::time::timeout_at(deadline, shared.upstream.connect()).await;
+    let connected = tokio::time::timeout_at(deadline, live.upstream.connect()).await;
     let Ok(connected) = connected else {
         return Err(login_timed_out(Some(&mut client), "connecting to PostgreSQL").await);
     };
@@ -116,14 +121,14 @@ async fn run(
     let ctx = AuthContext {
         peer,
         client_tls_leaf: if client_tls {
-            shared.server_tls.as_ref().map(|t| t.leaf_der.as_slice())
+            live.server_tls.as_ref().map(|t| t.leaf_der.as_slice())
         } else {
             None
         },
         upstream_tls,
-        config: &shared.config.auth,
-        upstream: &shared.upstream,
-        base_dir: &shared.config.base_dir,
+        config: &live.config.auth,
+        upstream: &live.upstream,
+        base_dir: &live.config.base_dir,
     };
     let authenticated = tokio::time::timeout_at(
         deadline,
@@ -146,8 +151,10 @@ async fn run(
         role = %outcome.login_role,
         db = startup.database().unwrap_or_default(),
     );
-    let _enter = span.enter();
-    debug!(client_tls, upstream_tls, "authenticated");
+    // Everything from here runs inside the session span (instrumented,
+    // not entered: a guard held across awaits would leak the span into
+    // whatever else runs on the thread).
+    span.in_scope(|| debug!(client_tls, upstream_tls, "authenticated"));
 
     // Up to ReadyForQuery: ParameterStatus, BackendKeyData (replaced), notices.
     let mut visible_key: Option<BackendKey> = None;
@@ -208,7 +215,7 @@ async fn run(
                     };
                     session_slot = Some(permit);
                     pending.take();
-                    if let Some(engine) = &shared.engine {
+                    if let Some(engine) = &live.engine {
                         // The policy identity is the login role; it must be
                         // the session user PostgreSQL reports. A startup
                         // `session_authorization` (plain key or `options`)
@@ -295,20 +302,31 @@ async fn run(
             }
         }
         Ok(())
-    })
+    }
+    .instrument(span.clone()))
     .await;
     let result = match startup_done {
         Err(_) => Err(login_timed_out(Some(client.get_mut()), "during startup").await),
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => {
+            let follow = transform.as_ref().map(|_| {
+                Follow::new(
+                    shared.clone(),
+                    generation,
+                    (live.upstream.host.clone(), live.upstream.port),
+                )
+            });
             let session = relay::Session {
                 login_role: outcome.login_role.clone(),
                 database: startup.database().unwrap_or_default().to_string(),
                 max_message: max,
                 transform,
                 budget: shared.budget.clone(),
+                follow,
             };
-            relay::relay(session, client, upstream).await
+            relay::relay(session, client, upstream)
+                .instrument(span.clone())
+                .await
         }
     };
     drop(session_slot);
@@ -364,16 +382,17 @@ async fn write_client(client: &mut FrameReader<Stream>, bytes: &[u8]) -> Result<
 /// short.
 async fn negotiate(
     shared: &Shared,
+    live: &Live,
     slot: &mut Option<Stream>,
 ) -> Result<Option<(bytes::Bytes, Startup)>, String> {
-    let max = shared.config.limits.max_message_bytes;
+    let max = live.config.limits.max_message_bytes;
     // PostgreSQL 17 clients may start TLS directly (sslnegotiation=direct).
     if let Some(Stream::Tcp(tcp)) = slot.as_ref() {
         let mut first = [0u8; 1];
         if let Ok(1) = tcp.peek(&mut first).await
             && first[0] == 0x16
         {
-            let Some(tls) = &shared.server_tls else {
+            let Some(tls) = &live.server_tls else {
                 return Err("client started TLS directly but client_tls is not configured".into());
             };
             let Some(Stream::Tcp(tcp)) = slot.take() else {
@@ -406,8 +425,8 @@ async fn negotiate(
         };
         match msg::parse_first_packet(&raw) {
             Ok(FirstPacket::SslRequest) => {
-                let offer = shared.config.client_tls.mode != ClientTlsMode::Disable
-                    && shared.server_tls.is_some()
+                let offer = live.config.client_tls.mode != ClientTlsMode::Disable
+                    && live.server_tls.is_some()
                     && !stream.is_tls();
                 if !offer {
                     stream.write_all(b"N").await.map_err(|e| e.to_string())?;
@@ -417,7 +436,7 @@ async fn negotiate(
                 let Some(Stream::Tcp(tcp)) = slot.take() else {
                     unreachable!()
                 };
-                let tls = shared.server_tls.as_ref().expect("checked above");
+                let tls = live.server_tls.as_ref().expect("checked above");
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
                 let conn = acceptor
                     .accept(tcp)
@@ -429,7 +448,7 @@ async fn negotiate(
                 stream.write_all(b"N").await.map_err(|e| e.to_string())?;
             }
             Ok(FirstPacket::Cancel { pid, secret }) => {
-                forward_cancel(shared, pid, secret).await;
+                forward_cancel(shared, live, pid, secret).await;
                 return Ok(None);
             }
             Ok(FirstPacket::Startup(s)) => {
@@ -471,12 +490,12 @@ async fn negotiate(
     }
 }
 
-async fn forward_cancel(shared: &Shared, pid: u32, secret: u32) {
+async fn forward_cancel(shared: &Shared, live: &Live, pid: u32, secret: u32) {
     let Some(real) = shared.cancel.lookup(pid, secret) else {
         debug!("cancel request for an unknown key ignored");
         return;
     };
-    match shared.upstream.connect().await {
+    match live.upstream.connect().await {
         Ok(mut s) => {
             let _ = s
                 .write_all(&msg::cancel_request(real.pid, real.secret))

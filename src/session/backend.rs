@@ -16,6 +16,9 @@ use crate::crypto::PgType;
 use crate::wire::codec::Frame;
 use crate::wire::msg;
 
+/// The refusal while `audit.on_failure: block` holds decryption back.
+const AUDIT_BLOCKED: &str = "pgveil: decryption is refused while the audit log cannot be written (audit.on_failure: block): fix audit.path (see pgveil's log), then run the statement again";
+
 pub struct Backend {
     pub id: Identity,
     pub shared: Arc<Shared>,
@@ -86,6 +89,15 @@ impl Backend {
             broken: false,
             copy_out: None,
         }
+    }
+
+    /// Serve with a reloaded configuration's engine from the next answer
+    /// on (`proxy::swap`: only between transactions). Row shapes kept for
+    /// portals were decided by the old policy and are dropped.
+    pub fn adopt_engine(&mut self, engine: Arc<super::Engine>) {
+        self.engine = engine;
+        self.portal_shapes.clear();
+        self.current = None;
     }
 
     fn front_is<F: Fn(&Pending) -> bool>(&self, f: F) -> bool {
@@ -818,6 +830,18 @@ impl Backend {
             out.extend_from_slice(&f.raw);
             return;
         };
+        if let Some(log) = &self.engine.audit
+            && log.refuses_decryption()
+            && shape.iter().flatten().any(|d| !d.mask)
+        {
+            // `audit.on_failure: block`: no plaintext without its record.
+            tracing::warn!(
+                "decryption refused: the audit log cannot be written (audit.on_failure: block)"
+            );
+            log.rejected(&self.id, "58030", AUDIT_BLOCKED);
+            self.fail_result("58030", AUDIT_BLOCKED, out);
+            return;
+        }
         match self
             .decryptor
             .decrypt_row(&self.engine.crypto, &shape, &f.raw[5..], out)

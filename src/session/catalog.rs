@@ -56,6 +56,17 @@ impl Engine {
             .then(|| e.clone())
     }
 
+    /// Every database's catalog that is still fresh (a reload checks a new
+    /// policy against them).
+    pub fn fresh_catalogs(&self) -> Vec<(String, Arc<CatalogEntry>)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let map = self.catalogs.lock().expect("catalog map");
+        map.iter()
+            .filter(|(_, e)| e.is_fresh(generation))
+            .map(|(db, e)| (db.clone(), e.clone()))
+            .collect()
+    }
+
     /// Whether `entry` should be reloaded.
     pub fn is_stale(&self, entry: &CatalogEntry) -> bool {
         !entry.is_fresh(self.generation.load(Ordering::Acquire))

@@ -780,7 +780,14 @@ impl Frontend {
     /// COPY: a COPY keeps its Query or Execute pending until it ends; a
     /// COPY window left open after an answered Execute is no COPY).
     pub fn wants_catalog_refresh(&self) -> bool {
-        self.copy.is_none() && !self.skip_until_sync && self.engine.is_stale(&self.entry())
+        self.between_statements() && self.engine.is_stale(&self.entry())
+    }
+
+    /// No COPY and no extended-protocol error being skipped to its Sync
+    /// (with nothing in flight, a point between statements: where the
+    /// catalog, or after a reload the engine, may change).
+    pub fn between_statements(&self) -> bool {
+        self.copy.is_none() && !self.skip_until_sync
     }
 
     /// Handle one client frame, appending what goes upstream to `out`.

@@ -51,6 +51,7 @@ pub struct CalmonyBuilder {
     policy: String,
     extra_sql: String,
     extra_yaml: String,
+    audit_yaml: String,
     cache_ttl: String,
     rust_log: String,
     env: Vec<(String, String)>,
@@ -72,6 +73,13 @@ impl CalmonyBuilder {
     /// Top-level YAML appended to the generated config.
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra_yaml = yaml.to_string();
+        self
+    }
+
+    /// More keys of the `audit:` section, e.g. `"  on_failure: block\n"`
+    /// (indented two spaces).
+    pub fn audit_yaml(mut self, yaml: &str) -> Self {
+        self.audit_yaml = yaml.to_string();
         self
     }
 
@@ -119,9 +127,11 @@ impl CalmonyBuilder {
             b = b.env(k, v);
         }
         std::fs::write(b.dir().join("policy.yaml"), &self.policy).unwrap();
+        // The generated config ends with the audit section.
         let config = format!(
-            "{}{}",
+            "{}{}{}",
             Calmony::config(&pg, &self.cache_ttl),
+            self.audit_yaml,
             self.extra_yaml
         );
         let pv = b.start(&config);
@@ -140,6 +150,7 @@ impl Calmony {
             policy: POLICY.to_string(),
             extra_sql: String::new(),
             extra_yaml: String::new(),
+            audit_yaml: String::new(),
             cache_ttl: "300s".into(),
             rust_log: "trace".into(),
             env: Vec::new(),

@@ -27,6 +27,7 @@
 
 pub mod calmony;
 pub mod certs;
+pub mod http;
 pub mod moto;
 pub mod pg;
 pub mod pgveil;
