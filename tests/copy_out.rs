@@ -622,6 +622,14 @@ async fn values_that_do_not_decrypt_end_the_copy_with_nothing_of_their_row() {
     assert_eq!(code, "39000");
     assert!(msg.contains("not a pgveil envelope"), "{msg}");
     assert!(got.data.is_empty());
+    // A decrypting COPY TO is the only COPY of its Query.
+    let got = raw
+        .copy_out("COPY (SELECT id, email FROM pay_customers WHERE id = 1) TO STDOUT; COPY pay_payment_methods (id) TO STDOUT")
+        .await;
+    let (code, msg) = got.error.unwrap();
+    assert_eq!(code, "0A000", "{msg}");
+    assert!(msg.contains("only COPY"), "{msg}");
+    assert!(got.data.is_empty());
     // The session goes on.
     let r = copy_out(
         &app,
