@@ -622,6 +622,14 @@ async fn values_that_do_not_decrypt_end_the_copy_with_nothing_of_their_row() {
     assert_eq!(code, "39000");
     assert!(msg.contains("not a pgveil envelope"), "{msg}");
     assert!(got.data.is_empty());
+    // A decrypting COPY TO is the only COPY of its Query.
+    let got = raw
+        .copy_out("COPY (SELECT id, email FROM pay_customers WHERE id = 1) TO STDOUT; COPY pay_payment_methods (id) TO STDOUT")
+        .await;
+    let (code, msg) = got.error.unwrap();
+    assert_eq!(code, "0A000", "{msg}");
+    assert!(msg.contains("only COPY"), "{msg}");
+    assert!(got.data.is_empty());
     // The session goes on.
     let r = copy_out(
         &app,
@@ -644,4 +652,86 @@ async fn values_that_do_not_decrypt_end_the_copy_with_nothing_of_their_row() {
         "Moved Victim Name",
     ])
     .await;
+}
+
+/// Throughput of COPY TO through pgveil: 100,000 rows of one protected
+/// `bytea` column decrypted for a read role, against a plain table of the
+/// same plaintext through pgveil and PostgreSQL directly. Ignored by
+/// default; run with the release binary:
+/// `cargo build --release && PGVEIL_TEST_BIN=target/release/pgveil cargo test --test copy_out throughput -- --ignored --nocapture`
+/// (figures in docs/benchmarks.md).
+#[tokio::test]
+#[ignore]
+async fn throughput() {
+    const N: usize = 100_000;
+    let fx = Calmony::builder()
+        .extra_sql("CREATE TABLE public.plain_t (id bigint, email text); GRANT ALL ON public.plain_t TO PUBLIC")
+        .rust_log("info")
+        .start();
+    let app = fx.app("calmony_app").await;
+    let mut data = String::new();
+    for i in 1..=N {
+        data += &format!("{i}\tthroughput-person-{i:06}@example.com\n");
+    }
+    for (c, sql) in [
+        (&app, "COPY users (id, email) FROM STDIN"),
+        (&app, "COPY plain_t (id, email) FROM STDIN"),
+    ] {
+        let sink = c.copy_in::<_, Bytes>(sql).await.unwrap();
+        futures::pin_mut!(sink);
+        for part in data.as_bytes().chunks(60_000) {
+            futures::SinkExt::send(&mut sink, Bytes::copy_from_slice(part))
+                .await
+                .unwrap();
+        }
+        assert_eq!(sink.finish().await.unwrap(), N as u64);
+    }
+    let d = fx.direct().await;
+    let dba = fx.app("dba").await;
+    for fmt in ["", " (FORMAT csv)", " (FORMAT binary)"] {
+        for (label, c, sql) in [
+            (
+                "read role, decrypted",
+                &app,
+                "COPY users (id, email) TO STDOUT",
+            ),
+            (
+                "plain table via pgveil",
+                &app,
+                "COPY plain_t (id, email) TO STDOUT",
+            ),
+            (
+                "unlisted role, ciphertext",
+                &dba,
+                "COPY users (id, email) TO STDOUT",
+            ),
+            (
+                "plain table direct",
+                &d,
+                "COPY plain_t (id, email) TO STDOUT",
+            ),
+            ("ciphertext direct", &d, "COPY users (id, email) TO STDOUT"),
+        ] {
+            let sql = format!("{sql}{fmt}");
+            let mut times = vec![];
+            let mut bytes = 0;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                let got = copy_out(c, &sql).await;
+                times.push(t.elapsed());
+                assert!(got.error.is_none(), "{sql}: {:?}", got.error);
+                assert_eq!(got.data.len(), N + usize::from(fmt.contains("binary")));
+                bytes = got.data.iter().map(Vec::len).sum::<usize>();
+            }
+            times.sort();
+            let median = times[times.len() / 2];
+            eprintln!(
+                "{fmt:>16} {label:<28} median {:>7.1} ms  {:>8.0} rows/s  {:>6.1} MB/s out ({} bytes)",
+                median.as_secs_f64() * 1e3,
+                N as f64 / median.as_secs_f64(),
+                bytes as f64 / median.as_secs_f64() / 1e6,
+                bytes
+            );
+        }
+    }
 }
