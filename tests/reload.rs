@@ -346,10 +346,9 @@ async fn tls_files_of_both_legs_are_reloaded() {
         pg.port()
     ));
     let port = pv.metrics_port();
-    let e = connect_tls_to(pv.port(), "app", None, "postgres", &a.ca_pem_path)
-        .await
-        .err()
-        .expect("PostgreSQL's certificate is not trusted yet");
+    let Err(e) = connect_tls_to(pv.port(), "app", None, "postgres", &a.ca_pem_path).await else {
+        panic!("PostgreSQL's certificate is not trusted yet");
+    };
     assert!(
         err_text(&e).contains("TLS handshake with PostgreSQL"),
         "{}",
