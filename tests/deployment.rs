@@ -673,9 +673,15 @@ fn docker_files_match_readme_and_config() {
         "EXPOSE 6432 9187",
         r#"ENTRYPOINT ["pgveil"]"#,
         r#"CMD ["serve", "--config", "/etc/pgveil/pgveil.yaml"]"#,
+        // The health check probes the config CMD serves (its metrics.listen).
+        r#"CMD ["pgveil", "healthcheck", "--config", "/etc/pgveil/pgveil.yaml"]"#,
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
+    assert!(
+        dockerfile.contains("HEALTHCHECK "),
+        "Dockerfile has no HEALTHCHECK"
+    );
     // compose mounts the demo config where CMD looks and the policies beside it.
     for needle in [
         "./pgveil.yaml:/etc/pgveil/pgveil.yaml:ro",

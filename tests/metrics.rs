@@ -25,9 +25,7 @@ fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no heading {heading:?}"));
     let rest = &doc[start + heading.len() + 2..];
     let level = heading.split(' ').next().unwrap();
-    let end = rest
-        .find(&format!("\n{level} "))
-        .unwrap_or(rest.len());
+    let end = rest.find(&format!("\n{level} ")).unwrap_or(rest.len());
     &rest[..end]
 }
 
@@ -107,11 +105,18 @@ async fn documented_metrics_are_what_the_exporter_serves() {
     .await
     .unwrap();
     let r = app
-        .query("SELECT name FROM users WHERE email = $1", &[&"m@example.com"])
+        .query(
+            "SELECT name FROM users WHERE email = $1",
+            &[&"m@example.com"],
+        )
         .await
         .unwrap();
     assert_eq!(r.len(), 1);
-    assert!(app.simple_query("SELECT max(email) FROM users").await.is_err());
+    assert!(
+        app.simple_query("SELECT max(email) FROM users")
+            .await
+            .is_err()
+    );
     let page = scrape(fx.pv.metrics_port());
 
     let doc = read_repo("docs/operations.md");

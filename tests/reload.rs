@@ -309,3 +309,86 @@ async fn pgveil_reload_signals_the_pid_file() {
     assert!(fx.pv.stop().success());
     assert!(!pid_file.exists(), "pid file left behind");
 }
+
+/// Both legs' TLS files are read again: the certificate pgveil presents to
+/// clients (new handshakes get the new one, an open TLS session keeps
+/// working) and the CA it checks PostgreSQL's certificate with.
+#[tokio::test]
+async fn tls_files_of_both_legs_are_reloaded() {
+    let old = tempfile::tempdir().unwrap();
+    let new = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (a, b, wrong) = (
+        make_certs(old.path()),
+        make_certs(new.path()),
+        make_certs(other.path()),
+    );
+    let pg = PgCluster::start_with(PgOptions {
+        tls: Some((a.server_cert_path.clone(), a.server_key_path.clone())),
+        hostssl_only: true,
+        ..PgOptions::default()
+    });
+    pg.create_role("app", None);
+    let builder = Pgveil::builder();
+    let d = builder.dir().to_path_buf();
+    let copy = |from: &std::path::Path, to: &str| std::fs::copy(from, d.join(to)).unwrap();
+    copy(&a.server_cert_path, "tls.crt");
+    copy(&a.server_key_path, "tls.key");
+    // Upstream checked against a CA that did not sign PostgreSQL's
+    // certificate: no session can start.
+    copy(&wrong.ca_pem_path, "upstream-ca.pem");
+    let metrics = free_port();
+    let pv = builder.start(&format!(
+        "listen: 127.0.0.1:{}\nupstream:\n  host: 127.0.0.1\n  port: {}\n  tls: verify-full\n  ca_file: upstream-ca.pem\n\
+         client_tls:\n  mode: require\n  cert_file: tls.crt\n  key_file: tls.key\n\
+         metrics:\n  listen: 127.0.0.1:{metrics}\n",
+        free_port(),
+        pg.port()
+    ));
+    let port = pv.metrics_port();
+    let Err(e) = connect_tls_to(pv.port(), "app", None, "postgres", &a.ca_pem_path).await else {
+        panic!("PostgreSQL's certificate is not trusted yet");
+    };
+    assert!(
+        err_text(&e).contains("TLS handshake with PostgreSQL"),
+        "{}",
+        err_text(&e)
+    );
+
+    // The right upstream CA.
+    copy(&a.ca_pem_path, "upstream-ca.pem");
+    pv.send_signal("HUP");
+    wait_metric(port, "pgveil_reloads_total", 1.0).await;
+    let before = connect_tls_to(pv.port(), "app", None, "postgres", &a.ca_pem_path)
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    before.simple_query("SELECT 1").await.unwrap();
+
+    // A new client certificate, signed by another CA.
+    copy(&b.server_cert_path, "tls.crt");
+    copy(&b.server_key_path, "tls.key");
+    pv.send_signal("HUP");
+    wait_metric(port, "pgveil_reloads_total", 2.0).await;
+    let after = connect_tls_to(pv.port(), "app", None, "postgres", &b.ca_pem_path)
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    after.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        connect_tls_to(pv.port(), "app", None, "postgres", &a.ca_pem_path)
+            .await
+            .is_err(),
+        "the old certificate is still presented"
+    );
+    before.simple_query("SELECT 1").await.unwrap();
+
+    // A key that does not match the certificate: refused, the running one
+    // stays.
+    copy(&a.server_key_path, "tls.key");
+    pv.send_signal("HUP");
+    wait_metric(port, "pgveil_reload_failures_total", 1.0).await;
+    assert!(pv.logs().contains("pgveil.yaml:"), "{}", pv.logs());
+    let still = connect_tls_to(pv.port(), "app", None, "postgres", &b.ca_pem_path)
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    still.simple_query("SELECT 1").await.unwrap();
+}
