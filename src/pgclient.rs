@@ -52,7 +52,9 @@ impl std::fmt::Debug for Target {
 /// password is completed from `password_file`, `PGPASSWORD` or the
 /// password file when the string has none.
 pub fn parse(conn: &str, what: &str, password_file: Option<&Path>) -> Result<Target, String> {
-    let shown = redact(conn);
+    // Until the string parses, messages never quote it (a password could
+    // be anywhere in a string pgveil and the driver read differently).
+    let shown = what.to_string();
     let (rest, sslmode, root) = take_tls_options(conn);
     let tls = match sslmode.as_deref() {
         None | Some("prefer") | Some("allow") => UpstreamTlsMode::Prefer,
@@ -61,18 +63,19 @@ pub fn parse(conn: &str, what: &str, password_file: Option<&Path>) -> Result<Tar
         Some("verify-full") => UpstreamTlsMode::VerifyFull,
         Some("verify-ca") => {
             return Err(format!(
-                "{what} {shown}: sslmode=verify-ca is not supported (it checks the chain but not the host name): use sslmode=verify-full"
+                "{shown}: sslmode=verify-ca is not supported (it checks the chain but not the host name): use sslmode=verify-full"
             ));
         }
         Some(other) => {
             return Err(format!(
-                "{what} {shown}: sslmode={other:?} is not one of disable, allow, prefer, require, verify-full"
+                "{shown}: sslmode={other:?} is not one of disable, allow, prefer, require, verify-full"
             ));
         }
     };
     let mut config: tokio_postgres::Config = rest
         .parse()
-        .map_err(|e| format!("{what} {shown} is not a valid connection string: {e}"))?;
+        .map_err(|e| format!("{what} is not a valid connection string: {e}"))?;
+    let shown = shown_form(&config);
     config.ssl_mode(match tls {
         UpstreamTlsMode::Disable => SslMode::Disable,
         UpstreamTlsMode::Prefer => SslMode::Prefer,
@@ -123,11 +126,29 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// How a parsed connection string is named in messages: built from the
+/// parsed settings (`postgres://user@host:port/db`), so no password, in
+/// whatever form it was written, can be printed.
+fn shown_form(c: &tokio_postgres::Config) -> String {
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        c.get_user().unwrap_or(""),
+        c.get_dbname().unwrap_or("")
+    )
+}
+
 /// Take `sslmode` and `sslrootcert` out of a connection string (URL query
 /// parameters or key=value keywords); returns the rest and their values.
 fn take_tls_options(conn: &str) -> (String, Option<String>, Option<String>) {
     let (mut mode, mut root) = (None, None);
-    if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
+    if is_url(conn) {
         let Some(q) = conn.find('?') else {
             return (conn.to_string(), None, None);
         };
@@ -237,8 +258,12 @@ fn keywords(s: &str) -> Vec<Keyword> {
             j = (j + 1).min(b.len());
         } else {
             while j < b.len() && !b[j].is_ascii_whitespace() {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
                 j += 1;
             }
+            j = j.min(b.len());
         }
         out.push(Keyword {
             key,
@@ -274,7 +299,12 @@ fn unquote(v: &str) -> String {
 /// userinfo password and a `password` query parameter of a URL, and the
 /// `password` keyword of the key=value form (quoted or not).
 pub fn redact(url: &str) -> String {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if !url.is_ascii() || url.contains('\\') || !is_url(url) && !url.contains('=') {
+        // Anything pgveil might split differently from the driver (escapes,
+        // non-ASCII) or that is no connection string at all: not shown.
+        return "(connection string not shown)".into();
+    }
+    if is_url(url) {
         let s = url.find("://").map_or(0, |i| i + 3);
         // The last `@`: a password may hold unescaped `@`, `/` or `?`
         // (libpq wants them percent-encoded; users do not always), so
@@ -312,6 +342,12 @@ pub fn redact(url: &str) -> String {
     }
     out.push_str(&url[last..]);
     out
+}
+
+/// A URL-form connection string (any case, spaces around it).
+fn is_url(s: &str) -> bool {
+    let t = s.trim_start().to_ascii_lowercase();
+    t.starts_with("postgres://") || t.starts_with("postgresql://")
 }
 
 /// The password for `cfg` from `password_file`, `PGPASSWORD` or the
@@ -519,19 +555,36 @@ mod tests {
             ),
             (
                 "host=h password = 'se cr\\'et' user=u",
+                "(connection string not shown)",
+            ),
+            (
+                "host=h password = 'se cret' user=u",
                 "host=h password = <redacted> user=u",
             ),
             ("password=secret", "password=<redacted>"),
             (
                 "host=h PassWord='x' dbname=é",
-                "host=h PassWord=<redacted> dbname=é",
+                "(connection string not shown)",
             ),
             ("host=h", "host=h"),
+            (
+                "host=h password=head\\ tail7741",
+                "(connection string not shown)",
+            ),
+            (
+                "jdbc:postgresql://h/app?password=jdbc7742",
+                "jdbc:postgresql://h/app?password=<redacted>",
+            ),
+            ("POSTGRESQL://x:upper7743@h/db", "POSTGRESQL://x@h/db"),
+            (" postgres://x:space7744@h/db", " postgres://x@h/db"),
         ] {
             let got = redact(given);
             assert_eq!(got, want, "{given}");
             assert!(
-                !got.contains("secret") && !got.contains("cr\\'et") && !got.contains("c?ret"),
+                !got.contains("secret")
+                    && !got.contains("cr\\'et")
+                    && !got.contains("c?ret")
+                    && !got.contains("774"),
                 "{got}"
             );
         }

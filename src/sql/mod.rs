@@ -609,7 +609,17 @@ impl Analyzer {
             };
         }
         if rewrite::is_fetch(text) {
-            return StatementPlan::Rewrite(RewritePlan::fetch(text, r));
+            return match (rewrite::plain_fetch(text), params) {
+                (false, _) => StatementPlan::reject(Reject::unsupported(
+                    "pgveil: this FETCH is not of the form FETCH [direction] [count] [FROM | IN] cursor, so pgveil cannot be sure what PostgreSQL reads: write it plainly, one statement per FETCH",
+                )),
+                // A prepared FETCH's columns are fixed at Bind, its rows read
+                // at Execute from whatever cursor then has the name.
+                (true, Some(_)) => StatementPlan::reject(Reject::unsupported(
+                    "pgveil: a prepared FETCH is not supported (PostgreSQL describes its rows when it is bound, but reads the cursor when it runs): send FETCH as a simple query (psycopg's text cursors do), or read a protocol portal with a row limit (your driver's fetch size)",
+                )),
+                (true, None) => StatementPlan::Rewrite(RewritePlan::fetch(text, r)),
+            };
         }
         rewrite::plan_statement(self, text, r, role, params)
     }

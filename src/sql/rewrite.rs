@@ -2864,11 +2864,25 @@ impl<'a> Cx<'a> {
                 for d in stmts.iter_mut() {
                     match &mut d.for_query {
                         Some(q) if d.assignment.is_none() => {
-                            // The rules of the SELECT it runs: a FETCH from
-                            // the cursor is shaped by its row description
-                            // (see `RewritePlan::fetch`), as the SELECT's
-                            // result would be.
-                            self.query(q, &[])?;
+                            // The rules of the SELECT it runs (a FETCH from
+                            // the cursor is shaped by its row description,
+                            // see `RewritePlan::fetch`), and no blind index
+                            // a role may not search: a cursor is also read
+                            // where no row description reaches pgveil
+                            // (dynamic FETCH in a function or DO block) or
+                            // through a portal description PostgreSQL fixed
+                            // before the cursor was redeclared.
+                            let outs = self.query(q, &[])?;
+                            for o in &outs {
+                                if let Some(p) = &o.bidx
+                                    && !self.searches_all(std::slice::from_ref(p))
+                                {
+                                    return Err(Reject::privilege(format!(
+                                        "pgveil: a cursor (DECLARE … CURSOR FOR) would carry the blind index of protected column {p}, which role {} may not search: list the columns you need without it (instead of `*`)",
+                                        self.role
+                                    )));
+                                }
+                            }
                         }
                         _ => {
                             return Err(Reject::unsupported(format!(
@@ -3925,6 +3939,65 @@ pub(crate) fn is_fetch(text: &str) -> bool {
     pglex::tokens(text).first().is_some_and(|t| {
         t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("fetch")
     })
+}
+
+/// The FETCH is exactly PostgreSQL's `FETCH [direction] [count] [FROM |
+/// IN] cursor_name` (direction NEXT, PRIOR, FIRST, LAST, ABSOLUTE n,
+/// RELATIVE n, n, ALL, FORWARD [n | ALL], BACKWARD [n | ALL]), read on
+/// PostgreSQL's tokens: nothing else (a literal, a second statement, an
+/// unterminated comment) can ride along to the server.
+pub(crate) fn plain_fetch(text: &str) -> bool {
+    let toks = pglex::tokens(text);
+    let word = |i: usize| -> Option<String> {
+        let t = toks.get(i)?;
+        (t.kind == pglex::Kind::Ident).then(|| text[t.span.clone()].to_ascii_lowercase())
+    };
+    let is_op = |i: usize, op: &str| {
+        toks.get(i)
+            .is_some_and(|t| t.kind == pglex::Kind::Op && &text[t.span.clone()] == op)
+    };
+    // A signed integer count at i: its length in tokens.
+    let count = |i: usize| -> Option<usize> {
+        let n = usize::from(is_op(i, "-") || is_op(i, "+"));
+        let t = toks.get(i + n)?;
+        (t.kind == pglex::Kind::Number && text[t.span.clone()].bytes().all(|b| b.is_ascii_digit()))
+            .then_some(n + 1)
+    };
+    if word(0).as_deref() != Some("fetch") {
+        return false;
+    }
+    let mut i = 1;
+    match word(i).as_deref() {
+        Some("next" | "prior" | "first" | "last" | "all") => i += 1,
+        Some("absolute" | "relative") => match count(i + 1) {
+            Some(n) => i += 1 + n,
+            None => return false,
+        },
+        Some("forward" | "backward") => {
+            i += 1;
+            if word(i).as_deref() == Some("all") {
+                i += 1;
+            } else if let Some(n) = count(i) {
+                i += n;
+            }
+        }
+        _ => {
+            if let Some(n) = count(i) {
+                i += n;
+            }
+        }
+    }
+    if matches!(word(i).as_deref(), Some("from" | "in")) {
+        i += 1;
+    }
+    let name = toks.get(i).is_some_and(|t| {
+        matches!(
+            t.kind,
+            pglex::Kind::Ident | pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent
+        )
+    });
+    let end = i + 1 == toks.len() || (i + 2 == toks.len() && is_op(i + 1, ";"));
+    name && end
 }
 
 fn leading_keywords(text: &str) -> String {

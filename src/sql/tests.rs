@@ -944,6 +944,37 @@ fn fetch_is_planned_as_a_protected_result_and_sent_as_written() {
         assert!(r.unchanged && r.edits.is_empty() && r.params.is_empty());
         assert_eq!(shown(r), sql);
     }
+    // Anything but the plain grammar, and any prepared FETCH, is refused:
+    // a literal riding along would reach PostgreSQL (and its log).
+    for sql in [
+        "FETCH ALL FROM c\nINSERT INTO users (email) VALUES ('x@example.com')",
+        "FETCH ALL FROM c /* ; UPDATE users SET email = 'x'",
+        "FETCH 'x' FROM c",
+        "FETCH ABSOLUTE FROM c",
+    ] {
+        let v = simple(sql, "app_user");
+        assert!(
+            v.iter().any(|p| matches!(
+                p,
+                StatementPlan::Reject {
+                    sqlstate: "0A000",
+                    ..
+                }
+            )),
+            "{sql}: {v:?}"
+        );
+    }
+    let v = ext("FETCH 1 FROM c", "app_user");
+    assert!(
+        matches!(
+            v,
+            StatementPlan::Reject {
+                sqlstate: "0A000",
+                ..
+            }
+        ),
+        "{v:?}"
+    );
     // The word elsewhere costs a parse, not a refusal or an edit.
     for sql in [
         "SELECT id FROM orders FETCH FIRST 1 ROWS ONLY",
