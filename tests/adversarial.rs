@@ -15,6 +15,8 @@ mod catalog;
 mod copy;
 #[path = "adversarial/identity.rs"]
 mod identity;
+#[path = "adversarial/portals.rs"]
+mod portals;
 #[path = "adversarial/prepared.rs"]
 mod prepared;
 #[path = "adversarial/reads.rs"]

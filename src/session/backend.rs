@@ -100,6 +100,20 @@ impl Backend {
         self.current = None;
     }
 
+    /// PostgreSQL reported no transaction (ReadyForQuery `I`): it dropped
+    /// every portal the protocol bound, so pgveil forgets them too, in
+    /// the order of its other answers (a Bind sent after this Sync is
+    /// answered after it). SQL cursors `WITH HOLD` survive; they are not
+    /// in the map (see `Frontend::protected_cursors`).
+    fn transaction_ended(&mut self) {
+        if !self.portal_shapes.is_empty() {
+            self.portal_shapes.clear();
+        }
+        if self.shared.take_bound() {
+            self.shared.resolve(super::Resolution::ForgetPortals);
+        }
+    }
+
     fn front_is<F: Fn(&Pending) -> bool>(&self, f: F) -> bool {
         self.shared
             .pending
@@ -459,6 +473,9 @@ impl Backend {
                 if self.shared.is_idle() && self.copy_in.is_none() {
                     // No CopySync can refer to a COPY seen so far.
                     self.copies.clear();
+                }
+                if st == b'I' {
+                    self.transaction_ended();
                 }
                 out.extend_from_slice(&[b'Z', 0, 0, 0, 5, st]);
             }
@@ -853,9 +870,19 @@ impl Backend {
                 }
                 self.decrypted_rows += 1;
             }
-            // Malformed: forwarded as it came (ciphertext only); the
-            // client's driver reports the protocol error.
-            Ok(false) => out.extend_from_slice(&f.raw),
+            // Malformed, or not as many fields as the result's
+            // description: pgveil's view of the result is not
+            // PostgreSQL's, so nothing of the row goes out.
+            Ok(false) => {
+                tracing::warn!(
+                    "a row from PostgreSQL does not match its result's description; statement failed"
+                );
+                self.fail_result(
+                    "08P01",
+                    "pgveil: a row PostgreSQL sent does not match the description of its result, so pgveil did not forward it: run the statement again",
+                    out,
+                );
+            }
             Err(e) => {
                 metrics::counter!("pgveil_decrypt_errors_total").increment(1);
                 tracing::warn!(column = %e.column, error = %e.error, "decryption failed");
@@ -1003,10 +1030,12 @@ impl Backend {
         let audit = {
             let mut q = self.shared.pending.lock().expect("pending queue");
             match q.front_mut() {
-                Some(Pending::Query { ops, .. }) if tag == "DEALLOCATE" => {
-                    // A lone `DEALLOCATE name` completed (see
-                    // `Frontend::query_ops`).
-                    if let Some(i) = ops.iter().position(|o| o.deallocate) {
+                Some(Pending::Query { ops, .. })
+                    if tag == "DEALLOCATE" || tag == "CLOSE CURSOR" =>
+                {
+                    // A lone `DEALLOCATE name` or `CLOSE name` completed
+                    // (see `Frontend::query_ops`).
+                    if let Some(i) = ops.iter().position(|o| o.confirmed_by == Some(tag)) {
                         let o = ops.remove(i);
                         self.shared.resolve(super::Resolution::Op(o.id, true));
                     }
@@ -1022,9 +1051,17 @@ impl Backend {
             "DEALLOCATE ALL" => self
                 .shared
                 .resolve(super::Resolution::ForgetAll { portals: false }),
-            "DISCARD ALL" => self
-                .shared
-                .resolve(super::Resolution::ForgetAll { portals: true }),
+            "DISCARD ALL" => {
+                self.portal_shapes.clear();
+                self.shared
+                    .resolve(super::Resolution::ForgetAll { portals: true })
+            }
+            // CLOSE ALL drops every portal but the one running it, the
+            // protocol's too, however it was sent.
+            "CLOSE CURSOR ALL" => {
+                self.portal_shapes.clear();
+                self.shared.resolve(super::Resolution::ForgetPortals)
+            }
             _ => {}
         }
         self.record_audit(audit, tag);
@@ -1054,9 +1091,11 @@ impl Backend {
         {
             let mut info: AuditInfo = (*a).clone();
             info.decrypted = self.decrypted_rows > 0;
-            if info.columns.is_empty()
-                && let Some(shape) = &self.decrypted_shape
-            {
+            // The columns it decrypted, as its rows' shape says, are
+            // recorded whatever the plan named (a FETCH names none; a
+            // portal name pgveil kept after PostgreSQL dropped it may name
+            // other ones).
+            if let Some(shape) = &self.decrypted_shape {
                 for d in shape.iter().flatten().filter(|d| !d.mask) {
                     let c = &d.attr.column;
                     let t = format!("{}.{}", c.schema, c.table);

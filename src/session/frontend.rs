@@ -351,6 +351,7 @@ impl Names {
                     self.portals.clear();
                 }
             }
+            Resolution::ForgetPortals => self.portals.clear(),
         }
     }
 
@@ -488,6 +489,10 @@ pub struct Frontend {
     /// protocol (psycopg describes its named cursors so): such a portal is
     /// then treated as protected, its rows shaped by its row description.
     protected_cursors: bool,
+    /// The portal the client's previous message described, when it was
+    /// described as protected: an Execute right after needs no Describe
+    /// of pgveil's (see the Execute in [`on_frame`](Self::on_frame)).
+    described: Option<String>,
     skip_until_sync: bool,
     /// The COPY FROM STDIN that PostgreSQL may be in when it reads the
     /// client's next message: its id (see [`Pending::CopySync`]). Opened by
@@ -534,6 +539,7 @@ impl Frontend {
             engine,
             names: Names::default(),
             protected_cursors: false,
+            described: None,
             skip_until_sync: false,
             copy_window: None,
             copy_rest: 0..0,
@@ -799,6 +805,7 @@ impl Frontend {
             out.extend_from_slice(&[b'X', 0, 0, 0, 4]);
             return Flow::Terminate;
         }
+        let described = self.described.take();
         if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
             return Flow::Continue;
         }
@@ -858,6 +865,9 @@ impl Frontend {
                                 // Maybe a SQL cursor (see `protected_cursors`).
                                 None => self.protected_cursors,
                             };
+                            if protected {
+                                self.described = Some(key.to_string());
+                            }
                             self.shared.push(Pending::DescribePortal {
                                 portal: key.to_string(),
                                 protected,
@@ -910,23 +920,34 @@ impl Frontend {
                     .and_then(|p| audit_info(p))
                     .or_else(|| copy_out.as_deref().and_then(copy_audit));
                 // A portal pgveil did not bind may be a SQL cursor over
-                // protected tables: learn its row shape first, so its rows
-                // are shaped as a FETCH's would be (an unknown portal makes
-                // this Describe fail as the Execute would have).
+                // protected tables: its rows are shaped as a FETCH's would
+                // be (an unknown portal makes the Describe below fail as
+                // the Execute would have).
                 let cursor = prepared.is_none() && self.protected_cursors;
-                if cursor {
-                    m::encode_describe(out, b'P', &portal);
-                    self.shared.push(Pending::DescribePortal {
-                        portal: portal.clone(),
-                        protected: true,
-                        internal: true,
-                    });
+                // The rows are shaped by PostgreSQL's description of the
+                // portal the name refers to now, asked right before it
+                // runs (nothing can run in between), not by what pgveil
+                // remembers of it: a name pgveil keeps after PostgreSQL
+                // dropped its portal (a CLOSE in a function, a rolled-back
+                // savepoint) and then reused for a cursor still gets that
+                // cursor's shape.
+                let shaped = cursor || prepared.as_ref().is_some_and(|p| p.plan.is_some());
+                if shaped && audit.is_none() {
+                    // What it decrypts is recorded from the rows' shape.
                     audit = Some(Arc::new(AuditInfo {
                         tables: vec![],
                         columns: vec![],
                         searched: false,
                         decrypted: false,
                     }));
+                }
+                if shaped && described.as_deref() != Some(portal.as_str()) {
+                    m::encode_describe(out, b'P', &portal);
+                    self.shared.push(Pending::DescribePortal {
+                        portal: portal.clone(),
+                        protected: true,
+                        internal: true,
+                    });
                 }
                 let protected = protected || cursor;
                 // A portal pgveil does not know may be a COPY FROM STDIN of
@@ -1314,23 +1335,36 @@ impl Frontend {
         // pair the wrong one. A name left in the map after a DEALLOCATE
         // pgveil did not follow is only stale: a Bind of it is rewritten
         // and PostgreSQL reports that the statement does not exist.
+        // A lone `CLOSE name` likewise drops one portal (a protocol one
+        // too); a name left after a CLOSE pgveil did not follow (in a
+        // batch, in a function) is only stale: every Execute of a portal
+        // pgveil bound is described right before it runs (see `on_frame`).
         if let Ok(sql) = std::str::from_utf8(text)
             && let [r] = &crate::sql::split_statements(sql)[..]
-            && let Some(name) = deallocated(&sql[r.clone()])
-            && let Some(name) = sql_name_key(&name)
         {
-            let id = self.names.set_in(Space::Statement, name, None, u64::MAX);
-            ops.push(QueryOp {
-                id,
-                deallocate: true,
-            });
+            let stmt = &sql[r.clone()];
+            let lone = [
+                (Space::Statement, "DEALLOCATE", deallocated(stmt)),
+                (Space::Portal, "CLOSE CURSOR", closed_cursor(stmt)),
+            ];
+            for (space, tag, name) in lone {
+                if let Some(name) = name
+                    && let Some(name) = sql_name_key(&name)
+                {
+                    let id = self.names.set_in(space, name, None, u64::MAX);
+                    ops.push(QueryOp {
+                        id,
+                        confirmed_by: Some(tag),
+                    });
+                }
+            }
         }
         for space in [Space::Statement, Space::Portal] {
             let id = self.names.set(space, "", None);
             if id != 0 {
                 ops.push(QueryOp {
                     id,
-                    deallocate: false,
+                    confirmed_by: None,
                 });
             }
         }
@@ -1778,14 +1812,8 @@ impl Frontend {
                     internal: false,
                     op,
                 });
+                // Its row shape is learnt right before each Execute.
                 new.encode(out);
-                // Learn the row shape of this portal (formats included).
-                m::encode_describe(out, b'P', &bind.portal);
-                self.shared.push(Pending::DescribePortal {
-                    portal: portal_key,
-                    protected: true,
-                    internal: true,
-                });
             }
             Err(r) => {
                 self.rejected(&r);
@@ -2531,12 +2559,26 @@ fn plan_kind(p: &StatementPlan) -> &'static str {
 /// `DEALLOCATE ALL`, which its CommandComplete tag reports, and for
 /// anything pgveil does not read with certainty).
 fn deallocated(stmt: &str) -> Option<String> {
+    lone_target(stmt, "deallocate", Some("prepare"))
+}
+
+/// The portal a statement that is exactly `CLOSE name` closes (not
+/// `CLOSE ALL`, which the backend follows by its tag), as PostgreSQL keys
+/// it; `None` for any other form (comments, odd quoting).
+fn closed_cursor(stmt: &str) -> Option<String> {
+    lone_target(stmt, "close", None)
+}
+
+/// The name in a statement that is exactly `verb [noise] name`, with the
+/// name a plain or double-quoted identifier, folded as PostgreSQL folds
+/// it; `None` for `ALL` and for anything else.
+fn lone_target(stmt: &str, verb: &str, noise: Option<&str>) -> Option<String> {
     let mut w = stmt.split_ascii_whitespace();
-    if !w.next()?.eq_ignore_ascii_case("deallocate") {
+    if !w.next()?.eq_ignore_ascii_case(verb) {
         return None;
     }
     let mut name = w.next()?;
-    if name.eq_ignore_ascii_case("prepare") {
+    if noise.is_some_and(|n| name.eq_ignore_ascii_case(n)) {
         name = w.next()?;
     }
     if w.next().is_some() || name.eq_ignore_ascii_case("all") {
@@ -2777,6 +2819,28 @@ mod tests {
             "/* c */ DEALLOCATE s1",
         ] {
             assert_eq!(deallocated(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn lone_close_is_read_as_postgres_reads_it() {
+        assert_eq!(closed_cursor("CLOSE d"), Some("d".into()));
+        assert_eq!(closed_cursor("close  CUR_1"), Some("cur_1".into()));
+        assert_eq!(closed_cursor("CLOSE \"D\"\"x\""), Some("D\"x".into()));
+        // CLOSE ALL is followed by its tag; the rest stays in the map (a
+        // stale name is described again before each Execute).
+        for none in [
+            "CLOSE ALL",
+            "close all",
+            "CLOSE \"\"",
+            "CLOSE d e",
+            "CLOSE /* c */ d",
+            "CLOSE",
+            "CLOSE 1d",
+            "CLOSE PREPARE d",
+            "DEALLOCATE d",
+        ] {
+            assert_eq!(closed_cursor(none), None, "{none}");
         }
     }
 

@@ -180,9 +180,10 @@ pub enum Pending {
 #[derive(Debug, Clone, Copy)]
 pub struct QueryOp {
     pub id: u64,
-    /// Confirmed by a `DEALLOCATE` CommandComplete (else by the Query
-    /// running at all).
-    pub deallocate: bool,
+    /// The CommandComplete tag that confirms it (`DEALLOCATE` for a SQL
+    /// `DEALLOCATE name`, `CLOSE CURSOR` for a SQL `CLOSE name`); `None`:
+    /// confirmed by the Query running at all.
+    pub confirmed_by: Option<&'static str>,
 }
 
 impl Pending {
@@ -242,6 +243,10 @@ pub enum Resolution {
     Op(u64, bool),
     /// `DEALLOCATE ALL` (`portals: false`) or `DISCARD ALL` completed.
     ForgetAll { portals: bool },
+    /// PostgreSQL dropped every portal the protocol bound: the transaction
+    /// ended (ReadyForQuery `I`; protocol portals are never holdable) or a
+    /// `CLOSE ALL` completed.
+    ForgetPortals,
 }
 
 /// What the audit log records for a statement that reads or searches
@@ -276,6 +281,10 @@ pub struct Shared {
     /// something to drain.
     resolutions: Mutex<Vec<Resolution>>,
     has_resolutions: AtomicBool,
+    /// PostgreSQL confirmed a Bind that changed the frontend's portal map
+    /// since the transaction last ended: at the next ReadyForQuery `I` the
+    /// frontend must forget its portals (see [`Resolution::ForgetPortals`]).
+    bound: AtomicBool,
     /// PostgreSQL answered something pgveil did not ask for (its answers
     /// are out of step with the requests): the backend told the client
     /// (FATAL) and drops everything after; the frontend ends the session
@@ -292,6 +301,7 @@ impl Shared {
             must_abort: AtomicBool::new(false),
             resolutions: Mutex::new(Vec::new()),
             has_resolutions: AtomicBool::new(false),
+            bound: AtomicBool::new(false),
             broken: AtomicBool::new(false),
         }
     }
@@ -311,16 +321,26 @@ impl Shared {
     /// pending DEALLOCATEs did not complete.
     pub fn resolve_entry(&self, p: &Pending, confirmed: bool) {
         match p {
+            Pending::Bind { op, .. } if confirmed && *op != 0 => {
+                self.bound.store(true, Ordering::Relaxed);
+                self.resolve(Resolution::Op(*op, confirmed))
+            }
             Pending::Parse { op, .. } | Pending::Bind { op, .. } | Pending::Close { op } => {
                 self.resolve(Resolution::Op(*op, confirmed))
             }
             Pending::Query { ops, .. } => {
                 for o in ops {
-                    self.resolve(Resolution::Op(o.id, confirmed && !o.deallocate));
+                    self.resolve(Resolution::Op(o.id, confirmed && o.confirmed_by.is_none()));
                 }
             }
             _ => {}
         }
+    }
+
+    /// Whether a Bind changed the portal map since the last call (one
+    /// atomic load on the hot path when none did).
+    pub fn take_bound(&self) -> bool {
+        self.bound.load(Ordering::Relaxed) && self.bound.swap(false, Ordering::Relaxed)
     }
 
     /// The answers recorded since the last call.

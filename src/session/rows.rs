@@ -112,7 +112,7 @@ impl RowDecryptor {
         body: &[u8],
         out: &mut BytesMut,
     ) -> Result<bool, RowError> {
-        if !self.read_fields(body) {
+        if !self.read_fields(body) || self.fields.len() != shape.len() {
             return Ok(false);
         }
         // One row in 256 is timed: a clock read per row costs more than
