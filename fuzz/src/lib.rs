@@ -346,10 +346,10 @@ impl Env {
             database: "app".into(),
             client_addr: "127.0.0.1:5432".into(),
         };
-        (
-            Frontend::new(id.clone(), shared.clone(), self.engine.clone()),
-            Backend::new(id, shared, self.engine.clone()),
-        )
+        let mut fe = Frontend::new(id.clone(), shared.clone(), self.engine.clone());
+        // No server answers here: nothing to wait for.
+        fe.set_answers_wait(std::time::Duration::ZERO);
+        (fe, Backend::new(id, shared, self.engine.clone()))
     }
 }
 

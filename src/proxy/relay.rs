@@ -155,6 +155,15 @@ pub async fn relay(
                     if let Some(follow) = follow.as_mut() {
                         follow.observe(f.tag, f.body());
                     }
+                    // A statement that may wait for the answers to the
+                    // requests before it goes after them.
+                    if !out.is_empty() && fe.may_await_answers(&f) {
+                        if let Err(e) = uw.write_all(&out).await {
+                            return End::UpstreamIo(e.to_string());
+                        }
+                        reset(&mut out);
+                        held.clear();
+                    }
                     let flow = fe.on_frame(f, &mut out).await;
                     held.extend(cr.take_charge());
                     held.extend(fe.take_charge());

@@ -23,6 +23,10 @@ use crate::wire::budget::{Budget, Charge};
 /// envelope's text form.
 pub const REWRITE_FACTOR: usize = 13;
 
+/// How long a statement whose reading depends on the answers to earlier
+/// requests waits for them, by default (see `Frontend::await_answers_for`).
+pub const ANSWERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Bytes held per byte of a large CopyData into a protected table beyond
 /// the frame: the encrypted rows (a bytea envelope in hex is twice the
 /// plaintext) and the row being assembled.
@@ -529,6 +533,8 @@ pub struct Frontend {
     budget: Budget,
     /// The charge for the rewrite in `out`, until the relay has written it.
     rewrite_charge: Option<Charge>,
+    /// See [`ANSWERS_WAIT`] ([`set_answers_wait`](Self::set_answers_wait)).
+    answers_wait: std::time::Duration,
 }
 
 impl Frontend {
@@ -553,7 +559,15 @@ impl Frontend {
             forward: None,
             budget: Budget::unlimited(),
             rewrite_charge: None,
+            answers_wait: ANSWERS_WAIT,
         }
+    }
+
+    /// How long a statement waits for the answers to earlier requests
+    /// before it is refused for want of them (a harness with no server
+    /// answering sets zero).
+    pub fn set_answers_wait(&mut self, wait: std::time::Duration) {
+        self.answers_wait = wait;
     }
 
     /// The charge for the rewrite [`on_frame`](Self::on_frame) just put in
@@ -750,6 +764,33 @@ impl Frontend {
             after = after.max(e);
         }
         None
+    }
+
+    /// Whether handling `f` may wait for the answers to the requests sent
+    /// before it (see [`await_answers_for`](Self::await_answers_for)): the
+    /// relay then sends what it holds for them first. A byte search, only
+    /// for frames behind others in one read.
+    pub fn may_await_answers(&self, f: &Frame) -> bool {
+        matches!(f.tag, b'Q' | b'P') && f.body().contains(&b'\\')
+    }
+
+    /// A statement on protected tables with a backslash is read by
+    /// settings an earlier request may still change (even one that has
+    /// completed: PostgreSQL reports changed settings right before its
+    /// ReadyForQuery). Drivers send the next statement as soon as they
+    /// have the last one's result (tokio-postgres does, before that
+    /// ReadyForQuery), so rather than refusing it at once it waits for the
+    /// answers to what is in flight, up to `answers_wait`; if they have
+    /// not all come by then, [`read_differently`](Self::read_differently)
+    /// refuses it.
+    async fn await_answers_for(&self, sql: &str) {
+        if !sql.contains('\\') || self.shared.is_idle() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + self.answers_wait;
+        while !self.shared.is_idle() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Refuse a statement on protected tables that PostgreSQL might read
@@ -1188,6 +1229,7 @@ impl Frontend {
             self.pass_query(f, sql, ops, out);
             return;
         }
+        self.await_answers_for(sql).await;
         if let Some(r) = self
             .unsettled_refusal()
             .or_else(|| self.read_differently(sql))
@@ -1602,6 +1644,7 @@ impl Frontend {
             self.forward(f, out);
             return;
         }
+        self.await_answers_for(&parse.query).await;
         if let Some(r) = self
             .unsettled_refusal()
             .or_else(|| self.read_differently(&parse.query))

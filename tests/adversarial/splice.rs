@@ -340,3 +340,66 @@ async fn reserved_words_read_as_table_names_are_refused() {
     fx.assert_no_plaintext(&[seed, s_email, s_name, s_where])
         .await;
 }
+
+/// A statement with a backslash on a protected table, pipelined behind
+/// one still running, waits for that one's answers (PostgreSQL reports a
+/// changed setting right before its ReadyForQuery) and is then read by
+/// the settings it changed: accepted when they did not change (drivers
+/// such as tokio-postgres send the next statement before that
+/// ReadyForQuery), refused when a function flipped
+/// `standard_conforming_strings` where pgveil cannot see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backslash_statements_behind_running_ones_wait_for_their_answers() {
+    use crate::prepared::raw::{Raw, errors, query};
+    let fx = Calmony::start();
+    let d = fx.direct().await;
+    d.batch_execute(
+        "CREATE FUNCTION public.flip_scs() RETURNS text LANGUAGE sql AS \
+         $$ SELECT set_config('standard_conforming_strings', 'off', false) $$; \
+         GRANT EXECUTE ON FUNCTION public.flip_scs() TO PUBLIC",
+    )
+    .await
+    .unwrap();
+    let ok = "wait-ok-\\-7731@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[
+        query("SELECT pg_sleep(0.3)"),
+        query(&format!(
+            "INSERT INTO users (email, name) VALUES ('{ok}', 'Wait Ok Name')"
+        )),
+    ])
+    .await;
+    let first = c.until_ready().await;
+    assert!(errors(&first).is_empty(), "{:?}", errors(&first));
+    let second = c.until_ready().await;
+    assert!(
+        errors(&second).is_empty(),
+        "behind a running SELECT: {:?}",
+        errors(&second)
+    );
+    let app = fx.app("calmony_app").await;
+    let got = app
+        .query_one("SELECT name FROM users WHERE email = $1", &[&ok])
+        .await
+        .unwrap();
+    assert_eq!(got.get::<_, String>(0), "Wait Ok Name");
+
+    // The function turns standard_conforming_strings off: PostgreSQL
+    // would read `'a\'` as an unterminated string and run the INSERT.
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[
+        query("SELECT public.flip_scs()"),
+        query("SELECT 'a\\'; SELECT ' ; INSERT INTO users (name) VALUES ($q$Flip-Sentinel-5521$q$); --'"),
+    ])
+    .await;
+    let first = c.until_ready().await;
+    assert!(errors(&first).is_empty(), "{:?}", errors(&first));
+    let second = c.until_ready().await;
+    let e = errors(&second);
+    assert_eq!(e.len(), 1, "the statement after the flip was accepted");
+    assert_eq!(e[0].1, "0A000", "{e:?}");
+    assert!(e[0].2.contains("standard_conforming_strings"), "{e:?}");
+    assert!(!e[0].2.contains("Flip-Sentinel"), "{e:?}");
+    fx.assert_no_plaintext(&["Flip-Sentinel-5521", ok, "Wait Ok Name"])
+        .await;
+}
