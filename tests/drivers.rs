@@ -40,7 +40,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use tokio_postgres::types::Type;
@@ -217,52 +217,7 @@ fn driver_path(rel: &str) -> PathBuf {
 /// object per line, every step of [`STEPS`] reported with `"ok": true`.
 /// Returns the reported steps.
 fn run_driver(fx: &Calmony, what: &str, cmd: &mut Command) -> Vec<serde_json::Value> {
-    let out: Output = cmd
-        .env_remove("PGPASSWORD")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGUSER")
-        .env_remove("PGDATABASE")
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let context = || {
-        let logs = fx.pv.logs();
-        let mut start = logs.len().saturating_sub(6000);
-        while !logs.is_char_boundary(start) {
-            start += 1;
-        }
-        let tail = &logs[start..];
-        format!(
-            "--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- pgveil log (tail) ---\n{tail}"
-        )
-    };
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        context()
-    );
-    let steps: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{what}: bad report line {l:?}: {e}\n{}", context()))
-        })
-        .collect();
-    for s in &steps {
-        assert_eq!(s["ok"], true, "{what}: step failed: {s}\n{}", context());
-    }
-    for want in STEPS {
-        assert!(
-            steps.iter().any(|s| s["step"] == *want),
-            "{what}: step {want} not reported\n{}",
-            context()
-        );
-    }
-    steps
+    run_program(fx, what, cmd, STEPS)
 }
 
 // ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 
@@ -27,54 +27,11 @@ fn orm_path(rel: &str) -> PathBuf {
 /// Run an ORM program against `fx`; every step must report ok and `steps`
 /// must all be reported. Returns the final report line.
 fn run(fx: &Calmony, what: &str, cmd: &mut Command, steps: &[&str]) -> serde_json::Value {
-    let out: Output = cmd
-        .env_remove("PGPASSWORD")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGUSER")
-        .env_remove("PGDATABASE")
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let context = || {
-        let logs = fx.pv.logs();
-        let mut start = logs.len().saturating_sub(8000);
-        while !logs.is_char_boundary(start) {
-            start += 1;
-        }
-        format!(
-            "--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- pgveil log (tail) ---\n{}",
-            &logs[start..]
-        )
-    };
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        context()
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: {l:?}: {e}")))
-        .collect();
-    for l in &lines {
-        if l["step"] != "final" {
-            assert_eq!(l["ok"], true, "{what}: step failed: {l}\n{}", context());
-        }
-    }
-    for want in steps {
-        assert!(
-            lines.iter().any(|l| l["step"] == *want),
-            "{what}: step {want} not reported\n{}",
-            context()
-        );
-    }
+    let lines = run_program(fx, what, cmd, steps);
     lines
         .into_iter()
         .find(|l| l["step"] == "final")
-        .unwrap_or_else(|| panic!("{what}: no final report\n{}", context()))
+        .unwrap_or_else(|| panic!("{what}: no final report"))
 }
 
 /// The rows the program expects are what a `read` role gets back through

@@ -31,6 +31,7 @@ pub mod http;
 pub mod moto;
 pub mod pg;
 pub mod pgveil;
+pub mod program;
 pub mod scan;
 pub mod tls;
 
@@ -38,6 +39,7 @@ pub use calmony::Calmony;
 pub use certs::{Certs, make_certs};
 pub use pg::{Hba, PgCluster, PgOptions, pg_bin_dir, quote_ident, quote_literal, wait_until};
 pub use pgveil::{Pgveil, PgveilBuilder, pgveil_bin, pgveil_cmd, write_file};
+pub use program::run_program;
 pub use tls::RustlsConnector;
 
 use std::collections::BTreeSet;

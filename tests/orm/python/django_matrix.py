@@ -11,7 +11,6 @@ prints one JSON line; the last lists the rows the application expects and
 every plaintext it wrote.
 """
 
-import json
 import sys
 
 import django
@@ -36,30 +35,10 @@ settings.configure(
 django.setup()
 
 from django.db import models, transaction  # noqa: E402
+from report import Report  # noqa: E402
 
-STEP = "start"
-SENTINELS = []
-
-
-def email(who):
-    v = f"{who}.{TAG}@example.com"
-    SENTINELS.append(v)
-    return v
-
-
-def name(who):
-    v = f"{who.title()} {TAG.title()}"
-    SENTINELS.append(v)
-    return v
-
-
-def ok(**extra):
-    print(json.dumps({"orm": f"django-{BINDING}", "step": STEP, "ok": True, **extra}), flush=True)
-
-
-def expect(got, want, what):
-    if got != want:
-        raise AssertionError(f"{STEP}: {what}: got {got!r}, want {want!r}")
+R = Report(f"django-{BINDING}", TAG)
+email, name, ok, expect, final = R.email, R.name, R.ok, R.expect, R.final
 
 
 class User(models.Model):
@@ -76,48 +55,47 @@ class User(models.Model):
 
 
 def run():
-    global STEP
-    STEP = "create"
+    R.step = "create"
     ada = User.objects.create(email=email("ada"), name=name("ada"))
     expect(User.objects.get(pk=ada.pk).email, email("ada"), "get by pk")
     ok()
 
-    STEP = "bulk_create"
+    R.step = "bulk_create"
     # Django 5.2 on PostgreSQL: INSERT … SELECT * FROM UNNEST(%s::varchar(254)[], …)
     made = User.objects.bulk_create([User(email=email(f"bulk{i}"), name=name(f"bulk{i}")) for i in range(5)])
     expect(all(u.pk is not None for u in made), True, "primary keys returned")
     ok()
 
-    STEP = "get"
+    R.step = "get"
     expect(User.objects.get(email=email("bulk2")).name, name("bulk2"), "equality on the encrypted field")
     expect(User.objects.filter(email=email("nobody")).exists(), False, "miss")
     ok()
 
-    STEP = "filter_in"
+    R.step = "filter_in"
     got = list(
         User.objects.filter(email__in=[email("bulk0"), email("bulk4")]).order_by("id").values_list("name", flat=True)
     )
     expect(got, [name("bulk0"), name("bulk4")], "__in")
     ok()
 
-    STEP = "exclude_isnull"
+    R.step = "exclude_isnull"
     n = User.objects.exclude(email=email("bulk0")).filter(email__isnull=False).count()
     expect(n, 5, "exclude + isnull")
     ok()
 
-    STEP = "update"
+    R.step = "update"
     n = User.objects.filter(email=email("bulk1")).update(name=name("bulk1 renamed"))
     expect(n, 1, "queryset update")
     ada.name = name("ada renamed")
     ada.save()
     ok()
 
-    STEP = "delete"
+    R.step = "delete"
     n, _ = User.objects.filter(email=email("bulk3")).delete()
     expect(n, 1, "queryset delete")
     ok()
 
-    STEP = "get_or_create"
+    R.step = "get_or_create"
     u, created = User.objects.get_or_create(email=email("goc"), defaults={"name": name("goc")})
     expect(created, True, "created first")
     u2, created = User.objects.get_or_create(email=email("goc"), defaults={"name": name("other")})
@@ -126,7 +104,7 @@ def run():
     expect((created, u3.pk), (False, u.pk), "update_or_create updates")
     ok()
 
-    STEP = "refusals"
+    R.step = "refusals"
     # What docs/orm.md lists as refused, with the fix it names.
     from django.db import NotSupportedError, ProgrammingError
     from django.db.models.functions import Lower
@@ -150,7 +128,7 @@ def run():
             raise AssertionError(f"{what} was not refused")
     ok()
 
-    STEP = "transaction_rollback"
+    R.step = "transaction_rollback"
     try:
         with transaction.atomic():
             User.objects.create(email=email("ghost"), name=name("ghost"))
@@ -162,7 +140,7 @@ def run():
     expect(User.objects.filter(email=email("ghost")).exists(), False, "rolled back")
     ok()
 
-    STEP = "iterator"
+    R.step = "iterator"
     # A server-side cursor (DECLARE … NO SCROLL CURSOR WITH HOLD FOR …,
     # FETCH FORWARD n FROM …), in autocommit.
     plain = [[u.email, u.name] for u in User.objects.order_by("id")]
@@ -173,12 +151,8 @@ def run():
     expect([list(g) for g in got], plain, "iterator in a transaction")
     expect(len(plain), 6, "rows")
     ok()
-    print(json.dumps({"step": "final", "users": plain, "sentinels": SENTINELS}), flush=True)
+    final(plain)
 
 
 if __name__ == "__main__":
-    try:
-        run()
-    except Exception as e:
-        print(json.dumps({"orm": f"django-{BINDING}", "step": STEP, "ok": False, "error": repr(e)}), flush=True)
-        raise
+    R.run(run)

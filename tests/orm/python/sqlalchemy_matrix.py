@@ -11,36 +11,16 @@ database for the plaintexts).
 """
 
 import asyncio
-import json
 import sys
 
 from sqlalchemy import BigInteger, DateTime, String, delete, func, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from report import Report
+
 MODE, TAG, PORT = sys.argv[1], sys.argv[2], sys.argv[3]
-STEP = "start"
-SENTINELS = []
-
-
-def email(who):
-    v = f"{who}.{TAG}@example.com"
-    SENTINELS.append(v)
-    return v
-
-
-def name(who):
-    v = f"{who.title()} {TAG.title()}"
-    SENTINELS.append(v)
-    return v
-
-
-def ok(**extra):
-    print(json.dumps({"orm": f"sqlalchemy-{MODE}", "step": STEP, "ok": True, **extra}), flush=True)
-
-
-def expect(got, want, what):
-    if got != want:
-        raise AssertionError(f"{STEP}: {what}: got {got!r}, want {want!r}")
+R = Report(f"sqlalchemy-{MODE}", TAG)
+email, name, ok, expect, final = R.email, R.name, R.ok, R.expect, R.final
 
 
 class Base(DeclarativeBase):
@@ -60,24 +40,19 @@ def people(n, prefix):
     return [(email(f"{prefix}{i}"), name(f"{prefix}{i}")) for i in range(n)]
 
 
-def final(rows):
-    print(json.dumps({"step": "final", "users": rows, "sentinels": SENTINELS}), flush=True)
-
-
 def run_sync():
-    global STEP
     from sqlalchemy import create_engine
 
     engine = create_engine(f"postgresql+psycopg://calmony_app@127.0.0.1:{PORT}/app")
     with Session(engine) as s:
-        STEP = "orm_add"
+        R.step = "orm_add"
         u = User(email=email("ada"), name=name("ada"))
         s.add(u)
         s.commit()
         expect(s.get(User, u.id).email, email("ada"), "get by primary key")
         ok()
 
-        STEP = "bulk_insert"
+        R.step = "bulk_insert"
         # add_all of several rows: insertmanyvalues with ordered RETURNING
         # (INSERT … SELECT … FROM (VALUES …) AS imp_sen(…) ORDER BY sen_counter).
         batch = [User(email=e, name=n) for e, n in people(5, "bulk")]
@@ -89,7 +64,7 @@ def run_sync():
         s.commit()
         ok()
 
-        STEP = "lookup"
+        R.step = "lookup"
         got = s.scalars(select(User).where(User.email == email("bulk2"))).one()
         expect(got.name, name("bulk2"), "equality on the encrypted column")
         got = s.scalars(
@@ -103,7 +78,7 @@ def run_sync():
         expect(n, 8, "!= and IS NOT NULL")
         ok()
 
-        STEP = "refusals"
+        R.step = "refusals"
         # What docs/orm.md lists as refused, with the fix it names.
         from sqlalchemy import cast
         from sqlalchemy.exc import DBAPIError
@@ -127,7 +102,7 @@ def run_sync():
                 raise AssertionError(f"{what} was not refused")
         ok()
 
-        STEP = "bulk_update_delete"
+        R.step = "bulk_update_delete"
         s.execute(update(User).where(User.email == email("bulk1")).values(name=name("bulk1 renamed")))
         s.execute(delete(User).where(User.email.in_([email("bulk3"), email("core2")])))
         s.commit()
@@ -137,14 +112,14 @@ def run_sync():
         s.commit()
         ok()
 
-        STEP = "transaction_rollback"
+        R.step = "transaction_rollback"
         s.add(User(email=email("ghost"), name=name("ghost")))
         s.flush()
         s.rollback()
         expect(s.scalar(select(func.count()).select_from(User).where(User.email == email("ghost"))), 0, "gone")
         ok()
 
-        STEP = "yield_per"
+        R.step = "yield_per"
         # A server-side (named) cursor: DECLARE … CURSOR + FETCH FORWARD n.
         got = [
             (x.email, x.name)
@@ -156,7 +131,7 @@ def run_sync():
         expect(len(rows), 7, "rows")
         ok()
 
-        STEP = "stream_results"
+        R.step = "stream_results"
         with engine.connect() as c:
             res = c.execution_options(stream_results=True, max_row_buffer=2).execute(
                 select(User.email).order_by(User.id)
@@ -168,21 +143,20 @@ def run_sync():
 
 
 async def run_async():
-    global STEP
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
     engine = create_async_engine(f"postgresql+asyncpg://calmony_app@127.0.0.1:{PORT}/app")
     # expire_on_commit=False: the asyncio ORM's usual setting (attributes
     # are not reloaded lazily, which asyncio cannot do).
     async with AsyncSession(engine, expire_on_commit=False) as s:
-        STEP = "orm_add"
+        R.step = "orm_add"
         u = User(email=email("ada"), name=name("ada"))
         s.add(u)
         await s.commit()
         expect((await s.get(User, u.id)).email, email("ada"), "get by primary key")
         ok()
 
-        STEP = "bulk_insert"
+        R.step = "bulk_insert"
         # add_all: asyncpg's executemany (no insertmanyvalues RETURNING
         # form when the dialect can batch), then Core executemany.
         batch = [User(email=e, name=n) for e, n in people(5, "bulk")]
@@ -192,7 +166,7 @@ async def run_async():
         await s.commit()
         ok()
 
-        STEP = "lookup"
+        R.step = "lookup"
         got = (await s.scalars(select(User).where(User.email == email("bulk2")))).one()
         expect(got.name, name("bulk2"), "equality")
         got = (
@@ -203,7 +177,7 @@ async def run_async():
         expect(got, [name("bulk0"), name("core1")], "IN list")
         ok()
 
-        STEP = "bulk_update_delete"
+        R.step = "bulk_update_delete"
         await s.execute(update(User).where(User.email == email("bulk1")).values(name=name("bulk1 renamed")))
         await s.execute(delete(User).where(User.email.in_([email("bulk3"), email("core2")])))
         await s.commit()
@@ -212,7 +186,7 @@ async def run_async():
         await s.commit()
         ok()
 
-        STEP = "transaction_rollback"
+        R.step = "transaction_rollback"
         s.add(User(email=email("ghost"), name=name("ghost")))
         await s.flush()
         await s.rollback()
@@ -220,7 +194,7 @@ async def run_async():
         expect(n, 0, "gone")
         ok()
 
-        STEP = "stream"
+        R.step = "stream"
         # asyncpg's server-side cursor: a protocol portal read in batches.
         rows = [list(r) for r in (await s.execute(select(User.email, User.name).order_by(User.id))).all()]
         res = await s.stream(select(User.email, User.name).order_by(User.id).execution_options(yield_per=2))
@@ -234,11 +208,4 @@ async def run_async():
 
 
 if __name__ == "__main__":
-    try:
-        if MODE == "psycopg":
-            run_sync()
-        else:
-            asyncio.run(run_async())
-    except Exception as e:  # report the failing step, then fail
-        print(json.dumps({"orm": f"sqlalchemy-{MODE}", "step": STEP, "ok": False, "error": repr(e)}), flush=True)
-        raise
+    R.run(run_sync if MODE == "psycopg" else lambda: asyncio.run(run_async()))
