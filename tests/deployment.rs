@@ -665,9 +665,55 @@ fn docker_files_match_readme_and_config() {
         readme.contains("cargo test --locked"),
         "README lost its test command"
     );
+    // Base images pinned: the Rust release (at least the crate's
+    // rust-version) and Debian's.
+    let rust_image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG RUST_IMAGE=rust:"))
+        .expect("Dockerfile pins the Rust image");
+    let version: Vec<u32> = rust_image
+        .split('-')
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|p| p.parse().expect("an exact Rust release, e.g. 1.95.0"))
+        .collect();
+    assert_eq!(version.len(), 3, "{rust_image}: pin the exact release");
+    let manifest = read_repo("Cargo.toml");
+    let msrv: Vec<u32> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"')
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        version[..2] >= msrv[..2],
+        "{rust_image} is older than rust-version"
+    );
+    assert!(dockerfile.contains("ARG RUNTIME_IMAGE=debian:12-slim"));
+    // Dependencies build in their own layer, before the sources are copied,
+    // with a stub for every target Cargo.toml declares.
+    let deps = dockerfile
+        .find("COPY Cargo.toml Cargo.lock ./")
+        .expect("deps layer");
+    let all = dockerfile.find("COPY . .").expect("sources copied");
+    assert!(deps < all, "the dependency layer comes first");
+    for bench in manifest
+        .split("[[bench]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = ")))
+    {
+        let stub = format!("benches/{}.rs", bench.trim_matches('"'));
+        assert!(
+            dockerfile[deps..all].contains(&stub),
+            "the dependency layer lacks a stub for {stub}"
+        );
+    }
     for needle in [
-        "FROM rust:1-bookworm AS build",
-        "FROM debian:bookworm-slim",
+        "FROM ${RUST_IMAGE} AS build",
+        "FROM ${RUNTIME_IMAGE}",
         "ca-certificates",
         "USER pgveil",
         "EXPOSE 6432 9187",
