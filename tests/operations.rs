@@ -425,6 +425,60 @@ async fn backfill_killed_mid_run_completes_on_rerun_without_loss() {
     }
 }
 
+/// A worker whose connection PostgreSQL ends mid-run (an operator's
+/// `pg_terminate_backend`, a failover) fails the run: exit status 1, a
+/// message naming the table, and never "done" — nothing is silently
+/// skipped, and the rerun finishes the table.
+#[tokio::test]
+async fn a_worker_losing_its_connection_fails_the_run() {
+    let fx = setup();
+    const N: i64 = 60_000;
+    fx.pg.psql(
+        "app",
+        &format!(
+            "INSERT INTO users (email, name) SELECT convert_to('w' || i || '@example.com', 'UTF8'), 'Worker ' || i \
+               FROM generate_series(1, {N}) i; ANALYZE users;"
+        ),
+    );
+    let direct = fx.direct().await;
+    let url = fx.db_url("app");
+    let child = fx
+        .cmd(&["encrypt", "--database", &url, "--batch", "200"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_encrypted(&direct).await < 1_000 {
+        assert!(Instant::now() < deadline, "encrypt made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+               WHERE application_name = 'pgveil encrypt' AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(killed > 0, "no worker connection was found to end: {t}");
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("public.users"),
+        "the message names the table: {t}"
+    );
+    assert!(
+        !t.contains("Worker 1") && !t.contains("@example.com"),
+        "{t}"
+    );
+    // The rerun completes what the failed run left.
+    assert_ok(&fx.encrypt(&["--batch", "5000"]));
+    assert_eq!(count_encrypted(&direct).await, N);
+}
+
 /// Rows of `users` whose email is an envelope.
 async fn count_encrypted(c: &tokio_postgres::Client) -> i64 {
     c.query_one(
