@@ -393,7 +393,7 @@ impl Config {
     /// Load and validate a config file. Every problem is reported with its
     /// `file:line` and the fix.
     pub fn load(path: &Path) -> Result<Config, YamlErrors> {
-        let (mut cfg, text): (Config, String) = yaml::load(path)?;
+        let (mut cfg, text): (Config, String) = yaml::load_all(path)?;
         cfg.path = path.to_path_buf();
         cfg.base_dir = path
             .parent()
@@ -410,7 +410,7 @@ impl Config {
     /// Parse config text (for tests and `demo`); `path` names it in errors and
     /// anchors relative paths.
     pub fn from_text(path: &Path, text: &str) -> Result<Config, YamlErrors> {
-        let mut cfg: Config = yaml::from_str(path, text)?;
+        let mut cfg: Config = yaml::from_str_all(path, text)?;
         cfg.path = path.to_path_buf();
         cfg.base_dir = path
             .parent()
@@ -622,6 +622,30 @@ mod tests {
         assert!(s.starts_with("p.yaml:4:"), "{s}");
         assert!(s.contains("prot"), "{s}");
         assert!(s.contains("spelling"), "{s}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "lisen: 127.0.0.1:1\nupstream:\n  host: h\n  port: many\n  tls: sometimes\nlimits:\n  max_pending_logins: lots\n  max_conections: 5\n";
+        let e = Config::from_text(Path::new("p.yaml"), text).unwrap_err();
+        let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+        let at = |n: usize, word: &str| {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("p.yaml:{n}:")) && l.contains(word)),
+                "line {n} ({word}) missing from {lines:#?}"
+            )
+        };
+        at(1, "did you mean `listen`");
+        at(4, "port");
+        at(5, "sometimes");
+        at(7, "max_pending_logins");
+        at(8, "did you mean `max_connections`");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        // Not YAML at all: its one syntax error.
+        let e = Config::from_text(Path::new("p.yaml"), "upstream: [\n  host: h\n").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
     }
 
     #[test]

@@ -66,6 +66,17 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, String), Ya
     Ok((value, text))
 }
 
+/// [`load`], reporting every problem at once (see [`from_str_all`]).
+pub fn load_all<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, String), YamlErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| YamlError {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!("cannot read file: {e}"),
+    })?;
+    let value = from_str_all(path, &text)?;
+    Ok((value, text))
+}
+
 /// Deserialize YAML text that came from `path`.
 pub fn from_str<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, YamlError> {
     serde_yaml_ng::from_str(text).map_err(|e| {
@@ -82,6 +93,101 @@ pub fn from_str<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result
             message: hint(&message),
         }
     })
+}
+
+/// Deserialize YAML text that came from `path`, reporting every problem
+/// serde finds rather than the first, so a user fixes the file in one
+/// pass. After each error the line it points at is set aside and the text
+/// read again: an unknown key (and what is nested under it) is removed; a
+/// value of the wrong type or an unknown variant is replaced by one of the
+/// expected kind, so a required key stays present; anything else is
+/// removed. Line numbers stay those of the file. A file that is not YAML at
+/// all gets its one syntax error; a `missing field` or a repeated message
+/// that only setting a line aside caused ends the search unreported.
+pub fn from_str_all<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    text: &str,
+) -> Result<T, YamlErrors> {
+    let first = match from_str(path, text) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_err() {
+        return Err(first.into());
+    }
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut errors = vec![first];
+    while errors.len() < 50 {
+        let last = errors.last().expect("an error");
+        let Some(at) = last.line.map(|l| l - 1).filter(|&i| i < lines.len()) else {
+            break;
+        };
+        if lines[at].trim().is_empty() {
+            break;
+        }
+        set_aside(&mut lines, at, &last.message);
+        match from_str::<T>(path, &lines.join("\n")) {
+            Ok(_) => break,
+            Err(e) => {
+                if e.message.contains("missing field")
+                    || errors
+                        .iter()
+                        .any(|x| x.line == e.line || x.message == e.message)
+                {
+                    break;
+                }
+                errors.push(e);
+            }
+        }
+    }
+    Err(YamlErrors(errors))
+}
+
+/// Put line `at` out of the way of the next read (see [`from_str_all`]).
+fn set_aside(lines: &mut [String], at: usize, message: &str) {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let line = lines[at].clone();
+    let expected = message.split("expected ").nth(1).unwrap_or("");
+    let placeholder = if message.contains("unknown field") {
+        None
+    } else if message.contains("unknown variant") {
+        expected.split('`').nth(1).map(str::to_string)
+    } else if message.contains("invalid type") {
+        let kind = expected.trim_start_matches("a ").trim_start_matches("an ");
+        match kind.split([' ', ',']).next().unwrap_or("") {
+            k if k.starts_with('u') || k.starts_with('i') || k.starts_with('f') => {
+                Some("0".to_string())
+            }
+            "bool" | "boolean" => Some("false".to_string()),
+            "string" => Some("x".to_string()),
+            "sequence" => Some("[]".to_string()),
+            "map" | "struct" => Some("{}".to_string()),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let value_at = line
+        .find(": ")
+        .filter(|_| !line.trim_start().starts_with('{'));
+    match (placeholder, value_at) {
+        (Some(v), Some(i)) => {
+            lines[at] = format!("{}: {v}", &line[..i]);
+        }
+        _ => {
+            let own = indent(&line);
+            lines[at].clear();
+            for l in lines.iter_mut().skip(at + 1) {
+                if l.trim().is_empty() || l.trim_start().starts_with('#') {
+                    continue;
+                }
+                if indent(l) <= own {
+                    break;
+                }
+                l.clear();
+            }
+        }
+    }
 }
 
 /// Add the usual fix to serde's terse messages, with the closest allowed
