@@ -11,16 +11,9 @@ mod common;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use common::raw::{self, Raw};
 use common::*;
-
-/// A raw protocol v3 connection (trust authentication), for COPY TO sent
-/// as a simple Query.
-struct Raw {
-    s: TcpStream,
-}
 
 /// What a COPY TO returned: the CopyData payloads, and the error (SQLSTATE
 /// and message) if it failed.
@@ -31,68 +24,15 @@ struct Copied {
 }
 
 impl Raw {
-    async fn connect(port: u16, user: &str) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", "app")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        m.extend(body);
-        let mut r = Raw { s };
-        r.s.write_all(&m).await.unwrap();
-        let got = r.query_raw().await;
-        assert!(got.error.is_none(), "login failed: {got:?}");
-        r
-    }
-
-    async fn read_msg(&mut self) -> (u8, Vec<u8>) {
-        let tag = self.s.read_u8().await.unwrap();
-        let len = self.s.read_u32().await.unwrap() as usize;
-        let mut body = vec![0; len - 4];
-        self.s.read_exact(&mut body).await.unwrap();
-        (tag, body)
-    }
-
-    /// Read up to ReadyForQuery.
-    async fn query_raw(&mut self) -> Copied {
-        let mut got = Copied::default();
-        loop {
-            let (tag, body) = self.read_msg().await;
-            match tag {
-                b'd' => got.data.push(body),
-                b'E' if got.error.is_none() => got.error = Some(error_fields(&body)),
-                b'Z' => return got,
-                _ => {}
-            }
-        }
-    }
-
+    /// COPY TO sent as a simple Query.
     async fn copy_out(&mut self, sql: &str) -> Copied {
-        let mut m = vec![b'Q'];
-        m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-        m.extend_from_slice(sql.as_bytes());
-        m.push(0);
-        self.s.write_all(&m).await.unwrap();
-        self.query_raw().await
-    }
-}
-
-fn error_fields(body: &[u8]) -> (String, String) {
-    let (mut code, mut msg) = (String::new(), String::new());
-    for f in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
-        let v = String::from_utf8_lossy(&f[1..]).into_owned();
-        match f[0] {
-            b'C' => code = v,
-            b'M' => msg = v,
-            _ => {}
+        self.send(&[raw::query(sql)]).await;
+        let msgs = self.until_ready().await;
+        Copied {
+            data: raw::copy_data_of(&msgs),
+            error: raw::first_error(&msgs),
         }
     }
-    (code, msg)
 }
 
 /// COPY TO through tokio-postgres: the CopyData payloads, or the error.
@@ -213,7 +153,7 @@ async fn a_read_role_gets_what_postgresql_would_send_for_the_plaintext() {
     let app = fx.app("calmony_app").await;
     let d = fx.direct().await;
     seed_users(&app, &d).await;
-    let mut raw = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut raw = Raw::login_at(fx.pv.port(), "calmony_app").await;
     // SELECT shows the same values (the mirror is right).
     let rows = app
         .query("SELECT id, email, name FROM users ORDER BY id", &[])
@@ -304,7 +244,7 @@ async fn other_roles_get_the_bytes_postgresql_sends() {
     d.batch_execute("DROP TABLE m_users").await.unwrap();
     for role in ["signup", "dba", "support_agent"] {
         let c = fx.app(role).await;
-        let mut raw = Raw::connect(fx.pv.port(), role).await;
+        let mut raw = Raw::login_at(fx.pv.port(), role).await;
         for opts in OPTIONS {
             for sql in [
                 format!("COPY users (id, email, name) TO STDOUT {opts}"),
@@ -390,9 +330,9 @@ async fn tenant_tables_and_other_types() {
     )
     .await
     .unwrap();
-    let mut raw = Raw::connect(fx.pv.port(), "calmony_app").await;
-    let mut raw_support = Raw::connect(fx.pv.port(), "support_agent").await;
-    let mut raw_clinician = Raw::connect(fx.pv.port(), "clinician").await;
+    let mut raw = Raw::login_at(fx.pv.port(), "calmony_app").await;
+    let mut raw_support = Raw::login_at(fx.pv.port(), "support_agent").await;
+    let mut raw_clinician = Raw::login_at(fx.pv.port(), "clinician").await;
     let support = fx.app("support_agent").await;
     for opts in ["", "(FORMAT csv, HEADER)", "(FORMAT binary)"] {
         for (through, mirror) in [
@@ -518,7 +458,7 @@ async fn ten_thousand_rows_stream_one_copydata_each() {
         );
     }
     eprintln!("COPY TO of {N} rows (2 protected columns, debug build): {took:?}");
-    let mut raw = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut raw = Raw::login_at(fx.pv.port(), "calmony_app").await;
     let got = raw
         .copy_out("COPY (SELECT id, name FROM users ORDER BY id) TO STDOUT (FORMAT binary)")
         .await;
@@ -559,7 +499,7 @@ async fn values_that_do_not_decrypt_end_the_copy_with_nothing_of_their_row() {
     )
     .await
     .unwrap();
-    let mut raw = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut raw = Raw::login_at(fx.pv.port(), "calmony_app").await;
     let victims = [
         "moved-victim-tenant-3@example.com",
         "moved-victim-column-3@example.com",

@@ -6,92 +6,6 @@
 
 use crate::common::{Calmony, code, err_text};
 
-/// Raw extended-protocol frames (tokio-postgres cannot pipeline DDL and a
-/// Parse before one Sync).
-mod frames {
-    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(sql.as_bytes());
-        body.push(0);
-        body.extend_from_slice(&0i16.to_be_bytes());
-        msg(b'P', &body)
-    }
-    pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
-        let mut body = vec![0u8]; // unnamed portal
-        body.extend_from_slice(stmt.as_bytes());
-        body.push(0);
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            body.extend_from_slice(&(p.len() as i32).to_be_bytes());
-            body.extend_from_slice(p.as_bytes());
-        }
-        body.extend_from_slice(&0i16.to_be_bytes());
-        msg(b'B', &body)
-    }
-    pub fn execute() -> Vec<u8> {
-        let mut body = vec![0u8];
-        body.extend_from_slice(&0i32.to_be_bytes());
-        msg(b'E', &body)
-    }
-    pub fn sync() -> Vec<u8> {
-        msg(b'S', &[])
-    }
-    /// Connect with trust auth and read up to the first ReadyForQuery.
-    pub async fn connect(port: u16, user: &str, db: &str) -> tokio::net::TcpStream {
-        use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        m.extend_from_slice(&body);
-        s.write_all(&m).await.unwrap();
-        loop {
-            let (tag, _) = read(&mut s).await;
-            assert_ne!(tag, b'E', "login failed");
-            if tag == b'Z' {
-                return s;
-            }
-        }
-    }
-    pub async fn read(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-        use tokio::io::AsyncReadExt;
-        let tag = s.read_u8().await.unwrap();
-        let len = s.read_i32().await.unwrap();
-        let mut body = vec![0u8; len as usize - 4];
-        s.read_exact(&mut body).await.unwrap();
-        (tag, body)
-    }
-    /// A field of an ErrorResponse body.
-    pub fn error_field(body: &[u8], code: u8) -> String {
-        let mut i = 0;
-        while i < body.len() && body[i] != 0 {
-            let end = i + 1 + body[i + 1..].iter().position(|&b| b == 0).unwrap();
-            if body[i] == code {
-                return String::from_utf8_lossy(&body[i + 1..end]).into_owned();
-            }
-            i = end + 1;
-        }
-        String::new()
-    }
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
-}
-
 async fn owner_fixture() -> Calmony {
     let fx = Calmony::start();
     // The attacker owns the table (as an application's migration role
@@ -198,38 +112,27 @@ async fn ddl_is_a_barrier_in_a_simple_query() {
 
 #[tokio::test]
 async fn ddl_is_a_barrier_in_a_pipeline() {
-    use tokio::io::AsyncWriteExt;
+    use crate::common::raw::{Raw, bind, errors, execute, parse, sync};
     let fx = owner_fixture().await;
-    let mut s = frames::connect(fx.pv.port(), "calmony_app", "app").await;
-    let mut out = Vec::new();
-    out.extend(frames::parse(
-        "",
-        "CREATE VIEW v82 AS SELECT id, name FROM users",
-    ));
-    out.extend(frames::bind("", &[]));
-    out.extend(frames::execute());
-    out.extend(frames::parse(
-        "",
-        "INSERT INTO v82 (id, name) VALUES ($1, $2)",
-    ));
-    out.extend(frames::bind("", &["82", "batch-pipe-82@example.com"]));
-    out.extend(frames::execute());
-    out.extend(frames::sync());
-    s.write_all(&out).await.unwrap();
-    let mut codes = vec![];
-    loop {
-        let (tag, body) = frames::read(&mut s).await;
-        if tag == b'E' {
-            codes.push(frames::error_field(&body, b'C'));
-            assert!(
-                !String::from_utf8_lossy(&body).contains("batch-pipe-82"),
-                "value in the error"
-            );
-        }
-        if tag == b'Z' {
-            break;
-        }
+    let mut r = Raw::login_at(fx.pv.port(), "calmony_app").await;
+    r.send(&[
+        parse("", "CREATE VIEW v82 AS SELECT id, name FROM users"),
+        bind("", "", &[]),
+        execute(""),
+        parse("", "INSERT INTO v82 (id, name) VALUES ($1, $2)"),
+        bind("", "", &["82", "batch-pipe-82@example.com"]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let got = r.until_ready().await;
+    for (_, body) in got.iter().filter(|m| m.0 == b'E') {
+        assert!(
+            !String::from_utf8_lossy(body).contains("batch-pipe-82"),
+            "value in the error"
+        );
     }
+    let codes: Vec<String> = errors(&got).into_iter().map(|e| e.1).collect();
     assert_eq!(codes, vec!["0A000".to_string()]);
     let d = fx.direct().await;
     let n: i64 = d

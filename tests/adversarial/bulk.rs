@@ -10,8 +10,8 @@
 //! array is followed by a direct look at the table and the plaintext scan
 //! of the cluster, pgveil's log and the audit log.
 
+use crate::common::raw::{self, Raw, errors, execute, rows, sync};
 use crate::common::*;
-use crate::prepared::raw::{self, Raw, errors, execute, rows, sync};
 
 /// A unique blind index, as `unique=True` on an encrypted field needs.
 const UNIQUE_BIDX: &str = "CREATE UNIQUE INDEX users_email_bidx_key ON public.users (email_bidx);";

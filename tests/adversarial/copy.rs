@@ -6,91 +6,14 @@
 //! straight to PostgreSQL into an unprotected scratch table; every test
 //! ends with the plaintext scan.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use crate::common::raw::{self, Raw, copy_data, copy_done, first_error, query};
 use crate::common::*;
 
-/// A raw protocol v3 connection (trust authentication).
-struct Raw {
-    s: TcpStream,
-}
-
-type Msgs = Vec<(u8, Vec<u8>)>;
-
-impl Raw {
-    async fn connect(port: u16, user: &str) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", "app")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        m.extend(body);
-        let mut r = Raw { s };
-        r.s.write_all(&m).await.unwrap();
-        let got = r.until_ready().await;
-        assert!(error_of(&got).is_none(), "login failed: {got:?}");
-        r
-    }
-
-    async fn read_msg(&mut self) -> (u8, Vec<u8>) {
-        let tag = self.s.read_u8().await.unwrap();
-        let len = self.s.read_u32().await.unwrap() as usize;
-        let mut body = vec![0; len - 4];
-        self.s.read_exact(&mut body).await.unwrap();
-        (tag, body)
-    }
-
-    async fn until_ready(&mut self) -> Msgs {
-        let mut out = vec![];
-        loop {
-            let m = self.read_msg().await;
-            let done = m.0 == b'Z';
-            out.push(m);
-            if done {
-                return out;
-            }
-        }
-    }
-
-    /// Send a simple Query with its CopyData and CopyDone pipelined behind
-    /// it (as an attacker would), and read until ReadyForQuery.
-    async fn copy(&mut self, sql: &str, data: &[&[u8]]) -> Msgs {
-        let mut m = frame(b'Q', &[sql.as_bytes(), b"\0"].concat());
-        for d in data {
-            m.extend(frame(b'd', d));
-        }
-        m.extend(frame(b'c', b""));
-        self.s.write_all(&m).await.unwrap();
-        self.until_ready().await
-    }
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
+type Msgs = Vec<raw::Msg>;
 
 /// (SQLSTATE, message) of the first ErrorResponse.
 fn error_of(msgs: &Msgs) -> Option<(String, String)> {
-    let body = &msgs.iter().find(|m| m.0 == b'E')?.1;
-    let (mut code, mut msg) = (String::new(), String::new());
-    for f in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
-        let v = String::from_utf8_lossy(&f[1..]).into_owned();
-        match f[0] {
-            b'C' => code = v,
-            b'M' => msg = v,
-            _ => {}
-        }
-    }
-    Some((code, msg))
+    first_error(msgs)
 }
 
 /// The refusal has exactly `code` and names none of `sentinels`.
@@ -123,12 +46,12 @@ async fn two_copies_in_one_query_are_refused() {
     let fx = Calmony::builder()
         .extra_sql("CREATE TABLE public.notes (body text, extra text)")
         .start();
-    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut r = Raw::login_at(fx.pv.port(), "calmony_app").await;
     // Protected first: its transformer must not be applied to the second
     // COPY's rows, nor the plain COPY's passthrough to the protected rows.
     let s1 = "attack-two-copy-pf-17@example.com";
     let got = r
-        .copy(
+        .copy_in(
             "COPY users (email, name) FROM STDIN; COPY notes (body, extra) FROM STDIN",
             &[format!("{s1}\tTwoCopy-Name-17\n").as_bytes()],
         )
@@ -142,7 +65,7 @@ async fn two_copies_in_one_query_are_refused() {
     // Plain first: the protected COPY's data would have passed raw.
     let s2 = "attack-two-copy-fp-23@example.com";
     let got = r
-        .copy(
+        .copy_in(
             "COPY notes (body, extra) FROM STDIN; COPY users (email, name) FROM STDIN",
             &[
                 b"harmless\tx\n",
@@ -159,7 +82,7 @@ async fn two_copies_in_one_query_are_refused() {
     // A comment does not hide the second COPY.
     let s3 = "attack-two-copy-cm-31@example.com";
     let got = r
-        .copy(
+        .copy_in(
             "COPY users (email, name) FROM STDIN; /* x */ copy notes FROM STDIN",
             &[format!("{s3}\tTwoCopy-Name-31\n").as_bytes()],
         )
@@ -173,7 +96,7 @@ async fn two_copies_in_one_query_are_refused() {
     // The session still works, and one COPY per Query does.
     let s4 = "copy-alone-ok-41@example.com";
     let got = r
-        .copy(
+        .copy_in(
             "COPY users (email, name) FROM STDIN",
             &[format!("{s4}\tAlone-Name-41\n").as_bytes()],
         )
@@ -228,16 +151,16 @@ async fn both_ways(fx: &Calmony, options: &str, data: &[&[u8]]) -> (Msgs, Msgs) 
     )
     .await
     .unwrap();
-    let mut direct = Raw::connect(fx.pg.port(), "postgres").await;
+    let mut direct = Raw::login_at(fx.pg.port(), "postgres").await;
     let a = direct
-        .copy(
+        .copy_in(
             &format!("COPY scratch (email, name) FROM STDIN {options}"),
             data,
         )
         .await;
-    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut r = Raw::login_at(fx.pv.port(), "calmony_app").await;
     let b = r
-        .copy(
+        .copy_in(
             &format!("COPY users (email, name) FROM STDIN {options}"),
             data,
         )
@@ -411,7 +334,7 @@ async fn copy_that_pgveil_cannot_read_exactly_is_refused() {
     let fx = Calmony::builder()
         .extra_sql("CREATE VIEW public.users_view AS SELECT id, email, name FROM public.users")
         .start();
-    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut r = Raw::login_at(fx.pv.port(), "calmony_app").await;
     let mut all = vec![];
     // Refused at planning (0A000), whatever data follows.
     for (n, sql) in [
@@ -428,7 +351,7 @@ async fn copy_that_pgveil_cannot_read_exactly_is_refused() {
     .enumerate()
     {
         let s = format!("attack-copy-plan-{n}-61@example.com");
-        let got = r.copy(sql, &[format!("{s},{s}\n").as_bytes()]).await;
+        let got = r.copy_in(sql, &[format!("{s},{s}\n").as_bytes()]).await;
         assert_refused(&got, "0A000", &[&s], sql);
         all.push(s);
     }
@@ -466,7 +389,7 @@ async fn copy_that_pgveil_cannot_read_exactly_is_refused() {
     {
         let s = format!("attack-copy-data-{n}-62@example.com");
         let data = String::from_utf8(data.to_vec()).unwrap().replace("{s}", &s);
-        let got = r.copy(sql, &[data.as_bytes()]).await;
+        let got = r.copy_in(sql, &[data.as_bytes()]).await;
         assert_refused(&got, "57014", &[&s], &data);
         all.push(s);
     }
@@ -488,7 +411,7 @@ async fn a_copy_hidden_behind_a_comment_is_counted() {
     let fx = Calmony::builder()
         .extra_sql("CREATE TABLE public.scratch (t text);")
         .start();
-    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut r = Raw::login_at(fx.pv.port(), "calmony_app").await;
     let mut sentinels = Vec::new();
     for (i, hide) in [
         "-- hidden\r",
@@ -501,19 +424,21 @@ async fn a_copy_hidden_behind_a_comment_is_counted() {
     {
         let s = format!("Attack-CopyCR-Sentinel-88{i:02}");
         let sql = format!("{hide}COPY scratch (t) FROM STDIN; COPY users (name) FROM STDIN");
-        let mut m = frame(b'Q', &[sql.as_bytes(), b"\0"].concat());
-        m.extend(frame(b'd', b"first-copy-row\n"));
-        m.extend(frame(b'c', b""));
-        m.extend(frame(b'd', format!("{s}\n").as_bytes()));
-        m.extend(frame(b'c', b""));
-        r.s.write_all(&m).await.unwrap();
+        r.send(&[
+            query(&sql),
+            copy_data(b"first-copy-row\n"),
+            copy_done(),
+            copy_data(format!("{s}\n").as_bytes()),
+            copy_done(),
+        ])
+        .await;
         assert_refused(&r.until_ready().await, "0A000", &[&s], &format!("{hide:?}"));
         sentinels.push(s);
     }
     // A protected COPY behind such a comment is read as the COPY it is.
     let s = "Attack-CopyCR-Sentinel-8899".to_string();
     let got = r
-        .copy(
+        .copy_in(
             "-- comment\rCOPY users (name) FROM STDIN",
             &[format!("{s}\n").as_bytes()],
         )
@@ -540,23 +465,25 @@ async fn a_copy_hidden_behind_a_comment_is_counted() {
 #[tokio::test]
 async fn copy_data_after_the_querys_copies_is_held_back() {
     let fx = Calmony::start();
-    let mut r = Raw::connect(fx.pv.port(), "calmony_app").await;
+    let mut r = Raw::login_at(fx.pv.port(), "calmony_app").await;
     let (s1, s2) = (
         "Attack-CopyAfter-Sentinel-8871",
         "Attack-CopyAfter-Sentinel-8872",
     );
     let got = r
-        .copy(
+        .copy_in(
             "COPY users (name) FROM STDIN",
             &[format!("{s1}\n").as_bytes()],
         )
         .await;
     assert_ok(&got, "the COPY");
     // Stray data, then a Query: the stray data never reaches PostgreSQL.
-    let mut m = frame(b'd', format!("{s2}\n").as_bytes());
-    m.extend(frame(b'c', b""));
-    m.extend(frame(b'Q', b"SELECT 1\0"));
-    r.s.write_all(&m).await.unwrap();
+    r.send(&[
+        copy_data(format!("{s2}\n").as_bytes()),
+        copy_done(),
+        query("SELECT 1"),
+    ])
+    .await;
     assert!(error_of(&r.until_ready().await).is_none());
     let app = fx.app("calmony_app").await;
     assert_eq!(

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::calmony::{BIDX_KEY, MASTER_KEY, POLICY};
+use crate::common::raw::{self, Raw, errors, query, rows};
 use crate::common::*;
-use crate::prepared::raw::{self, Raw, errors, query, rows};
 
 /// What an unlisted role sees of a protected value it asks for: no
 /// plaintext, and lookups refused (42501).

@@ -10,10 +10,10 @@
 //! `read` role gets its plaintext, and the audit log names the columns that
 //! were decrypted. Raw protocol frames (drivers do not reuse names so).
 
-use crate::common::*;
-use crate::prepared::raw::{
+use crate::common::raw::{
     self, Raw, bind, describe_portal, errors, execute, parse, query, rows, sync, tags,
 };
+use crate::common::*;
 
 const EMAILS: [&str; 3] = [
     "portal.reuse.one-4417@example.com",

@@ -350,7 +350,7 @@ async fn reserved_words_read_as_table_names_are_refused() {
 /// `standard_conforming_strings` where pgveil cannot see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backslash_statements_behind_running_ones_wait_for_their_answers() {
-    use crate::prepared::raw::{Raw, errors, query};
+    use crate::common::raw::{Raw, errors, query};
     let fx = Calmony::start();
     let d = fx.direct().await;
     d.batch_execute(

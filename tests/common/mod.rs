@@ -32,6 +32,7 @@ pub mod moto;
 pub mod pg;
 pub mod pgveil;
 pub mod program;
+pub mod raw;
 pub mod scan;
 pub mod tls;
 
