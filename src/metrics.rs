@@ -5,6 +5,8 @@
 //! recorder is installed, so every series exists from the first scrape, and
 //! `tests/metrics.rs` checks docs/operations.md against a live scrape.
 
+use std::cell::Cell;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use metrics::Unit;
@@ -195,7 +197,7 @@ pub const METRICS: &[Metric] = &[
         ..labelled(
             "pgveil_crypto_seconds",
             Histogram,
-            "Latency of one value's encryption or decryption (decrypt_row: one row)",
+            "Latency of one value's encryption or decryption, sampled: one value in 64 (decrypt_row: one row in 256)",
             "op",
             &["encrypt", "decrypt", "decrypt_row"],
         )
@@ -232,6 +234,56 @@ pub const METRICS: &[Metric] = &[
     ),
 ];
 
+/// Handles of the metrics updated per statement or per value. A
+/// `counter!` or `histogram!` call looks its series up in the registry
+/// (hashing the name and labels) each time; these are looked up once, so
+/// the hot path only adds to an atomic. Taken after [`install`] (which
+/// forces them): handles taken before a recorder exists count nowhere.
+pub struct Hot {
+    pub statements_passthrough: metrics::Counter,
+    pub statements_rewritten: metrics::Counter,
+    pub statements_rejected: metrics::Counter,
+    pub plan_cache_hits: metrics::Counter,
+    pub plan_cache_misses: metrics::Counter,
+    pub values_encrypted: metrics::Counter,
+    pub values_decrypted: metrics::Counter,
+    pub encrypt_seconds: metrics::Histogram,
+    pub decrypt_seconds: metrics::Histogram,
+    pub decrypt_row_seconds: metrics::Histogram,
+}
+
+static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
+    statements_passthrough: metrics::counter!("pgveil_statements_total", "outcome" => "passthrough"),
+    statements_rewritten: metrics::counter!("pgveil_statements_total", "outcome" => "rewritten"),
+    statements_rejected: metrics::counter!("pgveil_statements_total", "outcome" => "rejected"),
+    plan_cache_hits: metrics::counter!("pgveil_plan_cache_hits_total"),
+    plan_cache_misses: metrics::counter!("pgveil_plan_cache_misses_total"),
+    values_encrypted: metrics::counter!("pgveil_values_encrypted_total"),
+    values_decrypted: metrics::counter!("pgveil_values_decrypted_total"),
+    encrypt_seconds: metrics::histogram!("pgveil_crypto_seconds", "op" => "encrypt"),
+    decrypt_seconds: metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt"),
+    decrypt_row_seconds: metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt_row"),
+});
+
+/// The hot-path handles (see [`Hot`]).
+pub fn hot() -> &'static Hot {
+    &HOT
+}
+
+/// Whether this value's crypto latency is timed: one in 64 per thread (a
+/// clock read and a histogram sample cost about as much as encrypting a
+/// short value). `pgveil_crypto_seconds` is a sample of them.
+pub fn sample_value() -> bool {
+    thread_local! {
+        static TICK: Cell<u32> = const { Cell::new(0) };
+    }
+    TICK.with(|t| {
+        let n = t.get().wrapping_add(1);
+        t.set(n);
+        n % 64 == 1
+    })
+}
+
 /// Install the global recorder (histogram buckets as documented) and keep
 /// it up to date. Call inside the tokio runtime.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -254,6 +306,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         }
     });
     describe_and_register();
+    LazyLock::force(&HOT);
     Ok(handle)
 }
 

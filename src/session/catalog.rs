@@ -202,10 +202,10 @@ impl CatalogEntry {
                 .iter()
                 .find(|e| e.role == role && e.params.as_deref() == params)
         {
-            metrics::counter!("pgveil_plan_cache_hits_total").increment(1);
+            crate::metrics::hot().plan_cache_hits.increment(1);
             return e.plans.clone();
         }
-        metrics::counter!("pgveil_plan_cache_misses_total").increment(1);
+        crate::metrics::hot().plan_cache_misses.increment(1);
         let plans = Arc::new(self.analyzer.plan(sql, role, mode));
         if sql.len() > PLAN_CACHE_MAX_TEXT {
             return plans;

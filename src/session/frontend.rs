@@ -1163,7 +1163,7 @@ impl Frontend {
     /// Forward a simple Query as the client sent it: the COPY FROM STDIN
     /// statements PostgreSQL will run for it are counted on its tokens.
     fn pass_query(&mut self, f: &Frame, text: &str, ops: Vec<QueryOp>, out: &mut BytesMut) {
-        metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
+        crate::metrics::hot().statements_passthrough.increment(1);
         let copies = self.open_copies(super::copy::copies_from_stdin(text), None);
         self.shared.push(Pending::Query {
             protected: false,
@@ -1178,7 +1178,7 @@ impl Frontend {
     fn rejected(&mut self, r: &Refusal) {
         // A refused statement never runs: it changes nothing for later ones.
         self.unsettled = self.behind_unsettled;
-        metrics::counter!("pgveil_statements_total", "outcome" => "rejected").increment(1);
+        crate::metrics::hot().statements_rejected.increment(1);
         tracing::info!(sqlstate = r.sqlstate, reason = %r.message, "statement rejected");
         if let Some(log) = &self.engine.audit {
             log.rejected(&self.id, r.sqlstate, &r.message);
@@ -1316,7 +1316,7 @@ impl Frontend {
                 }
             }
         }
-        metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
+        crate::metrics::hot().statements_rewritten.increment(1);
         if let ([StatementPlan::Rewrite(rp)], [sql], false) = (&plans[..], &parts[..], refused)
             && self.shared.is_idle()
             && transform.is_none()
@@ -1591,8 +1591,7 @@ impl Frontend {
                 return;
             }
             if !self.entry().analyzer.may_touch_protected(query) {
-                metrics::counter!("pgveil_statements_total", "outcome" => "passthrough")
-                    .increment(1);
+                crate::metrics::hot().statements_passthrough.increment(1);
                 let op = self.names.set(Space::Statement, name, None);
                 self.shared.push(Pending::Parse {
                     internal: false,
@@ -1635,7 +1634,7 @@ impl Frontend {
             .to_string();
         let entry = self.entry();
         if !entry.analyzer.may_touch_protected(&parse.query) {
-            metrics::counter!("pgveil_statements_total", "outcome" => "passthrough").increment(1);
+            crate::metrics::hot().statements_passthrough.increment(1);
             let op = self.names.set(Space::Statement, &key, None);
             self.shared.push(Pending::Parse {
                 internal: false,
@@ -1733,7 +1732,7 @@ impl Frontend {
         };
         match result {
             Ok((sql, types, prepared)) => {
-                metrics::counter!("pgveil_statements_total", "outcome" => "rewritten").increment(1);
+                crate::metrics::hot().statements_rewritten.increment(1);
                 self.names.drain(&self.shared);
                 let op = self.names.set(Space::Statement, &key, protected(prepared));
                 self.shared.push(Pending::Parse {

@@ -66,7 +66,9 @@ impl RowDecryptor {
 
     fn flush_metrics(&mut self) {
         if self.values > 0 {
-            metrics::counter!("pgveil_values_decrypted_total").increment(self.values);
+            crate::metrics::hot()
+                .values_decrypted
+                .increment(self.values);
             self.values = 0;
         }
     }
@@ -148,7 +150,8 @@ impl RowDecryptor {
             }
         }
         if let Some(t) = started {
-            metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt_row")
+            crate::metrics::hot()
+                .decrypt_row_seconds
                 .record(t.elapsed().as_secs_f64());
         }
         if self.values >= 1024 {

@@ -162,16 +162,18 @@ impl ValueCrypto {
                     column: attr.column.to_string(),
                     reason: e.to_string(),
                 })?;
-        let started = std::time::Instant::now();
+        let started = crate::metrics::sample_value().then(std::time::Instant::now);
         let env = envelope::encrypt(&dek, &key_ref, &ctx, canonical).map_err(|e| {
             ValueError::Encrypt {
                 column: attr.column.to_string(),
                 reason: e.to_string(),
             }
         })?;
-        metrics::histogram!("pgveil_crypto_seconds", "op" => "encrypt")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("pgveil_values_encrypted_total").increment(1);
+        let hot = crate::metrics::hot();
+        if let Some(t) = started {
+            hot.encrypt_seconds.record(t.elapsed().as_secs_f64());
+        }
+        hot.values_encrypted.increment(1);
         Ok(env)
     }
 
@@ -255,11 +257,13 @@ impl ValueCrypto {
             .map_err(|e| err(e.to_string()))?;
         let tenant = aad_tenant(attr, row_tenant, key_ref.tenant());
         let ctx = Self::context(attr, tenant);
-        let started = std::time::Instant::now();
+        let started = crate::metrics::sample_value().then(std::time::Instant::now);
         let pt = envelope::decrypt(&dek, &ctx, &env).map_err(|e| err(e.to_string()))?;
-        metrics::histogram!("pgveil_crypto_seconds", "op" => "decrypt")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("pgveil_values_decrypted_total").increment(1);
+        let hot = crate::metrics::hot();
+        if let Some(t) = started {
+            hot.decrypt_seconds.record(t.elapsed().as_secs_f64());
+        }
+        hot.values_decrypted.increment(1);
         Ok(pt)
     }
 
