@@ -166,42 +166,13 @@ async fn assert_only_complete_envelopes(fx: &Calmony) {
 
 // --- The wire protocol, raw -------------------------------------------------
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
+// The message builders are the shared ones (`common::raw`); the connection
+// below is this file's own: every read is bounded by STEP, EOF before
+// ReadyForQuery panics, and `expect_closed` waits for pgveil to hang up.
+use common::raw::{cstr, error_fields, first_error, frame, parse as parse_msg, query as query_msg};
 
 fn startup_message(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        cstr(&mut body, k);
-        cstr(&mut body, v);
-    }
-    body.push(0);
-    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    m.extend_from_slice(&body);
-    m
-}
-
-fn query_msg(sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, sql);
-    frame(b'Q', &b)
-}
-
-fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, name);
-    cstr(&mut b, sql);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    frame(b'P', &b)
+    common::raw::startup(&[("user", user), ("database", db)])
 }
 
 /// Bind of the unnamed portal to `stmt` with text parameters, as given by
@@ -235,25 +206,7 @@ fn text_params(values: &[&str]) -> Vec<u8> {
 }
 
 fn execute_sync() -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, "");
-    b.extend_from_slice(&0i32.to_be_bytes());
-    let mut v = frame(b'E', &b);
-    v.extend(frame(b'S', &[]));
-    v
-}
-
-/// (SQLSTATE, message) of an ErrorResponse body.
-fn error_fields(body: &[u8]) -> (String, String) {
-    let (mut code, mut msg) = (String::new(), String::new());
-    for f in body.split(|&b| b == 0) {
-        match f.first() {
-            Some(b'C') => code = String::from_utf8_lossy(&f[1..]).into_owned(),
-            Some(b'M') => msg = String::from_utf8_lossy(&f[1..]).into_owned(),
-            _ => {}
-        }
-    }
-    (code, msg)
+    [common::raw::execute(""), common::raw::sync()].concat()
 }
 
 /// A protocol connection driven by hand.
@@ -330,13 +283,6 @@ impl Raw {
             }
         }
     }
-}
-
-/// The first ErrorResponse among `msgs`: (SQLSTATE, message).
-fn first_error(msgs: &[(u8, Vec<u8>)]) -> Option<(String, String)> {
-    msgs.iter()
-        .find(|m| m.0 == b'E')
-        .map(|m| error_fields(&m.1))
 }
 
 // ---------------------------------------------------------------------------

@@ -7,12 +7,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn cstr(b: &mut Vec<u8>, s: &str) {
+/// Append `s` as a C string.
+pub fn cstr(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(s.as_bytes());
     b.push(0);
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+/// A message: tag, length, body.
+pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     v.extend_from_slice(body);
@@ -191,6 +193,11 @@ fn field(body: &[u8], code: u8) -> String {
         .find(|f| f.first() == Some(&code))
         .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
         .unwrap_or_default()
+}
+
+/// (SQLSTATE, message) of one ErrorResponse body.
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    (field(body, b'C'), field(body, b'M'))
 }
 
 /// (severity, SQLSTATE, message) of every ErrorResponse.
