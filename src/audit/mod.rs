@@ -18,8 +18,26 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::{Audit, AuditOnFailure};
-use crate::session::{AuditInfo, Identity};
 use writer::{Cmd, Settings, Writer};
+
+/// What the audit log records for a statement that reads or searches
+/// protected data (never values).
+#[derive(Debug, Clone)]
+pub struct AuditInfo {
+    pub tables: Vec<String>,
+    pub columns: Vec<String>,
+    pub searched: bool,
+    pub decrypted: bool,
+}
+
+/// Who a session is, as PostgreSQL confirmed it (the audit log records
+/// every statement by it; both directions of the session carry it).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub login_role: String,
+    pub database: String,
+    pub client_addr: String,
+}
 
 /// Records queued for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 8192;

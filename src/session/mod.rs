@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use catalog::{CatalogEntry, Engine};
+// Defined where the audit log needs them, which must not depend on sessions.
+pub use crate::audit::{AuditInfo, Identity};
 
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::{CopyPlan, RewritePlan};
@@ -249,16 +251,6 @@ pub enum Resolution {
     ForgetPortals,
 }
 
-/// What the audit log records for a statement that reads or searches
-/// protected data (never values).
-#[derive(Debug, Clone)]
-pub struct AuditInfo {
-    pub tables: Vec<String>,
-    pub columns: Vec<String>,
-    pub searched: bool,
-    pub decrypted: bool,
-}
-
 /// State shared by the two directions of one session.
 pub struct Shared {
     pub pending: Mutex<VecDeque<Pending>>,
@@ -426,12 +418,4 @@ impl Shared {
     pub fn set_entry(&self, e: Arc<CatalogEntry>) {
         *self.entry.lock().expect("catalog entry") = e;
     }
-}
-
-/// Facts about the session that both directions need.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub login_role: String,
-    pub database: String,
-    pub client_addr: String,
 }
