@@ -383,7 +383,12 @@ impl Names {
                 .iter()
                 .any(|c| c.space == space && c.name == name);
         let now = if map.is_empty() { None } else { map.get(name) };
-        if !pending && same(now, value.as_ref()) {
+        // A protected portal is recorded even when the map already holds
+        // it: a ReadyForQuery `I` still on its way may make pgveil forget
+        // the name, and only the confirmation of this Bind (an answer
+        // after that one) puts it back.
+        let rebound = space == Space::Portal && value.is_some();
+        if !pending && !rebound && same(now, value.as_ref()) {
             return 0;
         }
         self.next_id += 1;

@@ -11,7 +11,7 @@
 //! were decrypted. Raw protocol frames (drivers do not reuse names so).
 
 use crate::common::raw::{
-    self, Raw, bind, describe_portal, errors, execute, parse, query, rows, sync, tags,
+    self, Raw, bind, describe_portal, errors, execute, flush, parse, query, rows, sync, tags,
 };
 use crate::common::*;
 
@@ -286,4 +286,62 @@ fn wait_audit(fx: &Calmony, from: usize, want: impl Fn(&str) -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     false
+}
+
+/// Read messages up to and including the first with tag `want`.
+async fn until_tag(c: &mut Raw, want: u8) -> Vec<raw::Msg> {
+    let mut v = Vec::new();
+    while let Some(m) = c.next().await {
+        let done = m.0 == want;
+        v.push(m);
+        if done {
+            break;
+        }
+    }
+    v
+}
+
+/// Review finding: a Bind of a name pgveil already maps to the same
+/// statement is no change to its map (op 0), so it does not mark the
+/// transaction as having bound portals. When that Bind follows a Sync
+/// whose ReadyForQuery `I` is still on its way (the earlier Bind's
+/// BindComplete already read), the `I` forgets the name — PostgreSQL's
+/// portal from the second Bind lives on in the new implicit transaction,
+/// and its Execute goes out unshaped: a role without `search` gets the
+/// raw blind indexes of `SELECT *`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_bound_again_behind_the_sync_that_ends_its_transaction_stays_shaped() {
+    let fx = Calmony::start();
+    seed(&fx).await;
+    let bidx = stored_bidx(&fx).await;
+    let mut c = Raw::login(fx.pv.addr(), "dba").await;
+    ok(
+        &mut c,
+        &[parse("s", "SELECT * FROM users ORDER BY id"), sync()],
+        "parse s",
+    )
+    .await;
+    // Bound in an implicit transaction; its BindComplete is read (the
+    // backend confirmed the Bind) before the transaction ends.
+    c.send(&[bind("p", "s", &[]), flush()]).await;
+    let m = until_tag(&mut c, b'2').await;
+    assert!(errors(&m).is_empty(), "first bind: {:?}", errors(&m));
+    // The Sync ends it (PostgreSQL drops p) and p is bound again at once.
+    c.send(&[sync(), bind("p", "s", &[]), flush()]).await;
+    let mut m = until_tag(&mut c, b'Z').await;
+    m.extend(until_tag(&mut c, b'2').await);
+    assert!(errors(&m).is_empty(), "second bind: {:?}", errors(&m));
+    c.send(&[execute("p"), sync()]).await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "execute: {:?}", errors(&m));
+    let r = rows(&m);
+    assert_eq!(r.len(), 3, "{}", tags(&m));
+    for row in &r {
+        for v in row.iter().flatten() {
+            assert!(
+                !bidx.contains(v),
+                "a blind index reached a role without search: {row:?}"
+            );
+        }
+    }
 }
