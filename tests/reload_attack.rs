@@ -299,3 +299,94 @@ async fn statements_prepared_before_a_column_is_protected_never_write_it_in_plai
     fx.assert_no_plaintext(&[named_value, unnamed_value, "country-after-sentinel"])
         .await;
 }
+
+/// The pid file lives in a directory others may write to: a symlink
+/// planted at the name pgveil writes through must not make it overwrite
+/// another file, and `pgveil reload` must not signal whatever process a
+/// file others could have replaced names.
+#[tokio::test]
+async fn pid_file_in_a_shared_directory_is_not_followed_nor_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("victim.conf");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let builder = PgveilBuilder::new();
+    let run = builder.dir().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::os::unix::fs::symlink(&victim, run.join("pgveil.pid.tmp")).unwrap();
+    let pg = PgCluster::start(Hba::Trust);
+    let pv = builder.start(&format!(
+        "{}pid_file: run/pgveil.pid\n",
+        Pgveil::config_for(&pg)
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "pgveil wrote its pid file through a planted symlink"
+    );
+    let pid_file = run.join("pgveil.pid");
+    let meta = std::fs::symlink_metadata(&pid_file).unwrap();
+    assert!(meta.file_type().is_file(), "the pid file is a symlink");
+    assert_eq!(meta.permissions().mode() & 0o022, 0, "{meta:?}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pv.pid().unwrap().to_string()
+    );
+
+    // Another user replaces the file in a world-writable directory with
+    // the pid of a process of theirs choosing.
+    let mut decoy = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+    std::fs::write(&pid_file, format!("{}\n", decoy.id())).unwrap();
+    let out = pgveil_cmd()
+        .args(["reload", "--config"])
+        .arg(pv.config_path())
+        .env_remove("PGVEIL_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    std::thread::sleep(Duration::from_millis(200));
+    let decoy_alive = decoy.try_wait().unwrap().is_none();
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    assert!(
+        decoy_alive,
+        "pgveil reload sent SIGHUP to the decoy process"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pid_file"), "{stderr}");
+
+    // A pid file naming a live process that is not pgveil (a stale file
+    // whose pid was reused), in a private directory: not signalled either.
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut other = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+    std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
+    let out = pgveil_cmd()
+        .args(["reload", "--config"])
+        .arg(pv.config_path())
+        .env_remove("PGVEIL_CONFIG")
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let other_alive = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(
+        other_alive,
+        "pgveil reload signalled a process that is not pgveil"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not pgveil"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

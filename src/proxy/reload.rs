@@ -420,7 +420,8 @@ pub fn command(config: &Config) -> i32 {
         );
         return 1;
     };
-    match super::pidfile::read(&pid_file).and_then(|pid| super::pidfile::hangup(pid).map(|()| pid))
+    match super::pidfile::read_trusted(&pid_file)
+        .and_then(|pid| super::pidfile::hangup(pid).map(|()| pid))
     {
         Ok(pid) => {
             println!(
