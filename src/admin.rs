@@ -2,7 +2,8 @@
 //! request per connection) for `GET /metrics` (Prometheus text), `GET
 //! /healthz` (the process is serving), `GET /readyz` ([`crate::health`])
 //! and `POST /reload` (same as SIGHUP, answered with the outcome; only from
-//! the same host: loopback or the listener's own address). Also the client
+//! the same host: loopback or the listener's own address). At most
+//! [`MAX_CONNECTIONS`] at once, each bounded in time both ways. Also the client
 //! side of those requests, for `pgveil reload` and `pgveil healthcheck`.
 
 use std::net::SocketAddr;
@@ -23,6 +24,13 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// Time a client has to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to take the answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed as soon as they are
+/// accepted. The listener takes no credentials and is often reachable by
+/// the whole network: without a bound, idle connections would take the
+/// process's file descriptors from the proxy's own listener.
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// Bind the admin listener (at start, so a taken port stops pgveil).
 pub async fn bind(listen: &str) -> Result<TcpListener, String> {
@@ -44,6 +52,7 @@ pub struct Admin {
 /// Serve requests on `listener` until the process ends.
 pub fn spawn(listener: TcpListener, admin: Admin) {
     let admin = Arc::new(admin);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -54,8 +63,14 @@ pub fn spawn(listener: TcpListener, admin: Admin) {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "admin listener: too many connections; closed");
+                drop(tcp);
+                continue;
+            };
             let admin = admin.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = serve(&admin, tcp, peer).await {
                     tracing::debug!(%peer, error = %e, "admin request failed");
                 }
@@ -228,9 +243,14 @@ async fn respond(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    tcp.write_all(head.as_bytes()).await?;
-    tcp.write_all(body).await?;
-    tcp.shutdown().await
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body).await?;
+        tcp.shutdown().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The address to reach a listener on `listen` from this host: an

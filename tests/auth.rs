@@ -43,6 +43,8 @@ enum Source {
     None,
     /// The whole `auth:` section comes from `auth_yaml`.
     Custom,
+    /// `auth.file` listing [`USER`], in front of `auth.query`.
+    FileAndQuery,
 }
 
 struct Setup {
@@ -125,6 +127,11 @@ impl Setup {
             }
             Source::File => {
                 yaml += "auth:\n  file: userlist.txt\n";
+                write_userlist(builder.dir(), &[(USER, &rolpassword(&pg, USER))]);
+            }
+            Source::FileAndQuery => {
+                yaml += "auth:\n  file: userlist.txt\n  user: pgveil_auth\n  password: ${PGVEIL_AUTH_PASSWORD}\n  \
+                         query: SELECT usename, passwd FROM pgveil_auth.lookup($1)\n";
                 write_userlist(builder.dir(), &[(USER, &rolpassword(&pg, USER))]);
             }
             Source::None => yaml += "auth: {}\n",
@@ -528,6 +535,61 @@ async fn auth_file_userlist() {
         .unwrap_or_else(|e| panic!("{}", err_text(&e)));
     let row = c.query_one("SELECT current_user::text", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "plain\"user");
+}
+
+/// auth.file in front of auth.query: a changed file takes effect whole or
+/// not at all. A line cut short (the file read while it was being written)
+/// or mistyped must not drop its user out of the file, to be looked up
+/// with the query instead: that would accept a password set inside
+/// PostgreSQL, which the file is there to keep out.
+#[tokio::test]
+async fn a_malformed_auth_file_never_hands_its_users_to_the_auth_query() {
+    let env = Setup::new(Hba::Scram, false, false)
+        .source(Source::FileAndQuery)
+        .start();
+    let verifier = rolpassword(&env.pg, USER);
+    env.tokio_pg(USER, PW)
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), env.pv.logs()));
+    // A superuser sets the role's password in PostgreSQL: the file's
+    // verifier keeps that password out.
+    env.pg.psql(
+        "postgres",
+        &format!("ALTER ROLE {USER} PASSWORD 'dba-chosen-pw'"),
+    );
+    let e = env.tokio_pg(USER, "dba-chosen-pw").await.err().unwrap();
+    assert_eq!(code(&e), "28P01", "{}", err_text(&e));
+
+    // The file is rewritten in place and read half-way.
+    let full = userlist(&[(USER, &verifier)]);
+    let path = env.pv.dir().join("userlist.txt");
+    std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+    let Err(e) = env.tokio_pg(USER, "dba-chosen-pw").await else {
+        panic!(
+            "a half-written auth.file handed its user to auth.query, which accepted the password set in PostgreSQL"
+        );
+    };
+    assert_eq!(code(&e), "28P01", "{}", err_text(&e));
+    let logs = env.pv.logs();
+    assert!(logs.contains("userlist.txt:1:"), "{logs}");
+    assert!(logs.contains("previous version stays in force"), "{logs}");
+
+    // A reload checks the file the same way: refused, nothing changes.
+    env.pv.send_signal("HUP");
+    wait_for(
+        Duration::from_secs(30),
+        "the reload to be refused",
+        || async { env.pv.logs().contains("reload refused") },
+    )
+    .await;
+    let e = env.tokio_pg(USER, "dba-chosen-pw").await.err().unwrap();
+    assert_eq!(code(&e), "28P01", "{}", err_text(&e));
+
+    // Fixed (the new verifier on purpose): in force at once.
+    write_userlist(env.pv.dir(), &[(USER, &rolpassword(&env.pg, USER))]);
+    env.tokio_pg(USER, "dba-chosen-pw")
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), env.pv.logs()));
 }
 
 /// auth.query: the cache is refreshed when PostgreSQL's salt no longer

@@ -99,3 +99,82 @@ async fn admin_listener_answers_only_what_it_serves() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["generation"], 1);
 }
+
+/// The admin listener takes no credentials and is often reachable by the
+/// whole network (for Prometheus). Idle connections to it must not take
+/// the process's file descriptors from the proxy: pgveil runs here with
+/// 128 of them, the admin port gets 300 connections that send nothing,
+/// and a PostgreSQL client is still served; the admin listener answers
+/// again once they are gone.
+#[tokio::test]
+async fn idle_admin_connections_cannot_starve_the_proxy() {
+    use std::os::unix::process::CommandExt;
+    let pg = PgCluster::start(Hba::Trust);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let yaml = format!(
+        "{}metrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+        Pgveil::config_for(&pg)
+    );
+    let listen_port: u16 = yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("listen: 127.0.0.1:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cfg = dir.path().join("pgveil.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let log = std::fs::File::create(dir.path().join("pgveil.log")).unwrap();
+    let mut cmd = pgveil_cmd();
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("PGVEIL_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let logs = || std::fs::read_to_string(dir.path().join("pgveil.log")).unwrap_or_default();
+    wait_for(WAIT, "pgveil to listen", || async {
+        std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", listen_port)).is_ok()
+    })
+    .await;
+
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Well within the time an idle admin client is given (10 s).
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        let c = try_connect_to(listen_port, "postgres", None, "postgres").await?;
+        c.simple_query("SELECT 1").await.map(drop)
+    })
+    .await;
+    assert!(
+        matches!(served, Ok(Ok(()))),
+        "a PostgreSQL client was not served while idle admin connections were open: {served:?}\n{}",
+        logs()
+    );
+    drop(idle);
+    wait_for(WAIT, "/healthz to answer again", || async {
+        get(metrics_port, "/healthz").0 == 200
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+}

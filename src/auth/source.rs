@@ -46,10 +46,39 @@ pub fn configured(auth: &Auth) -> bool {
     auth.query.is_some() || auth.file.is_some()
 }
 
-struct LoadedFile {
+/// An `auth.file` every line of which parsed: the version in force.
+pub struct Userlist {
     path: PathBuf,
     stamp: Option<(SystemTime, u64)>,
     entries: HashMap<String, String>,
+}
+
+/// Names the file and counts its users, never shows a verifier.
+impl std::fmt::Debug for Userlist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Userlist")
+            .field("path", &self.path)
+            .field("users", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Userlist {
+    /// Number of users listed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+struct LoadedFile {
+    list: Userlist,
+    /// The stamp of a later version of the file that had malformed lines
+    /// (not read again until the file changes once more).
+    rejected: Option<(SystemTime, u64)>,
 }
 
 struct Cached {
@@ -140,40 +169,71 @@ impl Sources {
             .remove(&key);
     }
 
-    /// A reload: forget the loaded `auth.file` and every cached verifier,
-    /// so the next login reads the file again and repeats its auth query
-    /// (whatever its modification time says).
-    pub fn forget(&self) {
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Start or reload: put `list` (checked whole by [`check_file`]) in
+    /// force, or no file, and forget every cached verifier, so the next
+    /// login repeats its auth query.
+    pub fn install(&self, list: Option<Userlist>) {
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = list.map(|list| LoadedFile {
+            list,
+            rejected: None,
+        });
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
+    /// The verifier `user` has in `auth.file`. A file that changed is
+    /// read again, and takes effect only whole: when a line of it is
+    /// malformed (a typo, or a file read while it was being written), the
+    /// version in force stays (each bad line is logged as `file:line`), so
+    /// no user drops out of it to be looked up elsewhere. With no earlier
+    /// version to keep, the lookup fails.
     fn read_file(&self, path: &Path, user: &str) -> Result<Option<String>, String> {
         let meta =
             std::fs::metadata(path).map_err(|e| format!("auth.file {}: {e}", path.display()))?;
         let stamp = meta.modified().ok().map(|m| (m, meta.len()));
         let mut slot = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let stale = match &*slot {
-            Some(f) => f.path != path || f.stamp.is_none() || f.stamp != stamp,
+            Some(f) => {
+                f.list.path != path
+                    || f.list.stamp.is_none()
+                    || (f.list.stamp != stamp && (stamp.is_none() || f.rejected != stamp))
+            }
             None => true,
         };
         if stale {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("auth.file {}: {e}", path.display()))?;
-            let (entries, errors) = parse_userlist(&text);
-            for line in errors {
-                warn!(file = %path.display(), line, "auth.file: line ignored: expected \"user\" \"password\"");
+            match read_userlist(path, stamp) {
+                Ok(list) => {
+                    debug!(file = %path.display(), users = list.entries.len(), "auth.file loaded");
+                    *slot = Some(LoadedFile {
+                        list,
+                        rejected: None,
+                    });
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        warn!(problem = %p, "auth.file not loaded");
+                    }
+                    match slot.as_mut().filter(|f| f.list.path == path) {
+                        Some(f) => {
+                            warn!(
+                                file = %path.display(),
+                                "auth.file changed but does not parse: the previous version stays in force until the file is fixed"
+                            );
+                            f.rejected = stamp;
+                        }
+                        None => {
+                            return Err(format!(
+                                "auth.file {} does not parse ({} problem(s), logged) and no earlier version is loaded: fix it",
+                                path.display(),
+                                problems.len()
+                            ));
+                        }
+                    }
+                }
             }
-            debug!(file = %path.display(), users = entries.len(), "auth.file loaded");
-            *slot = Some(LoadedFile {
-                path: path.to_path_buf(),
-                stamp,
-                entries,
-            });
         }
         Ok(slot
             .as_ref()
-            .and_then(|f| f.entries.get(user))
+            .and_then(|f| f.list.entries.get(user))
             .filter(|s| !s.is_empty())
             .cloned())
     }
@@ -286,15 +346,29 @@ fn pg_error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Check an `auth.file` before a reload puts it in force: it must be
-/// readable and every line well-formed. Returns the number of users, or
-/// one `file:line: problem` per problem.
-pub fn check_file(path: &Path) -> Result<usize, Vec<String>> {
+/// Read and check an `auth.file` before startup or a reload puts it in
+/// force: it must be readable and every line well-formed. Returns the
+/// parsed file (for [`Sources::install`]), or one `file:line: problem` per
+/// problem.
+pub fn check_file(path: &Path) -> Result<Userlist, Vec<String>> {
+    let stamp = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| m.modified().ok().map(|t| (t, m.len())));
+    read_userlist(path, stamp)
+}
+
+/// `path` parsed whole, stamped with `stamp` (taken before it was read: a
+/// change after that makes the next lookup read it again).
+fn read_userlist(path: &Path, stamp: Option<(SystemTime, u64)>) -> Result<Userlist, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{}: cannot read auth.file: {e}", path.display())])?;
     let (entries, errors) = parse_userlist(&text);
     if errors.is_empty() {
-        return Ok(entries.len());
+        return Ok(Userlist {
+            path: path.to_path_buf(),
+            stamp,
+            entries,
+        });
     }
     Err(errors
         .into_iter()
@@ -389,5 +463,27 @@ mod tests {
         assert_eq!(s.read_file(&path, "b").unwrap(), None);
         std::fs::remove_file(&path).unwrap();
         assert!(s.read_file(&path, "a").is_err());
+    }
+
+    #[test]
+    fn a_changed_file_applies_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("userlist.txt");
+        std::fs::write(&path, "\"a\" \"one\"\n\"b\" \"two\"\n").unwrap();
+        let s = Sources::new();
+        s.install(Some(check_file(&path).unwrap()));
+        // Half written: b's line is cut, a's entry changed.
+        std::fs::write(&path, "\"a\" \"uno\"\n\"b\" \"tw").unwrap();
+        assert!(check_file(&path).unwrap_err()[0].contains("userlist.txt:2:"));
+        assert_eq!(s.read_file(&path, "a").unwrap().as_deref(), Some("one"));
+        assert_eq!(s.read_file(&path, "b").unwrap().as_deref(), Some("two"));
+        // Fixed: in force at once.
+        std::fs::write(&path, "\"a\" \"uno\"\n").unwrap();
+        assert_eq!(s.read_file(&path, "a").unwrap().as_deref(), Some("uno"));
+        assert_eq!(s.read_file(&path, "b").unwrap(), None);
+        // Nothing earlier to keep: the lookup fails.
+        std::fs::write(&path, "broken\n").unwrap();
+        let fresh = Sources::new();
+        assert!(fresh.read_file(&path, "a").is_err());
     }
 }

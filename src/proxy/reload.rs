@@ -76,7 +76,7 @@ impl Reloader {
                 if let (Some(log), Some(a)) = (&p.audit, &p.live.config.audit) {
                     log.reconfigure(&p.live.config.resolve(a.path.as_str()), a);
                 }
-                crate::auth::state().sources.forget();
+                crate::auth::state().sources.install(p.userlist);
                 let generation = self.shared.install(p.live);
                 metrics::counter!("pgveil_reloads_total").increment(1);
                 let applied = Applied {
@@ -127,6 +127,8 @@ struct Prepared {
     live: Live,
     /// The audit log kept from before, to reconfigure.
     audit: Option<Arc<AuditLog>>,
+    /// `auth.file` as checked: the version put in force.
+    userlist: Option<crate::auth::source::Userlist>,
     applied: Applied,
 }
 
@@ -165,10 +167,12 @@ async fn prepare(old: &Live) -> Result<Prepared, Vec<String>> {
             format!("audit.path {}: {e}: make it a writable file path", a.path),
         ));
     }
-    if let Some(f) = &new.auth.file
-        && let Err(e) = crate::auth::source::check_file(&new.resolve(f.as_str()))
-    {
-        errors.extend(e);
+    let mut userlist = None;
+    if let Some(f) = &new.auth.file {
+        match crate::auth::source::check_file(&new.resolve(f.as_str())) {
+            Ok(list) => userlist = Some(list),
+            Err(e) => errors.extend(e),
+        }
     }
     let mut changed = changed;
     let (engine, audit) = match (&old.engine, new.policy_path()) {
@@ -203,6 +207,7 @@ async fn prepare(old: &Live) -> Result<Prepared, Vec<String>> {
     Ok(Prepared {
         live,
         audit,
+        userlist,
         applied: Applied {
             generation: 0,
             changed,
@@ -415,7 +420,8 @@ pub fn command(config: &Config) -> i32 {
         );
         return 1;
     };
-    match super::pidfile::read(&pid_file).and_then(|pid| super::pidfile::hangup(pid).map(|()| pid))
+    match super::pidfile::read_trusted(&pid_file)
+        .and_then(|pid| super::pidfile::hangup(pid).map(|()| pid))
     {
         Ok(pid) => {
             println!(

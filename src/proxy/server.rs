@@ -237,6 +237,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .pid_file_path()
         .map(|p| super::pidfile::PidFile::create(&p))
         .transpose()?;
+    // `auth.file` whole or not at all, as a reload checks it.
+    if let Some(f) = &config.auth.file {
+        let list = crate::auth::source::check_file(&config.resolve(f.as_str()))
+            .map_err(|e| e.join("\n"))?;
+        crate::auth::state().sources.install(Some(list));
+    }
     let engine = crate::ops::engine::build(&config).await?;
     let shared = Arc::new(Shared::new(config)?.with_engine(engine));
     let reloader = super::reload::Reloader::new(shared.clone());

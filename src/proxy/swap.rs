@@ -13,7 +13,9 @@
 //! text, and does not track pass-through ones at all). Plans depend on the
 //! protected columns and on a role's `write` and `search` capabilities;
 //! decryption (`read`) is decided per result by the backend and follows
-//! the new policy at once. So a session that may hold prepared statements
+//! the new policy at once (a prepared `COPY … TO STDOUT` too: its planned
+//! decryption is narrowed to what the role may still read when it starts,
+//! `Backend::still_readable`). So a session that may hold prepared statements
 //! is closed at the boundary (FATAL 57P01, counted in
 //! `pgveil_reload_sessions_closed_total`) when the reload changed the
 //! protected columns (tables, columns, types, blind indexes, tenants) or

@@ -907,7 +907,7 @@ impl Backend {
             Some(Pending::Execute { copy_out, .. }) => copy_out.take(),
             _ => None,
         };
-        let Some(plan) = plan else {
+        let Some(plan) = plan.and_then(|p| self.still_readable(p)) else {
             out.extend_from_slice(&f.raw);
             return;
         };
@@ -938,6 +938,31 @@ impl Backend {
                 );
             }
         }
+    }
+
+    /// `plan` with only the fields this role may still read under the
+    /// policy in force: a COPY prepared (and planned) before a reload that
+    /// took `read` away sends those fields as PostgreSQL does
+    /// (ciphertext), as a SELECT's rows are shaped per result. `None` when
+    /// nothing is left to decrypt.
+    fn still_readable(&self, plan: Arc<crate::sql::CopyPlan>) -> Option<Arc<crate::sql::CopyPlan>> {
+        let policy = &self.engine.policy;
+        let role = &self.id.login_role;
+        let reads = |c: &crate::sql::ColumnRef| {
+            policy
+                .access(role, &c.schema, &c.table, &c.column)
+                .is_some_and(|a| a.read_plaintext)
+        };
+        if plan.decrypt.iter().flatten().all(|d| reads(&d.column)) {
+            return Some(plan);
+        }
+        let mut narrowed = (*plan).clone();
+        for d in &mut narrowed.decrypt {
+            if d.as_ref().is_some_and(|d| !reads(&d.column)) {
+                *d = None;
+            }
+        }
+        narrowed.decrypts().then(|| Arc::new(narrowed))
     }
 
     /// One CopyData of a COPY TO STDOUT whose rows are decrypted.
