@@ -52,6 +52,16 @@ pub enum Flow {
     Terminate,
 }
 
+/// How a large client message passes without being held
+/// ([`Frontend::stream_large`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Upstream, piece by piece as it arrives.
+    Forward,
+    /// Read and dropped: PostgreSQL would ignore it.
+    Drop,
+}
+
 /// A statement pgveil refuses: SQLSTATE and message (never values).
 #[derive(Debug)]
 pub struct Refusal {
@@ -590,6 +600,58 @@ impl Frontend {
     /// be written right after `out`.
     pub fn take_forward(&mut self) -> Option<Bytes> {
         self.forward.take()
+    }
+
+    /// A large client message of which only the first bytes (`head`: its
+    /// header and what else was read) have arrived: whether it can go
+    /// upstream as it arrives, in pieces, never held whole. `None`: hold it
+    /// (charged) and hand it to [`on_frame`](Self::on_frame) whole. When it
+    /// passes, the bookkeeping `on_frame` would have done for it is done
+    /// here (keep this in step with `on_frame` and `on_bind`'s forwarding
+    /// paths).
+    ///
+    /// Only messages whose bytes past their first few pgveil would forward
+    /// unread pass: a Bind of a statement whose plan (known since its
+    /// Parse) transforms no parameter, CopyData of a COPY that is not
+    /// encrypted, and any message PostgreSQL will ignore (after an error,
+    /// until Sync; CopyData outside a COPY), which is dropped. A simple
+    /// Query or a Parse is always held: its whole text is read for
+    /// protected names before any of it goes upstream (docs/threat-model.md
+    /// "Memory budget").
+    pub fn stream_large(&mut self, tag: u8, head: &[u8]) -> Option<Pass> {
+        if self.shared.is_broken() {
+            return None;
+        }
+        if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
+            return Some(Pass::Drop);
+        }
+        match tag {
+            b'd' if self.copy_window.is_none() => Some(Pass::Drop),
+            b'd' if self.copy.is_none() => Some(Pass::Forward),
+            b'B' if !self.shared.must_abort() => {
+                let mut b = head.get(5..)?;
+                let (portal, statement) = (read_cstr(&mut b)?, read_cstr(&mut b)?);
+                let unconverted = self.lex.names_unconverted();
+                let portal = pg_name(portal, unconverted)?;
+                let statement = pg_name(statement, unconverted)?;
+                self.names.drain(&self.shared);
+                let prepared = match self.names.view(Space::Statement, statement) {
+                    // Unprotected, or unknown (PostgreSQL reports the error).
+                    View::Known(None) => None,
+                    // COPY: its data is encrypted, its Bind carries none.
+                    View::Known(Some(p)) if p.plan.is_none() => Some(p),
+                    _ => return None,
+                };
+                self.end_copies();
+                let op = self.names.set(Space::Portal, portal, prepared);
+                self.shared.push(Pending::Bind {
+                    internal: false,
+                    op,
+                });
+                Some(Pass::Forward)
+            }
+            _ => None,
+        }
     }
 
     /// A client message that did not fit in `limits.max_buffered_bytes`
