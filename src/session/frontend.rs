@@ -14,14 +14,17 @@ use bytes::{Bytes, BytesMut};
 use crate::wire::budget::{Budget, Charge};
 
 /// Bytes held per byte of a large statement on protected tables while it
-/// is planned and rewritten, beyond the frame itself. Measured (VmHWM
-/// around `CatalogEntry::plan`, docs/benchmarks.md "Memory budget"):
-/// planning a statement whose bulk is one literal peaks at 12.7 times its
-/// size (the two lexers', the parser's and the AST's copies of the
-/// literal, the AST kept from before the rewrite, the check parse of the
-/// spliced text) and the plan keeps about 5 times; rendering adds the
-/// envelope's text form.
-pub const REWRITE_FACTOR: usize = 13;
+/// is planned and rewritten, beyond the frame and its output (charged by
+/// the reader, `proxy::relay::CLIENT_HOLD_FACTOR`). Measured
+/// (tests/plan_memory.rs counts the allocator's peak while a 32 MB INSERT
+/// is planned; docs/benchmarks.md "Memory budget"): 5.0x for a literal
+/// into a protected column (sqlparser's tokens and its copies of the
+/// literal while it parses), 9.1x for a literal into a plain column of a
+/// protected table, which stays in the text sent, so the check parse of
+/// the spliced text holds it once more. Was 13 while the lexers' position
+/// table (8 bytes a character) and a clone of the parsed statement were
+/// held too.
+pub const REWRITE_FACTOR: usize = 9;
 
 /// Bytes held per byte of a large CopyData into a protected table beyond
 /// the frame: the encrypted rows (a bytea envelope in hex is twice the
