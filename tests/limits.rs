@@ -572,6 +572,170 @@ async fn over_budget_messages_keep_the_session_in_step() {
     );
 }
 
+/// A message of the extended protocol: `tag`, then `body`.
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Read messages up to `tag` (e.g. CopyInResponse), or panic at
+/// ReadyForQuery or an error.
+async fn read_until(s: &mut TcpStream, tag: u8) {
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        assert!(
+            !matches!(head[0], b'Z' | b'E'),
+            "{} before {}",
+            head[0] as char,
+            tag as char
+        );
+        if head[0] == tag {
+            return;
+        }
+    }
+}
+
+/// With a policy loaded, a large message that touches no protected column
+/// is not held: under a 4 MiB budget, a 64 MiB Bind of a statement on a
+/// plain table and 64 MiB of CopyData of a COPY into one go through, and
+/// pgveil's peak RSS grows by less than the budget. A Bind of a statement
+/// on a protected table is still held (and here refused with 53200), and
+/// the protected value written next to them is stored encrypted only.
+#[tokio::test]
+async fn unprotected_binds_and_copy_data_stream_with_a_policy() {
+    let budget: u64 = 4 << 20;
+    let fx = Calmony::builder()
+        .rust_log("info")
+        .extra_sql("CREATE TABLE public.blobs (id serial PRIMARY KEY, who int, v text); GRANT ALL ON public.blobs, public.blobs_id_seq TO PUBLIC;")
+        .extra_yaml(&format!(
+            "limits:\n  max_message_bytes: 268435456\n  max_buffered_bytes: {budget}\n  buffer_wait: 1s\n"
+        ))
+        .start();
+    let pid = fx.pv.pid().unwrap();
+    let sentinel = "streamed-sentinel-4821@example.com";
+    let c = fx.app("calmony_app").await;
+    c.execute(
+        "INSERT INTO users (email, name) VALUES ($1, $2)",
+        &[&sentinel, &"Streamed Sentinel Name"],
+    )
+    .await
+    .unwrap();
+
+    let mut s = raw_login(fx.pv.port(), "calmony_app", "app").await;
+    let mut prep = msg(
+        b'P',
+        b"plain\0INSERT INTO blobs (who, v) VALUES ($1, $2)\0\0\0",
+    );
+    prep.extend(msg(
+        b'P',
+        b"secret\0INSERT INTO users (email, name) VALUES ($1, $2)\0\0\0",
+    ));
+    prep.extend(msg(b'S', b""));
+    s.write_all(&prep).await.unwrap();
+    assert_eq!(read_until_ready(&mut s).await, (vec![], vec![]));
+
+    // Bind: portal, statement, no parameter formats, two text parameters
+    // (the second `n` bytes), no result formats.
+    let bind_head = |stmt: &str, first: &str, n: usize| {
+        let mut h = format!("\0{stmt}\0").into_bytes();
+        h.extend_from_slice(&[0, 0, 0, 2]);
+        h.extend_from_slice(&(first.len() as u32).to_be_bytes());
+        h.extend_from_slice(first.as_bytes());
+        h.extend_from_slice(&(n as u32).to_be_bytes());
+        h
+    };
+    let mut run = msg(b'E', b"\0\0\0\0\0");
+    run.extend(msg(b'S', b""));
+
+    let n = 64 << 20;
+    let (_, baseline) = rss(pid);
+    reset_peak(pid);
+    let t = Instant::now();
+    send_big(&mut s, b'B', &bind_head("plain", "7", n), n, b'p', &[0, 0]).await;
+    s.write_all(&run).await.unwrap();
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec!["INSERT 0 1".into()], vec![])
+    );
+    let bind_took = t.elapsed();
+    let (bind_peak, _) = rss(pid);
+
+    reset_peak(pid);
+    let t = Instant::now();
+    s.write_all(&query_msg("COPY blobs (who, v) FROM STDIN"))
+        .await
+        .unwrap();
+    read_until(&mut s, b'G').await;
+    send_big(&mut s, b'd', b"8\t", n, b'c', b"\n").await;
+    s.write_all(&msg(b'c', b"")).await.unwrap();
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec!["COPY 1".into()], vec![])
+    );
+    let copy_took = t.elapsed();
+    let (copy_peak, _) = rss(pid);
+
+    // On a protected table the Bind is held: 3 MiB, charged twice, does
+    // not fit in 4 MiB.
+    let m = 3 << 20;
+    send_big(
+        &mut s,
+        b'B',
+        &bind_head("secret", "x@example.com", m),
+        m,
+        b's',
+        &[0, 0],
+    )
+    .await;
+    s.write_all(&run).await.unwrap();
+    assert_eq!(
+        read_until_ready(&mut s).await,
+        (vec![], vec!["53200".into()])
+    );
+    assert_eq!(
+        raw_query(&mut s, "SELECT 1").await,
+        (vec!["SELECT 1".into()], vec![])
+    );
+
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "with a policy and a {:.0} MiB budget: a 64 MiB Bind on a plain table in {:.1} s, RSS peak +{:.1} MiB; 64 MiB of CopyData into it in {:.1} s, RSS peak +{:.1} MiB (baseline {:.0} MiB)",
+        mib(budget),
+        bind_took.as_secs_f64(),
+        mib(bind_peak.saturating_sub(baseline)),
+        copy_took.as_secs_f64(),
+        mib(copy_peak.saturating_sub(baseline)),
+        mib(baseline)
+    );
+    for peak in [bind_peak, copy_peak] {
+        assert!(
+            peak <= baseline + budget,
+            "a 64 MiB message was held: peak {:.0} MiB, baseline {:.0} MiB",
+            mib(peak),
+            mib(baseline)
+        );
+    }
+    let stored = fx.pg.psql(
+        "app",
+        "SELECT who, length(v), left(v, 1) FROM blobs WHERE who IN (7, 8) ORDER BY who",
+    );
+    assert_eq!(
+        stored.split_whitespace().collect::<String>(),
+        format!("7|{n}|p8|{n}|c"),
+        "{stored}"
+    );
+    // The scan reads every row: leave out the two big ones.
+    fx.pg.psql("app", "DELETE FROM blobs WHERE who IN (7, 8)");
+    fx.assert_no_plaintext(&[sentinel, "Streamed Sentinel Name"])
+        .await;
+}
+
 /// Eight clients each send a 256 MB statement, half into a protected
 /// column, half into an unprotected table, while others run small
 /// statements: pgveil's peak RSS stays under its baseline plus

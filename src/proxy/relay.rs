@@ -4,9 +4,11 @@
 //! Frames are forwarded as the original bytes. Every complete frame that
 //! one read brought in goes out in one write, so pipelined traffic keeps its
 //! batching. Without a policy, large frames pass through in pieces and are
-//! never held whole; with one, a large frame is held (charged against
-//! `limits.max_buffered_bytes` by its reader) until what was built from it
-//! has been written.
+//! never held whole. With one, a large client frame pgveil need not read
+//! (a Bind that transforms no parameter, CopyData of a COPY that is not
+//! encrypted: `Frontend::stream_large`) passes in pieces too; any other
+//! large frame is held (charged against `limits.max_buffered_bytes` by its
+//! reader) until what was built from it has been written.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::warn;
@@ -15,7 +17,7 @@ use super::stream::Stream;
 use super::swap::{Follow, Step};
 use crate::session::Pending;
 use crate::session::backend::Backend;
-use crate::session::frontend::{Flow, Frontend};
+use crate::session::frontend::{Flow, Frontend, Pass};
 use crate::wire::budget::{Budget, Charge, Refusal};
 use crate::wire::codec::{FrameError, FrameReader};
 use crate::wire::msg;
@@ -103,6 +105,12 @@ pub async fn relay(
         let lex = fe.lex_state();
         let c2s = async {
             loop {
+                // A large message pgveil need not read passes in pieces.
+                match stream_client(&mut cr, &mut fe, &mut uw).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(end) => return end,
+                }
                 match fill_client(&mut cr, &mut uw).await {
                     Ok(()) => {}
                     Err(End::ClientOverBudget { tag, len, why }) => {
@@ -395,6 +403,59 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, u
         return true;
     }
     false
+}
+
+/// Bytes of a large client message read before deciding whether it must
+/// be held: enough for a Bind's portal and statement names.
+const STREAM_HEAD: usize = 1024;
+
+/// If the next client message is large and the frontend need not read it
+/// ([`Frontend::stream_large`]), pass it upstream (or drop it) piece by
+/// piece as it arrives and return `true`; `false` when it must be read
+/// whole with [`fill_client`].
+async fn stream_client<R, W>(
+    cr: &mut FrameReader<R>,
+    fe: &mut Frontend,
+    uw: &mut W,
+) -> Result<bool, End>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (tag, total) = match cr.large_head(STREAM_HEAD).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(false),
+        Err(FrameError::Closed) => {
+            let _ = uw.write_all(&terminate()).await;
+            return Err(End::ClientDone);
+        }
+        Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
+            let _ = uw.write_all(&terminate()).await;
+            return Err(End::ClientIo(e.to_string()));
+        }
+        Err(e) => return Err(End::ClientProtocol(e)),
+    };
+    let Some(pass) = fe.stream_large(tag, cr.buffered()) else {
+        return Ok(false);
+    };
+    metrics::counter!("pgveil_streamed_messages_total").increment(1);
+    cr.pass_head(total);
+    loop {
+        match cr.next_piece().await {
+            Ok(Some(piece)) => {
+                if pass == Pass::Forward
+                    && let Err(e) = uw.write_all(&piece).await
+                {
+                    return Err(End::UpstreamIo(e.to_string()));
+                }
+            }
+            Ok(None) => return Ok(true),
+            // Cut off inside the message: PostgreSQL has part of it, which
+            // it never reads as a message; closing the connection ends it
+            // (no Terminate: it would be read as the message's bytes).
+            Err(e) => return Err(End::ClientIo(e.to_string())),
+        }
+    }
 }
 
 /// Wait for a whole client frame; on EOF or error, end the backend cleanly

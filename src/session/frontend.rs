@@ -14,14 +14,17 @@ use bytes::{Bytes, BytesMut};
 use crate::wire::budget::{Budget, Charge};
 
 /// Bytes held per byte of a large statement on protected tables while it
-/// is planned and rewritten, beyond the frame itself. Measured (VmHWM
-/// around `CatalogEntry::plan`, docs/benchmarks.md "Memory budget"):
-/// planning a statement whose bulk is one literal peaks at 12.7 times its
-/// size (the two lexers', the parser's and the AST's copies of the
-/// literal, the AST kept from before the rewrite, the check parse of the
-/// spliced text) and the plan keeps about 5 times; rendering adds the
-/// envelope's text form.
-pub const REWRITE_FACTOR: usize = 13;
+/// is planned and rewritten, beyond the frame and its output (charged by
+/// the reader, `proxy::relay::CLIENT_HOLD_FACTOR`). Measured
+/// (tests/plan_memory.rs counts the allocator's peak while a 32 MB INSERT
+/// is planned; docs/benchmarks.md "Memory budget"): 5.0x for a literal
+/// into a protected column (sqlparser's tokens and its copies of the
+/// literal while it parses), 9.1x for a literal into a plain column of a
+/// protected table, which stays in the text sent, so the check parse of
+/// the spliced text holds it once more. Was 13 while the lexers' position
+/// table (8 bytes a character) and a clone of the parsed statement were
+/// held too.
+pub const REWRITE_FACTOR: usize = 9;
 
 /// How long a statement whose reading depends on the answers to earlier
 /// requests waits for them, by default (see `Frontend::await_answers_for`).
@@ -54,6 +57,16 @@ pub enum Flow {
     Continue,
     /// The client sent Terminate.
     Terminate,
+}
+
+/// How a large client message passes without being held
+/// ([`Frontend::stream_large`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Upstream, piece by piece as it arrives.
+    Forward,
+    /// Read and dropped: PostgreSQL would ignore it.
+    Drop,
 }
 
 /// A statement pgveil refuses: SQLSTATE and message (never values).
@@ -615,6 +628,58 @@ impl Frontend {
     /// be written right after `out`.
     pub fn take_forward(&mut self) -> Option<Bytes> {
         self.forward.take()
+    }
+
+    /// A large client message of which only the first bytes (`head`: its
+    /// header and what else was read) have arrived: whether it can go
+    /// upstream as it arrives, in pieces, never held whole. `None`: hold it
+    /// (charged) and hand it to [`on_frame`](Self::on_frame) whole. When it
+    /// passes, the bookkeeping `on_frame` would have done for it is done
+    /// here (keep this in step with `on_frame` and `on_bind`'s forwarding
+    /// paths).
+    ///
+    /// Only messages whose bytes past their first few pgveil would forward
+    /// unread pass: a Bind of a statement whose plan (known since its
+    /// Parse) transforms no parameter, CopyData of a COPY that is not
+    /// encrypted, and any message PostgreSQL will ignore (after an error,
+    /// until Sync; CopyData outside a COPY), which is dropped. A simple
+    /// Query or a Parse is always held: its whole text is read for
+    /// protected names before any of it goes upstream (docs/threat-model.md
+    /// "Memory budget").
+    pub fn stream_large(&mut self, tag: u8, head: &[u8]) -> Option<Pass> {
+        if self.shared.is_broken() {
+            return None;
+        }
+        if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
+            return Some(Pass::Drop);
+        }
+        match tag {
+            b'd' if self.copy_window.is_none() => Some(Pass::Drop),
+            b'd' if self.copy.is_none() => Some(Pass::Forward),
+            b'B' if !self.shared.must_abort() => {
+                let mut b = head.get(5..)?;
+                let (portal, statement) = (read_cstr(&mut b)?, read_cstr(&mut b)?);
+                let unconverted = self.lex.names_unconverted();
+                let portal = pg_name(portal, unconverted)?;
+                let statement = pg_name(statement, unconverted)?;
+                self.names.drain(&self.shared);
+                let prepared = match self.names.view(Space::Statement, statement) {
+                    // Unprotected, or unknown (PostgreSQL reports the error).
+                    View::Known(None) => None,
+                    // COPY: its data is encrypted, its Bind carries none.
+                    View::Known(Some(p)) if p.plan.is_none() => Some(p),
+                    _ => return None,
+                };
+                self.end_copies();
+                let op = self.names.set(Space::Portal, portal, prepared);
+                self.shared.push(Pending::Bind {
+                    internal: false,
+                    op,
+                });
+                Some(Pass::Forward)
+            }
+            _ => None,
+        }
     }
 
     /// A client message that did not fit in `limits.max_buffered_bytes`

@@ -621,32 +621,55 @@ fn unescape_u(s: &str) -> Option<String> {
 
 /// Byte offset of every char index, and the char index where each line
 /// starts (sqlparser counts lines at `\n` and columns in chars, from 1).
-pub(crate) struct Positions {
-    char_byte: Vec<usize>,
+pub(crate) struct Positions<'a> {
+    sql: &'a str,
+    /// The byte offset of every [`Self::STEP`]-th character: a table of
+    /// every character's offset would be eight bytes per byte of a long
+    /// literal (it was most of what planning one held).
+    every: Vec<usize>,
+    /// Characters in `sql`.
+    chars: usize,
     line_char: Vec<usize>,
 }
 
-impl Positions {
-    pub(crate) fn new(sql: &str) -> Positions {
-        let mut char_byte = Vec::with_capacity(sql.len() + 1);
+impl<'a> Positions<'a> {
+    const STEP: usize = 64;
+
+    pub(crate) fn new(sql: &'a str) -> Positions<'a> {
+        let mut every = Vec::with_capacity(sql.len() / Self::STEP + 1);
         let mut line_char = vec![0];
+        let mut chars = 0;
         for (n, (b, c)) in sql.char_indices().enumerate() {
-            char_byte.push(b);
+            if n % Self::STEP == 0 {
+                every.push(b);
+            }
             if c == '\n' {
                 line_char.push(n + 1);
             }
+            chars = n + 1;
         }
-        char_byte.push(sql.len());
         Positions {
-            char_byte,
+            sql,
+            every,
+            chars,
             line_char,
         }
     }
 
+    /// The byte offset of a 1-based (line, column in characters) position;
+    /// the end of the text is one past its last character.
     pub(crate) fn byte(&self, line: u64, column: u64) -> Option<usize> {
         let l = usize::try_from(line).ok()?.checked_sub(1)?;
         let c = usize::try_from(column).ok()?.checked_sub(1)?;
-        self.char_byte.get(self.line_char.get(l)? + c).copied()
+        let n = self.line_char.get(l)?.checked_add(c)?;
+        if n >= self.chars {
+            return (n == self.chars).then_some(self.sql.len());
+        }
+        let from = self.every[n / Self::STEP];
+        self.sql[from..]
+            .char_indices()
+            .nth(n % Self::STEP)
+            .map(|(i, _)| from + i)
     }
 }
 
@@ -710,26 +733,39 @@ pub fn agree(sql: &str) -> Result<(), Disagreement> {
     Ok(())
 }
 
+/// Whether [`value`] of `t` is `want`, without building the value when it
+/// is the token's own text (no doubled quote to undo): a long literal is
+/// compared in place, not copied.
+fn value_is(sql: &str, t: &Token, want: &str) -> bool {
+    let s = &sql[t.span.clone()];
+    let inner = match t.kind {
+        Kind::String | Kind::QuotedIdent => s.get(1..s.len() - 1),
+        Kind::NString | Kind::BitString | Kind::HexString => s.get(2..s.len() - 1),
+        _ => None,
+    };
+    let doubled = if t.kind == Kind::QuotedIdent {
+        "\"\""
+    } else {
+        "''"
+    };
+    match inner {
+        Some(v) if !v.contains(doubled) => v == want,
+        _ => value(sql, t).as_deref() == Some(want),
+    }
+}
+
 fn same_token(sql: &str, p: &Token, t: &SqlToken) -> bool {
     use SqlToken as T;
     match (p.kind, t) {
         (Kind::Ident, T::Word(w)) => w.quote_style.is_none(),
-        (Kind::QuotedIdent, T::Word(w)) => {
-            w.quote_style == Some('"') && value(sql, p).as_deref() == Some(w.value.as_str())
-        }
+        (Kind::QuotedIdent, T::Word(w)) => w.quote_style == Some('"') && value_is(sql, p, &w.value),
         (Kind::String, T::SingleQuotedString(v))
         | (Kind::EString, T::EscapedStringLiteral(v))
         | (Kind::NString, T::NationalStringLiteral(v))
-        | (Kind::UnicodeString, T::UnicodeStringLiteral(v)) => {
-            value(sql, p).as_deref() == Some(v.as_str())
-        }
+        | (Kind::UnicodeString, T::UnicodeStringLiteral(v)) => value_is(sql, p, v),
         (Kind::HexString, T::HexStringLiteral(v))
-        | (Kind::BitString, T::SingleQuotedByteStringLiteral(v)) => {
-            value(sql, p).as_deref() == Some(v.as_str())
-        }
-        (Kind::Dollar, T::DollarQuotedString(d)) => {
-            value(sql, p).as_deref() == Some(d.value.as_str())
-        }
+        | (Kind::BitString, T::SingleQuotedByteStringLiteral(v)) => value_is(sql, p, v),
+        (Kind::Dollar, T::DollarQuotedString(d)) => value_is(sql, p, &d.value),
         (Kind::Number, T::Number(..)) => true,
         (Kind::Param, T::Placeholder(s)) => s.as_str() == &sql[p.span.clone()],
         (Kind::Op, t) => !matches!(

@@ -85,7 +85,7 @@ pub(crate) fn plan_statement(
         )));
     }
     let mut cx = Cx::new(an, role, params, text);
-    cx.before = Some(stmt.clone());
+    cx.before = Some(splice::Before::of(text, &mut stmt));
     let res = cx.top(&mut stmt, text, source.clone());
     match res {
         Err(r) => StatementPlan::reject(r),
@@ -419,7 +419,7 @@ struct Cx<'a> {
     /// The statement as parsed, before the rewrite changed it: the edits
     /// are spliced into the client's text from its difference with the
     /// rewritten AST (`super::splice`).
-    before: Option<Statement>,
+    before: Option<splice::Before>,
     /// Spans of the client's text the splice replaced.
     edits: Vec<Range<usize>>,
     /// Set by `top` for a plain SELECT statement and taken by the first
@@ -3892,7 +3892,7 @@ impl Cx<'_> {
     /// print of the client's statement.
     fn spliced(&mut self, text: &str, stmt: &Statement) -> R<String> {
         let before = self.before.as_ref().ok_or_else(internal)?;
-        match splice::splice_statement(text, before, stmt) {
+        match splice::splice_printed(text, before, stmt) {
             Some((out, edits)) => {
                 self.edits = edits.into_iter().map(|e| e.span).collect();
                 Ok(out)

@@ -56,15 +56,67 @@ pub fn splice_statement(
     before: &Statement,
     after: &Statement,
 ) -> Option<(String, Vec<Edit>)> {
+    let before = Before((!original.contains(LIT)).then(|| literal_free(before)));
+    splice_printed(original, &before, after)
+}
+
+/// What the splice needs of the client's statement as parsed: its print
+/// with every string literal replaced by a stand-in. Kept instead of a copy
+/// of the statement, which holds every literal (a long one whole).
+#[derive(Debug)]
+pub struct Before(Option<String>);
+
+impl Before {
+    /// The print of `stmt` (parsed from `original`), made in place: each
+    /// string literal is taken out for the print and put back, so none is
+    /// copied. `stmt` is left as it was. Unusable (the splice then fails)
+    /// when the client's text contains a stand-in's prefix, as
+    /// [`splice_statement`] refuses.
+    pub fn of(original: &str, stmt: &mut Statement) -> Before {
+        if original.contains(LIT) {
+            return Before(None);
+        }
+        let mut taken: HashMap<String, Expr> = HashMap::new();
+        let _ = visit_expressions_mut(stmt, |e| {
+            if let Expr::Value(v) = e
+                && is_string(&v.value)
+                && v.span.start.line > 0
+            {
+                let stand_in = format!("{LIT}{}_{}", v.span.start.line, v.span.start.column);
+                let lit = Expr::Value(ValueWithSpan::from(Value::Placeholder(stand_in.clone())));
+                taken.insert(stand_in, std::mem::replace(e, lit));
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let print = stmt.to_string();
+        // Every stand-in is one of these (the client's text has none of its
+        // own, checked above), each at one literal's position.
+        let _ = visit_expressions_mut(stmt, |e| {
+            if let Expr::Value(v) = e
+                && let Value::Placeholder(p) = &v.value
+                && let Some(lit) = taken.remove(p)
+            {
+                *e = lit;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        debug_assert!(taken.is_empty(), "a literal was not put back");
+        Before(Some(print))
+    }
+}
+
+/// [`splice_statement`] with the client's statement given as its
+/// [`Before`] print.
+pub fn splice_printed(
+    original: &str,
+    before: &Before,
+    after: &Statement,
+) -> Option<(String, Vec<Edit>)> {
+    let before = before.0.as_deref()?;
     if original.contains(LIT) {
         return None;
     }
-    splice(
-        original,
-        &literal_free(before),
-        &literal_free(after),
-        &after.to_string(),
-    )
+    splice(original, before, &literal_free(after), &after.to_string())
 }
 
 /// Prefix of the stand-ins for the client's string literals in prints.

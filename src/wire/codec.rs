@@ -236,6 +236,83 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Before a large frame is charged and held: read until its header and
+    /// its first `want` bytes (or all of it, if shorter) are buffered, and
+    /// return its tag and total length; `None` when the frame at the head
+    /// is small, already whole, or already charged (read it with
+    /// [`fill`](Self::fill)). The caller may then pass it in pieces
+    /// ([`pass_head`](Self::pass_head)) instead of holding it; what is
+    /// buffered of it is [`buffered`](Self::buffered). Returns
+    /// `Err(Closed)` on a clean EOF between frames.
+    pub async fn large_head(&mut self, want: usize) -> Result<Option<(u8, usize)>, FrameError> {
+        loop {
+            if self.charge.is_some() || complete_frame_len(&self.buf, self.max)?.is_some() {
+                return Ok(None);
+            }
+            if let Some(total) = self.head_len()? {
+                if total <= Budget::FREE_BYTES {
+                    return Ok(None);
+                }
+                if self.buf.len() >= want.min(total) {
+                    return Ok(Some((self.buf[0], total)));
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    FrameError::Closed
+                } else {
+                    FrameError::Truncated
+                });
+            }
+        }
+    }
+
+    /// The bytes read and not yet taken: after
+    /// [`large_head`](Self::large_head), the start of the large frame.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Pass the large frame at the head of the buffer (`total` bytes, as
+    /// [`large_head`](Self::large_head) returned) in pieces: take them with
+    /// [`next_piece`](Self::next_piece) until it returns `None`.
+    pub fn pass_head(&mut self, total: usize) {
+        debug_assert!(self.pass == 0 && self.charge.is_none());
+        self.pass = total;
+    }
+
+    /// The next piece of the frame being passed
+    /// ([`pass_head`](Self::pass_head)), at most what one read brought;
+    /// `None` once it has all been taken. Never holds more than the
+    /// pieces not yet taken.
+    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.pass == 0 {
+            return Ok(None);
+        }
+        if self.buf.is_empty() {
+            if self.buf.capacity() < READ_CHUNK {
+                self.buf.reserve(STREAM_CHUNK);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated);
+            }
+        }
+        let n = self.pass.min(self.buf.len());
+        self.pass -= n;
+        let piece = self.buf.split_to(n).freeze();
+        if self.pass == 0 {
+            // What follows the frame must not keep the pieces' memory.
+            self.unshare();
+            self.maybe_shrink();
+        }
+        Ok(Some(piece))
+    }
+
     /// Read from the stream until at least one complete frame is buffered.
     /// Returns `Err(Closed)` on a clean EOF between frames.
     pub async fn fill(&mut self) -> Result<(), FrameError> {
@@ -573,6 +650,47 @@ mod tests {
         assert_eq!(got, expect, "the bytes pass unchanged");
         assert_eq!(tags, b"QQX");
         assert!(largest < big.len() / 2, "the large frame was held whole");
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_can_be_passed_in_pieces_after_its_head() {
+        use crate::wire::budget::Budget;
+        let big = vec![b'b'; Budget::FREE_BYTES * 8];
+        let mut body = b"portal\0stmt\0".to_vec();
+        body.extend_from_slice(&big);
+        let mut data = frame(b'Q', b"select 1\0");
+        data.extend(frame(b'B', &body));
+        data.extend(frame(b'S', b""));
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&sent).await.unwrap();
+        });
+        let budget = Budget::new(Budget::FREE_BYTES * 2, std::time::Duration::from_millis(10));
+        let mut r = FrameReader::new(b, 1 << 30);
+        r.set_budget(budget.clone(), 2);
+        // A small frame: read as usual.
+        assert_eq!(r.large_head(64).await.unwrap(), None);
+        assert_eq!(r.next().await.unwrap().tag, b'Q');
+        // The large one: its head, then its pieces, never charged.
+        let (tag, total) = r.large_head(64).await.unwrap().expect("a large head");
+        assert_eq!((tag, total), (b'B', body.len() + 5));
+        assert!(r.buffered().len() >= 64);
+        assert!(r.buffered()[5..].starts_with(b"portal\0stmt\0"));
+        r.pass_head(total);
+        let mut got = Vec::new();
+        let mut largest = 0;
+        while let Some(p) = r.next_piece().await.unwrap() {
+            largest = largest.max(p.len());
+            got.extend_from_slice(&p);
+        }
+        assert_eq!(got, data[14..14 + total], "the frame passes unchanged");
+        assert!(largest < big.len() / 4, "the frame was held whole");
+        assert_eq!(budget.available(), Some(Budget::FREE_BYTES * 2));
+        // And the reader stands at the next frame.
+        assert_eq!(r.next().await.unwrap().tag, b'S');
+        writer.await.unwrap();
     }
 
     #[test]

@@ -117,3 +117,29 @@ fn spans_end_on_character_boundaries() {
         crate::session::copy::CopyKind::FromStdin
     );
 }
+
+#[test]
+fn positions_map_every_line_and_column_to_its_byte() {
+    // Multi-byte characters, newlines and lines longer than the
+    // checkpoint step, against a walk of every character.
+    let sql = format!(
+        "SELECT 'é{}ü'\n, \"ñ\"\n\n{}€ 'x'",
+        "ab".repeat(100),
+        "ß".repeat(130)
+    );
+    let pos = Positions::new(&sql);
+    let (mut line, mut col) = (1u64, 1u64);
+    for (b, c) in sql.char_indices() {
+        assert_eq!(pos.byte(line, col), Some(b), "line {line} column {col}");
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    assert_eq!(pos.byte(line, col), Some(sql.len()));
+    assert_eq!(pos.byte(line, col + 1), None);
+    assert_eq!(pos.byte(line + 1, 1), None);
+    assert_eq!(pos.byte(0, 1), None);
+}
