@@ -15,16 +15,16 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
     Expr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement, Value, ValueWithSpan,
-    visit_expressions, visit_relations,
+    visit_expressions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::pglex;
 use super::{
-    Analyzer, ColumnRef, CopyPlan, LiteralSlot, ParamAction, Reject, RewritePlan, Segment, SlotOp,
-    StatementKind, StatementPlan, TenantSource, Use, ViewDef, quote_ident,
+    Analyzer, ColumnRef, CopyPlan, LiteralSlot, ParamAction, Reject, SlotOp, StatementKind,
+    StatementPlan, TenantSource, Use, ViewDef, quote_ident,
 };
-use super::{pglex, splice};
 use crate::crypto::types::{Oid, PgType};
 use crate::policy::{Access, ColumnPolicy, TablePolicy};
 
@@ -34,13 +34,17 @@ mod ddl;
 mod exposure;
 mod expr;
 mod from;
+mod guard;
 mod insert;
+mod plan;
 mod scope;
 mod select;
 mod update;
 
 use ddl::in_temp_schema;
 pub(crate) use ddl::renames_protected_schema;
+pub(crate) use guard::{READS_ANY_TABLE, is_fetch, plain_fetch};
+use guard::{keyword_as_relation, names_blind_index, reads_any_table};
 
 type R<T> = Result<T, Reject>;
 
@@ -102,169 +106,6 @@ pub(crate) fn plan_statement(
             Err(r) => StatementPlan::reject(r),
         },
     }
-}
-
-/// Functions and views that read tables the statement does not name: the
-/// XML and text-search functions run SQL given as a string (`ts_stat`,
-/// `ts_rewrite`, `query_to_xml`) or dump whole tables, schemas and
-/// databases; `dblink` runs SQL on another connection; the file functions
-/// read relation files; the statistics views show the most common values
-/// (blind indexes among them) of every column. Statements naming one are analysed
-/// (the no-parse pre-check matches them like protected names) and refused.
-pub(crate) const READS_ANY_TABLE: &[&str] = &[
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
-    "table_to_xml",
-    "table_to_xmlschema",
-    "table_to_xml_and_xmlschema",
-    "schema_to_xml",
-    "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema",
-    "database_to_xml",
-    "database_to_xmlschema",
-    "database_to_xml_and_xmlschema",
-    "cursor_to_xml",
-    "cursor_to_xmlschema",
-    "ts_stat",
-    "ts_rewrite",
-    "pg_read_file",
-    "pg_read_binary_file",
-    "lo_import",
-    "lo_export",
-    "dblink",
-    "dblink_exec",
-    "dblink_open",
-    "dblink_send_query",
-    "pg_stats",
-    "pg_stats_ext",
-    "pg_stats_ext_exprs",
-    "pg_statistic",
-    "pg_statistic_ext_data",
-];
-
-/// The first of [`READS_ANY_TABLE`] the text names as an identifier (on
-/// PostgreSQL's tokens, quoted or not).
-fn reads_any_table(text: &str) -> Option<String> {
-    pglex::tokens(text).iter().find_map(|t| {
-        let name = match t.kind {
-            // (`get`: a token pgveil's lexer cut inside a character, as in
-            // junk after a number, names nothing.)
-            pglex::Kind::Ident => text.get(t.span.clone())?.to_ascii_lowercase(),
-            pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => {
-                pglex::value(text, t).unwrap_or_default()
-            }
-            _ => return None,
-        };
-        READS_ANY_TABLE.contains(&name.as_str()).then_some(name)
-    })
-}
-
-/// An unquoted reserved keyword (PostgreSQL's reserved and
-/// type-or-function-name keywords, which can never be an unquoted table,
-/// schema or column name: [`super::lex::is_reserved`]) that sqlparser took
-/// for (part of) a relation name. PostgreSQL's grammar never reads one as a name, so such a
-/// statement means something else to PostgreSQL: `UPDATE ONLY users SET …`
-/// is, to sqlparser, an update of a table `ONLY` aliased `users`.
-fn keyword_as_relation(stmt: &Statement) -> Option<String> {
-    let mut hit = None;
-    let _ = visit_relations(stmt, |n| {
-        for part in &n.0 {
-            if let ObjectNamePart::Identifier(i) = part
-                && i.quote_style.is_none()
-                && super::lex::is_reserved(&i.value.to_ascii_lowercase())
-            {
-                hit = Some(i.value.to_ascii_uppercase());
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    });
-    hit
-}
-
-/// Blind-index columns belong to pgveil: the client's statement may name
-/// one (in any position: select list, WHERE, column lists, RETURNING,
-/// ON CONFLICT, USING …) only if the role has `search` on its column.
-/// Otherwise a role could write a guess and compare its blind index with
-/// other rows: an equality oracle. pgveil's own rewrite adds such names
-/// after this check. Checked on PostgreSQL's tokens, so no syntax escapes
-/// it; an unrelated column that happens to share the name is refused too.
-fn names_blind_index(an: &Analyzer, text: &str, role: &str) -> Option<Reject> {
-    // The policy tables whose columns the text reaches: those it names,
-    // the tables of the views it names (their blind indexes, from
-    // pg_depend), the roots of the children it names; every table when a
-    // named relation is one pgveil refuses, or nothing is named.
-    let names = |n: &str| super::lex::NameSet::new([n.to_string()]).matches(text);
-    let mut tables: Vec<&TablePolicy> = an
-        .policy
-        .tables
-        .iter()
-        .filter(|t| names(&t.table))
-        .collect();
-    let mut everything = false;
-    for v in an.views.values().filter(|v| names(&v.name)) {
-        for c in &v.blind_indexes {
-            if let Some(t) = an.policy.table(&c.schema, &c.table) {
-                tables.push(t);
-            }
-        }
-        everything |= !v.unknown.is_empty() && v.blind_indexes.is_empty();
-    }
-    for (_, verdict) in an.children.iter().filter(|((_, n), _)| names(n)) {
-        match verdict {
-            Ok((rs, rt)) => tables.extend(an.policy.table(rs, rt)),
-            Err(_) => everything = true,
-        }
-    }
-    if everything || tables.is_empty() {
-        tables = an.policy.tables.iter().collect();
-    }
-    let toks = pglex::tokens(text);
-    let word = |i: usize| {
-        toks.get(i)
-            .filter(|t| t.kind == pglex::Kind::Ident)
-            .map(|t| text[t.span.clone()].to_ascii_lowercase())
-            .unwrap_or_default()
-    };
-    // DDL that only declares structure on the column (an index, a
-    // constraint, dropping it) reads no value; ALTER … USING could copy
-    // values into a readable column, views and CREATE … AS could show them.
-    let structural = match (word(0).as_str(), word(1).as_str(), word(2).as_str()) {
-        // A partial index's predicate could compare rows: not exempt.
-        ("create", "index", _) | ("create", "unique", "index") => !toks.iter().any(|t| {
-            t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("where")
-        }),
-        ("drop", _, _) | ("comment", _, _) => true,
-        ("alter", "table" | "index", _) => !toks.iter().any(|t| {
-            t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("using")
-        }),
-        _ => false,
-    };
-    if structural {
-        return None;
-    }
-    for t in toks.iter() {
-        let t = t.clone();
-        let name = match t.kind {
-            pglex::Kind::Ident => text[t.span.clone()].to_ascii_lowercase(),
-            pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent => {
-                pglex::value(text, &t).unwrap_or_default()
-            }
-            _ => continue,
-        };
-        for tp in &tables {
-            if let Some((cp, _)) = tp.blind_index_owner(&name)
-                && !an.policy.column_access(role, cp).is_some_and(|a| a.search)
-            {
-                return Some(Reject::privilege(format!(
-                    "pgveil: {}.{}.{name} is the blind index of protected column {}.{}.{}, which role {role} may not search: only pgveil and roles with search access may use it; look the value up with = on {} itself (pgveil rewrites it) from a role with search access",
-                    tp.schema, tp.table, tp.schema, tp.table, cp.name, cp.name
-                )));
-            }
-        }
-    }
-    None
 }
 
 /// The first protected name the text mentions (for messages).
@@ -467,107 +308,6 @@ impl<'a> Cx<'a> {
         }
     }
 
-    // ----- parameters and slots ------------------------------------------
-
-    fn param_protected(&mut self, orig: usize, action: ParamAction) -> String {
-        self.changed = true;
-        match self.inplace.get(&orig) {
-            None => {
-                self.inplace.insert(orig, action);
-                format!("${}", orig + 1)
-            }
-            Some(a) if *a == action => format!("${}", orig + 1),
-            Some(_) => self.param_append(action),
-        }
-    }
-
-    fn param_append(&mut self, action: ParamAction) -> String {
-        self.changed = true;
-        if let Some(&i) = self.extra.get(&action) {
-            return format!("${}", i + 1);
-        }
-        let i = self.n_client + self.appended.len();
-        self.appended.push(action.clone());
-        self.extra.insert(action, i);
-        format!("${}", i + 1)
-    }
-
-    fn override_type(&mut self, orig: usize, ty: PgType, array: bool) -> R<()> {
-        match self.overrides.iter().find(|o| o.0 == orig) {
-            Some(o) if (o.1, o.2) != (ty, array) => Err(Reject::unsupported(format!(
-                "pgveil: parameter ${} is used for protected values of different types: pass it as separate parameters",
-                orig + 1
-            ))),
-            Some(_) => Ok(()),
-            None => {
-                self.overrides.push((orig, ty, array));
-                Ok(())
-            }
-        }
-    }
-
-    fn slot(
-        &mut self,
-        value: Option<String>,
-        target: &ColumnRef,
-        op: SlotOp,
-        tenant: TenantSource,
-    ) -> Expr {
-        self.changed = true;
-        let i = self.literals.len();
-        self.literals.push(LiteralSlot {
-            value,
-            target: target.clone(),
-            op,
-            tenant,
-            tenants: vec![],
-        });
-        placeholder(format!("{}{}", self.marker, i))
-    }
-
-    /// A slot for a whole array literal of plaintexts (`op` one of the
-    /// array operations), with the tenant of each element.
-    fn slot_array(
-        &mut self,
-        items: &[Option<String>],
-        target: &ColumnRef,
-        op: SlotOp,
-        tenants: Vec<TenantSource>,
-    ) -> Expr {
-        let e = self.slot(
-            Some(super::array::render_text(items)),
-            target,
-            op,
-            TenantSource::None,
-        );
-        self.literals.last_mut().expect("just pushed").tenants = tenants;
-        e
-    }
-
-    fn touch(&mut self, c: &ColumnRef, u: Use) {
-        if !self.touched.iter().any(|(x, y)| x == c && *y == u) {
-            self.touched.push((c.clone(), u));
-        }
-    }
-
-    fn param_index(&mut self, s: &str) -> R<usize> {
-        let n = s
-            .strip_prefix('$')
-            .and_then(|d| d.parse::<usize>().ok())
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| {
-                Reject::unsupported(
-                    "pgveil: only $n parameters are supported in statements on protected tables",
-                )
-            })?;
-        if !self.extended {
-            return Err(Reject::unsupported(
-                "pgveil: parameters ($n) are only valid with the extended query protocol",
-            ));
-        }
-        Ok(n - 1)
-    }
-
     fn plain(&mut self, c: Class<'a>, what: &str, alt: &str) -> R<()> {
         match c {
             Class::Prot(p) => Err(self.unsupported_on(&p, what, alt)),
@@ -602,8 +342,6 @@ impl<'a> Cx<'a> {
             .column_access(self.role, cp)
             .unwrap_or_default()
     }
-
-    // ----- statements -----------------------------------------------------
 
     fn top(&mut self, stmt: &mut Statement, text: &str, source: Range<usize>) -> R<Top> {
         // Highest $n used, so appended parameters come after the client's.
@@ -868,91 +606,8 @@ impl<'a> Cx<'a> {
             )),
         }
     }
-
-    // ----- output -------------------------------------------------------------
-
-    fn finish(
-        &mut self,
-        stmt: &Statement,
-        text: &str,
-        source: Range<usize>,
-        kind: StatementKind,
-    ) -> R<RewritePlan> {
-        for (orig, action) in &self.inplace {
-            if self.plain_params.contains(orig) {
-                return Err(Reject::unsupported(format!(
-                    "pgveil: parameter ${} is used both for protected column {} and elsewhere: pass the value as two separate parameters",
-                    orig + 1,
-                    action_target(action)
-                        .map(|c| c.to_string())
-                        .unwrap_or_default()
-                )));
-            }
-        }
-        let mut params = vec![];
-        let mut parse_types = vec![];
-        if self.extended {
-            for i in 0..self.n_client {
-                match self.inplace.get(&i) {
-                    Some(a) => {
-                        params.push(a.clone());
-                        parse_types.push(0);
-                    }
-                    None => {
-                        params.push(ParamAction::Copy { orig: i });
-                        parse_types.push(self.client_types.get(i).copied().unwrap_or(0));
-                    }
-                }
-            }
-            for a in &self.appended {
-                params.push(a.clone());
-                parse_types.push(0);
-            }
-        }
-        let sql = if self.changed {
-            let out = self.spliced(text, stmt)?;
-            split_markers(&out, &self.marker, self.literals.len())?
-        } else {
-            vec![Segment::Text(text.to_string())]
-        };
-        self.overrides.sort_by_key(|o| o.0);
-        Ok(RewritePlan {
-            kind,
-            sql,
-            literals: std::mem::take(&mut self.literals),
-            params,
-            param_type_overrides: std::mem::take(&mut self.overrides),
-            parse_param_types: parse_types,
-            touched: std::mem::take(&mut self.touched),
-            unchanged: !self.changed,
-            edits: std::mem::take(&mut self.edits),
-            source,
-            result_columns: self.result_columns.take(),
-        })
-    }
 }
 
-impl Cx<'_> {
-    /// The client's text with the rewrite of `stmt` spliced in; never a
-    /// print of the client's statement.
-    fn spliced(&mut self, text: &str, stmt: &Statement) -> R<String> {
-        let before = self.before.as_ref().ok_or_else(internal)?;
-        match splice::splice_statement(text, before, stmt) {
-            Some((out, edits)) => {
-                self.edits = edits.into_iter().map(|e| e.span).collect();
-                Ok(out)
-            }
-            None => Err(Reject::unsupported(format!(
-                "pgveil: the rewrite of this statement on protected table {} could not be applied to the statement's own text exactly, so it was not sent: simplify it (one statement, values as bind parameters, no comments inside the changed parts)",
-                mentioned(self.an, text)
-            ))),
-        }
-    }
-}
-
-/// Up to two leading words of a statement that are plain keywords (ASCII
-/// letters and `_`), upper-cased; never a literal or an identifier in
-/// quotes.
 /// The column a write target (an INSERT column list entry, an UPDATE SET
 /// target) names. PostgreSQL reads `a.b` and `a[1]` there as field or
 /// element `b` of column `a` (never as a qualified name): pgveil does not
@@ -969,73 +624,9 @@ fn write_target(n: &ObjectName, table: &str) -> R<String> {
     }
 }
 
-/// The statement is a SQL `FETCH` (its first token, as PostgreSQL reads
-/// it; comments and whitespace before it do not count).
-pub(crate) fn is_fetch(text: &str) -> bool {
-    pglex::tokens(text).first().is_some_and(|t| {
-        t.kind == pglex::Kind::Ident && text[t.span.clone()].eq_ignore_ascii_case("fetch")
-    })
-}
-
-/// The FETCH is exactly PostgreSQL's `FETCH [direction] [count] [FROM |
-/// IN] cursor_name` (direction NEXT, PRIOR, FIRST, LAST, ABSOLUTE n,
-/// RELATIVE n, n, ALL, FORWARD [n | ALL], BACKWARD [n | ALL]), read on
-/// PostgreSQL's tokens: nothing else (a literal, a second statement, an
-/// unterminated comment) can ride along to the server.
-pub(crate) fn plain_fetch(text: &str) -> bool {
-    let toks = pglex::tokens(text);
-    let word = |i: usize| -> Option<String> {
-        let t = toks.get(i)?;
-        (t.kind == pglex::Kind::Ident).then(|| text[t.span.clone()].to_ascii_lowercase())
-    };
-    let is_op = |i: usize, op: &str| {
-        toks.get(i)
-            .is_some_and(|t| t.kind == pglex::Kind::Op && &text[t.span.clone()] == op)
-    };
-    // A signed integer count at i: its length in tokens.
-    let count = |i: usize| -> Option<usize> {
-        let n = usize::from(is_op(i, "-") || is_op(i, "+"));
-        let t = toks.get(i + n)?;
-        (t.kind == pglex::Kind::Number && text[t.span.clone()].bytes().all(|b| b.is_ascii_digit()))
-            .then_some(n + 1)
-    };
-    if word(0).as_deref() != Some("fetch") {
-        return false;
-    }
-    let mut i = 1;
-    match word(i).as_deref() {
-        Some("next" | "prior" | "first" | "last" | "all") => i += 1,
-        Some("absolute" | "relative") => match count(i + 1) {
-            Some(n) => i += 1 + n,
-            None => return false,
-        },
-        Some("forward" | "backward") => {
-            i += 1;
-            if word(i).as_deref() == Some("all") {
-                i += 1;
-            } else if let Some(n) = count(i) {
-                i += n;
-            }
-        }
-        _ => {
-            if let Some(n) = count(i) {
-                i += n;
-            }
-        }
-    }
-    if matches!(word(i).as_deref(), Some("from" | "in")) {
-        i += 1;
-    }
-    let name = toks.get(i).is_some_and(|t| {
-        matches!(
-            t.kind,
-            pglex::Kind::Ident | pglex::Kind::QuotedIdent | pglex::Kind::UnicodeIdent
-        )
-    });
-    let end = i + 1 == toks.len() || (i + 2 == toks.len() && is_op(i + 1, ";"));
-    name && end
-}
-
+/// Up to two leading words of a statement that are plain keywords (ASCII
+/// letters and `_`), upper-cased; never a literal or an identifier in
+/// quotes.
 fn leading_keywords(text: &str) -> String {
     let mut words = vec![];
     for t in pglex::tokens(text).into_iter().take(2) {
@@ -1051,45 +642,6 @@ fn leading_keywords(text: &str) -> String {
     } else {
         words.join(" ")
     }
-}
-
-fn action_target(a: &ParamAction) -> Option<&ColumnRef> {
-    match a {
-        ParamAction::Copy { .. } => None,
-        ParamAction::Encrypt { target, .. }
-        | ParamAction::BlindIndex { target, .. }
-        | ParamAction::BlindIndexNext { target, .. }
-        | ParamAction::EncryptArray { target, .. }
-        | ParamAction::BlindIndexArray { target, .. }
-        | ParamAction::RequireEnvelope { target, .. } => Some(target),
-    }
-}
-
-fn split_markers(out: &str, marker: &str, n: usize) -> R<Vec<Segment>> {
-    let mut segs = vec![];
-    let mut seen = vec![false; n];
-    let mut rest = out;
-    while let Some(p) = rest.find(marker) {
-        let after = &rest[p + marker.len()..];
-        let digits = after.bytes().take_while(|b| b.is_ascii_digit()).count();
-        let idx: usize = after[..digits].parse().map_err(|_| internal())?;
-        if idx >= n || seen[idx] {
-            return Err(internal());
-        }
-        seen[idx] = true;
-        if p > 0 {
-            segs.push(Segment::Text(rest[..p].to_string()));
-        }
-        segs.push(Segment::Literal(idx));
-        rest = &after[digits..];
-    }
-    if !rest.is_empty() {
-        segs.push(Segment::Text(rest.to_string()));
-    }
-    if seen.iter().any(|s| !s) {
-        return Err(internal());
-    }
-    Ok(segs)
 }
 
 fn internal() -> Reject {
