@@ -9,6 +9,32 @@
 //! rejected. Expression kinds the walker does not model are checked by a
 //! generic visitor that rejects them if they mention a protected column or
 //! relation (fail closed).
+//!
+//! This file holds the walker's core: [`plan_statement`] (the checks before
+//! the walk, then the walk, then the plan), the walker [`Cx`] and its state,
+//! the types the walk passes around, and the dispatch on the statement
+//! (`Cx::top`). The walk itself is split by concern, each an `impl Cx`
+//! block in a child module:
+//!
+//! - `guard`: checks on PostgreSQL's tokens before the walk, and FETCH;
+//! - `scope`: name resolution (relations, protected and tenant columns,
+//!   whole-row references);
+//! - `expr`: the expression walk and the equality lookups;
+//! - `select`, `from`: queries, select lists, RETURNING; FROM and joins;
+//! - `exposure`: blind indexes and unmappable columns leaving the masked
+//!   path;
+//! - `insert`, `bulk`, `update`: the writes;
+//! - `copy`: COPY (and `copy/options`, COPY options as PostgreSQL reads
+//!   them);
+//! - `ddl`: DDL refusals;
+//! - `plan`: parameter actions, literal slots and the finished plan.
+//!
+//! Invariant: a statement pgveil changes is the client's text with edits
+//! spliced in at PostgreSQL token boundaries (the AST is never printed for
+//! sending), and the values pgveil computes reach PostgreSQL only through
+//! literal slots and parameters. The one statement it writes itself is the
+//! `COPY … FROM STDIN` it sends for a COPY into a protected table (`copy`),
+//! built from the table name, columns and options it read.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::{ControlFlow, Range};
@@ -46,8 +72,13 @@ pub(crate) use ddl::renames_protected_schema;
 pub(crate) use guard::{READS_ANY_TABLE, is_fetch, plain_fetch};
 use guard::{keyword_as_relation, names_blind_index, reads_any_table};
 
+/// The walk's result: a plan, or the refusal that becomes the statement's
+/// error.
 type R<T> = Result<T, Reject>;
 
+/// Plan one statement of `text` (`source`: its byte range in the message)
+/// for `role`; `params` are the parameter types declared in Parse (`None`
+/// for the simple query protocol).
 pub(crate) fn plan_statement(
     an: &Analyzer,
     text: &str,
@@ -128,9 +159,13 @@ fn mentioned(an: &Analyzer, text: &str) -> String {
     "(unknown)".into()
 }
 
+/// What the dispatch on a statement decided.
 enum Top {
+    /// Sent as written: nothing in it reads or writes protected data.
     Passthrough,
+    /// A COPY pgveil transforms row by row.
     Copy(Box<CopyPlan>),
+    /// Walked (and possibly rewritten): [`Cx::finish`] makes the plan.
     Done(StatementKind),
 }
 
@@ -145,6 +180,7 @@ enum Via<'a> {
     Derived,
 }
 
+/// A reference to a protected column, and how it was reached.
 #[derive(Debug, Clone)]
 struct ProtCol<'a> {
     col: ColumnRef,
@@ -154,6 +190,7 @@ struct ProtCol<'a> {
 /// One output column of a query, subquery, CTE or `*` expansion.
 #[derive(Debug, Clone, Default)]
 struct OutCol<'a> {
+    /// The output's name (its alias, or a bare column's name), if any.
     name: Option<String>,
     /// It is this protected column.
     prot: Option<ProtCol<'a>>,
@@ -170,35 +207,51 @@ struct OutCol<'a> {
     many: bool,
 }
 
+/// What a relation in scope is.
 #[derive(Debug, Clone)]
 enum RelKind<'a> {
+    /// A policy table (or a child or partition of one, planned as it).
     Table(&'a TablePolicy),
+    /// A view over protected data.
     View(&'a ViewDef),
+    /// A subquery or CTE, by its output columns.
     Derived(std::rc::Rc<Vec<OutCol<'a>>>),
+    /// Anything else: no protected data pgveil knows of.
     Plain,
 }
 
+/// A relation of a FROM list (or a write's target).
 #[derive(Debug, Clone)]
 struct Rel<'a> {
     /// Alias if given (then the only name that qualifies its columns).
     alias: Option<String>,
+    /// Its schema, when known (a policy table's, or written).
     schema: Option<String>,
+    /// Its own name (empty for a subquery).
     name: String,
     kind: RelKind<'a>,
 }
 
+/// One level of name scope: the relations of a FROM list and the CTEs of a
+/// WITH. Scopes are passed innermost last; names resolve innermost first.
 #[derive(Debug, Clone, Default)]
 struct Scope<'a> {
     rels: Vec<Rel<'a>>,
     ctes: Vec<(String, RelKind<'a>)>,
 }
 
+/// What an expression is, as far as the walk cares.
 #[derive(Debug, Clone)]
 enum Class<'a> {
+    /// Anything without protected data (computed, a plain column).
     Plain,
+    /// A bare reference to a protected column.
     Prot(ProtCol<'a>),
+    /// Client parameter `$n` (0-based index).
     Param(usize),
+    /// A literal (`None`: NULL).
     Lit(Option<String>),
+    /// The `DEFAULT` keyword.
     Default,
 }
 
@@ -211,21 +264,43 @@ enum WVal {
     Default,
 }
 
+/// The walker: one per statement planned. It reads the policy and catalog
+/// through `an` and collects the plan as it walks (and rewrites) the AST.
 struct Cx<'a> {
+    /// The policy, views, children and table columns the plan is made for.
     an: &'a Analyzer,
+    /// The login role whose access the plan applies.
     role: &'a str,
+    /// Extended query protocol (Parse): `$n` parameters are allowed.
     extended: bool,
+    /// The parameter types Parse declared.
     client_types: &'a [Oid],
+    /// The client's parameters (declared, or the highest `$n` used):
+    /// parameters pgveil appends are numbered after them.
     n_client: usize,
+    /// The placeholder prefix of literal slots, chosen not to occur in the
+    /// client's text.
     marker: String,
+    /// Literal values pgveil encrypts or blind-indexes, by slot number.
     literals: Vec<LiteralSlot>,
+    /// Parameters pgveil appends (blind indexes of client parameters).
     appended: Vec<ParamAction>,
+    /// Client parameters (0-based) whose value pgveil replaces in place.
     inplace: HashMap<usize, ParamAction>,
+    /// Each appended action's parameter index, so it is appended once.
     extra: HashMap<ParamAction, usize>,
+    /// Client parameters used as plain values (a parameter may not be
+    /// both plain and protected).
     plain_params: HashSet<usize>,
+    /// Client parameter → plaintext type (and array) for
+    /// ParameterDescription.
     overrides: Vec<(usize, PgType, bool)>,
+    /// Protected columns read, searched or written (audit).
     touched: Vec<(ColumnRef, Use)>,
+    /// The walk changed the AST: the statement is spliced.
     changed: bool,
+    /// [`RewritePlan::result_columns`](super::RewritePlan) of a plain
+    /// SELECT.
     result_columns: Option<Vec<Option<ColumnRef>>>,
     /// The statement as parsed, before the rewrite changed it: the edits
     /// are spliced into the client's text from its difference with the
@@ -239,6 +314,7 @@ struct Cx<'a> {
     outer_select: bool,
 }
 
+/// An identifier as PostgreSQL folds it: lower case unless quoted.
 fn norm(id: &Ident) -> String {
     if id.quote_style.is_some() {
         id.value.clone()
@@ -247,6 +323,7 @@ fn norm(id: &Ident) -> String {
     }
 }
 
+/// The folded parts of a qualified name.
 fn name_parts(n: &ObjectName) -> Vec<String> {
     n.0.iter()
         .map(|p| match p {
@@ -256,6 +333,7 @@ fn name_parts(n: &ObjectName) -> Vec<String> {
         .collect()
 }
 
+/// An identifier for `name`, quoted when PostgreSQL needs it quoted.
 fn make_ident(name: &str) -> Ident {
     if quote_ident(name).starts_with('"') {
         Ident::with_quote('"', name)
@@ -264,10 +342,12 @@ fn make_ident(name: &str) -> Ident {
     }
 }
 
+/// A placeholder expression (`$n` or a literal slot's marker).
 fn placeholder(s: String) -> Expr {
     Expr::Value(ValueWithSpan::from(Value::Placeholder(s)))
 }
 
+/// `NULL`.
 fn null_expr() -> Expr {
     Expr::Value(ValueWithSpan::from(Value::Null))
 }
@@ -281,6 +361,8 @@ fn strip_nested(e: &mut Expr) -> &mut Expr {
 }
 
 impl<'a> Cx<'a> {
+    /// A walker for a statement of `text` (`params`: as for
+    /// [`plan_statement`]).
     fn new(an: &'a Analyzer, role: &'a str, params: Option<&'a [Oid]>, text: &str) -> Cx<'a> {
         let mut marker = String::from("__pgv_slot_");
         while text.contains(marker.as_str()) {
@@ -308,6 +390,9 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// `c` used where a protected column is not allowed: refused as `what`
+    /// (with the alternative `alt`) if it is one; a parameter is marked
+    /// plain.
     fn plain(&mut self, c: Class<'a>, what: &str, alt: &str) -> R<()> {
         match c {
             Class::Prot(p) => Err(self.unsupported_on(&p, what, alt)),
@@ -319,6 +404,7 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// The refusal of `what` on protected column `p`, with the alternative.
     fn unsupported_on(&self, p: &ProtCol, what: &str, alt: &str) -> Reject {
         Reject::unsupported(format!(
             "pgveil: {what} on protected column {} is not supported: {alt}",
@@ -326,6 +412,7 @@ impl<'a> Cx<'a> {
         ))
     }
 
+    /// The policy of a resolved protected column.
     fn col_policy(&self, c: &ColumnRef) -> (&'a TablePolicy, &'a ColumnPolicy) {
         let t = self
             .an
@@ -336,6 +423,7 @@ impl<'a> Cx<'a> {
         (t, cp)
     }
 
+    /// The role's access to a protected column (none if not granted).
     fn access(&self, cp: &ColumnPolicy) -> Access {
         self.an
             .policy
@@ -343,6 +431,9 @@ impl<'a> Cx<'a> {
             .unwrap_or_default()
     }
 
+    /// Walk a whole statement: number the parameters, then dispatch on its
+    /// kind (queries, writes, COPY, EXPLAIN, DECLARE, DDL; statements that
+    /// cannot carry protected data pass; the rest is refused).
     fn top(&mut self, stmt: &mut Statement, text: &str, source: Range<usize>) -> R<Top> {
         // Highest $n used, so appended parameters come after the client's.
         let mut max = 0usize;
@@ -644,6 +735,7 @@ fn leading_keywords(text: &str) -> String {
     }
 }
 
+/// A refusal for a state the walk should never reach.
 fn internal() -> Reject {
     Reject::unsupported("pgveil: internal error while rewriting this statement; it was not sent")
 }

@@ -4,10 +4,10 @@
 //! overrides, the columns the statement touches, and the finished
 //! [`RewritePlan`] with the rewrite spliced into the client's own text.
 //!
-//! Invariant: the text sent is the client's, with pgveil's edits at
-//! PostgreSQL token boundaries (`super::splice`); the AST is never printed
-//! for sending, and the values pgveil computes go into the plan's literal
-//! slots and parameters, never into the text it splices.
+//! Invariant: the text a [`RewritePlan`] sends is the client's, with
+//! pgveil's edits at PostgreSQL token boundaries (`super::splice`); the AST
+//! is never printed for sending, and the values pgveil computes go into the
+//! plan's literal slots and parameters, never into the text it splices.
 
 use std::ops::Range;
 
