@@ -13,6 +13,8 @@ mod bulk;
 mod catalog;
 #[path = "adversarial/copy.rs"]
 mod copy;
+#[path = "adversarial/forget.rs"]
+mod forget;
 #[path = "adversarial/identity.rs"]
 mod identity;
 #[path = "adversarial/portals.rs"]

@@ -363,7 +363,11 @@ impl Names {
                 }
             }
             Resolution::ForgetAll { portals } => {
-                self.statements.clear();
+                // `DEALLOCATE ALL` and `DISCARD ALL` drop the named
+                // prepared statements only: PostgreSQL keeps the unnamed
+                // one (a simple Query drops it itself, see `query_ops`),
+                // and a Bind of it must still be rewritten.
+                self.statements.retain(|name, _| name.is_empty());
                 if portals {
                     self.portals.clear();
                 }

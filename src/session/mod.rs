@@ -243,7 +243,8 @@ pub enum Resolution {
     /// its DEALLOCATE completed): `true`. An error, or a message skipped
     /// after one until Sync: `false`.
     Op(u64, bool),
-    /// `DEALLOCATE ALL` (`portals: false`) or `DISCARD ALL` completed.
+    /// `DEALLOCATE ALL` (`portals: false`) or `DISCARD ALL` completed: the
+    /// named statements are gone (the unnamed one stays).
     ForgetAll { portals: bool },
     /// PostgreSQL dropped every portal the protocol bound: the transaction
     /// ended (ReadyForQuery `I`; protocol portals are never holdable) or a
