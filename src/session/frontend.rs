@@ -1220,8 +1220,8 @@ impl Frontend {
 
     /// Answer a simple Query with a refusal that PostgreSQL raises (so the
     /// transaction state is PostgreSQL's). `ops` are the Query's name
-    /// changes: the raising Query drops the unnamed statement and portal
-    /// just as the client's would have.
+    /// changes: the raising Query drops the unnamed statement just as the
+    /// client's would have.
     fn refuse_query(&mut self, r: &Refusal, ops: Vec<QueryOp>, out: &mut BytesMut) {
         self.rejected(r);
         self.shared.push(Pending::Query {
@@ -1437,8 +1437,8 @@ impl Frontend {
     }
 
     /// The statement and portal map changes a simple Query makes once
-    /// PostgreSQL runs it: it drops the unnamed statement and portal when
-    /// it starts, and a lone `DEALLOCATE name` drops that statement when it
+    /// PostgreSQL runs it: it drops the unnamed statement when it starts
+    /// (the unnamed portal is left in the map, see below), and a lone `DEALLOCATE name` drops that statement when it
     /// completes (several statements: left alone, see below).
     fn query_ops(&mut self, text: &[u8]) -> Vec<QueryOp> {
         if self.names.is_empty() {
@@ -1475,14 +1475,20 @@ impl Frontend {
                 }
             }
         }
-        for space in [Space::Statement, Space::Portal] {
-            let id = self.names.set(space, "", None);
-            if id != 0 {
-                ops.push(QueryOp {
-                    id,
-                    confirmed_by: None,
-                });
-            }
+        // The unnamed statement only: PostgreSQL replaces the unnamed
+        // portal when the Query runs a statement, and a Query that runs
+        // none (empty, only comments) or fails before it creates one
+        // leaves the client's in place, where it can still be executed
+        // inside a transaction block. A name kept after PostgreSQL dropped
+        // its portal is only stale (every Execute of a protected portal is
+        // described right before it runs); one dropped while PostgreSQL
+        // keeps it would let its Execute go out unshaped.
+        let id = self.names.set(Space::Statement, "", None);
+        if id != 0 {
+            ops.push(QueryOp {
+                id,
+                confirmed_by: None,
+            });
         }
         ops
     }

@@ -158,8 +158,8 @@ pub enum Pending {
     Query {
         protected: bool,
         audit: Option<Arc<AuditInfo>>,
-        /// Map changes the Query makes: dropping the unnamed statement and
-        /// portal (PostgreSQL does it when it starts the Query: confirmed
+        /// Map changes the Query makes: dropping the unnamed statement
+        /// (PostgreSQL does it when it starts the Query: confirmed
         /// by any answer), and one per SQL `DEALLOCATE name`, in order
         /// (confirmed by its CommandComplete).
         ops: Vec<QueryOp>,

@@ -149,3 +149,41 @@ async fn deallocate_all_keeps_the_unnamed_insert_encrypted() {
     }
     fx.assert_no_plaintext(&sentinels).await;
 }
+
+/// A simple Query with no statement in it (empty, only `;`, only a
+/// comment) drops the unnamed statement but runs nothing, so PostgreSQL
+/// creates no unnamed portal for it and the client's unnamed portal stays:
+/// inside a transaction block its Execute must still be shaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_query_keeps_the_unnamed_portal_shaped() {
+    let fx = Calmony::start();
+    seed(&fx).await;
+    let bidx = stored_bidx(&fx).await;
+    let mut c = Raw::login(fx.pv.addr(), "dba").await;
+    let m = send_ready(
+        &mut c,
+        &[parse("s", "SELECT * FROM users ORDER BY id"), sync()],
+    )
+    .await;
+    assert!(errors(&m).is_empty(), "parse: {:?}", errors(&m));
+    for empty in ["", ";", " -- nothing\n", "/* nothing */ ;;"] {
+        let m = send_ready(&mut c, &[raw::query("BEGIN")]).await;
+        assert!(errors(&m).is_empty(), "{empty:?}: {:?}", errors(&m));
+        let m = send_ready(&mut c, &[bind("", "s", &[]), sync()]).await;
+        assert!(errors(&m).is_empty(), "{empty:?}: bind: {:?}", errors(&m));
+        let m = send_ready(&mut c, &[raw::query(empty)]).await;
+        assert!(errors(&m).is_empty(), "{empty:?}: {:?}", errors(&m));
+        let m = send_ready(&mut c, &[execute(""), sync()]).await;
+        let r = rows(&m);
+        for row in &r {
+            for v in row.iter().flatten() {
+                assert!(
+                    !bidx.contains(v),
+                    "{empty:?}: a blind index reached a role without search: {row:?} ({})",
+                    tags(&m)
+                );
+            }
+        }
+        send_ready(&mut c, &[raw::query("ROLLBACK")]).await;
+    }
+}
