@@ -23,7 +23,11 @@ mod portals;
 mod prepared;
 #[path = "adversarial/reads.rs"]
 mod reads;
+#[path = "adversarial/reload_pipeline.rs"]
+mod reload_pipeline;
 #[path = "adversarial/scanner.rs"]
 mod scanner;
 #[path = "adversarial/splice.rs"]
 mod splice;
+#[path = "adversarial/streaming.rs"]
+mod streaming;

@@ -911,6 +911,12 @@ impl Frontend {
         self.copy.is_none() && !self.skip_until_sync
     }
 
+    /// No COPY FROM STDIN is open and PostgreSQL is not skipping to a
+    /// Sync: what is in flight needs nothing more from the client.
+    pub fn needs_no_client_data(&self) -> bool {
+        self.copy_window.is_none() && !self.skip_until_sync
+    }
+
     /// Handle one client frame, appending what goes upstream to `out`.
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) -> Flow {
         if self.shared.is_broken() {

@@ -383,6 +383,17 @@ impl Shared {
         self.pending.lock().expect("pending queue").is_empty()
     }
 
+    /// Whether PostgreSQL answers everything in flight without more from
+    /// the client: the last request is a Sync or a simple Query (it flushes
+    /// its answers at each ReadyForQuery), or nothing is in flight.
+    pub fn answers_will_come(&self) -> bool {
+        self.pending
+            .lock()
+            .expect("pending queue")
+            .back()
+            .is_none_or(|p| matches!(p.kind(), Kind::Sync | Kind::Query))
+    }
+
     pub fn set_tx_status(&self, s: u8) {
         self.tx_status.store(s, Ordering::Relaxed);
     }
