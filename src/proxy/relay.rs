@@ -111,7 +111,7 @@ pub async fn relay(
         let c2s = async {
             loop {
                 // A large message pgveil need not read passes in pieces.
-                match stream_client(&mut cr, &mut fe, &mut uw).await {
+                match stream_client(&mut cr, &mut fe, &mut uw, follow.as_ref()).await {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(end) => return end,
@@ -437,11 +437,17 @@ const STREAM_HEAD: usize = 1024;
 /// If the next client message is large and the frontend need not read it
 /// ([`Frontend::stream_large`]), pass it upstream (or drop it) piece by
 /// piece as it arrives and return `true`; `false` when it must be read
-/// whole with [`fill_client`].
+/// whole with [`fill_client`]. After a reload (`follow` says one is due,
+/// once the message's head has arrived), a session
+/// outside a transaction block holds it instead: it moves to the new
+/// policy before the message is read, and the message is then judged by
+/// that policy (a Bind of a statement on a table the reload protected must
+/// not stream under the old one).
 async fn stream_client<R, W>(
     cr: &mut FrameReader<R>,
     fe: &mut Frontend,
     uw: &mut W,
+    follow: Option<&Follow>,
 ) -> Result<bool, End>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -460,6 +466,9 @@ where
         }
         Err(e) => return Err(End::ClientProtocol(e)),
     };
+    if follow.is_some_and(Follow::due) && fe.shared.tx_idle() && fe.needs_no_client_data() {
+        return Ok(false);
+    }
     let Some(pass) = fe.stream_large(tag, cr.buffered()) else {
         return Ok(false);
     };
