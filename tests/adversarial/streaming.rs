@@ -167,3 +167,110 @@ async fn large_binds_of_protected_statements_are_never_streamed_raw() {
     let all: Vec<&str> = sentinels.iter().map(String::as_str).collect();
     fx.assert_no_plaintext(&all).await;
 }
+
+/// A CopyData row for `users (email, name)` carrying `sentinel`, padded
+/// past the streaming threshold (in the name).
+fn big_row(sentinel: &str) -> Vec<u8> {
+    format!("{sentinel}@example.com\t{sentinel} {}\n", "z".repeat(BIG)).into_bytes()
+}
+
+/// Large CopyData where pgveil's view of the COPY could differ from
+/// PostgreSQL's: a protected COPY behind an unprotected one in one Query,
+/// data behind a CopyFail, a protected COPY right after an unprotected one
+/// ended in the same write, a protected COPY through the protocol, and two
+/// COPY portals executed back to back (PostgreSQL ends the connection at
+/// the second Execute: nothing but COPY messages may come during COPY IN). The rows for the protected table
+/// never reach PostgreSQL's storage or logs in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_copy_data_never_reaches_a_protected_copy_raw() {
+    let fx = Calmony::builder()
+        .rust_log("info")
+        .extra_sql("CREATE TABLE public.blobs (id serial PRIMARY KEY, v text); GRANT ALL ON public.blobs, public.blobs_id_seq TO PUBLIC;")
+        .extra_yaml(
+            "limits:\n  max_message_bytes: 268435456\n  max_buffered_bytes: 16777216\n  buffer_wait: 1s\n",
+        )
+        .start();
+    let users = "COPY users (email, name) FROM STDIN";
+    let blobs = "COPY blobs (v) FROM STDIN";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    let mut sentinels = Vec::new();
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "two COPYs in one Query",
+            vec![
+                raw::query(&format!("{blobs}; {users}")),
+                raw::copy_done(),
+                raw::copy_data(&big_row("copytwoinone9034")),
+                raw::copy_done(),
+            ],
+        ),
+        (
+            "data behind a CopyFail",
+            vec![
+                raw::query(users),
+                raw::copy_fail("client gave up"),
+                raw::copy_data(&big_row("copyafterfail9034")),
+                raw::copy_done(),
+            ],
+        ),
+        (
+            "a protected COPY right after an unprotected one",
+            vec![
+                raw::query(blobs),
+                raw::copy_data(b"plain blob\n"),
+                raw::copy_done(),
+                raw::query(users),
+                raw::copy_data(&big_row("copyafterplain9034")),
+                raw::copy_done(),
+            ],
+        ),
+        (
+            "a protected COPY through the protocol",
+            vec![
+                parse("cu", users),
+                bind("pu", "cu", &[]),
+                execute("pu"),
+                raw::copy_data(&big_row("copyprotocol9034")),
+                raw::copy_done(),
+                sync(),
+            ],
+        ),
+        (
+            "an unprotected COPY portal executed behind a protected one",
+            vec![
+                parse("cu2", users),
+                parse("cb2", blobs),
+                bind("pu2", "cu2", &[]),
+                bind("pb2", "cb2", &[]),
+                execute("pu2"),
+                execute("pb2"),
+                raw::copy_data(&big_row("copybehind9034")),
+                raw::copy_done(),
+                sync(),
+            ],
+        ),
+    ];
+    for (what, msgs) in cases {
+        c.send(&msgs).await;
+        let mut m = c.until_ready().await;
+        // A simple Query answers each of its own ReadyForQuery.
+        let queries = msgs.iter().filter(|f| f[0] == b'Q').count();
+        for _ in 1..queries {
+            m.extend(c.until_ready().await);
+        }
+        println!("{what}: {:?} ({})", errors(&m), tags(&m));
+    }
+    for s in [
+        "copytwoinone9034",
+        "copyafterfail9034",
+        "copyafterplain9034",
+        "copyprotocol9034",
+        "copybehind9034",
+    ] {
+        sentinels.push(s.to_string());
+    }
+    // (The last case ends the session: PostgreSQL closes a connection that
+    // sends anything but CopyData, CopyDone or CopyFail during COPY IN.)
+    let all: Vec<&str> = sentinels.iter().map(String::as_str).collect();
+    fx.assert_no_plaintext(&all).await;
+}
