@@ -654,6 +654,9 @@ impl Frontend {
         if self.shared.is_broken() {
             return None;
         }
+        // As in `on_frame`: a Describe the client sent before this message
+        // is no longer the one right before the next Execute.
+        self.described = None;
         if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
             return Some(Pass::Drop);
         }

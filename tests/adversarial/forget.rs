@@ -141,7 +141,11 @@ async fn deallocate_all_keeps_the_unnamed_insert_encrypted() {
             .unwrap_or(2);
         let mut params: Vec<&str> = vec![email, name];
         while params.len() < n {
-            params.push(if params.len() % 2 == 0 { email } else { name });
+            params.push(if params.len().is_multiple_of(2) {
+                email
+            } else {
+                name
+            });
         }
         params.truncate(n.max(2));
         let m = send_ready(&mut c, &[bind("", "", &params), execute(""), sync()]).await;
