@@ -13,6 +13,8 @@ mod bulk;
 mod catalog;
 #[path = "adversarial/copy.rs"]
 mod copy;
+#[path = "adversarial/forget.rs"]
+mod forget;
 #[path = "adversarial/identity.rs"]
 mod identity;
 #[path = "adversarial/portals.rs"]
@@ -21,7 +23,11 @@ mod portals;
 mod prepared;
 #[path = "adversarial/reads.rs"]
 mod reads;
+#[path = "adversarial/reload_pipeline.rs"]
+mod reload_pipeline;
 #[path = "adversarial/scanner.rs"]
 mod scanner;
 #[path = "adversarial/splice.rs"]
 mod splice;
+#[path = "adversarial/streaming.rs"]
+mod streaming;

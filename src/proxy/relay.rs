@@ -34,6 +34,11 @@ pub const CLIENT_HOLD_FACTOR: usize = 2;
 /// (decrypted in place) and its copy on the way out.
 pub const SERVER_HOLD_FACTOR: usize = 2;
 
+/// How long a session's next requests wait, after a reload, for the
+/// answers to what it has in flight, so that it moves to the new policy
+/// before they are handled (see the c2s loop of [`relay`]).
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `out` buffers larger than this are dropped after a write, not kept for
 /// the next frames.
 const KEEP_OUT: usize = 1 << 20;
@@ -106,7 +111,7 @@ pub async fn relay(
         let c2s = async {
             loop {
                 // A large message pgveil need not read passes in pieces.
-                match stream_client(&mut cr, &mut fe, &mut uw).await {
+                match stream_client(&mut cr, &mut fe, &mut uw, follow.as_ref()).await {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(end) => return end,
@@ -127,6 +132,26 @@ pub async fn relay(
                         continue;
                     }
                     Err(end) => return end,
+                }
+                // A reload is due and the session is outside a transaction
+                // block: a client that sends its next request before it has
+                // read the answer to the last never leaves nothing in flight
+                // between two reads, and would keep the old policy (a `read`
+                // it lost included) for as long as it pipelines. Its new
+                // requests wait for the answers to what it sent (PostgreSQL
+                // runs them after those anyway), so that it moves first.
+                if follow.as_ref().is_some_and(Follow::due)
+                    && fe.shared.tx_idle()
+                    && fe.needs_no_client_data()
+                {
+                    let until = tokio::time::Instant::now() + RELOAD_WAIT;
+                    while !fe.shared.is_idle()
+                        && fe.shared.answers_will_come()
+                        && !fe.shared.is_broken()
+                        && tokio::time::Instant::now() < until
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
                 }
                 if fe.shared.is_idle() && fe.shared.tx_idle() && fe.between_statements() {
                     if let Some(f) = follow.as_mut()
@@ -412,11 +437,17 @@ const STREAM_HEAD: usize = 1024;
 /// If the next client message is large and the frontend need not read it
 /// ([`Frontend::stream_large`]), pass it upstream (or drop it) piece by
 /// piece as it arrives and return `true`; `false` when it must be read
-/// whole with [`fill_client`].
+/// whole with [`fill_client`]. After a reload (`follow` says one is due,
+/// once the message's head has arrived), a session
+/// outside a transaction block holds it instead: it moves to the new
+/// policy before the message is read, and the message is then judged by
+/// that policy (a Bind of a statement on a table the reload protected must
+/// not stream under the old one).
 async fn stream_client<R, W>(
     cr: &mut FrameReader<R>,
     fe: &mut Frontend,
     uw: &mut W,
+    follow: Option<&Follow>,
 ) -> Result<bool, End>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -435,6 +466,9 @@ where
         }
         Err(e) => return Err(End::ClientProtocol(e)),
     };
+    if follow.is_some_and(Follow::due) && fe.shared.tx_idle() && fe.needs_no_client_data() {
+        return Ok(false);
+    }
     let Some(pass) = fe.stream_large(tag, cr.buffered()) else {
         return Ok(false);
     };

@@ -363,7 +363,11 @@ impl Names {
                 }
             }
             Resolution::ForgetAll { portals } => {
-                self.statements.clear();
+                // `DEALLOCATE ALL` and `DISCARD ALL` drop the named
+                // prepared statements only: PostgreSQL keeps the unnamed
+                // one (a simple Query drops it itself, see `query_ops`),
+                // and a Bind of it must still be rewritten.
+                self.statements.retain(|name, _| name.is_empty());
                 if portals {
                     self.portals.clear();
                 }
@@ -650,6 +654,9 @@ impl Frontend {
         if self.shared.is_broken() {
             return None;
         }
+        // As in `on_frame`: a Describe the client sent before this message
+        // is no longer the one right before the next Execute.
+        self.described = None;
         if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
             return Some(Pass::Drop);
         }
@@ -905,6 +912,12 @@ impl Frontend {
     /// catalog, or after a reload the engine, may change).
     pub fn between_statements(&self) -> bool {
         self.copy.is_none() && !self.skip_until_sync
+    }
+
+    /// No COPY FROM STDIN is open and PostgreSQL is not skipping to a
+    /// Sync: what is in flight needs nothing more from the client.
+    pub fn needs_no_client_data(&self) -> bool {
+        self.copy_window.is_none() && !self.skip_until_sync
     }
 
     /// Handle one client frame, appending what goes upstream to `out`.
@@ -1216,8 +1229,8 @@ impl Frontend {
 
     /// Answer a simple Query with a refusal that PostgreSQL raises (so the
     /// transaction state is PostgreSQL's). `ops` are the Query's name
-    /// changes: the raising Query drops the unnamed statement and portal
-    /// just as the client's would have.
+    /// changes: the raising Query drops the unnamed statement just as the
+    /// client's would have.
     fn refuse_query(&mut self, r: &Refusal, ops: Vec<QueryOp>, out: &mut BytesMut) {
         self.rejected(r);
         self.shared.push(Pending::Query {
@@ -1433,8 +1446,8 @@ impl Frontend {
     }
 
     /// The statement and portal map changes a simple Query makes once
-    /// PostgreSQL runs it: it drops the unnamed statement and portal when
-    /// it starts, and a lone `DEALLOCATE name` drops that statement when it
+    /// PostgreSQL runs it: it drops the unnamed statement when it starts
+    /// (the unnamed portal is left in the map, see below), and a lone `DEALLOCATE name` drops that statement when it
     /// completes (several statements: left alone, see below).
     fn query_ops(&mut self, text: &[u8]) -> Vec<QueryOp> {
         if self.names.is_empty() {
@@ -1471,14 +1484,20 @@ impl Frontend {
                 }
             }
         }
-        for space in [Space::Statement, Space::Portal] {
-            let id = self.names.set(space, "", None);
-            if id != 0 {
-                ops.push(QueryOp {
-                    id,
-                    confirmed_by: None,
-                });
-            }
+        // The unnamed statement only: PostgreSQL replaces the unnamed
+        // portal when the Query runs a statement, and a Query that runs
+        // none (empty, only comments) or fails before it creates one
+        // leaves the client's in place, where it can still be executed
+        // inside a transaction block. A name kept after PostgreSQL dropped
+        // its portal is only stale (every Execute of a protected portal is
+        // described right before it runs); one dropped while PostgreSQL
+        // keeps it would let its Execute go out unshaped.
+        let id = self.names.set(Space::Statement, "", None);
+        if id != 0 {
+            ops.push(QueryOp {
+                id,
+                confirmed_by: None,
+            });
         }
         ops
     }

@@ -158,8 +158,8 @@ pub enum Pending {
     Query {
         protected: bool,
         audit: Option<Arc<AuditInfo>>,
-        /// Map changes the Query makes: dropping the unnamed statement and
-        /// portal (PostgreSQL does it when it starts the Query: confirmed
+        /// Map changes the Query makes: dropping the unnamed statement
+        /// (PostgreSQL does it when it starts the Query: confirmed
         /// by any answer), and one per SQL `DEALLOCATE name`, in order
         /// (confirmed by its CommandComplete).
         ops: Vec<QueryOp>,
@@ -243,7 +243,8 @@ pub enum Resolution {
     /// its DEALLOCATE completed): `true`. An error, or a message skipped
     /// after one until Sync: `false`.
     Op(u64, bool),
-    /// `DEALLOCATE ALL` (`portals: false`) or `DISCARD ALL` completed.
+    /// `DEALLOCATE ALL` (`portals: false`) or `DISCARD ALL` completed: the
+    /// named statements are gone (the unnamed one stays).
     ForgetAll { portals: bool },
     /// PostgreSQL dropped every portal the protocol bound: the transaction
     /// ended (ReadyForQuery `I`; protocol portals are never holdable) or a
@@ -380,6 +381,17 @@ impl Shared {
 
     pub fn is_idle(&self) -> bool {
         self.pending.lock().expect("pending queue").is_empty()
+    }
+
+    /// Whether PostgreSQL answers everything in flight without more from
+    /// the client: the last request is a Sync or a simple Query (it flushes
+    /// its answers at each ReadyForQuery), or nothing is in flight.
+    pub fn answers_will_come(&self) -> bool {
+        self.pending
+            .lock()
+            .expect("pending queue")
+            .back()
+            .is_none_or(|p| matches!(p.kind(), Kind::Sync | Kind::Query))
     }
 
     pub fn set_tx_status(&self, s: u8) {
