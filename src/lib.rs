@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod engine;
 pub mod health;
 pub mod keys;
 pub mod logging;

@@ -151,7 +151,7 @@ pub struct Setup {
     pub crypto: Arc<ValueCrypto>,
 }
 
-/// Load the policy and keys of `config` (as `ops::engine::build` does).
+/// Load the policy and keys of `config` (as `crate::engine::build` does).
 pub async fn setup(config: &Config) -> Result<Setup, String> {
     let Some(policy_path) = config.policy_path() else {
         return Err(format!(

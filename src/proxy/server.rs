@@ -243,7 +243,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| e.join("\n"))?;
         crate::auth::state().sources.install(Some(list));
     }
-    let engine = crate::ops::engine::build(&config).await?;
+    let engine = crate::engine::build(&config).await?;
     let shared = Arc::new(Shared::new(config)?.with_engine(engine));
     let reloader = super::reload::Reloader::new(shared.clone());
     if let Some((listener, metrics)) = admin {

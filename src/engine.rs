@@ -1,6 +1,8 @@
 //! Composition root of the session layer: policy + keys + audit → Engine.
 //! The pieces are public so that a reload (`proxy::reload`) validates and
-//! builds exactly as startup does.
+//! builds exactly as startup does. It sits above `session`, `keys` and
+//! `audit` and is used by `proxy::server` (startup), `proxy::reload` and
+//! `ops::demo`, so the proxy does not depend on the command line.
 
 use std::sync::Arc;
 
