@@ -11,8 +11,8 @@ use crate::config::Config;
 use crate::crypto::blind_index::BlindIndexRoot;
 use crate::keys::KeyManager;
 use crate::policy::Policy;
+use crate::seal::ValueCrypto;
 use crate::session::Engine;
-use crate::session::values::ValueCrypto;
 
 /// Build the engine when the config names a policy; `None` means pgveil runs
 /// as a pure pass-through proxy.

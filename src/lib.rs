@@ -15,6 +15,7 @@ pub mod ops;
 pub mod pgclient;
 pub mod policy;
 pub mod proxy;
+pub mod seal;
 pub mod session;
 pub mod sql;
 pub mod wire;

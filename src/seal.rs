@@ -3,6 +3,10 @@
 //! stored ciphertext back into what the client asked for.
 //!
 //! Errors never carry values: only column names, types and formats.
+//!
+//! Shared by the session layer (`session::values` re-exports it) and the ops
+//! commands, so it sits below both: it uses only `crypto`, `keys`, `policy`
+//! and `sql`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

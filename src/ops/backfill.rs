@@ -35,7 +35,7 @@ use crate::crypto::{PgType, Storage};
 use crate::keys::{KeyError, KeyManager};
 use crate::policy::catalog::{CATALOG_QUERY, Catalog, ProtectedAttr};
 use crate::policy::{Policy, TablePolicy};
-use crate::session::values::{ValueCrypto, envelope_to_stored_binary, stored_to_envelope};
+use crate::seal::{ValueCrypto, envelope_to_stored_binary, stored_to_envelope};
 use crate::sql::quote_ident;
 
 use super::db;
