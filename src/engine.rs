@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::crypto::blind_index::BlindIndexRoot;
 use crate::keys::KeyManager;
 use crate::policy::Policy;
 use crate::seal::ValueCrypto;
@@ -47,7 +46,7 @@ pub async fn crypto(config: &Config, policy: &Policy) -> Result<Arc<ValueCrypto>
         .map_err(|e| format!("keys: {e}"))?;
     let bidx_root = match &keys.blind_index_key {
         Some(r) => Some(
-            BlindIndexRoot::from_secret_ref(r, &config.base_dir)
+            crate::keys::blind_index_root(r, &config.base_dir)
                 .map_err(|e| format!("keys.blind_index_key: {e}"))?,
         ),
         None => {

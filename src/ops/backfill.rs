@@ -29,7 +29,6 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use crate::config::Config;
-use crate::crypto::blind_index::BlindIndexRoot;
 use crate::crypto::envelope;
 use crate::crypto::{PgType, Storage};
 use crate::keys::{KeyError, KeyManager};
@@ -164,7 +163,7 @@ pub async fn setup(config: &Config) -> Result<Setup, String> {
     let kc = config.keys.as_ref().expect("checked by key_manager");
     let bidx_root = match &kc.blind_index_key {
         Some(r) => Some(
-            BlindIndexRoot::from_secret_ref(r, &config.base_dir)
+            crate::keys::blind_index_root(r, &config.base_dir)
                 .map_err(|e| format!("keys.blind_index_key: {e}"))?,
         ),
         None => None,
