@@ -11,6 +11,7 @@ pub mod health;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod pgclient;
 pub mod policy;

@@ -19,9 +19,9 @@ use tracing::{Instrument, error, info, warn};
 
 use super::cancel::CancelRegistry;
 use super::session;
-use super::tls::{self, ServerTls};
-use super::upstream::UpstreamConnector;
 use crate::config::{ClientTlsMode, Config};
+use crate::net::tls::{self, ServerTls};
+use crate::net::upstream::UpstreamConnector;
 use crate::session::Engine;
 
 /// What a reload replaces: the configuration and everything built from it.
