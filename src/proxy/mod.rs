@@ -7,6 +7,8 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod swap;
 
-pub use server::{Shared, run, serve};
+pub use server::{run, serve};
+pub use shared::Shared;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use super::server::{Live, Shared};
+use super::shared::{Live, Shared};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::policy::{Catalog, Policy};

@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::cancel::BackendKey;
 use super::relay;
-use super::server::{Live, PendingLogin, Shared};
+use super::shared::{Live, PendingLogin, Shared};
 use super::swap::Follow;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
