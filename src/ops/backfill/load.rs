@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::keys::KeyManager;
 use crate::ops::db;
-use crate::policy::catalog::{CATALOG_QUERY, Catalog};
+use crate::policy::catalog::Catalog;
 use crate::policy::{Policy, TablePolicy};
 use crate::seal::ValueCrypto;
 
@@ -93,18 +93,7 @@ pub fn select_tables<'p>(
 
 /// Read the catalog of the policy's tables through `client`.
 pub async fn load_catalog(policy: &Policy, client: &Client) -> Result<Catalog, String> {
-    let names = Catalog::query_param(policy);
-    let rows = client
-        .query(CATALOG_QUERY.as_str(), &[&names])
+    crate::policy::check::load_catalog(policy, client)
         .await
-        .map_err(|e| format!("cannot read the database catalog: {}", db::describe(&e)))?;
-    let rows: Vec<Vec<Option<String>>> = rows
-        .iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| r.get::<_, Option<String>>(i))
-                .collect()
-        })
-        .collect();
-    Ok(Catalog::from_rows(policy, rows))
+        .map_err(|e| format!("cannot read the database catalog: {}", db::describe(&e)))
 }
