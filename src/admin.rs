@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::reload::Reloader;
-use crate::proxy::server::Shared;
+use crate::proxy::shared::Shared;
 
 /// Longest request head accepted (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;

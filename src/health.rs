@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::keys::{KeyManager, WrapContext};
-use crate::proxy::server::Shared;
+use crate::proxy::shared::Shared;
 
 /// Longest time one check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);

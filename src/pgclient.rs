@@ -434,7 +434,7 @@ impl Rustls {
         if mode == UpstreamTlsMode::Disable {
             return Ok(Rustls { config: None });
         }
-        let config = crate::proxy::tls::client_config(mode, root_cert)
+        let config = crate::net::tls::client_config(mode, root_cert)
             .map_err(|e| e.replace("upstream.ca_file", "sslrootcert"))?;
         Ok(Rustls {
             config: Some(config),

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
-use crate::proxy::stream::Stream;
-use crate::proxy::upstream::UpstreamConnector;
+use crate::net::stream::Stream;
+use crate::net::upstream::UpstreamConnector;
 use crate::wire::codec::{FrameError, FrameReader};
 use crate::wire::msg::{self, Startup};
 

@@ -9,7 +9,7 @@
 //! instead and binds each leg to its own TLS connection: see `terminate`.)
 
 use super::{AuthContext, AuthError, AuthOutcome, send};
-use crate::proxy::stream::Stream;
+use crate::net::stream::Stream;
 use crate::wire::codec::{Frame, FrameReader};
 use crate::wire::msg::{self, Startup};
 

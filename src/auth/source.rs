@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::scram::Secret;
 use crate::config::Auth;
-use crate::proxy::upstream::UpstreamConnector;
+use crate::net::upstream::UpstreamConnector;
 
 /// Default for `auth.cache_ttl`.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);

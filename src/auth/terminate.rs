@@ -30,7 +30,7 @@ use super::scram::{
 };
 use super::source::{LookupCtx, Origin};
 use super::{AuthContext, AuthError, AuthOutcome, cbind, send, state};
-use crate::proxy::stream::Stream;
+use crate::net::stream::Stream;
 use crate::wire::codec::FrameReader;
 use crate::wire::msg::{self, Startup};
 

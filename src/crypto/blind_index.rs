@@ -64,17 +64,6 @@ impl BlindIndexRoot {
         BlindIndexRoot::from_bytes(&b)
     }
 
-    /// Load from the config's `keys.blind_index_key` (hex in an environment
-    /// variable or a file; relative paths resolve against `base_dir`).
-    pub fn from_secret_ref(
-        r: &crate::config::SecretRef,
-        base_dir: &std::path::Path,
-    ) -> Result<BlindIndexRoot, CryptoError> {
-        let s = crate::keys::load_secret(r, base_dir, "keys.blind_index_key")
-            .map_err(|e| CryptoError::Secret(e.to_string()))?;
-        BlindIndexRoot::from_hex(&s)
-    }
-
     /// The key of one column (`schema.table.column`, names as in the policy).
     pub fn column_key(&self, schema: &str, table: &str, column: &str) -> BlindIndexKey {
         let mut info = Vec::new();

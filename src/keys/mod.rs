@@ -26,7 +26,7 @@ pub use manager::{KeyManager, KeyManagerOptions};
 pub use provider::{MasterKeyProvider, WrapContext, WrappedKey};
 
 use crate::config::SecretRef;
-use crate::crypto::ColumnContext;
+use crate::crypto::{BlindIndexRoot, ColumnContext, CryptoError};
 
 /// What one data key protects: a table (`schema.table`) and, for tables
 /// with `tenant:` in the policy, one tenant. All columns of a table share
@@ -86,6 +86,16 @@ pub fn load_secret(
         }
         _ => Err(KeyError::Config(format!("{what}: give exactly one of env: or file:"))),
     }
+}
+
+/// Load the blind-index root from the config's `keys.blind_index_key` (hex
+/// in an environment variable or a file; relative paths resolve against
+/// `base_dir`). Here rather than in `crypto`, so that the crypto core is
+/// handed the secret and does not call back into `keys`.
+pub fn blind_index_root(r: &SecretRef, base_dir: &Path) -> Result<BlindIndexRoot, CryptoError> {
+    let s = load_secret(r, base_dir, "keys.blind_index_key")
+        .map_err(|e| CryptoError::Secret(e.to_string()))?;
+    BlindIndexRoot::from_hex(&s)
 }
 
 /// Whether `s` is a hex 256-bit key (for `policy check`).

@@ -219,7 +219,7 @@ pub async fn run(serve_forever: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("{listen}: {e}"))?;
-    let engine = super::engine::build(&config).await?;
+    let engine = crate::engine::build(&config).await?;
     let shared = crate::proxy::Shared::new(config)?.with_engine(engine);
     let server = tokio::spawn(crate::proxy::run(
         listener,

@@ -4,7 +4,6 @@ pub mod backfill;
 pub mod cli;
 pub mod db;
 pub mod demo;
-pub mod engine;
 pub mod preflight;
 pub mod rotate;
 pub mod shred;

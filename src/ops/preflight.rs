@@ -96,7 +96,7 @@ pub async fn run(
                 at(&["keys"])
             )),
             Some(s) => {
-                if let Err(e) = crate::crypto::BlindIndexRoot::from_secret_ref(s, &cfg.base_dir) {
+                if let Err(e) = crate::keys::blind_index_root(s, &cfg.base_dir) {
                     secrets.push(format!("{}{e}", at(&["keys", "blind_index_key"])));
                 }
             }

@@ -29,7 +29,7 @@ pub async fn shred(keys: &KeyManager, tenant: &str, confirm: Confirm) -> i32 {
             .filter(|r| {
                 r.tenant
                     .as_deref()
-                    .is_some_and(|t| crate::session::values::same_tenant_spelling(t, tenant))
+                    .is_some_and(|t| crate::seal::same_tenant_spelling(t, tenant))
             })
             .collect(),
         Err(e) => {

@@ -14,9 +14,9 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::ColumnRef;
 use super::{ColumnPolicy, Policy};
 use crate::crypto::types::{Oid, Storage};
-use crate::sql::ColumnRef;
 
 /// One query returning, for every protected table named in `$1`, every
 /// table that inherits from one or is a partition of one (recursively),

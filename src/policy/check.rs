@@ -43,9 +43,8 @@ pub async fn check_schema(
     policy_text: &str,
     client: &tokio_postgres::Client,
 ) -> Vec<SchemaProblem> {
-    let names = Catalog::query_param(policy);
-    let rows = match client.query(CATALOG_QUERY.as_str(), &[&names]).await {
-        Ok(rows) => rows,
+    let catalog = match load_catalog(policy, client).await {
+        Ok(catalog) => catalog,
         Err(e) => {
             return vec![SchemaProblem {
                 file: policy.path.clone(),
@@ -55,6 +54,19 @@ pub async fn check_schema(
             }];
         }
     };
+    problems(policy, policy_text, &catalog)
+}
+
+/// Read the catalog of `policy`'s tables through `client` ([`CATALOG_QUERY`],
+/// every column as text). Shared by [`check_schema`] and `pgveil encrypt` /
+/// `rotate` (`ops::backfill::load_catalog`), which word the error each
+/// their own way.
+pub async fn load_catalog(
+    policy: &Policy,
+    client: &tokio_postgres::Client,
+) -> Result<Catalog, tokio_postgres::Error> {
+    let names = Catalog::query_param(policy);
+    let rows = client.query(CATALOG_QUERY.as_str(), &[&names]).await?;
     let rows: Vec<Vec<Option<String>>> = rows
         .iter()
         .map(|r| {
@@ -63,8 +75,7 @@ pub async fn check_schema(
                 .collect()
         })
         .collect();
-    let catalog = Catalog::from_rows(policy, rows);
-    problems(policy, policy_text, &catalog)
+    Ok(Catalog::from_rows(policy, rows))
 }
 
 /// The comparison itself, on an already-loaded catalog.

@@ -7,10 +7,12 @@
 //! validated here, each problem with `file:line` and the fix.
 //!
 //! Submodules: [`catalog`] maps PostgreSQL's table OIDs / attribute numbers
-//! to policy columns; [`check`] compares the policy with a live schema.
+//! to policy columns; [`check`] compares the policy with a live schema;
+//! [`ColumnRef`] names one column.
 
 pub mod catalog;
 pub mod check;
+mod column;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +24,7 @@ use crate::yaml::{self, YamlError, YamlErrors};
 
 pub use catalog::{CATALOG_QUERY, Catalog, ProtectedAttr, ViewColumn};
 pub use check::{SchemaProblem, check_schema};
+pub use column::ColumnRef;
 use node::Node;
 
 /// A loaded, validated policy.

@@ -7,9 +7,8 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod session;
-pub mod stream;
+pub mod shared;
 pub mod swap;
-pub mod tls;
-pub mod upstream;
 
-pub use server::{Shared, run, serve};
+pub use server::{run, serve};
+pub use shared::Shared;

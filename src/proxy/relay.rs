@@ -13,8 +13,8 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
-use super::stream::Stream;
 use super::swap::{Follow, Step};
+use crate::net::stream::Stream;
 use crate::session::Pending;
 use crate::session::backend::Backend;
 use crate::session::frontend::{Flow, Frontend, Pass};

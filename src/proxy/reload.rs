@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use super::server::{Live, Shared};
+use super::shared::{Live, Shared};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::policy::{Catalog, Policy};
@@ -236,11 +236,11 @@ async fn next_engine(
     }
     let keys_changed = format!("{:?}", old.config.keys) != format!("{:?}", new.keys);
     let crypto = if keys_changed {
-        crate::ops::engine::crypto(new, &policy)
+        crate::engine::crypto(new, &policy)
             .await
             .map_err(|e| vec![at.at(&["keys"], e)])?
     } else {
-        crate::ops::engine::check_blind_index_key(new, &policy)
+        crate::engine::check_blind_index_key(new, &policy)
             .map_err(|e| vec![at.at(&["keys"], e)])?;
         engine.crypto.clone()
     };
@@ -248,9 +248,7 @@ async fn next_engine(
     let audit = match (&engine.audit, &new.audit) {
         (_, None) => None,
         (Some(log), Some(_)) => Some(log.clone()),
-        (None, Some(_)) => {
-            crate::ops::engine::audit(new).map_err(|e| vec![at.at(&["audit"], e)])?
-        }
+        (None, Some(_)) => crate::engine::audit(new).map_err(|e| vec![at.at(&["audit"], e)])?,
     };
     let audit_same = engine.audit.is_some() == audit.is_some();
     let upstream_same = old.config.upstream.host == new.upstream.host

@@ -13,11 +13,11 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::cancel::BackendKey;
 use super::relay;
-use super::server::{Live, PendingLogin, Shared};
-use super::stream::Stream;
+use super::shared::{Live, PendingLogin, Shared};
 use super::swap::Follow;
 use crate::auth::{self, AuthContext, AuthError};
 use crate::config::ClientTlsMode;
+use crate::net::stream::Stream;
 use crate::session::backend::Backend;
 use crate::session::frontend::{Frontend, LexState};
 use crate::session::{CatalogEntry, Engine, Identity};

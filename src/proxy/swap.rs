@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::server::Shared;
+use super::shared::Shared;
 use crate::policy::Policy;
 use crate::session::Engine;
 

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::values::ValueCrypto;
 use crate::crypto::Oid;
 use crate::policy::Policy;
 use crate::policy::catalog::{Catalog, ProtectedAttr};
+use crate::seal::ValueCrypto;
 use crate::sql::{Analyzer, ColumnRef, Mode, StatementPlan};
 
 /// How long a database's catalog is trusted before a session reloads it

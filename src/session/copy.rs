@@ -17,9 +17,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::frontend::Refusal;
-use super::values::{ValueError, stored_to_envelope};
 use super::{CatalogEntry, Engine};
 use crate::crypto::Storage;
+use crate::seal::{ValueError, stored_to_envelope};
 use crate::sql::{CopyField, CopyFormat, CopyPlan, SlotOp};
 use crate::wire::msg::{begin, finish};
 

@@ -25,8 +25,8 @@ use zeroize::Zeroize;
 
 use super::copy::{split_csv, split_text};
 use super::rows::{RowDecryptor, RowError};
-use super::values::ValueCrypto;
 use super::{CatalogEntry, Decrypt};
+use crate::seal::ValueCrypto;
 use crate::sql::{CopyFormat, CopyPlan};
 use crate::wire::msg::{begin, finish};
 

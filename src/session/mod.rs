@@ -7,7 +7,8 @@
 //! - `backend`: server → client, matches each response to the request that
 //!   caused it (a FIFO of [`Pending`] entries), rewrites RowDescription and
 //!   ParameterDescription types, decrypts DataRow fields.
-//! - `values`: the bridge to `crate::crypto` and `crate::keys`.
+//! - `values`: the bridge to `crate::crypto` and `crate::keys` (re-exports
+//!   `crate::seal`, which the ops commands share).
 //! - `catalog`: the per-database catalog and plan cache.
 
 pub mod backend;

@@ -17,10 +17,10 @@ use bytes::{BufMut, BytesMut};
 use zeroize::Zeroize;
 
 use super::Decrypt;
-use super::values::{ValueCrypto, ValueError, binary_tenant, decode_hex_into};
 use crate::crypto::canonical::{self, Format};
 use crate::crypto::envelope::{self, DataKey, KeyRef};
 use crate::crypto::{PgType, Storage};
+use crate::seal::{ValueCrypto, ValueError, binary_tenant, decode_hex_into};
 
 /// A data key this session already resolved through the key manager
 /// (which checked its tenant scope).
@@ -294,7 +294,7 @@ impl RowDecryptor {
             return Ok(Some(h.key_ref()));
         };
         let row_tenant = Self::row_tenant(&self.fields, d, body);
-        let tenant = super::values::aad_tenant(&d.attr, row_tenant.as_deref(), h.tenant);
+        let tenant = crate::seal::aad_tenant(&d.attr, row_tenant.as_deref(), h.tenant);
         let failed = || {
             decrypt_error(
                 d,

@@ -16,39 +16,15 @@ mod rewrite;
 pub mod splice;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
 use crate::crypto::types::{Oid, PgType, Storage};
 use crate::policy::{Catalog, Policy};
 
+pub use crate::policy::ColumnRef;
 pub use lex::split_statements;
 pub use lex::{SqlName, mentions_execute, names_after_execute};
-
-/// A column of a table: `schema.table.column`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ColumnRef {
-    pub schema: String,
-    pub table: String,
-    pub column: String,
-}
-
-impl ColumnRef {
-    pub fn new(schema: &str, table: &str, column: &str) -> ColumnRef {
-        ColumnRef {
-            schema: schema.to_string(),
-            table: table.to_string(),
-            column: column.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for ColumnRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
-    }
-}
 
 /// How the statement text arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

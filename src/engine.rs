@@ -1,16 +1,17 @@
 //! Composition root of the session layer: policy + keys + audit → Engine.
 //! The pieces are public so that a reload (`proxy::reload`) validates and
-//! builds exactly as startup does.
+//! builds exactly as startup does. It sits above `session`, `keys` and
+//! `audit` and is used by `proxy::server` (startup), `proxy::reload` and
+//! `ops::demo`, so the proxy does not depend on the command line.
 
 use std::sync::Arc;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::crypto::blind_index::BlindIndexRoot;
 use crate::keys::KeyManager;
 use crate::policy::Policy;
+use crate::seal::ValueCrypto;
 use crate::session::Engine;
-use crate::session::values::ValueCrypto;
 
 /// Build the engine when the config names a policy; `None` means pgveil runs
 /// as a pure pass-through proxy.
@@ -45,7 +46,7 @@ pub async fn crypto(config: &Config, policy: &Policy) -> Result<Arc<ValueCrypto>
         .map_err(|e| format!("keys: {e}"))?;
     let bidx_root = match &keys.blind_index_key {
         Some(r) => Some(
-            BlindIndexRoot::from_secret_ref(r, &config.base_dir)
+            crate::keys::blind_index_root(r, &config.base_dir)
                 .map_err(|e| format!("keys.blind_index_key: {e}"))?,
         ),
         None => {
