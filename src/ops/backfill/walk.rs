@@ -150,6 +150,11 @@ impl TablePlan {
             }));
         }
         drop(done_tx);
+        // Only the workers hold the receiving end: when every one of them
+        // has ended (an error, a panic), the channel closes and a producer
+        // waiting for room in it stops, instead of waiting forever for a
+        // reader that will not come.
+        drop(range_rx);
         let producer = {
             // Moved in: dropping it at the end tells the workers to finish.
             let range_tx = range_tx;
