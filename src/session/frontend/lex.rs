@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Frontend;
-use super::{Refusal, refuse};
+use super::refusal::{Refusal, refuse};
 use crate::wire::codec::{Frame, read_cstr};
 
 /// The session settings that decide how PostgreSQL reads a statement's

@@ -52,9 +52,12 @@ use crate::sql::{
 use crate::wire::codec::{Frame, read_cstr};
 
 mod lex;
+mod refusal;
 
 pub use lex::LexState;
 use lex::{pg_name, sql_name_key};
+use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, internal_slot, refuse, unkeyable};
+pub use refusal::{Refusal, raise_sql};
 
 /// What the relay does after a client frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,38 +76,6 @@ pub enum Pass {
     /// Read and dropped: PostgreSQL would ignore it.
     Drop,
 }
-
-/// A statement pgveil refuses: SQLSTATE and message (never values).
-#[derive(Debug)]
-pub struct Refusal {
-    pub sqlstate: &'static str,
-    pub message: String,
-}
-
-impl From<ValueError> for Refusal {
-    fn from(e: ValueError) -> Self {
-        Refusal {
-            sqlstate: e.sqlstate(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// A statement or portal name PostgreSQL may key otherwise than pgveil.
-fn unkeyable(what: &str) -> Refusal {
-    refuse(
-        "0A000",
-        format!(
-            "pgveil: a {what} name that is not valid UTF-8, or has non-ASCII characters and is 64 bytes or longer or is sent while client_encoding or server_encoding is not UTF8, is refused: PostgreSQL keys names on their first 63 bytes after encoding conversion, so pgveil could not tell which one it means; use an ASCII name (PostgreSQL uses only its first 63 bytes)"
-        ),
-    )
-}
-
-/// Why a FunctionCall is refused.
-const FUNCTION_CALL: &str = "pgveil: FunctionCall messages (the fast-path function interface, which libpq's large-object functions lo_* use) are refused while a policy is loaded: they call any function by OID, out of pgveil's analysis; call the function from a SQL statement instead (for large objects: SELECT lo_import(…), lo_get(…), lo_put(…))";
-
-/// Why a statement that is not valid UTF-8 is refused.
-const NOT_UTF8: &str = "pgveil: a statement that may touch protected tables is not valid UTF-8: pgveil can only analyse statements sent with client_encoding UTF8";
 
 /// PostgreSQL feeds all CopyData after a simple Query to the first COPY
 /// FROM STDIN that runs, then the rest to the next: pgveil transforms rows
@@ -134,32 +105,6 @@ fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
             ),
         )
     })
-}
-
-/// A name whose meaning depends on an answer PostgreSQL has not sent yet.
-fn ambiguous(what: &str, name: &str) -> Refusal {
-    refuse(
-        "0A000",
-        format!(
-            "pgveil: {what} \"{name}\" was prepared or closed again before PostgreSQL answered an earlier Sync, and it involves a protected table: wait for the earlier ReadyForQuery before using the name, or use a new name"
-        ),
-    )
-}
-
-/// An array slot whose value pgveil wrote itself did not read back: never
-/// expected, refused rather than guessed.
-fn internal_slot() -> Refusal {
-    refuse(
-        "XX000",
-        "pgveil: internal error while encrypting an array literal; the statement was not sent",
-    )
-}
-
-fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        sqlstate,
-        message: message.into(),
-    }
 }
 
 /// The two namespaces PostgreSQL keeps per session.
@@ -1051,22 +996,6 @@ impl Frontend {
         self.copy_rest = 0..0;
     }
 
-    /// Answer a simple Query with a refusal that PostgreSQL raises (so the
-    /// transaction state is PostgreSQL's). `ops` are the Query's name
-    /// changes: the raising Query drops the unnamed statement and portal
-    /// just as the client's would have.
-    fn refuse_query(&mut self, r: &Refusal, ops: Vec<QueryOp>, out: &mut BytesMut) {
-        self.rejected(r);
-        self.shared.push(Pending::Query {
-            protected: false,
-            audit: None,
-            ops,
-            copies: 0..0,
-            copy_out: None,
-        });
-        m::encode_query(out, &raise_sql(r));
-    }
-
     /// Forward a simple Query as the client sent it: the COPY FROM STDIN
     /// statements PostgreSQL will run for it are counted on its tokens.
     fn pass_query(&mut self, f: &Frame, text: &str, ops: Vec<QueryOp>, out: &mut BytesMut) {
@@ -1080,16 +1009,6 @@ impl Frontend {
             copy_out: None,
         });
         self.forward(f, out);
-    }
-
-    fn rejected(&mut self, r: &Refusal) {
-        // A refused statement never runs: it changes nothing for later ones.
-        self.unsettled = self.behind_unsettled;
-        crate::metrics::hot().statements_rejected.increment(1);
-        tracing::info!(sqlstate = r.sqlstate, reason = %r.message, "statement rejected");
-        if let Some(log) = &self.engine.audit {
-            log.rejected(&self.id, r.sqlstate, &r.message);
-        }
     }
 
     /// A COPY row that cannot be encrypted aborts the COPY with CopyFail, so
@@ -1771,33 +1690,6 @@ impl Frontend {
         }
     }
 
-    /// Make PostgreSQL raise the refusal where the refused message stood:
-    /// pgveil's own Parse and Bind of a parameterless statement on the
-    /// unnamed statement and portal (their responses are swallowed).
-    fn parse_bind_unnamed(&mut self, query: String, result_formats: Vec<i16>, out: &mut BytesMut) {
-        ParseMsg {
-            name: String::new(),
-            query,
-            param_types: vec![],
-        }
-        .encode(out);
-        // They replace the client's unnamed statement and portal (with
-        // nothing protected: pgveil's own text) once PostgreSQL runs them.
-        self.names.drain(&self.shared);
-        let op = self.names.set(Space::Statement, "", None);
-        self.shared.push(Pending::Parse { internal: true, op });
-        BindMsg {
-            portal: String::new(),
-            statement: String::new(),
-            param_formats: vec![],
-            params: vec![],
-            result_formats,
-        }
-        .encode(out);
-        let op = self.names.set(Space::Portal, "", None);
-        self.shared.push(Pending::Bind { internal: true, op });
-    }
-
     /// The first statement after a decryption failure inside a transaction
     /// block (that is not a ROLLBACK): instead of running it, make
     /// PostgreSQL raise 25P02, which aborts its transaction as the failure
@@ -1822,22 +1714,6 @@ impl Frontend {
         } else {
             self.inject_raise(&r, out);
         }
-    }
-
-    /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then
-    /// discard the client's messages up to Sync, as the server would.
-    fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
-        self.parse_bind_unnamed(raise_sql(r), vec![], out);
-        m::encode_execute(out, "", 0);
-        self.shared.push(Pending::Execute {
-            portal: String::new(),
-            protected: false,
-            audit: None,
-            copies: 0..0,
-            copy_out: None,
-        });
-        m::encode_flush(out);
-        self.skip_until_sync = true;
     }
 
     fn attr(
@@ -2578,16 +2454,6 @@ fn words(text: &[u8]) -> Vec<&'static str> {
                 .unwrap_or("")
         })
         .collect()
-}
-
-/// A statement that makes PostgreSQL raise the refusal. The message names
-/// tables and columns only; it never holds a value.
-pub fn raise_sql(r: &Refusal) -> String {
-    let msg = r.message.replace('\'', "''").replace("$pgveil$", "");
-    format!(
-        "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END $pgveil$",
-        r.sqlstate, msg
-    )
 }
 
 #[cfg(test)]
