@@ -4,7 +4,6 @@
 //! PostgreSQL itself at the right point, so the transaction state and the
 //! rest of a pipeline behave exactly as with a native error.
 
-use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,7 +40,7 @@ use super::values::{
     ValueError, array_literal, bytea_literal, envelope_literal, envelope_to_stored_binary,
     stored_to_envelope,
 };
-use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Resolution, Shared};
+use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Shared};
 use crate::crypto::Storage;
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::array::{self, ArrayError};
@@ -52,10 +51,12 @@ use crate::sql::{
 use crate::wire::codec::{Frame, read_cstr};
 
 mod lex;
+mod names;
 mod refusal;
 
 pub use lex::LexState;
 use lex::{pg_name, sql_name_key};
+use names::{Names, Space, View, protected};
 use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, internal_slot, refuse, unkeyable};
 pub use refusal::{Refusal, raise_sql};
 
@@ -105,235 +106,6 @@ fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
             ),
         )
     })
-}
-
-/// The two namespaces PostgreSQL keeps per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Space {
-    Statement,
-    Portal,
-}
-
-/// A change to a name that pgveil forwarded and PostgreSQL has not answered.
-#[derive(Debug)]
-struct Change {
-    id: u64,
-    space: Space,
-    name: String,
-    /// What the name refers to once it happens (`None`: nothing protected).
-    value: Option<Arc<Prepared>>,
-    /// The Sync-delimited stretch of messages it was sent in: PostgreSQL
-    /// skips every later message of that stretch when it fails, so for
-    /// those it has certainly happened. `u64::MAX`: never certain (a SQL
-    /// `DEALLOCATE` can fail without skipping what follows).
-    segment: u64,
-}
-
-/// What a name refers to for the message being handled.
-#[derive(Debug)]
-enum View {
-    /// The statement or portal (`None`: nothing protected, or unknown).
-    Known(Option<Arc<Prepared>>),
-    /// A change still unanswered from an earlier Sync could leave the
-    /// name meaning something protected other than what pgveil would
-    /// assume: refused.
-    Ambiguous,
-}
-
-/// pgveil's view of the session's prepared statements and portals that
-/// involve protected tables. A name enters or leaves the maps only when
-/// PostgreSQL confirms it (ParseComplete, BindComplete, CloseComplete, a
-/// Query that ran, a `DEALLOCATE`'s CommandComplete); until then the change
-/// waits in `unresolved`. Names that are not in the maps are unprotected or
-/// do not exist: their messages are forwarded as they are, so pass-through
-/// statements record nothing.
-#[derive(Debug, Default)]
-struct Names {
-    statements: HashMap<String, Arc<Prepared>>,
-    portals: HashMap<String, Arc<Prepared>>,
-    unresolved: VecDeque<Change>,
-    next_id: u64,
-    /// Syncs sent so far.
-    segment: u64,
-}
-
-fn same(a: Option<&Arc<Prepared>>, b: Option<&Arc<Prepared>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
-    }
-}
-
-impl Names {
-    fn map(&mut self, space: Space) -> &mut HashMap<String, Arc<Prepared>> {
-        match space {
-            Space::Statement => &mut self.statements,
-            Space::Portal => &mut self.portals,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.statements.is_empty() && self.portals.is_empty() && self.unresolved.is_empty()
-    }
-
-    /// Apply PostgreSQL's answers (in the order it gave them).
-    fn drain(&mut self, shared: &Shared) {
-        for r in shared.take_resolutions() {
-            self.apply(r);
-        }
-    }
-
-    fn apply(&mut self, r: Resolution) {
-        match r {
-            Resolution::Op(id, ok) => {
-                // Answers come in the order the changes were sent; a change
-                // older than this answer without one of its own did not
-                // happen.
-                while self.unresolved.front().is_some_and(|c| c.id <= id) {
-                    let c = self.unresolved.pop_front().expect("front");
-                    if c.id == id && ok {
-                        match c.value {
-                            Some(v) => self.map(c.space).insert(c.name, v),
-                            None => self.map(c.space).remove(&c.name),
-                        };
-                    }
-                }
-            }
-            Resolution::ForgetAll { portals } => {
-                self.statements.clear();
-                if portals {
-                    self.portals.clear();
-                }
-            }
-            Resolution::ForgetPortals => self.portals.clear(),
-        }
-    }
-
-    /// Record a change that happens when PostgreSQL confirms it; returns
-    /// its id for the pending entry (0: nothing changes, nothing to wait
-    /// for).
-    fn set(&mut self, space: Space, name: &str, value: Option<Arc<Prepared>>) -> u64 {
-        self.set_in(space, name, value, self.segment)
-    }
-
-    fn set_in(
-        &mut self,
-        space: Space,
-        name: &str,
-        value: Option<Arc<Prepared>>,
-        segment: u64,
-    ) -> u64 {
-        let map = match space {
-            Space::Statement => &self.statements,
-            Space::Portal => &self.portals,
-        };
-        let pending = !self.unresolved.is_empty()
-            && self
-                .unresolved
-                .iter()
-                .any(|c| c.space == space && c.name == name);
-        let now = if map.is_empty() { None } else { map.get(name) };
-        // A protected portal is recorded even when the map already holds
-        // it: a ReadyForQuery `I` still on its way may make pgveil forget
-        // the name, and only the confirmation of this Bind (an answer
-        // after that one) puts it back.
-        let rebound = space == Space::Portal && value.is_some();
-        if !pending && !rebound && same(now, value.as_ref()) {
-            return 0;
-        }
-        self.next_id += 1;
-        self.unresolved.push_back(Change {
-            id: self.next_id,
-            space,
-            name: name.to_string(),
-            value,
-            segment,
-        });
-        self.next_id
-    }
-
-    /// What `name` may refer to for a message sent now: the value assumed
-    /// if every change so far happens, and the others it could have.
-    fn possible(&self, space: Space, name: &str) -> (Option<Arc<Prepared>>, Vec<Arc<Prepared>>) {
-        let map = match space {
-            Space::Statement => &self.statements,
-            Space::Portal => &self.portals,
-        };
-        let mut current = if map.is_empty() {
-            None
-        } else {
-            map.get(name).cloned()
-        };
-        let mut others: Vec<Arc<Prepared>> = Vec::new();
-        for c in self
-            .unresolved
-            .iter()
-            .filter(|c| c.space == space && c.name == name)
-        {
-            if c.segment == self.segment {
-                // If it failed, PostgreSQL skips this message too.
-                others.clear();
-            } else {
-                others.extend(current.take());
-            }
-            current = c.value.clone();
-        }
-        (current, others)
-    }
-
-    fn view(&self, space: Space, name: &str) -> View {
-        let (current, others) = self.possible(space, name);
-        if others
-            .iter()
-            .all(|o| current.as_ref().is_some_and(|c| Arc::ptr_eq(c, o)))
-        {
-            View::Known(current)
-        } else {
-            View::Ambiguous
-        }
-    }
-
-    /// Whether `name` may be a statement pgveil prepared with a rewrite
-    /// (known, or still waiting for PostgreSQL's answer).
-    fn may_be_protected(&self, name: &SqlName) -> bool {
-        match name {
-            SqlName::Ident(n) => {
-                let (current, others) = self.possible(Space::Statement, n);
-                current.is_some() || !others.is_empty()
-            }
-            SqlName::Unknown => self.any_statement(),
-        }
-    }
-
-    /// Whether `name` may be a portal pgveil bound for a statement on
-    /// protected tables (known, or still waiting for PostgreSQL's answer).
-    fn may_be_protected_portal(&self, name: &str) -> bool {
-        let (current, others) = self.possible(Space::Portal, name);
-        current.is_some() || !others.is_empty()
-    }
-
-    fn any_portal(&self) -> bool {
-        !self.portals.is_empty()
-            || self
-                .unresolved
-                .iter()
-                .any(|c| c.space == Space::Portal && c.value.is_some())
-    }
-
-    fn any_statement(&self) -> bool {
-        !self.statements.is_empty()
-            || self
-                .unresolved
-                .iter()
-                .any(|c| c.space == Space::Statement && c.value.is_some())
-    }
-}
-
-/// A prepared statement is protected when pgveil rewrites its text or its
-/// COPY data; the others are not recorded.
-fn protected(p: Prepared) -> Option<Arc<Prepared>> {
-    (p.plan.is_some() || p.copy.is_some()).then(|| Arc::new(p))
 }
 
 pub struct Frontend {

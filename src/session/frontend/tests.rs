@@ -4,7 +4,9 @@
 //! PostgreSQL's confirmation, the lone DEALLOCATE/CLOSE reading and the
 //! quoting of the statement that makes PostgreSQL raise a refusal.
 
+use super::names::same;
 use super::*;
+use crate::session::Resolution;
 
 fn status(name: &str, value: &str) -> Vec<u8> {
     [name.as_bytes(), &[0], value.as_bytes(), &[0]].concat()
