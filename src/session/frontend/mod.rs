@@ -53,12 +53,14 @@ use crate::wire::codec::{Frame, read_cstr};
 mod lex;
 mod names;
 mod refusal;
+mod txn;
 
 pub use lex::LexState;
 use lex::{pg_name, sql_name_key};
 use names::{Names, Space, View, protected};
 use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, internal_slot, refuse, unkeyable};
 pub use refusal::{Refusal, raise_sql};
+use txn::ends_transaction;
 
 /// What the relay does after a client frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -1462,32 +1464,6 @@ impl Frontend {
         }
     }
 
-    /// The first statement after a decryption failure inside a transaction
-    /// block (that is not a ROLLBACK): instead of running it, make
-    /// PostgreSQL raise 25P02, which aborts its transaction as the failure
-    /// would have. From then on PostgreSQL itself refuses every statement
-    /// but ROLLBACK, and turns a COMMIT into a rollback.
-    fn abort_transaction(&mut self, f: &Frame, out: &mut BytesMut) {
-        if f.tag == b'Q' && is_commit(f.body()) {
-            // What PostgreSQL does with a COMMIT of a failed transaction.
-            self.shared.push(Pending::query(false, None));
-            m::encode_query(out, "ROLLBACK");
-            return;
-        }
-        let r = refuse(
-            "25P02",
-            "current transaction is aborted by the decryption error above; commands ignored until end of transaction block (ROLLBACK)",
-        );
-        tracing::warn!("statement refused: the transaction failed on a decryption error");
-        // A FunctionCall is answered as a Query is.
-        if matches!(f.tag, b'Q' | b'F') {
-            self.shared.push(Pending::query(false, None));
-            m::encode_query(out, &raise_sql(&r));
-        } else {
-            self.inject_raise(&r, out);
-        }
-    }
-
     fn attr(
         &self,
         entry: &super::CatalogEntry,
@@ -2187,45 +2163,6 @@ fn lone_target(stmt: &str, verb: &str, noise: Option<&str>) -> Option<String> {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
     (name.chars().all(word) && !name.starts_with(|c: char| c.is_ascii_digit() || c == '$'))
         .then(|| name.to_ascii_lowercase())
-}
-
-/// Whether a simple Query is exactly one COMMIT (or END), with optional
-/// WORK/TRANSACTION and semicolons.
-fn is_commit(body: &[u8]) -> bool {
-    matches!(
-        words(body)[..],
-        ["commit" | "end"] | ["commit" | "end", "work" | "transaction"]
-    )
-}
-
-/// Whether a Query or Parse starts with ROLLBACK (or ABORT), which may run
-/// after a failed transaction.
-fn ends_transaction(f: &Frame) -> bool {
-    let text = match f.tag {
-        b'Q' => f.body(),
-        b'P' => match f.body().iter().position(|&c| c == 0) {
-            Some(n) => &f.body()[n + 1..],
-            None => return false,
-        },
-        _ => return false,
-    };
-    matches!(words(text).first(), Some(&("rollback" | "abort")))
-}
-
-/// The whitespace- and `;`-separated words of SQL text (up to its first
-/// NUL), lowercased; non-ASCII text gives no words.
-fn words(text: &[u8]) -> Vec<&'static str> {
-    const KNOWN: [&str; 6] = ["commit", "end", "work", "transaction", "rollback", "abort"];
-    let text = text.split(|&c| c == 0).next().unwrap_or_default();
-    text.split(|c| c.is_ascii_whitespace() || *c == b';')
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            KNOWN
-                .into_iter()
-                .find(|k| k.as_bytes().eq_ignore_ascii_case(w))
-                .unwrap_or("")
-        })
-        .collect()
 }
 
 #[cfg(test)]
