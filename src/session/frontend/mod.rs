@@ -50,9 +50,11 @@ use crate::sql::{
 };
 use crate::wire::codec::{Frame, read_cstr};
 
+mod copy_window;
 mod lex;
 mod names;
 mod refusal;
+mod stream;
 mod txn;
 
 pub use lex::LexState;
@@ -60,6 +62,7 @@ use lex::{pg_name, sql_name_key};
 use names::{Names, Space, View, protected};
 use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, internal_slot, refuse, unkeyable};
 pub use refusal::{Refusal, raise_sql};
+pub use stream::Pass;
 use txn::ends_transaction;
 
 /// What the relay does after a client frame.
@@ -68,16 +71,6 @@ pub enum Flow {
     Continue,
     /// The client sent Terminate.
     Terminate,
-}
-
-/// How a large client message passes without being held
-/// ([`Frontend::stream_large`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    /// Upstream, piece by piece as it arrives.
-    Forward,
-    /// Read and dropped: PostgreSQL would ignore it.
-    Drop,
 }
 
 /// PostgreSQL feeds all CopyData after a simple Query to the first COPY
@@ -209,123 +202,6 @@ impl Frontend {
     /// Charge the rewrite of large statements against `budget`.
     pub fn set_budget(&mut self, budget: Budget) {
         self.budget = budget;
-    }
-
-    /// Charge what planning and rewriting a message of `len` bytes on
-    /// protected tables holds beyond the message itself
-    /// ([`REWRITE_FACTOR`]); refused with 53200 when it does not fit.
-    async fn charge_rewrite(&self, len: usize) -> Result<Option<Charge>, Refusal> {
-        if len <= Budget::FREE_BYTES {
-            return Ok(None);
-        }
-        self.budget
-            .charge(len.saturating_mul(REWRITE_FACTOR))
-            .await
-            .map(Some)
-            .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
-    }
-
-    /// Forward `f` unchanged: appended to `out` when small; a large frame
-    /// is handed to the relay as it is instead (no copy of its bytes).
-    /// Only the last thing a call of [`on_frame`](Self::on_frame) does.
-    fn forward(&mut self, f: &Frame, out: &mut BytesMut) {
-        if f.raw.len() > crate::wire::budget::Budget::FREE_BYTES {
-            self.forward = Some(f.raw.clone());
-        } else {
-            out.extend_from_slice(&f.raw);
-        }
-    }
-
-    /// The large frame [`on_frame`](Self::on_frame) forwards unchanged, to
-    /// be written right after `out`.
-    pub fn take_forward(&mut self) -> Option<Bytes> {
-        self.forward.take()
-    }
-
-    /// A large client message of which only the first bytes (`head`: its
-    /// header and what else was read) have arrived: whether it can go
-    /// upstream as it arrives, in pieces, never held whole. `None`: hold it
-    /// (charged) and hand it to [`on_frame`](Self::on_frame) whole. When it
-    /// passes, the bookkeeping `on_frame` would have done for it is done
-    /// here (keep this in step with `on_frame` and `on_bind`'s forwarding
-    /// paths).
-    ///
-    /// Only messages whose bytes past their first few pgveil would forward
-    /// unread pass: a Bind of a statement whose plan (known since its
-    /// Parse) transforms no parameter, CopyData of a COPY that is not
-    /// encrypted, and any message PostgreSQL will ignore (after an error,
-    /// until Sync; CopyData outside a COPY), which is dropped. A simple
-    /// Query or a Parse is always held: its whole text is read for
-    /// protected names before any of it goes upstream (docs/threat-model.md
-    /// "Memory budget").
-    pub fn stream_large(&mut self, tag: u8, head: &[u8]) -> Option<Pass> {
-        if self.shared.is_broken() {
-            return None;
-        }
-        if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
-            return Some(Pass::Drop);
-        }
-        match tag {
-            b'd' if self.copy_window.is_none() => Some(Pass::Drop),
-            b'd' if self.copy.is_none() => Some(Pass::Forward),
-            b'B' if !self.shared.must_abort() => {
-                let mut b = head.get(5..)?;
-                let (portal, statement) = (read_cstr(&mut b)?, read_cstr(&mut b)?);
-                let unconverted = self.lex.names_unconverted();
-                let portal = pg_name(portal, unconverted)?;
-                let statement = pg_name(statement, unconverted)?;
-                self.names.drain(&self.shared);
-                let prepared = match self.names.view(Space::Statement, statement) {
-                    // Unprotected, or unknown (PostgreSQL reports the error).
-                    View::Known(None) => None,
-                    // COPY: its data is encrypted, its Bind carries none.
-                    View::Known(Some(p)) if p.plan.is_none() => Some(p),
-                    _ => return None,
-                };
-                self.end_copies();
-                let op = self.names.set(Space::Portal, portal, prepared);
-                self.shared.push(Pending::Bind {
-                    internal: false,
-                    op,
-                });
-                Some(Pass::Forward)
-            }
-            _ => None,
-        }
-    }
-
-    /// A client message that did not fit in `limits.max_buffered_bytes`
-    /// was discarded unread: answer it as PostgreSQL answers a statement
-    /// that ran out of memory (53200), in protocol step. Returns false when
-    /// the connection must close instead (a message outside a statement).
-    pub fn refuse_over_budget(&mut self, tag: u8, message: &str, out: &mut BytesMut) -> bool {
-        if self.skip_until_sync {
-            return true;
-        }
-        let r = refuse("53200", message.to_string());
-        match tag {
-            b'Q' => {
-                let ops = self.query_ops(b"");
-                self.refuse_query(&r, ops, out);
-                true
-            }
-            // PostgreSQL skips to Sync after an error; so does the frontend.
-            b'P' | b'B' | b'E' | b'D' | b'C' => {
-                if !self.skip_until_sync {
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
-                }
-                true
-            }
-            // Inside a COPY window: fail that COPY (its later data is then
-            // outside any window and dropped, as PostgreSQL would ignore it).
-            b'd' if self.copy_window.is_some() => {
-                self.fail_copy(r, out);
-                true
-            }
-            b'd' => true,
-            _ => false,
-        }
     }
 
     fn entry(&self) -> Arc<super::CatalogEntry> {
@@ -744,32 +620,6 @@ impl Frontend {
         Flow::Continue
     }
 
-    /// Open `n` COPY windows (the COPY FROM STDIN statements of one Query,
-    /// or the COPY an Execute may start), the first with `transform`.
-    fn open_copies(&mut self, n: usize, transform: Option<CopyIn>) -> Range<u64> {
-        let ids = self.next_copy..self.next_copy + n as u64;
-        self.next_copy = ids.end;
-        if n > 0 {
-            self.copy_window = Some(ids.start);
-            self.copy_rest = ids.start + 1..ids.end;
-            self.copy = transform;
-        }
-        ids
-    }
-
-    /// The client ended the window's COPY (CopyDone or CopyFail): the
-    /// Query's next COPY, if any, reads what follows.
-    fn next_copy_window(&mut self) {
-        self.copy = None;
-        self.copy_window = self.copy_rest.next();
-    }
-
-    fn end_copies(&mut self) {
-        self.copy = None;
-        self.copy_window = None;
-        self.copy_rest = 0..0;
-    }
-
     /// Forward a simple Query as the client sent it: the COPY FROM STDIN
     /// statements PostgreSQL will run for it are counted on its tokens.
     fn pass_query(&mut self, f: &Frame, text: &str, ops: Vec<QueryOp>, out: &mut BytesMut) {
@@ -783,18 +633,6 @@ impl Frontend {
             copy_out: None,
         });
         self.forward(f, out);
-    }
-
-    /// A COPY row that cannot be encrypted aborts the COPY with CopyFail, so
-    /// PostgreSQL rolls it back and reports the reason.
-    /// PostgreSQL leaves COPY at it: the rest of the client's data is not
-    /// forwarded.
-    fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
-        self.end_copies();
-        self.rejected(&e);
-        let s = crate::wire::msg::begin(out, b'f');
-        crate::wire::msg::put_cstr(out, &e.message);
-        crate::wire::msg::finish(out, s);
     }
 
     async fn on_query(&mut self, f: &Frame, out: &mut BytesMut) {
