@@ -50,13 +50,16 @@ use crate::sql::{
 };
 use crate::wire::codec::{Frame, read_cstr};
 
+mod audit;
 mod copy_window;
 mod lex;
 mod names;
 mod refusal;
+mod settle;
 mod stream;
 mod txn;
 
+use audit::{audit_info, copy_audit, merge_audit};
 pub use lex::LexState;
 use lex::{pg_name, sql_name_key};
 use names::{Names, Space, View, protected};
@@ -221,107 +224,6 @@ impl Frontend {
 
     pub fn set_lex_state(&mut self, lex: Arc<LexState>) {
         self.lex = lex;
-    }
-
-    /// Take note of a statement (or a simple query's statements) before it
-    /// is handled: whether it follows an unsettled statement, and whether
-    /// it is one itself. A few tokens per statement; the `;` search only
-    /// runs on simple queries.
-    fn settle(&mut self, sql: &str, simple: bool) -> Option<Refusal> {
-        // Settled once every earlier request has been answered and, after
-        // DDL, the catalog has been re-read (which happens between
-        // statements outside a transaction block: inside one, statements
-        // after DDL on protected tables wait for COMMIT or ROLLBACK).
-        if self.shared.is_idle()
-            && (self.unsettled != batch::Effect::Catalog || !self.engine.is_stale(&self.entry()))
-        {
-            self.unsettled = batch::Effect::None;
-        }
-        self.behind_unsettled = self.unsettled;
-        let mut effect = if simple && sql.contains(';') {
-            crate::sql::split_statements(sql)
-                .into_iter()
-                .map(|r| batch::effect(&sql[r]))
-                .max()
-                .unwrap_or(batch::Effect::None)
-        } else {
-            batch::effect(sql)
-        };
-        // DDL that names no protected table (or view over one) cannot
-        // change what pgveil protects; code (DO, CALL, EXECUTE) might.
-        if effect == batch::Effect::Catalog
-            && !self.entry().analyzer.may_touch_protected(sql)
-            && !batch::runs_code(sql)
-        {
-            effect = batch::Effect::None;
-        }
-        self.unsettled = self.unsettled.max(effect);
-        (self.behind_unsettled == batch::Effect::Catalog && !batch::may_follow_ddl(sql))
-            .then(|| {
-                refuse(
-                    "0A000",
-                    "pgveil: a statement was sent before the result of an earlier statement that can change the catalog (DDL, DO, CALL or EXECUTE): pgveil would plan it against the old catalog, so it refuses; wait for the earlier statement's result (Sync) before sending more",
-                )
-            })
-    }
-
-    /// A statement on protected tables sent behind one that may change
-    /// settings, before that one's result arrived.
-    fn unsettled_refusal(&self) -> Option<Refusal> {
-        (self.behind_unsettled == batch::Effect::Settings).then(|| {
-            refuse(
-                "0A000",
-                "pgveil: a statement on protected tables was sent before the result of an earlier statement that changes how statements are read (SET of search_path, role, session authorization, client_encoding or standard_conforming_strings; DISCARD; RESET): pgveil would plan it against the old settings, so it refuses; wait for the earlier statement's result (Sync) before sending it",
-            )
-        })
-    }
-
-    /// Within one simple query: the first statement that follows a DDL
-    /// statement (anything but transaction control), or that touches
-    /// protected tables after a settings change, is refused with the
-    /// rest of the query.
-    fn batch_refusal(&self, sql: &str, entry: &super::CatalogEntry) -> Option<(usize, Refusal)> {
-        let ranges = crate::sql::split_statements(sql);
-        if ranges.len() < 2 {
-            return None;
-        }
-        let mut after = batch::Effect::None;
-        for (i, r) in ranges.iter().enumerate() {
-            let text = &sql[r.clone()];
-            match after {
-                batch::Effect::Catalog if !batch::may_follow_ddl(text) => {
-                    return Some((
-                        i,
-                        refuse(
-                            "0A000",
-                            format!(
-                                "pgveil: statement {} of this query follows a statement that can change the catalog (DDL, DO, CALL or EXECUTE) in the same query; pgveil plans every statement against the catalog as it was before the query, so it refuses the query: send statements that read or write data in a query of their own after the DDL",
-                                i + 1
-                            ),
-                        ),
-                    ));
-                }
-                batch::Effect::Settings if entry.analyzer.may_touch_protected(text) => {
-                    return Some((
-                        i,
-                        refuse(
-                            "0A000",
-                            format!(
-                                "pgveil: statement {} of this query touches protected tables after a statement that changes how statements are read (search_path, role, session authorization, client_encoding or standard_conforming_strings) in the same query: send that change in a query of its own first",
-                                i + 1
-                            ),
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-            let mut e = batch::effect(text);
-            if e == batch::Effect::None && batch::calls_set_config(text) {
-                e = batch::Effect::Settings;
-            }
-            after = after.max(e);
-        }
-        None
     }
 
     /// Whether the catalog should be reloaded before the next statement
@@ -1878,83 +1780,6 @@ fn client_param_count(rp: &RewritePlan, declared: &[u32]) -> usize {
         .max()
         .unwrap_or(0)
         .max(declared.len())
-}
-
-fn audit_info(rp: &RewritePlan) -> Option<Arc<AuditInfo>> {
-    let mut tables: Vec<String> = Vec::new();
-    let mut columns: Vec<String> = Vec::new();
-    let mut searched = false;
-    let mut reads = false;
-    for (c, u) in &rp.touched {
-        match u {
-            Use::Search => searched = true,
-            Use::Read => reads = true,
-            Use::Write => continue,
-        }
-        let t = format!("{}.{}", c.schema, c.table);
-        if !tables.contains(&t) {
-            tables.push(t);
-        }
-        let col = c.to_string();
-        if !columns.contains(&col) {
-            columns.push(col);
-        }
-    }
-    // A FETCH names no column: the backend records the ones it decrypted.
-    let fetch = rp.kind == crate::sql::StatementKind::Fetch;
-    (searched || reads || fetch).then(|| {
-        Arc::new(AuditInfo {
-            tables,
-            columns,
-            searched,
-            decrypted: false,
-        })
-    })
-}
-
-/// What the audit log records for a COPY TO whose rows are decrypted: the
-/// columns decrypted.
-fn copy_audit(cp: &CopyPlan) -> Option<Arc<AuditInfo>> {
-    let mut tables: Vec<String> = Vec::new();
-    let mut columns: Vec<String> = Vec::new();
-    for d in cp.decrypt.iter().flatten() {
-        let t = format!("{}.{}", d.column.schema, d.column.table);
-        if !tables.contains(&t) {
-            tables.push(t);
-        }
-        let c = d.column.to_string();
-        if !columns.contains(&c) {
-            columns.push(c);
-        }
-    }
-    (!columns.is_empty()).then(|| {
-        Arc::new(AuditInfo {
-            tables,
-            columns,
-            searched: false,
-            decrypted: false,
-        })
-    })
-}
-
-fn merge_audit(acc: &mut Option<AuditInfo>, add: Option<&AuditInfo>) {
-    let Some(add) = add else { return };
-    match acc {
-        None => *acc = Some(add.clone()),
-        Some(a) => {
-            for t in &add.tables {
-                if !a.tables.contains(t) {
-                    a.tables.push(t.clone());
-                }
-            }
-            for c in &add.columns {
-                if !a.columns.contains(c) {
-                    a.columns.push(c.clone());
-                }
-            }
-            a.searched |= add.searched;
-        }
-    }
 }
 
 fn plan_kind(p: &StatementPlan) -> &'static str {
