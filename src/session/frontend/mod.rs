@@ -36,17 +36,13 @@ pub const COPY_FACTOR: usize = 3;
 
 use super::copy::CopyIn;
 use super::messages::{self as m, BindMsg, ParseMsg};
-use super::values::{
-    ValueError, array_literal, bytea_literal, envelope_literal, envelope_to_stored_binary,
-    stored_to_envelope,
-};
+use super::values::{ValueError, envelope_to_stored_binary, stored_to_envelope};
 use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Shared};
-use crate::crypto::Storage;
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::array::{self, ArrayError};
 use crate::sql::{
-    ArrayTenant, ColumnRef, CopyDirection, CopyPlan, LiteralSlot, Mode, ParamAction, RewritePlan,
-    SlotOp, SqlName, StatementPlan, TenantSource, Use, batch,
+    ArrayTenant, ColumnRef, CopyDirection, CopyPlan, Mode, ParamAction, RewritePlan, SqlName,
+    StatementPlan, TenantSource, Use, batch,
 };
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -55,15 +51,17 @@ mod copy_window;
 mod lex;
 mod names;
 mod refusal;
+mod render;
 mod settle;
+mod sql_names;
 mod stream;
 mod txn;
 
 use audit::{audit_info, copy_audit, merge_audit};
 pub use lex::LexState;
-use lex::{pg_name, sql_name_key};
+use lex::pg_name;
 use names::{Names, Space, View, protected};
-use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, internal_slot, refuse, unkeyable};
+use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, refuse, unkeyable};
 pub use refusal::{Refusal, raise_sql};
 pub use stream::Pass;
 use txn::ends_transaction;
@@ -702,163 +700,6 @@ impl Frontend {
         m::encode_query(out, &sent);
     }
 
-    /// The statement and portal map changes a simple Query makes once
-    /// PostgreSQL runs it: it drops the unnamed statement and portal when
-    /// it starts, and a lone `DEALLOCATE name` drops that statement when it
-    /// completes (several statements: left alone, see below).
-    fn query_ops(&mut self, text: &[u8]) -> Vec<QueryOp> {
-        if self.names.is_empty() {
-            return Vec::new();
-        }
-        self.names.drain(&self.shared);
-        let mut ops = Vec::new();
-        // Each DEALLOCATE CommandComplete confirms one change, so they are
-        // recorded only for a Query of one statement, where nothing can
-        // pair the wrong one. A name left in the map after a DEALLOCATE
-        // pgveil did not follow is only stale: a Bind of it is rewritten
-        // and PostgreSQL reports that the statement does not exist.
-        // A lone `CLOSE name` likewise drops one portal (a protocol one
-        // too); a name left after a CLOSE pgveil did not follow (in a
-        // batch, in a function) is only stale: every Execute of a portal
-        // pgveil bound is described right before it runs (see `on_frame`).
-        if let Ok(sql) = std::str::from_utf8(text)
-            && let [r] = &crate::sql::split_statements(sql)[..]
-        {
-            let stmt = &sql[r.clone()];
-            let lone = [
-                (Space::Statement, "DEALLOCATE", deallocated(stmt)),
-                (Space::Portal, "CLOSE CURSOR", closed_cursor(stmt)),
-            ];
-            for (space, tag, name) in lone {
-                if let Some(name) = name
-                    && let Some(name) = sql_name_key(&name)
-                {
-                    let id = self.names.set_in(space, name, None, u64::MAX);
-                    ops.push(QueryOp {
-                        id,
-                        confirmed_by: Some(tag),
-                    });
-                }
-            }
-        }
-        for space in [Space::Statement, Space::Portal] {
-            let id = self.names.set(space, "", None);
-            if id != 0 {
-                ops.push(QueryOp {
-                    id,
-                    confirmed_by: None,
-                });
-            }
-        }
-        ops
-    }
-
-    /// Refuse SQL `EXECUTE` (also in `EXPLAIN` and `CREATE TABLE … AS`) of
-    /// a statement pgveil prepared with a rewrite, known or still waiting
-    /// for PostgreSQL's answer: its parameters would reach PostgreSQL as
-    /// written, where pgveil's rewrite expects ciphertext, and its rows
-    /// would not be decrypted. Only looked at when the session has
-    /// prepared something protected, after a byte scan for the word.
-    fn sql_execute(&mut self, text: &[u8]) -> Option<Refusal> {
-        if self.names.is_empty() {
-            return None;
-        }
-        let sql = String::from_utf8_lossy(text);
-        if !crate::sql::mentions_execute(&sql) {
-            return None;
-        }
-        self.names.drain(&self.shared);
-        if !self.names.any_statement() {
-            return None;
-        }
-        // Where PostgreSQL might read the text differently (see
-        // `LexState`), any EXECUTE counts.
-        let unsure = std::str::from_utf8(text).is_err()
-            || !self.lex.standard_strings.load(Ordering::SeqCst)
-            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst));
-        let hit = if unsure {
-            Some(SqlName::Unknown)
-        } else {
-            crate::sql::names_after_execute(&sql)
-                .into_iter()
-                .map(|n| match n {
-                    // Keyed as PostgreSQL keys it; a long non-ASCII name
-                    // could be any.
-                    SqlName::Ident(i) => match sql_name_key(&i) {
-                        Some(k) => SqlName::Ident(k.to_string()),
-                        None => SqlName::Unknown,
-                    },
-                    u => u,
-                })
-                .find(|n| self.names.may_be_protected(n))
-        }?;
-        let name = match &hit {
-            SqlName::Ident(n) => format!("\"{n}\""),
-            SqlName::Unknown => "(a name pgveil cannot read)".into(),
-        };
-        Some(refuse(
-            "0A000",
-            format!(
-                "pgveil: SQL-level EXECUTE of prepared statement {name}, which involves protected tables, is not supported: use the protocol-level Bind/Execute of your driver's prepared statements instead"
-            ),
-        ))
-    }
-
-    /// SQL `FETCH` from a portal pgveil bound for a statement on protected
-    /// tables: its rows are not planned (not matched to the portal's row
-    /// shape), so blind indexes would not be masked for roles that may not
-    /// search them, and nothing would be decrypted. Refused; the protocol's
-    /// Execute with a row limit fetches from such a portal.
-    fn sql_fetch(&mut self, text: &[u8]) -> Option<Refusal> {
-        if self.names.is_empty() {
-            return None;
-        }
-        let sql = String::from_utf8_lossy(text);
-        if !sql
-            .as_bytes()
-            .windows(5)
-            .any(|w| w.eq_ignore_ascii_case(b"fetch"))
-        {
-            return None;
-        }
-        self.names.drain(&self.shared);
-        if !self.names.any_portal() {
-            return None;
-        }
-        let unsure = std::str::from_utf8(text).is_err()
-            || !self.lex.standard_strings.load(Ordering::SeqCst)
-            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst));
-        // Any identifier may be the cursor name: every one is checked.
-        let hit = unsure
-            || crate::sql::pglex::tokens(&sql).iter().any(|t| {
-                let name = match t.kind {
-                    crate::sql::pglex::Kind::Ident => {
-                        // A span inside a character (lexer junk): unsure.
-                        Some(
-                            sql.get(t.span.clone())
-                                .map_or_else(|| "\u{0}".to_string(), str::to_ascii_lowercase),
-                        )
-                    }
-                    crate::sql::pglex::Kind::QuotedIdent
-                    | crate::sql::pglex::Kind::UnicodeIdent => crate::sql::pglex::value(&sql, t),
-                    _ => None,
-                };
-                name.is_some_and(|n| {
-                    n == "\u{0}"
-                        || match sql_name_key(&n) {
-                            Some(k) => self.names.may_be_protected_portal(k),
-                            None => true,
-                        }
-                })
-            });
-        hit.then(|| {
-            refuse(
-                "0A000",
-                "pgveil: SQL FETCH from a portal bound to a statement on protected tables is not supported: fetch its rows with the protocol's Execute and a row limit (your driver's fetch size), or DECLARE a cursor in SQL",
-            )
-        })
-    }
-
     /// The result formats for a simple-query SELECT to run as Parse, Bind,
     /// Describe, Execute, Sync: binary for the protected `bytea` columns
     /// this role decrypts, text for the rest; `None` to send it as it came.
@@ -1200,140 +1041,6 @@ impl Frontend {
             Err(r) => {
                 self.rejected(&r);
                 self.inject_raise(&r, out);
-            }
-        }
-    }
-
-    fn attr(
-        &self,
-        entry: &super::CatalogEntry,
-        c: &ColumnRef,
-    ) -> Result<Arc<ProtectedAttr>, Refusal> {
-        entry.column(c).cloned().ok_or_else(|| {
-            refuse(
-                "0A000",
-                format!(
-                    "pgveil: protected column {c} is not in the database catalog as the policy expects: run `pgveil policy check --database …` and apply the fixes it prints"
-                ),
-            )
-        })
-    }
-
-    /// Render a rewritten statement, encrypting its literal slots. With
-    /// `extended`, a literal whose tenant is a parameter cannot be encrypted
-    /// before Bind: it becomes an appended parameter, and the indices of
-    /// such slots are returned.
-    async fn render(
-        &mut self,
-        rp: &RewritePlan,
-        extended: bool,
-    ) -> Result<(String, Vec<usize>), Refusal> {
-        if rp.kind == crate::sql::StatementKind::Declare {
-            self.protected_cursors = true;
-        }
-        let entry = self.entry();
-        let mut rendered = Vec::with_capacity(rp.literals.len());
-        let mut deferred = Vec::new();
-        for (i, slot) in rp.literals.iter().enumerate() {
-            if extended
-                && slot.value.is_some()
-                && slot.op == SlotOp::Encrypt
-                && matches!(slot.tenant, TenantSource::Param(_))
-            {
-                deferred.push(i);
-                rendered.push(format!("${}", rp.params.len() + deferred.len()));
-                continue;
-            }
-            rendered.push(self.render_literal(&entry, slot).await?);
-        }
-        Ok((rp.render(|i, _| rendered[i].clone()), deferred))
-    }
-
-    async fn render_literal(
-        &self,
-        entry: &super::CatalogEntry,
-        slot: &LiteralSlot,
-    ) -> Result<String, Refusal> {
-        let Some(value) = &slot.value else {
-            return Ok("NULL".into());
-        };
-        let attr = self.attr(entry, &slot.target)?;
-        match slot.op {
-            SlotOp::Encrypt => {
-                let tenant = match &slot.tenant {
-                    TenantSource::None => None,
-                    TenantSource::Literal(t) => Some(t.clone()),
-                    // Simple protocol has no parameters; extended defers.
-                    TenantSource::Param(_) => None,
-                };
-                let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
-                let env = self
-                    .engine
-                    .crypto
-                    .encrypt(&attr, tenant.as_deref(), &canonical)
-                    .await?;
-                Ok(envelope_literal(attr.storage, &env))
-            }
-            SlotOp::BlindIndex | SlotOp::BlindIndexNext => {
-                let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
-                let idx = self.engine.crypto.blind_index(
-                    &attr,
-                    slot.op == SlotOp::BlindIndexNext,
-                    &canonical,
-                )?;
-                Ok(bytea_literal(&idx))
-            }
-            SlotOp::EncryptArray => {
-                let items = array::parse_text(value).map_err(|_| internal_slot())?;
-                let mut out = Vec::with_capacity(items.len());
-                for (i, it) in items.iter().enumerate() {
-                    out.push(match it {
-                        None => None,
-                        Some(v) => {
-                            let tenant = match slot.tenants.get(i) {
-                                Some(TenantSource::Literal(t)) => Some(t.as_str()),
-                                _ if attr.tenant.is_some() => return Err(internal_slot()),
-                                _ => None,
-                            };
-                            let canonical = self.engine.crypto.canonical(&attr, 0, v.as_bytes())?;
-                            let env = self
-                                .engine
-                                .crypto
-                                .encrypt(&attr, tenant, &canonical)
-                                .await?;
-                            Some(env)
-                        }
-                    });
-                }
-                Ok(array_literal(attr.storage, &out))
-            }
-            SlotOp::BlindIndexArray | SlotOp::BlindIndexNextArray => {
-                let items = array::parse_text(value).map_err(|_| internal_slot())?;
-                let mut out = Vec::with_capacity(items.len());
-                for it in &items {
-                    out.push(match it {
-                        None => None,
-                        Some(v) => {
-                            let canonical = self.engine.crypto.canonical(&attr, 0, v.as_bytes())?;
-                            let idx = self.engine.crypto.blind_index(
-                                &attr,
-                                slot.op == SlotOp::BlindIndexNextArray,
-                                &canonical,
-                            )?;
-                            Some(idx.to_vec())
-                        }
-                    });
-                }
-                Ok(array_literal(Storage::Bytea, &out))
-            }
-            SlotOp::RequireEnvelope => {
-                let env =
-                    stored_to_envelope(attr.storage, 0, value.as_bytes()).ok_or_else(|| {
-                        ValueError::NotEnvelope {
-                            column: attr.column.to_string(),
-                        }
-                    })?;
-                Ok(envelope_literal(attr.storage, &env))
             }
         }
     }
@@ -1789,43 +1496,6 @@ fn plan_kind(p: &StatementPlan) -> &'static str {
         StatementPlan::Copy(_) => "copy",
         StatementPlan::Reject { .. } => "reject",
     }
-}
-
-/// The statement a lone `DEALLOCATE [PREPARE] name` drops (`None` for
-/// `DEALLOCATE ALL`, which its CommandComplete tag reports, and for
-/// anything pgveil does not read with certainty).
-fn deallocated(stmt: &str) -> Option<String> {
-    lone_target(stmt, "deallocate", Some("prepare"))
-}
-
-/// The portal a statement that is exactly `CLOSE name` closes (not
-/// `CLOSE ALL`, which the backend follows by its tag), as PostgreSQL keys
-/// it; `None` for any other form (comments, odd quoting).
-fn closed_cursor(stmt: &str) -> Option<String> {
-    lone_target(stmt, "close", None)
-}
-
-/// The name in a statement that is exactly `verb [noise] name`, with the
-/// name a plain or double-quoted identifier, folded as PostgreSQL folds
-/// it; `None` for `ALL` and for anything else.
-fn lone_target(stmt: &str, verb: &str, noise: Option<&str>) -> Option<String> {
-    let mut w = stmt.split_ascii_whitespace();
-    if !w.next()?.eq_ignore_ascii_case(verb) {
-        return None;
-    }
-    let mut name = w.next()?;
-    if noise.is_some_and(|n| name.eq_ignore_ascii_case(n)) {
-        name = w.next()?;
-    }
-    if w.next().is_some() || name.eq_ignore_ascii_case("all") {
-        return None;
-    }
-    if let Some(q) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
-        return (!q.is_empty()).then(|| q.replace("\"\"", "\""));
-    }
-    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
-    (name.chars().all(word) && !name.starts_with(|c: char| c.is_ascii_digit() || c == '$'))
-        .then(|| name.to_ascii_lowercase())
 }
 
 #[cfg(test)]

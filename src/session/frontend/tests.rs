@@ -5,6 +5,7 @@
 //! quoting of the statement that makes PostgreSQL raise a refusal.
 
 use super::names::same;
+use super::sql_names::{closed_cursor, deallocated};
 use super::txn::{ends_transaction, is_commit};
 use super::*;
 use crate::session::Resolution;
