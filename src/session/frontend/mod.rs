@@ -35,14 +35,13 @@ pub const ANSWERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const COPY_FACTOR: usize = 3;
 
 use super::copy::CopyIn;
-use super::messages::{self as m, BindMsg, ParseMsg};
+use super::messages::{self as m, BindMsg};
 use super::values::{ValueError, envelope_to_stored_binary, stored_to_envelope};
-use super::{AuditInfo, Identity, Pending, Prepared, QueryOp, Shared};
+use super::{AuditInfo, Identity, Pending, Prepared, Shared};
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::array::{self, ArrayError};
 use crate::sql::{
-    ArrayTenant, ColumnRef, CopyDirection, CopyPlan, Mode, ParamAction, RewritePlan, SqlName,
-    StatementPlan, TenantSource, Use, batch,
+    ArrayTenant, ColumnRef, CopyDirection, ParamAction, RewritePlan, SqlName, TenantSource, batch,
 };
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -50,18 +49,20 @@ mod audit;
 mod copy_window;
 mod lex;
 mod names;
+mod parse;
 mod refusal;
 mod render;
 mod settle;
+mod simple;
 mod sql_names;
 mod stream;
 mod txn;
 
-use audit::{audit_info, copy_audit, merge_audit};
+use audit::{audit_info, copy_audit};
 pub use lex::LexState;
 use lex::pg_name;
-use names::{Names, Space, View, protected};
-use refusal::{FUNCTION_CALL, NOT_UTF8, ambiguous, refuse, unkeyable};
+use names::{Names, Space, View};
+use refusal::{FUNCTION_CALL, ambiguous, refuse, unkeyable};
 pub use refusal::{Refusal, raise_sql};
 pub use stream::Pass;
 use txn::ends_transaction;
@@ -72,36 +73,6 @@ pub enum Flow {
     Continue,
     /// The client sent Terminate.
     Terminate,
-}
-
-/// PostgreSQL feeds all CopyData after a simple Query to the first COPY
-/// FROM STDIN that runs, then the rest to the next: pgveil transforms rows
-/// only when a protected COPY FROM is the one COPY of its Query. Likewise
-/// a COPY TO STDOUT whose rows pgveil decrypts is the one COPY of its
-/// Query, so that its CopyOutResponse is the only one.
-fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
-    let cp = plans.iter().find_map(|p| match p {
-        StatementPlan::Copy(cp) if cp.direction == CopyDirection::In || cp.decrypts() => Some(cp),
-        _ => None,
-    })?;
-    let copies = crate::sql::split_statements(sql)
-        .into_iter()
-        .filter(|r| super::copy::is_copy_statement(&sql[r.clone()]))
-        .count();
-    (copies > 1).then(|| {
-        refuse(
-            "0A000",
-            format!(
-                "pgveil: COPY {} {} must be the only COPY in its query: send each COPY as a query of its own",
-                cp.qualified(),
-                if cp.direction == CopyDirection::In {
-                    "FROM STDIN"
-                } else {
-                    "TO STDOUT"
-                }
-            ),
-        )
-    })
 }
 
 pub struct Frontend {
@@ -518,420 +489,6 @@ impl Frontend {
             _ => self.forward(&f, out),
         }
         Flow::Continue
-    }
-
-    /// Forward a simple Query as the client sent it: the COPY FROM STDIN
-    /// statements PostgreSQL will run for it are counted on its tokens.
-    fn pass_query(&mut self, f: &Frame, text: &str, ops: Vec<QueryOp>, out: &mut BytesMut) {
-        crate::metrics::hot().statements_passthrough.increment(1);
-        let copies = self.open_copies(super::copy::copies_from_stdin(text), None);
-        self.shared.push(Pending::Query {
-            protected: false,
-            audit: None,
-            ops,
-            copies,
-            copy_out: None,
-        });
-        self.forward(f, out);
-    }
-
-    async fn on_query(&mut self, f: &Frame, out: &mut BytesMut) {
-        let body = f.body();
-        let text = &body[..body.len().saturating_sub(1)];
-        let entry = self.entry();
-        // The map changes this Query makes (none, and no allocation, while
-        // the session has nothing protected prepared).
-        let ops = self.query_ops(text);
-        if let Some(r) = self.sql_execute(text).or_else(|| self.sql_fetch(text)) {
-            self.refuse_query(&r, ops, out);
-            return;
-        }
-        let Ok(sql) = std::str::from_utf8(text) else {
-            // Not UTF-8 (another client_encoding): the statement cannot be
-            // analysed, so it may only go through if even a lossy reading
-            // names no protected table.
-            let lossy = String::from_utf8_lossy(text);
-            if entry.analyzer.may_touch_protected(&lossy) {
-                let r = refuse("22021", NOT_UTF8);
-                self.refuse_query(&r, ops, out);
-            } else {
-                self.pass_query(f, &lossy, ops, out);
-            }
-            return;
-        };
-        if let Some(r) = self.settle(sql, true) {
-            self.refuse_query(&r, ops, out);
-            return;
-        }
-        if !entry.analyzer.may_touch_protected(sql) {
-            self.pass_query(f, sql, ops, out);
-            return;
-        }
-        self.await_answers_for(sql).await;
-        if let Some(r) = self
-            .unsettled_refusal()
-            .or_else(|| self.read_differently(sql))
-        {
-            self.refuse_query(&r, ops, out);
-            return;
-        }
-        self.rewrite_charge = match self.charge_rewrite(sql.len()).await {
-            Ok(c) => c,
-            Err(r) => {
-                self.refuse_query(&r, ops, out);
-                return;
-            }
-        };
-        let plans = entry.plan(sql, &self.id.login_role, Mode::Simple);
-        if let Some(r) = copy_not_alone(sql, &plans) {
-            // Refused whole: no COPY runs, the client's CopyData for it
-            // stays here.
-            self.refuse_query(&r, ops, out);
-            return;
-        }
-        let barrier = self.batch_refusal(sql, &entry);
-        let mut parts: Vec<String> = Vec::with_capacity(plans.len());
-        let mut audit: Option<AuditInfo> = None;
-        let mut refused = false;
-        let mut transform: Option<CopyIn> = None;
-        let mut copy_out: Option<Arc<CopyPlan>> = None;
-        for (i, plan) in plans.iter().enumerate() {
-            if let Some((at, r)) = &barrier
-                && *at == i
-            {
-                parts.push(raise_sql(r));
-                self.rejected(r);
-                refused = true;
-                break;
-            }
-            match plan {
-                StatementPlan::Passthrough { sql } => parts.push(sql.clone()),
-                StatementPlan::Rewrite(rp) => match self.render(rp, false).await {
-                    Ok((s, _)) => {
-                        merge_audit(&mut audit, audit_info(rp).as_deref());
-                        parts.push(s)
-                    }
-                    Err(r) => {
-                        parts.push(raise_sql(&r));
-                        self.rejected(&r);
-                        refused = true;
-                        break;
-                    }
-                },
-                StatementPlan::Copy(cp) => {
-                    if cp.direction == CopyDirection::In {
-                        if cp.format == crate::sql::CopyFormat::Binary {
-                            let r = refuse(
-                                "0A000",
-                                format!(
-                                    "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
-                                    cp.schema, cp.table
-                                ),
-                            );
-                            parts.push(raise_sql(&r));
-                            self.rejected(&r);
-                            refused = true;
-                            break;
-                        }
-                        transform = Some(CopyIn::new(
-                            Arc::new(cp.clone()),
-                            entry.clone(),
-                            self.max_message,
-                        ));
-                    }
-                    if cp.decrypts() {
-                        merge_audit(&mut audit, copy_audit(cp).as_deref());
-                        copy_out = Some(Arc::new(cp.clone()));
-                    }
-                    parts.push(cp.sql.clone());
-                }
-                StatementPlan::Reject { sqlstate, message } => {
-                    let r = refuse(sqlstate, message.clone());
-                    parts.push(raise_sql(&r));
-                    self.rejected(&r);
-                    refused = true;
-                    break;
-                }
-            }
-        }
-        crate::metrics::hot().statements_rewritten.increment(1);
-        if let ([StatementPlan::Rewrite(rp)], [sql], false) = (&plans[..], &parts[..], refused)
-            && self.shared.is_idle()
-            && transform.is_none()
-            && let Some(result_formats) = self.binary_result_formats(rp, &entry)
-        {
-            // One round trip, as the simple Query would have been.
-            self.parse_bind_unnamed(sql.clone(), result_formats, out);
-            m::encode_describe(out, b'P', "");
-            self.shared.push(Pending::ResultShape);
-            m::encode_execute(out, "", 0);
-            m::encode_sync(out);
-            self.shared.push(Pending::Query {
-                protected: true,
-                audit: audit.map(Arc::new),
-                ops,
-                copies: 0..0,
-                copy_out: None,
-            });
-            return;
-        }
-        // The COPYs PostgreSQL will run, counted on the text sent (a
-        // refusal ends the Query before any COPY after it). A protected
-        // COPY is the only COPY of its Query (`copy_not_alone`), so its
-        // rows are the data of the one COPY window.
-        let sent = parts.join(";\n");
-        let n = super::copy::copies_from_stdin(&sent);
-        if transform.is_some() && n != 1 {
-            let r = refuse(
-                "0A000",
-                "pgveil: the COPY statements of this query could not be matched to their data: send each COPY as a query of its own",
-            );
-            self.refuse_query(&r, ops, out);
-            return;
-        }
-        let copies = self.open_copies(n, transform);
-        self.shared.push(Pending::Query {
-            protected: true,
-            audit: audit.map(Arc::new),
-            ops,
-            copies,
-            copy_out,
-        });
-        m::encode_query(out, &sent);
-    }
-
-    /// The result formats for a simple-query SELECT to run as Parse, Bind,
-    /// Describe, Execute, Sync: binary for the protected `bytea` columns
-    /// this role decrypts, text for the rest; `None` to send it as it came.
-    /// PostgreSQL spends more time writing bytea as hex than reading the
-    /// row, and hex doubles the bytes that cross the socket and that pgveil
-    /// decodes.
-    ///
-    /// Only for a plain SELECT whose output columns the analyzer can map
-    /// ([`RewritePlan::result_columns`]): the formats must be known at Bind,
-    /// before the RowDescription; the backend side checks the
-    /// RowDescription against them. The extended protocol runs one
-    /// statement as a simple Query would (same implicit transaction, same
-    /// errors; PostgreSQL drops the unnamed statement and portal on a
-    /// simple Query anyway), and the client sees the simple Query's
-    /// messages: RowDescription, DataRows in text, CommandComplete,
-    /// ReadyForQuery.
-    fn binary_result_formats(
-        &self,
-        rp: &RewritePlan,
-        entry: &super::CatalogEntry,
-    ) -> Option<Vec<i16>> {
-        // A lookup through a blind index returns a few rows, and the
-        // extended protocol costs PostgreSQL more per statement than it
-        // saves on a few values (about 8% of a one-row lookup's throughput).
-        if rp.kind != crate::sql::StatementKind::Select
-            || rp.touched.iter().any(|(_, u)| *u == Use::Search)
-        {
-            return None;
-        }
-        let policy = &self.engine.policy;
-        let formats: Vec<i16> = rp
-            .result_columns
-            .as_ref()?
-            .iter()
-            .map(|c| {
-                let binary = c.as_ref().and_then(|c| entry.column(c)).is_some_and(|a| {
-                    a.storage == crate::crypto::Storage::Bytea
-                        && policy
-                            .column_access(&self.id.login_role, &a.policy)
-                            .is_some_and(|x| x.read_plaintext)
-                });
-                i16::from(binary)
-            })
-            .collect();
-        formats.contains(&1).then_some(formats)
-    }
-
-    async fn on_parse(&mut self, f: &Frame, out: &mut BytesMut) {
-        // Hot path: read the name and text in place; a statement that
-        // touches no protected table is recorded and forwarded untouched.
-        let mut b = f.body();
-        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) {
-            let Some(name) = pg_name(name, self.lex.names_unconverted()) else {
-                let r = unkeyable("statement");
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            };
-            if let Some(r) = self.settle(query, false) {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            }
-            if let Some(r) = self
-                .sql_execute(query.as_bytes())
-                .or_else(|| self.sql_fetch(query.as_bytes()))
-            {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            }
-            if !self.entry().analyzer.may_touch_protected(query) {
-                crate::metrics::hot().statements_passthrough.increment(1);
-                let op = self.names.set(Space::Statement, name, None);
-                self.shared.push(Pending::Parse {
-                    internal: false,
-                    op,
-                });
-                self.forward(f, out);
-                return;
-            }
-        }
-        let Some(mut parse) = ParseMsg::decode(f.body()) else {
-            // Malformed or not UTF-8: it cannot be analysed. If even a lossy
-            // reading names no protected table, PostgreSQL judges it;
-            // otherwise it is refused here and never goes upstream.
-            let lossy = String::from_utf8_lossy(f.body());
-            let suspect = self.entry().analyzer.may_touch_protected(&lossy)
-                || (crate::sql::mentions_execute(&lossy) && self.names.any_statement());
-            if !suspect {
-                self.shared.push(Pending::Parse {
-                    internal: false,
-                    op: 0,
-                });
-                self.forward(f, out);
-                return;
-            }
-            let r = if std::str::from_utf8(f.body()).is_err() {
-                refuse("22021", NOT_UTF8)
-            } else {
-                refuse("08P01", "pgveil: invalid Parse message")
-            };
-            // The client's statement never reaches PostgreSQL: its name
-            // keeps what it had.
-            self.rejected(&r);
-            self.inject_raise(&r, out);
-            return;
-        };
-        // Keyed as PostgreSQL keys it (the hot path above refused names it
-        // cannot key); the name sent upstream stays the client's.
-        let key = pg_name(&parse.name, self.lex.names_unconverted())
-            .unwrap_or_default()
-            .to_string();
-        let entry = self.entry();
-        if !entry.analyzer.may_touch_protected(&parse.query) {
-            crate::metrics::hot().statements_passthrough.increment(1);
-            let op = self.names.set(Space::Statement, &key, None);
-            self.shared.push(Pending::Parse {
-                internal: false,
-                op,
-            });
-            self.forward(f, out);
-            return;
-        }
-        self.await_answers_for(&parse.query).await;
-        if let Some(r) = self
-            .unsettled_refusal()
-            .or_else(|| self.read_differently(&parse.query))
-        {
-            self.rejected(&r);
-            self.inject_raise(&r, out);
-            return;
-        }
-        self.rewrite_charge = match self.charge_rewrite(parse.query.len()).await {
-            Ok(c) => c,
-            Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            }
-        };
-        let plans = entry.plan(
-            &parse.query,
-            &self.id.login_role,
-            Mode::Extended {
-                param_types: &parse.param_types,
-            },
-        );
-        tracing::debug!(
-            statement = %parse.name,
-            plan = plans.first().map(plan_kind).unwrap_or("none"),
-            "parse planned"
-        );
-        let result: Result<(String, Vec<u32>, Prepared), Refusal> = match plans.first() {
-            None | Some(StatementPlan::Passthrough { .. }) => Ok((
-                parse.query.clone(),
-                parse.param_types.clone(),
-                Prepared {
-                    plan: None,
-                    deferred_literals: vec![],
-                    copy: None,
-                    client_params: parse.param_types.len(),
-                    declared: parse.param_types.clone(),
-                },
-            )),
-            Some(StatementPlan::Rewrite(rp)) => match self.render(rp, true).await {
-                Ok((sql, deferred)) => Ok((
-                    sql,
-                    rp.parse_param_types
-                        .iter()
-                        .copied()
-                        .chain(deferred.iter().map(|_| 0))
-                        .collect(),
-                    Prepared {
-                        client_params: client_param_count(rp, &parse.param_types),
-                        declared: parse.param_types.clone(),
-                        plan: Some(Arc::new(rp.clone())),
-                        copy: None,
-                        deferred_literals: deferred,
-                    },
-                )),
-                Err(r) => Err(r),
-            },
-            Some(StatementPlan::Copy(cp)) => {
-                if cp.direction == CopyDirection::In && cp.format == crate::sql::CopyFormat::Binary
-                {
-                    Err(refuse(
-                        "0A000",
-                        format!(
-                            "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
-                            cp.schema, cp.table
-                        ),
-                    ))
-                } else {
-                    Ok((
-                        cp.sql.clone(),
-                        Vec::new(),
-                        Prepared {
-                            plan: None,
-                            deferred_literals: vec![],
-                            copy: Some(Arc::new(cp.clone())),
-                            client_params: 0,
-                            declared: vec![],
-                        },
-                    ))
-                }
-            }
-            Some(StatementPlan::Reject { sqlstate, message }) => {
-                Err(refuse(sqlstate, message.clone()))
-            }
-        };
-        match result {
-            Ok((sql, types, prepared)) => {
-                crate::metrics::hot().statements_rewritten.increment(1);
-                self.names.drain(&self.shared);
-                let op = self.names.set(Space::Statement, &key, protected(prepared));
-                self.shared.push(Pending::Parse {
-                    internal: false,
-                    op,
-                });
-                ParseMsg {
-                    name: std::mem::take(&mut parse.name),
-                    query: sql,
-                    param_types: types,
-                }
-                .encode(out);
-            }
-            Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-            }
-        }
     }
 
     async fn on_bind(&mut self, f: &Frame, out: &mut BytesMut) {
@@ -1477,24 +1034,6 @@ impl Frontend {
                 })
             }
         }
-    }
-}
-
-fn client_param_count(rp: &RewritePlan, declared: &[u32]) -> usize {
-    rp.params
-        .iter()
-        .map(|p| p.orig() + 1)
-        .max()
-        .unwrap_or(0)
-        .max(declared.len())
-}
-
-fn plan_kind(p: &StatementPlan) -> &'static str {
-    match p {
-        StatementPlan::Passthrough { .. } => "passthrough",
-        StatementPlan::Rewrite(_) => "rewrite",
-        StatementPlan::Copy(_) => "copy",
-        StatementPlan::Reject { .. } => "reject",
     }
 }
 
