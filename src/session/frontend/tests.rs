@@ -4,11 +4,17 @@
 //! PostgreSQL's confirmation, the lone DEALLOCATE/CLOSE reading and the
 //! quoting of the statement that makes PostgreSQL raise a refusal.
 
-use super::names::same;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::LexState;
+use super::names::{Names, Space, View, same};
+use super::refusal::{raise_sql, refuse};
 use super::sql_names::{closed_cursor, deallocated};
 use super::txn::{ends_transaction, is_commit};
-use super::*;
-use crate::session::Resolution;
+use crate::session::{Prepared, Resolution};
+use crate::sql::SqlName;
+use crate::wire::codec::Frame;
 
 fn status(name: &str, value: &str) -> Vec<u8> {
     [name.as_bytes(), &[0], value.as_bytes(), &[0]].concat()
