@@ -14,9 +14,11 @@ pub mod backend;
 pub mod catalog;
 pub mod copy;
 pub mod copy_out;
+pub mod engine;
 pub mod frontend;
 pub mod messages;
 pub mod pending;
+mod plan_cache;
 pub mod rows;
 pub mod values;
 
@@ -24,7 +26,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use catalog::{CatalogEntry, Engine};
+pub use catalog::CatalogEntry;
+pub use engine::Engine;
 pub use pending::{Kind, Pending, QueryOp, Resolution};
 // Defined where the audit log needs them, which must not depend on sessions.
 pub use crate::audit::{AuditInfo, Identity};
