@@ -7,8 +7,11 @@
 //! - `backend`: server → client, matches each response to the request that
 //!   caused it (a FIFO of [`Pending`] entries), rewrites RowDescription and
 //!   ParameterDescription types, decrypts DataRow fields.
+//! - `pending`: the FIFO of [`Pending`] replies expected from PostgreSQL,
+//!   and the [`Resolution`]s of the frontend's statement/portal map changes.
 //! - `values`: the bridge to `crate::crypto` and `crate::keys`.
-//! - `catalog`: the per-database catalog and plan cache.
+//! - `engine`: process-wide state, the catalogs per database.
+//! - `catalog`: one database's catalog; `plan_cache`: its plan cache.
 
 pub mod backend;
 pub mod catalog;
