@@ -1,0 +1,147 @@
+//! Large client messages: which pass upstream in pieces as they arrive,
+//! never held whole ([`Frontend::stream_large`]: a Bind whose parameters
+//! pgveil does not transform, CopyData of an unencrypted COPY, or dropped
+//! when PostgreSQL would ignore them); the budget charged while one is
+//! rewritten; frames forwarded without a copy; and the 53200 refusal of one
+//! that did not fit. A simple Query or a Parse never streams.
+
+use bytes::{Bytes, BytesMut};
+
+use super::lex::pg_name;
+use super::names::{Space, View};
+use super::refusal::{Refusal, refuse};
+use super::{Frontend, REWRITE_FACTOR};
+use crate::session::Pending;
+use crate::wire::budget::{Budget, Charge};
+use crate::wire::codec::{Frame, read_cstr};
+
+/// How a large client message passes without being held
+/// ([`Frontend::stream_large`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Upstream, piece by piece as it arrives.
+    Forward,
+    /// Read and dropped: PostgreSQL would ignore it.
+    Drop,
+}
+impl Frontend {
+    /// Charge what planning and rewriting a message of `len` bytes on
+    /// protected tables holds beyond the message itself
+    /// ([`REWRITE_FACTOR`]); refused with 53200 when it does not fit.
+    pub(super) async fn charge_rewrite(&self, len: usize) -> Result<Option<Charge>, Refusal> {
+        if len <= Budget::FREE_BYTES {
+            return Ok(None);
+        }
+        self.budget
+            .charge(len.saturating_mul(REWRITE_FACTOR))
+            .await
+            .map(Some)
+            .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
+    }
+
+    /// Forward `f` unchanged: appended to `out` when small; a large frame
+    /// is handed to the relay as it is instead (no copy of its bytes).
+    /// Only the last thing a call of [`on_frame`](Self::on_frame) does.
+    pub(super) fn forward(&mut self, f: &Frame, out: &mut BytesMut) {
+        if f.raw.len() > crate::wire::budget::Budget::FREE_BYTES {
+            self.forward = Some(f.raw.clone());
+        } else {
+            out.extend_from_slice(&f.raw);
+        }
+    }
+
+    /// The large frame [`on_frame`](Self::on_frame) forwards unchanged, to
+    /// be written right after `out`.
+    pub fn take_forward(&mut self) -> Option<Bytes> {
+        self.forward.take()
+    }
+
+    /// A large client message of which only the first bytes (`head`: its
+    /// header and what else was read) have arrived: whether it can go
+    /// upstream as it arrives, in pieces, never held whole. `None`: hold it
+    /// (charged) and hand it to [`on_frame`](Self::on_frame) whole. When it
+    /// passes, the bookkeeping `on_frame` would have done for it is done
+    /// here (keep this in step with `on_frame` and `on_bind`'s forwarding
+    /// paths).
+    ///
+    /// Only messages whose bytes past their first few pgveil would forward
+    /// unread pass: a Bind of a statement whose plan (known since its
+    /// Parse) transforms no parameter, CopyData of a COPY that is not
+    /// encrypted, and any message PostgreSQL will ignore (after an error,
+    /// until Sync; CopyData outside a COPY), which is dropped. A simple
+    /// Query or a Parse is always held: its whole text is read for
+    /// protected names before any of it goes upstream (docs/threat-model.md
+    /// "Memory budget").
+    pub fn stream_large(&mut self, tag: u8, head: &[u8]) -> Option<Pass> {
+        if self.shared.is_broken() {
+            return None;
+        }
+        // As in `on_frame`: a Describe the client sent before this message
+        // is no longer the one right before the next Execute.
+        self.described = None;
+        if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
+            return Some(Pass::Drop);
+        }
+        match tag {
+            b'd' if self.copy_window.is_none() => Some(Pass::Drop),
+            b'd' if self.copy.is_none() => Some(Pass::Forward),
+            b'B' if !self.shared.must_abort() => {
+                let mut b = head.get(5..)?;
+                let (portal, statement) = (read_cstr(&mut b)?, read_cstr(&mut b)?);
+                let unconverted = self.lex.names_unconverted();
+                let portal = pg_name(portal, unconverted)?;
+                let statement = pg_name(statement, unconverted)?;
+                self.names.drain(&self.shared);
+                let prepared = match self.names.view(Space::Statement, statement) {
+                    // Unprotected, or unknown (PostgreSQL reports the error).
+                    View::Known(None) => None,
+                    // COPY: its data is encrypted, its Bind carries none.
+                    View::Known(Some(p)) if p.plan.is_none() => Some(p),
+                    _ => return None,
+                };
+                self.end_copies();
+                let op = self.names.set(Space::Portal, portal, prepared);
+                self.shared.push(Pending::Bind {
+                    internal: false,
+                    op,
+                });
+                Some(Pass::Forward)
+            }
+            _ => None,
+        }
+    }
+
+    /// A client message that did not fit in `limits.max_buffered_bytes`
+    /// was discarded unread: answer it as PostgreSQL answers a statement
+    /// that ran out of memory (53200), in protocol step. Returns false when
+    /// the connection must close instead (a message outside a statement).
+    pub fn refuse_over_budget(&mut self, tag: u8, message: &str, out: &mut BytesMut) -> bool {
+        if self.skip_until_sync {
+            return true;
+        }
+        let r = refuse("53200", message.to_string());
+        match tag {
+            b'Q' => {
+                let ops = self.query_ops(b"");
+                self.refuse_query(&r, ops, out);
+                true
+            }
+            // PostgreSQL skips to Sync after an error; so does the frontend.
+            b'P' | b'B' | b'E' | b'D' | b'C' => {
+                if !self.skip_until_sync {
+                    self.rejected(&r);
+                    self.inject_raise(&r, out);
+                }
+                true
+            }
+            // Inside a COPY window: fail that COPY (its later data is then
+            // outside any window and dropped, as PostgreSQL would ignore it).
+            b'd' if self.copy_window.is_some() => {
+                self.fail_copy(r, out);
+                true
+            }
+            b'd' => true,
+            _ => false,
+        }
+    }
+}
