@@ -21,12 +21,7 @@ const EMAILS: [&str; 3] = [
 const NAMES: [&str; 3] = ["Cursorine One", "Cursorine Two", "Cursorine Three"];
 
 async fn seed(fx: &Calmony) {
-    let app = fx.app("calmony_app").await;
-    for (e, n) in EMAILS.iter().zip(NAMES) {
-        app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[e, &n])
-            .await
-            .unwrap();
-    }
+    fx.seed_users(&EMAILS, &NAMES).await
 }
 
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {

@@ -4,7 +4,7 @@
 //! were a pass-through statement. Raw protocol frames.
 
 use crate::common::raw::{
-    self, Raw, bind, describe_portal, errors, execute, frame, parse, rows, sync, tags,
+    self, Raw, bind, describe_portal, describe_statement, errors, execute, parse, rows, sync, tags,
 };
 use crate::common::*;
 
@@ -15,35 +15,7 @@ const EMAILS: [&str; 2] = [
 const NAMES: [&str; 2] = ["Forget Name One 7731", "Forget Name Two 7731"];
 
 async fn seed(fx: &Calmony) {
-    let app = fx.app("calmony_app").await;
-    for (e, n) in EMAILS.iter().zip(NAMES) {
-        app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[e, &n])
-            .await
-            .unwrap();
-    }
-}
-
-async fn stored_bidx(fx: &Calmony) -> Vec<String> {
-    fx.direct()
-        .await
-        .query("SELECT email_bidx::text FROM users ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect()
-}
-
-async fn send_ready(c: &mut Raw, parts: &[Vec<u8>]) -> Vec<raw::Msg> {
-    c.send(parts).await;
-    c.until_ready().await
-}
-
-/// Describe of a statement.
-fn describe_statement(name: &str) -> Vec<u8> {
-    let mut b = vec![b'S'];
-    raw::cstr(&mut b, name);
-    frame(b'D', &b)
+    fx.seed_users(&EMAILS, &NAMES).await
 }
 
 /// The statements that make PostgreSQL drop every named prepared
@@ -59,23 +31,21 @@ const DROP_NAMED: [&str; 2] = ["DEALLOCATE ALL", "DISCARD ALL"];
 async fn deallocate_all_keeps_the_unnamed_statement_shaped() {
     let fx = Calmony::start();
     seed(&fx).await;
-    let bidx = stored_bidx(&fx).await;
+    let bidx = fx.stored_bidx().await;
     assert_eq!(bidx.len(), 2);
     for what in DROP_NAMED {
         let mut c = Raw::login(fx.pv.addr(), "dba").await;
-        let m = send_ready(
-            &mut c,
-            &[parse("", "SELECT * FROM users ORDER BY id"), sync()],
-        )
-        .await;
+        let m = c
+            .send_ready(&[parse("", "SELECT * FROM users ORDER BY id"), sync()])
+            .await;
         assert!(errors(&m).is_empty(), "{what}: parse: {:?}", errors(&m));
-        let m = send_ready(
-            &mut c,
-            &[parse("x", what), bind("q", "x", &[]), execute("q"), sync()],
-        )
-        .await;
+        let m = c
+            .send_ready(&[parse("x", what), bind("q", "x", &[]), execute("q"), sync()])
+            .await;
         assert!(errors(&m).is_empty(), "{what}: {:?}", errors(&m));
-        let m = send_ready(&mut c, &[bind("", "", &[]), execute(""), sync()]).await;
+        let m = c
+            .send_ready(&[bind("", "", &[]), execute(""), sync()])
+            .await;
         let r = rows(&m);
         for row in &r {
             for v in row.iter().flatten() {
@@ -87,11 +57,9 @@ async fn deallocate_all_keeps_the_unnamed_statement_shaped() {
             }
         }
         // Whatever happened, the same through a Describe first.
-        let m = send_ready(
-            &mut c,
-            &[bind("", "", &[]), describe_portal(""), execute(""), sync()],
-        )
-        .await;
+        let m = c
+            .send_ready(&[bind("", "", &[]), describe_portal(""), execute(""), sync()])
+            .await;
         for row in &rows(&m) {
             for v in row.iter().flatten() {
                 assert!(!bidx.contains(v), "{what} (described): {row:?}");
@@ -117,23 +85,19 @@ async fn deallocate_all_keeps_the_unnamed_insert_encrypted() {
     for (i, what) in DROP_NAMED.iter().enumerate() {
         let (email, name) = (sentinels[2 * i], sentinels[2 * i + 1]);
         let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
-        let m = send_ready(
-            &mut c,
-            &[
+        let m = c
+            .send_ready(&[
                 parse("", "INSERT INTO users (email, name) VALUES ($1, $2)"),
                 sync(),
-            ],
-        )
-        .await;
+            ])
+            .await;
         assert!(errors(&m).is_empty(), "{what}: parse: {:?}", errors(&m));
-        let m = send_ready(
-            &mut c,
-            &[parse("x", what), bind("q", "x", &[]), execute("q"), sync()],
-        )
-        .await;
+        let m = c
+            .send_ready(&[parse("x", what), bind("q", "x", &[]), execute("q"), sync()])
+            .await;
         assert!(errors(&m).is_empty(), "{what}: {:?}", errors(&m));
         // How many parameters PostgreSQL's unnamed statement takes now.
-        let m = send_ready(&mut c, &[describe_statement(""), sync()]).await;
+        let m = c.send_ready(&[describe_statement(""), sync()]).await;
         let n = m
             .iter()
             .find(|m| m.0 == b't')
@@ -148,7 +112,9 @@ async fn deallocate_all_keeps_the_unnamed_insert_encrypted() {
             });
         }
         params.truncate(n.max(2));
-        let m = send_ready(&mut c, &[bind("", "", &params), execute(""), sync()]).await;
+        let m = c
+            .send_ready(&[bind("", "", &params), execute(""), sync()])
+            .await;
         println!("{what}: {n} parameters: {:?} ({})", errors(&m), tags(&m));
     }
     fx.assert_no_plaintext(&sentinels).await;
@@ -162,22 +128,20 @@ async fn deallocate_all_keeps_the_unnamed_insert_encrypted() {
 async fn an_empty_query_keeps_the_unnamed_portal_shaped() {
     let fx = Calmony::start();
     seed(&fx).await;
-    let bidx = stored_bidx(&fx).await;
+    let bidx = fx.stored_bidx().await;
     let mut c = Raw::login(fx.pv.addr(), "dba").await;
-    let m = send_ready(
-        &mut c,
-        &[parse("s", "SELECT * FROM users ORDER BY id"), sync()],
-    )
-    .await;
+    let m = c
+        .send_ready(&[parse("s", "SELECT * FROM users ORDER BY id"), sync()])
+        .await;
     assert!(errors(&m).is_empty(), "parse: {:?}", errors(&m));
     for empty in ["", ";", " -- nothing\n", "/* nothing */ ;;"] {
-        let m = send_ready(&mut c, &[raw::query("BEGIN")]).await;
+        let m = c.send_ready(&[raw::query("BEGIN")]).await;
         assert!(errors(&m).is_empty(), "{empty:?}: {:?}", errors(&m));
-        let m = send_ready(&mut c, &[bind("", "s", &[]), sync()]).await;
+        let m = c.send_ready(&[bind("", "s", &[]), sync()]).await;
         assert!(errors(&m).is_empty(), "{empty:?}: bind: {:?}", errors(&m));
-        let m = send_ready(&mut c, &[raw::query(empty)]).await;
+        let m = c.send_ready(&[raw::query(empty)]).await;
         assert!(errors(&m).is_empty(), "{empty:?}: {:?}", errors(&m));
-        let m = send_ready(&mut c, &[execute(""), sync()]).await;
+        let m = c.send_ready(&[execute(""), sync()]).await;
         let r = rows(&m);
         for row in &r {
             for v in row.iter().flatten() {
@@ -188,6 +152,6 @@ async fn an_empty_query_keeps_the_unnamed_portal_shaped() {
                 );
             }
         }
-        send_ready(&mut c, &[raw::query("ROLLBACK")]).await;
+        c.send_ready(&[raw::query("ROLLBACK")]).await;
     }
 }

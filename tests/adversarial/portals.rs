@@ -25,24 +25,7 @@ const NAMES: [&str; 3] = ["Reuse Name Zero", "Reuse Name One", "Reuse Name Two"]
 /// Three users (two with the same email: equal blind indexes), written by
 /// the read role.
 async fn seed(fx: &Calmony) {
-    let app = fx.app("calmony_app").await;
-    for (e, n) in EMAILS.iter().zip(NAMES) {
-        app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[e, &n])
-            .await
-            .unwrap();
-    }
-}
-
-/// The blind indexes as stored (`\x…` text), straight from PostgreSQL.
-async fn stored_bidx(fx: &Calmony) -> Vec<String> {
-    fx.direct()
-        .await
-        .query("SELECT email_bidx::text FROM users ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect()
+    fx.seed_users(&EMAILS, &NAMES).await
 }
 
 /// Send `parts`, read up to the next ReadyForQuery, assert no error.
@@ -125,7 +108,7 @@ fn drops() -> Vec<Dropping> {
 async fn a_cursor_reusing_a_dropped_portal_name_is_shaped_as_the_cursor() {
     let fx = Calmony::start();
     seed(&fx).await;
-    let bidx = stored_bidx(&fx).await;
+    let bidx = fx.stored_bidx().await;
     assert_eq!(bidx.len(), 3);
     let mut c = Raw::login(fx.pv.addr(), "dba").await;
     ok(
@@ -313,7 +296,7 @@ async fn until_tag(c: &mut Raw, want: u8) -> Vec<raw::Msg> {
 async fn a_portal_bound_again_behind_the_sync_that_ends_its_transaction_stays_shaped() {
     let fx = Calmony::start();
     seed(&fx).await;
-    let bidx = stored_bidx(&fx).await;
+    let bidx = fx.stored_bidx().await;
     let mut c = Raw::login(fx.pv.addr(), "dba").await;
     ok(
         &mut c,

@@ -4,7 +4,7 @@
 //! hundred KiB that carries a sentinel and checks that the sentinel never
 //! reaches PostgreSQL in plaintext. Raw protocol frames.
 
-use crate::common::raw::{self, Raw, bind, errors, execute, frame, parse, sync, tags};
+use crate::common::raw::{self, Raw, bind, describe_statement, errors, execute, parse, sync, tags};
 use crate::common::*;
 
 /// Bytes of padding after the sentinel: well over the streaming threshold.
@@ -23,17 +23,6 @@ fn fixture() -> Calmony {
 fn big_bind(portal: &str, stmt: &str, params: &[String]) -> Vec<u8> {
     let p: Vec<&str> = params.iter().map(String::as_str).collect();
     bind(portal, stmt, &p)
-}
-
-async fn send_ready(c: &mut Raw, parts: &[Vec<u8>]) -> Vec<raw::Msg> {
-    c.send(parts).await;
-    c.until_ready().await
-}
-
-fn describe_statement(name: &str) -> Vec<u8> {
-    let mut b = vec![b'S'];
-    raw::cstr(&mut b, name);
-    frame(b'D', &b)
 }
 
 /// Parameters for PostgreSQL's statement as it is now (`types`: its
@@ -55,7 +44,7 @@ fn params(sentinel: &str, types: &[u32]) -> Vec<String> {
 
 /// The parameter types of PostgreSQL's statement `stmt` now.
 async fn param_types(c: &mut Raw, stmt: &str) -> Vec<u32> {
-    let m = send_ready(c, &[describe_statement(stmt), sync()]).await;
+    let m = c.send_ready(&[describe_statement(stmt), sync()]).await;
     m.iter()
         .find(|m| m.0 == b't')
         .map(|m| {
@@ -81,16 +70,14 @@ async fn large_binds_of_protected_statements_are_never_streamed_raw() {
 
     // 1. Parse and large Bind in one write, nothing confirmed yet.
     let s = "stream.unconfirmed-9034@example.com".to_string();
-    let m = send_ready(
-        &mut c,
-        &[
+    let m = c
+        .send_ready(&[
             parse("", insert),
             big_bind("", "", &params(&s, &[25, 25])),
             execute(""),
             sync(),
-        ],
-    )
-    .await;
+        ])
+        .await;
     println!("unconfirmed parse: {:?} ({})", errors(&m), tags(&m));
     sentinels.push(s);
 
@@ -100,20 +87,16 @@ async fn large_binds_of_protected_statements_are_never_streamed_raw() {
         ("DEALLOCATE ALL", "stream.dealloc-9034@example.com"),
         ("DISCARD ALL", "stream.discard-9034@example.com"),
     ] {
-        let m = send_ready(&mut c, &[parse("", insert), sync()]).await;
+        let m = c.send_ready(&[parse("", insert), sync()]).await;
         assert!(errors(&m).is_empty(), "{what}: {:?}", errors(&m));
-        let m = send_ready(
-            &mut c,
-            &[parse("x", what), bind("q", "x", &[]), execute("q"), sync()],
-        )
-        .await;
+        let m = c
+            .send_ready(&[parse("x", what), bind("q", "x", &[]), execute("q"), sync()])
+            .await;
         assert!(errors(&m).is_empty(), "{what}: {:?}", errors(&m));
         let types = param_types(&mut c, "").await;
-        let m = send_ready(
-            &mut c,
-            &[big_bind("", "", &params(s, &types)), execute(""), sync()],
-        )
-        .await;
+        let m = c
+            .send_ready(&[big_bind("", "", &params(s, &types)), execute(""), sync()])
+            .await;
         println!(
             "{what}: parameters {types:?}: {:?} ({})",
             errors(&m),
@@ -124,41 +107,37 @@ async fn large_binds_of_protected_statements_are_never_streamed_raw() {
 
     // 3. A portal name longer than the inspected head.
     let s = "stream.longportal-9034@example.com".to_string();
-    let m = send_ready(&mut c, &[parse("ins", insert), sync()]).await;
+    let m = c.send_ready(&[parse("ins", insert), sync()]).await;
     assert!(errors(&m).is_empty(), "{:?}", errors(&m));
     let long = "p".repeat(3000);
-    let m = send_ready(
-        &mut c,
-        &[
+    let m = c
+        .send_ready(&[
             big_bind(&long, "ins", &params(&s, &[25, 25])),
             execute(&long),
             sync(),
-        ],
-    )
-    .await;
+        ])
+        .await;
     println!("long portal name: {:?} ({})", errors(&m), tags(&m));
     sentinels.push(s);
 
     // 4. The unnamed statement re-parsed (rejected by PostgreSQL) right
     //    before the large Bind: PostgreSQL skips the Bind.
     let s = "stream.reparse-9034@example.com".to_string();
-    let m = send_ready(&mut c, &[parse("", insert), sync()]).await;
+    let m = c.send_ready(&[parse("", insert), sync()]).await;
     assert!(errors(&m).is_empty(), "{:?}", errors(&m));
     let types = param_types(&mut c, "").await;
-    let m = send_ready(
-        &mut c,
-        &[
+    let m = c
+        .send_ready(&[
             parse("", "SELECT $1::text, $2::text FROM no_such_table"),
             big_bind("", "", &params(&s, &types)),
             execute(""),
             sync(),
-        ],
-    )
-    .await;
+        ])
+        .await;
     println!("rejected re-parse: {:?} ({})", errors(&m), tags(&m));
     sentinels.push(s);
 
-    let m = send_ready(&mut c, &[raw::query("SELECT 1")]).await;
+    let m = c.send_ready(&[raw::query("SELECT 1")]).await;
     assert!(
         errors(&m).is_empty(),
         "session still usable: {:?}",

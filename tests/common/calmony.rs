@@ -178,6 +178,30 @@ impl Calmony {
     }
 
     /// A superuser client straight to PostgreSQL.
+    /// Users with these emails and names, written through pgveil by the
+    /// read role `calmony_app` (equal emails get equal blind indexes).
+    pub async fn seed_users(&self, emails: &[&str], names: &[&str]) {
+        let app = self.app("calmony_app").await;
+        for (e, n) in emails.iter().zip(names) {
+            app.execute("INSERT INTO users (email, name) VALUES ($1, $2)", &[e, n])
+                .await
+                .unwrap();
+        }
+    }
+
+    /// `users.email_bidx` as stored (`\\x…` text, by id), straight from
+    /// PostgreSQL.
+    pub async fn stored_bidx(&self) -> Vec<String> {
+        self.direct()
+            .await
+            .query("SELECT email_bidx::text FROM users ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    }
+
     pub async fn direct(&self) -> tokio_postgres::Client {
         self.pg.connect("postgres", None, "app").await
     }

@@ -71,6 +71,12 @@ pub fn describe_portal(name: &str) -> Vec<u8> {
     frame(b'D', &b)
 }
 
+pub fn describe_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    cstr(&mut b, name);
+    frame(b'D', &b)
+}
+
 pub fn close_statement(name: &str) -> Vec<u8> {
     let mut b = vec![b'S'];
     cstr(&mut b, name);
@@ -161,6 +167,12 @@ impl Raw {
         tokio::time::timeout(Duration::from_secs(30), read)
             .await
             .expect("no answer from pgveil within 30 s")
+    }
+
+    /// Send `parts`, then read up to the next ReadyForQuery.
+    pub async fn send_ready(&mut self, parts: &[Vec<u8>]) -> Vec<Msg> {
+        self.send(parts).await;
+        self.until_ready().await
     }
 
     /// Everything up to and including the next ReadyForQuery (or up to
