@@ -8,11 +8,10 @@ mod common;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use common::calmony::{Calmony, POLICY};
 use common::http::{metric, scrape};
+use common::raw::{Raw, bind, errors, execute, parse, sync, tags};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -123,111 +122,6 @@ async fn prepared_copy_to_follows_a_reload_that_takes_read_away() {
     fx.assert_no_plaintext(&[phone]).await;
 }
 
-/// A raw protocol v3 connection (trust authentication).
-struct Raw {
-    s: TcpStream,
-}
-
-/// Messages up to ReadyForQuery: their tags, and the first error
-/// (SQLSTATE, message).
-#[derive(Debug, Default)]
-struct Answer {
-    tags: Vec<u8>,
-    error: Option<(String, String)>,
-}
-
-impl Raw {
-    async fn connect(port: u16, user: &str) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", "app")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        m.extend(body);
-        let mut r = Raw { s };
-        r.s.write_all(&m).await.unwrap();
-        let got = r.answer().await;
-        assert!(got.error.is_none(), "login failed: {got:?}");
-        r
-    }
-
-    async fn answer(&mut self) -> Answer {
-        let mut got = Answer::default();
-        loop {
-            let tag = self.s.read_u8().await.unwrap();
-            let len = self.s.read_u32().await.unwrap() as usize;
-            let mut body = vec![0; len - 4];
-            self.s.read_exact(&mut body).await.unwrap();
-            got.tags.push(tag);
-            if tag == b'E' && got.error.is_none() {
-                let (mut code, mut msg) = (String::new(), String::new());
-                for f in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
-                    let v = String::from_utf8_lossy(&f[1..]).into_owned();
-                    match f[0] {
-                        b'C' => code = v,
-                        b'M' => msg = v,
-                        _ => {}
-                    }
-                }
-                got.error = Some((code, msg));
-            }
-            if tag == b'Z' {
-                return got;
-            }
-        }
-    }
-
-    async fn send(&mut self, msgs: &[Vec<u8>]) -> Answer {
-        self.s.write_all(&msgs.concat()).await.unwrap();
-        self.answer().await
-    }
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(name.as_bytes());
-    b.push(0);
-    b.extend_from_slice(sql.as_bytes());
-    b.push(0);
-    b.extend_from_slice(&0u16.to_be_bytes());
-    message(b'P', &b)
-}
-
-/// Bind `statement` to the unnamed portal with text parameters.
-fn bind(statement: &str, params: &[&str]) -> Vec<u8> {
-    let mut b = vec![0u8];
-    b.extend_from_slice(statement.as_bytes());
-    b.push(0);
-    b.extend_from_slice(&0u16.to_be_bytes());
-    b.extend_from_slice(&(params.len() as u16).to_be_bytes());
-    for p in params {
-        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        b.extend_from_slice(p.as_bytes());
-    }
-    b.extend_from_slice(&0u16.to_be_bytes());
-    message(b'B', &b)
-}
-
-fn execute() -> Vec<u8> {
-    message(b'E', &[0, 0, 0, 0, 0])
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', &[])
-}
-
 const COUNTRY: &str = "      country:     { type: text, access: { billing_app: read } }\n";
 
 /// Statements prepared while a column was not protected, run after a
@@ -252,9 +146,9 @@ async fn statements_prepared_before_a_column_is_protected_never_write_it_in_plai
         )
         .await
         .unwrap();
-    let mut raw = Raw::connect(fx.pv.port(), "calmony_app").await;
-    let got = raw.send(&[parse("", insert), sync()]).await;
-    assert!(got.error.is_none(), "{got:?}");
+    let mut raw = Raw::login_at(fx.pv.port(), "calmony_app").await;
+    let got = raw.send_ready(&[parse("", insert), sync()]).await;
+    assert!(errors(&got).is_empty(), "{:?}", errors(&got));
 
     write_policy(&fx, POLICY);
     reload(&fx, port, 1.0).await;
@@ -269,23 +163,23 @@ async fn statements_prepared_before_a_column_is_protected_never_write_it_in_plai
 
     let unnamed_value = "country-unnamed-sentinel";
     let got = raw
-        .send(&[bind("", &["7", unnamed_value]), execute(), sync()])
+        .send_ready(&[bind("", "", &["7", unnamed_value]), execute(""), sync()])
         .await;
-    let (code, msg) = got.error.clone().expect("the Bind must fail");
+    let (_, code, msg) = errors(&got).first().cloned().expect("the Bind must fail");
     assert_eq!(code, "26000", "{msg}");
-    assert!(!got.tags.contains(&b'C'), "{got:?}");
+    assert!(!tags(&got).contains('C'), "{}", tags(&got));
 
     // The column is protected now: a write the new policy plans is
     // encrypted, on the same connection.
     let through = raw
-        .send(&[
+        .send_ready(&[
             parse("", insert),
-            bind("", &["7", "country-after-sentinel"]),
-            execute(),
+            bind("", "", &["7", "country-after-sentinel"]),
+            execute(""),
             sync(),
         ])
         .await;
-    assert!(through.error.is_none(), "{through:?}");
+    assert!(errors(&through).is_empty(), "{:?}", errors(&through));
     let d = fx.direct().await;
     let n: i64 = d
         .query_one(
