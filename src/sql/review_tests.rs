@@ -494,3 +494,32 @@ fn join_using_other_table() {
         "nobody",
     );
 }
+
+// Fourth attacker review: positions pgveil could not tell. `u.*` of an
+// enclosing query inside a LATERAL subquery, `ROW(u.*)` fields.
+#[test]
+fn outer_star_in_lateral_subquery() {
+    refused(
+        "SELECT x.c, count(*) FROM users u, LATERAL (SELECT u.*) x(a, b, c) GROUP BY x.c",
+        "nobody",
+    );
+    no_plaintext(
+        "SELECT u.id FROM users u, LATERAL (SELECT u.*) x(a, b) WHERE x.b = 'alice@example.com'",
+        "app_user",
+        "alice@example.com",
+    );
+}
+
+#[test]
+fn row_constructor_fields() {
+    refused("SELECT (ROW(u.*)).f3 FROM users u", "nobody");
+    refused(
+        "SELECT count(*) FROM users u GROUP BY (ROW(u.*, 1)).f3",
+        "nobody",
+    );
+    no_plaintext(
+        "SELECT id FROM users u WHERE (ROW(u.*)).f2 = 'alice@example.com'",
+        "app_user",
+        "alice@example.com",
+    );
+}

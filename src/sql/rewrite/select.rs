@@ -402,12 +402,20 @@ impl<'a> Cx<'a> {
                 }
                 SelectItem::QualifiedWildcard(kind, _) => match kind {
                     SelectItemQualifiedWildcardKind::ObjectName(n) => {
+                        // `u.*` names the nearest relation called `u`: in
+                        // this FROM, or in an enclosing query's (a LATERAL
+                        // or correlated subquery), as PostgreSQL resolves it.
                         let parts = name_parts(n);
-                        if let Some(r) = scope.rels.iter().find(|r| Self::rel_matches(r, &parts)) {
+                        let found = sc
+                            .iter()
+                            .rev()
+                            .find_map(|s| s.rels.iter().find(|r| Self::rel_matches(r, &parts)))
+                            .cloned();
+                        if let Some(r) = found {
                             if let RelKind::View(v) = &r.kind {
                                 self.view_wildcard(v, top)?;
                             }
-                            let o = self.rel_outputs(&r.kind.clone());
+                            let o = self.rel_outputs(&r.kind);
                             outs.extend(o);
                         }
                     }
