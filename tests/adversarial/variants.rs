@@ -1,6 +1,7 @@
 //! Variants from the fourth attacker review (classes 6 and 7): protected
 //! columns reached by position where pgveil's analysis saw no column name:
-//! `u.*` of an enclosing query, row constructors.
+//! `u.*` of an enclosing query, row constructors, `*` over relations whose
+//! width pgveil does not know, VALUES, JOIN … USING.
 //! Each attack asserts the refusal (SQLSTATE, no value in the message), and
 //! the test ends with the plaintext scan.
 
@@ -89,4 +90,61 @@ async fn outer_star_in_lateral_subqueries_and_row_fields_name_protected_columns(
         refused(&app, "calmony_app", sql, &[s_email, s_name]).await;
     }
     fx.assert_no_plaintext(&[victim, s_email, s_name]).await;
+}
+
+/// `*` over a relation whose columns pgveil does not know (a FROM function,
+/// VALUES, a plain table) shifts every later column by its width; so does
+/// the merged USING column of a join. Column aliases, ordinals and set
+/// operations then name protected columns pgveil took for plain ones.
+#[tokio::test]
+async fn relations_of_unknown_width_shift_the_positions_of_protected_columns() {
+    let fx = Calmony::builder()
+        .extra_sql("CREATE TABLE public.blobs (k bigint, v bytea);")
+        .start();
+    let victim = "variants-shift-victim-4421@example.com";
+    let app = fx.app("calmony_app").await;
+    for _ in 0..2 {
+        app.execute(
+            "INSERT INTO users (email, name) VALUES ($1, 'Shift Victim')",
+            &[&victim],
+        )
+        .await
+        .unwrap();
+    }
+    // users: id, email, email_bidx, name, plan, created_at; the fifth
+    // column after two of unknown width is email_bidx.
+    let oracles = [
+        "SELECT x.e, count(*) FROM (SELECT * FROM blobs b, users u) x(a, b, c, d, e) GROUP BY x.e",
+        "SELECT x.e, count(*) FROM (SELECT * FROM generate_series(1, 1) WITH ORDINALITY g, users u) x(a, b, c, d, e) GROUP BY x.e",
+        "SELECT x.e, count(*) FROM (SELECT g.*, u.* FROM generate_series(1, 1) WITH ORDINALITY g, users u) x(a, b, c, d, e) GROUP BY x.e",
+        "SELECT count(*) FROM (SELECT DISTINCT ON (5) * FROM (VALUES (1, 2)) p, users u) s",
+        "WITH t(a, b, c, d, e) AS (SELECT * FROM (VALUES (1, 2)) p, users u) SELECT count(DISTINCT e) FROM t",
+    ];
+    for who in ["dba", "signup"] {
+        let c = fx.app(who).await;
+        for sql in oracles {
+            refused(&c, who, sql, &[victim]).await;
+        }
+    }
+    let s1 = "variants-shift-lookup-4422@example.com";
+    let s2 = "variants-shift-lookup-4423@example.com";
+    let s3 = "variants-shift-lookup-4424@example.com";
+    let lookups = [
+        // a = g, b = h, c = ordinality, d = id, e = email.
+        format!(
+            "SELECT x.d FROM (SELECT * FROM generate_series(1, 1) g, generate_series(1, 1) WITH ORDINALITY h, users u) x(a, b, c, d, e) WHERE x.e = '{s1}'"
+        ),
+        // The second column of the union is email.
+        format!(
+            "SELECT x.a FROM (SELECT * FROM blobs UNION ALL SELECT id, email FROM users) x(a, b) WHERE x.b = '{s2}'"
+        ),
+        // USING (id) shows id once: the eighth column is p.email.
+        format!(
+            "SELECT x.c1 FROM (SELECT * FROM users u JOIN pay_customers p USING (id)) x(c1, c2, c3, c4, c5, c6, c7, c8) WHERE x.c8 = '{s3}'"
+        ),
+    ];
+    for sql in &lookups {
+        refused(&app, "calmony_app", sql, &[s1, s2, s3]).await;
+    }
+    fx.assert_no_plaintext(&[victim, s1, s2, s3]).await;
 }
