@@ -31,3 +31,5 @@ mod scanner;
 mod splice;
 #[path = "adversarial/streaming.rs"]
 mod streaming;
+#[path = "adversarial/variants.rs"]
+mod variants;

@@ -205,6 +205,11 @@ struct OutCol<'a> {
     /// list pgveil does not know (no catalog): zero or more columns, so
     /// positions after it (ordinals, column aliases) are unknown.
     many: bool,
+    /// Stands for `*` over a relation pgveil does not know the columns of
+    /// (a plain table, a FROM function, an unqualified name it cannot
+    /// resolve): zero or more unprotected columns, so the positions of the
+    /// outputs after it are unknown.
+    opaque: bool,
 }
 
 /// What a relation in scope is.

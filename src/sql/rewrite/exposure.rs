@@ -38,6 +38,11 @@ impl<'a> Cx<'a> {
                 )));
             }
         }
+        // Its columns are matched by position (to a table's columns, the
+        // other side of a set operation, COPY's fields).
+        if let Some(o) = Self::after_opaque(outs, outs.len()) {
+            return Err(Self::position_reject(o, what));
+        }
         Ok(())
     }
 

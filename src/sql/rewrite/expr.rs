@@ -332,6 +332,27 @@ impl<'a> Cx<'a> {
                         return ControlFlow::Break(());
                     }
                 }
+                // `f(u.*)`, `ROW(u.*)` as an argument: not an expression
+                // to the visitor, but every column of `u` to PostgreSQL
+                // (`(ROW(u.*)).f3` is u's third column).
+                Expr::Function(f) => {
+                    if let FunctionArguments::List(list) = &f.args {
+                        for a in &list.args {
+                            let fe = match a {
+                                FunctionArg::Unnamed(fe) => fe,
+                                FunctionArg::Named { arg, .. }
+                                | FunctionArg::ExprNamed { arg, .. } => arg,
+                            };
+                            if let FunctionArgExpr::QualifiedWildcard(n) = fe
+                                && let Some(rel) = self
+                                    .whole_row(&Expr::QualifiedWildcard(n.clone(), sqlparser::ast::helpers::attached_token::AttachedToken::empty()), sc)
+                            {
+                                whole = Some(rel);
+                                return ControlFlow::Break(());
+                            }
+                        }
+                    }
+                }
                 Expr::Value(v) => {
                     if let Value::Placeholder(s) = &v.value {
                         params.push(s.clone());

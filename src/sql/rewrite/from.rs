@@ -134,6 +134,7 @@ impl<'a> Cx<'a> {
         sc: &[Scope<'a>],
         into: &mut Vec<Rel<'a>>,
     ) -> R<()> {
+        let start = into.len();
         self.factor(&mut t.relation, sc, into)?;
         for j in t.joins.iter_mut() {
             self.factor(&mut j.relation, sc, into)?;
@@ -172,6 +173,24 @@ impl<'a> Cx<'a> {
                                 "join with ON on the blind-index column, or on an unprotected key",
                             ));
                         }
+                    }
+                    // PostgreSQL's `*` over the join shows each USING
+                    // column once, first: the join's columns are not its
+                    // relations' columns one after the other. A relation of
+                    // unknown width in front makes their positions unknown.
+                    if into[start..]
+                        .iter()
+                        .any(|r| !matches!(r.kind, RelKind::Plain))
+                    {
+                        into.insert(
+                            start,
+                            Rel {
+                                alias: None,
+                                schema: None,
+                                name: String::new(),
+                                kind: RelKind::Plain,
+                            },
+                        );
                     }
                 }
                 JoinConstraint::Natural => {

@@ -108,7 +108,44 @@ impl<'a> Cx<'a> {
                 "pgveil: column aliases over * of a protected table are not supported here: pgveil does not know the table's columns; list the columns in the subquery",
             ));
         }
+        if aliased && let Some(o) = Self::after_opaque(outs, outs.len()) {
+            return Err(Self::position_reject(o, "column aliases"));
+        }
         Ok(())
+    }
+
+    /// The marker for `*` over a relation whose columns pgveil does not know.
+    pub(super) fn opaque() -> OutCol<'a> {
+        OutCol {
+            opaque: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether an output carries protected data of any kind.
+    pub(super) fn sensitive(o: &OutCol<'a>) -> bool {
+        o.prot.is_some() || o.bidx.is_some() || o.unknown || o.many
+    }
+
+    /// The first output carrying protected data whose position is unknown
+    /// because a `*` over a relation of unknown width comes before it
+    /// (among the first `upto` outputs' markers).
+    pub(super) fn after_opaque<'o>(outs: &'o [OutCol<'a>], upto: usize) -> Option<&'o OutCol<'a>> {
+        let j = outs.iter().take(upto).position(|o| o.opaque)?;
+        outs[j..].iter().find(|o| Self::sensitive(o))
+    }
+
+    /// Refusal of a positional reference (`what`) that could land on
+    /// protected output `o`. Names the column, never a value.
+    pub(super) fn position_reject(o: &OutCol<'a>, what: &str) -> Reject {
+        let which = match (&o.prot, &o.bidx) {
+            (Some(p), _) => format!("protected column {}", p.col),
+            (_, Some(b)) => format!("the blind index of protected column {b}"),
+            _ => "columns pgveil cannot map".to_string(),
+        };
+        Reject::unsupported(format!(
+            "pgveil: {what} matching columns by position cannot be planned here: a `*` over a relation whose columns pgveil does not know (a plain table, a FROM function, a JOIN … USING) comes before {which}, so pgveil cannot tell which column each position is; list the columns by name instead of `*`"
+        ))
     }
 
     /// `ORDER BY 2` / `GROUP BY alias` / `DISTINCT ON (3)` referring to an
@@ -131,6 +168,9 @@ impl<'a> Cx<'a> {
                         return Err(Reject::unsupported(
                             "pgveil: a column position over * of a protected table is not supported here: pgveil does not know the table's columns; name the column",
                         ));
+                    }
+                    if let Some(o) = Self::after_opaque(outs, i + 1) {
+                        return Err(Self::position_reject(o, "column references"));
                     }
                     outs.get(i)
                 }
@@ -196,9 +236,23 @@ impl<'a> Cx<'a> {
                                 .filter(|t| x.is_some_and(|x| x.tenant_of.as_ref() == Some(t))),
                             unknown: o.unknown || x.is_some_and(|x| x.unknown),
                             many: o.many,
+                            opaque: o.opaque,
                         }
                     })
                     .collect();
+                // The two sides are matched by position: a side whose
+                // width pgveil does not know cannot be lined up with the
+                // other side's protected columns.
+                for (a, b) in [(&l, &r), (&r, &l)] {
+                    if (a.iter().any(|o| o.opaque) || a.len() != b.len())
+                        && let Some(o) = b.iter().find(|o| Self::sensitive(o))
+                    {
+                        return Err(Self::position_reject(
+                            o,
+                            "a set operation (UNION, INTERSECT, EXCEPT)",
+                        ));
+                    }
+                }
                 // A set operation's result columns name no table: nothing
                 // masks a blind index or tells which column a value is.
                 for side in [&l, &r] {
@@ -226,7 +280,17 @@ impl<'a> Cx<'a> {
                         self.plain(c, "VALUES", "select the column directly")?;
                     }
                 }
-                Ok((vec![], None))
+                // PostgreSQL names VALUES columns column1, column2, …
+                let width = v.rows.first().map_or(0, |r| r.content.len());
+                Ok((
+                    (1..=width)
+                        .map(|i| OutCol {
+                            name: Some(format!("column{i}")),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    None,
+                ))
             }
             SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => {
                 Ok((self.dml(s, sc)?, None))
@@ -245,7 +309,7 @@ impl<'a> Cx<'a> {
             other => {
                 let probe = other.clone();
                 self.generic(&probe, sc)?;
-                Ok((vec![], None))
+                Ok((vec![Self::opaque()], None))
             }
         }
     }
@@ -321,11 +385,12 @@ impl<'a> Cx<'a> {
                         tenant_of: b.as_ref().and_then(|b| self.tenant_column(b)),
                         unknown: v.unknown.contains(n),
                         many: false,
+                        opaque: false,
                     }
                 })
                 .collect(),
             RelKind::Derived(cols) => cols.iter().cloned().collect(),
-            RelKind::Plain => vec![],
+            RelKind::Plain => vec![Self::opaque()],
         }
     }
 
@@ -402,13 +467,26 @@ impl<'a> Cx<'a> {
                 }
                 SelectItem::QualifiedWildcard(kind, _) => match kind {
                     SelectItemQualifiedWildcardKind::ObjectName(n) => {
+                        // `u.*` names the nearest relation called `u`: in
+                        // this FROM, or in an enclosing query's (a LATERAL
+                        // or correlated subquery), as PostgreSQL resolves it.
                         let parts = name_parts(n);
-                        if let Some(r) = scope.rels.iter().find(|r| Self::rel_matches(r, &parts)) {
-                            if let RelKind::View(v) = &r.kind {
-                                self.view_wildcard(v, top)?;
+                        let found = sc
+                            .iter()
+                            .rev()
+                            .find_map(|s| s.rels.iter().find(|r| Self::rel_matches(r, &parts)))
+                            .cloned();
+                        match found {
+                            Some(r) => {
+                                if let RelKind::View(v) = &r.kind {
+                                    self.view_wildcard(v, top)?;
+                                }
+                                let o = self.rel_outputs(&r.kind);
+                                outs.extend(o);
                             }
-                            let o = self.rel_outputs(&r.kind.clone());
-                            outs.extend(o);
+                            // A name pgveil cannot resolve: columns it
+                            // cannot count.
+                            None => outs.push(Self::opaque()),
                         }
                     }
                     SelectItemQualifiedWildcardKind::Expr(e) => {
