@@ -704,6 +704,33 @@ impl<'a> Cx<'a> {
     }
 }
 
+impl Cx<'_> {
+    /// [`write_target`], and the column must exist in the table as the
+    /// catalog knows it: a write to a column PostgreSQL does not have
+    /// (`"Email"` for `email`, a typo) fails there, and PostgreSQL logs
+    /// the failing statement with its values, so pgveil refuses it before
+    /// any value is sent. A table whose columns pgveil has not loaded is
+    /// left to PostgreSQL.
+    fn written_column(&self, n: &ObjectName, t: &TablePolicy) -> R<String> {
+        let qualified = t.qualified();
+        let c = write_target(n, &qualified)?;
+        if let Some(cols) = self
+            .an
+            .table_columns
+            .get(&(t.schema.clone(), t.table.clone()))
+            && !cols.contains(&c)
+        {
+            return Err(Reject {
+                sqlstate: "42703",
+                message: format!(
+                    "pgveil: column {c} of protected table {qualified} does not exist (the statement was not sent, so its values did not reach PostgreSQL or its log): check the name; unquoted names are lower-cased, quoted ones are taken as written"
+                ),
+            });
+        }
+        Ok(c)
+    }
+}
+
 /// The column a write target (an INSERT column list entry, an UPDATE SET
 /// target) names. PostgreSQL reads `a.b` and `a[1]` there as field or
 /// element `b` of column `a` (never as a qualified name): pgveil does not

@@ -148,3 +148,58 @@ async fn relations_of_unknown_width_shift_the_positions_of_protected_columns() {
     }
     fx.assert_no_plaintext(&[victim, s1, s2, s3]).await;
 }
+
+/// A write naming a column the protected table does not have (a quoted
+/// name in the wrong case, a typo) fails in PostgreSQL, which logs the
+/// failing statement with its values by default: pgveil refuses it with
+/// PostgreSQL's SQLSTATE before anything is sent, in the simple and the
+/// extended protocol, for INSERT, UPDATE and ON CONFLICT DO UPDATE.
+#[tokio::test]
+async fn writes_to_columns_a_protected_table_does_not_have_are_refused_before_sending() {
+    let fx = Calmony::start();
+    let app = fx.app("calmony_app").await;
+    let s = [
+        "variants-typo-one-5511@example.com",
+        "variants-typo-two-5512@example.com",
+        "variants-typo-three-5513@example.com",
+        "variants-typo-four-5514@example.com",
+    ];
+    let simple = [
+        format!(
+            "INSERT INTO users (\"Email\", name) VALUES ('{}', 'n')",
+            s[0]
+        ),
+        format!("UPDATE users SET \"NAME\" = '{}' WHERE id = 1", s[1]),
+        format!(
+            "INSERT INTO users (email, name) VALUES ('a@example.com', 'n') ON CONFLICT (id) DO UPDATE SET emial = '{}'",
+            s[2]
+        ),
+    ];
+    for sql in &simple {
+        let e = app.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), "42703", "{sql}: {}", err_text(&e));
+        let text = err_text(&e);
+        assert!(
+            text.contains("pgveil: column"),
+            "refused by PostgreSQL, not pgveil: {text}"
+        );
+        assert!(!s.iter().any(|v| text.contains(v)), "{text}");
+    }
+    let e = app
+        .execute(
+            "INSERT INTO users (\"Email\", name) VALUES ($1, $2)",
+            &[&s[3], &"n"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42703", "{}", err_text(&e));
+    assert!(err_text(&e).contains("pgveil: column"), "{}", err_text(&e));
+    // The right names still work on the same connection.
+    app.execute(
+        "INSERT INTO users (email, name) VALUES ($1, $2)",
+        &[&"variants-typo-ok@example.com", &"n"],
+    )
+    .await
+    .unwrap();
+    fx.assert_no_plaintext(&s).await;
+}

@@ -8,7 +8,7 @@ use sqlparser::ast::{
 
 use super::{
     Class, ColumnRef, Cx, OutCol, ParamAction, R, Reject, Rel, RelKind, Scope, SlotOp,
-    TenantSource, Use, WVal, make_ident, name_parts, norm, null_expr, placeholder, write_target,
+    TenantSource, Use, WVal, make_ident, name_parts, norm, null_expr, placeholder,
 };
 use crate::policy::ColumnPolicy;
 
@@ -187,7 +187,7 @@ impl<'a> Cx<'a> {
         let cols: Vec<String> = ins
             .columns
             .iter()
-            .map(|c| write_target(c, &qualified))
+            .map(|c| self.written_column(c, t))
             .collect::<R<_>>()?;
         let row_scope = Scope {
             rels: vec![Rel {

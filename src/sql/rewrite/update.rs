@@ -13,7 +13,7 @@ use sqlparser::ast::{
     ObjectNamePart, UpdateTableFromKind, Value,
 };
 
-use super::{Cx, OutCol, R, Rel, RelKind, Scope, make_ident, norm, strip_nested, write_target};
+use super::{Cx, OutCol, R, Rel, RelKind, Scope, make_ident, norm, strip_nested};
 use crate::policy::TablePolicy;
 use crate::sql::{ColumnRef, Reject, TenantSource, Use};
 
@@ -33,16 +33,16 @@ impl<'a> Cx<'a> {
         let assigned: Vec<String> = list
             .iter()
             .filter_map(|a| match &a.target {
-                AssignmentTarget::ColumnName(n) => Some(write_target(n, &qualified)),
+                AssignmentTarget::ColumnName(n) => Some(self.written_column(n, t)),
                 _ => None,
             })
             .collect::<R<_>>()?;
         for a in list.iter_mut() {
             let col = match &a.target {
-                AssignmentTarget::ColumnName(n) => write_target(n, &qualified)?,
+                AssignmentTarget::ColumnName(n) => self.written_column(n, t)?,
                 AssignmentTarget::Tuple(ns) => {
                     for n in ns {
-                        let c = write_target(n, &qualified)?;
+                        let c = self.written_column(n, t)?;
                         if t.column(&c).is_some() || t.tenant.as_deref() == Some(c.as_str()) {
                             return Err(Reject::unsupported(format!(
                                 "pgveil: assigning protected column {qualified}.{c} in a column tuple is not supported: write SET {c} = $1 separately"
