@@ -297,3 +297,29 @@ pub fn code(e: &tokio_postgres::Error) -> String {
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("{e:?}"))
 }
+
+/// `sql` is refused for `c` with one of `codes`, by a message that carries
+/// none of `secrets`; rows it returned instead are shown in the panic.
+pub async fn assert_refused(
+    c: &tokio_postgres::Client,
+    who: &str,
+    sql: &str,
+    codes: &[&str],
+    secrets: &[&str],
+) {
+    match c.simple_query(sql).await {
+        Ok(msgs) => panic!("BYPASS: {who} ran {sql}\n  rows: {:?}", simple_rows(&msgs)),
+        Err(e) => {
+            let got = code(&e);
+            assert!(
+                codes.contains(&got.as_str()),
+                "{who}: {sql}: {}",
+                err_text(&e)
+            );
+            let msg = err_text(&e);
+            for s in secrets {
+                assert!(!msg.contains(s), "the refusal shows a value: {msg}");
+            }
+        }
+    }
+}
