@@ -33,6 +33,21 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
     request(port, "GET", path)
 }
 
+/// The status of `GET path`, or `None` when the connection fails or is
+/// reset (for waits that retry).
+pub fn try_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.split(' ').nth(1)?.parse().ok()
+}
+
 /// The `/metrics` page.
 pub fn scrape(port: u16) -> String {
     let (code, body) = get(port, "/metrics");
