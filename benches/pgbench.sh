@@ -19,6 +19,16 @@
 #   PGVEIL_BIN use this binary instead of `cargo build --release`
 #   KEEP=1     keep the work directory (logs, configs) afterwards
 #   RESULTS    also append the result rows (TSV) to this file
+#   PROFILE    a directory: the first round of every pgveil target is also
+#              recorded with `perf record` (DWARF call graphs, 499 Hz) and
+#              summarised there as <section>-<workload>-<target>.txt (self
+#              time per symbol, and the inclusive time of pgveil's handlers
+#              per message family). Use a binary with symbols (the release
+#              build keeps them; `--profile profiling` adds line tables).
+#
+# Every run also records the machine's CPU time split from /proc/stat
+# (busy, steal: on a VM, time the host gave to others) and the 1-minute
+# load average; the tables print their medians next to the figures.
 #
 # Section `soak` (load: SOAK_CLIENTS pgbench clients run a mixed encrypted
 # workload for SOAK_SECONDS through one pgveil, then SOAK_IDLE connections
@@ -125,6 +135,8 @@ PG_PORT=""
 PGB_PORT=""
 PGB_PID=""
 PGVEIL_PIDS=()
+declare -A PGVEIL_PID_OF=() # pgveil name -> pid
+PROFILE=${PROFILE:-}
 DB=bench
 BENCH_USER=postgres
 
@@ -243,6 +255,7 @@ $extra
 EOF
     RUST_LOG=${PGVEIL_LOG:-warn} "$PGVEIL" serve --config "$dir/pgveil.yaml" >"$dir/pgveil.log" 2>&1 &
     PGVEIL_PIDS+=($!)
+    PGVEIL_PID_OF[$name]=$!
     wait_port "$PGVEIL_PORT" 20 "pgveil ($name)" || { cat "$dir/pgveil.log"; exit 1; }
     log "pgveil ($name) on port $PGVEIL_PORT"
 }
@@ -268,8 +281,48 @@ port_of() {
         pgveil) echo "$PGVEIL_CORE_PORT" ;;
         pgveil_enc | enc | plain) echo "$PGVEIL_ENC_PORT" ;;
         pgveil_refpol) echo "$PGVEIL_REFPOL_PORT" ;;
+        pgveil_1t) echo "$PGVEIL_1T_PORT" ;;
         *) die "unknown target $1" ;;
     esac
+}
+
+# The pgveil process behind a target (empty for direct and PgBouncer).
+pid_of() {
+    case $1 in
+        pgveil) echo "${PGVEIL_PID_OF[core]:-}" ;;
+        pgveil_enc | enc | plain) echo "${PGVEIL_PID_OF[enc]:-}" ;;
+        pgveil_refpol) echo "${PGVEIL_PID_OF[refpol]:-}" ;;
+        pgveil_1t) echo "${PGVEIL_PID_OF[1t]:-}" ;;
+        *) echo "" ;;
+    esac
+}
+
+# CPU counters of the whole machine: "busy steal total" in jiffies.
+cpu_counters() {
+    awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8; print busy, $9, busy + $5 + $6 + $9 }' /proc/stat
+}
+
+# cpu_share BEFORE AFTER: "busy% steal%" between two cpu_counters.
+cpu_share() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[3] - x[3];
+        if (t <= 0) print "nan nan"; else printf "%.1f %.1f\n", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t }'
+}
+
+# profile_summary DATA OUT: what `perf report` says of one recording (one
+# pass over the samples: DWARF unwinding makes each pass slow).
+profile_summary() {
+    local data=$1 out=$2 full
+    full=$(mktemp)
+    perf report -i "$data" --children --sort dso,symbol --percent-limit 0.2 --stdio -g none \
+        >"$full" 2>/dev/null || true
+    {
+        echo "# self time per symbol (column 2), top 60"
+        grep -v '^#' "$full" | grep -v '^$' | sort -k2 -g -r | head -n 60 || true
+        echo
+        echo "# inclusive time (column 1) of pgveil's code, the runtime and the syscalls"
+        grep -E 'pgveil::|tokio::|__libc|sys_(read|write|sendto|recvfrom)|epoll|aws_lc' "$full" | head -n 100 || true
+    } >"$out"
+    rm -f "$full"
 }
 
 # pgbench_run PORT USER args...: prints pgbench's report; fails on any
@@ -301,14 +354,34 @@ run_workload() {
     for ((round = 1; round <= ROUNDS; round++)); do
         for ((i = 0; i < n; i++)); do
             local target=${targets[$(((i + round - 1) % n))]}
-            local out tps lat
+            local out tps lat before after share load perf_pid="" pid
+            pid=$(pid_of "$target")
+            if [[ -n "$PROFILE" && -n "$pid" && $round -eq 1 ]]; then
+                mkdir -p "$PROFILE"
+                perf record -q -F 499 --call-graph dwarf,8192 -p "$pid" \
+                    -o "$WORK/perf-$section-$workload-$target.data" >/dev/null 2>&1 &
+                perf_pid=$!
+            fi
+            before=$(cpu_counters)
             out=$(pgbench_run "$(port_of "$target")" "$BENCH_USER" "${@//@T@/$target}")
+            after=$(cpu_counters)
+            share=$(cpu_share "$before" "$after")
+            load=$(cut -d' ' -f1 /proc/loadavg)
+            if [[ -n "$perf_pid" ]]; then
+                kill -INT "$perf_pid" 2>/dev/null
+                wait "$perf_pid" 2>/dev/null || true
+                profile_summary "$WORK/perf-$section-$workload-$target.data" \
+                    "$PROFILE/$section-$workload-$target.txt"
+                rm -f "$WORK/perf-$section-$workload-$target.data"
+            fi
             tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n1)
             lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -n1)
             [[ -n "$tps" && -n "$lat" ]] || { echo "$out" >&2; die "cannot parse pgbench output"; }
-            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" "$tps" "$lat" \
-                >>"$RESULTS_TSV"
-            log "$section/$workload round $round: $target $tps tps, $lat ms"
+            # Columns 7-9: the machine's busy and steal share (percent of
+            # all CPU time) and its load average, during this run.
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" "$tps" "$lat" \
+                ${share% *} ${share#* } "$load" >>"$RESULTS_TSV"
+            log "$section/$workload round $round: $target $tps tps, $lat ms (machine busy ${share% *}%, steal ${share#* }%, load $load)"
         done
     done
 }
@@ -318,6 +391,31 @@ median() {
     awk -F'\t' -v s="$1" -v w="$2" -v t="$3" -v c="$4" \
         '$1 == s && $2 == w && $3 == t { print $c }' "$RESULTS_TSV" | sort -g |
         awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# paired_ratio SECTION WORKLOAD A B: "median (min-max)" over the rounds of
+# tps(A)/tps(B) in the same round. The targets of one round run back to
+# back, so this cancels slow drifts of the VM's speed that a ratio of
+# medians keeps.
+paired_ratio() {
+    awk -F'\t' -v s="$1" -v w="$2" -v a="$3" -v b="$4" '
+        $1 == s && $2 == w && $3 == a { A[$4] = $5 }
+        $1 == s && $2 == w && $3 == b { B[$4] = $5 }
+        END { n = 0; for (r in A) if ((r in B) && B[r] > 0) v[++n] = A[r] / B[r];
+              if (n == 0) { print "n/a"; exit }
+              for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+              m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+              printf "%.3f (%.3f-%.3f)\n", m, v[1], v[n] }' "$RESULTS_TSV"
+}
+
+# machine SECTION: median busy and steal share and load over its runs.
+machine() {
+    awk -F'\t' -v s="$1" '
+        function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        $1 == s && NF >= 9 { n++; b[n] = $7; st[n] = $8; l[n] = $9 }
+        END { if (n == 0) { print "machine: n/a"; exit }
+              printf "machine during the section (medians over %d runs): busy %.1f%%, steal %.1f%%, load average %.2f\n", n, med(b, n), med(st, n), med(l, n) }' "$RESULTS_TSV"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
@@ -339,7 +437,10 @@ report() {
         vl=$(median "$section" "$w" pgveil 6)
         printf '%-22s %12.0f %12.0f %12.0f %10.3f %10.3f %10.3f %14s %16s\n' "$w" "$d" "$b" "$v" \
             "$dl" "$bl" "$vl" "$(ratio "$v" "$d")" "$(ratio "$v" "$b")"
+        printf '%-22s per-round pgveil/pgbouncer %s, pgveil/direct %s\n' "" \
+            "$(paired_ratio "$section" "$w" pgveil pgbouncer)" "$(paired_ratio "$section" "$w" pgveil direct)"
     done
+    machine "$section"
 }
 
 # ---------------------------------------------------------------------------
@@ -437,11 +538,14 @@ SQL
     for w in lookup insert; do
         e=$(median encrypted "$w" enc 5)
         p=$(median encrypted "$w" plain 5)
-        printf '%-20s encrypted %10.0f tps   plaintext %10.0f tps   ratio %s\n' "$w" "$e" "$p" "$(ratio "$e" "$p")"
+        printf '%-20s encrypted %10.0f tps   plaintext %10.0f tps   ratio %s   per-round %s\n' "$w" "$e" "$p" \
+            "$(ratio "$e" "$p")" "$(paired_ratio encrypted "$w" enc plain)"
     done
     e=$(median encrypted unprotected-select pgveil_enc 5)
     p=$(median encrypted unprotected-select pgveil 5)
-    printf '%-20s with policy %8.0f tps   no policy %10.0f tps   ratio %s\n' "pgbench -S" "$e" "$p" "$(ratio "$e" "$p")"
+    printf '%-20s with policy %8.0f tps   no policy %10.0f tps   ratio %s   per-round %s\n' "pgbench -S" "$e" "$p" \
+        "$(ratio "$e" "$p")" "$(paired_ratio encrypted unprotected-select pgveil_enc pgveil)"
+    machine encrypted
 }
 
 # Issue 18: pass-through with a production-like setup: the reference policy
@@ -479,6 +583,31 @@ audit:
     v=$(median pass_through_policy select-only pgveil_refpol 5)
     printf 'pgbench -S   direct %8.0f tps   pgbouncer %8.0f tps   pgveil %8.0f tps   pgveil/direct %s   pgveil/pgbouncer %s\n' \
         "$d" "$b" "$v" "$(ratio "$v" "$d")" "$(ratio "$v" "$b")"
+    printf 'per-round pgveil/pgbouncer %s, pgveil/direct %s\n' \
+        "$(paired_ratio pass_through_policy select-only pgveil_refpol pgbouncer)" \
+        "$(paired_ratio pass_through_policy select-only pgveil_refpol direct)"
+    machine pass_through_policy
+}
+
+# The runtime's thread count: the policy-less pgveil with one tokio worker
+# (TOKIO_WORKER_THREADS=1) against the default (one per CPU), PgBouncer
+# (one thread) beside them. Not a default section.
+section_threads() {
+    pgbench_init
+    [[ -n "${PGVEIL_1T_PORT:-}" ]] || {
+        TOKIO_WORKER_THREADS=1 start_pgveil 1t
+        PGVEIL_1T_PORT=$PGVEIL_PORT
+    }
+    local common=(-c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M extended)
+    run_workload threads select-only "pgbouncer pgveil pgveil_1t" -S -n "${common[@]}"
+    printf '\n== threads: medians over %s rounds of %s s ==\n' "$ROUNDS" "$DURATION"
+    local w=select-only
+    printf 'pgbench -S   pgbouncer %8.0f   pgveil (%s workers) %8.0f   pgveil (1 worker) %8.0f\n' \
+        "$(median threads $w pgbouncer 5)" "$(nproc)" "$(median threads $w pgveil 5)" "$(median threads $w pgveil_1t 5)"
+    printf 'per-round: default/pgbouncer %s   1 worker/pgbouncer %s   1 worker/default %s\n' \
+        "$(paired_ratio threads $w pgveil pgbouncer)" "$(paired_ratio threads $w pgveil_1t pgbouncer)" \
+        "$(paired_ratio threads $w pgveil_1t pgveil)"
+    machine threads
 }
 
 section_bulk_read() {
