@@ -649,6 +649,12 @@ mod bulk_tests;
 #[cfg(test)]
 mod copy_out_tests;
 #[cfg(test)]
+mod refusal_tests;
+#[cfg(test)]
 mod review_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;

@@ -18,6 +18,8 @@
 mod columns;
 mod lineage;
 mod query;
+#[cfg(test)]
+pub(crate) mod test_rows;
 mod views;
 
 use std::collections::{BTreeSet, HashMap};
