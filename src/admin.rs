@@ -1,22 +1,24 @@
 //! The admin listener at `metrics.listen`: a minimal HTTP/1.1 server (one
 //! request per connection) for `GET /metrics` (Prometheus text), `GET
-//! /healthz` (the process is serving), `GET /readyz` ([`crate::health`])
+//! /healthz` (the process is serving), `GET /readyz` (`health`'s checks)
 //! and `POST /reload` (same as SIGHUP, answered with the outcome; only from
 //! the same host: loopback or the listener's own address). At most
 //! [`MAX_CONNECTIONS`] at once, each bounded in time both ways. Also the client
 //! side of those requests, for `pgveil reload` and `pgveil healthcheck`.
+//!
+//! Direction: `admin` sits below `proxy` and `health` and names neither.
+//! The instance it serves is handed to it as a [`Control`] (implemented by
+//! `proxy::server`, which starts the listener); `health::command` and
+//! `proxy::reload::command` use its client side ([`client`], [`request`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::proxy::reload::Reloader;
-use crate::proxy::shared::Shared;
 
 /// Longest request head accepted (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;
@@ -42,15 +44,25 @@ pub async fn bind(listen: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("metrics.listen {addr}: {e}"))
 }
 
+/// What the admin listener asks of the instance it serves (`/readyz`,
+/// `POST /reload`), so that it needs nothing of `proxy`.
+pub trait Control: Send + Sync + 'static {
+    /// `/readyz`: whether the instance is ready, and the report to answer.
+    fn readiness(&self) -> impl Future<Output = (bool, Value)> + Send;
+    /// `POST /reload`: reload now; what changed as JSON, or the errors.
+    fn reload(&self) -> impl Future<Output = Result<Value, Vec<String>>> + Send;
+}
+
 /// What the handlers need.
-pub struct Admin {
+pub struct Admin<C> {
+    /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    pub shared: Arc<Shared>,
-    pub reloader: Arc<Reloader>,
+    /// Answers `/readyz` and `POST /reload`.
+    pub control: C,
 }
 
 /// Serve requests on `listener` until the process ends.
-pub fn spawn(listener: TcpListener, admin: Admin) {
+pub fn spawn<C: Control>(listener: TcpListener, admin: Admin<C>) {
     let admin = Arc::new(admin);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
@@ -85,7 +97,11 @@ struct Request {
     path: String,
 }
 
-async fn serve(admin: &Admin, mut tcp: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+async fn serve<C: Control>(
+    admin: &Admin<C>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
     let local = tcp.local_addr()?;
     let req = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut tcp)).await {
         Ok(Ok(Some(r))) => r,
@@ -109,9 +125,9 @@ async fn serve(admin: &Admin, mut tcp: TcpStream, peer: SocketAddr) -> std::io::
         }
         ("GET", "/healthz") => json_response(&mut tcp, 200, &json!({ "status": "ok" })).await,
         ("GET", "/readyz") => {
-            let report = crate::health::readiness(&admin.shared).await;
-            let code = if report.ready { 200 } else { 503 };
-            json_response(&mut tcp, code, &report.to_json()).await
+            let (ready, report) = admin.control.readiness().await;
+            let code = if ready { 200 } else { 503 };
+            json_response(&mut tcp, code, &report).await
         }
         ("POST", "/reload") => {
             if !same_host(peer, local) {
@@ -123,8 +139,8 @@ async fn serve(admin: &Admin, mut tcp: TcpStream, peer: SocketAddr) -> std::io::
                 .await;
             }
             tracing::info!(%peer, "reload requested over HTTP");
-            match admin.reloader.reload().await {
-                Ok(r) => json_response(&mut tcp, 200, &r.to_json()).await,
+            match admin.control.reload().await {
+                Ok(r) => json_response(&mut tcp, 200, &r).await,
                 Err(errors) => {
                     json_response(&mut tcp, 422, &json!({ "ok": false, "errors": errors })).await
                 }
@@ -266,6 +282,18 @@ pub fn local_target(listen: &str) -> Result<SocketAddr, String> {
         });
     }
     Ok(addr)
+}
+
+/// For a one-off request from the command line (`pgveil reload`, `pgveil
+/// healthcheck`): the address to reach the listener at `listen` on
+/// ([`local_target`]) and a current-thread runtime to run [`request`] on.
+pub fn client(listen: &str) -> Result<(SocketAddr, tokio::runtime::Runtime), String> {
+    let addr = local_target(listen)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((addr, rt))
 }
 
 /// One request to an admin listener: (status code, body).

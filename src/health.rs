@@ -6,6 +6,11 @@
 //! unwrap a throwaway data key. Without a policy only the first applies.
 //! Liveness (`/healthz`) is the admin listener answering at all. Also `pgveil
 //! healthcheck`, the probe for images without curl.
+//!
+//! Direction: `health` sits below `proxy` and above `admin`. It is handed
+//! the upstream connector and key manager in force (by `proxy::server`,
+//! which answers `/readyz` through `admin::Control`) and reaches a running
+//! instance only through `admin`'s client side.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::keys::{KeyManager, WrapContext};
-use crate::proxy::shared::Shared;
+use crate::net::upstream::UpstreamConnector;
 
 /// Longest time one check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,18 +30,24 @@ const MASTER_KEY_TTL: Duration = Duration::from_secs(60);
 /// The outcome of one check: `Ok(None)` passed, `Ok(Some(why))` skipped,
 /// `Err(reason)` failed.
 pub struct Check {
+    /// `upstream`, `keystore` or `master_keys`.
     pub name: &'static str,
+    /// Passed, skipped (why) or failed (the reason).
     pub result: Result<Option<&'static str>, String>,
 }
 
 /// What `/readyz` answers.
 pub struct Report {
+    /// Every check passed and the instance is not draining.
     pub ready: bool,
+    /// The instance is shutting down.
     pub draining: bool,
+    /// The checks, in order.
     pub checks: Vec<Check>,
 }
 
 impl Report {
+    /// The answer's body: the status, each check, and which failed.
     pub fn to_json(&self) -> Value {
         let mut checks = serde_json::Map::new();
         for c in &self.checks {
@@ -67,17 +78,20 @@ impl Report {
     }
 }
 
-/// Run the checks against the configuration in force.
-pub async fn readiness(shared: &Shared) -> Report {
-    let live = shared.live();
-    let draining = shared.draining.load(std::sync::atomic::Ordering::Acquire);
+/// Run the checks against the configuration in force: its upstream
+/// connector and, with a policy, its key manager; `draining`: the instance
+/// is shutting down (then it is not ready, whatever the checks say).
+pub async fn readiness(
+    connector: &UpstreamConnector,
+    keys: Option<&KeyManager>,
+    draining: bool,
+) -> Report {
     let upstream = bounded(async {
-        live.upstream.connect().await.map(drop)?;
+        connector.connect().await.map(drop)?;
         Ok(None)
     });
-    let keys = live.engine.as_ref().map(|e| e.crypto.keys.clone());
     let keystore = bounded(async {
-        match &keys {
+        match keys {
             None => Ok(Some("no policy")),
             Some(k) => k
                 .keystore()
@@ -88,7 +102,7 @@ pub async fn readiness(shared: &Shared) -> Report {
         }
     });
     let master = bounded(async {
-        match &keys {
+        match keys {
             None => Ok(Some("no policy")),
             Some(k) => master_keys(k).await.map(|()| None),
         }
@@ -158,18 +172,8 @@ async fn master_keys(keys: &KeyManager) -> Result<(), String> {
 /// `/healthz` (or `/readyz`); exit code 0 when it answers 200.
 pub fn command(listen: &str, ready: bool) -> i32 {
     let path = if ready { "/readyz" } else { "/healthz" };
-    let addr = match crate::admin::local_target(listen) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let (addr, rt) = match crate::admin::client(listen) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;

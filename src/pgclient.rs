@@ -114,16 +114,20 @@ pub async fn connect(t: &Target) -> Result<(tokio_postgres::Client, Connection),
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{}: {} ({})", d.severity(), d.message(), d.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s += &format!(": {inner}");
-                src = inner.source();
-            }
-            s
-        }
+        None => error_chain(e),
     }
+}
+
+/// A tokio-postgres error that is not the server's (connection, TLS,
+/// protocol): its message and every cause below it, `: `-separated.
+pub fn error_chain(e: &tokio_postgres::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s += &format!(": {inner}");
+        src = inner.source();
+    }
+    s
 }
 
 /// How a parsed connection string is named in messages: built from the

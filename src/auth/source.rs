@@ -331,18 +331,12 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// A tokio-postgres error for the log: the server's message and SQLSTATE,
+/// else the client-side error and its causes.
 fn pg_error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s += &format!(": {inner}");
-                src = inner.source();
-            }
-            s
-        }
+        None => crate::pgclient::error_chain(e),
     }
 }
 

@@ -1,3 +1,9 @@
+//! The AWS KMS master-key provider: data keys generated, wrapped and
+//! unwrapped by KMS under one key, with the data key's [`WrapContext`] as
+//! the encryption context (so a wrapped key only unwraps for the table,
+//! tenant and version it was made for). KMS errors are mapped to
+//! [`KeyError`]s that say whether KMS was unreachable or refused.
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -171,19 +177,11 @@ impl MasterKeyProvider for AwsKmsProvider {
                 .send()
                 .await
                 .map_err(|e| self.map_err(e, Some(ctx)))?;
-            let plain = Zeroizing::new(
-                r.plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            );
-            let dek = DataKey::from_bytes(&plain)?;
-            let blob = r
-                .ciphertext_blob()
-                .map(|b| b.as_ref().to_vec())
-                .ok_or_else(|| KeyError::Provider {
-                    provider: KIND,
-                    detail: "GenerateDataKey returned no ciphertext".into(),
-                })?;
+            let dek = plain_key(r.plaintext())?;
+            let blob = bytes(r.ciphertext_blob()).ok_or_else(|| KeyError::Provider {
+                provider: KIND,
+                detail: "GenerateDataKey returned no ciphertext".into(),
+            })?;
             Ok((
                 dek,
                 WrappedKey {
@@ -211,10 +209,7 @@ impl MasterKeyProvider for AwsKmsProvider {
                 .map_err(|e| self.map_err(e, Some(ctx)))?;
             Ok(WrappedKey {
                 master_key_id: r.key_id().unwrap_or(&self.key_id).to_string(),
-                blob: r
-                    .ciphertext_blob()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
+                blob: bytes(r.ciphertext_blob()).unwrap_or_default(),
             })
         })
     }
@@ -234,12 +229,19 @@ impl MasterKeyProvider for AwsKmsProvider {
                 .send()
                 .await
                 .map_err(|e| self.map_err(e, Some(ctx)))?;
-            let plain = Zeroizing::new(
-                r.plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            );
-            Ok(DataKey::from_bytes(&plain)?)
+            plain_key(r.plaintext())
         })
     }
+}
+
+/// The bytes of a blob KMS answered with.
+fn bytes(blob: Option<&Blob>) -> Option<Vec<u8>> {
+    blob.map(|b| b.as_ref().to_vec())
+}
+
+/// The data key in a KMS answer's `Plaintext` (a missing one reads as
+/// empty, which is not a key); the copy is zeroed once read.
+fn plain_key(plaintext: Option<&Blob>) -> Result<DataKey, KeyError> {
+    let plain = Zeroizing::new(bytes(plaintext).unwrap_or_default());
+    Ok(DataKey::from_bytes(&plain)?)
 }

@@ -1,3 +1,8 @@
+//! The local master-key provider: 256-bit master keys pgveil reads from
+//! environment variables or files, wrapping data keys with AES-256-GCM
+//! (the wrapped form and its associated data are described on
+//! [`LocalProvider`]). For development and for deployments without a KMS.
+
 use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

@@ -78,19 +78,8 @@ pub enum Command {
         /// through pgveil), e.g. postgres://owner@host/db
         #[arg(long)]
         database: String,
-        /// Password for --database when its connection string has none: this
-        /// file's first line (else PGPASSWORD, else ~/.pgpass, as libpq).
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<PathBuf>,
-        /// Only this table (schema.table, or a table name the policy has once).
-        #[arg(long)]
-        table: Option<String>,
-        /// Rows per transaction.
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        batch: u32,
-        /// Batches processed in parallel, each on its own connection.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-        jobs: u32,
+        #[command(flatten)]
+        pass: RowPass,
     },
     /// Re-encrypt every value whose data-key version is not the current one
     /// for its table and tenant (after `pgveil keys rotate`), fill missing
@@ -102,19 +91,8 @@ pub enum Command {
         /// PostgreSQL URL of the data database (direct, not through pgveil).
         #[arg(long)]
         database: String,
-        /// Password for --database when its connection string has none: this
-        /// file's first line (else PGPASSWORD, else ~/.pgpass, as libpq).
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<PathBuf>,
-        /// Only this table (schema.table, or a table name the policy has once).
-        #[arg(long)]
-        table: Option<String>,
-        /// Rows per transaction.
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        batch: u32,
-        /// Batches processed in parallel, each on its own connection.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-        jobs: u32,
+        #[command(flatten)]
+        pass: RowPass,
         /// First create a new data-key version for every (table, tenant) of
         /// the selected tables (as `pgveil keys rotate`). Running pgveil
         /// instances may keep writing under the old version for up to
@@ -144,6 +122,25 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+/// The options `encrypt` and `rotate` share: where the password comes
+/// from, which table, and how the row pass is batched.
+#[derive(clap::Args, Debug)]
+pub struct RowPass {
+    /// Password for --database when its connection string has none: this
+    /// file's first line (else PGPASSWORD, else ~/.pgpass, as libpq).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Only this table (schema.table, or a table name the policy has once).
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch: u32,
+    /// Batches processed in parallel, each on its own connection.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,21 +217,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    if let Command::Encrypt {
-        password_file: Some(f),
-        ..
-    }
-    | Command::Rotate {
-        password_file: Some(f),
-        ..
-    }
-    | Command::Policy {
-        command: PolicyCommand::Check {
-            password_file: Some(f),
-            ..
-        },
-    } = &cli.command
-    {
+    if let Some(f) = password_file(&cli.command) {
         crate::ops::db::set_password_file(f.clone());
     }
     match cli.command {
@@ -279,10 +262,9 @@ pub fn main() -> i32 {
         Command::Encrypt {
             config,
             database,
-            table,
-            batch,
-            jobs,
-            ..
+            pass: RowPass {
+                table, batch, jobs, ..
+            },
         } => backfill(
             config,
             database,
@@ -294,11 +276,10 @@ pub fn main() -> i32 {
         Command::Rotate {
             config,
             database,
-            table,
-            batch,
-            jobs,
+            pass: RowPass {
+                table, batch, jobs, ..
+            },
             new_version,
-            ..
         } => backfill(
             config,
             database,
@@ -322,36 +303,61 @@ pub fn main() -> i32 {
                 Box::pin(async move { crate::ops::shred::shred(&k, &tenant, confirm).await })
             })
         }
-        Command::Keys {
+        Command::Keys { command } => keys(command),
+    }
+}
+
+/// The `--password-file` of a command that connects to `--database`.
+fn password_file(command: &Command) -> Option<&PathBuf> {
+    match command {
+        Command::Encrypt {
+            pass: RowPass {
+                password_file: Some(f),
+                ..
+            },
+            ..
+        }
+        | Command::Rotate {
+            pass: RowPass {
+                password_file: Some(f),
+                ..
+            },
+            ..
+        }
+        | Command::Policy {
             command:
-                KeysCommand::List {
-                    config,
-                    tenant,
-                    json,
+                PolicyCommand::Check {
+                    password_file: Some(f),
+                    ..
                 },
+        } => Some(f),
+        _ => None,
+    }
+}
+
+/// `pgveil keys …`: list, rotate, re-wrap or generate keys.
+fn keys(command: KeysCommand) -> i32 {
+    match command {
+        KeysCommand::List {
+            config,
+            tenant,
+            json,
         } => with_keys(&config, move |k| {
             Box::pin(async move { crate::ops::shred::list(&k, tenant.as_deref(), json).await })
         }),
-        Command::Keys {
-            command:
-                KeysCommand::Rotate {
-                    config,
-                    table,
-                    tenant,
-                },
+        KeysCommand::Rotate {
+            config,
+            table,
+            tenant,
         } => with_keys(&config, |k| {
             Box::pin(async move {
                 crate::ops::rotate::keys_rotate(&k, table.as_deref(), tenant.as_deref()).await
             })
         }),
-        Command::Keys {
-            command: KeysCommand::Rewrap { config },
-        } => with_keys(&config, |k| {
+        KeysCommand::Rewrap { config } => with_keys(&config, |k| {
             Box::pin(async move { crate::ops::rotate::keys_rewrap(&k).await })
         }),
-        Command::Keys {
-            command: KeysCommand::Generate,
-        } => {
+        KeysCommand::Generate => {
             let mut key = zeroize::Zeroizing::new([0u8; 32]);
             if aws_lc_rs::rand::fill(key.as_mut()).is_err() {
                 eprintln!("error: the OS random source failed");

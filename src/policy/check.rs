@@ -5,17 +5,19 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::Policy;
 use super::catalog::{CATALOG_QUERY, Catalog, Relation};
-use crate::sql::quote_ident;
+use super::ident::quote_ident;
+use super::{Policy, TablePolicy};
 use crate::yaml;
 
 /// One mismatch between policy and schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaProblem {
+    /// The policy file.
     pub file: PathBuf,
     /// Line of the policy entry concerned.
     pub line: Option<usize>,
+    /// What is wrong (names only).
     pub message: String,
     /// The statement that fixes it, when there is one.
     pub fix: Option<String>,
@@ -91,94 +93,7 @@ pub fn problems(policy: &Policy, text: &str, catalog: &Catalog) -> Vec<SchemaPro
         });
     };
     for t in &policy.tables {
-        let key = t.qualified();
-        let qt = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
-        let tline = t.line.or_else(|| yaml::locate(text, &["tables", &key]));
-        let Some(rel) = catalog.relation(&t.schema, &t.table) else {
-            push(
-                tline,
-                format!(
-                    "table {key} does not exist in the database (or this role cannot see it): create it, or fix the name in the policy"
-                ),
-                None,
-            );
-            continue;
-        };
-        if rel.is_view() {
-            push(
-                tline,
-                format!("{key} is a view: list the base table in the policy instead"),
-                None,
-            );
-            continue;
-        }
-        for c in &t.columns {
-            let line = c
-                .line
-                .or_else(|| yaml::locate(text, &["tables", &key, "columns", &c.name]));
-            let qc = quote_ident(&c.name);
-            match column_type(rel, &c.name) {
-                None => push(
-                    line,
-                    format!("protected column {key}.{} does not exist", c.name),
-                    Some(format!("ALTER TABLE {qt} ADD COLUMN {qc} bytea;")),
-                ),
-                Some("bytea") | Some("text") => {}
-                Some(other) => push(
-                    line,
-                    format!(
-                        "protected column {key}.{} is {other}: it must be bytea or text to hold ciphertext (then run `pgveil encrypt` to encrypt existing values)",
-                        c.name
-                    ),
-                    Some(format!(
-                        "ALTER TABLE {qt} ALTER COLUMN {qc} TYPE text USING {qc}::text;"
-                    )),
-                ),
-            }
-            if let Some(b) = &c.blind_index {
-                let bline = b.line.or(line);
-                for bcol in std::iter::once(&b.column).chain(b.next.iter()) {
-                    let qb = quote_ident(bcol);
-                    match column_type(rel, bcol) {
-                        None => push(
-                            bline,
-                            format!(
-                                "blind-index column {key}.{bcol} (of {}) does not exist",
-                                c.name
-                            ),
-                            Some(format!(
-                                "ALTER TABLE {qt} ADD COLUMN {qb} bytea; CREATE INDEX ON {qt} ({qb});"
-                            )),
-                        ),
-                        Some("bytea") => {}
-                        Some(other) => push(
-                            bline,
-                            format!(
-                                "blind-index column {key}.{bcol} is {other}: it must be bytea (pgveil refills it with `pgveil encrypt`)"
-                            ),
-                            Some(format!(
-                                "ALTER TABLE {qt} ALTER COLUMN {qb} TYPE bytea USING NULL::bytea;"
-                            )),
-                        ),
-                    }
-                }
-            }
-        }
-        if let Some(tc) = &t.tenant
-            && column_type(rel, tc).is_none()
-        {
-            let line = t
-                .tenant_line
-                .or_else(|| yaml::locate(text, &["tables", &key, "tenant"]));
-            push(
-                line,
-                format!("tenant column {key}.{tc} does not exist"),
-                Some(format!(
-                    "ALTER TABLE {qt} ADD COLUMN {} bigint NOT NULL; -- use the type of your tenant ids",
-                    quote_ident(tc)
-                )),
-            );
-        }
+        table_problems(t, text, catalog, &mut push);
     }
     // Tables related to protected ones by inheritance or partitioning that
     // pgveil refuses (a child with other columns, a parent): every
@@ -200,6 +115,106 @@ pub fn problems(policy: &Policy, text: &str, catalog: &Catalog) -> Vec<SchemaPro
     out
 }
 
+/// The problems of one policy table: missing or wrongly typed protected,
+/// blind-index and tenant columns (each with its fix), a missing table, a
+/// view listed as a table.
+fn table_problems(
+    t: &TablePolicy,
+    text: &str,
+    catalog: &Catalog,
+    push: &mut impl FnMut(Option<usize>, String, Option<String>),
+) {
+    let key = t.qualified();
+    let qt = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
+    let tline = t.line.or_else(|| yaml::locate(text, &["tables", &key]));
+    let Some(rel) = catalog.relation(&t.schema, &t.table) else {
+        push(
+            tline,
+            format!(
+                "table {key} does not exist in the database (or this role cannot see it): create it, or fix the name in the policy"
+            ),
+            None,
+        );
+        return;
+    };
+    if rel.is_view() {
+        push(
+            tline,
+            format!("{key} is a view: list the base table in the policy instead"),
+            None,
+        );
+        return;
+    }
+    for c in &t.columns {
+        let line = c
+            .line
+            .or_else(|| yaml::locate(text, &["tables", &key, "columns", &c.name]));
+        let qc = quote_ident(&c.name);
+        match column_type(rel, &c.name) {
+            None => push(
+                line,
+                format!("protected column {key}.{} does not exist", c.name),
+                Some(format!("ALTER TABLE {qt} ADD COLUMN {qc} bytea;")),
+            ),
+            Some("bytea") | Some("text") => {}
+            Some(other) => push(
+                line,
+                format!(
+                    "protected column {key}.{} is {other}: it must be bytea or text to hold ciphertext (then run `pgveil encrypt` to encrypt existing values)",
+                    c.name
+                ),
+                Some(format!(
+                    "ALTER TABLE {qt} ALTER COLUMN {qc} TYPE text USING {qc}::text;"
+                )),
+            ),
+        }
+        if let Some(b) = &c.blind_index {
+            let bline = b.line.or(line);
+            for bcol in std::iter::once(&b.column).chain(b.next.iter()) {
+                let qb = quote_ident(bcol);
+                match column_type(rel, bcol) {
+                    None => push(
+                        bline,
+                        format!(
+                            "blind-index column {key}.{bcol} (of {}) does not exist",
+                            c.name
+                        ),
+                        Some(format!(
+                            "ALTER TABLE {qt} ADD COLUMN {qb} bytea; CREATE INDEX ON {qt} ({qb});"
+                        )),
+                    ),
+                    Some("bytea") => {}
+                    Some(other) => push(
+                        bline,
+                        format!(
+                            "blind-index column {key}.{bcol} is {other}: it must be bytea (pgveil refills it with `pgveil encrypt`)"
+                        ),
+                        Some(format!(
+                            "ALTER TABLE {qt} ALTER COLUMN {qb} TYPE bytea USING NULL::bytea;"
+                        )),
+                    ),
+                }
+            }
+        }
+    }
+    if let Some(tc) = &t.tenant
+        && column_type(rel, tc).is_none()
+    {
+        let line = t
+            .tenant_line
+            .or_else(|| yaml::locate(text, &["tables", &key, "tenant"]));
+        push(
+            line,
+            format!("tenant column {key}.{tc} does not exist"),
+            Some(format!(
+                "ALTER TABLE {qt} ADD COLUMN {} bigint NOT NULL; -- use the type of your tenant ids",
+                quote_ident(tc)
+            )),
+        );
+    }
+}
+
+/// The type (`format_type`) of `rel`'s column `col`, if it has one.
 fn column_type<'a>(rel: &'a Relation, col: &str) -> Option<&'a str> {
     rel.columns
         .iter()

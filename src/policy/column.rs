@@ -8,12 +8,16 @@ use std::fmt;
 /// A column of a table: `schema.table.column`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ColumnRef {
+    /// The schema.
     pub schema: String,
+    /// The table.
     pub table: String,
+    /// The column.
     pub column: String,
 }
 
 impl ColumnRef {
+    /// `schema.table.column`.
     pub fn new(schema: &str, table: &str, column: &str) -> ColumnRef {
         ColumnRef {
             schema: schema.to_string(),

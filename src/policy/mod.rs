@@ -8,11 +8,13 @@
 //!
 //! Submodules: [`catalog`] maps PostgreSQL's table OIDs / attribute numbers
 //! to policy columns; [`check`] compares the policy with a live schema;
-//! [`ColumnRef`] names one column.
+//! [`ColumnRef`] names one column; [`ident`] quotes identifiers (below
+//! `sql`, which re-exports it: the arrow runs `sql` → `policy` only).
 
 pub mod catalog;
 pub mod check;
 mod column;
+pub mod ident;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -42,7 +44,9 @@ pub struct Policy {
 /// One protected table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TablePolicy {
+    /// Its schema.
     pub schema: String,
+    /// Its name.
     pub table: String,
     /// Tenant column: values are bound to (and encrypted under the key of)
     /// the row's tenant.
@@ -56,6 +60,7 @@ pub struct TablePolicy {
 }
 
 impl TablePolicy {
+    /// The protected column `name`, if the table has it.
     pub fn column(&self, name: &str) -> Option<&ColumnPolicy> {
         self.columns.iter().find(|c| c.name == name)
     }
@@ -84,12 +89,15 @@ impl TablePolicy {
 /// One protected column.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnPolicy {
+    /// The column's name.
     pub name: String,
     /// Plaintext type authorized clients see.
     pub ty: PgType,
+    /// Its blind index, when equality lookups are allowed.
     pub blind_index: Option<BlindIndexPolicy>,
     /// Principal (role or group) → access level, in file order.
     pub access: Vec<(String, AccessLevel)>,
+    /// Line of its entry in the policy file.
     pub line: Option<usize>,
 }
 
@@ -103,6 +111,7 @@ pub struct BlindIndexPolicy {
     /// During blind-index key rotation: a second column written alongside
     /// (dual-write) under the new key. Lookups keep using `column`.
     pub next: Option<String>,
+    /// Line of its entry in the policy file.
     pub line: Option<usize>,
 }
 
@@ -118,6 +127,7 @@ pub enum AccessLevel {
 }
 
 impl AccessLevel {
+    /// The level as written in the policy.
     pub fn name(self) -> &'static str {
         match self {
             AccessLevel::Read => "read",
@@ -163,6 +173,7 @@ pub struct Access {
 }
 
 impl Access {
+    /// Everything either grants.
     pub fn union(self, o: Access) -> Access {
         Access {
             write: self.write || o.write,

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+/// A YAML value as read, before validation (duplicate keys kept).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Node {
     Null,
@@ -17,6 +18,7 @@ pub(crate) enum Node {
 }
 
 impl Node {
+    /// What kind of value this is, for messages.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Node::Null => "nothing",

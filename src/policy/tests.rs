@@ -1,5 +1,6 @@
 use std::path::Path;
 
+use super::catalog::test_rows::cat_row;
 use super::*;
 
 fn load(text: &str) -> Result<Policy, YamlErrors> {
@@ -8,6 +9,21 @@ fn load(text: &str) -> Result<Policy, YamlErrors> {
 
 fn errs(text: &str) -> Vec<YamlError> {
     load(text).expect_err("policy should be rejected").0
+}
+
+/// That `all` contains `part` (else the test fails showing `all`).
+#[track_caller]
+fn assert_has(all: &str, part: &str) {
+    assert!(all.contains(part), "{all}");
+}
+
+/// Every error of a rejected policy, one line each.
+fn all_errs(text: &str) -> String {
+    errs(text)
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -110,19 +126,16 @@ tables:
     let e = errs(text);
     let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
     let all = msgs.join("\n");
-    assert!(all.contains("p.yaml:4: unknown key `colums`"), "{all}");
-    assert!(all.contains("did you mean `columns`"), "{all}");
-    assert!(
-        all.contains("p.yaml:3: table `public.t` has no `columns:`"),
-        "{all}"
-    );
+    assert_has(&all, "p.yaml:4: unknown key `colums`");
+    assert_has(&all, "did you mean `columns`");
+    assert_has(&all, "p.yaml:3: table `public.t` has no `columns:`");
     assert!(
         all.contains("p.yaml:8:") && all.contains("unknown type \"money\""),
         "{all}"
     );
-    assert!(all.contains("unknown normaliser \"titlecase\""), "{all}");
-    assert!(all.contains("unknown access level \"admin\""), "{all}");
-    assert!(all.contains("p.yaml:15: unknown key `acess`"), "{all}");
+    assert_has(&all, "unknown normaliser \"titlecase\"");
+    assert_has(&all, "unknown access level \"admin\"");
+    assert_has(&all, "p.yaml:15: unknown key `acess`");
     assert!(e.len() >= 6, "{all}");
 }
 
@@ -139,35 +152,21 @@ tables:
     columns:
       x: { type: text }
 ";
-    let all = errs(text)
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(all.contains("p.yaml:6: duplicate key `a`"), "{all}");
-    assert!(all.contains("p.yaml:7: duplicate key `public.t`"), "{all}");
+    let all = all_errs(text);
+    assert_has(&all, "p.yaml:6: duplicate key `a`");
+    assert_has(&all, "p.yaml:7: duplicate key `public.t`");
     let flow =
         "version: 1\ntables:\n  public.t:\n    columns:\n      a: { type: text, type: int4 }\n";
-    let all = errs(flow)
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(all.contains("p.yaml:5: duplicate key `type`"), "{all}");
+    let all = all_errs(flow);
+    assert_has(&all, "p.yaml:5: duplicate key `type`");
 }
 
 #[test]
 fn unqualified_table_suggests_public() {
-    let all = errs("version: 1\ntables:\n  users:\n    columns:\n      email: { type: text }\n")
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        all.contains("p.yaml:3: table `users` is not schema-qualified"),
-        "{all}"
-    );
-    assert!(all.contains("public.users"), "{all}");
+    let all =
+        all_errs("version: 1\ntables:\n  users:\n    columns:\n      email: { type: text }\n");
+    assert_has(&all, "p.yaml:3: table `users` is not schema-qualified");
+    assert_has(&all, "public.users");
 }
 
 #[test]
@@ -187,33 +186,26 @@ tables:
         type: text
         blind_index: { column: a_bidx, next: a_bidx }
 ";
-    let all = errs(text)
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let all = all_errs(text);
     assert!(
         all.contains("p.yaml:4:") && all.contains("tenant column `org` is itself protected"),
         "{all}"
     );
-    assert!(
-        all.contains("blind-index column `b` of `a` is also a protected column"),
-        "{all}"
+    assert_has(
+        &all,
+        "blind-index column `b` of `a` is also a protected column",
     );
-    assert!(all.contains("`next` must name a different column"), "{all}");
+    assert_has(&all, "`next` must name a different column");
 }
 
 #[test]
 fn version_and_shape_errors() {
     let all = errs("version: 2\ntables: {}\n")[0].to_string();
-    assert!(
-        all.contains("p.yaml:1: unsupported policy version"),
-        "{all}"
-    );
+    assert_has(&all, "p.yaml:1: unsupported policy version");
     let all = errs("tables: {}\n")[0].to_string();
-    assert!(all.contains("missing `version: 1`"), "{all}");
+    assert_has(&all, "missing `version: 1`");
     let all = errs("version: 1\ngroups:\n  g: alice\ntables: {}\n")[0].to_string();
-    assert!(all.contains("p.yaml:3: group `g` must be a list"), "{all}");
+    assert_has(&all, "p.yaml:3: group `g` must be a list");
     let e = errs("version: 1\ntables: [\n");
     assert!(e[0].line.is_some(), "{:?}", e);
 }
@@ -335,14 +327,11 @@ fn catalog_maps_oids_views_and_problems() {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    assert!(
-        all.contains("ALTER TABLE public.users ALTER COLUMN name TYPE text USING name::text;"),
-        "{all}"
+    assert_has(
+        &all,
+        "ALTER TABLE public.users ALTER COLUMN name TYPE text USING name::text;",
     );
-    assert!(
-        all.contains("table public.pay_customers does not exist"),
-        "{all}"
-    );
+    assert_has(&all, "table public.pay_customers does not exist");
 }
 
 #[test]
@@ -359,59 +348,43 @@ fn example_policies_load() {
     assert!(n >= 2);
 }
 
-#[allow(clippy::too_many_arguments)]
-/// One catalog row: oid, attnum, schema, relname, relkind, attname, type,
-/// viewdef, parents.
-fn cat_row(
+/// The catalog rows of a relation `name` (OID `oid`, kind `kind`) with
+/// columns `id` (bigint), `email` and `email_bidx` (bytea); `parents` on
+/// its first row.
+fn id_email_rows(
     oid: &str,
-    att: &str,
-    t: &str,
-    k: &str,
-    c: &str,
-    ty: &str,
-    def: Option<&str>,
+    name: &str,
+    kind: &str,
     parents: Option<&str>,
-) -> Vec<Option<String>> {
-    vec![
-        Some(oid.to_string()),
-        Some(att.to_string()),
-        Some("public".to_string()),
-        Some(t.to_string()),
-        Some(k.to_string()),
-        Some(c.to_string()),
-        Some(ty.to_string()),
-        def.map(str::to_string),
-        parents.map(str::to_string),
-    ]
+) -> Vec<Vec<Option<String>>> {
+    let mut rows = vec![];
+    for (i, c) in ["id", "email", "email_bidx"].iter().enumerate() {
+        let att = (i + 1).to_string();
+        let ty = if i == 0 { "bigint" } else { "bytea" };
+        rows.push(cat_row(
+            oid,
+            &att,
+            name,
+            kind,
+            c,
+            ty,
+            None,
+            if i == 0 { parents } else { None },
+        ));
+    }
+    rows
 }
 
 #[test]
 fn catalog_maps_children_and_refuses_unclean_ones() {
-    let p = Policy::from_text(
-        Path::new("p.yaml"),
-        "version: 1\ntables:\n  public.users:\n    columns:\n      email:\n        type: text\n        blind_index: { column: email_bidx }\n        access: { app: read }\n",
-    )
-    .unwrap();
+    let p = load("version: 1\ntables:\n  public.users:\n    columns:\n      email:\n        type: text\n        blind_index: { column: email_bidx }\n        access: { app: read }\n").unwrap();
     let mut rows = vec![];
     for (oid, name, parents) in [
         ("100", "users", None),
         ("101", "users_inh", Some("{100}")),
         ("102", "users_grand", Some("{101}")),
     ] {
-        for (i, c) in ["id", "email", "email_bidx"].iter().enumerate() {
-            let att = (i + 1).to_string();
-            let ty = if i == 0 { "bigint" } else { "bytea" };
-            rows.push(cat_row(
-                oid,
-                &att,
-                name,
-                "r",
-                c,
-                ty,
-                None,
-                if i == 0 { parents } else { None },
-            ));
-        }
+        rows.extend(id_email_rows(oid, name, "r", parents));
     }
     // A child with an extra column.
     for (i, c) in ["id", "email", "email_bidx", "extra"].iter().enumerate() {
@@ -451,11 +424,7 @@ fn catalog_maps_children_and_refuses_unclean_ones() {
 
 #[test]
 fn view_columns_that_cannot_be_mapped_are_unknown() {
-    let p = Policy::from_text(
-        Path::new("p.yaml"),
-        "version: 1\ntables:\n  public.users:\n    columns:\n      email:\n        type: text\n        access: { app: read }\n",
-    )
-    .unwrap();
+    let p = load("version: 1\ntables:\n  public.users:\n    columns:\n      email:\n        type: text\n        access: { app: read }\n").unwrap();
     let mut rows = vec![
         cat_row("100", "1", "users", "r", "id", "bigint", None, None),
         cat_row("100", "2", "users", "r", "email", "bytea", None, None),
@@ -519,11 +488,7 @@ fn catalog_refuses_parents_of_protected_tables() {
     // public.events is an unprotected partitioned parent of the protected
     // partition public.events_2024 (and has a parent of its own); public.a
     // and its child public.a_1 are both in the policy.
-    let p = Policy::from_text(
-        Path::new("p.yaml"),
-        "version: 1\ntables:\n  public.events_2024:\n    columns:\n      email:\n        type: text\n        blind_index: { column: email_bidx }\n        access: { app: read }\n  public.a:\n    columns:\n      email: { type: text, access: { app: read } }\n  public.a_1:\n    columns:\n      email: { type: text, access: { app: read } }\n",
-    )
-    .unwrap();
+    let p = load("version: 1\ntables:\n  public.events_2024:\n    columns:\n      email:\n        type: text\n        blind_index: { column: email_bidx }\n        access: { app: read }\n  public.a:\n    columns:\n      email: { type: text, access: { app: read } }\n  public.a_1:\n    columns:\n      email: { type: text, access: { app: read } }\n").unwrap();
     let mut rows = vec![];
     for (oid, name, kind, parents) in [
         ("90", "root", "p", None),
@@ -533,20 +498,7 @@ fn catalog_refuses_parents_of_protected_tables() {
         ("200", "a", "r", None),
         ("201", "a_1", "r", Some("{200}")),
     ] {
-        for (i, c) in ["id", "email", "email_bidx"].iter().enumerate() {
-            let att = (i + 1).to_string();
-            let ty = if i == 0 { "bigint" } else { "bytea" };
-            rows.push(cat_row(
-                oid,
-                &att,
-                name,
-                kind,
-                c,
-                ty,
-                None,
-                if i == 0 { parents } else { None },
-            ));
-        }
+        rows.extend(id_email_rows(oid, name, kind, parents));
     }
     let cat = Catalog::from_rows(&p, rows);
     for anc in ["events", "root", "a"] {

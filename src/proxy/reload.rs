@@ -365,18 +365,8 @@ fn restart_only(a: &Config, b: &Config) -> Vec<&'static str> {
 /// process in `pid_file` (the outcome is in its log).
 pub fn command(config: &Config) -> i32 {
     if let Some(m) = &config.metrics {
-        let addr = match crate::admin::local_target(m.listen.as_str()) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
-        };
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
+        let (addr, rt) = match crate::admin::client(m.listen.as_str()) {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
                 return 1;

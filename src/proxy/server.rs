@@ -50,8 +50,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
             listener,
             crate::admin::Admin {
                 metrics,
-                shared: shared.clone(),
-                reloader: reloader.clone(),
+                control: Instance {
+                    shared: shared.clone(),
+                    reloader: reloader.clone(),
+                },
             },
         );
     }
@@ -70,6 +72,31 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     drop(pid_file);
     Ok(())
+}
+
+/// This instance as the admin listener sees it: readiness checked against
+/// the configuration in force, reloads through the reloader. (`admin` and
+/// `health` sit below `proxy`: the arrows run from here to them only.)
+struct Instance {
+    shared: Arc<Shared>,
+    reloader: Arc<super::reload::Reloader>,
+}
+
+impl crate::admin::Control for Instance {
+    async fn readiness(&self) -> (bool, serde_json::Value) {
+        let live = self.shared.live();
+        let draining = self.shared.draining.load(Ordering::Acquire);
+        let keys = live.engine.as_ref().map(|e| &e.crypto.keys);
+        let report = crate::health::readiness(&live.upstream, keys, draining).await;
+        (report.ready, report.to_json())
+    }
+
+    async fn reload(&self) -> Result<serde_json::Value, Vec<String>> {
+        self.reloader
+            .reload()
+            .await
+            .map(|applied| applied.to_json())
+    }
 }
 
 #[cfg(unix)]

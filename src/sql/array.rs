@@ -184,6 +184,7 @@ pub fn render_text<S: AsRef<str>>(items: &[Option<S>]) -> String {
 pub struct BinaryArray {
     /// The element type's OID from the header.
     pub elem_oid: u32,
+    /// The elements' bytes in order; `None` = NULL.
     pub items: Vec<Option<Vec<u8>>>,
 }
 

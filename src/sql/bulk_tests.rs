@@ -6,55 +6,24 @@
 //! 2.0.x (psycopg 3) ran `insert(t).returning(…, sort_by_parameter_order=True)`
 //! with a list of rows, with the protected tables' names put in.
 
-use std::path::Path;
-use std::sync::Arc;
-
+use super::test_support::{analyzer_for, plan_one, reject, rw, shown, unit_policy};
 use super::*;
-use crate::policy::Policy;
 
-const POLICY: &str = "\
-version: 1
-groups:
-  app: [app_user]
-tables:
-  public.users:
-    columns:
-      email:
-        type: text
-        blind_index: { column: email_bidx, normalize: [trim, lowercase] }
-        access: { app: read, signup: write, searcher: search }
-      name: { type: text, access: { app: read } }
-      score: { type: int4, access: { app: read } }
+/// The unit tests' policy with `score`, `amount` and `born` (values of
+/// several types for the array casts) instead of `dob`.
+const POLICY: &str = unit_policy!(
+    "      score: { type: int4, access: { app: read } }
       amount: { type: numeric, access: { app: read } }
       born: { type: date, access: { app: read } }
-  public.pay_customers:
-    tenant: org_id
-    columns:
-      email:
-        type: text
-        blind_index: { column: email_bidx, normalize: [trim, lowercase] }
-        access: { app: read }
-  public.rot:
-    columns:
-      ssn:
-        type: text
-        blind_index: { column: ssn_bidx, next: ssn_bidx2 }
-        access: { app: read }
-";
+"
+);
 
 fn analyzer() -> Analyzer {
-    let p = Policy::from_text(Path::new("t.yaml"), POLICY).unwrap();
-    Analyzer::new(Arc::new(p))
-}
-
-fn plan_with(a: &Analyzer, sql: &str, role: &str, mode: Mode<'_>) -> StatementPlan {
-    let mut v = a.plan(sql, role, mode);
-    assert_eq!(v.len(), 1);
-    v.pop().unwrap()
+    analyzer_for(POLICY)
 }
 
 fn ext_typed(sql: &str, role: &str, types: &[Oid]) -> StatementPlan {
-    plan_with(
+    plan_one(
         &analyzer(),
         sql,
         role,
@@ -67,26 +36,7 @@ fn ext(sql: &str, role: &str) -> StatementPlan {
 }
 
 fn simple(sql: &str, role: &str) -> StatementPlan {
-    plan_with(&analyzer(), sql, role, Mode::Simple)
-}
-
-fn rw(p: StatementPlan) -> RewritePlan {
-    match p {
-        StatementPlan::Rewrite(r) => r,
-        other => panic!("expected a rewrite, got {other:?}"),
-    }
-}
-
-fn reject(p: StatementPlan) -> (&'static str, String) {
-    match p {
-        StatementPlan::Reject { sqlstate, message } => (sqlstate, message),
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
-
-/// The rewritten SQL with literal slots shown as `{i:op}`.
-fn shown(r: &RewritePlan) -> String {
-    r.render(|i, s| format!("{{{i}:{:?}}}", s.op))
+    plan_one(&analyzer(), sql, role, Mode::Simple)
 }
 
 fn email() -> ColumnRef {
@@ -418,7 +368,7 @@ fn text_storage_gets_text_arrays() {
         ColumnRef::new("public", "users", "name"),
         crate::crypto::types::Storage::Text,
     );
-    let r = rw(plan_with(
+    let r = rw(plan_one(
         &a,
         "insert into users (name) select * from unnest($1::text[])",
         "app_user",
@@ -428,7 +378,7 @@ fn text_storage_gets_text_arrays() {
         shown(&r),
         "insert into users (name) select * from unnest($1::text[])"
     );
-    let r = rw(plan_with(
+    let r = rw(plan_one(
         &a,
         "insert into users (name) select * from (values ($1), (NULL)) v",
         "app_user",

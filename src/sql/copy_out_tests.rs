@@ -1,16 +1,11 @@
 //! Planning of `COPY … TO STDOUT` whose rows pgveil decrypts for roles
 //! that may read (the session's `copy_out` transforms the rows).
 
-use std::path::Path;
-use std::sync::Arc;
-
-use super::tests::POLICY;
+use super::test_support::{POLICY, analyzer_for, plan_one};
 use super::*;
-use crate::policy::Policy;
 
 fn analyzer() -> Analyzer {
-    let p = Policy::from_text(Path::new("t.yaml"), POLICY).unwrap();
-    let mut a = Analyzer::new(Arc::new(p));
+    let mut a = analyzer_for(POLICY);
     let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     a.table_columns.insert(
         ("public".into(), "users".into()),
@@ -24,9 +19,7 @@ fn analyzer() -> Analyzer {
 }
 
 fn plan(sql: &str, role: &str) -> StatementPlan {
-    let mut v = analyzer().plan(sql, role, Mode::Simple);
-    assert_eq!(v.len(), 1);
-    v.pop().unwrap()
+    plan_one(&analyzer(), sql, role, Mode::Simple)
 }
 
 fn copy(sql: &str, role: &str) -> CopyPlan {
@@ -102,8 +95,7 @@ fn table_copies_keep_the_blind_index_rule() {
 
 #[test]
 fn a_table_whose_columns_are_unknown_is_not_decrypted_blind() {
-    let p = Policy::from_text(Path::new("t.yaml"), POLICY).unwrap();
-    let a = Analyzer::new(Arc::new(p));
+    let a = analyzer_for(POLICY);
     let v = a.plan("copy rot to stdout", "app_user", Mode::Simple);
     match &v[0] {
         StatementPlan::Reject { sqlstate, message } => {

@@ -106,6 +106,7 @@ pub(crate) struct NameSet {
 }
 
 impl NameSet {
+    /// The set of `names` (lower-cased).
     pub(crate) fn new(names: impl IntoIterator<Item = String>) -> NameSet {
         let mut s = NameSet {
             min_len: usize::MAX,
@@ -131,6 +132,8 @@ impl NameSet {
         s
     }
 
+    /// Whether `sql` may name one of the names: as a word, or anywhere
+    /// for names that are not plain words (case-insensitive).
     pub(crate) fn matches(&self, sql: &str) -> bool {
         let b = sql.as_bytes();
         if !self.odd.is_empty() {
@@ -174,114 +177,8 @@ impl NameSet {
     }
 }
 
-/// Reserved words that must be quoted as identifiers (PostgreSQL's
-/// reserved list; a conservative superset is harmless).
-pub(crate) fn is_reserved(s: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "all",
-        "analyse",
-        "analyze",
-        "and",
-        "any",
-        "array",
-        "as",
-        "asc",
-        "asymmetric",
-        "both",
-        "case",
-        "cast",
-        "check",
-        "collate",
-        "column",
-        "constraint",
-        "create",
-        "current_catalog",
-        "current_date",
-        "current_role",
-        "current_time",
-        "current_timestamp",
-        "current_user",
-        "default",
-        "deferrable",
-        "desc",
-        "distinct",
-        "do",
-        "else",
-        "end",
-        "except",
-        "false",
-        "fetch",
-        "for",
-        "foreign",
-        "from",
-        "grant",
-        "group",
-        "having",
-        "in",
-        "initially",
-        "intersect",
-        "into",
-        "lateral",
-        "leading",
-        "limit",
-        "localtime",
-        "localtimestamp",
-        "not",
-        "null",
-        "offset",
-        "on",
-        "only",
-        "or",
-        "order",
-        "placing",
-        "primary",
-        "references",
-        "returning",
-        "select",
-        "session_user",
-        "some",
-        "symmetric",
-        "system_user",
-        "table",
-        "then",
-        "to",
-        "trailing",
-        "true",
-        "union",
-        "unique",
-        "user",
-        "using",
-        "variadic",
-        "when",
-        "where",
-        "window",
-        "with",
-        "authorization",
-        "binary",
-        "collation",
-        "concurrently",
-        "cross",
-        "current_schema",
-        "freeze",
-        "full",
-        "ilike",
-        "inner",
-        "is",
-        "isnull",
-        "join",
-        "left",
-        "like",
-        "natural",
-        "notnull",
-        "outer",
-        "overlaps",
-        "right",
-        "similar",
-        "tablesample",
-        "verbose",
-    ];
-    RESERVED.contains(&s)
-}
+/// Reserved words (defined with identifier quoting, in the policy layer).
+pub(crate) use crate::policy::ident::is_reserved;
 
 #[cfg(test)]
 mod tests {

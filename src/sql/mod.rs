@@ -23,6 +23,7 @@ use crate::crypto::types::{Oid, PgType, Storage};
 use crate::policy::{Catalog, Policy};
 
 pub use crate::policy::ColumnRef;
+pub use crate::policy::ident::quote_ident;
 pub use lex::split_statements;
 pub use lex::{SqlName, mentions_execute, names_after_execute};
 
@@ -56,6 +57,7 @@ pub enum StatementPlan {
 }
 
 impl StatementPlan {
+    /// The plan that refuses the statement with `r`.
     pub(crate) fn reject(r: Reject) -> StatementPlan {
         StatementPlan::Reject {
             sqlstate: r.sqlstate,
@@ -68,20 +70,26 @@ impl StatementPlan {
 /// alternative. Never contains values from the statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
+    /// [`Reject::PRIVILEGE`] or [`Reject::UNSUPPORTED`].
     pub sqlstate: &'static str,
+    /// What is refused and what to do instead (names only).
     pub message: String,
 }
 
 impl Reject {
+    /// `insufficient_privilege`: the role may not do this with the column.
     pub const PRIVILEGE: &'static str = "42501";
+    /// `feature_not_supported`: pgveil cannot prove the statement safe.
     pub const UNSUPPORTED: &'static str = "0A000";
 
+    /// A refusal as not supported (`0A000`).
     pub fn unsupported(message: impl Into<String>) -> Reject {
         Reject {
             sqlstate: Reject::UNSUPPORTED,
             message: message.into(),
         }
     }
+    /// A refusal for lack of privilege (`42501`).
     pub fn privilege(message: impl Into<String>) -> Reject {
         Reject {
             sqlstate: Reject::PRIVILEGE,
@@ -154,8 +162,11 @@ pub enum ArrayTenant {
 pub struct LiteralSlot {
     /// The literal's string value; `None` = NULL.
     pub value: Option<String>,
+    /// The protected column it is written to or compared with.
     pub target: ColumnRef,
+    /// What the proxy makes of it.
     pub op: SlotOp,
+    /// Where the row's tenant comes from (tenant tables).
     pub tenant: TenantSource,
     /// For [`SlotOp::EncryptArray`] into a tenant table: the tenant of each
     /// element (`TenantSource::None` for a row without one, allowed only
@@ -252,9 +263,11 @@ pub enum Use {
 /// A rewritten statement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewritePlan {
+    /// What kind of statement it is.
     pub kind: StatementKind,
     /// The statement to send, as text pieces and literal slots.
     pub sql: Vec<Segment>,
+    /// The literals the proxy transforms, by slot number.
     pub literals: Vec<LiteralSlot>,
     /// Final statement's parameters: `$n` is `params[n-1]`. Empty in simple
     /// mode.
@@ -329,6 +342,7 @@ pub enum CopyFormat {
     Binary,
 }
 
+/// Which way a COPY's rows go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyDirection {
     /// `COPY … FROM STDIN`: the proxy transforms each data row.
@@ -367,19 +381,27 @@ pub struct CopyDecrypt {
 /// A COPY on a protected table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyPlan {
+    /// The table's schema.
     pub schema: String,
+    /// The table.
     pub table: String,
     /// The client's columns in data order (expanded from the catalog when
     /// the statement listed none; `None` when that was impossible, which
     /// only happens for COPY TO).
     pub columns: Option<Vec<String>>,
+    /// Text, CSV or binary.
     pub format: CopyFormat,
+    /// Field delimiter.
     pub delimiter: char,
     /// NULL marker (`\N` for text, empty for CSV by default).
     pub null: String,
+    /// CSV `HEADER`: the first line names the columns.
     pub header: bool,
+    /// CSV quote character.
     pub quote: char,
+    /// CSV escape character.
     pub escape: char,
+    /// FROM STDIN or TO.
     pub direction: CopyDirection,
     /// Statement to send upstream: for COPY FROM, the blind-index columns
     /// are appended to the column list.
@@ -393,6 +415,7 @@ pub struct CopyPlan {
     pub appended_columns: Vec<String>,
     /// CSV `FORCE_NOT_NULL` / `FORCE_NULL`: indexes of client fields.
     pub force_not_null: Vec<usize>,
+    /// CSV `FORCE_NULL`: indexes of client fields.
     pub force_null: Vec<usize>,
     /// COPY TO STDOUT: per field of each row, what pgveil decrypts for the
     /// role. Empty when it decrypts nothing: the rows go out as PostgreSQL
@@ -400,6 +423,7 @@ pub struct CopyPlan {
     pub decrypt: Vec<Option<CopyDecrypt>>,
     /// CSV `FORCE_QUOTE` of a decrypting COPY TO: indexes of fields.
     pub force_quote: Vec<usize>,
+    /// The statement's byte range in the client's message.
     pub source: Range<usize>,
 }
 
@@ -419,8 +443,11 @@ impl CopyPlan {
 /// A view over protected tables, as the analyzer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ViewDef {
+    /// The view's schema.
     pub schema: String,
+    /// The view's name.
     pub name: String,
+    /// Its columns in order, each with the base column it shows unchanged.
     pub columns: Vec<(String, Option<ColumnRef>)>,
     /// Columns computed from protected data in a way pgveil cannot map
     /// (see [`crate::policy::ViewColumn::unknown`]).
@@ -435,6 +462,7 @@ pub(crate) struct ViewDef {
 /// over protected tables and table column orders).
 #[derive(Debug, Clone)]
 pub struct Analyzer {
+    /// The policy it plans for.
     pub(crate) policy: Arc<Policy>,
     /// Views by (schema, name).
     pub(crate) views: HashMap<(String, String), ViewDef>,
@@ -451,6 +479,8 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
+    /// An analyzer for `policy` without a catalog (no views, no column
+    /// orders).
     pub fn new(policy: Arc<Policy>) -> Analyzer {
         let names = lex::NameSet::new(
             policy
@@ -516,6 +546,7 @@ impl Analyzer {
         a
     }
 
+    /// The policy it plans for.
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
     }
@@ -613,27 +644,17 @@ fn fetch_word(policy: &Policy) -> Option<String> {
 static SCHEMA_WORD: std::sync::LazyLock<lex::NameSet> =
     std::sync::LazyLock::new(|| lex::NameSet::new(["schema".to_string()]));
 
-/// Quote an identifier for PostgreSQL when needed.
-pub fn quote_ident(s: &str) -> String {
-    let simple = !s.is_empty()
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
-        && !lex::is_reserved(s);
-    if simple {
-        s.to_string()
-    } else {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    }
-}
-
 #[cfg(test)]
 mod bulk_tests;
 #[cfg(test)]
 mod copy_out_tests;
 #[cfg(test)]
+mod refusal_tests;
+#[cfg(test)]
 mod review_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;

@@ -53,6 +53,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// A string constant of any form (dollar-quoted included).
     pub fn is_string(self) -> bool {
         matches!(
             self,
@@ -67,9 +68,12 @@ impl Kind {
     }
 }
 
+/// One token: its kind and its byte range in the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
+    /// What it is.
     pub kind: Kind,
+    /// Where it is.
     pub span: Range<usize>,
 }
 
@@ -145,6 +149,7 @@ pub struct Tokens<'a> {
 }
 
 impl<'a> Tokens<'a> {
+    /// The tokens of `sql`, from the start.
     pub fn new(sql: &'a str) -> Tokens<'a> {
         Tokens {
             b: sql.as_bytes(),
@@ -635,6 +640,7 @@ pub(crate) struct Positions<'a> {
 impl<'a> Positions<'a> {
     const STEP: usize = 64;
 
+    /// The position table of `sql` (one pass over it).
     pub(crate) fn new(sql: &'a str) -> Positions<'a> {
         let mut every = Vec::with_capacity(sql.len() / Self::STEP + 1);
         let mut line_char = vec![0];

@@ -1,42 +1,18 @@
 //! Shapes from the third attacker review. Each asserts the secure outcome
 //! (refusal, or no plaintext literal left in the SQL sent).
-use std::path::Path;
-use std::sync::Arc;
-
+use super::test_support::with_users;
 use super::*;
-use crate::policy::Policy;
 
-// The unit tests' policy (users, pay_customers, rot).
-use super::tests::POLICY;
-
+/// The unit tests' policy over a catalog with `public.users`.
 fn analyzer() -> Analyzer {
-    let p = Arc::new(Policy::from_text(Path::new("t.yaml"), POLICY).unwrap());
-    let row = |att: &str, c: &str, ty: &str| {
-        vec![
-            Some("1".into()),
-            Some(att.into()),
-            Some("public".into()),
-            Some("users".into()),
-            Some("r".into()),
-            Some(c.into()),
-            Some(ty.into()),
-            None,
-        ]
-    };
-    let rows = [
+    with_users(&[
         ("id", "bigint"),
         ("email", "bytea"),
         ("email_bidx", "bytea"),
         ("name", "text"),
         ("dob", "text"),
         ("plan", "text"),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, (c, t))| row(&(i + 1).to_string(), c, t))
-    .collect();
-    let cat = crate::policy::Catalog::from_rows(&p, rows);
-    Analyzer::with_catalog(p, &cat)
+    ])
 }
 
 /// The SQL that would reach PostgreSQL, or None if refused.

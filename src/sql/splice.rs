@@ -43,7 +43,9 @@ const LOOKAHEAD: usize = 12;
 /// by `text`. An empty span is an insertion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edit {
+    /// The bytes replaced.
     pub span: Range<usize>,
+    /// What replaces them.
     pub text: String,
 }
 

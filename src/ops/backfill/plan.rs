@@ -9,7 +9,7 @@ use crate::crypto::Storage;
 use crate::ops::db;
 use crate::policy::TablePolicy;
 use crate::policy::catalog::{Catalog, ProtectedAttr};
-use crate::sql::quote_ident;
+use crate::policy::ident::quote_ident;
 
 /// One protected column with the positions of its values in the SELECT.
 pub(super) struct ColPlan {

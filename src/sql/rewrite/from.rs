@@ -26,23 +26,12 @@ impl<'a> Cx<'a> {
             ..
         } = tf
         {
-            let (name, alias) = (name.clone(), alias.clone());
-            let probe = tf.clone();
             // A function in FROM is implicitly LATERAL: its arguments see
             // the FROM items before it.
-            let mut fsc = sc.to_vec();
-            fsc.push(Scope {
-                rels: into.clone(),
-                ctes: vec![],
-            });
-            self.generic(&probe, &fsc)?;
-            into.push(Rel {
-                alias: alias.as_ref().map(|a| norm(&a.name)),
-                schema: None,
-                name: name_parts(&name).last().cloned().unwrap_or_default(),
-                kind: RelKind::Plain,
-            });
-            return Ok(());
+            let alias = alias.as_ref().map(|a| norm(&a.name));
+            let name = name_parts(name).last().cloned().unwrap_or_default();
+            let probe = tf.clone();
+            return self.opaque_factor(&probe, alias, name, sc, into);
         }
         match tf {
             TableFactor::Table { name, alias, .. } => {
@@ -69,13 +58,11 @@ impl<'a> Cx<'a> {
                 alias,
                 ..
             } => {
-                let mut inner_sc = sc.to_vec();
-                if *lateral {
-                    inner_sc.push(Scope {
-                        rels: into.clone(),
-                        ctes: vec![],
-                    });
-                }
+                let inner_sc = if *lateral {
+                    lateral_scope(sc, into)
+                } else {
+                    sc.to_vec()
+                };
                 let mut outs = self.query(subquery, &inner_sc)?;
                 Self::positions_known(
                     &outs,
@@ -110,20 +97,32 @@ impl<'a> Cx<'a> {
             }
             other => {
                 let probe = other.clone();
-                let mut fsc = sc.to_vec();
-                fsc.push(Scope {
-                    rels: into.clone(),
-                    ctes: vec![],
-                });
-                self.generic(&probe, &fsc)?;
-                into.push(Rel {
-                    alias: None,
-                    schema: None,
-                    name: String::new(),
-                    kind: RelKind::Plain,
-                });
+                self.opaque_factor(&probe, None, String::new(), sc, into)?;
             }
         }
+        Ok(())
+    }
+
+    /// A FROM item the walker does not model (a function in FROM, and any
+    /// other kind it has no case for): checked fail closed as a whole,
+    /// seeing the FROM items before it, and in the scope as a plain
+    /// relation called `alias` / `name`.
+    fn opaque_factor(
+        &mut self,
+        probe: &TableFactor,
+        alias: Option<String>,
+        name: String,
+        sc: &[Scope<'a>],
+        into: &mut Vec<Rel<'a>>,
+    ) -> R<()> {
+        let fsc = lateral_scope(sc, into);
+        self.generic(probe, &fsc)?;
+        into.push(Rel {
+            alias,
+            schema: None,
+            name,
+            kind: RelKind::Plain,
+        });
         Ok(())
     }
 
@@ -155,11 +154,7 @@ impl<'a> Cx<'a> {
             };
             match constraint {
                 JoinConstraint::On(e) => {
-                    let mut jsc = sc.to_vec();
-                    jsc.push(Scope {
-                        rels: into.clone(),
-                        ctes: vec![],
-                    });
+                    let jsc = lateral_scope(sc, into);
                     let c = self.expr(e, &jsc)?;
                     self.plain(c, "a join condition", "compare an unprotected key column")?;
                 }
@@ -205,4 +200,15 @@ impl<'a> Cx<'a> {
         }
         Ok(())
     }
+}
+
+/// The scope `sc` with the FROM items collected so far as its innermost
+/// level: what a LATERAL item, a function in FROM or a join condition sees.
+fn lateral_scope<'a>(sc: &[Scope<'a>], into: &[Rel<'a>]) -> Vec<Scope<'a>> {
+    let mut out = sc.to_vec();
+    out.push(Scope {
+        rels: into.to_vec(),
+        ctes: vec![],
+    });
+    out
 }

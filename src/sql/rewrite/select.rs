@@ -10,8 +10,8 @@
 //! them. `*` expands to the catalog's columns with the blind indexes marked.
 
 use sqlparser::ast::{
-    Distinct, Expr, GroupByExpr, OrderByKind, Query, SelectItem, SelectItemQualifiedWildcardKind,
-    SetExpr, SetOperator, SetQuantifier, Value,
+    Distinct, Expr, GroupByExpr, Ident, OrderByKind, Query, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, SetOperator, SetQuantifier, Value,
 };
 
 use super::{Class, Cx, OutCol, ProtCol, R, RelKind, Scope, Via, name_parts, norm};
@@ -429,32 +429,9 @@ impl<'a> Cx<'a> {
                         ..Default::default()
                     });
                 }
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                    let alias = item_alias(e);
-                    let tenant_of = self.tenant_ref(e, &sc);
-                    let c = self.expr(e, &sc)?;
-                    let name = match &*item {
-                        SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
-                        _ => alias,
-                    };
-                    match c {
-                        Class::Prot(p) => {
-                            self.touch(&p.col, Use::Read);
-                            outs.push(OutCol {
-                                name,
-                                prot: Some(p),
-                                ..Default::default()
-                            });
-                        }
-                        c => {
-                            self.plain(c, "", "")?;
-                            outs.push(OutCol {
-                                name,
-                                tenant_of,
-                                ..Default::default()
-                            });
-                        }
-                    }
+                SelectItem::UnnamedExpr(e) => outs.push(self.expr_column(e, None, &sc, true)?),
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    outs.push(self.expr_column(expr, Some(&*alias), &sc, true)?);
                 }
                 SelectItem::Wildcard(_) => {
                     for r in &scope.rels {
@@ -590,30 +567,9 @@ impl<'a> Cx<'a> {
         let Some(items) = ret else { return Ok(outs) };
         for item in items.iter_mut() {
             match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                    let name = item_alias(e);
-                    let c = self.expr(e, scope)?;
-                    let name = match &*item {
-                        SelectItem::ExprWithAlias { alias, .. } => Some(norm(alias)),
-                        _ => name,
-                    };
-                    match c {
-                        Class::Prot(p) => {
-                            self.touch(&p.col, Use::Read);
-                            outs.push(OutCol {
-                                name,
-                                prot: Some(p),
-                                ..Default::default()
-                            });
-                        }
-                        c => {
-                            self.plain(c, "", "")?;
-                            outs.push(OutCol {
-                                name,
-                                ..Default::default()
-                            });
-                        }
-                    }
+                SelectItem::UnnamedExpr(e) => outs.push(self.expr_column(e, None, scope, false)?),
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    outs.push(self.expr_column(expr, Some(&*alias), scope, false)?);
                 }
                 SelectItem::Wildcard(_) => {
                     let last = scope.last().map(|s| s.rels.clone()).unwrap_or_default();
@@ -628,6 +584,47 @@ impl<'a> Cx<'a> {
             }
         }
         Ok(outs)
+    }
+
+    /// One expression of a select list or RETURNING as an output column,
+    /// named by `alias` or else as PostgreSQL names it (a bare column's
+    /// name, taken before the walk rewrites it): a protected column is read
+    /// (and decrypted for roles that may), anything else must be plain.
+    /// `tenant`: record which tenant column it shows (the select list).
+    fn expr_column(
+        &mut self,
+        e: &mut Expr,
+        alias: Option<&Ident>,
+        scope: &[Scope<'a>],
+        tenant: bool,
+    ) -> R<OutCol<'a>> {
+        let name = match alias {
+            Some(a) => Some(norm(a)),
+            None => item_alias(e),
+        };
+        let tenant_of = if tenant {
+            self.tenant_ref(e, scope)
+        } else {
+            None
+        };
+        match self.expr(e, scope)? {
+            Class::Prot(p) => {
+                self.touch(&p.col, Use::Read);
+                Ok(OutCol {
+                    name,
+                    prot: Some(p),
+                    ..Default::default()
+                })
+            }
+            c => {
+                self.plain(c, "", "")?;
+                Ok(OutCol {
+                    name,
+                    tenant_of,
+                    ..Default::default()
+                })
+            }
+        }
     }
 }
 
