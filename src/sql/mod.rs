@@ -44,8 +44,10 @@ pub enum StatementPlan {
     /// Forward unchanged (the statement's own text).
     Passthrough { sql: String },
     /// Send the rewritten statement (possibly unchanged text, see
-    /// [`RewritePlan::unchanged`]) after filling its slots.
-    Rewrite(RewritePlan),
+    /// [`RewritePlan::unchanged`]) after filling its slots. Shared: the
+    /// plan cache, the prepared statement and its portals hold the same
+    /// plan, never a copy of it.
+    Rewrite(Arc<RewritePlan>),
     /// COPY involving a protected table.
     Copy(CopyPlan),
     /// Answer with an ErrorResponse; nothing is sent upstream.
@@ -625,7 +627,7 @@ impl Analyzer {
                 (true, Some(_)) => StatementPlan::reject(Reject::unsupported(
                     "pgveil: a prepared FETCH is not supported (PostgreSQL describes its rows when it is bound, but reads the cursor when it runs): send FETCH as a simple query (psycopg's text cursors do), or read a protocol portal with a row limit (your driver's fetch size)",
                 )),
-                (true, None) => StatementPlan::Rewrite(RewritePlan::fetch(text, r)),
+                (true, None) => StatementPlan::Rewrite(Arc::new(RewritePlan::fetch(text, r))),
             };
         }
         rewrite::plan_statement(self, text, r, role, params)

@@ -133,7 +133,7 @@ pub(crate) fn plan_statement(
         },
         Ok(Top::Copy(p)) => StatementPlan::Copy(*p),
         Ok(Top::Done(kind)) => match cx.finish(&stmt, text, source, kind) {
-            Ok(p) => StatementPlan::Rewrite(p),
+            Ok(p) => StatementPlan::Rewrite(std::sync::Arc::new(p)),
             Err(r) => StatementPlan::reject(r),
         },
     }

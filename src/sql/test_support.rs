@@ -112,7 +112,7 @@ pub(super) fn plan_one(a: &Analyzer, sql: &str, role: &str, mode: Mode<'_>) -> S
 /// The rewrite `p` must be.
 pub(super) fn rw(p: StatementPlan) -> RewritePlan {
     match p {
-        StatementPlan::Rewrite(r) => r,
+        StatementPlan::Rewrite(r) => std::sync::Arc::unwrap_or_clone(r),
         other => panic!("expected a rewrite, got {other:?}"),
     }
 }

@@ -164,7 +164,7 @@ impl Frontend {
                     Prepared {
                         client_params: client_param_count(rp, &parse.param_types),
                         declared: parse.param_types.clone(),
-                        plan: Some(Arc::new(rp.clone())),
+                        plan: Some(rp.clone()),
                         copy: None,
                         deferred_literals: deferred,
                     },
