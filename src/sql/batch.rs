@@ -44,34 +44,40 @@ const CATALOG: &[&str] = &[
 
 /// Classify one statement by its leading words.
 pub fn effect(stmt: &str) -> Effect {
-    let w = pglex::leading_words(stmt, 4);
-    let Some(first) = w.first() else {
+    // Hot path (every Parse and Query): the first word decides, read in
+    // place; only SET and RESET need the words after it.
+    let Some(first) = pglex::Tokens::new(stmt)
+        .next()
+        .filter(|t| t.kind == pglex::Kind::Ident)
+    else {
         return Effect::None;
     };
-    if CATALOG.contains(&first.as_str()) {
+    let first = &stmt[first.span];
+    if CATALOG.iter().any(|w| first.eq_ignore_ascii_case(w)) {
         return Effect::Catalog;
     }
-    match first.as_str() {
-        "set" | "reset" => {
-            // SET [SESSION | LOCAL] name …, SET SESSION AUTHORIZATION …
-            let name = w
-                .iter()
-                .skip(1)
-                .find(|x| !matches!(x.as_str(), "session" | "local"))
-                .map(String::as_str)
-                .unwrap_or(if w.get(1).map(String::as_str) == Some("session") {
-                    "authorization"
-                } else {
-                    ""
-                });
-            if SETTINGS.contains(&name) || name.is_empty() {
-                Effect::Settings
-            } else {
-                Effect::None
-            }
-        }
-        "discard" => Effect::Settings,
-        _ => Effect::None,
+    if first.eq_ignore_ascii_case("discard") {
+        return Effect::Settings;
+    }
+    if !first.eq_ignore_ascii_case("set") && !first.eq_ignore_ascii_case("reset") {
+        return Effect::None;
+    }
+    // SET [SESSION | LOCAL] name …, SET SESSION AUTHORIZATION …
+    let w = pglex::leading_words(stmt, 4);
+    let name = w
+        .iter()
+        .skip(1)
+        .find(|x| !matches!(x.as_str(), "session" | "local"))
+        .map(String::as_str)
+        .unwrap_or(if w.get(1).map(String::as_str) == Some("session") {
+            "authorization"
+        } else {
+            ""
+        });
+    if SETTINGS.contains(&name) || name.is_empty() {
+        Effect::Settings
+    } else {
+        Effect::None
     }
 }
 
@@ -144,5 +150,71 @@ mod tests {
         assert!(!calls_set_config("select 'set_config'"));
         assert!(is_transaction_control("COMMIT"));
         assert!(!is_transaction_control("INSERT INTO t VALUES (1)"));
+    }
+
+    /// The classification as it was before the first word was read in
+    /// place: four lowercased words, then the same rules.
+    fn effect_by_words(stmt: &str) -> Effect {
+        let w = pglex::leading_words(stmt, 4);
+        let Some(first) = w.first() else {
+            return Effect::None;
+        };
+        if CATALOG.contains(&first.as_str()) {
+            return Effect::Catalog;
+        }
+        match first.as_str() {
+            "set" | "reset" => {
+                let name = w
+                    .iter()
+                    .skip(1)
+                    .find(|x| !matches!(x.as_str(), "session" | "local"))
+                    .map(String::as_str)
+                    .unwrap_or(if w.get(1).map(String::as_str) == Some("session") {
+                        "authorization"
+                    } else {
+                        ""
+                    });
+                if SETTINGS.contains(&name) || name.is_empty() {
+                    Effect::Settings
+                } else {
+                    Effect::None
+                }
+            }
+            "discard" => Effect::Settings,
+            _ => Effect::None,
+        }
+    }
+
+    #[test]
+    fn the_first_word_read_in_place_classifies_as_the_words_did() {
+        for stmt in [
+            "",
+            "   ",
+            "/* only a comment */",
+            "-- line\nSET search_path = x",
+            "Set Local ROLE dba",
+            "sEt",
+            "set session",
+            "SET SESSION statement_timeout = 1",
+            "reset",
+            "RESET search_path",
+            "reset work_mem",
+            "Discard PLANS",
+            "\"set\" search_path",
+            "(select 1)",
+            "settings",
+            "setx search_path",
+            "DROP TABLE t",
+            "Execute p(1)",
+            "call f()",
+            "security label on table t is 'x'",
+            "select set_config('role', 'x', false)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "ınsert into t values (1)",
+            "ALTER\tTABLE t ADD c int",
+            "U&\"set\" x",
+        ] {
+            assert_eq!(effect(stmt), effect_by_words(stmt), "{stmt:?}");
+        }
     }
 }
