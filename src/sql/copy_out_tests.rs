@@ -24,7 +24,7 @@ fn plan(sql: &str, role: &str) -> StatementPlan {
 
 fn copy(sql: &str, role: &str) -> CopyPlan {
     match plan(sql, role) {
-        StatementPlan::Copy(c) => c,
+        StatementPlan::Copy(c) => std::sync::Arc::unwrap_or_clone(c),
         other => panic!("{sql}: expected a COPY plan, got {other:?}"),
     }
 }

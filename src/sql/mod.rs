@@ -48,8 +48,8 @@ pub enum StatementPlan {
     /// plan cache, the prepared statement and its portals hold the same
     /// plan, never a copy of it.
     Rewrite(Arc<RewritePlan>),
-    /// COPY involving a protected table.
-    Copy(CopyPlan),
+    /// COPY involving a protected table (shared like `Rewrite`).
+    Copy(Arc<CopyPlan>),
     /// Answer with an ErrorResponse; nothing is sent upstream.
     Reject {
         /// `42501` (insufficient privilege) or `0A000` (not supported).

@@ -131,7 +131,7 @@ pub(crate) fn plan_statement(
         Ok(Top::Passthrough) => StatementPlan::Passthrough {
             sql: text.to_string(),
         },
-        Ok(Top::Copy(p)) => StatementPlan::Copy(*p),
+        Ok(Top::Copy(p)) => StatementPlan::Copy(std::sync::Arc::from(p)),
         Ok(Top::Done(kind)) => match cx.finish(&stmt, text, source, kind) {
             Ok(p) => StatementPlan::Rewrite(std::sync::Arc::new(p)),
             Err(r) => StatementPlan::reject(r),

@@ -4,8 +4,6 @@
 //! recorded in the name map, to take effect when PostgreSQL confirms it.
 //! Held whole, never streamed.
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 
 use super::Frontend;
@@ -188,7 +186,7 @@ impl Frontend {
                         Prepared {
                             plan: None,
                             deferred_literals: vec![],
-                            copy: Some(Arc::new(cp.clone())),
+                            copy: Some(cp.clone()),
                             client_params: 0,
                             declared: vec![],
                         },

@@ -166,15 +166,11 @@ impl Frontend {
                             refused = true;
                             break;
                         }
-                        transform = Some(CopyIn::new(
-                            Arc::new(cp.clone()),
-                            entry.clone(),
-                            self.max_message,
-                        ));
+                        transform = Some(CopyIn::new(cp.clone(), entry.clone(), self.max_message));
                     }
                     if cp.decrypts() {
                         merge_audit(&mut audit, copy_audit(cp).as_deref());
-                        copy_out = Some(Arc::new(cp.clone()));
+                        copy_out = Some(cp.clone());
                     }
                     parts.push(cp.sql.clone());
                 }
