@@ -17,6 +17,14 @@ use crate::session::{Decrypt, Kind, Pending, Shape};
 use crate::wire::codec::Frame;
 use crate::wire::msg;
 
+/// The requests a NoData answers: a Describe, or pgveil's own for a
+/// simple-query SELECT (`Pending::ResultShape`).
+pub(super) const NO_DATA_ANSWERS: &[Kind] = &[
+    Kind::DescribeStatement,
+    Kind::DescribePortal,
+    Kind::ResultShape,
+];
+
 impl Backend {
     /// ParameterDescription: the client's view of a planned statement's
     /// parameters.
@@ -153,15 +161,7 @@ impl Backend {
     /// NoData: a Describe (or pgveil's own for a simple-query SELECT)
     /// whose statement or portal returns no rows.
     pub(super) fn on_no_data(&mut self, f: &Frame, out: &mut BytesMut) {
-        if !self.expect(
-            &[
-                Kind::DescribeStatement,
-                Kind::DescribePortal,
-                Kind::ResultShape,
-            ],
-            "NoData without a Describe",
-            out,
-        ) {
+        if !self.expect(NO_DATA_ANSWERS, "NoData without a Describe", out) {
             return;
         }
         let internal = match self.shared.pop() {

@@ -10,6 +10,7 @@
 use bytes::BytesMut;
 
 use super::Backend;
+use super::describe::NO_DATA_ANSWERS;
 use crate::session::{Kind, Pending};
 use crate::wire::msg;
 
@@ -114,11 +115,7 @@ impl Backend {
             b'1' => &[Kind::Parse],
             b'2' => &[Kind::Bind],
             b'3' => &[Kind::Close],
-            b'n' => &[
-                Kind::DescribeStatement,
-                Kind::DescribePortal,
-                Kind::ResultShape,
-            ],
+            b'n' => NO_DATA_ANSWERS,
             b's' => &[Kind::Execute],
             _ => &[],
         };
