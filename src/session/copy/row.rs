@@ -16,7 +16,7 @@ use crate::crypto::Storage;
 use crate::seal::{ValueError, stored_to_envelope};
 use crate::session::Engine;
 use crate::session::frontend::Refusal;
-use crate::sql::{CopyField, CopyFormat, SlotOp};
+use crate::sql::{CopyField, CopyFormat, CopyPlan, SlotOp};
 
 /// What a value pgveil writes stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,24 +44,75 @@ impl CopyIn {
         }
         let plan = self.plan.clone();
         let delim = plan.delimiter as u8;
-        let null = plan.null.as_bytes();
         if std::mem::take(&mut self.header_pending) {
             // PostgreSQL skips the header line (HEADER MATCH is refused at
             // planning): send one naming the columns it will read.
-            let names = plan
-                .columns
-                .iter()
-                .flatten()
-                .chain(plan.appended_columns.iter());
-            for (i, name) in names.enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(&[delim]);
-                }
-                self.put_value(name.as_bytes(), Target::Header, out)?;
-            }
-            out.extend_from_slice(b"\n");
-            return Ok(());
+            return self.header_line(&plan, out);
         }
+        let fields = self.fields(&plan, line)?;
+        for (i, (spec, f)) in plan.fields.iter().zip(&fields).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(&[delim]);
+            }
+            let raw = &line[f.raw.clone()];
+            match (spec, &f.value) {
+                (CopyField::Plain, _) | (_, None) => out.extend_from_slice(raw),
+                (
+                    CopyField::Encrypt {
+                        target,
+                        tenant_field,
+                    },
+                    Some(v),
+                ) => {
+                    let attr = self.attr(target)?;
+                    let tenant = row_tenant(target, tenant_field, &fields)?;
+                    let canonical = engine.crypto.canonical(&attr, 0, v)?;
+                    let env = engine
+                        .crypto
+                        .encrypt(&attr, tenant.as_deref(), &canonical)
+                        .await?;
+                    self.put_value(&stored_text(attr.storage, &env), Target::Field(i), out)?;
+                }
+                (CopyField::RequireEnvelope { target }, Some(v)) => {
+                    let attr = self.attr(target)?;
+                    if stored_to_envelope(attr.storage, 0, v).is_none() {
+                        return Err(ValueError::NotEnvelope {
+                            column: attr.column.to_string(),
+                        }
+                        .into());
+                    }
+                    out.extend_from_slice(raw);
+                }
+            }
+        }
+        self.put_appended(&plan, &fields, engine, out)?;
+        out.extend_from_slice(b"\n");
+        Ok(())
+    }
+
+    /// The header line pgveil sends: the columns PostgreSQL will read.
+    fn header_line(&self, plan: &CopyPlan, out: &mut BytesMut) -> Result<(), Refusal> {
+        let delim = plan.delimiter as u8;
+        let names = plan
+            .columns
+            .iter()
+            .flatten()
+            .chain(plan.appended_columns.iter());
+        for (i, name) in names.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(&[delim]);
+            }
+            self.put_value(name.as_bytes(), Target::Header, out)?;
+        }
+        out.extend_from_slice(b"\n");
+        Ok(())
+    }
+
+    /// The fields of a record as PostgreSQL reads them (CSV: after
+    /// FORCE_NOT_NULL and FORCE_NULL), as many as the column list has.
+    fn fields(&self, plan: &CopyPlan, line: &[u8]) -> Result<Vec<Field>, Refusal> {
+        let delim = plan.delimiter as u8;
+        let null = plan.null.as_bytes();
         let fields: Vec<Field> = match plan.format {
             CopyFormat::Csv => {
                 let mut f = split_csv(line, delim, plan.quote as u8, plan.escape as u8, null)
@@ -91,54 +142,20 @@ impl CopyIn {
                 "a row with fewer fields than the column list"
             }));
         }
-        for (i, (spec, f)) in plan.fields.iter().zip(&fields).enumerate() {
-            if i > 0 {
-                out.extend_from_slice(&[delim]);
-            }
-            let raw = &line[f.raw.clone()];
-            match (spec, &f.value) {
-                (CopyField::Plain, _) | (_, None) => out.extend_from_slice(raw),
-                (
-                    CopyField::Encrypt {
-                        target,
-                        tenant_field,
-                    },
-                    Some(v),
-                ) => {
-                    let attr = self.attr(target)?;
-                    let tenant = match tenant_field {
-                        Some(t) => match fields.get(*t).and_then(|f| f.value.as_ref()) {
-                            Some(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                            None => {
-                                return Err(Refusal {
-                                    sqlstate: "42501",
-                                    message: format!(
-                                        "pgveil: {target} is encrypted per tenant: every COPY row needs its tenant column"
-                                    ),
-                                });
-                            }
-                        },
-                        None => None,
-                    };
-                    let canonical = engine.crypto.canonical(&attr, 0, v)?;
-                    let env = engine
-                        .crypto
-                        .encrypt(&attr, tenant.as_deref(), &canonical)
-                        .await?;
-                    self.put_value(&stored_text(attr.storage, &env), Target::Field(i), out)?;
-                }
-                (CopyField::RequireEnvelope { target }, Some(v)) => {
-                    let attr = self.attr(target)?;
-                    if stored_to_envelope(attr.storage, 0, v).is_none() {
-                        return Err(ValueError::NotEnvelope {
-                            column: attr.column.to_string(),
-                        }
-                        .into());
-                    }
-                    out.extend_from_slice(raw);
-                }
-            }
-        }
+        Ok(fields)
+    }
+
+    /// The blind-index fields appended to a record, from the fields they
+    /// index.
+    fn put_appended(
+        &self,
+        plan: &CopyPlan,
+        fields: &[Field],
+        engine: &Engine,
+        out: &mut BytesMut,
+    ) -> Result<(), Refusal> {
+        let delim = plan.delimiter as u8;
+        let null = plan.null.as_bytes();
         for (op, src, target) in &plan.appended {
             out.extend_from_slice(&[delim]);
             let attr = self.attr(target)?;
@@ -156,7 +173,6 @@ impl CopyIn {
                 }
             }
         }
-        out.extend_from_slice(b"\n");
         Ok(())
     }
 
@@ -211,6 +227,30 @@ impl CopyIn {
             ),
         })
     }
+}
+
+/// The tenant id of a record for a field encrypted per tenant: the value
+/// of its tenant field, which every row must have.
+fn row_tenant(
+    target: &crate::sql::ColumnRef,
+    tenant_field: &Option<usize>,
+    fields: &[Field],
+) -> Result<Option<String>, Refusal> {
+    let tenant = match tenant_field {
+        Some(t) => match fields.get(*t).and_then(|f| f.value.as_ref()) {
+            Some(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            None => {
+                return Err(Refusal {
+                    sqlstate: "42501",
+                    message: format!(
+                        "pgveil: {target} is encrypted per tenant: every COPY row needs its tenant column"
+                    ),
+                });
+            }
+        },
+        None => None,
+    };
+    Ok(tenant)
 }
 
 /// The text form of an envelope as the column stores it.
