@@ -27,6 +27,8 @@ use crate::sql::CopyPlan;
 use crate::wire::msg::{begin, finish};
 
 mod fields;
+#[cfg(test)]
+pub(super) mod fixture;
 mod line;
 mod row;
 mod statement;

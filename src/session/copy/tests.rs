@@ -4,33 +4,13 @@
 //! against PostgreSQL (tests/encryption.rs, tests/adversarial.rs).
 
 use super::fields::{split_csv, split_text};
+use super::fixture;
 use super::line::{LineReader, Step};
 use super::statement::{CopyKind, copies_from_stdin, copy_kind, is_copy_statement};
-use crate::sql::{CopyFormat, CopyPlan};
+use crate::sql::{CopyDirection, CopyFormat, CopyPlan};
 
 fn plan(format: CopyFormat) -> CopyPlan {
-    let csv = format == CopyFormat::Csv;
-    CopyPlan {
-        schema: "public".into(),
-        table: "t".into(),
-        columns: None,
-        format,
-        delimiter: if csv { ',' } else { '\t' },
-        null: if csv { String::new() } else { "\\N".into() },
-        header: false,
-        quote: '"',
-        escape: if csv { '"' } else { '\\' },
-        direction: crate::sql::CopyDirection::In,
-        sql: String::new(),
-        fields: vec![],
-        appended: vec![],
-        appended_columns: vec![],
-        force_not_null: vec![],
-        force_null: vec![],
-        decrypt: vec![],
-        force_quote: vec![],
-        source: 0..0,
-    }
+    fixture::plan(format, CopyDirection::In, 0)
 }
 
 /// Records as the reader cuts `data` (fed in pieces of `chunk` bytes),
@@ -89,25 +69,23 @@ fn v(s: &[&str]) -> Vec<Vec<u8>> {
     s.iter().map(|s| s.as_bytes().to_vec()).collect()
 }
 
+/// The reader cuts `data` into the records `want`, ending at `\.` when
+/// `marker`, however it is split into messages.
+fn assert_cut(p: &CopyPlan, data: &[u8], want: &[&str], marker: bool) {
+    assert_eq!(
+        same_in_every_chunking(p, data),
+        Ok((v(want), marker)),
+        "{data:?}"
+    );
+}
+
 #[test]
 fn text_line_endings_are_fixed_by_the_first_line() {
     let p = plan(CopyFormat::Text);
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\nb\n"),
-        Ok((v(&["a", "b"]), false))
-    );
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\r\nb\r\n"),
-        Ok((v(&["a", "b"]), false))
-    );
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\rb\r"),
-        Ok((v(&["a", "b"]), false))
-    );
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\nb"),
-        Ok((v(&["a", "b"]), false))
-    );
+    assert_cut(&p, b"a\nb\n", &["a", "b"], false);
+    assert_cut(&p, b"a\r\nb\r\n", &["a", "b"], false);
+    assert_cut(&p, b"a\rb\r", &["a", "b"], false);
+    assert_cut(&p, b"a\nb", &["a", "b"], false);
     // A different ending later is an error, as in PostgreSQL.
     assert!(same_in_every_chunking(&p, b"a\r\nb\nc").is_err());
     assert!(same_in_every_chunking(&p, b"a\nb\r\n").is_err());
@@ -118,37 +96,19 @@ fn text_line_endings_are_fixed_by_the_first_line() {
 #[test]
 fn text_backslash_escapes_the_next_byte_even_a_newline() {
     let p = plan(CopyFormat::Text);
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\\\nb\nc\n"),
-        Ok((v(&["a\\\nb", "c"]), false))
-    );
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\\\\\nb\n"),
-        Ok((v(&["a\\\\", "b"]), false))
-    );
+    assert_cut(&p, b"a\\\nb\nc\n", &["a\\\nb", "c"], false);
+    assert_cut(&p, b"a\\\\\nb\n", &["a\\\\", "b"], false);
     // `\\.` is a backslash and a period, not the end marker.
-    assert_eq!(
-        same_in_every_chunking(&p, b"\\\\.\nb\n"),
-        Ok((v(&["\\\\.", "b"]), false))
-    );
+    assert_cut(&p, b"\\\\.\nb\n", &["\\\\.", "b"], false);
 }
 
 #[test]
 fn text_end_marker() {
     let p = plan(CopyFormat::Text);
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\n\\.\nplaintext-after\n"),
-        Ok((v(&["a"]), true))
-    );
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\r\n\\.\r\nz"),
-        Ok((v(&["a"]), true))
-    );
+    assert_cut(&p, b"a\n\\.\nplaintext-after\n", &["a"], true);
+    assert_cut(&p, b"a\r\n\\.\r\nz", &["a"], true);
     // Data before `\.` on its line is a last row (PostgreSQL 15).
-    assert_eq!(
-        same_in_every_chunking(&p, b"a\nb\\.\nc\n"),
-        Ok((v(&["a", "b"]), true))
-    );
+    assert_cut(&p, b"a\nb\\.\nc\n", &["a", "b"], true);
     assert!(same_in_every_chunking(&p, b"a\n\\.x\n").is_err());
     assert!(same_in_every_chunking(&p, b"a\r\n\\.\n").is_err());
     assert!(same_in_every_chunking(&p, b"a\n\\.\r").is_err());
@@ -157,24 +117,17 @@ fn text_end_marker() {
 #[test]
 fn csv_quoted_newlines_and_end_marker() {
     let p = plan(CopyFormat::Csv);
-    assert_eq!(
-        same_in_every_chunking(&p, b"\"a\nb\",c\r\nd\r\n"),
-        Ok((v(&["\"a\nb\",c", "d"]), false))
-    );
-    assert_eq!(
-        same_in_every_chunking(&p, b"\"a\r\n\\.\r\nb\",c\r\n\\.\r\n"),
-        Ok((v(&["\"a\r\n\\.\r\nb\",c"]), true))
+    assert_cut(&p, b"\"a\nb\",c\r\nd\r\n", &["\"a\nb\",c", "d"], false);
+    assert_cut(
+        &p,
+        b"\"a\r\n\\.\r\nb\",c\r\n\\.\r\n",
+        &["\"a\r\n\\.\r\nb\",c"],
+        true,
     );
     // `\.` with more on its line is data in CSV.
-    assert_eq!(
-        same_in_every_chunking(&p, b"\\.x,1\n\\.\nz\n"),
-        Ok((v(&["\\.x,1"]), true))
-    );
+    assert_cut(&p, b"\\.x,1\n\\.\nz\n", &["\\.x,1"], true);
     // Only the first byte of a record can start the marker.
-    assert_eq!(
-        same_in_every_chunking(&p, b"x\\.\ny\n"),
-        Ok((v(&["x\\.", "y"]), false))
-    );
+    assert_cut(&p, b"x\\.\ny\n", &["x\\.", "y"], false);
 }
 
 #[test]
