@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use super::Backend;
 use crate::crypto::PgType;
 use crate::session::messages::{self as m, Field};
+use crate::session::rows::tenant_type;
 use crate::session::{Decrypt, Kind, Pending, Shape};
 use crate::wire::codec::Frame;
 use crate::wire::msg;
@@ -277,11 +278,7 @@ impl Backend {
                     .iter()
                     .find(|t| t.0 == f.table_oid)
                     .map(|&(_, i, fmt)| {
-                        let ty = entry
-                            .tenant_types
-                            .get(&(attr.column.schema.clone(), attr.column.table.clone()))
-                            .cloned()
-                            .unwrap_or_else(|| "text".into());
+                        let ty = tenant_type(&entry, &attr.column);
                         (i, ty, fmt)
                     });
                 Some(Decrypt::read(attr.clone(), f.format, tenant))
