@@ -24,7 +24,7 @@ use bytes::{BufMut, BytesMut};
 use zeroize::Zeroize;
 
 use super::copy::{split_csv, split_text};
-use super::rows::{RowDecryptor, RowError};
+use super::rows::{RowDecryptor, RowError, tenant_type};
 use super::{CatalogEntry, Decrypt};
 use crate::seal::ValueCrypto;
 use crate::sql::{CopyFormat, CopyPlan};
@@ -89,11 +89,7 @@ impl CopyOut {
                 .cloned()
                 .ok_or_else(|| d.column.to_string())?;
             let tenant = d.tenant_field.map(|i| {
-                let ty = entry
-                    .tenant_types
-                    .get(&(d.column.schema.clone(), d.column.table.clone()))
-                    .cloned()
-                    .unwrap_or_else(|| "text".into());
+                let ty = tenant_type(entry, &d.column);
                 (i, ty, format)
             });
             shape.push(Some(Decrypt::read(attr, format, tenant)));

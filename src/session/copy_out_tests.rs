@@ -11,28 +11,7 @@ use crate::keys::{KeyManager, KeyManagerOptions, Keystore, LocalProvider};
 use crate::sql::{CopyDirection, CopyFormat, CopyPlan};
 
 fn plan(format: CopyFormat, columns: usize) -> CopyPlan {
-    let csv = format == CopyFormat::Csv;
-    CopyPlan {
-        schema: "public".into(),
-        table: "t".into(),
-        columns: None,
-        format,
-        delimiter: if csv { ',' } else { '\t' },
-        null: if csv { String::new() } else { "\\N".into() },
-        header: false,
-        quote: '"',
-        escape: if csv { '"' } else { '\\' },
-        direction: CopyDirection::Out,
-        sql: String::new(),
-        fields: vec![],
-        appended: vec![],
-        appended_columns: vec![],
-        force_not_null: vec![],
-        force_null: vec![],
-        decrypt: vec![None; columns],
-        force_quote: vec![],
-        source: 0..0,
-    }
+    crate::session::copy::fixture::plan(format, CopyDirection::Out, columns)
 }
 
 /// Crypto that is never asked for a key: the shapes below decrypt nothing.

@@ -16,11 +16,12 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use zeroize::Zeroize;
 
-use super::Decrypt;
+use super::{CatalogEntry, Decrypt};
 use crate::crypto::canonical::{self, Format};
 use crate::crypto::envelope::{self, DataKey, KeyRef};
 use crate::crypto::{PgType, Storage};
 use crate::seal::{ValueCrypto, ValueError, binary_tenant, decode_hex_into};
+use crate::sql::ColumnRef;
 
 /// A data key this session already resolved through the key manager
 /// (which checked its tenant scope).
@@ -356,4 +357,15 @@ fn decrypt_error(d: &Decrypt, reason: String) -> ValueError {
         column: d.attr.column.to_string(),
         reason,
     }
+}
+
+/// The SQL type of the tenant column of `column`'s table, as a result's
+/// tenant field is read ([`Decrypt::tenant`]): `text` when the catalog
+/// names none.
+pub fn tenant_type(entry: &CatalogEntry, column: &ColumnRef) -> String {
+    entry
+        .tenant_types
+        .get(&(column.schema.clone(), column.table.clone()))
+        .cloned()
+        .unwrap_or_else(|| "text".into())
 }
