@@ -211,11 +211,3 @@ async fn a_large_frame_can_be_passed_in_pieces_after_its_head() {
     assert_eq!(r.next().await.unwrap().tag, fe::SYNC);
     writer.await.unwrap();
 }
-
-#[test]
-fn cstr() {
-    let mut b: &[u8] = b"user\0bob\0";
-    assert_eq!(read_cstr(&mut b), Some("user"));
-    assert_eq!(read_cstr(&mut b), Some("bob"));
-    assert_eq!(read_cstr(&mut b), None);
-}
