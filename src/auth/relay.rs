@@ -10,8 +10,14 @@
 
 use super::{AuthContext, AuthError, AuthOutcome, send};
 use crate::net::stream::Stream;
+use crate::wire::auth::{
+    AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL, auth_code,
+    auth_sasl, sasl_mechanisms,
+};
 use crate::wire::codec::{Frame, FrameReader};
-use crate::wire::msg::{self, Startup};
+use crate::wire::error::{error_code, error_response};
+use crate::wire::startup::Startup;
+use crate::wire::tag::{be, fe};
 
 /// Send the StartupMessage upstream and relay the whole exchange.
 pub async fn relay_auth(
@@ -43,19 +49,19 @@ pub(super) async fn relay_from(
             None => upstream.next().await.map_err(AuthError::Upstream)?,
         };
         match f.tag {
-            b'R' => {
-                let code = msg::auth_code(f.body()).unwrap_or(u32::MAX);
+            be::AUTHENTICATION => {
+                let code = auth_code(f.body()).unwrap_or(u32::MAX);
                 match code {
-                    msg::AUTH_OK => {
+                    AUTH_OK => {
                         send(client, &f.raw).await.map_err(AuthError::Client)?;
                         return Ok(AuthOutcome { login_role });
                     }
-                    msg::AUTH_CLEARTEXT | msg::AUTH_MD5 | msg::AUTH_SASL_CONTINUE => {
+                    AUTH_CLEARTEXT | AUTH_MD5 | AUTH_SASL_CONTINUE => {
                         send(client, &f.raw).await.map_err(AuthError::Client)?;
                         relay_client_answer(client, upstream).await?;
                     }
-                    msg::AUTH_SASL => {
-                        let mechs = msg::sasl_mechanisms(f.body());
+                    AUTH_SASL => {
+                        let mechs = sasl_mechanisms(f.body());
                         let offered: Vec<&str> = mechs
                             .iter()
                             .map(String::as_str)
@@ -68,12 +74,12 @@ pub(super) async fn relay_from(
                             )
                             .await);
                         }
-                        send(client, &msg::auth_sasl(&offered))
+                        send(client, &auth_sasl(&offered))
                             .await
                             .map_err(AuthError::Client)?;
                         relay_client_answer(client, upstream).await?;
                     }
-                    msg::AUTH_SASL_FINAL => {
+                    AUTH_SASL_FINAL => {
                         send(client, &f.raw).await.map_err(AuthError::Client)?;
                     }
                     other => {
@@ -93,15 +99,15 @@ pub(super) async fn relay_from(
                     }
                 }
             }
-            b'E' => {
+            be::ERROR_RESPONSE => {
                 // Wrong password, unknown database, …: PostgreSQL's own words.
                 let _ = send(client, &f.raw).await;
-                if msg::error_code(f.body()).as_deref() == Some("28P01") {
+                if error_code(f.body()).as_deref() == Some("28P01") {
                     return Err(AuthError::PasswordFailed);
                 }
                 return Err(AuthError::Rejected);
             }
-            b'v' | b'N' => {
+            be::NEGOTIATE_PROTOCOL_VERSION | be::NOTICE => {
                 // NegotiateProtocolVersion, NoticeResponse.
                 send(client, &f.raw).await.map_err(AuthError::Client)?;
             }
@@ -125,7 +131,7 @@ async fn relay_client_answer(
     upstream: &mut FrameReader<Stream>,
 ) -> Result<(), AuthError> {
     let answer = client.next().await.map_err(AuthError::Client)?;
-    if answer.tag != b'p' {
+    if answer.tag != fe::PASSWORD {
         return Err(unsupported(client, "expected a password message during authentication").await);
     }
     send(upstream, &answer.raw)
@@ -134,6 +140,6 @@ async fn relay_client_answer(
 }
 
 async fn unsupported(client: &mut FrameReader<Stream>, message: &str) -> AuthError {
-    let _ = send(client, &msg::error_response("FATAL", "08P01", message)).await;
+    let _ = send(client, &error_response("FATAL", "08P01", message)).await;
     AuthError::Unsupported(message.to_string())
 }

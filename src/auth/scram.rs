@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+/// The SASL mechanism name without channel binding.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism name with channel binding.
 pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 /// The only channel binding type PostgreSQL supports.
 pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
@@ -28,9 +30,11 @@ pub const DEFAULT_SALT_LEN: usize = 16;
 /// PostgreSQL's `SCRAM_RAW_NONCE_LEN`.
 pub const RAW_NONCE_LEN: usize = 18;
 
-/// SQLSTATEs PostgreSQL uses for SCRAM errors.
+/// SQLSTATEs PostgreSQL uses for SCRAM errors: a protocol violation.
 pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// SQLSTATE for an unsupported SCRAM feature.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// SQLSTATE for a channel binding failure.
 pub const INVALID_AUTHORIZATION: &str = "28000";
 
 type HmacSha256 = Hmac<Sha256>;
@@ -46,6 +50,7 @@ pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
+/// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(&Sha256::digest(data));
@@ -78,9 +83,13 @@ fn xor32(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Verifier {
+    /// PBKDF2 iteration count.
     pub iterations: u32,
+    /// The salt, decoded.
     pub salt: Vec<u8>,
+    /// StoredKey = H(ClientKey).
     pub stored_key: [u8; 32],
+    /// ServerKey, for the ServerSignature.
     pub server_key: [u8; 32],
 }
 
@@ -220,6 +229,7 @@ impl ClientKey {
 /// userlist line), classified as PostgreSQL's `get_password_type` does.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
+    /// A SCRAM-SHA-256 verifier.
     Scram(Verifier),
     /// `md5` + 32 hex digits: useless for SCRAM.
     Md5,
@@ -246,6 +256,7 @@ impl Drop for Secret {
 }
 
 impl Secret {
+    /// Classify a stored entry: md5, SCRAM verifier, else plaintext.
     pub fn classify(s: &str) -> Secret {
         if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
             return Secret::Md5;
@@ -262,8 +273,11 @@ impl Secret {
 /// for channel binding failures), message and detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScramError {
+    /// SQLSTATE.
     pub code: &'static str,
+    /// Primary message.
     pub message: String,
+    /// Detail, if any.
     pub detail: Option<String>,
 }
 
@@ -276,6 +290,7 @@ impl ScramError {
         }
     }
 
+    /// An error without detail.
     pub fn new(code: &'static str, message: impl Into<String>) -> ScramError {
         ScramError {
             code,
@@ -284,6 +299,7 @@ impl ScramError {
         }
     }
 
+    /// The same error with `detail`.
     pub fn with_detail(mut self, detail: impl Into<String>) -> ScramError {
         self.detail = Some(detail.into());
         self
@@ -313,11 +329,13 @@ pub enum Gs2Flag {
 /// A parsed client-first-message.
 #[derive(Debug, Clone)]
 pub struct ClientFirst {
+    /// The GS2 channel-binding flag.
     pub flag: Gs2Flag,
     /// The gs2 header, e.g. `n,,` (echoed base64 in the final message).
     pub gs2_header: String,
     /// client-first-message-bare (part of AuthMessage).
     pub bare: String,
+    /// The client nonce.
     pub nonce: String,
 }
 
@@ -435,12 +453,15 @@ pub fn parse_client_first(data: &[u8], plus: bool) -> Result<ClientFirst, ScramE
 pub struct ClientFinal {
     /// Decoded `c=` attribute: gs2 header plus channel binding data.
     pub channel_binding: Vec<u8>,
+    /// The combined nonce.
     pub nonce: String,
+    /// ClientProof, decoded.
     pub proof: [u8; 32],
     /// client-final-message-without-proof (part of AuthMessage).
     pub without_proof: String,
 }
 
+/// Parse a client-final-message as PostgreSQL does.
 pub fn parse_client_final(data: &[u8]) -> Result<ClientFinal, ScramError> {
     let text = std::str::from_utf8(data)
         .map_err(|_| ScramError::malformed("The message is not valid UTF-8."))?;
@@ -493,11 +514,15 @@ pub fn server_first(nonce: &str, salt: &[u8], iterations: u32) -> String {
 /// A parsed server-first-message (pgveil as the client of PostgreSQL).
 #[derive(Debug, Clone)]
 pub struct ServerFirst {
+    /// The combined nonce.
     pub nonce: String,
+    /// The salt, decoded.
     pub salt: Vec<u8>,
+    /// PBKDF2 iteration count.
     pub iterations: u32,
 }
 
+/// Parse PostgreSQL's server-first-message; its nonce must extend ours.
 pub fn parse_server_first(data: &[u8], client_nonce: &str) -> Result<ServerFirst, String> {
     let text = std::str::from_utf8(data).map_err(|_| "server-first-message is not UTF-8")?;
     let mut input = text;
@@ -547,197 +572,10 @@ pub fn nonce() -> String {
     B64.encode(raw)
 }
 
+/// Standard base64 of `data`.
 pub fn b64(data: &[u8]) -> String {
     B64.encode(data)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    // RFC 7677 section 3: user "user", password "pencil".
-    const CLIENT_FIRST: &str = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
-    const SERVER_FIRST: &str =
-        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
-    const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
-
-    fn rfc_verifier() -> Verifier {
-        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-        Verifier::from_password("pencil", &salt, 4096)
-    }
-
-    #[test]
-    fn rfc7677_server_side() {
-        let v = rfc_verifier();
-        let first = parse_client_first(CLIENT_FIRST.as_bytes(), false).unwrap();
-        assert_eq!(first.flag, Gs2Flag::No);
-        assert_eq!(first.gs2_header, "n,,");
-        assert_eq!(first.bare, "n=user,r=rOprNGfwEbeRWgbNEkqO");
-        assert_eq!(first.nonce, "rOprNGfwEbeRWgbNEkqO");
-        let sf = parse_server_first(SERVER_FIRST.as_bytes(), &first.nonce).unwrap();
-        assert_eq!(server_first(&sf.nonce, &v.salt, v.iterations), SERVER_FIRST);
-        let fin = parse_client_final(CLIENT_FINAL.as_bytes()).unwrap();
-        assert_eq!(fin.channel_binding, b"n,,");
-        assert_eq!(fin.nonce, sf.nonce);
-        assert_eq!(
-            fin.without_proof,
-            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
-        );
-        let auth_message = format!("{},{},{}", first.bare, SERVER_FIRST, fin.without_proof);
-        let key = v
-            .verify_client_proof(auth_message.as_bytes(), &fin.proof)
-            .expect("RFC proof verifies");
-        // The recovered ClientKey reproduces the same proof (as pgveil's
-        // upstream leg will compute it).
-        assert_eq!(key.proof(&v.stored_key, auth_message.as_bytes()), fin.proof);
-        let sig = v.server_signature(auth_message.as_bytes());
-        assert_eq!(format!("v={}", B64.encode(sig)), SERVER_FINAL);
-        let parsed = parse_server_final(SERVER_FINAL.as_bytes()).unwrap();
-        assert!(v.check_server_signature(auth_message.as_bytes(), &parsed));
-        // A flipped bit in the proof fails.
-        let mut bad = fin.proof;
-        bad[0] ^= 1;
-        assert!(
-            v.verify_client_proof(auth_message.as_bytes(), &bad)
-                .is_none()
-        );
-        assert!(!v.check_server_signature(auth_message.as_bytes(), &[0u8; 32]));
-    }
-
-    #[test]
-    fn verifier_round_trip_and_postgres_format() {
-        let v = rfc_verifier();
-        let text = v.encode();
-        assert!(text.starts_with("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"));
-        assert_eq!(Verifier::parse(&text).unwrap(), v);
-        // Independent cross-check: postgres-protocol's own verifier maker.
-        let theirs = postgres_protocol::password::scram_sha_256(b"secret");
-        let parsed = Verifier::parse(&theirs).unwrap();
-        assert_eq!(parsed.iterations, 4096);
-        assert_eq!(parsed.salt.len(), DEFAULT_SALT_LEN);
-        assert_eq!(
-            Verifier::from_password("secret", &parsed.salt, 4096),
-            parsed
-        );
-        for bad in [
-            "SCRAM-SHA-256$4096:c2FsdA==$abc:def",
-            "SCRAM-SHA-1$4096:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=:cHvRPTpTFTtaHe8IbZ4mQ0eB7Wp1g6Zkd0A2Vj7yEpA=",
-            "SCRAM-SHA-256$x:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=:cHvRPTpTFTtaHe8IbZ4mQ0eB7Wp1g6Zkd0A2Vj7yEpA=",
-            "SCRAM-SHA-256$0:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=:cHvRPTpTFTtaHe8IbZ4mQ0eB7Wp1g6Zkd0A2Vj7yEpA=",
-            "SCRAM-SHA-256$4096:c2FsdA==$8Dd6hJdZTdyLDOxdPdDnTlDPBAF/OC0zvP0SGBVtsIc=",
-        ] {
-            assert!(Verifier::parse(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn classify_like_postgres() {
-        assert_eq!(
-            Secret::classify("md5c4ca4238a0b923820dcc509a6f75849b"),
-            Secret::Md5
-        );
-        assert!(matches!(
-            Secret::classify(&rfc_verifier().encode()),
-            Secret::Scram(_)
-        ));
-        assert_eq!(
-            Secret::classify("md5notreallyhex"),
-            Secret::Plain("md5notreallyhex".into())
-        );
-        assert_eq!(Secret::classify("pencil"), Secret::Plain("pencil".into()));
-    }
-
-    #[test]
-    fn gs2_header_rules() {
-        let p = parse_client_first(b"p=tls-server-end-point,,n=,r=abc", true).unwrap();
-        assert_eq!(p.flag, Gs2Flag::Bound("tls-server-end-point".into()));
-        assert_eq!(p.gs2_header, "p=tls-server-end-point,,");
-        assert_eq!(p.bare, "n=,r=abc");
-        let y = parse_client_first(b"y,,n=,r=abc", false).unwrap();
-        assert_eq!(y.flag, Gs2Flag::Yes);
-        // PLUS selected without binding data, and the reverse.
-        assert!(parse_client_first(b"n,,n=,r=abc", true).is_err());
-        assert!(parse_client_first(b"p=tls-server-end-point,,n=,r=abc", false).is_err());
-        assert!(parse_client_first(b"n,a=admin,n=,r=abc", false).is_err());
-        assert!(parse_client_first(b"n,,m=ext,n=,r=abc", false).is_err());
-        assert!(parse_client_first(b"n,,n=,r=a\x01b", false).is_err());
-        assert!(parse_client_first(b"x,,n=,r=abc", false).is_err());
-        // Trailing extensions are ignored.
-        assert!(parse_client_first(b"n,,n=,r=abc,x=1", false).is_ok());
-    }
-
-    #[test]
-    fn client_final_rules() {
-        assert!(parse_client_final(b"c=biws,r=abc").is_err());
-        assert!(parse_client_final(b"c=biws,r=abc,p=AAAA").is_err());
-        let ok = format!("c=biws,r=abc,x=1,p={}", B64.encode([7u8; 32]));
-        let f = parse_client_final(ok.as_bytes()).unwrap();
-        assert_eq!(f.without_proof, "c=biws,r=abc,x=1");
-        assert_eq!(f.proof, [7u8; 32]);
-        assert!(parse_client_final(format!("{ok},").as_bytes()).is_err());
-    }
-
-    #[test]
-    fn server_first_must_extend_nonce() {
-        assert!(parse_server_first(b"r=abcdef,s=c2FsdA==,i=4096", "abc").is_ok());
-        assert!(parse_server_first(b"r=xbcdef,s=c2FsdA==,i=4096", "abc").is_err());
-        assert!(parse_server_first(b"r=abc,s=c2FsdA==,i=4096", "abc").is_err());
-        assert!(parse_server_first(b"r=abcd,s=c2FsdA==,i=0", "abc").is_err());
-        assert!(parse_server_final(b"e=invalid-proof").is_err());
-    }
-
-    /// postgres-protocol's SCRAM client (what tokio-postgres uses) against
-    /// pgveil's server side, with and without channel binding.
-    #[test]
-    fn independent_client_against_server_side() {
-        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-        let salt = b"0123456789abcdef";
-        let v = Verifier::from_password("hunter2", salt, 4096);
-        let cbind = sha256(b"a certificate");
-        for (binding, plus, header) in [
-            (ChannelBinding::unsupported(), false, "n,,"),
-            (ChannelBinding::unrequested(), false, "y,,"),
-            (
-                ChannelBinding::tls_server_end_point(cbind.to_vec()),
-                true,
-                "p=tls-server-end-point,,",
-            ),
-        ] {
-            let mut client = ScramSha256::new(b"hunter2", binding);
-            let first = parse_client_first(client.message(), plus).unwrap();
-            assert_eq!(first.gs2_header, header);
-            let nonce = format!("{}{}", first.nonce, nonce());
-            let sf = server_first(&nonce, &v.salt, v.iterations);
-            client.update(sf.as_bytes()).unwrap();
-            let fin = parse_client_final(client.message()).unwrap();
-            let mut expected = header.as_bytes().to_vec();
-            if plus {
-                expected.extend_from_slice(&cbind);
-            }
-            assert_eq!(fin.channel_binding, expected);
-            assert_eq!(fin.nonce, nonce);
-            let am = format!("{},{},{}", first.bare, sf, fin.without_proof);
-            let key = v.verify_client_proof(am.as_bytes(), &fin.proof).unwrap();
-            assert_eq!(key.proof(&v.stored_key, am.as_bytes()), fin.proof);
-            let server_final = format!("v={}", b64(&v.server_signature(am.as_bytes())));
-            client.finish(server_final.as_bytes()).unwrap();
-        }
-        // A wrong password does not verify.
-        let mut client = ScramSha256::new(b"hunter3", ChannelBinding::unsupported());
-        let first = parse_client_first(client.message(), false).unwrap();
-        let nonce = format!("{}{}", first.nonce, nonce());
-        let sf = server_first(&nonce, &v.salt, v.iterations);
-        client.update(sf.as_bytes()).unwrap();
-        let fin = parse_client_final(client.message()).unwrap();
-        let am = format!("{},{},{}", first.bare, sf, fin.without_proof);
-        assert!(v.verify_client_proof(am.as_bytes(), &fin.proof).is_none());
-    }
-
-    #[test]
-    fn secrets_are_not_printed() {
-        let v = rfc_verifier();
-        assert_eq!(format!("{v:?}"), "Verifier(<redacted>)");
-        assert!(!format!("{:?}", Secret::Plain("pencil".into())).contains("pencil"));
-    }
-}
+mod tests;

@@ -24,16 +24,24 @@ use std::borrow::Cow;
 use tracing::{debug, warn};
 
 use super::scram::{
-    self, ClientKey, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, Gs2Flag, INVALID_AUTHORIZATION,
-    PROTOCOL_VIOLATION, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError, Secret,
-    TLS_SERVER_END_POINT, Verifier,
+    self, ClientFinal, ClientFirst, ClientKey, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, Gs2Flag,
+    INVALID_AUTHORIZATION, PROTOCOL_VIOLATION, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError,
+    Secret, TLS_SERVER_END_POINT, Verifier,
 };
 use super::source::{LookupCtx, Origin};
 use super::{AuthContext, AuthError, AuthOutcome, cbind, send, state};
 use crate::net::stream::Stream;
-use crate::wire::codec::FrameReader;
-use crate::wire::msg::{self, Startup};
+use crate::wire::auth::{
+    AUTH_OK, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL, auth_code, auth_sasl, authentication,
+    parse_sasl_initial_response, password_message, sasl_initial_response,
+};
+use crate::wire::codec::{Frame, FrameReader};
+use crate::wire::error::{error_code, error_response, error_response_fields};
+use crate::wire::startup::Startup;
+use crate::wire::tag::{be, fe, field};
 
+/// Terminate SCRAM for `startup`'s user on both legs (see the steps
+/// above); `server_mechanisms` are the ones PostgreSQL offered.
 pub(super) async fn terminate(
     client: &mut FrameReader<Stream>,
     upstream: &mut FrameReader<Stream>,
@@ -59,7 +67,7 @@ pub(super) async fn terminate(
             warn!(user = %user, error = %e, "SCRAM verifier lookup failed");
             let _ = send(
                 client,
-                &msg::error_response(
+                &error_response(
                     "FATAL",
                     "08006",
                     "pgveil could not look up the password verifier (see the pgveil log)",
@@ -88,30 +96,7 @@ pub(super) async fn terminate(
     let up = UpstreamScram::start(client, upstream, server_mechanisms, upstream_cb).await?;
 
     // The verifier must match PostgreSQL's salt and iteration count.
-    let mut out_of_date = false;
-    let verifier = match &secret {
-        Secret::Plain(p) => Verifier::from_password(p, &up.first.salt, up.first.iterations),
-        Secret::Scram(v) if up.matches(v) => v.clone(),
-        Secret::Scram(v) => {
-            // A cached verifier may predate a password change: look again.
-            let again = match origin {
-                Origin::Query => st.sources.lookup(&lc, &user, true).await,
-                Origin::File => Ok(None),
-            };
-            let fresh = match &again {
-                Ok(Some((Secret::Scram(f), _))) => Some(f.clone()),
-                _ => None,
-            };
-            match fresh {
-                Some(f) if up.matches(&f) => f,
-                _ => {
-                    out_of_date = true;
-                    v.clone()
-                }
-            }
-        }
-        Secret::Md5 => unreachable!("md5 secrets took the fake path"),
-    };
+    let (verifier, out_of_date) = verifier_for(&up, &secret, origin, &lc, &user).await;
 
     // 3. Client leg.
     let done = client_exchange(client, &verifier, client_cb.as_deref(), false, &user).await?;
@@ -119,26 +104,7 @@ pub(super) async fn terminate(
         return fail_password(client, &user).await;
     };
     if out_of_date {
-        st.sources.invalidate(&lc, &user);
-        warn!(
-            user = %user,
-            source = ?origin,
-            "the SCRAM verifier pgveil has for this user does not match PostgreSQL's (salt or iteration count differ): update auth.file or check auth.query"
-        );
-        let _ = send(
-            client,
-            &msg::error_response(
-                "FATAL",
-                "28P01",
-                &format!(
-                    "pgveil's password verifier for user \"{user}\" is out of date: PostgreSQL uses a different salt or iteration count (update auth.file, or retry after auth.cache_ttl)"
-                ),
-            ),
-        )
-        .await;
-        return Err(AuthError::Unsupported(
-            "password verifier out of date".into(),
-        ));
+        return Err(verifier_out_of_date(client, &lc, &user, origin).await);
     }
 
     // 4. Upstream: client-final, server-final, AuthenticationOk.
@@ -152,7 +118,7 @@ pub(super) async fn terminate(
     );
     send(
         client,
-        &msg::authentication(msg::AUTH_SASL_FINAL, server_final.as_bytes()),
+        &authentication(AUTH_SASL_FINAL, server_final.as_bytes()),
     )
     .await
     .map_err(AuthError::Client)?;
@@ -164,6 +130,71 @@ pub(super) async fn terminate(
         "SCRAM terminated on both legs"
     );
     Ok(AuthOutcome { login_role: user })
+}
+
+/// The verifier pgveil has does not match PostgreSQL's salt or iteration
+/// count even after a fresh lookup: forget it, say so in the log and to
+/// the client (28P01), and end the login.
+async fn verifier_out_of_date(
+    client: &mut FrameReader<Stream>,
+    lc: &LookupCtx<'_>,
+    user: &str,
+    origin: Origin,
+) -> AuthError {
+    state().sources.invalidate(lc, user);
+    warn!(
+        user = %user,
+        source = ?origin,
+        "the SCRAM verifier pgveil has for this user does not match PostgreSQL's (salt or iteration count differ): update auth.file or check auth.query"
+    );
+    let _ = send(
+        client,
+        &error_response(
+            "FATAL",
+            "28P01",
+            &format!(
+                "pgveil's password verifier for user \"{user}\" is out of date: PostgreSQL uses a different salt or iteration count (update auth.file, or retry after auth.cache_ttl)"
+            ),
+        ),
+    )
+    .await;
+    AuthError::Unsupported("password verifier out of date".into())
+}
+
+/// The verifier for the client leg: the user's, made to match PostgreSQL's
+/// salt and iteration count (`up`). A stored verifier that does not match
+/// is looked up again (auth.query); still no match: it is returned with
+/// `true` (out of date).
+async fn verifier_for(
+    up: &UpstreamScram,
+    secret: &Secret,
+    origin: Origin,
+    lc: &LookupCtx<'_>,
+    user: &str,
+) -> (Verifier, bool) {
+    match secret {
+        Secret::Plain(p) => (
+            Verifier::from_password(p, &up.first.salt, up.first.iterations),
+            false,
+        ),
+        Secret::Scram(v) if up.matches(v) => (v.clone(), false),
+        Secret::Scram(v) => {
+            // A cached verifier may predate a password change: look again.
+            let again = match origin {
+                Origin::Query => state().sources.lookup(lc, user, true).await,
+                Origin::File => Ok(None),
+            };
+            let fresh = match &again {
+                Ok(Some((Secret::Scram(f), _))) => Some(f.clone()),
+                _ => None,
+            };
+            match fresh {
+                Some(f) if up.matches(&f) => (f, false),
+                _ => (v.clone(), true),
+            }
+        }
+        Secret::Md5 => unreachable!("md5 secrets took the fake path"),
+    }
 }
 
 /// Channel binding data of the upstream server's certificate, when the
@@ -192,7 +223,7 @@ async fn mock_upstream_start(upstream: &mut FrameReader<Stream>, server_mechanis
         return;
     }
     let data = format!("n,,n=,r={}", scram::nonce());
-    let first = msg::sasl_initial_response(SCRAM_SHA_256, data.as_bytes());
+    let first = sasl_initial_response(SCRAM_SHA_256, data.as_bytes());
     if send(upstream, &first).await.is_ok() {
         let _ = upstream.next().await;
     }
@@ -225,7 +256,7 @@ async fn fail_password(
 ) -> Result<AuthOutcome, AuthError> {
     let _ = send(
         client,
-        &msg::error_response(
+        &error_response(
             "FATAL",
             "28P01",
             &format!("password authentication failed for user \"{user}\""),
@@ -241,31 +272,19 @@ async fn protocol_error(client: &mut FrameReader<Stream>, e: ScramError) -> Auth
 }
 
 fn error_with_detail(severity: &str, code: &str, e: &ScramError) -> bytes::Bytes {
-    let mut fields = bytes::BytesMut::new();
-    for (tag, value) in [
-        (b'S', Some(severity)),
-        (b'V', Some(severity)),
-        (b'C', Some(code)),
-        (b'M', Some(e.message.as_str())),
-        (b'D', e.detail.as_deref()),
-    ] {
-        if let Some(v) = value {
-            fields.extend_from_slice(&[tag]);
-            msg::put_cstr(&mut fields, v);
-        }
-    }
-    fields.extend_from_slice(&[0]);
-    let mut b = bytes::BytesMut::new();
-    let start = msg::begin(&mut b, b'E');
-    b.extend_from_slice(&fields);
-    msg::finish(&mut b, start);
-    b.freeze()
+    error_response_fields(&[
+        (field::SEVERITY, Some(severity)),
+        (field::SEVERITY_NONLOCALIZED, Some(severity)),
+        (field::CODE, Some(code)),
+        (field::MESSAGE, Some(e.message.as_str())),
+        (field::DETAIL, e.detail.as_deref()),
+    ])
 }
 
 /// Read the client's next SASL message body ('p').
 async fn read_sasl(client: &mut FrameReader<Stream>) -> Result<bytes::Bytes, AuthError> {
     let f = client.next().await.map_err(AuthError::Client)?;
-    if f.tag != b'p' {
+    if f.tag != fe::PASSWORD {
         return Err(protocol_error(
             client,
             ScramError::new(
@@ -293,12 +312,12 @@ async fn client_exchange(
     } else {
         &[SCRAM_SHA_256]
     };
-    send(client, &msg::auth_sasl(offered))
+    send(client, &auth_sasl(offered))
         .await
         .map_err(AuthError::Client)?;
 
     let body = read_sasl(client).await?;
-    let Some((mechanism, data)) = msg::parse_sasl_initial_response(&body) else {
+    let Some((mechanism, data)) = parse_sasl_initial_response(&body) else {
         return Err(
             protocol_error(client, plain_err("malformed SASLInitialResponse message")).await,
         );
@@ -320,37 +339,15 @@ async fn client_exchange(
         Ok(f) => f,
         Err(e) => return Err(protocol_error(client, e).await),
     };
-    match &first.flag {
-        Gs2Flag::Bound(t) if t != TLS_SERVER_END_POINT => {
-            return Err(protocol_error(
-                client,
-                plain_err(format!(
-                    "unsupported SCRAM channel-binding type \"{}\"",
-                    t.escape_default()
-                )),
-            )
-            .await);
-        }
-        Gs2Flag::Yes if cbind.is_some() => {
-            // We offered PLUS: a client claiming we did not is being
-            // downgraded by someone in the middle.
-            return Err(protocol_error(
-                client,
-                ScramError::new(INVALID_AUTHORIZATION, "SCRAM channel binding negotiation error")
-                    .with_detail(
-                        "The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.",
-                    ),
-            )
-            .await);
-        }
-        _ => {}
+    if let Err(e) = check_gs2_flag(&first.flag, cbind) {
+        return Err(protocol_error(client, e).await);
     }
 
     let nonce = format!("{}{}", first.nonce, scram::nonce());
     let server_first = scram::server_first(&nonce, &verifier.salt, verifier.iterations);
     send(
         client,
-        &msg::authentication(msg::AUTH_SASL_CONTINUE, server_first.as_bytes()),
+        &authentication(AUTH_SASL_CONTINUE, server_first.as_bytes()),
     )
     .await
     .map_err(AuthError::Client)?;
@@ -360,28 +357,8 @@ async fn client_exchange(
         Ok(f) => f,
         Err(e) => return Err(protocol_error(client, e).await),
     };
-    let binding_ok = if plus {
-        let mut expected = first.gs2_header.as_bytes().to_vec();
-        expected.extend_from_slice(cbind.unwrap_or_default());
-        fin.channel_binding == expected
-    } else {
-        fin.channel_binding == b"n,," || fin.channel_binding == b"y,,"
-    };
-    if !binding_ok {
-        let e = if plus {
-            ScramError::new(INVALID_AUTHORIZATION, "SCRAM channel binding check failed")
-        } else {
-            plain_err("unexpected SCRAM channel-binding attribute in client-final-message")
-        };
+    if let Err(e) = check_client_final(&first, &fin, cbind, plus, &nonce) {
         return Err(protocol_error(client, e).await);
-    }
-    if fin.nonce != nonce {
-        return Err(protocol_error(
-            client,
-            ScramError::new(PROTOCOL_VIOLATION, "malformed SCRAM message")
-                .with_detail("Nonce does not match."),
-        )
-        .await);
     }
     let auth_message = format!("{},{},{}", first.bare, server_first, fin.without_proof);
     let key = verifier.verify_client_proof(auth_message.as_bytes(), &fin.proof);
@@ -392,6 +369,60 @@ async fn client_exchange(
             Ok(None)
         }
     }
+}
+
+/// The client-first's GS2 flag against what pgveil offered: a binding
+/// type other than tls-server-end-point is refused, and so is a client
+/// that says pgveil does not bind when PLUS was offered (a downgrade).
+fn check_gs2_flag(flag: &Gs2Flag, cbind: Option<&[u8]>) -> Result<(), ScramError> {
+    match flag {
+        Gs2Flag::Bound(t) if t != TLS_SERVER_END_POINT => Err(plain_err(format!(
+            "unsupported SCRAM channel-binding type \"{}\"",
+            t.escape_default()
+        ))),
+        // We offered PLUS: a client claiming we did not is being
+        // downgraded by someone in the middle.
+        Gs2Flag::Yes if cbind.is_some() => Err(ScramError::new(
+            INVALID_AUTHORIZATION,
+            "SCRAM channel binding negotiation error",
+        )
+        .with_detail(
+            "The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The client-final's channel binding (the GS2 header, plus the binding
+/// data when `plus`) and nonce against the client-first's.
+fn check_client_final(
+    first: &ClientFirst,
+    fin: &ClientFinal,
+    cbind: Option<&[u8]>,
+    plus: bool,
+    nonce: &str,
+) -> Result<(), ScramError> {
+    let binding_ok = if plus {
+        let mut expected = first.gs2_header.as_bytes().to_vec();
+        expected.extend_from_slice(cbind.unwrap_or_default());
+        fin.channel_binding == expected
+    } else {
+        fin.channel_binding == b"n,," || fin.channel_binding == b"y,,"
+    };
+    if !binding_ok {
+        return Err(if plus {
+            ScramError::new(INVALID_AUTHORIZATION, "SCRAM channel binding check failed")
+        } else {
+            plain_err("unexpected SCRAM channel-binding attribute in client-final-message")
+        });
+    }
+    if fin.nonce != nonce {
+        return Err(
+            ScramError::new(PROTOCOL_VIOLATION, "malformed SCRAM message")
+                .with_detail("Nonce does not match."),
+        );
+    }
+    Ok(())
 }
 
 fn plain_err(message: impl Into<String>) -> ScramError {
@@ -439,13 +470,10 @@ impl UpstreamScram {
         let nonce = scram::nonce();
         let client_first_bare = format!("n=,r={nonce}");
         let data = format!("{gs2_header}{client_first_bare}");
-        send(
-            upstream,
-            &msg::sasl_initial_response(mechanism, data.as_bytes()),
-        )
-        .await
-        .map_err(AuthError::Upstream)?;
-        let body = expect_auth(client, upstream, msg::AUTH_SASL_CONTINUE).await?;
+        send(upstream, &sasl_initial_response(mechanism, data.as_bytes()))
+            .await
+            .map_err(AuthError::Upstream)?;
+        let body = expect_auth(client, upstream, AUTH_SASL_CONTINUE).await?;
         let server_first_raw = match String::from_utf8(body[4..].to_vec()) {
             Ok(s) => s,
             Err(_) => {
@@ -494,10 +522,10 @@ impl UpstreamScram {
         );
         let proof = client_key.proof(&verifier.stored_key, auth_message.as_bytes());
         let final_message = format!("{without_proof},p={}", scram::b64(&proof));
-        send(upstream, &msg::password_message(final_message.as_bytes()))
+        send(upstream, &password_message(final_message.as_bytes()))
             .await
             .map_err(AuthError::Upstream)?;
-        let body = expect_auth(client, upstream, msg::AUTH_SASL_FINAL).await?;
+        let body = expect_auth(client, upstream, AUTH_SASL_FINAL).await?;
         let signature = match scram::parse_server_final(&body[4..]) {
             Ok(s) => s,
             Err(e) => {
@@ -513,21 +541,14 @@ impl UpstreamScram {
             )
             .await);
         }
-        loop {
-            let f = upstream.next().await.map_err(AuthError::Upstream)?;
-            match f.tag {
-                b'R' if msg::auth_code(f.body()) == Some(msg::AUTH_OK) => return Ok(f.raw),
-                b'N' => send(client, &f.raw).await.map_err(AuthError::Client)?,
-                b'E' => return Err(forward_rejection(client, &f.raw, f.body()).await),
-                _ => {
-                    return Err(upstream_error(
-                        client,
-                        "unexpected message from PostgreSQL after SCRAM",
-                    )
-                    .await);
-                }
-            }
-        }
+        let ok = next_auth(
+            client,
+            upstream,
+            AUTH_OK,
+            "unexpected message from PostgreSQL after SCRAM",
+        )
+        .await?;
+        Ok(ok.raw)
     }
 }
 
@@ -538,26 +559,41 @@ async fn expect_auth(
     upstream: &mut FrameReader<Stream>,
     code: u32,
 ) -> Result<bytes::Bytes, AuthError> {
+    let f = next_auth(
+        client,
+        upstream,
+        code,
+        "unexpected message from PostgreSQL during SCRAM",
+    )
+    .await?;
+    Ok(f.raw.slice(5..))
+}
+
+/// Read PostgreSQL's next Authentication message, which must have `code`;
+/// notices on the way go to the client, an ErrorResponse is forwarded to
+/// it, anything else ends the login with `unexpected`.
+async fn next_auth(
+    client: &mut FrameReader<Stream>,
+    upstream: &mut FrameReader<Stream>,
+    code: u32,
+    unexpected: &'static str,
+) -> Result<Frame, AuthError> {
     loop {
         let f = upstream.next().await.map_err(AuthError::Upstream)?;
         match f.tag {
-            b'R' if msg::auth_code(f.body()) == Some(code) => return Ok(f.raw.slice(5..)),
-            b'N' => send(client, &f.raw).await.map_err(AuthError::Client)?,
-            b'E' => return Err(forward_rejection(client, &f.raw, f.body()).await),
-            _ => {
-                return Err(upstream_error(
-                    client,
-                    "unexpected message from PostgreSQL during SCRAM",
-                )
-                .await);
+            be::AUTHENTICATION if auth_code(f.body()) == Some(code) => return Ok(f),
+            be::NOTICE => send(client, &f.raw).await.map_err(AuthError::Client)?,
+            be::ERROR_RESPONSE => {
+                return Err(forward_rejection(client, &f.raw, f.body()).await);
             }
+            _ => return Err(upstream_error(client, unexpected).await),
         }
     }
 }
 
 async fn forward_rejection(client: &mut FrameReader<Stream>, raw: &[u8], body: &[u8]) -> AuthError {
     let _ = send(client, raw).await;
-    if msg::error_code(body).as_deref() == Some("28P01") {
+    if error_code(body).as_deref() == Some("28P01") {
         AuthError::PasswordFailed
     } else {
         AuthError::Rejected
@@ -572,7 +608,7 @@ async fn upstream_error(
     warn!(error = %message, "SCRAM login to PostgreSQL failed");
     let _ = send(
         client,
-        &msg::error_response("FATAL", "08P01", &format!("pgveil: {message}")),
+        &error_response("FATAL", "08P01", &format!("pgveil: {message}")),
     )
     .await;
     AuthError::Unsupported(message.into_owned())

@@ -7,12 +7,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// A BackendKeyData's key: what a CancelRequest names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendKey {
+    /// The process id (PostgreSQL's, or the one pgveil made up).
     pub pid: u32,
+    /// The secret.
     pub secret: u32,
 }
 
+/// The keys clients were given, each mapped to the real backend's.
 #[derive(Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<(u32, u32), BackendKey>>,
@@ -20,6 +24,7 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
+    /// An empty registry.
     pub fn new() -> Self {
         CancelRegistry {
             map: Mutex::new(HashMap::new()),
@@ -44,6 +49,7 @@ impl CancelRegistry {
         visible
     }
 
+    /// Forget a key the client was given (its session ended).
     pub fn unregister(&self, visible: BackendKey) {
         self.map
             .lock()
@@ -51,6 +57,7 @@ impl CancelRegistry {
             .remove(&(visible.pid, visible.secret));
     }
 
+    /// The real backend key behind a key a client was given.
     pub fn lookup(&self, pid: u32, secret: u32) -> Option<BackendKey> {
         self.map
             .lock()

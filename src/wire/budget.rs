@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// semaphore's `u32` request.
 const UNIT: usize = 1024;
 
+/// The shared budget (a clone shares it); unlimited when not configured.
 #[derive(Clone)]
 pub struct Budget {
     inner: Option<Arc<Inner>>,
@@ -71,6 +72,7 @@ impl Budget {
     /// Frames up to this size are never charged.
     pub const FREE_BYTES: usize = 256 * 1024;
 
+    /// A budget of `max_bytes`; a charge waits up to `wait` for room.
     pub fn new(max_bytes: usize, wait: Duration) -> Budget {
         let units = (max_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
         Budget {
