@@ -34,8 +34,7 @@ impl Frontend {
                     (Some(p), Some(s)) => Some((p, s)),
                     _ => {
                         let r = unkeyable("portal or statement");
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
+                        self.raise(&r, out);
                         return;
                     }
                 }
@@ -67,8 +66,7 @@ impl Frontend {
                 }
                 View::Ambiguous => {
                     let r = ambiguous("prepared statement", statement);
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
+                    self.raise(&r, out);
                     return;
                 }
                 View::Known(Some(p)) => Some(p),
@@ -86,15 +84,13 @@ impl Frontend {
                 "08P01",
                 "pgveil: invalid Bind message: its parameter counts and lengths disagree with its length",
             );
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         };
         // The names could be read above (the message decoded).
         let Some(prepared) = prepared else {
             let r = refuse("08P01", "pgveil: invalid Bind message");
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         };
         let Some(plan) = prepared.plan.clone() else {
@@ -124,8 +120,7 @@ impl Frontend {
                 new.encode(out);
             }
             Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
             }
         }
     }

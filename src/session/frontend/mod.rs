@@ -265,8 +265,7 @@ impl Frontend {
                     Some((kind, name)) => {
                         let Some(key) = pg_name(&name, unconverted) else {
                             let r = unkeyable(if kind == b'S' { "statement" } else { "portal" });
-                            self.rejected(&r);
-                            self.inject_raise(&r, out);
+                            self.raise(&r, out);
                             return Flow::Continue;
                         };
                         if kind == b'S' {
@@ -292,8 +291,7 @@ impl Frontend {
                     }
                     None => {
                         let r = unkeyable("statement or portal");
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
+                        self.raise(&r, out);
                         return Flow::Continue;
                     }
                 }
@@ -302,16 +300,14 @@ impl Frontend {
             b'E' => {
                 let Some((portal, _)) = m::decode_execute(f.body()) else {
                     let r = unkeyable("portal");
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
+                    self.raise(&r, out);
                     return Flow::Continue;
                 };
                 let Some(portal) =
                     pg_name(&portal, self.lex.names_unconverted()).map(str::to_string)
                 else {
                     let r = unkeyable("portal");
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
+                    self.raise(&r, out);
                     return Flow::Continue;
                 };
                 self.names.drain(&self.shared);
@@ -319,8 +315,7 @@ impl Frontend {
                     View::Known(p) => p,
                     View::Ambiguous => {
                         let r = ambiguous("portal", &portal);
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
+                        self.raise(&r, out);
                         return Flow::Continue;
                     }
                 };
@@ -400,16 +395,14 @@ impl Frontend {
                         };
                         let Some(key) = pg_name(&name, unconverted) else {
                             let r = unkeyable(if kind == b'S' { "statement" } else { "portal" });
-                            self.rejected(&r);
-                            self.inject_raise(&r, out);
+                            self.raise(&r, out);
                             return Flow::Continue;
                         };
                         self.names.set(space, key, None)
                     }
                     None => {
                         let r = unkeyable("statement or portal");
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
+                        self.raise(&r, out);
                         return Flow::Continue;
                     }
                 };

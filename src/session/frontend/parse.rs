@@ -42,21 +42,18 @@ impl Frontend {
         if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) {
             let Some(name) = pg_name(name, self.lex.names_unconverted()) else {
                 let r = unkeyable("statement");
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
                 return;
             };
             if let Some(r) = self.settle(query, false) {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
                 return;
             }
             if let Some(r) = self
                 .sql_execute(query.as_bytes())
                 .or_else(|| self.sql_fetch(query.as_bytes()))
             {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
                 return;
             }
             if !self.entry().analyzer.may_touch_protected(query) {
@@ -92,8 +89,7 @@ impl Frontend {
             };
             // The client's statement never reaches PostgreSQL: its name
             // keeps what it had.
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         };
         // Keyed as PostgreSQL keys it (the hot path above refused names it
@@ -117,15 +113,13 @@ impl Frontend {
             .unsettled_refusal()
             .or_else(|| self.read_differently(&parse.query))
         {
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         }
         self.rewrite_charge = match self.charge_rewrite(parse.query.len()).await {
             Ok(c) => c,
             Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
                 return;
             }
         };
@@ -216,8 +210,7 @@ impl Frontend {
                 .encode(out);
             }
             Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
             }
         }
     }

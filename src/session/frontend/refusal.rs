@@ -137,6 +137,14 @@ impl Frontend {
         self.shared.push(Pending::Bind { internal: true, op });
     }
 
+    /// Refuse the extended-protocol message being handled: record the
+    /// refusal ([`rejected`](Self::rejected)) and make PostgreSQL raise it
+    /// where the message stood ([`inject_raise`](Self::inject_raise)).
+    pub(super) fn raise(&mut self, r: &Refusal, out: &mut BytesMut) {
+        self.rejected(r);
+        self.inject_raise(r, out);
+    }
+
     /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then
     /// discard the client's messages up to Sync, as the server would.
     pub(super) fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {

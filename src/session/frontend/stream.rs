@@ -129,8 +129,7 @@ impl Frontend {
             // PostgreSQL skips to Sync after an error; so does the frontend.
             b'P' | b'B' | b'E' | b'D' | b'C' => {
                 if !self.skip_until_sync {
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
+                    self.raise(&r, out);
                 }
                 true
             }
