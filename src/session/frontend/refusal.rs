@@ -2,11 +2,13 @@
 //! value), the messages pgveil refuses with, and how a refusal reaches the
 //! client: PostgreSQL itself raises it ([`raise_sql`], as a simple Query or
 //! as pgveil's own Parse/Bind/Execute, then skip to Sync), so the
-//! transaction state and the rest of a pipeline are PostgreSQL's.
+//! transaction state and the rest of a pipeline are PostgreSQL's. Also the
+//! FunctionCall, which is always refused.
 
 use bytes::BytesMut;
 
-use super::{Frontend, Space};
+use super::Frontend;
+use super::names::Space;
 use crate::session::messages::{self as m, BindMsg, ParseMsg};
 use crate::session::values::ValueError;
 use crate::session::{Pending, QueryOp};
@@ -95,6 +97,17 @@ impl Frontend {
         m::encode_query(out, &raise_sql(r));
     }
 
+    /// A FunctionCall, always refused ([`FUNCTION_CALL`]). PostgreSQL
+    /// answers a FunctionCall as it answers a Query (its response or an
+    /// error, then ReadyForQuery): a Query that raises keeps the protocol
+    /// in step.
+    pub(super) fn on_function_call(&mut self, out: &mut BytesMut) {
+        let r = refuse("0A000", FUNCTION_CALL);
+        self.refuse_query(&r, Vec::new(), out);
+    }
+
+    /// Take note of a refusal: the metric, the log line and the audit
+    /// record; a refused statement changes nothing for later ones.
     pub(super) fn rejected(&mut self, r: &Refusal) {
         // A refused statement never runs: it changes nothing for later ones.
         self.unsettled = self.behind_unsettled;

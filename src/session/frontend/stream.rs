@@ -24,19 +24,30 @@ pub enum Pass {
     /// Read and dropped: PostgreSQL would ignore it.
     Drop,
 }
+/// Charge `budget` for what handling a message of `len` bytes holds beyond
+/// the message itself, `factor` bytes a byte (nothing for a small one);
+/// refused with 53200 when it does not fit.
+pub(super) async fn charge_held(
+    budget: &Budget,
+    len: usize,
+    factor: usize,
+) -> Result<Option<Charge>, Refusal> {
+    if len <= Budget::FREE_BYTES {
+        return Ok(None);
+    }
+    budget
+        .charge(len.saturating_mul(factor))
+        .await
+        .map(Some)
+        .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
+}
+
 impl Frontend {
     /// Charge what planning and rewriting a message of `len` bytes on
     /// protected tables holds beyond the message itself
     /// ([`REWRITE_FACTOR`]); refused with 53200 when it does not fit.
     pub(super) async fn charge_rewrite(&self, len: usize) -> Result<Option<Charge>, Refusal> {
-        if len <= Budget::FREE_BYTES {
-            return Ok(None);
-        }
-        self.budget
-            .charge(len.saturating_mul(REWRITE_FACTOR))
-            .await
-            .map(Some)
-            .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
+        charge_held(&self.budget, len, REWRITE_FACTOR).await
     }
 
     /// Forward `f` unchanged: appended to `out` when small; a large frame
