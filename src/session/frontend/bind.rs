@@ -4,6 +4,8 @@
 //! literals are appended, and PostgreSQL's own count and format checks are
 //! kept. The portal is recorded when PostgreSQL confirms it.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::Frontend;
@@ -18,7 +20,44 @@ use crate::sql::array::{self, ArrayError};
 use crate::sql::{ArrayTenant, ColumnRef, ParamAction, RewritePlan, TenantSource};
 use crate::wire::codec::{Frame, read_cstr};
 
+/// How a Bind is handled, by what its statement's name means: the one
+/// decision [`Frontend::on_bind`] and [`Frontend::stream_large`] both take,
+/// so that a Bind streamed unread is one `on_bind` would forward as sent.
+pub(super) enum BindPath {
+    /// Forwarded as the client's bytes; the portal will be this. `None`:
+    /// unprotected, or unknown (PostgreSQL reports the error); `Some`: a
+    /// COPY, whose data is encrypted and whose Bind carries none.
+    Forward(Option<Arc<Prepared>>),
+    /// A statement whose plan transforms its parameters.
+    Transform(Arc<Prepared>),
+    /// A change still unanswered could leave the name meaning something
+    /// protected other than what pgveil would assume: refused.
+    Ambiguous,
+}
+
 impl Frontend {
+    /// How a Bind of `statement` (keyed as PostgreSQL keys it) is handled.
+    pub(super) fn bind_path(&self, statement: &str) -> BindPath {
+        match self.names.view(Space::Statement, statement) {
+            View::Known(Some(p)) if p.plan.is_none() => BindPath::Forward(Some(p)),
+            View::Known(None) => BindPath::Forward(None),
+            View::Ambiguous => BindPath::Ambiguous,
+            View::Known(Some(p)) => BindPath::Transform(p),
+        }
+    }
+
+    /// Record the portal a Bind names as `prepared` (once PostgreSQL
+    /// confirms it) and expect the Bind's answer.
+    pub(super) fn bind_portal(&mut self, portal: &str, prepared: Option<Arc<Prepared>>) {
+        let op = self.names.set(Space::Portal, portal, prepared);
+        self.shared.push(Pending::Bind {
+            internal: false,
+            op,
+        });
+    }
+
+    /// A Bind: forwarded as sent, refused, or with its parameters
+    /// transformed ([`bind_transformed`](Self::bind_transformed)).
     pub(super) async fn on_bind(&mut self, f: &Frame, out: &mut BytesMut) {
         // Hot path: portal and statement names in place; a statement that
         // needs no parameter rewriting is forwarded as the original bytes.
@@ -43,37 +82,35 @@ impl Frontend {
         };
         let portal_key = names.map(|(p, _)| p.to_string()).unwrap_or_default();
         let prepared = if let Some((portal, statement)) = names {
-            match self.names.view(Space::Statement, statement) {
-                View::Known(Some(p)) if p.plan.is_none() => {
-                    // COPY: forwarded as it is; its data is encrypted.
-                    let op = self.names.set(Space::Portal, portal, Some(p));
-                    self.shared.push(Pending::Bind {
-                        internal: false,
-                        op,
-                    });
+            match self.bind_path(statement) {
+                BindPath::Forward(p) => {
+                    self.bind_portal(portal, p);
                     self.forward(f, out);
                     return;
                 }
-                View::Known(None) => {
-                    // Unprotected, or unknown (PostgreSQL reports the error).
-                    let op = self.names.set(Space::Portal, portal, None);
-                    self.shared.push(Pending::Bind {
-                        internal: false,
-                        op,
-                    });
-                    self.forward(f, out);
-                    return;
-                }
-                View::Ambiguous => {
+                BindPath::Ambiguous => {
                     let r = ambiguous("prepared statement", statement);
                     self.raise(&r, out);
                     return;
                 }
-                View::Known(Some(p)) => Some(p),
+                BindPath::Transform(p) => Some(p),
             }
         } else {
             None
         };
+        self.bind_transformed(f, &portal_key, prepared, out).await;
+    }
+
+    /// A Bind of a statement whose plan transforms parameters (`prepared`;
+    /// `None` when its names could not be read): decoded whole, refused
+    /// when malformed, else sent with its parameters transformed.
+    async fn bind_transformed(
+        &mut self,
+        f: &Frame,
+        portal_key: &str,
+        prepared: Option<Arc<Prepared>>,
+        out: &mut BytesMut,
+    ) {
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
             // A Bind of a protected statement (or one whose names cannot be
@@ -94,11 +131,7 @@ impl Frontend {
             return;
         };
         let Some(plan) = prepared.plan.clone() else {
-            let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
-            self.shared.push(Pending::Bind {
-                internal: false,
-                op,
-            });
+            self.bind_portal(portal_key, Some(prepared));
             self.forward(f, out);
             return;
         };
@@ -111,11 +144,7 @@ impl Frontend {
         };
         match transformed {
             Ok(new) => {
-                let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
-                self.shared.push(Pending::Bind {
-                    internal: false,
-                    op,
-                });
+                self.bind_portal(portal_key, Some(prepared));
                 // Its row shape is learnt right before each Execute.
                 new.encode(out);
             }
