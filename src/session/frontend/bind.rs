@@ -1,8 +1,10 @@
 //! Bind: forwarded as the client's bytes unless its statement's plan
-//! transforms parameters; then each parameter is encrypted or
-//! blind-indexed (arrays element by element, with their tenants), deferred
+//! transforms parameters ([`BindPath`], the one decision shared with
+//! `stream_large`); then each parameter is encrypted or blind-indexed
+//! through `seal` (arrays element by element, with their tenants), deferred
 //! literals are appended, and PostgreSQL's own count and format checks are
-//! kept. The portal is recorded when PostgreSQL confirms it.
+//! kept. The portal is recorded when PostgreSQL confirms it. Never forwards
+//! a protected parameter as sent.
 
 use std::sync::Arc;
 
@@ -14,10 +16,10 @@ use super::names::{Space, View};
 use super::refusal::{Refusal, ambiguous, refuse, unkeyable};
 use crate::policy::catalog::ProtectedAttr;
 use crate::session::messages::{self as m, BindMsg};
-use crate::session::values::{ValueError, envelope_to_stored_binary, stored_to_envelope};
+use crate::session::values::{Form, Sent, ValueError, stored_to_envelope};
 use crate::session::{CatalogEntry, Pending, Prepared};
 use crate::sql::array::{self, ArrayError};
-use crate::sql::{ArrayTenant, ColumnRef, ParamAction, RewritePlan, TenantSource};
+use crate::sql::{ArrayTenant, ColumnRef, LiteralSlot, ParamAction, RewritePlan, TenantSource};
 use crate::wire::codec::{Frame, read_cstr};
 
 /// How a Bind is handled, by what its statement's name means: the one
@@ -33,6 +35,69 @@ pub(super) enum BindPath {
     /// A change still unanswered could leave the name meaning something
     /// protected other than what pgveil would assume: refused.
     Ambiguous,
+}
+
+/// What a non-NULL Bind parameter for a protected column becomes (see
+/// [`ParamAction`]); `declared`: the type the client declared for it at
+/// Parse (0: none).
+enum Seal<'a> {
+    /// Encrypted, under the tenant `tenant` names.
+    Encrypt {
+        target: &'a ColumnRef,
+        tenant: &'a TenantSource,
+        declared: u32,
+    },
+    /// Its blind index, under the current or the `next` key.
+    Index { declared: u32, next: bool },
+    /// The blind index of each element of an array parameter whose
+    /// elements are of type `elem` (checked when given).
+    IndexArray { elem: Option<u32>, next: bool },
+    /// Each element of an array parameter of element type `elem`
+    /// encrypted, with the tenant at the same position.
+    EncryptArray { tenant: &'a ArrayTenant, elem: u32 },
+}
+
+/// The client's parameter `orig` and its format; refused when the client
+/// sent fewer parameters than the statement uses.
+fn client_param(b: &BindMsg, orig: usize) -> Result<(Option<Bytes>, i16), Refusal> {
+    match b.params.get(orig) {
+        Some(v) => Ok((v.clone(), b.param_format(orig))),
+        None => Err(refuse(
+            "08P01",
+            format!(
+                "bind message supplies {} parameters, but the statement uses ${}",
+                b.params.len(),
+                orig + 1
+            ),
+        )),
+    }
+}
+
+/// PostgreSQL's own checks of a Bind's counts: the rewritten Bind would
+/// hide a mismatch (extra parameters dropped, formats re-encoded).
+fn check_counts(b: &BindMsg, prepared: &Prepared) -> Result<(), Refusal> {
+    if b.params.len() != prepared.client_params {
+        return Err(refuse(
+            "08P01",
+            format!(
+                "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                b.params.len(),
+                b.statement,
+                prepared.client_params
+            ),
+        ));
+    }
+    if b.param_formats.len() > 1 && b.param_formats.len() != b.params.len() {
+        return Err(refuse(
+            "08P01",
+            format!(
+                "bind message has {} parameter formats but {} parameters",
+                b.param_formats.len(),
+                b.params.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Frontend {
@@ -154,174 +219,28 @@ impl Frontend {
         }
     }
 
+    /// The Bind sent for a client's Bind of a statement pgveil rewrote:
+    /// each parameter as the plan's action computes it, then the deferred
+    /// literals as appended parameters.
     async fn transform_bind(
         &self,
         b: &BindMsg,
         plan: &RewritePlan,
         prepared: &Prepared,
     ) -> Result<BindMsg, Refusal> {
-        // PostgreSQL's own checks: the rewritten Bind would hide a
-        // mismatch (extra parameters dropped, formats re-encoded).
-        if b.params.len() != prepared.client_params {
-            return Err(refuse(
-                "08P01",
-                format!(
-                    "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
-                    b.params.len(),
-                    b.statement,
-                    prepared.client_params
-                ),
-            ));
-        }
-        if b.param_formats.len() > 1 && b.param_formats.len() != b.params.len() {
-            return Err(refuse(
-                "08P01",
-                format!(
-                    "bind message has {} parameter formats but {} parameters",
-                    b.param_formats.len(),
-                    b.params.len()
-                ),
-            ));
-        }
-        let deferred = &prepared.deferred_literals;
-        let declared = |orig: usize| prepared.declared.get(orig).copied().unwrap_or(0);
+        check_counts(b, prepared)?;
         let entry = self.entry();
         let mut params = Vec::with_capacity(plan.params.len());
         let mut formats = Vec::with_capacity(plan.params.len());
-        let get = |orig: usize| -> Result<(Option<Bytes>, i16), Refusal> {
-            match b.params.get(orig) {
-                Some(v) => Ok((v.clone(), b.param_format(orig))),
-                None => Err(refuse(
-                    "08P01",
-                    format!(
-                        "bind message supplies {} parameters, but the statement uses ${}",
-                        b.params.len(),
-                        orig + 1
-                    ),
-                )),
-            }
-        };
         for action in &plan.params {
-            match action {
-                ParamAction::Copy { orig } => {
-                    let (v, f) = get(*orig)?;
-                    params.push(v);
-                    formats.push(f);
-                }
-                ParamAction::Encrypt {
-                    orig,
-                    target,
-                    tenant,
-                } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => {
-                            let tenant = self.tenant(&entry, b, target, tenant)?;
-                            let canonical = self.engine.crypto.canonical_param(
-                                &attr,
-                                declared(*orig),
-                                f,
-                                &v,
-                            )?;
-                            let env = self
-                                .engine
-                                .crypto
-                                .encrypt(&attr, tenant.as_deref(), &canonical)
-                                .await?;
-                            Some(Bytes::from(envelope_to_stored_binary(attr.storage, &env)))
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::BlindIndex { orig, target, .. }
-                | ParamAction::BlindIndexNext { orig, target } => {
-                    // One path for the current index (optionally over an
-                    // array parameter) and the rotation's `next` index.
-                    let next = matches!(action, ParamAction::BlindIndexNext { .. });
-                    let array = matches!(action, ParamAction::BlindIndex { array: true, .. });
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) if array => {
-                            Some(self.blind_index_array(&attr, f, &v, None, false)?)
-                        }
-                        Some(v) => {
-                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, next)?)
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::EncryptArray {
-                    orig,
-                    target,
-                    tenant,
-                    elem,
-                } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => Some(
-                            self.encrypt_array(&entry, b, &attr, tenant, *elem, f, &v)
-                                .await?,
-                        ),
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::BlindIndexArray {
-                    orig,
-                    target,
-                    next,
-                    elem,
-                } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => {
-                            Some(self.blind_index_array(&attr, f, &v, Some(*elem), *next)?)
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::RequireEnvelope { orig, target } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    if let Some(v) = &v
-                        && stored_to_envelope(attr.storage, f, v).is_none()
-                    {
-                        return Err(ValueError::NotEnvelope {
-                            column: attr.column.to_string(),
-                        }
-                        .into());
-                    }
-                    params.push(v);
-                    formats.push(f);
-                }
-            }
+            let (v, f) = self.transform_param(&entry, b, prepared, action).await?;
+            params.push(v);
+            formats.push(f);
         }
-        for &i in deferred {
-            let slot = &plan.literals[i];
-            let attr = self.attr(&entry, &slot.target)?;
-            let value = slot.value.as_deref().unwrap_or_default();
-            let tenant = self.tenant(&entry, b, &slot.target, &slot.tenant)?;
-            let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
-            let env = self
-                .engine
-                .crypto
-                .encrypt(&attr, tenant.as_deref(), &canonical)
-                .await?;
-            params.push(Some(Bytes::from(envelope_to_stored_binary(
-                attr.storage,
-                &env,
-            ))));
+        for &i in &prepared.deferred_literals {
+            params.push(Some(
+                self.deferred_literal(&entry, b, &plan.literals[i]).await?,
+            ));
             formats.push(1);
         }
         Ok(BindMsg {
@@ -333,19 +252,163 @@ impl Frontend {
         })
     }
 
-    /// The blind index of one parameter, as a binary `bytea`.
-    fn blind_index_param(
+    /// One parameter of the Bind sent, as `action` computes it from the
+    /// client's: its value and format. A protected column's value goes in
+    /// binary; NULL stays NULL.
+    async fn transform_param(
         &self,
+        entry: &CatalogEntry,
+        b: &BindMsg,
+        prepared: &Prepared,
+        action: &ParamAction,
+    ) -> Result<(Option<Bytes>, i16), Refusal> {
+        let orig = action.orig();
+        let (v, f) = client_param(b, orig)?;
+        let declared = prepared.declared.get(orig).copied().unwrap_or(0);
+        let (target, seal) = match action {
+            ParamAction::Copy { .. } => return Ok((v, f)),
+            ParamAction::RequireEnvelope { target, .. } => {
+                let attr = self.attr(entry, target)?;
+                if let Some(v) = &v
+                    && stored_to_envelope(attr.storage, f, v).is_none()
+                {
+                    return Err(ValueError::NotEnvelope {
+                        column: attr.column.to_string(),
+                    }
+                    .into());
+                }
+                return Ok((v, f));
+            }
+            ParamAction::Encrypt { target, tenant, .. } => (
+                target,
+                Seal::Encrypt {
+                    target,
+                    tenant,
+                    declared,
+                },
+            ),
+            // One path for the current index (optionally over an array
+            // parameter) and the rotation's `next` index.
+            ParamAction::BlindIndex {
+                target,
+                array: true,
+                ..
+            } => (
+                target,
+                Seal::IndexArray {
+                    elem: None,
+                    next: false,
+                },
+            ),
+            ParamAction::BlindIndex { target, .. } => (
+                target,
+                Seal::Index {
+                    declared,
+                    next: false,
+                },
+            ),
+            ParamAction::BlindIndexNext { target, .. } => (
+                target,
+                Seal::Index {
+                    declared,
+                    next: true,
+                },
+            ),
+            ParamAction::EncryptArray {
+                target,
+                tenant,
+                elem,
+                ..
+            } => (
+                target,
+                Seal::EncryptArray {
+                    tenant,
+                    elem: *elem,
+                },
+            ),
+            ParamAction::BlindIndexArray {
+                target, next, elem, ..
+            } => (
+                target,
+                Seal::IndexArray {
+                    elem: Some(*elem),
+                    next: *next,
+                },
+            ),
+        };
+        let attr = self.attr(entry, target)?;
+        let out = match v {
+            None => None,
+            Some(v) => Some(self.seal_value(entry, b, &seal, &attr, f, &v).await?),
+        };
+        Ok((out, 1))
+    }
+
+    /// A non-NULL parameter for a protected column, as `seal` says, in
+    /// binary.
+    async fn seal_value(
+        &self,
+        entry: &CatalogEntry,
+        b: &BindMsg,
+        seal: &Seal<'_>,
         attr: &ProtectedAttr,
-        declared: u32,
         f: i16,
         v: &[u8],
-        next: bool,
     ) -> Result<Bytes, Refusal> {
-        let canonical = self.engine.crypto.canonical_param(attr, declared, f, v)?;
-        Ok(Bytes::copy_from_slice(
-            &self.engine.crypto.blind_index(attr, next, &canonical)?,
-        ))
+        let crypto = &self.engine.crypto;
+        Ok(match *seal {
+            Seal::Encrypt {
+                target,
+                tenant,
+                declared,
+            } => {
+                let tenant = self.tenant(entry, b, target, tenant)?;
+                let sent = Sent::Param {
+                    declared,
+                    format: f,
+                    value: v,
+                };
+                Bytes::from(
+                    crypto
+                        .seal(attr, tenant.as_deref(), sent, Form::Binary)
+                        .await?,
+                )
+            }
+            Seal::Index { declared, next } => {
+                let sent = Sent::Param {
+                    declared,
+                    format: f,
+                    value: v,
+                };
+                Bytes::copy_from_slice(&crypto.index(attr, next, sent)?)
+            }
+            Seal::IndexArray { elem, next } => self.blind_index_array(attr, f, v, elem, next)?,
+            Seal::EncryptArray { tenant, elem } => {
+                self.encrypt_array(entry, b, attr, tenant, elem, f, v)
+                    .await?
+            }
+        })
+    }
+
+    /// A literal of the statement whose tenant is a Bind parameter
+    /// (deferred at Parse, see `render`), encrypted into an appended
+    /// binary parameter.
+    async fn deferred_literal(
+        &self,
+        entry: &CatalogEntry,
+        b: &BindMsg,
+        slot: &LiteralSlot,
+    ) -> Result<Bytes, Refusal> {
+        let attr = self.attr(entry, &slot.target)?;
+        let value = slot.value.as_deref().unwrap_or_default();
+        let tenant = self.tenant(entry, b, &slot.target, &slot.tenant)?;
+        let sent = Sent::Text(value.as_bytes());
+        let stored = self
+            .engine
+            .crypto
+            .seal(&attr, tenant.as_deref(), sent, Form::Binary)
+            .await?;
+        Ok(Bytes::from(stored))
     }
 
     /// The elements of a one-dimensional array parameter in format `f`,
@@ -415,16 +478,12 @@ impl Frontend {
             out.push(match it {
                 None => None,
                 Some(e) => {
-                    let canonical =
-                        self.engine
-                            .crypto
-                            .canonical_param(attr, elem.unwrap_or(0), f, &e)?;
-                    Some(
-                        self.engine
-                            .crypto
-                            .blind_index(attr, next, &canonical)?
-                            .to_vec(),
-                    )
+                    let sent = Sent::Param {
+                        declared: elem.unwrap_or(0),
+                        format: f,
+                        value: &e,
+                    };
+                    Some(self.engine.crypto.index(attr, next, sent)?.to_vec())
                 }
             });
         }
@@ -485,13 +544,17 @@ impl Frontend {
                             )
                         })?),
                     };
-                    let canonical = self.engine.crypto.canonical_param(attr, elem, f, &e)?;
-                    let env = self
-                        .engine
-                        .crypto
-                        .encrypt(attr, tenant.as_deref(), &canonical)
-                        .await?;
-                    Some(envelope_to_stored_binary(attr.storage, &env))
+                    let sent = Sent::Param {
+                        declared: elem,
+                        format: f,
+                        value: &e,
+                    };
+                    Some(
+                        self.engine
+                            .crypto
+                            .seal(attr, tenant.as_deref(), sent, Form::Binary)
+                            .await?,
+                    )
                 }
             });
         }
