@@ -12,6 +12,7 @@ use super::names::Space;
 use crate::session::messages::{self as m, BindMsg, ParseMsg};
 use crate::session::values::ValueError;
 use crate::session::{Pending, QueryOp};
+use crate::sql::CopyPlan;
 
 /// A statement pgveil refuses: SQLSTATE and message (never values).
 #[derive(Debug)]
@@ -61,6 +62,17 @@ pub(super) fn internal_slot() -> Refusal {
     refuse(
         "XX000",
         "pgveil: internal error while encrypting an array literal; the statement was not sent",
+    )
+}
+
+/// A binary COPY FROM into a protected table (simple Query or Parse).
+pub(super) fn binary_copy_in(cp: &CopyPlan) -> Refusal {
+    refuse(
+        "0A000",
+        format!(
+            "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
+            cp.schema, cp.table
+        ),
     )
 }
 
