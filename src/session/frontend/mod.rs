@@ -54,6 +54,7 @@ mod describe;
 mod execute;
 mod lex;
 mod names;
+mod params;
 mod parse;
 mod refusal;
 mod render;
