@@ -2,6 +2,13 @@
 //! client sent, encrypt it for a column, compute blind indexes, and turn
 //! stored ciphertext back into what the client asked for.
 //!
+//! A value goes from what was sent ([`Sent`]: a Bind parameter, SQL or
+//! COPY text, canonical plaintext) to what is stored in one call, so that
+//! every path canonicalises it the same way before it is encrypted or
+//! indexed: [`ValueCrypto::seal`] (in the [`Form`] the caller sends),
+//! [`ValueCrypto::seal_literal`] (an SQL literal), [`ValueCrypto::index`]
+//! (a blind index).
+//!
 //! Errors never carry values: only column names, types and formats.
 //!
 //! Shared by the session layer (`session::values` re-exports it) and the ops
@@ -21,6 +28,8 @@ use crate::keys::KeyManager;
 use crate::policy::catalog::ProtectedAttr;
 use crate::sql::ColumnRef;
 
+/// Why a value could not be sealed, checked or opened: column names, types
+/// and formats, never the value.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
     #[error("pgveil: value for {column} is not a valid {ty} in {format} format")]
@@ -61,6 +70,57 @@ fn format_of(f: i16) -> Format {
     if f == 1 { Format::Binary } else { Format::Text }
 }
 
+/// A value as it was sent, for [`ValueCrypto::seal`] and
+/// [`ValueCrypto::index`] to canonicalise.
+#[derive(Debug, Clone, Copy)]
+pub enum Sent<'a> {
+    /// A Bind parameter in `format` (0 text, 1 binary), of the type the
+    /// client declared at Parse (0: none; see
+    /// [`ValueCrypto::canonical_param`]).
+    Param {
+        declared: u32,
+        format: i16,
+        value: &'a [u8],
+    },
+    /// Text with no declared type: an SQL literal's value, a COPY field.
+    Text(&'a [u8]),
+    /// Plaintext already canonical (backfill, rotation).
+    Canonical(&'a [u8]),
+}
+
+/// Canonical plaintext: made from a value as sent (zeroized when dropped),
+/// or given canonical by the caller.
+enum Canon<'a> {
+    Made(Zeroizing<Vec<u8>>),
+    Given(&'a [u8]),
+}
+
+impl std::ops::Deref for Canon<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Canon::Made(c) => c,
+            Canon::Given(c) => c,
+        }
+    }
+}
+
+/// The form [`ValueCrypto::seal`] returns a sealed value in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The envelope itself (for array literals, which write their own).
+    Envelope,
+    /// The stored form as a binary wire value: a Bind parameter, a
+    /// backfilled value.
+    Binary,
+    /// The stored form as text (`\x…` hex for `bytea`, the envelope's text
+    /// form for `text`): a COPY field, before COPY's own escaping.
+    Text,
+}
+
+/// Canonicalise, encrypt, blind-index and decrypt the values of protected
+/// columns (one per engine; blind-index keys cached per column).
 pub struct ValueCrypto {
     pub keys: KeyManager,
     bidx_root: Option<BlindIndexRoot>,
@@ -179,6 +239,68 @@ impl ValueCrypto {
         }
         hot.values_encrypted.increment(1);
         Ok(env)
+    }
+
+    /// A value as sent, canonicalised and encrypted for `attr`, in the form
+    /// `form`.
+    pub async fn seal(
+        &self,
+        attr: &ProtectedAttr,
+        tenant: Option<&str>,
+        sent: Sent<'_>,
+        form: Form,
+    ) -> Result<Vec<u8>, ValueError> {
+        let canonical = self.canonical_sent(attr, sent)?;
+        let env = self.encrypt(attr, tenant, &canonical).await?;
+        Ok(match form {
+            Form::Envelope => env,
+            Form::Binary => envelope_to_stored_binary(attr.storage, &env),
+            Form::Text => stored_text(attr.storage, &env).into_bytes(),
+        })
+    }
+
+    /// An SQL literal's value sealed for `attr`: the SQL literal of its
+    /// stored form ([`envelope_literal`]).
+    pub async fn seal_literal(
+        &self,
+        attr: &ProtectedAttr,
+        tenant: Option<&str>,
+        literal: &str,
+    ) -> Result<String, ValueError> {
+        let sent = Sent::Text(literal.as_bytes());
+        let env = self.seal(attr, tenant, sent, Form::Envelope).await?;
+        Ok(envelope_literal(attr.storage, &env))
+    }
+
+    /// The blind index of a value as sent, under the column's current (or
+    /// `next`) key.
+    pub fn index(
+        &self,
+        attr: &ProtectedAttr,
+        next: bool,
+        sent: Sent<'_>,
+    ) -> Result<[u8; 32], ValueError> {
+        let canonical = self.canonical_sent(attr, sent)?;
+        self.blind_index(attr, next, &canonical)
+    }
+
+    /// The canonical plaintext of a value as sent: a parameter as
+    /// [`canonical_param`](Self::canonical_param) reads it, text as
+    /// [`canonical`](Self::canonical) does, canonical plaintext as it is.
+    fn canonical_sent<'a>(
+        &self,
+        attr: &ProtectedAttr,
+        sent: Sent<'a>,
+    ) -> Result<Canon<'a>, ValueError> {
+        Ok(match sent {
+            Sent::Param {
+                declared,
+                format,
+                value,
+            } => Canon::Made(self.canonical_param(attr, declared, format, value)?),
+            Sent::Text(text) => Canon::Made(self.canonical(attr, 0, text)?),
+            Sent::Canonical(canonical) => Canon::Given(canonical),
+        })
     }
 
     /// Blind index of canonical plaintext under the column's current (or
@@ -321,12 +443,7 @@ pub fn envelope_literal(storage: Storage, env: &[u8]) -> String {
 pub fn array_literal(storage: Storage, items: &[Option<Vec<u8>>]) -> String {
     let elems: Vec<Option<String>> = items
         .iter()
-        .map(|it| {
-            it.as_ref().map(|b| match storage {
-                Storage::Bytea => format!("\\x{}", hex::encode(b)),
-                Storage::Text => envelope::to_text(b),
-            })
-        })
+        .map(|it| it.as_ref().map(|b| stored_text(storage, b)))
         .collect();
     let body = crate::sql::array::render_text(&elems)
         .replace('\\', "\\\\")
@@ -336,6 +453,16 @@ pub fn array_literal(storage: Storage, items: &[Option<Vec<u8>>]) -> String {
         Storage::Text => "text",
     };
     format!("E'{body}'::{ty}[]")
+}
+
+/// The text form of a value stored in `storage` (an envelope, or a blind
+/// index for `Storage::Bytea`): `\x…` hex for `bytea`, the envelope's text
+/// form for `text`.
+fn stored_text(storage: Storage, b: &[u8]) -> String {
+    match storage {
+        Storage::Bytea => format!("\\x{}", hex::encode(b)),
+        Storage::Text => envelope::to_text(b),
+    }
 }
 
 /// `E'\\x…'::bytea`.
@@ -467,62 +594,4 @@ pub fn binary_tenant(ty: &str, v: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_ids_are_canonical_for_their_column_type() {
-        assert_eq!(canonical_tenant(Some("bigint"), "042").unwrap(), "42");
-        assert_eq!(canonical_tenant(Some("bigint"), " +42 ").unwrap(), "42");
-        assert_eq!(canonical_tenant(Some("integer"), "-007").unwrap(), "-7");
-        assert!(canonical_tenant(Some("smallint"), "40000").is_none());
-        assert!(canonical_tenant(Some("bigint"), "4 2").is_none());
-        assert!(canonical_tenant(Some("bigint"), "").is_none());
-        assert_eq!(canonical_tenant(Some("text"), "042").unwrap(), "042");
-        assert_eq!(canonical_tenant(None, "042").unwrap(), "042");
-        assert_eq!(
-            canonical_tenant(Some("uuid"), "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}").unwrap(),
-            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
-        );
-        assert!(same_tenant_spelling("042", "42"));
-        assert!(!same_tenant_spelling("42", "43"));
-        assert!(!same_tenant_spelling("acme", "ACME"));
-    }
-
-    #[test]
-    fn binary_tenants() {
-        assert_eq!(
-            binary_tenant("integer", &42i32.to_be_bytes()).unwrap(),
-            "42"
-        );
-        assert_eq!(binary_tenant("bigint", &7i64.to_be_bytes()).unwrap(), "7");
-        assert_eq!(
-            binary_tenant("uuid", &[0x11; 16]).unwrap(),
-            "11111111-1111-1111-1111-111111111111"
-        );
-        assert!(binary_tenant("integer", &[1, 2]).is_none());
-    }
-
-    #[test]
-    fn bytea_text_forms() {
-        assert_eq!(decode_bytea_text(b"\\x00ff").unwrap(), vec![0, 255]);
-        assert_eq!(
-            decode_bytea_text(b"a\\\\b\\001").unwrap(),
-            b"a\\b\x01".to_vec()
-        );
-        assert!(decode_bytea_text(b"\\xzz").is_none());
-        assert!(decode_bytea_text(b"\\x0").is_none());
-        assert!(decode_bytea_text(b"\\x0g").is_none());
-        assert_eq!(decode_bytea_text(b"\\xABcd").unwrap(), vec![0xab, 0xcd]);
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(
-            decode_bytea_text(format!("\\x{}", hex::encode(&all)).as_bytes()).unwrap(),
-            all
-        );
-        assert_eq!(bytea_literal(&[1, 2]), "E'\\\\x0102'::bytea");
-        assert_eq!(
-            array_literal(Storage::Bytea, &[Some(vec![1, 2]), None]),
-            r#"E'{"\\\\x0102",NULL}'::bytea[]"#
-        );
-    }
-}
+mod tests;

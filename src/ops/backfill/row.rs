@@ -10,7 +10,7 @@ use crate::crypto::{PgType, Storage};
 use crate::keys::KeyError;
 use crate::ops::rotate::KeyStates;
 use crate::policy::catalog::ProtectedAttr;
-use crate::seal::{ValueCrypto, envelope_to_stored_binary, stored_to_envelope};
+use crate::seal::{Form, Sent, ValueCrypto, stored_to_envelope};
 
 impl TablePlan {
     /// Work out the new stored values of one row.
@@ -66,11 +66,11 @@ impl TablePlan {
                     let canon = crypto
                         .canonical(attr, pfmt, stored)
                         .map_err(|e| fail(strip_prefix(e.to_string())))?;
-                    let env = crypto
-                        .encrypt(attr, tenant, &canon)
+                    let sealed = crypto
+                        .seal(attr, tenant, Sent::Canonical(&canon), Form::Binary)
                         .await
                         .map_err(|e| fail(strip_prefix(e.to_string())))?;
-                    cc.value = Some(envelope_to_stored_binary(attr.storage, &env));
+                    cc.value = Some(sealed);
                     ch.values_encrypted += 1;
                     if c.bidx.is_some() {
                         cc.bidx = Some(bidx(crypto, attr, false, &canon).map_err(fail)?);
@@ -101,11 +101,11 @@ impl TablePlan {
                         Err(Decrypted::Failed(r)) => return Err(fail(r)),
                     };
                     if stale {
-                        let env = crypto
-                            .encrypt(attr, tenant, &canon)
+                        let sealed = crypto
+                            .seal(attr, tenant, Sent::Canonical(&canon), Form::Binary)
                             .await
                             .map_err(|e| fail(strip_prefix(e.to_string())))?;
-                        cc.value = Some(envelope_to_stored_binary(attr.storage, &env));
+                        cc.value = Some(sealed);
                         ch.values_reencrypted += 1;
                     }
                     if need_bidx {

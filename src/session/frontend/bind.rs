@@ -1,8 +1,12 @@
 //! Bind: forwarded as the client's bytes unless its statement's plan
-//! transforms parameters; then each parameter is encrypted or
-//! blind-indexed (arrays element by element, with their tenants), deferred
+//! transforms parameters ([`BindPath`], the one decision shared with
+//! `stream_large`); then each parameter is encrypted or blind-indexed
+//! through `seal` (arrays and tenant ids: `params`), deferred
 //! literals are appended, and PostgreSQL's own count and format checks are
-//! kept. The portal is recorded when PostgreSQL confirms it.
+//! kept. The portal is recorded when PostgreSQL confirms it. Never forwards
+//! a protected parameter as sent.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -11,14 +15,113 @@ use super::lex::pg_name;
 use super::names::{Space, View};
 use super::refusal::{Refusal, ambiguous, refuse, unkeyable};
 use crate::policy::catalog::ProtectedAttr;
-use crate::session::messages::{self as m, BindMsg};
-use crate::session::values::{ValueError, envelope_to_stored_binary, stored_to_envelope};
+use crate::session::messages::BindMsg;
+use crate::session::values::{Form, Sent, ValueError, stored_to_envelope};
 use crate::session::{CatalogEntry, Pending, Prepared};
-use crate::sql::array::{self, ArrayError};
-use crate::sql::{ArrayTenant, ColumnRef, ParamAction, RewritePlan, TenantSource};
+use crate::sql::{ArrayTenant, ColumnRef, LiteralSlot, ParamAction, RewritePlan, TenantSource};
 use crate::wire::codec::{Frame, read_cstr};
 
+/// How a Bind is handled, by what its statement's name means: the one
+/// decision [`Frontend::on_bind`] and [`Frontend::stream_large`] both take,
+/// so that a Bind streamed unread is one `on_bind` would forward as sent.
+pub(super) enum BindPath {
+    /// Forwarded as the client's bytes; the portal will be this. `None`:
+    /// unprotected, or unknown (PostgreSQL reports the error); `Some`: a
+    /// COPY, whose data is encrypted and whose Bind carries none.
+    Forward(Option<Arc<Prepared>>),
+    /// A statement whose plan transforms its parameters.
+    Transform(Arc<Prepared>),
+    /// A change still unanswered could leave the name meaning something
+    /// protected other than what pgveil would assume: refused.
+    Ambiguous,
+}
+
+/// What a non-NULL Bind parameter for a protected column becomes (see
+/// [`ParamAction`]); `declared`: the type the client declared for it at
+/// Parse (0: none).
+enum Seal<'a> {
+    /// Encrypted, under the tenant `tenant` names.
+    Encrypt {
+        target: &'a ColumnRef,
+        tenant: &'a TenantSource,
+        declared: u32,
+    },
+    /// Its blind index, under the current or the `next` key.
+    Index { declared: u32, next: bool },
+    /// The blind index of each element of an array parameter whose
+    /// elements are of type `elem` (checked when given).
+    IndexArray { elem: Option<u32>, next: bool },
+    /// Each element of an array parameter of element type `elem`
+    /// encrypted, with the tenant at the same position.
+    EncryptArray { tenant: &'a ArrayTenant, elem: u32 },
+}
+
+/// The client's parameter `orig` and its format; refused when the client
+/// sent fewer parameters than the statement uses.
+fn client_param(b: &BindMsg, orig: usize) -> Result<(Option<Bytes>, i16), Refusal> {
+    match b.params.get(orig) {
+        Some(v) => Ok((v.clone(), b.param_format(orig))),
+        None => Err(refuse(
+            "08P01",
+            format!(
+                "bind message supplies {} parameters, but the statement uses ${}",
+                b.params.len(),
+                orig + 1
+            ),
+        )),
+    }
+}
+
+/// PostgreSQL's own checks of a Bind's counts: the rewritten Bind would
+/// hide a mismatch (extra parameters dropped, formats re-encoded).
+fn check_counts(b: &BindMsg, prepared: &Prepared) -> Result<(), Refusal> {
+    if b.params.len() != prepared.client_params {
+        return Err(refuse(
+            "08P01",
+            format!(
+                "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                b.params.len(),
+                b.statement,
+                prepared.client_params
+            ),
+        ));
+    }
+    if b.param_formats.len() > 1 && b.param_formats.len() != b.params.len() {
+        return Err(refuse(
+            "08P01",
+            format!(
+                "bind message has {} parameter formats but {} parameters",
+                b.param_formats.len(),
+                b.params.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Frontend {
+    /// How a Bind of `statement` (keyed as PostgreSQL keys it) is handled.
+    pub(super) fn bind_path(&self, statement: &str) -> BindPath {
+        match self.names.view(Space::Statement, statement) {
+            View::Known(Some(p)) if p.plan.is_none() => BindPath::Forward(Some(p)),
+            View::Known(None) => BindPath::Forward(None),
+            View::Ambiguous => BindPath::Ambiguous,
+            View::Known(Some(p)) => BindPath::Transform(p),
+        }
+    }
+
+    /// Record the portal a Bind names as `prepared` (once PostgreSQL
+    /// confirms it) and expect the Bind's answer.
+    pub(super) fn bind_portal(&mut self, portal: &str, prepared: Option<Arc<Prepared>>) {
+        let op = self.names.set(Space::Portal, portal, prepared);
+        self.shared.push(Pending::Bind {
+            internal: false,
+            op,
+        });
+    }
+
+    /// A Bind: forwarded as sent, refused, or with its parameters
+    /// transformed ([`bind_transformed`](Self::bind_transformed)).
     pub(super) async fn on_bind(&mut self, f: &Frame, out: &mut BytesMut) {
         // Hot path: portal and statement names in place; a statement that
         // needs no parameter rewriting is forwarded as the original bytes.
@@ -34,8 +137,7 @@ impl Frontend {
                     (Some(p), Some(s)) => Some((p, s)),
                     _ => {
                         let r = unkeyable("portal or statement");
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
+                        self.raise(&r, out);
                         return;
                     }
                 }
@@ -44,38 +146,35 @@ impl Frontend {
         };
         let portal_key = names.map(|(p, _)| p.to_string()).unwrap_or_default();
         let prepared = if let Some((portal, statement)) = names {
-            match self.names.view(Space::Statement, statement) {
-                View::Known(Some(p)) if p.plan.is_none() => {
-                    // COPY: forwarded as it is; its data is encrypted.
-                    let op = self.names.set(Space::Portal, portal, Some(p));
-                    self.shared.push(Pending::Bind {
-                        internal: false,
-                        op,
-                    });
+            match self.bind_path(statement) {
+                BindPath::Forward(p) => {
+                    self.bind_portal(portal, p);
                     self.forward(f, out);
                     return;
                 }
-                View::Known(None) => {
-                    // Unprotected, or unknown (PostgreSQL reports the error).
-                    let op = self.names.set(Space::Portal, portal, None);
-                    self.shared.push(Pending::Bind {
-                        internal: false,
-                        op,
-                    });
-                    self.forward(f, out);
-                    return;
-                }
-                View::Ambiguous => {
+                BindPath::Ambiguous => {
                     let r = ambiguous("prepared statement", statement);
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
+                    self.raise(&r, out);
                     return;
                 }
-                View::Known(Some(p)) => Some(p),
+                BindPath::Transform(p) => Some(p),
             }
         } else {
             None
         };
+        self.bind_transformed(f, &portal_key, prepared, out).await;
+    }
+
+    /// A Bind of a statement whose plan transforms parameters (`prepared`;
+    /// `None` when its names could not be read): decoded whole, refused
+    /// when malformed, else sent with its parameters transformed.
+    async fn bind_transformed(
+        &mut self,
+        f: &Frame,
+        portal_key: &str,
+        prepared: Option<Arc<Prepared>>,
+        out: &mut BytesMut,
+    ) {
         let body = Bytes::copy_from_slice(f.body());
         let Some(bind) = BindMsg::decode(&body) else {
             // A Bind of a protected statement (or one whose names cannot be
@@ -86,23 +185,17 @@ impl Frontend {
                 "08P01",
                 "pgveil: invalid Bind message: its parameter counts and lengths disagree with its length",
             );
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         };
         // The names could be read above (the message decoded).
         let Some(prepared) = prepared else {
             let r = refuse("08P01", "pgveil: invalid Bind message");
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         };
         let Some(plan) = prepared.plan.clone() else {
-            let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
-            self.shared.push(Pending::Bind {
-                internal: false,
-                op,
-            });
+            self.bind_portal(portal_key, Some(prepared));
             self.forward(f, out);
             return;
         };
@@ -115,189 +208,38 @@ impl Frontend {
         };
         match transformed {
             Ok(new) => {
-                let op = self.names.set(Space::Portal, &portal_key, Some(prepared));
-                self.shared.push(Pending::Bind {
-                    internal: false,
-                    op,
-                });
+                self.bind_portal(portal_key, Some(prepared));
                 // Its row shape is learnt right before each Execute.
                 new.encode(out);
             }
             Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
             }
         }
     }
 
+    /// The Bind sent for a client's Bind of a statement pgveil rewrote:
+    /// each parameter as the plan's action computes it, then the deferred
+    /// literals as appended parameters.
     async fn transform_bind(
         &self,
         b: &BindMsg,
         plan: &RewritePlan,
         prepared: &Prepared,
     ) -> Result<BindMsg, Refusal> {
-        // PostgreSQL's own checks: the rewritten Bind would hide a
-        // mismatch (extra parameters dropped, formats re-encoded).
-        if b.params.len() != prepared.client_params {
-            return Err(refuse(
-                "08P01",
-                format!(
-                    "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
-                    b.params.len(),
-                    b.statement,
-                    prepared.client_params
-                ),
-            ));
-        }
-        if b.param_formats.len() > 1 && b.param_formats.len() != b.params.len() {
-            return Err(refuse(
-                "08P01",
-                format!(
-                    "bind message has {} parameter formats but {} parameters",
-                    b.param_formats.len(),
-                    b.params.len()
-                ),
-            ));
-        }
-        let deferred = &prepared.deferred_literals;
-        let declared = |orig: usize| prepared.declared.get(orig).copied().unwrap_or(0);
+        check_counts(b, prepared)?;
         let entry = self.entry();
         let mut params = Vec::with_capacity(plan.params.len());
         let mut formats = Vec::with_capacity(plan.params.len());
-        let get = |orig: usize| -> Result<(Option<Bytes>, i16), Refusal> {
-            match b.params.get(orig) {
-                Some(v) => Ok((v.clone(), b.param_format(orig))),
-                None => Err(refuse(
-                    "08P01",
-                    format!(
-                        "bind message supplies {} parameters, but the statement uses ${}",
-                        b.params.len(),
-                        orig + 1
-                    ),
-                )),
-            }
-        };
         for action in &plan.params {
-            match action {
-                ParamAction::Copy { orig } => {
-                    let (v, f) = get(*orig)?;
-                    params.push(v);
-                    formats.push(f);
-                }
-                ParamAction::Encrypt {
-                    orig,
-                    target,
-                    tenant,
-                } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => {
-                            let tenant = self.tenant(&entry, b, target, tenant)?;
-                            let canonical = self.engine.crypto.canonical_param(
-                                &attr,
-                                declared(*orig),
-                                f,
-                                &v,
-                            )?;
-                            let env = self
-                                .engine
-                                .crypto
-                                .encrypt(&attr, tenant.as_deref(), &canonical)
-                                .await?;
-                            Some(Bytes::from(envelope_to_stored_binary(attr.storage, &env)))
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::BlindIndex { orig, target, .. }
-                | ParamAction::BlindIndexNext { orig, target } => {
-                    // One path for the current index (optionally over an
-                    // array parameter) and the rotation's `next` index.
-                    let next = matches!(action, ParamAction::BlindIndexNext { .. });
-                    let array = matches!(action, ParamAction::BlindIndex { array: true, .. });
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) if array => {
-                            Some(self.blind_index_array(&attr, f, &v, None, false)?)
-                        }
-                        Some(v) => {
-                            Some(self.blind_index_param(&attr, declared(*orig), f, &v, next)?)
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::EncryptArray {
-                    orig,
-                    target,
-                    tenant,
-                    elem,
-                } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => Some(
-                            self.encrypt_array(&entry, b, &attr, tenant, *elem, f, &v)
-                                .await?,
-                        ),
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::BlindIndexArray {
-                    orig,
-                    target,
-                    next,
-                    elem,
-                } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    let out = match v {
-                        None => None,
-                        Some(v) => {
-                            Some(self.blind_index_array(&attr, f, &v, Some(*elem), *next)?)
-                        }
-                    };
-                    params.push(out);
-                    formats.push(1);
-                }
-                ParamAction::RequireEnvelope { orig, target } => {
-                    let (v, f) = get(*orig)?;
-                    let attr = self.attr(&entry, target)?;
-                    if let Some(v) = &v
-                        && stored_to_envelope(attr.storage, f, v).is_none()
-                    {
-                        return Err(ValueError::NotEnvelope {
-                            column: attr.column.to_string(),
-                        }
-                        .into());
-                    }
-                    params.push(v);
-                    formats.push(f);
-                }
-            }
+            let (v, f) = self.transform_param(&entry, b, prepared, action).await?;
+            params.push(v);
+            formats.push(f);
         }
-        for &i in deferred {
-            let slot = &plan.literals[i];
-            let attr = self.attr(&entry, &slot.target)?;
-            let value = slot.value.as_deref().unwrap_or_default();
-            let tenant = self.tenant(&entry, b, &slot.target, &slot.tenant)?;
-            let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
-            let env = self
-                .engine
-                .crypto
-                .encrypt(&attr, tenant.as_deref(), &canonical)
-                .await?;
-            params.push(Some(Bytes::from(envelope_to_stored_binary(
-                attr.storage,
-                &env,
-            ))));
+        for &i in &prepared.deferred_literals {
+            params.push(Some(
+                self.deferred_literal(&entry, b, &plan.literals[i]).await?,
+            ));
             formats.push(1);
         }
         Ok(BindMsg {
@@ -309,258 +251,162 @@ impl Frontend {
         })
     }
 
-    /// The blind index of one parameter, as a binary `bytea`.
-    fn blind_index_param(
-        &self,
-        attr: &ProtectedAttr,
-        declared: u32,
-        f: i16,
-        v: &[u8],
-        next: bool,
-    ) -> Result<Bytes, Refusal> {
-        let canonical = self.engine.crypto.canonical_param(attr, declared, f, v)?;
-        Ok(Bytes::copy_from_slice(
-            &self.engine.crypto.blind_index(attr, next, &canonical)?,
-        ))
-    }
-
-    /// The elements of a one-dimensional array parameter in format `f`,
-    /// each in the same format. `elem`: the element type the client's
-    /// array must hold (checked in a binary array's header, as
-    /// PostgreSQL's `array_recv` does).
-    fn array_items(
-        &self,
-        column: &ColumnRef,
-        f: i16,
-        v: &[u8],
-        elem: Option<u32>,
-    ) -> Result<Vec<Option<Vec<u8>>>, Refusal> {
-        let err = |e: ArrayError| -> Refusal {
-            match e {
-                ArrayError::MultiDimensional => refuse(
-                    "0A000",
-                    format!(
-                        "pgveil: the array parameter for protected column {column} has more than one dimension; pgveil transforms one-dimensional arrays only (UNNEST would flatten it): send a one-dimensional array"
-                    ),
-                ),
-                ArrayError::Malformed => ValueError::Invalid {
-                    column: column.to_string(),
-                    ty: "array",
-                    format: if f == 1 { "binary" } else { "text" },
-                }
-                .into(),
-            }
-        };
-        if f == 1 {
-            let a = array::decode_binary(v).map_err(err)?;
-            if let Some(e) = elem
-                && a.elem_oid != e
-            {
-                return Err(refuse(
-                    "42804",
-                    format!(
-                        "pgveil: the array parameter for protected column {column} has element type OID {} instead of the expected {e}",
-                        a.elem_oid
-                    ),
-                ));
-            }
-            Ok(a.items)
-        } else {
-            let s = std::str::from_utf8(v).map_err(|_| err(ArrayError::Malformed))?;
-            Ok(array::parse_text(s)
-                .map_err(err)?
-                .into_iter()
-                .map(|o| o.map(String::into_bytes))
-                .collect())
-        }
-    }
-
-    /// The blind index of each element of an array parameter (`= ANY($1)`,
-    /// the blind-index argument of an UNNEST), as a binary `bytea[]`.
-    fn blind_index_array(
-        &self,
-        attr: &ProtectedAttr,
-        f: i16,
-        v: &[u8],
-        elem: Option<u32>,
-        next: bool,
-    ) -> Result<Bytes, Refusal> {
-        let items = self.array_items(&attr.column, f, v, elem)?;
-        let mut out = Vec::with_capacity(items.len());
-        for it in items {
-            out.push(match it {
-                None => None,
-                Some(e) => {
-                    let canonical =
-                        self.engine
-                            .crypto
-                            .canonical_param(attr, elem.unwrap_or(0), f, &e)?;
-                    Some(
-                        self.engine
-                            .crypto
-                            .blind_index(attr, next, &canonical)?
-                            .to_vec(),
-                    )
-                }
-            });
-        }
-        Ok(m::encode_binary_array(17, &out))
-    }
-
-    /// Each element of an array parameter encrypted for `attr`, with the
-    /// tenant at the same position: an array of envelopes in the column's
-    /// storage type (binary `bytea[]` or `text[]`).
-    #[allow(clippy::too_many_arguments)]
-    async fn encrypt_array(
+    /// One parameter of the Bind sent, as `action` computes it from the
+    /// client's: its value and format. A protected column's value goes in
+    /// binary; NULL stays NULL.
+    async fn transform_param(
         &self,
         entry: &CatalogEntry,
         b: &BindMsg,
-        attr: &ProtectedAttr,
-        tenant: &ArrayTenant,
-        elem: u32,
-        f: i16,
-        v: &[u8],
-    ) -> Result<Bytes, Refusal> {
-        let target = &attr.column;
-        let items = self.array_items(target, f, v, Some(elem))?;
-        let tenants: Option<Vec<Option<String>>> = match tenant {
-            ArrayTenant::None => None,
-            ArrayTenant::Param(q) => Some(self.tenant_array(b, target, *q)?),
-            ArrayTenant::Elements(list) => {
-                let mut out = Vec::with_capacity(list.len());
-                for ts in list {
-                    out.push(match ts {
-                        TenantSource::None => None,
-                        other => self.tenant(entry, b, target, other)?,
-                    });
+        prepared: &Prepared,
+        action: &ParamAction,
+    ) -> Result<(Option<Bytes>, i16), Refusal> {
+        let orig = action.orig();
+        let (v, f) = client_param(b, orig)?;
+        let declared = prepared.declared.get(orig).copied().unwrap_or(0);
+        let (target, seal) = match action {
+            ParamAction::Copy { .. } => return Ok((v, f)),
+            ParamAction::RequireEnvelope { target, .. } => {
+                let attr = self.attr(entry, target)?;
+                if let Some(v) = &v
+                    && stored_to_envelope(attr.storage, f, v).is_none()
+                {
+                    return Err(ValueError::NotEnvelope {
+                        column: attr.column.to_string(),
+                    }
+                    .into());
                 }
-                Some(out)
+                return Ok((v, f));
             }
+            ParamAction::Encrypt { target, tenant, .. } => (
+                target,
+                Seal::Encrypt {
+                    target,
+                    tenant,
+                    declared,
+                },
+            ),
+            // One path for the current index (optionally over an array
+            // parameter) and the rotation's `next` index.
+            ParamAction::BlindIndex {
+                target,
+                array: true,
+                ..
+            } => (
+                target,
+                Seal::IndexArray {
+                    elem: None,
+                    next: false,
+                },
+            ),
+            ParamAction::BlindIndex { target, .. } => (
+                target,
+                Seal::Index {
+                    declared,
+                    next: false,
+                },
+            ),
+            ParamAction::BlindIndexNext { target, .. } => (
+                target,
+                Seal::Index {
+                    declared,
+                    next: true,
+                },
+            ),
+            ParamAction::EncryptArray {
+                target,
+                tenant,
+                elem,
+                ..
+            } => (
+                target,
+                Seal::EncryptArray {
+                    tenant,
+                    elem: *elem,
+                },
+            ),
+            ParamAction::BlindIndexArray {
+                target, next, elem, ..
+            } => (
+                target,
+                Seal::IndexArray {
+                    elem: Some(*elem),
+                    next: *next,
+                },
+            ),
         };
-        if attr.tenant.is_some() && tenants.is_none() {
-            return Err(refuse(
-                "42501",
-                format!(
-                    "pgveil: {target} is encrypted per tenant, but the rows' tenants are unknown"
-                ),
-            ));
-        }
-        let mut out = Vec::with_capacity(items.len());
-        for (i, it) in items.into_iter().enumerate() {
-            out.push(match it {
-                None => None,
-                Some(e) => {
-                    let tenant = match &tenants {
-                        None => None,
-                        Some(ts) => Some(ts.get(i).cloned().flatten().ok_or_else(|| {
-                            refuse(
-                                "42501",
-                                format!(
-                                    "pgveil: {target} is encrypted per tenant: every row with a value needs a tenant id (the tenant array has a NULL there or is shorter)"
-                                ),
-                            )
-                        })?),
-                    };
-                    let canonical = self.engine.crypto.canonical_param(attr, elem, f, &e)?;
-                    let env = self
-                        .engine
-                        .crypto
-                        .encrypt(attr, tenant.as_deref(), &canonical)
-                        .await?;
-                    Some(envelope_to_stored_binary(attr.storage, &env))
-                }
-            });
-        }
-        Ok(m::encode_binary_array(attr.storage.oid(), &out))
+        let attr = self.attr(entry, target)?;
+        let out = match v {
+            None => None,
+            Some(v) => Some(self.seal_value(entry, b, &seal, &attr, f, &v).await?),
+        };
+        Ok((out, 1))
     }
 
-    /// The tenant ids in the client's array parameter `q`, as text.
-    fn tenant_array(
-        &self,
-        b: &BindMsg,
-        target: &ColumnRef,
-        q: usize,
-    ) -> Result<Vec<Option<String>>, Refusal> {
-        let bad = || {
-            refuse(
-                "22P02",
-                format!(
-                    "pgveil: the tenant ids for {target} are not a valid one-dimensional array of tenant ids"
-                ),
-            )
-        };
-        let Some(Some(v)) = b.params.get(q) else {
-            return Err(refuse(
-                "42501",
-                format!(
-                    "pgveil: {target} is encrypted per tenant: the tenant id array must not be NULL"
-                ),
-            ));
-        };
-        if b.param_format(q) == 1 {
-            let a = array::decode_binary(v).map_err(|_| bad())?;
-            let ty = match a.elem_oid {
-                21 => "smallint",
-                23 => "integer",
-                20 => "bigint",
-                2950 => "uuid",
-                25 | 1043 => "text",
-                _ => return Err(bad()),
-            };
-            a.items
-                .into_iter()
-                .map(|it| match it {
-                    None => Ok(None),
-                    Some(e) => crate::session::values::binary_tenant(ty, &e)
-                        .map(Some)
-                        .ok_or_else(bad),
-                })
-                .collect()
-        } else {
-            let s = std::str::from_utf8(v).map_err(|_| bad())?;
-            array::parse_text(s).map_err(|_| bad())
-        }
-    }
-
-    fn tenant(
+    /// A non-NULL parameter for a protected column, as `seal` says, in
+    /// binary.
+    async fn seal_value(
         &self,
         entry: &CatalogEntry,
         b: &BindMsg,
-        target: &ColumnRef,
-        src: &TenantSource,
-    ) -> Result<Option<String>, Refusal> {
-        match src {
-            TenantSource::None => Ok(None),
-            TenantSource::Literal(s) => Ok(Some(s.clone())),
-            TenantSource::Param(i) => {
-                let missing = || {
-                    refuse(
-                        "42501",
-                        format!(
-                            "pgveil: {target} is encrypted per tenant: the tenant id parameter must not be NULL"
-                        ),
-                    )
+        seal: &Seal<'_>,
+        attr: &ProtectedAttr,
+        f: i16,
+        v: &[u8],
+    ) -> Result<Bytes, Refusal> {
+        let crypto = &self.engine.crypto;
+        Ok(match *seal {
+            Seal::Encrypt {
+                target,
+                tenant,
+                declared,
+            } => {
+                let tenant = self.tenant(entry, b, target, tenant)?;
+                let sent = Sent::Param {
+                    declared,
+                    format: f,
+                    value: v,
                 };
-                let Some(Some(v)) = b.params.get(*i) else {
-                    return Err(missing());
-                };
-                if b.param_format(*i) == 0 {
-                    return String::from_utf8(v.to_vec())
-                        .map(Some)
-                        .map_err(|_| missing());
-                }
-                let ty = entry
-                    .tenant_types
-                    .get(&(target.schema.clone(), target.table.clone()))
-                    .map(String::as_str)
-                    .unwrap_or("text");
-                crate::session::values::binary_tenant(ty, v).map(Some).ok_or_else(|| {
-                    refuse(
-                        "22P02",
-                        format!("pgveil: the tenant id for {target} is not a valid {ty} in binary format"),
-                    )
-                })
+                Bytes::from(
+                    crypto
+                        .seal(attr, tenant.as_deref(), sent, Form::Binary)
+                        .await?,
+                )
             }
-        }
+            Seal::Index { declared, next } => {
+                let sent = Sent::Param {
+                    declared,
+                    format: f,
+                    value: v,
+                };
+                Bytes::copy_from_slice(&crypto.index(attr, next, sent)?)
+            }
+            Seal::IndexArray { elem, next } => self.blind_index_array(attr, f, v, elem, next)?,
+            Seal::EncryptArray { tenant, elem } => {
+                self.encrypt_array(entry, b, attr, tenant, elem, f, v)
+                    .await?
+            }
+        })
+    }
+
+    /// A literal of the statement whose tenant is a Bind parameter
+    /// (deferred at Parse, see `render`), encrypted into an appended
+    /// binary parameter.
+    async fn deferred_literal(
+        &self,
+        entry: &CatalogEntry,
+        b: &BindMsg,
+        slot: &LiteralSlot,
+    ) -> Result<Bytes, Refusal> {
+        let attr = self.attr(entry, &slot.target)?;
+        let value = slot.value.as_deref().unwrap_or_default();
+        let tenant = self.tenant(entry, b, &slot.target, &slot.tenant)?;
+        let sent = Sent::Text(value.as_bytes());
+        let stored = self
+            .engine
+            .crypto
+            .seal(&attr, tenant.as_deref(), sent, Form::Binary)
+            .await?;
+        Ok(Bytes::from(stored))
     }
 }

@@ -1,16 +1,20 @@
 //! COPY windows: which COPY FROM STDIN PostgreSQL may be in when it reads
 //! the client's next message (opened by a Query or Execute that may start
 //! one, moved on by CopyDone/CopyFail, ended by any other message), the
-//! transform of a protected COPY's rows, and the CopyFail that aborts a
-//! COPY whose row cannot be encrypted.
+//! client's CopyData, CopyDone and CopyFail inside one (a protected COPY's
+//! rows encrypted, the others forwarded), and the CopyFail that aborts a
+//! COPY whose row cannot be encrypted. Never forwards CopyData outside a
+//! window (`on_frame` drops those).
 
 use std::ops::Range;
 
 use bytes::BytesMut;
 
-use super::Frontend;
 use super::refusal::Refusal;
+use super::stream::charge_held;
+use super::{COPY_FACTOR, Frontend};
 use crate::session::copy::CopyIn;
+use crate::wire::codec::Frame;
 
 impl Frontend {
     /// Open `n` COPY windows (the COPY FROM STDIN statements of one Query,
@@ -33,6 +37,53 @@ impl Frontend {
         self.copy_window = self.copy_rest.next();
     }
 
+    /// CopyData inside a COPY window: a protected COPY's rows encrypted
+    /// into `out`, any other forwarded as it is.
+    pub(super) async fn on_copy_data(&mut self, f: &Frame, out: &mut BytesMut) {
+        match &mut self.copy {
+            Some(c) => {
+                // A large CopyData into a protected table: its rows are
+                // encrypted into `out` (hex for bytea: twice the size).
+                let charged = charge_held(&self.budget, f.raw.len(), COPY_FACTOR).await;
+                let done = match charged {
+                    Ok(charge) => {
+                        self.rewrite_charge = charge;
+                        c.data(f.body(), &self.engine, out).await
+                    }
+                    Err(r) => Err(r),
+                };
+                if let Err(e) = done {
+                    self.fail_copy(e, out);
+                }
+            }
+            None => self.forward(f, out),
+        }
+    }
+
+    /// CopyDone inside a COPY window: a protected COPY's last row is
+    /// encrypted first (or the COPY failed); the Query's next COPY reads
+    /// what follows.
+    pub(super) async fn on_copy_done(&mut self, f: &Frame, out: &mut BytesMut) {
+        if let Some(mut c) = self.copy.take()
+            && let Err(e) = c.finish(&self.engine, out).await
+        {
+            self.fail_copy(e, out);
+            return;
+        }
+        out.extend_from_slice(&f.raw);
+        self.next_copy_window();
+    }
+
+    /// CopyFail inside a COPY window: forwarded; the Query's next COPY
+    /// reads what follows.
+    pub(super) fn on_copy_fail(&mut self, f: &Frame, out: &mut BytesMut) {
+        self.copy = None;
+        out.extend_from_slice(&f.raw);
+        self.next_copy_window();
+    }
+
+    /// End every COPY window: PostgreSQL ends a COPY FROM STDIN at any
+    /// message but CopyData, CopyDone, CopyFail, Sync and Flush.
     pub(super) fn end_copies(&mut self) {
         self.copy = None;
         self.copy_window = None;

@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Frontend;
-use super::refusal::{Refusal, refuse};
+use super::names::Space;
+use super::refusal::{Refusal, refuse, unkeyable};
+use crate::session::messages as m;
 use crate::wire::codec::{Frame, read_cstr};
 
 /// The session settings that decide how PostgreSQL reads a statement's
@@ -97,6 +99,27 @@ pub(super) fn pg_name(name: &str, unconverted: bool) -> Option<&str> {
         return Some(&name[..name.len().min(NAME_KEY)]);
     }
     (name.len() <= NAME_KEY && unconverted).then_some(name)
+}
+
+/// The statement or portal a Describe or Close names (`body`: the
+/// message's), its name keyed as PostgreSQL keys it ([`pg_name`]); refused
+/// when the message cannot be read or the name cannot be keyed.
+pub(super) fn target_key(body: &[u8], unconverted: bool) -> Result<(Space, String), Refusal> {
+    let Some((kind, mut name)) = m::decode_target(body) else {
+        return Err(unkeyable("statement or portal"));
+    };
+    let Some(key) = pg_name(&name, unconverted) else {
+        return Err(unkeyable(if kind == b'S' { "statement" } else { "portal" }));
+    };
+    // The key is the name or its first bytes.
+    let len = key.len();
+    name.truncate(len);
+    let space = if kind == b'S' {
+        Space::Statement
+    } else {
+        Space::Portal
+    };
+    Ok((space, name))
 }
 
 /// A name in SQL text (`DEALLOCATE name`, `EXECUTE name`) as PostgreSQL

@@ -3,6 +3,14 @@
 //! backend side the row shape, and turn rejections into errors raised by
 //! PostgreSQL itself at the right point, so the transaction state and the
 //! rest of a pipeline behave exactly as with a native error.
+//!
+//! This file holds the [`Frontend`]'s state and [`Frontend::on_frame`], the
+//! dispatcher: the checks every message goes through first, in an order
+//! that matters (a broken session, the Describe just before, the skip to
+//! Sync after an error, the transaction a decryption failure doomed, the
+//! end of COPY windows), then one call per message kind into the file named
+//! for it (`simple`, `parse`, `bind`, `describe`, `execute`, `close`,
+//! `sync`, `copy_window`, `refusal` for FunctionCall).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -34,16 +42,19 @@ pub const ANSWERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const COPY_FACTOR: usize = 3;
 
 use super::copy::CopyIn;
-use super::messages as m;
-use super::{AuditInfo, Identity, Pending, Shared};
-use crate::sql::{CopyDirection, batch};
+use super::{Identity, Shared};
+use crate::sql::batch;
 use crate::wire::codec::Frame;
 
 mod audit;
 mod bind;
+mod close;
 mod copy_window;
+mod describe;
+mod execute;
 mod lex;
 mod names;
+mod params;
 mod parse;
 mod refusal;
 mod render;
@@ -51,13 +62,11 @@ mod settle;
 mod simple;
 mod sql_names;
 mod stream;
+mod sync;
 mod txn;
 
-use audit::{audit_info, copy_audit};
 pub use lex::LexState;
-use lex::pg_name;
-use names::{Names, Space, View};
-use refusal::{FUNCTION_CALL, ambiguous, refuse, unkeyable};
+use names::Names;
 pub use refusal::{Refusal, raise_sql};
 pub use stream::Pass;
 use txn::ends_transaction;
@@ -85,18 +94,19 @@ pub struct Frontend {
     protected_cursors: bool,
     /// The portal the client's previous message described, when it was
     /// described as protected: an Execute right after needs no Describe
-    /// of pgveil's (see the Execute in [`on_frame`](Self::on_frame)).
+    /// of pgveil's (see [`on_execute`](Self::on_execute)).
     described: Option<String>,
     skip_until_sync: bool,
     /// The COPY FROM STDIN that PostgreSQL may be in when it reads the
-    /// client's next message: its id (see [`Pending::CopySync`]). Opened by
-    /// a Query holding COPY FROM STDIN statements (counted on PostgreSQL's
-    /// tokens) or an Execute of a portal that is one or that pgveil does
-    /// not know; each CopyDone or CopyFail moves to the Query's next COPY,
-    /// any other message but CopyData, Sync and Flush ends them (as in
-    /// PostgreSQL). Outside one, CopyData, CopyDone and CopyFail are not
-    /// forwarded: PostgreSQL would ignore them, and if pgveil's reading
-    /// were wrong they must not reach a COPY raw.
+    /// client's next message: its id (see
+    /// [`Pending::CopySync`](super::Pending::CopySync)). Opened by a Query
+    /// holding COPY FROM STDIN statements (counted on PostgreSQL's tokens)
+    /// or an Execute of a portal that is one or that pgveil does not know;
+    /// each CopyDone or CopyFail moves to the Query's next COPY, any other
+    /// message but CopyData, Sync and Flush ends them (as in PostgreSQL).
+    /// Outside one, CopyData, CopyDone and CopyFail are not forwarded:
+    /// PostgreSQL would ignore them, and if pgveil's reading were wrong
+    /// they must not reach a COPY raw.
     copy_window: Option<u64>,
     /// The ids of the later COPYs of the same Query.
     copy_rest: Range<u64>,
@@ -240,249 +250,19 @@ impl Frontend {
             self.end_copies();
         }
         match f.tag {
-            b'Q' | b'P' => {
-                // One span per statement, with an id and no text or values.
-                self.statement_id += 1;
-                let span = tracing::debug_span!(
-                    "statement",
-                    id = self.statement_id,
-                    protocol = if f.tag == b'Q' { "simple" } else { "extended" }
-                );
-                let work = async {
-                    if f.tag == b'Q' {
-                        self.on_query(&f, out).await
-                    } else {
-                        self.on_parse(&f, out).await
-                    }
-                };
-                tracing::Instrument::instrument(work, span).await
-            }
+            b'Q' | b'P' => self.on_statement(&f, out).await,
             b'B' => self.on_bind(&f, out).await,
-            b'D' => {
-                self.names.drain(&self.shared);
-                let unconverted = self.lex.names_unconverted();
-                match m::decode_target(f.body()) {
-                    Some((kind, name)) => {
-                        let Some(key) = pg_name(&name, unconverted) else {
-                            let r = unkeyable(if kind == b'S' { "statement" } else { "portal" });
-                            self.rejected(&r);
-                            self.inject_raise(&r, out);
-                            return Flow::Continue;
-                        };
-                        if kind == b'S' {
-                            self.shared.push(Pending::DescribeStatement {
-                                prepared: self.names.possible(Space::Statement, key).0,
-                            })
-                        } else {
-                            let known = self.names.possible(Space::Portal, key).0;
-                            let protected = match known {
-                                Some(p) => p.plan.is_some() || p.copy.is_some(),
-                                // Maybe a SQL cursor (see `protected_cursors`).
-                                None => self.protected_cursors,
-                            };
-                            if protected {
-                                self.described = Some(key.to_string());
-                            }
-                            self.shared.push(Pending::DescribePortal {
-                                portal: key.to_string(),
-                                protected,
-                                internal: false,
-                            })
-                        }
-                    }
-                    None => {
-                        let r = unkeyable("statement or portal");
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
-                        return Flow::Continue;
-                    }
-                }
-                out.extend_from_slice(&f.raw);
-            }
-            b'E' => {
-                let Some((portal, _)) = m::decode_execute(f.body()) else {
-                    let r = unkeyable("portal");
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
-                    return Flow::Continue;
-                };
-                let Some(portal) =
-                    pg_name(&portal, self.lex.names_unconverted()).map(str::to_string)
-                else {
-                    let r = unkeyable("portal");
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
-                    return Flow::Continue;
-                };
-                self.names.drain(&self.shared);
-                let prepared = match self.names.view(Space::Portal, &portal) {
-                    View::Known(p) => p,
-                    View::Ambiguous => {
-                        let r = ambiguous("portal", &portal);
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
-                        return Flow::Continue;
-                    }
-                };
-                let protected = prepared.is_some();
-                let copy_out = prepared
-                    .as_ref()
-                    .and_then(|p| p.copy.clone())
-                    .filter(|c| c.decrypts());
-                let mut audit = prepared
-                    .as_ref()
-                    .and_then(|p| p.plan.as_ref())
-                    .and_then(|p| audit_info(p))
-                    .or_else(|| copy_out.as_deref().and_then(copy_audit));
-                // A portal pgveil did not bind may be a SQL cursor over
-                // protected tables: its rows are shaped as a FETCH's would
-                // be (an unknown portal makes the Describe below fail as
-                // the Execute would have).
-                let cursor = prepared.is_none() && self.protected_cursors;
-                // The rows are shaped by PostgreSQL's description of the
-                // portal the name refers to now, asked right before it
-                // runs (nothing can run in between), not by what pgveil
-                // remembers of it: a name pgveil keeps after PostgreSQL
-                // dropped its portal (a CLOSE in a function, a rolled-back
-                // savepoint) and then reused for a cursor still gets that
-                // cursor's shape.
-                let shaped = cursor || prepared.as_ref().is_some_and(|p| p.plan.is_some());
-                if shaped && audit.is_none() {
-                    // What it decrypts is recorded from the rows' shape.
-                    audit = Some(Arc::new(AuditInfo {
-                        tables: vec![],
-                        columns: vec![],
-                        searched: false,
-                        decrypted: false,
-                    }));
-                }
-                if shaped && described.as_deref() != Some(portal.as_str()) {
-                    m::encode_describe(out, b'P', &portal);
-                    self.shared.push(Pending::DescribePortal {
-                        portal: portal.clone(),
-                        protected: true,
-                        internal: true,
-                    });
-                }
-                let protected = protected || cursor;
-                // A portal pgveil does not know may be a COPY FROM STDIN of
-                // an unprotected table (pass-through statements are not
-                // recorded): PostgreSQL tells at its answer.
-                let copies = match &prepared {
-                    None => self.open_copies(1, None),
-                    Some(p) => match &p.copy {
-                        Some(copy) if copy.direction == CopyDirection::In => {
-                            let t = CopyIn::new(copy.clone(), self.entry(), self.max_message);
-                            self.open_copies(1, Some(t))
-                        }
-                        _ => 0..0,
-                    },
-                };
-                self.shared.push(Pending::Execute {
-                    portal,
-                    protected,
-                    audit,
-                    copies,
-                    copy_out,
-                });
-                out.extend_from_slice(&f.raw);
-                return Flow::Continue;
-            }
-            b'C' => {
-                self.names.drain(&self.shared);
-                let unconverted = self.lex.names_unconverted();
-                let op = match m::decode_target(f.body()) {
-                    Some((kind, name)) => {
-                        let space = if kind == b'S' {
-                            Space::Statement
-                        } else {
-                            Space::Portal
-                        };
-                        let Some(key) = pg_name(&name, unconverted) else {
-                            let r = unkeyable(if kind == b'S' { "statement" } else { "portal" });
-                            self.rejected(&r);
-                            self.inject_raise(&r, out);
-                            return Flow::Continue;
-                        };
-                        self.names.set(space, key, None)
-                    }
-                    None => {
-                        let r = unkeyable("statement or portal");
-                        self.rejected(&r);
-                        self.inject_raise(&r, out);
-                        return Flow::Continue;
-                    }
-                };
-                self.shared.push(Pending::Close { op });
-                out.extend_from_slice(&f.raw);
-            }
-            b'S' => {
-                self.skip_until_sync = false;
-                self.names.segment += 1;
-                // PostgreSQL ignores a Sync while it is in COPY IN: whether
-                // it is, the server's answers to the COPY tell.
-                self.shared.push(match self.copy_window {
-                    Some(copy) => Pending::CopySync { copy },
-                    None => Pending::Sync,
-                });
-                out.extend_from_slice(&f.raw);
-            }
-            b'F' => {
-                // PostgreSQL answers a FunctionCall as it answers a Query
-                // (its response or an error, then ReadyForQuery): a Query
-                // that raises keeps the protocol in step.
-                let r = refuse("0A000", FUNCTION_CALL);
-                self.refuse_query(&r, Vec::new(), out);
-            }
+            b'D' => self.on_describe(&f, out),
+            b'E' => self.on_execute(&f, described.as_deref(), out),
+            b'C' => self.on_close(&f, out),
+            b'S' => self.on_sync(&f, out),
+            b'F' => self.on_function_call(out),
             // CopyData, CopyDone and CopyFail outside a COPY window:
             // PostgreSQL ignores them; they are not forwarded.
             b'd' | b'c' | b'f' if self.copy_window.is_none() => {}
-            b'd' => match &mut self.copy {
-                Some(c) => {
-                    // A large CopyData into a protected table: its rows are
-                    // encrypted into `out` (hex for bytea: twice the size).
-                    let charged = if f.raw.len() > Budget::FREE_BYTES {
-                        self.budget
-                            .charge(f.raw.len().saturating_mul(COPY_FACTOR))
-                            .await
-                            .map(Some)
-                            .map_err(|why| {
-                                refuse(
-                                    "53200",
-                                    crate::wire::budget::refusal_message(f.raw.len(), why),
-                                )
-                            })
-                    } else {
-                        Ok(None)
-                    };
-                    let done = match charged {
-                        Ok(charge) => {
-                            self.rewrite_charge = charge;
-                            c.data(f.body(), &self.engine, out).await
-                        }
-                        Err(r) => Err(r),
-                    };
-                    if let Err(e) = done {
-                        self.fail_copy(e, out);
-                    }
-                }
-                None => self.forward(&f, out),
-            },
-            b'c' => {
-                if let Some(mut c) = self.copy.take()
-                    && let Err(e) = c.finish(&self.engine, out).await
-                {
-                    self.fail_copy(e, out);
-                    return Flow::Continue;
-                }
-                out.extend_from_slice(&f.raw);
-                self.next_copy_window();
-            }
-            b'f' => {
-                self.copy = None;
-                out.extend_from_slice(&f.raw);
-                self.next_copy_window();
-            }
+            b'd' => self.on_copy_data(&f, out).await,
+            b'c' => self.on_copy_done(&f, out).await,
+            b'f' => self.on_copy_fail(&f, out),
             b'X' => {
                 out.extend_from_slice(&f.raw);
                 return Flow::Terminate;
@@ -490,6 +270,25 @@ impl Frontend {
             _ => self.forward(&f, out),
         }
         Flow::Continue
+    }
+
+    /// A simple Query or a Parse, in a span of its own: one span per
+    /// statement, with an id and no text or values.
+    async fn on_statement(&mut self, f: &Frame, out: &mut BytesMut) {
+        self.statement_id += 1;
+        let span = tracing::debug_span!(
+            "statement",
+            id = self.statement_id,
+            protocol = if f.tag == b'Q' { "simple" } else { "extended" }
+        );
+        let work = async {
+            if f.tag == b'Q' {
+                self.on_query(f, out).await
+            } else {
+                self.on_parse(f, out).await
+            }
+        };
+        tracing::Instrument::instrument(work, span).await
     }
 }
 

@@ -132,10 +132,7 @@ impl Names {
         value: Option<Arc<Prepared>>,
         segment: u64,
     ) -> u64 {
-        let map = match space {
-            Space::Statement => &self.statements,
-            Space::Portal => &self.portals,
-        };
+        let map = self.known(space);
         let pending = !self.unresolved.is_empty()
             && self
                 .unresolved
@@ -168,10 +165,7 @@ impl Names {
         space: Space,
         name: &str,
     ) -> (Option<Arc<Prepared>>, Vec<Arc<Prepared>>) {
-        let map = match space {
-            Space::Statement => &self.statements,
-            Space::Portal => &self.portals,
-        };
+        let map = self.known(space);
         let mut current = if map.is_empty() {
             None
         } else {
@@ -225,20 +219,32 @@ impl Names {
         current.is_some() || !others.is_empty()
     }
 
+    /// Whether some portal may be one pgveil bound for a statement on
+    /// protected tables (known, or still waiting for PostgreSQL's answer).
     pub(super) fn any_portal(&self) -> bool {
-        !self.portals.is_empty()
-            || self
-                .unresolved
-                .iter()
-                .any(|c| c.space == Space::Portal && c.value.is_some())
+        self.any(Space::Portal)
     }
 
+    /// Whether some statement may be one pgveil prepared with a rewrite
+    /// (known, or still waiting for PostgreSQL's answer).
     pub(super) fn any_statement(&self) -> bool {
-        !self.statements.is_empty()
+        self.any(Space::Statement)
+    }
+
+    fn any(&self, space: Space) -> bool {
+        !self.known(space).is_empty()
             || self
                 .unresolved
                 .iter()
-                .any(|c| c.space == Space::Statement && c.value.is_some())
+                .any(|c| c.space == space && c.value.is_some())
+    }
+
+    /// The names PostgreSQL confirmed in `space`.
+    fn known(&self, space: Space) -> &HashMap<String, Arc<Prepared>> {
+        match space {
+            Space::Statement => &self.statements,
+            Space::Portal => &self.portals,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use super::Frontend;
 use super::lex::pg_name;
 use super::names::{Space, protected};
-use super::refusal::{NOT_UTF8, Refusal, refuse, unkeyable};
+use super::refusal::{NOT_UTF8, Refusal, binary_copy_in, refuse, unkeyable};
 use crate::session::messages::ParseMsg;
 use crate::session::{Pending, Prepared};
 use crate::sql::{CopyDirection, Mode, RewritePlan, StatementPlan};
@@ -33,65 +33,14 @@ fn plan_kind(p: &StatementPlan) -> &'static str {
     }
 }
 impl Frontend {
+    /// A Parse: forwarded untouched, refused, or planned and sent with its
+    /// statement rewritten.
     pub(super) async fn on_parse(&mut self, f: &Frame, out: &mut BytesMut) {
-        // Hot path: read the name and text in place; a statement that
-        // touches no protected table is recorded and forwarded untouched.
-        let mut b = f.body();
-        if let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) {
-            let Some(name) = pg_name(name, self.lex.names_unconverted()) else {
-                let r = unkeyable("statement");
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            };
-            if let Some(r) = self.settle(query, false) {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            }
-            if let Some(r) = self
-                .sql_execute(query.as_bytes())
-                .or_else(|| self.sql_fetch(query.as_bytes()))
-            {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
-                return;
-            }
-            if !self.entry().analyzer.may_touch_protected(query) {
-                crate::metrics::hot().statements_passthrough.increment(1);
-                let op = self.names.set(Space::Statement, name, None);
-                self.shared.push(Pending::Parse {
-                    internal: false,
-                    op,
-                });
-                self.forward(f, out);
-                return;
-            }
+        if self.parse_hot_path(f, out) {
+            return;
         }
         let Some(mut parse) = ParseMsg::decode(f.body()) else {
-            // Malformed or not UTF-8: it cannot be analysed. If even a lossy
-            // reading names no protected table, PostgreSQL judges it;
-            // otherwise it is refused here and never goes upstream.
-            let lossy = String::from_utf8_lossy(f.body());
-            let suspect = self.entry().analyzer.may_touch_protected(&lossy)
-                || (crate::sql::mentions_execute(&lossy) && self.names.any_statement());
-            if !suspect {
-                self.shared.push(Pending::Parse {
-                    internal: false,
-                    op: 0,
-                });
-                self.forward(f, out);
-                return;
-            }
-            let r = if std::str::from_utf8(f.body()).is_err() {
-                refuse("22021", NOT_UTF8)
-            } else {
-                refuse("08P01", "pgveil: invalid Parse message")
-            };
-            // The client's statement never reaches PostgreSQL: its name
-            // keeps what it had.
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.undecodable_parse(f, out);
             return;
         };
         // Keyed as PostgreSQL keys it (the hot path above refused names it
@@ -101,13 +50,7 @@ impl Frontend {
             .to_string();
         let entry = self.entry();
         if !entry.analyzer.may_touch_protected(&parse.query) {
-            crate::metrics::hot().statements_passthrough.increment(1);
-            let op = self.names.set(Space::Statement, &key, None);
-            self.shared.push(Pending::Parse {
-                internal: false,
-                op,
-            });
-            self.forward(f, out);
+            self.pass_parse(&key, f, out);
             return;
         }
         self.await_answers_for(&parse.query).await;
@@ -115,15 +58,13 @@ impl Frontend {
             .unsettled_refusal()
             .or_else(|| self.read_differently(&parse.query))
         {
-            self.rejected(&r);
-            self.inject_raise(&r, out);
+            self.raise(&r, out);
             return;
         }
         self.rewrite_charge = match self.charge_rewrite(parse.query.len()).await {
             Ok(c) => c,
             Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
+                self.raise(&r, out);
                 return;
             }
         };
@@ -139,7 +80,108 @@ impl Frontend {
             plan = plans.first().map(plan_kind).unwrap_or("none"),
             "parse planned"
         );
-        let result: Result<(String, Vec<u32>, Prepared), Refusal> = match plans.first() {
+        match self.prepare(plans.first(), &parse).await {
+            Ok((sql, types, prepared)) => {
+                crate::metrics::hot().statements_rewritten.increment(1);
+                self.names.drain(&self.shared);
+                let op = self.names.set(Space::Statement, &key, protected(prepared));
+                self.shared.push(Pending::Parse {
+                    internal: false,
+                    op,
+                });
+                ParseMsg {
+                    name: std::mem::take(&mut parse.name),
+                    query: sql,
+                    param_types: types,
+                }
+                .encode(out);
+            }
+            Err(r) => {
+                self.raise(&r, out);
+            }
+        }
+    }
+
+    /// Hot path: read the name and text in place; a statement that
+    /// touches no protected table is recorded and forwarded untouched, and
+    /// one that cannot be keyed, follows an unsettled statement or runs a
+    /// protected statement or portal through SQL is refused. True when
+    /// the Parse was handled here.
+    fn parse_hot_path(&mut self, f: &Frame, out: &mut BytesMut) -> bool {
+        let mut b = f.body();
+        let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) else {
+            return false;
+        };
+        let Some(name) = pg_name(name, self.lex.names_unconverted()) else {
+            let r = unkeyable("statement");
+            self.raise(&r, out);
+            return true;
+        };
+        if let Some(r) = self.settle(query, false) {
+            self.raise(&r, out);
+            return true;
+        }
+        if let Some(r) = self
+            .sql_execute(query.as_bytes())
+            .or_else(|| self.sql_fetch(query.as_bytes()))
+        {
+            self.raise(&r, out);
+            return true;
+        }
+        if !self.entry().analyzer.may_touch_protected(query) {
+            self.pass_parse(name, f, out);
+            return true;
+        }
+        false
+    }
+
+    /// Forward a Parse that names no protected table: `name` then means
+    /// nothing protected, once PostgreSQL confirms it.
+    fn pass_parse(&mut self, name: &str, f: &Frame, out: &mut BytesMut) {
+        crate::metrics::hot().statements_passthrough.increment(1);
+        let op = self.names.set(Space::Statement, name, None);
+        self.shared.push(Pending::Parse {
+            internal: false,
+            op,
+        });
+        self.forward(f, out);
+    }
+
+    /// A Parse that does not decode (malformed, or not UTF-8): it cannot
+    /// be analysed. If even a lossy reading names no protected table,
+    /// PostgreSQL judges it; otherwise it is refused here and never goes
+    /// upstream.
+    fn undecodable_parse(&mut self, f: &Frame, out: &mut BytesMut) {
+        let lossy = String::from_utf8_lossy(f.body());
+        let suspect = self.entry().analyzer.may_touch_protected(&lossy)
+            || (crate::sql::mentions_execute(&lossy) && self.names.any_statement());
+        if !suspect {
+            self.shared.push(Pending::Parse {
+                internal: false,
+                op: 0,
+            });
+            self.forward(f, out);
+            return;
+        }
+        let r = if std::str::from_utf8(f.body()).is_err() {
+            refuse("22021", NOT_UTF8)
+        } else {
+            refuse("08P01", "pgveil: invalid Parse message")
+        };
+        // The client's statement never reaches PostgreSQL: its name
+        // keeps what it had.
+        self.raise(&r, out);
+    }
+
+    /// What a planned Parse sends and records, by its (first) plan: the
+    /// statement text, the parameter types and the statement as pgveil
+    /// prepared it.
+    async fn prepare(
+        &mut self,
+        plan: Option<&StatementPlan>,
+        parse: &ParseMsg,
+    ) -> Result<(String, Vec<u32>, Prepared), Refusal> {
+        match plan {
             None | Some(StatementPlan::Passthrough { .. }) => Ok((
                 parse.query.clone(),
                 parse.param_types.clone(),
@@ -172,13 +214,7 @@ impl Frontend {
             Some(StatementPlan::Copy(cp)) => {
                 if cp.direction == CopyDirection::In && cp.format == crate::sql::CopyFormat::Binary
                 {
-                    Err(refuse(
-                        "0A000",
-                        format!(
-                            "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
-                            cp.schema, cp.table
-                        ),
-                    ))
+                    Err(binary_copy_in(cp))
                 } else {
                     Ok((
                         cp.sql.clone(),
@@ -195,27 +231,6 @@ impl Frontend {
             }
             Some(StatementPlan::Reject { sqlstate, message }) => {
                 Err(refuse(sqlstate, message.clone()))
-            }
-        };
-        match result {
-            Ok((sql, types, prepared)) => {
-                crate::metrics::hot().statements_rewritten.increment(1);
-                self.names.drain(&self.shared);
-                let op = self.names.set(Space::Statement, &key, protected(prepared));
-                self.shared.push(Pending::Parse {
-                    internal: false,
-                    op,
-                });
-                ParseMsg {
-                    name: std::mem::take(&mut parse.name),
-                    query: sql,
-                    param_types: types,
-                }
-                .encode(out);
-            }
-            Err(r) => {
-                self.rejected(&r);
-                self.inject_raise(&r, out);
             }
         }
     }

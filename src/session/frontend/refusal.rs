@@ -2,14 +2,17 @@
 //! value), the messages pgveil refuses with, and how a refusal reaches the
 //! client: PostgreSQL itself raises it ([`raise_sql`], as a simple Query or
 //! as pgveil's own Parse/Bind/Execute, then skip to Sync), so the
-//! transaction state and the rest of a pipeline are PostgreSQL's.
+//! transaction state and the rest of a pipeline are PostgreSQL's. Also the
+//! FunctionCall, which is always refused.
 
 use bytes::BytesMut;
 
-use super::{Frontend, Space};
+use super::Frontend;
+use super::names::Space;
 use crate::session::messages::{self as m, BindMsg, ParseMsg};
 use crate::session::values::ValueError;
 use crate::session::{Pending, QueryOp};
+use crate::sql::CopyPlan;
 
 /// A statement pgveil refuses: SQLSTATE and message (never values).
 #[derive(Debug)]
@@ -62,6 +65,17 @@ pub(super) fn internal_slot() -> Refusal {
     )
 }
 
+/// A binary COPY FROM into a protected table (simple Query or Parse).
+pub(super) fn binary_copy_in(cp: &CopyPlan) -> Refusal {
+    refuse(
+        "0A000",
+        format!(
+            "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
+            cp.schema, cp.table
+        ),
+    )
+}
+
 pub(super) fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         sqlstate,
@@ -95,6 +109,17 @@ impl Frontend {
         m::encode_query(out, &raise_sql(r));
     }
 
+    /// A FunctionCall, always refused ([`FUNCTION_CALL`]). PostgreSQL
+    /// answers a FunctionCall as it answers a Query (its response or an
+    /// error, then ReadyForQuery): a Query that raises keeps the protocol
+    /// in step.
+    pub(super) fn on_function_call(&mut self, out: &mut BytesMut) {
+        let r = refuse("0A000", FUNCTION_CALL);
+        self.refuse_query(&r, Vec::new(), out);
+    }
+
+    /// Take note of a refusal: the metric, the log line and the audit
+    /// record; a refused statement changes nothing for later ones.
     pub(super) fn rejected(&mut self, r: &Refusal) {
         // A refused statement never runs: it changes nothing for later ones.
         self.unsettled = self.behind_unsettled;
@@ -135,6 +160,14 @@ impl Frontend {
         .encode(out);
         let op = self.names.set(Space::Portal, "", None);
         self.shared.push(Pending::Bind { internal: true, op });
+    }
+
+    /// Refuse the extended-protocol message being handled: record the
+    /// refusal ([`rejected`](Self::rejected)) and make PostgreSQL raise it
+    /// where the message stood ([`inject_raise`](Self::inject_raise)).
+    pub(super) fn raise(&mut self, r: &Refusal, out: &mut BytesMut) {
+        self.rejected(r);
+        self.inject_raise(r, out);
     }
 
     /// Parse/Bind/Execute of a `DO` block on the unnamed statement, then

@@ -12,7 +12,7 @@ use crate::crypto::Storage;
 use crate::policy::catalog::ProtectedAttr;
 use crate::session::CatalogEntry;
 use crate::session::values::{
-    ValueError, array_literal, bytea_literal, envelope_literal, stored_to_envelope,
+    Form, Sent, ValueError, array_literal, bytea_literal, envelope_literal, stored_to_envelope,
 };
 use crate::sql::array;
 use crate::sql::{ColumnRef, LiteralSlot, RewritePlan, SlotOp, TenantSource};
@@ -63,6 +63,8 @@ impl Frontend {
         Ok((rp.render(|i, _| rendered[i].clone()), deferred))
     }
 
+    /// One literal slot as it stands in the statement's text: `NULL`, or
+    /// its value encrypted, blind-indexed or checked to be an envelope.
     pub(super) async fn render_literal(
         &self,
         entry: &CatalogEntry,
@@ -72,6 +74,7 @@ impl Frontend {
             return Ok("NULL".into());
         };
         let attr = self.attr(entry, &slot.target)?;
+        let crypto = &self.engine.crypto;
         match slot.op {
             SlotOp::Encrypt => {
                 let tenant = match &slot.tenant {
@@ -80,21 +83,11 @@ impl Frontend {
                     // Simple protocol has no parameters; extended defers.
                     TenantSource::Param(_) => None,
                 };
-                let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
-                let env = self
-                    .engine
-                    .crypto
-                    .encrypt(&attr, tenant.as_deref(), &canonical)
-                    .await?;
-                Ok(envelope_literal(attr.storage, &env))
+                Ok(crypto.seal_literal(&attr, tenant.as_deref(), value).await?)
             }
             SlotOp::BlindIndex | SlotOp::BlindIndexNext => {
-                let canonical = self.engine.crypto.canonical(&attr, 0, value.as_bytes())?;
-                let idx = self.engine.crypto.blind_index(
-                    &attr,
-                    slot.op == SlotOp::BlindIndexNext,
-                    &canonical,
-                )?;
+                let next = slot.op == SlotOp::BlindIndexNext;
+                let idx = crypto.index(&attr, next, Sent::Text(value.as_bytes()))?;
                 Ok(bytea_literal(&idx))
             }
             SlotOp::EncryptArray => {
@@ -109,13 +102,8 @@ impl Frontend {
                                 _ if attr.tenant.is_some() => return Err(internal_slot()),
                                 _ => None,
                             };
-                            let canonical = self.engine.crypto.canonical(&attr, 0, v.as_bytes())?;
-                            let env = self
-                                .engine
-                                .crypto
-                                .encrypt(&attr, tenant, &canonical)
-                                .await?;
-                            Some(env)
+                            let sent = Sent::Text(v.as_bytes());
+                            Some(crypto.seal(&attr, tenant, sent, Form::Envelope).await?)
                         }
                     });
                 }
@@ -128,13 +116,12 @@ impl Frontend {
                     out.push(match it {
                         None => None,
                         Some(v) => {
-                            let canonical = self.engine.crypto.canonical(&attr, 0, v.as_bytes())?;
-                            let idx = self.engine.crypto.blind_index(
-                                &attr,
-                                slot.op == SlotOp::BlindIndexNextArray,
-                                &canonical,
-                            )?;
-                            Some(idx.to_vec())
+                            let next = slot.op == SlotOp::BlindIndexNextArray;
+                            Some(
+                                crypto
+                                    .index(&attr, next, Sent::Text(v.as_bytes()))?
+                                    .to_vec(),
+                            )
                         }
                     });
                 }

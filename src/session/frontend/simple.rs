@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use super::Frontend;
 use super::audit::{audit_info, copy_audit, merge_audit};
-use super::refusal::{NOT_UTF8, Refusal, raise_sql, refuse};
+use super::refusal::{NOT_UTF8, Refusal, binary_copy_in, raise_sql, refuse};
 use crate::session::copy::CopyIn;
 use crate::session::messages as m;
 use crate::session::{AuditInfo, CatalogEntry, Pending, QueryOp};
@@ -46,6 +46,21 @@ fn copy_not_alone(sql: &str, plans: &[StatementPlan]) -> Option<Refusal> {
         )
     })
 }
+/// A planned Query's statements as they are sent
+/// ([`Frontend::render_statements`]).
+struct Rendered {
+    /// Each statement's text, the last one the refusal when `refused`.
+    parts: Vec<String>,
+    /// What the audit log records of them, merged.
+    audit: Option<AuditInfo>,
+    /// A statement was refused: the Query ends with it.
+    refused: bool,
+    /// The rows of the Query's protected COPY FROM, encrypted.
+    transform: Option<CopyIn>,
+    /// The Query's COPY TO whose rows are decrypted.
+    copy_out: Option<Arc<CopyPlan>>,
+}
+
 impl Frontend {
     /// Forward a simple Query as the client sent it: the COPY FROM STDIN
     /// statements PostgreSQL will run for it are counted on its tokens.
@@ -68,6 +83,8 @@ impl Frontend {
         self.forward(f, out);
     }
 
+    /// A simple Query: refused, forwarded as sent, or planned statement by
+    /// statement and sent rewritten.
     pub(super) async fn on_query(&mut self, f: &Frame, out: &mut BytesMut) {
         let body = f.body();
         let text = &body[..body.len().saturating_sub(1)];
@@ -122,72 +139,104 @@ impl Frontend {
             self.refuse_query(&r, ops, out);
             return;
         }
-        let barrier = self.batch_refusal(sql, &entry);
-        let mut parts: Vec<String> = Vec::with_capacity(plans.len());
-        let mut audit: Option<AuditInfo> = None;
-        let mut refused = false;
-        let mut transform: Option<CopyIn> = None;
-        let mut copy_out: Option<Arc<CopyPlan>> = None;
+        let rendered = self.render_statements(sql, &plans, &entry).await;
+        crate::metrics::hot().statements_rewritten.increment(1);
+        self.send_rendered(&plans, rendered, ops, &entry, out);
+    }
+
+    /// The text of each statement of a planned Query as it is sent, up to
+    /// the first refused one, which becomes the statement that makes
+    /// PostgreSQL raise the refusal (and ends the Query there).
+    async fn render_statements(
+        &mut self,
+        sql: &str,
+        plans: &[StatementPlan],
+        entry: &Arc<CatalogEntry>,
+    ) -> Rendered {
+        let mut barrier = self.batch_refusal(sql, entry);
+        let mut rendered = Rendered {
+            parts: Vec::with_capacity(plans.len()),
+            audit: None,
+            refused: false,
+            transform: None,
+            copy_out: None,
+        };
         for (i, plan) in plans.iter().enumerate() {
-            if let Some((at, r)) = &barrier
-                && *at == i
-            {
-                parts.push(raise_sql(r));
-                self.rejected(r);
-                refused = true;
+            let step = match barrier.take_if(|(at, _)| *at == i) {
+                Some((_, r)) => Err(r),
+                None => self.render_statement(plan, entry, &mut rendered).await,
+            };
+            if let Err(r) = step {
+                rendered.parts.push(raise_sql(&r));
+                self.rejected(&r);
+                rendered.refused = true;
                 break;
             }
-            match plan {
-                StatementPlan::Passthrough { sql } => parts.push(sql.clone()),
-                StatementPlan::Rewrite(rp) => match self.render(rp, false).await {
-                    Ok((s, _)) => {
-                        merge_audit(&mut audit, audit_info(rp).as_deref());
-                        parts.push(s)
+        }
+        rendered
+    }
+
+    /// One statement of a planned Query into `rendered`: its text as sent,
+    /// what the audit log records of it, the COPY it runs.
+    async fn render_statement(
+        &mut self,
+        plan: &StatementPlan,
+        entry: &Arc<CatalogEntry>,
+        rendered: &mut Rendered,
+    ) -> Result<(), Refusal> {
+        match plan {
+            StatementPlan::Passthrough { sql } => rendered.parts.push(sql.clone()),
+            StatementPlan::Rewrite(rp) => {
+                let (s, _) = self.render(rp, false).await?;
+                merge_audit(&mut rendered.audit, audit_info(rp).as_deref());
+                rendered.parts.push(s)
+            }
+            StatementPlan::Copy(cp) => {
+                if cp.direction == CopyDirection::In {
+                    if cp.format == crate::sql::CopyFormat::Binary {
+                        return Err(binary_copy_in(cp));
                     }
-                    Err(r) => {
-                        parts.push(raise_sql(&r));
-                        self.rejected(&r);
-                        refused = true;
-                        break;
-                    }
-                },
-                StatementPlan::Copy(cp) => {
-                    if cp.direction == CopyDirection::In {
-                        if cp.format == crate::sql::CopyFormat::Binary {
-                            let r = refuse(
-                                "0A000",
-                                format!(
-                                    "pgveil: binary COPY into {}.{} is not supported: use FORMAT text or csv",
-                                    cp.schema, cp.table
-                                ),
-                            );
-                            parts.push(raise_sql(&r));
-                            self.rejected(&r);
-                            refused = true;
-                            break;
-                        }
-                        transform = Some(CopyIn::new(cp.clone(), entry.clone(), self.max_message));
-                    }
-                    if cp.decrypts() {
-                        merge_audit(&mut audit, copy_audit(cp).as_deref());
-                        copy_out = Some(cp.clone());
-                    }
-                    parts.push(cp.sql.clone());
+                    rendered.transform = Some(CopyIn::new(
+                        cp.clone(),
+                        entry.clone(),
+                        self.max_message,
+                    ));
                 }
-                StatementPlan::Reject { sqlstate, message } => {
-                    let r = refuse(sqlstate, message.clone());
-                    parts.push(raise_sql(&r));
-                    self.rejected(&r);
-                    refused = true;
-                    break;
+                if cp.decrypts() {
+                    merge_audit(&mut rendered.audit, copy_audit(cp).as_deref());
+                    rendered.copy_out = Some(cp.clone());
                 }
+                rendered.parts.push(cp.sql.clone());
+            }
+            StatementPlan::Reject { sqlstate, message } => {
+                return Err(refuse(sqlstate, message.clone()));
             }
         }
-        crate::metrics::hot().statements_rewritten.increment(1);
-        if let ([StatementPlan::Rewrite(rp)], [sql], false) = (&plans[..], &parts[..], refused)
+        Ok(())
+    }
+
+    /// Send a planned Query's statements: a lone SELECT that decrypts
+    /// `bytea` as Parse/Bind/Describe/Execute/Sync with binary results,
+    /// anything else as one Query (with the COPY windows it opens).
+    fn send_rendered(
+        &mut self,
+        plans: &[StatementPlan],
+        rendered: Rendered,
+        ops: Vec<QueryOp>,
+        entry: &CatalogEntry,
+        out: &mut BytesMut,
+    ) {
+        let Rendered {
+            parts,
+            audit,
+            refused,
+            transform,
+            copy_out,
+        } = rendered;
+        if let ([StatementPlan::Rewrite(rp)], [sql], false) = (plans, &parts[..], refused)
             && self.shared.is_idle()
             && transform.is_none()
-            && let Some(result_formats) = self.binary_result_formats(rp, &entry)
+            && let Some(result_formats) = self.binary_result_formats(rp, entry)
         {
             // One round trip, as the simple Query would have been.
             self.parse_bind_unnamed(sql.clone(), result_formats, out);

@@ -50,6 +50,16 @@ fn lone_target(stmt: &str, verb: &str, noise: Option<&str>) -> Option<String> {
         .then(|| name.to_ascii_lowercase())
 }
 impl Frontend {
+    /// Whether PostgreSQL might read `text` (`sql`: its lossy UTF-8
+    /// reading) otherwise than pgveil (see [`LexState`](super::LexState)):
+    /// not UTF-8, `standard_conforming_strings` off, or a backslash in a
+    /// client encoding where it may be part of a character.
+    fn read_unsure(&self, text: &[u8], sql: &str) -> bool {
+        std::str::from_utf8(text).is_err()
+            || !self.lex.standard_strings.load(Ordering::SeqCst)
+            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst))
+    }
+
     /// The statement and portal map changes a simple Query makes once
     /// PostgreSQL runs it: it drops the unnamed statement when it starts
     /// (the unnamed portal is left in the map, see below), and a lone
@@ -128,10 +138,7 @@ impl Frontend {
         }
         // Where PostgreSQL might read the text differently (see
         // `LexState`), any EXECUTE counts.
-        let unsure = std::str::from_utf8(text).is_err()
-            || !self.lex.standard_strings.load(Ordering::SeqCst)
-            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst));
-        let hit = if unsure {
+        let hit = if self.read_unsure(text, &sql) {
             Some(SqlName::Unknown)
         } else {
             crate::sql::names_after_execute(&sql)
@@ -180,9 +187,7 @@ impl Frontend {
         if !self.names.any_portal() {
             return None;
         }
-        let unsure = std::str::from_utf8(text).is_err()
-            || !self.lex.standard_strings.load(Ordering::SeqCst)
-            || (sql.contains('\\') && !self.lex.backslash_safe_encoding.load(Ordering::SeqCst));
+        let unsure = self.read_unsure(text, &sql);
         // Any identifier may be the cursor name: every one is checked.
         let hit = unsure
             || crate::sql::pglex::tokens(&sql).iter().any(|t| {

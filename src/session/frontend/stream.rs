@@ -7,11 +7,10 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::bind::BindPath;
 use super::lex::pg_name;
-use super::names::{Space, View};
 use super::refusal::{Refusal, refuse};
 use super::{Frontend, REWRITE_FACTOR};
-use crate::session::Pending;
 use crate::wire::budget::{Budget, Charge};
 use crate::wire::codec::{Frame, read_cstr};
 
@@ -24,19 +23,30 @@ pub enum Pass {
     /// Read and dropped: PostgreSQL would ignore it.
     Drop,
 }
+/// Charge `budget` for what handling a message of `len` bytes holds beyond
+/// the message itself, `factor` bytes a byte (nothing for a small one);
+/// refused with 53200 when it does not fit.
+pub(super) async fn charge_held(
+    budget: &Budget,
+    len: usize,
+    factor: usize,
+) -> Result<Option<Charge>, Refusal> {
+    if len <= Budget::FREE_BYTES {
+        return Ok(None);
+    }
+    budget
+        .charge(len.saturating_mul(factor))
+        .await
+        .map(Some)
+        .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
+}
+
 impl Frontend {
     /// Charge what planning and rewriting a message of `len` bytes on
     /// protected tables holds beyond the message itself
     /// ([`REWRITE_FACTOR`]); refused with 53200 when it does not fit.
     pub(super) async fn charge_rewrite(&self, len: usize) -> Result<Option<Charge>, Refusal> {
-        if len <= Budget::FREE_BYTES {
-            return Ok(None);
-        }
-        self.budget
-            .charge(len.saturating_mul(REWRITE_FACTOR))
-            .await
-            .map(Some)
-            .map_err(|why| refuse("53200", crate::wire::budget::refusal_message(len, why)))
+        charge_held(&self.budget, len, REWRITE_FACTOR).await
     }
 
     /// Forward `f` unchanged: appended to `out` when small; a large frame
@@ -61,8 +71,8 @@ impl Frontend {
     /// upstream as it arrives, in pieces, never held whole. `None`: hold it
     /// (charged) and hand it to [`on_frame`](Self::on_frame) whole. When it
     /// passes, the bookkeeping `on_frame` would have done for it is done
-    /// here (keep this in step with `on_frame` and `on_bind`'s forwarding
-    /// paths).
+    /// here (keep this in step with `on_frame`; a Bind passes by the same
+    /// [`bind_path`](Self::bind_path) decision as in `on_bind`).
     ///
     /// Only messages whose bytes past their first few pgveil would forward
     /// unread pass: a Bind of a statement whose plan (known since its
@@ -92,19 +102,12 @@ impl Frontend {
                 let portal = pg_name(portal, unconverted)?;
                 let statement = pg_name(statement, unconverted)?;
                 self.names.drain(&self.shared);
-                let prepared = match self.names.view(Space::Statement, statement) {
-                    // Unprotected, or unknown (PostgreSQL reports the error).
-                    View::Known(None) => None,
-                    // COPY: its data is encrypted, its Bind carries none.
-                    View::Known(Some(p)) if p.plan.is_none() => Some(p),
-                    _ => return None,
+                // Only a Bind `on_bind` would forward as it is.
+                let BindPath::Forward(prepared) = self.bind_path(statement) else {
+                    return None;
                 };
                 self.end_copies();
-                let op = self.names.set(Space::Portal, portal, prepared);
-                self.shared.push(Pending::Bind {
-                    internal: false,
-                    op,
-                });
+                self.bind_portal(portal, prepared);
                 Some(Pass::Forward)
             }
             _ => None,
@@ -129,8 +132,7 @@ impl Frontend {
             // PostgreSQL skips to Sync after an error; so does the frontend.
             b'P' | b'B' | b'E' | b'D' | b'C' => {
                 if !self.skip_until_sync {
-                    self.rejected(&r);
-                    self.inject_raise(&r, out);
+                    self.raise(&r, out);
                 }
                 true
             }
