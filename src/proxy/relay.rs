@@ -21,6 +21,8 @@ use crate::session::frontend::{Flow, Frontend, Pass};
 use crate::wire::budget::{Budget, Charge, Refusal};
 use crate::wire::codec::{FrameError, FrameReader};
 use crate::wire::msg;
+use crate::wire::query::TERMINATE_MESSAGE;
+use crate::wire::tag::{be, fe};
 use bytes::BytesMut;
 
 /// Bytes charged per byte of a large client frame with a policy: the frame
@@ -243,8 +245,8 @@ pub async fn relay(
                         Ok(None) => break,
                         Err(e) => return End::UpstreamProtocol(e),
                     };
-                    upstream_fatal |= f.tag == b'E' && is_fatal(&f.raw);
-                    if f.tag == b'S' {
+                    upstream_fatal |= f.tag == be::ERROR_RESPONSE && is_fatal(&f.raw);
+                    if f.tag == be::PARAMETER_STATUS {
                         lex.observe(f.body());
                     }
                     be.on_frame(f, &mut out).await;
@@ -276,18 +278,18 @@ pub async fn relay(
                 let mut saw_terminate = false;
                 let run = match cr
                     .next_run(|tag, _| {
-                        saw_terminate |= tag == b'X';
+                        saw_terminate |= tag == fe::TERMINATE;
                         true
                     })
                     .await
                 {
                     Ok(run) => run,
                     Err(FrameError::Closed) => {
-                        let _ = uw.write_all(&terminate()).await;
+                        let _ = uw.write_all(&TERMINATE_MESSAGE).await;
                         return End::ClientDone;
                     }
                     Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-                        let _ = uw.write_all(&terminate()).await;
+                        let _ = uw.write_all(&TERMINATE_MESSAGE).await;
                         return End::ClientIo(e.to_string());
                     }
                     Err(e) => return End::ClientProtocol(e),
@@ -305,7 +307,7 @@ pub async fn relay(
             loop {
                 let run = match ur
                     .next_run(|tag, frame| {
-                        upstream_fatal |= tag == b'E' && is_fatal(frame);
+                        upstream_fatal |= tag == be::ERROR_RESPONSE && is_fatal(frame);
                         true
                     })
                     .await
@@ -343,7 +345,7 @@ pub async fn relay(
                 &crate::wire::budget::refusal_message(len, why),
             )
             .await;
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             Err(format!(
                 "{side} message of {len} bytes refused: limits.max_buffered_bytes"
             ))
@@ -356,13 +358,13 @@ pub async fn relay(
                 "session closed at a transaction boundary after a reload"
             );
             let _ = send_fatal(&mut cw, "57P01", why).await;
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             Err("closed after a reload".into())
         }
         End::ClientProtocol(e) => {
             warn!(error = %e, "closing connection: protocol violation by the client");
             let _ = send_fatal(&mut cw, "08P01", &format!("pgveil: {e}")).await;
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             Err(format!("client protocol error: {e}"))
         }
         End::UpstreamClosed if upstream_fatal => {
@@ -414,7 +416,7 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, u
     let (tx, rx) = tokio::sync::oneshot::channel();
     fe.shared.push(Pending::Catalog { done: Some(tx) });
     let mut q = BytesMut::new();
-    crate::session::messages::encode_query(
+    crate::wire::query::encode_query(
         &mut q,
         &crate::policy::catalog::Catalog::simple_query(&fe.engine.policy),
     );
@@ -457,11 +459,11 @@ where
         Ok(Some(head)) => head,
         Ok(None) => return Ok(false),
         Err(FrameError::Closed) => {
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             return Err(End::ClientDone);
         }
         Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             return Err(End::ClientIo(e.to_string()));
         }
         Err(e) => return Err(End::ClientProtocol(e)),
@@ -502,11 +504,11 @@ where
     match cr.fill().await {
         Ok(()) => Ok(()),
         Err(FrameError::Closed) => {
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             Err(End::ClientDone)
         }
         Err(e @ (FrameError::Io(_) | FrameError::Truncated)) => {
-            let _ = uw.write_all(&terminate()).await;
+            let _ = uw.write_all(&TERMINATE_MESSAGE).await;
             Err(End::ClientIo(e.to_string()))
         }
         Err(FrameError::OverBudget { tag, len, why }) => {
@@ -546,10 +548,6 @@ fn reset(out: &mut BytesMut) {
     } else {
         out.clear();
     }
-}
-
-fn terminate() -> [u8; 5] {
-    [b'X', 0, 0, 0, 4]
 }
 
 async fn send_fatal<W: AsyncWrite + Unpin>(

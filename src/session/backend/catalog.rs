@@ -7,12 +7,13 @@ use super::Backend;
 use crate::session::Pending;
 use crate::session::messages as m;
 use crate::wire::codec::Frame;
+use crate::wire::tag::be;
 
 impl Backend {
     /// One frame answering the catalog query at the front of the queue.
     pub(super) fn on_catalog_frame(&mut self, f: &Frame) {
         match f.tag {
-            b'D' => {
+            be::DATA_ROW => {
                 let body = f.raw.slice(5..);
                 if let Some(cols) = m::decode_data_row(&body) {
                     self.catalog_rows.push(
@@ -22,8 +23,8 @@ impl Backend {
                     );
                 }
             }
-            b'E' => self.catalog_failed = true,
-            b'Z' => {
+            be::ERROR_RESPONSE => self.catalog_failed = true,
+            be::READY_FOR_QUERY => {
                 if let Some(Pending::Catalog { done }) = self.shared.pop() {
                     let rows = std::mem::take(&mut self.catalog_rows);
                     let failed = std::mem::take(&mut self.catalog_failed);

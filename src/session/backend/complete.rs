@@ -14,12 +14,13 @@ use bytes::BytesMut;
 use super::Backend;
 use crate::session::{AuditInfo, Kind, Pending, Resolution};
 use crate::wire::codec::Frame;
+use crate::wire::tag::be;
 
 impl Backend {
     /// ParseComplete or BindComplete: PostgreSQL confirmed the statement or
     /// portal; pgveil's own (`internal`) are not forwarded.
     pub(super) fn on_parse_or_bind_complete(&mut self, f: &Frame, out: &mut BytesMut) {
-        let (kind, what) = if f.tag == b'1' {
+        let (kind, what) = if f.tag == be::PARSE_COMPLETE {
             (Kind::Parse, "ParseComplete without a Parse")
         } else {
             (Kind::Bind, "BindComplete without a Bind")

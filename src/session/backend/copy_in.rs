@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use super::Backend;
 use crate::session::Pending;
 use crate::wire::codec::Frame;
+use crate::wire::tag::be;
 
 impl Backend {
     /// Track the COPY IN PostgreSQL is in from this frame; `false`: the
@@ -18,14 +19,14 @@ impl Backend {
         // COPY IN as PostgreSQL reports it: CopyInResponse starts it,
         // CommandComplete or ErrorResponse ends it.
         match f.tag {
-            b'C' | b'E' => {
+            be::COMMAND_COMPLETE | be::ERROR_RESPONSE => {
                 if let Some(id) = self.copy_in.take()
                     && let Some(c) = self.copies.iter_mut().find(|c| c.0 == id)
                 {
-                    c.1 = Some(f.tag == b'C');
+                    c.1 = Some(f.tag == be::COMMAND_COMPLETE);
                 }
             }
-            b'G' if !self.copy_started(out) => return false,
+            be::COPY_IN if !self.copy_started(out) => return false,
             _ => {}
         }
         true

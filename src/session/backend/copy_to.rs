@@ -13,6 +13,7 @@ use super::Backend;
 use crate::session::copy_out::{CopyOut, Failure};
 use crate::session::{Kind, Pending};
 use crate::wire::codec::Frame;
+use crate::wire::tag::be;
 
 impl Backend {
     /// COPY responses and the data of a COPY TO STDOUT answer the Query or
@@ -26,8 +27,8 @@ impl Backend {
             return;
         }
         match f.tag {
-            b'H' => self.copy_out_started(f, out),
-            b'c' => self.copy_out_done(f, out),
+            be::COPY_OUT => self.copy_out_started(f, out),
+            be::COPY_DONE => self.copy_out_done(f, out),
             _ => out.extend_from_slice(&f.raw),
         }
     }

@@ -11,6 +11,7 @@ use super::Backend;
 use crate::session::Pending;
 use crate::wire::codec::Frame;
 use crate::wire::msg;
+use crate::wire::tag::{be, field};
 
 impl Backend {
     /// ErrorResponse from PostgreSQL.
@@ -50,7 +51,7 @@ impl Backend {
         self.discard_until_ready = true;
         self.streaming = None;
         self.decryptor.end_statement();
-        self.pop_if_completes(b'C', out);
+        self.pop_if_completes(be::COMMAND_COMPLETE, out);
     }
 }
 
@@ -66,8 +67,9 @@ pub(super) fn without_rejection_context(body: &[u8]) -> Option<Vec<u8>> {
         .collect();
     let is_ours = fields
         .iter()
-        .any(|f| f[0] == b'M' && f[1..].starts_with(b"pgveil: "));
-    let context = |f: &&[u8]| f[0] == b'W' && f.ends_with(b"inline_code_block line 1 at RAISE");
+        .any(|f| f[0] == field::MESSAGE && f[1..].starts_with(b"pgveil: "));
+    let context =
+        |f: &&[u8]| f[0] == field::WHERE && f.ends_with(b"inline_code_block line 1 at RAISE");
     if !is_ours || !fields.iter().any(context) {
         return None;
     }

@@ -21,6 +21,7 @@ use super::copy_out::CopyOut;
 use super::rows::RowDecryptor;
 use super::{Identity, Pending, Shape, Shared};
 use crate::wire::codec::Frame;
+use crate::wire::tag::be;
 
 mod catalog;
 mod complete;
@@ -122,7 +123,10 @@ impl Backend {
         if self.broken {
             return;
         }
-        let ends_copy_or_request = !matches!(f.tag, b'D' | b'd' | b'N' | b'S' | b'A');
+        let ends_copy_or_request = !matches!(
+            f.tag,
+            be::DATA_ROW | be::COPY_DATA | be::NOTICE | be::PARAMETER_STATUS | be::NOTIFICATION
+        );
         self.on_frame_inner(f, out).await;
         // Resolve CopySync entries as soon as their COPY's fate is known,
         // so that the queue is idle when PostgreSQL is (the frontend and
@@ -133,7 +137,7 @@ impl Backend {
     }
 
     async fn on_frame_inner(&mut self, f: Frame, out: &mut BytesMut) {
-        if f.tag == b'D'
+        if f.tag == be::DATA_ROW
             && !self.discard_until_ready
             && let Some(shape) = &self.streaming
         {
@@ -141,11 +145,14 @@ impl Backend {
             self.on_data_row_with(shape, f, out).await;
             return;
         }
-        if f.tag == b'd' && !self.discard_until_ready && self.copy_out.is_some() {
+        if f.tag == be::COPY_DATA && !self.discard_until_ready && self.copy_out.is_some() {
             self.on_copy_out_data(&f, out).await;
             return;
         }
-        if matches!(f.tag, b'C' | b'E' | b'Z') {
+        if matches!(
+            f.tag,
+            be::COMMAND_COMPLETE | be::ERROR_RESPONSE | be::READY_FOR_QUERY
+        ) {
             self.copy_out = None;
         }
         self.streaming = None;
@@ -160,8 +167,8 @@ impl Backend {
         if !self.track_copy_in(&f, out) {
             return;
         }
-        if self.discard_until_ready && f.tag != b'Z' {
-            if f.tag == b'E' {
+        if self.discard_until_ready && f.tag != be::READY_FOR_QUERY {
+            if f.tag == be::ERROR_RESPONSE {
                 // Errors after ours are dropped too; keep the queue in step.
                 self.drop_until_sync(out);
             } else {
@@ -175,22 +182,24 @@ impl Backend {
     /// A frame that answers the request at the front of the queue, by type.
     async fn answer(&mut self, f: Frame, out: &mut BytesMut) {
         match f.tag {
-            b'1' | b'2' => self.on_parse_or_bind_complete(&f, out),
-            b'3' => self.on_close_complete(&f, out),
-            b't' => self.on_parameter_description(&f, out),
-            b'T' => self.on_row_description(&f, out),
-            b'n' => self.on_no_data(&f, out),
-            b'D' => self.on_data_row(f, out).await,
-            b'C' => self.on_command_complete(&f, out),
-            b's' => self.on_portal_suspended(&f, out),
-            b'I' => self.on_empty_query(&f, out),
+            be::PARSE_COMPLETE | be::BIND_COMPLETE => self.on_parse_or_bind_complete(&f, out),
+            be::CLOSE_COMPLETE => self.on_close_complete(&f, out),
+            be::PARAMETER_DESCRIPTION => self.on_parameter_description(&f, out),
+            be::ROW_DESCRIPTION => self.on_row_description(&f, out),
+            be::NO_DATA => self.on_no_data(&f, out),
+            be::DATA_ROW => self.on_data_row(f, out).await,
+            be::COMMAND_COMPLETE => self.on_command_complete(&f, out),
+            be::PORTAL_SUSPENDED => self.on_portal_suspended(&f, out),
+            be::EMPTY_QUERY => self.on_empty_query(&f, out),
             // COPY responses and the data of a COPY TO STDOUT answer the
             // Query or Execute at the front.
-            b'G' | b'H' | b'W' | b'd' | b'c' => self.on_copy_message(&f, out),
+            be::COPY_IN | be::COPY_OUT | be::COPY_BOTH | be::COPY_DATA | be::COPY_DONE => {
+                self.on_copy_message(&f, out)
+            }
             // pgveil never forwards a FunctionCall.
-            b'V' => self.out_of_step("FunctionCallResponse", out),
-            b'E' => self.on_error_response(&f, out),
-            b'Z' => self.on_ready_for_query(&f, out),
+            be::FUNCTION_CALL_RESPONSE => self.out_of_step("FunctionCallResponse", out),
+            be::ERROR_RESPONSE => self.on_error_response(&f, out),
+            be::READY_FOR_QUERY => self.on_ready_for_query(&f, out),
             _ => out.extend_from_slice(&f.raw),
         }
     }

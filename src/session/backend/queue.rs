@@ -13,6 +13,7 @@ use super::Backend;
 use super::describe::NO_DATA_ANSWERS;
 use crate::session::{Kind, Pending};
 use crate::wire::msg;
+use crate::wire::tag::be;
 
 impl Backend {
     pub(super) fn front_is<F: Fn(&Pending) -> bool>(&self, f: F) -> bool {
@@ -112,11 +113,11 @@ impl Backend {
     /// While discarding, keep the queue in step with what the server answers.
     pub(super) fn pop_if_completes(&mut self, tag: u8, out: &mut BytesMut) {
         let want: &[Kind] = match tag {
-            b'1' => &[Kind::Parse],
-            b'2' => &[Kind::Bind],
-            b'3' => &[Kind::Close],
-            b'n' => NO_DATA_ANSWERS,
-            b's' => &[Kind::Execute],
+            be::PARSE_COMPLETE => &[Kind::Parse],
+            be::BIND_COMPLETE => &[Kind::Bind],
+            be::CLOSE_COMPLETE => &[Kind::Close],
+            be::NO_DATA => NO_DATA_ANSWERS,
+            be::PORTAL_SUSPENDED => &[Kind::Execute],
             _ => &[],
         };
         if !want.is_empty() {
@@ -124,12 +125,17 @@ impl Backend {
                 return;
             }
             // PostgreSQL went on: its statements and portals changed.
-            self.shared.pop_as(matches!(tag, b'1' | b'2' | b'3'));
+            self.shared.pop_as(matches!(
+                tag,
+                be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE
+            ));
             return;
         }
         let pop = match tag {
-            b'C' | b'I' => self.front_is(|p| matches!(p, Pending::Execute { .. })),
-            b'T' => self.front_is(|p| {
+            be::COMMAND_COMPLETE | be::EMPTY_QUERY => {
+                self.front_is(|p| matches!(p, Pending::Execute { .. }))
+            }
+            be::ROW_DESCRIPTION => self.front_is(|p| {
                 matches!(
                     p,
                     Pending::DescribePortal { .. }

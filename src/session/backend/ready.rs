@@ -10,12 +10,13 @@ use bytes::BytesMut;
 use super::Backend;
 use crate::session::{Kind, Pending, Resolution};
 use crate::wire::codec::Frame;
+use crate::wire::tag::{be, txn};
 
 impl Backend {
     /// ReadyForQuery: the transaction status, and the end of a Sync or
     /// Query.
     pub(super) fn on_ready_for_query(&mut self, f: &Frame, out: &mut BytesMut) {
-        let mut st = f.body().first().copied().unwrap_or(b'I');
+        let mut st = f.body().first().copied().unwrap_or(txn::IDLE);
         // The client got an error inside a transaction block: it is
         // told the block failed, as after any error, until the
         // frontend has made PostgreSQL agree (at the next
@@ -26,9 +27,9 @@ impl Backend {
         // then it is not requested again.
         let failed = std::mem::take(&mut self.row_failed);
         let early = std::mem::take(&mut self.abort_early);
-        if (self.shared.must_abort() || (failed && !early)) && st == b'T' {
+        if (self.shared.must_abort() || (failed && !early)) && st == txn::IN_TRANSACTION {
             self.shared.set_must_abort();
-            st = b'E';
+            st = txn::FAILED;
         }
         self.shared.set_tx_status(st);
         self.discard_until_ready = false;
@@ -64,10 +65,10 @@ impl Backend {
             // No CopySync can refer to a COPY seen so far.
             self.copies.clear();
         }
-        if st == b'I' {
+        if st == txn::IDLE {
             self.transaction_ended();
         }
-        out.extend_from_slice(&[b'Z', 0, 0, 0, 5, st]);
+        out.extend_from_slice(&[be::READY_FOR_QUERY, 0, 0, 0, 5, st]);
     }
 
     /// PostgreSQL reported no transaction (ReadyForQuery `I`): it dropped

@@ -15,6 +15,7 @@ use super::stream::charge_held;
 use super::{COPY_FACTOR, Frontend};
 use crate::session::copy::CopyIn;
 use crate::wire::codec::Frame;
+use crate::wire::tag::fe;
 
 impl Frontend {
     /// Open `n` COPY windows (the COPY FROM STDIN statements of one Query,
@@ -97,7 +98,7 @@ impl Frontend {
     pub(super) fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
         self.end_copies();
         self.rejected(&e);
-        let s = crate::wire::msg::begin(out, b'f');
+        let s = crate::wire::msg::begin(out, fe::COPY_FAIL);
         crate::wire::msg::put_cstr(out, &e.message);
         crate::wire::msg::finish(out, s);
     }

@@ -21,6 +21,7 @@ use crate::session::messages as m;
 use crate::session::{AuditInfo, Pending, Prepared};
 use crate::sql::{CopyDirection, CopyPlan};
 use crate::wire::codec::Frame;
+use crate::wire::tag::target;
 
 impl Frontend {
     /// An Execute. `described`: the portal the client's previous message
@@ -52,7 +53,7 @@ impl Frontend {
         let shaped = cursor || prepared.as_ref().is_some_and(|p| p.plan.is_some());
         let audit = execute_audit(prepared.as_deref(), copy_out.as_deref(), shaped);
         if shaped && described != Some(portal.as_str()) {
-            m::encode_describe(out, b'P', &portal);
+            m::encode_describe(out, target::PORTAL, &portal);
             self.shared.push(Pending::DescribePortal {
                 portal: portal.clone(),
                 protected: true,

@@ -11,6 +11,7 @@ use super::names::Space;
 use super::refusal::{Refusal, refuse, unkeyable};
 use crate::session::messages as m;
 use crate::wire::codec::{Frame, read_cstr};
+use crate::wire::tag::{fe, target};
 
 /// The session settings that decide how PostgreSQL reads a statement's
 /// text, as far as pgveil's analysis depends on them. pgveil reads SQL with
@@ -109,12 +110,16 @@ pub(super) fn target_key(body: &[u8], unconverted: bool) -> Result<(Space, Strin
         return Err(unkeyable("statement or portal"));
     };
     let Some(key) = pg_name(&name, unconverted) else {
-        return Err(unkeyable(if kind == b'S' { "statement" } else { "portal" }));
+        return Err(unkeyable(if kind == target::STATEMENT {
+            "statement"
+        } else {
+            "portal"
+        }));
     };
     // The key is the name or its first bytes.
     let len = key.len();
     name.truncate(len);
-    let space = if kind == b'S' {
+    let space = if kind == target::STATEMENT {
         Space::Statement
     } else {
         Space::Portal
@@ -150,7 +155,7 @@ impl Frontend {
     /// relay then sends what it holds for them first. A byte search, only
     /// for frames behind others in one read.
     pub fn may_await_answers(&self, f: &Frame) -> bool {
-        matches!(f.tag, b'Q' | b'P') && f.body().contains(&b'\\')
+        matches!(f.tag, fe::QUERY | fe::PARSE) && f.body().contains(&b'\\')
     }
 
     /// A statement on protected tables with a backslash is read by

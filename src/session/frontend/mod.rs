@@ -18,6 +18,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::wire::budget::{Budget, Charge};
+use crate::wire::query::TERMINATE_MESSAGE;
+use crate::wire::tag::fe;
 
 /// Bytes held per byte of a large statement on protected tables while it
 /// is planned and rewritten, beyond the frame and its output (charged by
@@ -227,15 +229,17 @@ impl Frontend {
             // The backend found PostgreSQL's answers out of step and told
             // the client (FATAL): nothing more goes upstream.
             tracing::warn!("session closed: PostgreSQL's answers were out of step");
-            out.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+            out.extend_from_slice(&TERMINATE_MESSAGE);
             return Flow::Terminate;
         }
         let described = self.described.take();
-        if self.skip_until_sync && !matches!(f.tag, b'S' | b'H' | b'X') {
+        if self.skip_until_sync && !matches!(f.tag, fe::SYNC | fe::FLUSH | fe::TERMINATE) {
             return Flow::Continue;
         }
-        if matches!(f.tag, b'Q' | b'P' | b'B' | b'E' | b'F')
-            && self.shared.must_abort()
+        if matches!(
+            f.tag,
+            fe::QUERY | fe::PARSE | fe::BIND | fe::EXECUTE | fe::FUNCTION_CALL
+        ) && self.shared.must_abort()
             && self.shared.take_must_abort()
             && !ends_transaction(&f)
         {
@@ -243,27 +247,30 @@ impl Frontend {
             self.abort_transaction(&f, out);
             return Flow::Continue;
         }
-        if !matches!(f.tag, b'd' | b'c' | b'f' | b'S' | b'H') {
+        if !matches!(
+            f.tag,
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL | fe::SYNC | fe::FLUSH
+        ) {
             // PostgreSQL ends a COPY FROM STDIN at any other message (and
             // with it the Query that ran it): a later COPY's data is never
             // read with this one's plan.
             self.end_copies();
         }
         match f.tag {
-            b'Q' | b'P' => self.on_statement(&f, out).await,
-            b'B' => self.on_bind(&f, out).await,
-            b'D' => self.on_describe(&f, out),
-            b'E' => self.on_execute(&f, described.as_deref(), out),
-            b'C' => self.on_close(&f, out),
-            b'S' => self.on_sync(&f, out),
-            b'F' => self.on_function_call(out),
+            fe::QUERY | fe::PARSE => self.on_statement(&f, out).await,
+            fe::BIND => self.on_bind(&f, out).await,
+            fe::DESCRIBE => self.on_describe(&f, out),
+            fe::EXECUTE => self.on_execute(&f, described.as_deref(), out),
+            fe::CLOSE => self.on_close(&f, out),
+            fe::SYNC => self.on_sync(&f, out),
+            fe::FUNCTION_CALL => self.on_function_call(out),
             // CopyData, CopyDone and CopyFail outside a COPY window:
             // PostgreSQL ignores them; they are not forwarded.
-            b'd' | b'c' | b'f' if self.copy_window.is_none() => {}
-            b'd' => self.on_copy_data(&f, out).await,
-            b'c' => self.on_copy_done(&f, out).await,
-            b'f' => self.on_copy_fail(&f, out),
-            b'X' => {
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL if self.copy_window.is_none() => {}
+            fe::COPY_DATA => self.on_copy_data(&f, out).await,
+            fe::COPY_DONE => self.on_copy_done(&f, out).await,
+            fe::COPY_FAIL => self.on_copy_fail(&f, out),
+            fe::TERMINATE => {
                 out.extend_from_slice(&f.raw);
                 return Flow::Terminate;
             }
@@ -279,10 +286,14 @@ impl Frontend {
         let span = tracing::debug_span!(
             "statement",
             id = self.statement_id,
-            protocol = if f.tag == b'Q' { "simple" } else { "extended" }
+            protocol = if f.tag == fe::QUERY {
+                "simple"
+            } else {
+                "extended"
+            }
         );
         let work = async {
-            if f.tag == b'Q' {
+            if f.tag == fe::QUERY {
                 self.on_query(f, out).await
             } else {
                 self.on_parse(f, out).await

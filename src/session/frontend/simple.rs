@@ -16,6 +16,7 @@ use crate::session::messages as m;
 use crate::session::{AuditInfo, CatalogEntry, Pending, QueryOp};
 use crate::sql::{CopyDirection, CopyPlan, Mode, RewritePlan, StatementPlan, Use};
 use crate::wire::codec::Frame;
+use crate::wire::tag::target;
 
 /// PostgreSQL feeds all CopyData after a simple Query to the first COPY
 /// FROM STDIN that runs, then the rest to the next: pgveil transforms rows
@@ -196,11 +197,8 @@ impl Frontend {
                     if cp.format == crate::sql::CopyFormat::Binary {
                         return Err(binary_copy_in(cp));
                     }
-                    rendered.transform = Some(CopyIn::new(
-                        cp.clone(),
-                        entry.clone(),
-                        self.max_message,
-                    ));
+                    rendered.transform =
+                        Some(CopyIn::new(cp.clone(), entry.clone(), self.max_message));
                 }
                 if cp.decrypts() {
                     merge_audit(&mut rendered.audit, copy_audit(cp).as_deref());
@@ -240,7 +238,7 @@ impl Frontend {
         {
             // One round trip, as the simple Query would have been.
             self.parse_bind_unnamed(sql.clone(), result_formats, out);
-            m::encode_describe(out, b'P', "");
+            m::encode_describe(out, target::PORTAL, "");
             self.shared.push(Pending::ResultShape);
             m::encode_execute(out, "", 0);
             m::encode_sync(out);

@@ -13,6 +13,7 @@ use super::refusal::{Refusal, refuse};
 use super::{Frontend, REWRITE_FACTOR};
 use crate::wire::budget::{Budget, Charge};
 use crate::wire::codec::{Frame, read_cstr};
+use crate::wire::tag::fe;
 
 /// How a large client message passes without being held
 /// ([`Frontend::stream_large`]).
@@ -89,13 +90,13 @@ impl Frontend {
         // As in `on_frame`: a Describe the client sent before this message
         // is no longer the one right before the next Execute.
         self.described = None;
-        if self.skip_until_sync && !matches!(tag, b'S' | b'H' | b'X') {
+        if self.skip_until_sync && !matches!(tag, fe::SYNC | fe::FLUSH | fe::TERMINATE) {
             return Some(Pass::Drop);
         }
         match tag {
-            b'd' if self.copy_window.is_none() => Some(Pass::Drop),
-            b'd' if self.copy.is_none() => Some(Pass::Forward),
-            b'B' if !self.shared.must_abort() => {
+            fe::COPY_DATA if self.copy_window.is_none() => Some(Pass::Drop),
+            fe::COPY_DATA if self.copy.is_none() => Some(Pass::Forward),
+            fe::BIND if !self.shared.must_abort() => {
                 let mut b = head.get(5..)?;
                 let (portal, statement) = (read_cstr(&mut b)?, read_cstr(&mut b)?);
                 let unconverted = self.lex.names_unconverted();
@@ -124,13 +125,13 @@ impl Frontend {
         }
         let r = refuse("53200", message.to_string());
         match tag {
-            b'Q' => {
+            fe::QUERY => {
                 let ops = self.query_ops(b"");
                 self.refuse_query(&r, ops, out);
                 true
             }
             // PostgreSQL skips to Sync after an error; so does the frontend.
-            b'P' | b'B' | b'E' | b'D' | b'C' => {
+            fe::PARSE | fe::BIND | fe::EXECUTE | fe::DESCRIBE | fe::CLOSE => {
                 if !self.skip_until_sync {
                     self.raise(&r, out);
                 }
@@ -138,11 +139,11 @@ impl Frontend {
             }
             // Inside a COPY window: fail that COPY (its later data is then
             // outside any window and dropped, as PostgreSQL would ignore it).
-            b'd' if self.copy_window.is_some() => {
+            fe::COPY_DATA if self.copy_window.is_some() => {
                 self.fail_copy(r, out);
                 true
             }
-            b'd' => true,
+            fe::COPY_DATA => true,
             _ => false,
         }
     }

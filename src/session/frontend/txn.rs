@@ -11,6 +11,7 @@ use super::refusal::{raise_sql, refuse};
 use crate::session::Pending;
 use crate::session::messages as m;
 use crate::wire::codec::Frame;
+use crate::wire::tag::fe;
 
 /// Whether a simple Query is exactly one COMMIT (or END), with optional
 /// WORK/TRANSACTION and semicolons.
@@ -25,8 +26,8 @@ pub(super) fn is_commit(body: &[u8]) -> bool {
 /// after a failed transaction.
 pub(super) fn ends_transaction(f: &Frame) -> bool {
     let text = match f.tag {
-        b'Q' => f.body(),
-        b'P' => match f.body().iter().position(|&c| c == 0) {
+        fe::QUERY => f.body(),
+        fe::PARSE => match f.body().iter().position(|&c| c == 0) {
             Some(n) => &f.body()[n + 1..],
             None => return false,
         },
@@ -57,7 +58,7 @@ impl Frontend {
     /// would have. From then on PostgreSQL itself refuses every statement
     /// but ROLLBACK, and turns a COMMIT into a rollback.
     pub(super) fn abort_transaction(&mut self, f: &Frame, out: &mut BytesMut) {
-        if f.tag == b'Q' && is_commit(f.body()) {
+        if f.tag == fe::QUERY && is_commit(f.body()) {
             // What PostgreSQL does with a COMMIT of a failed transaction.
             self.shared.push(Pending::query(false, None));
             m::encode_query(out, "ROLLBACK");
@@ -69,7 +70,7 @@ impl Frontend {
         );
         tracing::warn!("statement refused: the transaction failed on a decryption error");
         // A FunctionCall is answered as a Query is.
-        if matches!(f.tag, b'Q' | b'F') {
+        if matches!(f.tag, fe::QUERY | fe::FUNCTION_CALL) {
             self.shared.push(Pending::query(false, None));
             m::encode_query(out, &raise_sql(&r));
         } else {
