@@ -11,11 +11,13 @@
 use std::path::Path;
 
 use bytes::{BufMut, BytesMut};
-use pgveil::session::messages::{
-    self as m, BindMsg, Field, ParseMsg, encode_binary_array, encode_data_row,
-    encode_parameter_description, encode_row_description,
+use pgveil::wire::query::{
+    BindMsg, ParseMsg, encode_binary_array, encode_describe, encode_execute,
 };
-use pgveil::wire::msg;
+use pgveil::wire::result::{
+    Field, encode_data_row, encode_parameter_description, encode_row_description,
+};
+use pgveil::wire::{auth, error, startup, status};
 
 // Control-byte bits shared by the three targets.
 const VARIANT: u8 = 0x08;
@@ -71,12 +73,12 @@ fn bind(stmt: &str, formats: &[i16], params: &[Option<&[u8]>], results: &[i16]) 
 }
 fn describe(kind: u8, name: &str) -> Vec<u8> {
     let mut b = BytesMut::new();
-    m::encode_describe(&mut b, kind, name);
+    encode_describe(&mut b, kind, name);
     b.to_vec()
 }
 fn execute() -> Vec<u8> {
     let mut b = BytesMut::new();
-    m::encode_execute(&mut b, "", 0);
+    encode_execute(&mut b, "", 0);
     b.to_vec()
 }
 fn sync() -> Vec<u8> {
@@ -132,7 +134,7 @@ fn command_complete(tag: &str) -> Vec<u8> {
     frame(b'C', &cstr(tag))
 }
 fn ready(status: u8) -> Vec<u8> {
-    msg::ready_for_query(status).to_vec()
+    status::ready_for_query(status).to_vec()
 }
 fn hex_bytea(b: &[u8]) -> Vec<u8> {
     format!("\\x{}", hex(b)).into_bytes()
@@ -168,10 +170,10 @@ fn backend_input(ctl: u8, client: &[u8], server: &[u8]) -> Vec<u8> {
 fn frontend_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let app = role("calmony_app");
     let mut startup = BytesMut::new();
-    startup.put_slice(&msg::ssl_request());
+    startup.put_slice(&startup::ssl_request());
     startup.put_slice(
-        &msg::Startup {
-            version: msg::PROTOCOL_V3,
+        &startup::Startup {
+            version: startup::PROTOCOL_V3,
             params: vec![
                 ("user".into(), "calmony_app".into()),
                 ("database".into(), "app".into()),
@@ -180,7 +182,7 @@ fn frontend_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .encode(),
     );
     let sasl = cat(&[
-        msg::sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL").to_vec(),
+        auth::sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL").to_vec(),
         frame(
             b'p',
             b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
@@ -472,7 +474,7 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     ]),
                     data_row(&[Some(b"42"), Some(&hex_bytea(&env_t))]),
                     command_complete("SELECT 1"),
-                    msg::error_response_with("ERROR", "22012", "division by zero", Some("hint"))
+                    error::error_response_with("ERROR", "22012", "division by zero", Some("hint"))
                         .to_vec(),
                     ready(b'I'),
                 ]),
@@ -484,17 +486,17 @@ fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 app,
                 &[],
                 &cat(&[
-                    msg::auth_sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]).to_vec(),
-                    msg::authentication(
-                        msg::AUTH_SASL_CONTINUE,
+                    auth::auth_sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]).to_vec(),
+                    auth::authentication(
+                        auth::AUTH_SASL_CONTINUE,
                         b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
                     )
                     .to_vec(),
-                    msg::authentication(msg::AUTH_SASL_FINAL, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+                    auth::authentication(auth::AUTH_SASL_FINAL, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
                         .to_vec(),
-                    msg::authentication(msg::AUTH_OK, b"").to_vec(),
+                    auth::authentication(auth::AUTH_OK, b"").to_vec(),
                     frame(b'S', b"server_version\x0015.18\x00"),
-                    msg::backend_key_data(7, 9).to_vec(),
+                    status::backend_key_data(7, 9).to_vec(),
                     frame(b'N', b"SNOTICE\x00VNOTICE\x00C00000\x00Mhello\x00\x00"),
                     ready(b'I'),
                 ]),

@@ -38,12 +38,18 @@ use pgveil::policy::Policy;
 use pgveil::policy::catalog::Catalog;
 use pgveil::session::backend::Backend;
 use pgveil::session::frontend::{Flow, Frontend};
-use pgveil::session::messages as m;
 use pgveil::session::values::ValueCrypto;
 use pgveil::session::{CatalogEntry, CatalogRows, Engine, Identity, Pending, Shared};
 use pgveil::sql::{Analyzer, Mode, Segment, StatementPlan};
 use pgveil::wire::codec::{Frame, FrameReader, complete_frame_len, read_startup};
-use pgveil::wire::msg;
+use pgveil::wire::query::{
+    BindMsg, ParseMsg, decode_execute, decode_target, encode_binary_array, encode_execute,
+};
+use pgveil::wire::result::{
+    decode_data_row, decode_parameter_description, decode_row_description, encode_data_row,
+    encode_parameter_description, encode_row_description,
+};
+use pgveil::wire::{auth, error, startup};
 
 /// `limits.max_message_bytes` for the fuzzed readers: small enough that the
 /// "too large" paths are reachable.
@@ -531,10 +537,10 @@ pub fn assert_well_framed(out: &[u8], what: &str) {
 }
 
 /// The untyped first packet, as `proxy::session` parses it.
-pub fn check_first_packet(raw: &[u8]) -> Option<msg::FirstPacket> {
-    let p = msg::parse_first_packet(raw).ok()?;
-    if let msg::FirstPacket::Startup(s) = &p {
-        let again = msg::parse_first_packet(&s.encode()).expect("re-encoded startup parses");
+pub fn check_first_packet(raw: &[u8]) -> Option<startup::FirstPacket> {
+    let p = startup::parse_first_packet(raw).ok()?;
+    if let startup::FirstPacket::Startup(s) = &p {
+        let again = startup::parse_first_packet(&s.encode()).expect("re-encoded startup parses");
         assert_eq!(&again, &p, "startup message round trip");
         let _ = (s.user(), s.database());
     }
@@ -547,21 +553,21 @@ pub fn check_frontend_frame(f: &Frame) {
     let body = f.raw.slice(5..);
     match f.tag {
         b'P' => {
-            if let Some(p) = m::ParseMsg::decode(&body) {
+            if let Some(p) = ParseMsg::decode(&body) {
                 let mut out = BytesMut::new();
                 p.encode(&mut out);
                 assert_eq!(
-                    m::ParseMsg::decode(&out[5..]).as_ref(),
+                    ParseMsg::decode(&out[5..]).as_ref(),
                     Some(&p),
                     "Parse round trip"
                 );
             }
         }
         b'B' => {
-            if let Some(b) = m::BindMsg::decode(&body) {
+            if let Some(b) = BindMsg::decode(&body) {
                 let mut out = BytesMut::new();
                 b.encode(&mut out);
-                let again = m::BindMsg::decode(&Bytes::copy_from_slice(&out[5..]));
+                let again = BindMsg::decode(&Bytes::copy_from_slice(&out[5..]));
                 assert_eq!(again.as_ref(), Some(&b), "Bind round trip");
                 for (i, p) in b.params.iter().enumerate() {
                     let _ = b.param_format(i);
@@ -572,14 +578,14 @@ pub fn check_frontend_frame(f: &Frame) {
             }
         }
         b'D' | b'C' => {
-            let _ = m::decode_target(&body);
+            let _ = decode_target(&body);
         }
         b'E' => {
-            if let Some((portal, max)) = m::decode_execute(&body) {
+            if let Some((portal, max)) = decode_execute(&body) {
                 let mut out = BytesMut::new();
-                m::encode_execute(&mut out, &portal, max);
+                encode_execute(&mut out, &portal, max);
                 assert_eq!(
-                    m::decode_execute(&out[5..]),
+                    decode_execute(&out[5..]),
                     Some((portal, max)),
                     "Execute round trip"
                 );
@@ -587,10 +593,10 @@ pub fn check_frontend_frame(f: &Frame) {
         }
         b'p' => {
             // SASLInitialResponse, SASLResponse or a password.
-            if let Some((mech, data)) = msg::parse_sasl_initial_response(&body) {
-                let again = msg::sasl_initial_response(&mech, &data);
+            if let Some((mech, data)) = auth::parse_sasl_initial_response(&body) {
+                let again = auth::sasl_initial_response(&mech, &data);
                 assert_eq!(
-                    msg::parse_sasl_initial_response(&again[5..]),
+                    auth::parse_sasl_initial_response(&again[5..]),
                     Some((mech.clone(), data.clone())),
                     "SASLInitialResponse round trip"
                 );
@@ -609,7 +615,7 @@ pub fn check_frontend_frame(f: &Frame) {
 fn check_array_param(v: &[u8]) {
     use pgveil::sql::array;
     if let Ok(a) = array::decode_binary(v) {
-        let enc = m::encode_binary_array(a.elem_oid, &a.items);
+        let enc = encode_binary_array(a.elem_oid, &a.items);
         let back = array::decode_binary(&enc).expect("pgveil's own array encoding reads back");
         assert_eq!(back.items, a.items, "binary array round trip");
     }
@@ -630,54 +636,54 @@ pub fn check_backend_frame(f: &Frame) {
     let body = f.raw.slice(5..);
     match f.tag {
         b'T' => {
-            if let Some(fields) = m::decode_row_description(&body) {
+            if let Some(fields) = decode_row_description(&body) {
                 let mut out = BytesMut::new();
-                m::encode_row_description(&mut out, &fields);
+                encode_row_description(&mut out, &fields);
                 assert_eq!(
-                    m::decode_row_description(&out[5..]),
+                    decode_row_description(&out[5..]),
                     Some(fields),
                     "RowDescription round trip"
                 );
             }
         }
         b'D' => {
-            if let Some(cols) = m::decode_data_row(&body) {
+            if let Some(cols) = decode_data_row(&body) {
                 let mut out = BytesMut::new();
-                m::encode_data_row(&mut out, &cols);
-                let again = m::decode_data_row(&Bytes::copy_from_slice(&out[5..]));
+                encode_data_row(&mut out, &cols);
+                let again = decode_data_row(&Bytes::copy_from_slice(&out[5..]));
                 assert_eq!(again, Some(cols), "DataRow round trip");
             }
         }
         b't' => {
-            if let Some(types) = m::decode_parameter_description(&body) {
+            if let Some(types) = decode_parameter_description(&body) {
                 let mut out = BytesMut::new();
-                m::encode_parameter_description(&mut out, &types);
+                encode_parameter_description(&mut out, &types);
                 assert_eq!(
-                    m::decode_parameter_description(&out[5..]),
+                    decode_parameter_description(&out[5..]),
                     Some(types),
                     "ParameterDescription round trip"
                 );
             }
         }
         b'E' | b'N' => {
-            let fields = msg::parse_error_fields(&body);
+            let fields = error::parse_error_fields(&body);
             assert!(fields.iter().all(|(c, _)| *c != 0));
-            let code = msg::error_code(&body);
+            let code = error::error_code(&body);
             assert_eq!(
                 code.is_some(),
                 fields.iter().any(|(c, _)| *c == b'C'),
                 "error_code agrees with the fields"
             );
         }
-        b'R' => match msg::auth_code(&body) {
-            Some(msg::AUTH_SASL) => {
-                let mechs = msg::sasl_mechanisms(&body);
+        b'R' => match auth::auth_code(&body) {
+            Some(auth::AUTH_SASL) => {
+                let mechs = auth::sasl_mechanisms(&body);
                 assert!(mechs.iter().all(|m| !m.is_empty() && !m.contains('\0')));
             }
-            Some(msg::AUTH_SASL_CONTINUE) => {
+            Some(auth::AUTH_SASL_CONTINUE) => {
                 let _ = scram::parse_server_first(&body[4..], CLIENT_NONCE);
             }
-            Some(msg::AUTH_SASL_FINAL) => {
+            Some(auth::AUTH_SASL_FINAL) => {
                 let _ = scram::parse_server_final(&body[4..]);
             }
             _ => {}
@@ -719,8 +725,10 @@ pub fn frontend(data: &[u8]) {
                     return;
                 };
                 match check_first_packet(&raw) {
-                    Some(msg::FirstPacket::SslRequest | msg::FirstPacket::GssEncRequest) => {}
-                    Some(msg::FirstPacket::Startup(_)) => break,
+                    Some(
+                        startup::FirstPacket::SslRequest | startup::FirstPacket::GssEncRequest,
+                    ) => {}
+                    Some(startup::FirstPacket::Startup(_)) => break,
                     _ => return,
                 }
             }
@@ -776,7 +784,7 @@ impl Secrets {
         let body = f.raw.slice(5..);
         match f.tag {
             b'P' => {
-                let Some(p) = m::ParseMsg::decode(&body) else {
+                let Some(p) = ParseMsg::decode(&body) else {
                     return;
                 };
                 let plans = env.entry.plan(
@@ -806,7 +814,7 @@ impl Secrets {
                 self.stmts.insert(p.name, protected);
             }
             b'B' => {
-                let Some(b) = m::BindMsg::decode(&body) else {
+                let Some(b) = BindMsg::decode(&body) else {
                     return;
                 };
                 if let Some(pos) = self.stmts.get(&b.statement) {

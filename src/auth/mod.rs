@@ -30,7 +30,8 @@ use tracing::warn;
 use crate::net::stream::Stream;
 use crate::net::upstream::UpstreamConnector;
 use crate::wire::codec::{FrameError, FrameReader};
-use crate::wire::msg::{self, Startup};
+use crate::wire::startup::Startup;
+use crate::wire::{auth, error};
 
 pub use relay::relay_auth;
 
@@ -131,7 +132,7 @@ pub async fn authenticate(
         metrics::counter!("pgveil_auth_rate_limited_total").increment(1);
         let _ = send(
             client,
-            &msg::error_response(
+            &error::error_response(
                 "FATAL",
                 "53300",
                 &format!(
@@ -166,10 +167,10 @@ async fn run(
         match f.tag {
             // NegotiateProtocolVersion, NoticeResponse before the request.
             b'v' | b'N' => send(client, &f.raw).await.map_err(AuthError::Client)?,
-            b'R' if msg::auth_code(f.body()) == Some(msg::AUTH_SASL)
+            b'R' if auth::auth_code(f.body()) == Some(auth::AUTH_SASL)
                 && source::configured(ctx.config) =>
             {
-                let mechanisms = msg::sasl_mechanisms(f.body());
+                let mechanisms = auth::sasl_mechanisms(f.body());
                 return terminate::terminate(client, upstream, startup, ctx, &mechanisms).await;
             }
             _ => return relay::relay_from(client, upstream, startup, f).await,

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use super::stream::Stream;
 use crate::config::{Upstream, UpstreamTlsMode};
-use crate::wire::msg;
+use crate::wire::startup;
 
 pub struct UpstreamConnector {
     pub host: String,
@@ -75,7 +75,7 @@ impl UpstreamConnector {
         };
         let mut tcp = tcp;
         let io = |e: std::io::Error| format!("PostgreSQL at {}:{}: {e}", self.host, self.port);
-        tcp.write_all(&msg::ssl_request()).await.map_err(io)?;
+        tcp.write_all(&startup::ssl_request()).await.map_err(io)?;
         let mut answer = [0u8; 1];
         tcp.read_exact(&mut answer).await.map_err(io)?;
         match answer[0] {

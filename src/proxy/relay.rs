@@ -20,7 +20,7 @@ use crate::session::backend::Backend;
 use crate::session::frontend::{Flow, Frontend, Pass};
 use crate::wire::budget::{Budget, Charge, Refusal};
 use crate::wire::codec::{FrameError, FrameReader};
-use crate::wire::msg;
+use crate::wire::error;
 use crate::wire::query::TERMINATE_MESSAGE;
 use crate::wire::tag::{be, fe};
 use bytes::BytesMut;
@@ -555,7 +555,7 @@ async fn send_fatal<W: AsyncWrite + Unpin>(
     code: &str,
     message: &str,
 ) -> std::io::Result<()> {
-    w.write_all(&msg::error_response("FATAL", code, message))
+    w.write_all(&error::error_response("FATAL", code, message))
         .await?;
     w.flush().await?;
     w.shutdown().await
@@ -564,19 +564,21 @@ async fn send_fatal<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::is_fatal;
-    use crate::wire::msg;
+    use crate::wire::error;
 
     #[test]
     fn fatal_errors_are_told_apart() {
-        assert!(is_fatal(&msg::error_response(
+        assert!(is_fatal(&error::error_response(
             "FATAL",
             "57P01",
             "terminating"
         )));
-        assert!(is_fatal(&msg::error_response("PANIC", "XX000", "boom")));
-        assert!(!is_fatal(&msg::error_response("ERROR", "42601", "syntax")));
+        assert!(is_fatal(&error::error_response("PANIC", "XX000", "boom")));
+        assert!(!is_fatal(&error::error_response(
+            "ERROR", "42601", "syntax"
+        )));
         // A message text that merely contains the word.
-        assert!(!is_fatal(&msg::error_response("ERROR", "P0001", "FATAL")));
+        assert!(!is_fatal(&error::error_response("ERROR", "P0001", "FATAL")));
         assert!(!is_fatal(b"E\0\0\0"));
     }
 }

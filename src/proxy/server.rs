@@ -206,7 +206,7 @@ async fn refuse_busy(mut tcp: tokio::net::TcpStream, message: String) {
     use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        tcp.write_all(&crate::wire::msg::error_response(
+        tcp.write_all(&crate::wire::error::error_response(
             "FATAL", "53300", &message,
         )),
     )

@@ -28,7 +28,7 @@ use super::rows::{RowDecryptor, RowError, tenant_type};
 use super::{CatalogEntry, Decrypt};
 use crate::seal::ValueCrypto;
 use crate::sql::{CopyFormat, CopyPlan};
-use crate::wire::msg::{begin, finish};
+use crate::wire::body::{begin, finish};
 
 /// The signature at the start of binary COPY data.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";

@@ -20,7 +20,6 @@ pub mod copy;
 pub mod copy_out;
 pub mod engine;
 pub mod frontend;
-pub mod messages;
 pub mod pending;
 mod plan_cache;
 pub mod rows;

@@ -21,7 +21,6 @@ pub mod body;
 pub mod budget;
 pub mod codec;
 pub mod error;
-pub mod msg;
 pub mod query;
 pub mod result;
 pub mod startup;

@@ -5,8 +5,8 @@
 
 use super::Backend;
 use crate::session::Pending;
-use crate::session::messages as m;
 use crate::wire::codec::Frame;
+use crate::wire::result::decode_data_row;
 use crate::wire::tag::be;
 
 impl Backend {
@@ -15,7 +15,7 @@ impl Backend {
         match f.tag {
             be::DATA_ROW => {
                 let body = f.raw.slice(5..);
-                if let Some(cols) = m::decode_data_row(&body) {
+                if let Some(cols) = decode_data_row(&body) {
                     self.catalog_rows.push(
                         cols.into_iter()
                             .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))

@@ -12,11 +12,14 @@ use bytes::BytesMut;
 
 use super::Backend;
 use crate::crypto::PgType;
-use crate::session::messages::{self as m, Field};
 use crate::session::rows::tenant_type;
 use crate::session::{Decrypt, Kind, Pending, Shape};
 use crate::wire::codec::Frame;
-use crate::wire::msg;
+use crate::wire::error;
+use crate::wire::result::{
+    Field, decode_parameter_description, decode_row_description, encode_parameter_description,
+    encode_row_description,
+};
 
 /// The requests a NoData answers: a Describe, or pgveil's own for a
 /// simple-query SELECT (`Pending::ResultShape`).
@@ -47,7 +50,7 @@ impl Backend {
             rewritten = plan.is_some(),
             "parameter description"
         );
-        let (Some(plan), Some(server)) = (plan, m::decode_parameter_description(f.body())) else {
+        let (Some(plan), Some(server)) = (plan, decode_parameter_description(f.body())) else {
             out.extend_from_slice(&f.raw);
             return;
         };
@@ -73,7 +76,7 @@ impl Backend {
                 *t = server.get(j).copied().unwrap_or(0);
             }
         }
-        m::encode_parameter_description(out, &types);
+        encode_parameter_description(out, &types);
     }
 
     /// RowDescription of a Describe or a simple Query: the row shape of
@@ -137,7 +140,7 @@ impl Backend {
             }
             return;
         }
-        let Some(mut fields) = m::decode_row_description(f.body()) else {
+        let Some(mut fields) = decode_row_description(f.body()) else {
             out.extend_from_slice(&f.raw);
             return;
         };
@@ -153,7 +156,7 @@ impl Backend {
             return;
         }
         if shape.iter().any(Option::is_some) {
-            m::encode_row_description(out, &fields);
+            encode_row_description(out, &fields);
         } else {
             out.extend_from_slice(&f.raw);
         }
@@ -191,7 +194,7 @@ impl Backend {
     /// before any row reaches the client.
     fn on_result_shape(&mut self, f: &Frame, out: &mut BytesMut) {
         self.shared.pop();
-        let fields = m::decode_row_description(f.body());
+        let fields = decode_row_description(f.body());
         let Some(mut fields) = fields else {
             self.result_changed(out);
             return;
@@ -211,13 +214,13 @@ impl Backend {
                 }
             }
         }
-        m::encode_row_description(out, &fields);
+        encode_row_description(out, &fields);
         self.current = Some(Arc::new(shape));
     }
 
     fn result_changed(&mut self, out: &mut BytesMut) {
         tracing::warn!("a result's columns differ from the statement's analysis; statement failed");
-        out.extend_from_slice(&msg::error_response(
+        out.extend_from_slice(&error::error_response(
             "ERROR",
             "0A000",
             "pgveil: the columns of this result differ from what pgveil analysed (the table changed?): run the statement again",

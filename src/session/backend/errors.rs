@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use super::Backend;
 use crate::session::Pending;
 use crate::wire::codec::Frame;
-use crate::wire::msg;
+use crate::wire::error;
 use crate::wire::tag::{be, field};
 
 impl Backend {
@@ -47,7 +47,7 @@ impl Backend {
             self.shared.set_must_abort();
             self.abort_early = true;
         }
-        out.extend_from_slice(&msg::error_response("ERROR", sqlstate, message));
+        out.extend_from_slice(&error::error_response("ERROR", sqlstate, message));
         self.discard_until_ready = true;
         self.streaming = None;
         self.decryptor.end_statement();

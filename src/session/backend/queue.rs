@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use super::Backend;
 use super::describe::NO_DATA_ANSWERS;
 use crate::session::{Kind, Pending};
-use crate::wire::msg;
+use crate::wire::error;
 use crate::wire::tag::be;
 
 impl Backend {
@@ -82,7 +82,7 @@ impl Backend {
             answer = what,
             "PostgreSQL's answers are out of step with the requests pgveil forwarded; closing the session"
         );
-        out.extend_from_slice(&msg::error_response(
+        out.extend_from_slice(&error::error_response(
             "FATAL",
             "08P01",
             "pgveil: PostgreSQL's answers are out of step with the requests pgveil forwarded (the client sent messages PostgreSQL handles in a way pgveil cannot follow, e.g. Sync inside a COPY that failed); the session is closed",

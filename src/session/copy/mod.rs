@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use super::frontend::Refusal;
 use super::{CatalogEntry, Engine};
 use crate::sql::CopyPlan;
-use crate::wire::msg::{begin, finish};
+use crate::wire::body::{begin, finish};
 
 mod fields;
 #[cfg(test)]

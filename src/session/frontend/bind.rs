@@ -15,11 +15,11 @@ use super::lex::pg_name;
 use super::names::{Space, View};
 use super::refusal::{Refusal, ambiguous, refuse, unkeyable};
 use crate::policy::catalog::ProtectedAttr;
-use crate::session::messages::BindMsg;
 use crate::session::values::{Form, Sent, ValueError, stored_to_envelope};
 use crate::session::{CatalogEntry, Pending, Prepared};
 use crate::sql::{ArrayTenant, ColumnRef, LiteralSlot, ParamAction, RewritePlan, TenantSource};
 use crate::wire::codec::{Frame, read_cstr};
+use crate::wire::query::BindMsg;
 
 /// How a Bind is handled, by what its statement's name means: the one
 /// decision [`Frontend::on_bind`] and [`Frontend::stream_large`] both take,

@@ -98,8 +98,8 @@ impl Frontend {
     pub(super) fn fail_copy(&mut self, e: Refusal, out: &mut BytesMut) {
         self.end_copies();
         self.rejected(&e);
-        let s = crate::wire::msg::begin(out, fe::COPY_FAIL);
-        crate::wire::msg::put_cstr(out, &e.message);
-        crate::wire::msg::finish(out, s);
+        let s = crate::wire::body::begin(out, fe::COPY_FAIL);
+        crate::wire::body::put_cstr(out, &e.message);
+        crate::wire::body::finish(out, s);
     }
 }

@@ -17,10 +17,10 @@ use super::lex::pg_name;
 use super::names::{Space, View};
 use super::refusal::{Refusal, ambiguous, unkeyable};
 use crate::session::copy::CopyIn;
-use crate::session::messages as m;
 use crate::session::{AuditInfo, Pending, Prepared};
 use crate::sql::{CopyDirection, CopyPlan};
 use crate::wire::codec::Frame;
+use crate::wire::query::{decode_execute, encode_describe};
 use crate::wire::tag::target;
 
 impl Frontend {
@@ -53,7 +53,7 @@ impl Frontend {
         let shaped = cursor || prepared.as_ref().is_some_and(|p| p.plan.is_some());
         let audit = execute_audit(prepared.as_deref(), copy_out.as_deref(), shaped);
         if shaped && described != Some(portal.as_str()) {
-            m::encode_describe(out, target::PORTAL, &portal);
+            encode_describe(out, target::PORTAL, &portal);
             self.shared.push(Pending::DescribePortal {
                 portal: portal.clone(),
                 protected: true,
@@ -77,7 +77,7 @@ impl Frontend {
     /// when the name cannot be read or keyed, or its meaning depends on an
     /// unanswered change.
     fn execute_target(&mut self, f: &Frame) -> Result<(String, Option<Arc<Prepared>>), Refusal> {
-        let Some((portal, _)) = m::decode_execute(f.body()) else {
+        let Some((portal, _)) = decode_execute(f.body()) else {
             return Err(unkeyable("portal"));
         };
         let Some(portal) = pg_name(&portal, self.lex.names_unconverted()).map(str::to_string)

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::Frontend;
 use super::names::Space;
 use super::refusal::{Refusal, refuse, unkeyable};
-use crate::session::messages as m;
 use crate::wire::codec::{Frame, read_cstr};
+use crate::wire::query::decode_target;
 use crate::wire::tag::{fe, target};
 
 /// The session settings that decide how PostgreSQL reads a statement's
@@ -106,7 +106,7 @@ pub(super) fn pg_name(name: &str, unconverted: bool) -> Option<&str> {
 /// message's), its name keyed as PostgreSQL keys it ([`pg_name`]); refused
 /// when the message cannot be read or the name cannot be keyed.
 pub(super) fn target_key(body: &[u8], unconverted: bool) -> Result<(Space, String), Refusal> {
-    let Some((kind, mut name)) = m::decode_target(body) else {
+    let Some((kind, mut name)) = decode_target(body) else {
         return Err(unkeyable("statement or portal"));
     };
     let Some(key) = pg_name(&name, unconverted) else {

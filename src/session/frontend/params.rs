@@ -12,10 +12,10 @@ use super::Frontend;
 use super::refusal::{Refusal, refuse};
 use crate::policy::catalog::ProtectedAttr;
 use crate::session::CatalogEntry;
-use crate::session::messages::{self as m, BindMsg};
 use crate::session::values::{Form, Sent, ValueError};
 use crate::sql::array::{self, ArrayError};
 use crate::sql::{ArrayTenant, ColumnRef, TenantSource};
+use crate::wire::query::{BindMsg, encode_binary_array};
 
 impl Frontend {
     /// The elements of a one-dimensional array parameter in format `f`,
@@ -94,7 +94,7 @@ impl Frontend {
                 }
             });
         }
-        Ok(m::encode_binary_array(17, &out))
+        Ok(encode_binary_array(17, &out))
     }
 
     /// Each element of an array parameter encrypted for `attr`, with the
@@ -165,7 +165,7 @@ impl Frontend {
                 }
             });
         }
-        Ok(m::encode_binary_array(attr.storage.oid(), &out))
+        Ok(encode_binary_array(attr.storage.oid(), &out))
     }
 
     /// The tenant ids in the client's array parameter `q`, as text.

@@ -10,10 +10,10 @@ use super::Frontend;
 use super::lex::pg_name;
 use super::names::{Space, protected};
 use super::refusal::{NOT_UTF8, Refusal, binary_copy_in, refuse, unkeyable};
-use crate::session::messages::ParseMsg;
 use crate::session::{Pending, Prepared};
 use crate::sql::{CopyDirection, Mode, RewritePlan, StatementPlan};
 use crate::wire::codec::{Frame, read_cstr};
+use crate::wire::query::ParseMsg;
 
 fn client_param_count(rp: &RewritePlan, declared: &[u32]) -> usize {
     rp.params

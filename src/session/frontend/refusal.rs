@@ -9,10 +9,10 @@ use bytes::BytesMut;
 
 use super::Frontend;
 use super::names::Space;
-use crate::session::messages::{self as m, BindMsg, ParseMsg};
 use crate::session::values::ValueError;
 use crate::session::{Pending, QueryOp};
 use crate::sql::CopyPlan;
+use crate::wire::query::{BindMsg, ParseMsg, encode_execute, encode_flush, encode_query};
 
 /// A statement pgveil refuses: SQLSTATE and message (never values).
 #[derive(Debug)]
@@ -106,7 +106,7 @@ impl Frontend {
             copies: 0..0,
             copy_out: None,
         });
-        m::encode_query(out, &raise_sql(r));
+        encode_query(out, &raise_sql(r));
     }
 
     /// A FunctionCall, always refused ([`FUNCTION_CALL`]). PostgreSQL
@@ -174,7 +174,7 @@ impl Frontend {
     /// discard the client's messages up to Sync, as the server would.
     pub(super) fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
         self.parse_bind_unnamed(raise_sql(r), vec![], out);
-        m::encode_execute(out, "", 0);
+        encode_execute(out, "", 0);
         self.shared.push(Pending::Execute {
             portal: String::new(),
             protected: false,
@@ -182,7 +182,7 @@ impl Frontend {
             copies: 0..0,
             copy_out: None,
         });
-        m::encode_flush(out);
+        encode_flush(out);
         self.skip_until_sync = true;
     }
 }

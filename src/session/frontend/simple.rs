@@ -12,10 +12,10 @@ use super::Frontend;
 use super::audit::{audit_info, copy_audit, merge_audit};
 use super::refusal::{NOT_UTF8, Refusal, binary_copy_in, raise_sql, refuse};
 use crate::session::copy::CopyIn;
-use crate::session::messages as m;
 use crate::session::{AuditInfo, CatalogEntry, Pending, QueryOp};
 use crate::sql::{CopyDirection, CopyPlan, Mode, RewritePlan, StatementPlan, Use};
 use crate::wire::codec::Frame;
+use crate::wire::query::{encode_describe, encode_execute, encode_query, encode_sync};
 use crate::wire::tag::target;
 
 /// PostgreSQL feeds all CopyData after a simple Query to the first COPY
@@ -238,10 +238,10 @@ impl Frontend {
         {
             // One round trip, as the simple Query would have been.
             self.parse_bind_unnamed(sql.clone(), result_formats, out);
-            m::encode_describe(out, target::PORTAL, "");
+            encode_describe(out, target::PORTAL, "");
             self.shared.push(Pending::ResultShape);
-            m::encode_execute(out, "", 0);
-            m::encode_sync(out);
+            encode_execute(out, "", 0);
+            encode_sync(out);
             self.shared.push(Pending::Query {
                 protected: true,
                 audit: audit.map(Arc::new),
@@ -273,7 +273,7 @@ impl Frontend {
             copies,
             copy_out,
         });
-        m::encode_query(out, &sent);
+        encode_query(out, &sent);
     }
 
     /// The result formats for a simple-query SELECT to run as Parse, Bind,

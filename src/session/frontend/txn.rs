@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use super::Frontend;
 use super::refusal::{raise_sql, refuse};
 use crate::session::Pending;
-use crate::session::messages as m;
 use crate::wire::codec::Frame;
+use crate::wire::query::encode_query;
 use crate::wire::tag::fe;
 
 /// Whether a simple Query is exactly one COMMIT (or END), with optional
@@ -61,7 +61,7 @@ impl Frontend {
         if f.tag == fe::QUERY && is_commit(f.body()) {
             // What PostgreSQL does with a COMMIT of a failed transaction.
             self.shared.push(Pending::query(false, None));
-            m::encode_query(out, "ROLLBACK");
+            encode_query(out, "ROLLBACK");
             return;
         }
         let r = refuse(
@@ -72,7 +72,7 @@ impl Frontend {
         // A FunctionCall is answered as a Query is.
         if matches!(f.tag, fe::QUERY | fe::FUNCTION_CALL) {
             self.shared.push(Pending::query(false, None));
-            m::encode_query(out, &raise_sql(&r));
+            encode_query(out, &raise_sql(&r));
         } else {
             self.inject_raise(&r, out);
         }
