@@ -12,8 +12,7 @@ use bytes::BytesMut;
 
 use super::CopyIn;
 use super::fields::{Field, split_csv, split_text, valid_text};
-use crate::crypto::Storage;
-use crate::seal::{ValueError, stored_to_envelope};
+use crate::seal::{Form, Sent, ValueError, stored_to_envelope};
 use crate::session::Engine;
 use crate::session::frontend::Refusal;
 use crate::sql::{CopyField, CopyFormat, CopyPlan, SlotOp};
@@ -66,12 +65,11 @@ impl CopyIn {
                 ) => {
                     let attr = self.attr(target)?;
                     let tenant = row_tenant(target, tenant_field, &fields)?;
-                    let canonical = engine.crypto.canonical(&attr, 0, v)?;
-                    let env = engine
+                    let stored = engine
                         .crypto
-                        .encrypt(&attr, tenant.as_deref(), &canonical)
+                        .seal(&attr, tenant.as_deref(), Sent::Text(v), Form::Text)
                         .await?;
-                    self.put_value(&stored_text(attr.storage, &env), Target::Field(i), out)?;
+                    self.put_value(&stored, Target::Field(i), out)?;
                 }
                 (CopyField::RequireEnvelope { target }, Some(v)) => {
                     let attr = self.attr(target)?;
@@ -162,12 +160,10 @@ impl CopyIn {
             match fields.get(*src).and_then(|f| f.value.as_ref()) {
                 None => out.extend_from_slice(null),
                 Some(v) => {
-                    let canonical = engine.crypto.canonical(&attr, 0, v)?;
-                    let idx = engine.crypto.blind_index(
-                        &attr,
-                        *op == SlotOp::BlindIndexNext,
-                        &canonical,
-                    )?;
+                    let idx =
+                        engine
+                            .crypto
+                            .index(&attr, *op == SlotOp::BlindIndexNext, Sent::Text(v))?;
                     let text = format!("\\x{}", hex::encode(idx));
                     self.put_value(text.as_bytes(), Target::Appended, out)?;
                 }
@@ -251,12 +247,4 @@ fn row_tenant(
         None => None,
     };
     Ok(tenant)
-}
-
-/// The text form of an envelope as the column stores it.
-fn stored_text(storage: Storage, env: &[u8]) -> Vec<u8> {
-    match storage {
-        Storage::Bytea => format!("\\x{}", hex::encode(env)).into_bytes(),
-        Storage::Text => crate::crypto::envelope::to_text(env).into_bytes(),
-    }
 }
