@@ -39,7 +39,7 @@ use pgveil::policy::catalog::Catalog;
 use pgveil::session::backend::Backend;
 use pgveil::session::frontend::{Flow, Frontend};
 use pgveil::session::values::ValueCrypto;
-use pgveil::session::{CatalogEntry, CatalogRows, Engine, Identity, Pending, Shared};
+use pgveil::session::{CatalogEntry, CatalogRows, Engine, Exchange, Identity, Pending};
 use pgveil::sql::{Analyzer, Mode, Segment, StatementPlan};
 use pgveil::wire::codec::{Frame, FrameReader, complete_frame_len, read_startup};
 use pgveil::wire::query::{
@@ -346,7 +346,7 @@ impl Env {
 
     /// The two halves of a fresh session for `role`.
     pub fn session(&self, role: &str) -> (Frontend, Backend) {
-        let shared = Arc::new(Shared::new(self.entry.clone()));
+        let shared = Arc::new(Exchange::new(self.entry.clone()));
         let id = Identity {
             login_role: role.to_string(),
             database: "app".into(),
@@ -536,7 +536,7 @@ pub fn assert_well_framed(out: &[u8], what: &str) {
     }
 }
 
-/// The untyped first packet, as `proxy::session` parses it.
+/// The untyped first packet, as `proxy::login` parses it.
 pub fn check_first_packet(raw: &[u8]) -> Option<startup::FirstPacket> {
     let p = startup::parse_first_packet(raw).ok()?;
     if let startup::FirstPacket::Startup(s) = &p {
@@ -702,7 +702,7 @@ fn split_backend_input(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// Client traffic through the proxy's own path: the startup packets
-/// (`read_startup` + `parse_first_packet`, as `proxy::session` does), then
+/// (`read_startup` + `parse_first_packet`, as `proxy::login` does), then
 /// `FrameReader` and `Frontend::on_frame` for every frame, with every
 /// client-message decoder applied to each frame on the side.
 ///
@@ -895,7 +895,7 @@ pub fn backend(data: &[u8]) {
         let (mut fe, mut be) = env.session(role);
         let catalog = if ctl & 0x10 != 0 {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            fe.shared.push(Pending::Catalog { done: Some(tx) });
+            fe.exchange.push(Pending::Catalog { done: Some(tx) });
             Some(rx)
         } else {
             None

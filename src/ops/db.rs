@@ -34,7 +34,7 @@ async fn connect_to(url: &str, pgveil_ok: bool) -> Result<tokio_postgres::Client
     let target =
         crate::pgclient::parse(url, "--database", PASSWORD_FILE.get().map(PathBuf::as_path))?;
     let (client, conn) = crate::pgclient::connect(&target).await?;
-    if let Some(v) = conn.parameter(crate::proxy::session::PGVEIL_PARAMETER)
+    if let Some(v) = conn.parameter(crate::proxy::login::PGVEIL_PARAMETER)
         && !pgveil_ok
     {
         return Err(format!(

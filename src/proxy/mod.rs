@@ -2,11 +2,11 @@
 //! steady-state relay, and reloading a running instance.
 
 pub mod cancel;
+pub mod login;
 pub mod pidfile;
 pub mod relay;
 pub mod reload;
 pub mod server;
-pub mod session;
 pub mod shared;
 pub mod swap;
 

@@ -46,7 +46,7 @@ const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const KEEP_OUT: usize = 1 << 20;
 
 /// Per-session facts the relay needs.
-pub struct Session {
+pub struct Setup {
     pub login_role: String,
     pub database: String,
     pub max_message: usize,
@@ -86,28 +86,28 @@ enum End {
 }
 
 pub async fn relay(
-    session: Session,
+    setup: Setup,
     client: FrameReader<Stream>,
     upstream: FrameReader<Stream>,
 ) -> Result<(), String> {
-    let max = session.max_message;
+    let max = setup.max_message;
     let (cs, cbuf) = client.into_parts();
     let (us, ubuf) = upstream.into_parts();
     let (cr, mut cw) = tokio::io::split(cs);
     let (ur, mut uw) = tokio::io::split(us);
     let mut cr = FrameReader::with_buffer(cr, max, cbuf);
     let mut ur = FrameReader::with_buffer(ur, max, ubuf);
-    if session.transform.is_some() {
-        cr.set_budget(session.budget.clone(), CLIENT_HOLD_FACTOR);
-        ur.set_budget(session.budget.clone(), SERVER_HOLD_FACTOR);
+    if setup.transform.is_some() {
+        cr.set_budget(setup.budget.clone(), CLIENT_HOLD_FACTOR);
+        ur.set_budget(setup.budget.clone(), SERVER_HOLD_FACTOR);
     }
     // PostgreSQL sent a FATAL (or PANIC) error: closing is what comes next.
     let mut upstream_fatal = false;
 
-    let mut follow = session.follow;
+    let mut follow = setup.follow;
     let inbox = follow.as_ref().map(Follow::inbox);
-    let end = if let Some((mut fe, mut be)) = session.transform {
-        let database = session.database.clone();
+    let end = if let Some((mut fe, mut be)) = setup.transform {
+        let database = setup.database.clone();
         // ParameterStatus tells the frontend how PostgreSQL reads SQL now.
         let lex = fe.lex_state();
         let c2s = async {
@@ -143,19 +143,19 @@ pub async fn relay(
                 // requests wait for the answers to what it sent (PostgreSQL
                 // runs them after those anyway), so that it moves first.
                 if follow.as_ref().is_some_and(Follow::due)
-                    && fe.shared.tx_idle()
+                    && fe.exchange.tx_idle()
                     && fe.needs_no_client_data()
                 {
                     let until = tokio::time::Instant::now() + RELOAD_WAIT;
-                    while !fe.shared.is_idle()
-                        && fe.shared.answers_will_come()
-                        && !fe.shared.is_broken()
+                    while !fe.exchange.is_idle()
+                        && fe.exchange.answers_will_come()
+                        && !fe.exchange.is_broken()
                         && tokio::time::Instant::now() < until
                     {
                         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     }
                 }
-                if fe.shared.is_idle() && fe.shared.tx_idle() && fe.between_statements() {
+                if fe.exchange.is_idle() && fe.exchange.tx_idle() && fe.between_statements() {
                     if let Some(f) = follow.as_mut()
                         && f.due()
                     {
@@ -168,7 +168,7 @@ pub async fn relay(
                                     // Nothing of the old policy may stay:
                                     // refuse protected statements until the
                                     // next refresh.
-                                    fe.shared.set_entry(fe.engine.failed_catalog());
+                                    fe.exchange.set_entry(fe.engine.failed_catalog());
                                 }
                                 tracing::debug!("session now serves the reloaded policy");
                             }
@@ -414,7 +414,7 @@ pub async fn relay(
 /// is kept.
 async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, uw: &mut W) -> bool {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    fe.shared.push(Pending::Catalog { done: Some(tx) });
+    fe.exchange.push(Pending::Catalog { done: Some(tx) });
     let mut q = BytesMut::new();
     crate::wire::query::encode_query(
         &mut q,
@@ -425,7 +425,7 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(fe: &Frontend, database: &str, u
     }
     if let Ok(Some(rows)) = rx.await {
         let entry = fe.engine.install(database, rows);
-        fe.shared.set_entry(entry);
+        fe.exchange.set_entry(entry);
         tracing::debug!("catalog reloaded");
         return true;
     }
@@ -468,7 +468,7 @@ where
         }
         Err(e) => return Err(End::ClientProtocol(e)),
     };
-    if follow.is_some_and(Follow::due) && fe.shared.tx_idle() && fe.needs_no_client_data() {
+    if follow.is_some_and(Follow::due) && fe.exchange.tx_idle() && fe.needs_no_client_data() {
         return Ok(false);
     }
     let Some(pass) = fe.stream_large(tag, cr.buffered()) else {

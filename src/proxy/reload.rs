@@ -286,7 +286,7 @@ fn schema_problems(engine: &Engine, policy: &Policy, text: &str) -> Vec<String> 
             out.push(format!(
                 "{} (in database {db:?}, whose catalog pgveil read less than {} s ago)",
                 p.to_string().replace("\n    fix: ", "; fix: "),
-                crate::session::catalog::CATALOG_TTL.as_secs()
+                crate::session::database::CATALOG_TTL.as_secs()
             ));
         }
     }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
-use super::session;
+use super::login;
 use super::shared::{Refused, Shared};
 use crate::config::Config;
 
@@ -177,7 +177,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
         next_id += 1;
         let span = tracing::info_span!("conn", id = next_id, %peer);
         let shared = shared.clone();
-        tracker.spawn(session::handle(shared, tcp, peer, pending).instrument(span));
+        tracker.spawn(login::handle(shared, tcp, peer, pending).instrument(span));
     }
     drop(listener);
     tracker.close();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::catalog::CatalogEntry;
+use super::database::CatalogEntry;
 use crate::policy::Policy;
 use crate::policy::catalog::Catalog;
 use crate::seal::ValueCrypto;

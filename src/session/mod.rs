@@ -15,9 +15,9 @@
 //! - `catalog`: one database's catalog; `plan_cache`: its plan cache.
 
 pub mod backend;
-pub mod catalog;
 pub mod copy;
 pub mod copy_out;
+pub mod database;
 pub mod engine;
 pub mod frontend;
 pub mod pending;
@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use catalog::CatalogEntry;
+pub use database::CatalogEntry;
 pub use engine::Engine;
 pub use pending::{Kind, Pending, QueryOp, Resolution};
 // Defined where the audit log needs them, which must not depend on sessions.
@@ -105,7 +105,7 @@ pub struct Prepared {
 pub type CatalogRows = Vec<Vec<Option<String>>>;
 
 /// State shared by the two directions of one session.
-pub struct Shared {
+pub struct Exchange {
     pub pending: Mutex<VecDeque<Pending>>,
     /// The database's catalog as this session last loaded it.
     entry: Mutex<Arc<CatalogEntry>>,
@@ -137,9 +137,9 @@ pub struct Shared {
     broken: AtomicBool,
 }
 
-impl Shared {
-    pub fn new(entry: Arc<CatalogEntry>) -> Shared {
-        Shared {
+impl Exchange {
+    pub fn new(entry: Arc<CatalogEntry>) -> Exchange {
+        Exchange {
             pending: Mutex::new(VecDeque::new()),
             entry: Mutex::new(entry),
             tx_status: AtomicU8::new(b'I'),
@@ -203,7 +203,7 @@ impl Shared {
     }
 
     /// Pop the front entry; the map changes it carries did not happen
-    /// (error or skipped), unless it is a Query (see [`Shared::pop_as`]).
+    /// (error or skipped), unless it is a Query (see [`Exchange::pop_as`]).
     pub fn pop(&self) -> Option<Pending> {
         let p = self.pending.lock().expect("pending queue").pop_front();
         if let Some(p) = &p {

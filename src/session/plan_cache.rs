@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::catalog::CatalogEntry;
+use super::database::CatalogEntry;
 use crate::crypto::Oid;
 use crate::sql::{Mode, StatementPlan};
 

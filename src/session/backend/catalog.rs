@@ -25,7 +25,7 @@ impl Backend {
             }
             be::ERROR_RESPONSE => self.catalog_failed = true,
             be::READY_FOR_QUERY => {
-                if let Some(Pending::Catalog { done }) = self.shared.pop() {
+                if let Some(Pending::Catalog { done }) = self.exchange.pop() {
                     let rows = std::mem::take(&mut self.catalog_rows);
                     let failed = std::mem::take(&mut self.catalog_failed);
                     if let Some(done) = done {

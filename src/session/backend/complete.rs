@@ -29,7 +29,7 @@ impl Backend {
             return;
         }
         let internal = matches!(
-            self.shared.pop_as(true),
+            self.exchange.pop_as(true),
             Some(Pending::Parse { internal: true, .. } | Pending::Bind { internal: true, .. })
         );
         if !internal {
@@ -42,7 +42,7 @@ impl Backend {
         if !self.expect(&[Kind::Close], "CloseComplete without a Close", out) {
             return;
         }
-        self.shared.pop_as(true);
+        self.exchange.pop_as(true);
         out.extend_from_slice(&f.raw);
     }
 
@@ -66,7 +66,7 @@ impl Backend {
             return;
         }
         self.suspend_statement();
-        self.shared.pop();
+        self.exchange.pop();
         out.extend_from_slice(&f.raw);
     }
 
@@ -80,7 +80,7 @@ impl Backend {
             return;
         }
         if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
-            self.shared.pop();
+            self.exchange.pop();
         }
         out.extend_from_slice(&f.raw);
     }
@@ -100,7 +100,7 @@ impl Backend {
             self.engine.invalidate();
         }
         let audit = {
-            let mut q = self.shared.pending.lock().expect("pending queue");
+            let mut q = self.exchange.pending.lock().expect("pending queue");
             match q.front_mut() {
                 Some(Pending::Query { ops, .. })
                     if tag == "DEALLOCATE" || tag == "CLOSE CURSOR" =>
@@ -109,7 +109,7 @@ impl Backend {
                     // (see `Frontend::query_ops`).
                     if let Some(i) = ops.iter().position(|o| o.confirmed_by == Some(tag)) {
                         let o = ops.remove(i);
-                        self.shared.resolve(Resolution::Op(o.id, true));
+                        self.exchange.resolve(Resolution::Op(o.id, true));
                     }
                     None
                 }
@@ -121,24 +121,25 @@ impl Backend {
         };
         match tag {
             "DEALLOCATE ALL" => self
-                .shared
+                .exchange
                 .resolve(Resolution::ForgetAll { portals: false }),
             "DISCARD ALL" => {
                 self.portal_shapes.clear();
-                self.shared.resolve(Resolution::ForgetAll { portals: true })
+                self.exchange
+                    .resolve(Resolution::ForgetAll { portals: true })
             }
             // CLOSE ALL drops every portal but the one running it, the
             // protocol's too, however it was sent.
             "CLOSE CURSOR ALL" => {
                 self.portal_shapes.clear();
-                self.shared.resolve(Resolution::ForgetPortals)
+                self.exchange.resolve(Resolution::ForgetPortals)
             }
             _ => {}
         }
         self.record_audit(audit, tag);
         self.decryptor.end_statement();
         if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
-            self.shared.pop();
+            self.exchange.pop();
         }
     }
 
@@ -146,7 +147,7 @@ impl Backend {
     /// portal did. What it decrypted is audited now: the client may never
     /// run the portal to its end.
     fn suspend_statement(&mut self) {
-        let audit = match self.shared.pending.lock().expect("pending queue").front() {
+        let audit = match self.exchange.pending.lock().expect("pending queue").front() {
             Some(Pending::Execute { audit, .. }) => audit.clone(),
             _ => None,
         };

@@ -41,7 +41,7 @@ impl Backend {
             self.out_of_step("a Sync inside a COPY that failed", out);
             return false;
         }
-        let ids = match self.shared.pending.lock().expect("pending queue").front() {
+        let ids = match self.exchange.pending.lock().expect("pending queue").front() {
             Some(Pending::Query { copies, .. } | Pending::Execute { copies, .. }) => copies.clone(),
             _ => 0..0,
         };

@@ -39,7 +39,7 @@ impl Backend {
     /// columns that were planned.
     fn copy_out_started(&mut self, f: &Frame, out: &mut BytesMut) {
         let plan = match self
-            .shared
+            .exchange
             .pending
             .lock()
             .expect("pending queue")
@@ -53,7 +53,7 @@ impl Backend {
             out.extend_from_slice(&f.raw);
             return;
         };
-        match CopyOut::new(plan, &self.shared.entry()) {
+        match CopyOut::new(plan, &self.exchange.entry()) {
             Ok(c) if c.matches_response(f.body()) => {
                 out.extend_from_slice(&f.raw);
                 self.copy_out = Some(c);

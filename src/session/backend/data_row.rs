@@ -27,7 +27,7 @@ impl Backend {
         ) {
             return;
         }
-        let shape = match self.shared.pending.lock().expect("pending queue").front() {
+        let shape = match self.exchange.pending.lock().expect("pending queue").front() {
             Some(Pending::Execute {
                 portal,
                 protected: true,

@@ -40,7 +40,7 @@ impl Backend {
         ) {
             return;
         }
-        let prepared = match self.shared.pending.lock().expect("pending queue").front() {
+        let prepared = match self.exchange.pending.lock().expect("pending queue").front() {
             Some(Pending::DescribeStatement { prepared }) => prepared.clone(),
             _ => None,
         };
@@ -99,7 +99,7 @@ impl Backend {
             return;
         }
         let front = self
-            .shared
+            .exchange
             .pending
             .lock()
             .expect("pending queue")
@@ -126,7 +126,7 @@ impl Backend {
             return;
         };
         if kind <= 1 {
-            self.shared.pop();
+            self.exchange.pop();
         }
         if !protected {
             if kind == 1 {
@@ -168,7 +168,7 @@ impl Backend {
         if !self.expect(NO_DATA_ANSWERS, "NoData without a Describe", out) {
             return;
         }
-        let internal = match self.shared.pop() {
+        let internal = match self.exchange.pop() {
             // A simple Query that returns no rows sends no
             // RowDescription.
             Some(Pending::ResultShape) => true,
@@ -193,7 +193,7 @@ impl Backend {
     /// after the statement was analysed) ends the statement with an error
     /// before any row reaches the client.
     fn on_result_shape(&mut self, f: &Frame, out: &mut BytesMut) {
-        self.shared.pop();
+        self.exchange.pop();
         let fields = decode_row_description(f.body());
         let Some(mut fields) = fields else {
             self.result_changed(out);
@@ -236,7 +236,7 @@ impl Backend {
     }
 
     fn shape_of(&self, fields: &mut [Field]) -> Vec<Option<Decrypt>> {
-        let entry = self.shared.entry();
+        let entry = self.exchange.entry();
         let policy = &self.engine.policy;
         let role = &self.id.login_role;
         // Tenant columns present in this result, by table OID.

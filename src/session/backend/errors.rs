@@ -43,8 +43,8 @@ impl Backend {
         // Inside a transaction block, request the abort now: the
         // client can send its next statement as soon as it reads
         // this error, before PostgreSQL's ReadyForQuery arrives.
-        if self.shared.tx_in_block() {
-            self.shared.set_must_abort();
+        if self.exchange.tx_in_block() {
+            self.exchange.set_must_abort();
             self.abort_early = true;
         }
         out.extend_from_slice(&error::error_response("ERROR", sqlstate, message));

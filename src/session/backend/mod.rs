@@ -19,7 +19,7 @@ use bytes::BytesMut;
 
 use super::copy_out::CopyOut;
 use super::rows::RowDecryptor;
-use super::{Identity, Pending, Shape, Shared};
+use super::{Exchange, Identity, Pending, Shape};
 use crate::wire::codec::Frame;
 use crate::wire::tag::be;
 
@@ -38,7 +38,7 @@ mod tests;
 /// The server → client half of a session: its state between frames.
 pub struct Backend {
     pub id: Identity,
-    pub shared: Arc<Shared>,
+    pub exchange: Arc<Exchange>,
     pub engine: Arc<super::Engine>,
     portal_shapes: HashMap<String, Shape>,
     /// Shape of the rows of the current simple-query statement.
@@ -84,10 +84,10 @@ pub struct Backend {
 
 impl Backend {
     /// A backend for one session, with nothing in flight.
-    pub fn new(id: Identity, shared: Arc<Shared>, engine: Arc<super::Engine>) -> Backend {
+    pub fn new(id: Identity, exchange: Arc<Exchange>, engine: Arc<super::Engine>) -> Backend {
         Backend {
             id,
-            shared,
+            exchange,
             engine,
             portal_shapes: HashMap::new(),
             current: None,

@@ -17,7 +17,7 @@ use crate::wire::tag::be;
 
 impl Backend {
     pub(super) fn front_is<F: Fn(&Pending) -> bool>(&self, f: F) -> bool {
-        self.shared
+        self.exchange
             .pending
             .lock()
             .expect("pending queue")
@@ -26,7 +26,7 @@ impl Backend {
     }
 
     fn front_kind(&self) -> Option<Kind> {
-        self.shared
+        self.exchange
             .pending
             .lock()
             .expect("pending queue")
@@ -43,7 +43,7 @@ impl Backend {
     /// cannot go on.
     pub(super) fn settle_front(&mut self) -> bool {
         loop {
-            let mut q = self.shared.pending.lock().expect("pending queue");
+            let mut q = self.exchange.pending.lock().expect("pending queue");
             let Some(Pending::CopySync { copy }) = q.front() else {
                 return true;
             };
@@ -76,7 +76,7 @@ impl Backend {
             return;
         }
         self.broken = true;
-        self.shared.set_broken();
+        self.exchange.set_broken();
         metrics::counter!("pgveil_protocol_desync_total").increment(1);
         tracing::error!(
             answer = what,
@@ -125,7 +125,7 @@ impl Backend {
                 return;
             }
             // PostgreSQL went on: its statements and portals changed.
-            self.shared.pop_as(matches!(
+            self.exchange.pop_as(matches!(
                 tag,
                 be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE
             ));
@@ -146,7 +146,7 @@ impl Backend {
             _ => false,
         };
         if pop {
-            self.shared.pop();
+            self.exchange.pop();
         }
     }
 
@@ -161,14 +161,14 @@ impl Backend {
         // SELECT (`Pending::ResultShape`): its Execute and Sync are the
         // `Query` entry behind it, which the ReadyForQuery pops.
         let own_select = {
-            let q = self.shared.pending.lock().expect("pending queue");
+            let q = self.exchange.pending.lock().expect("pending queue");
             q.iter()
                 .take_while(|p| !matches!(p, Pending::Sync | Pending::Query { .. }))
                 .any(|p| matches!(p, Pending::ResultShape))
         };
         if own_select {
             while self.front_is(|p| !matches!(p, Pending::Query { .. })) {
-                self.shared.pop_as(false);
+                self.exchange.pop_as(false);
             }
             return;
         }
@@ -181,7 +181,7 @@ impl Backend {
             if !self.front_is(|p| !matches!(p, Pending::Sync)) {
                 return;
             }
-            self.shared.pop_as(false);
+            self.exchange.pop_as(false);
         }
     }
 }

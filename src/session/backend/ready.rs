@@ -27,11 +27,11 @@ impl Backend {
         // then it is not requested again.
         let failed = std::mem::take(&mut self.row_failed);
         let early = std::mem::take(&mut self.abort_early);
-        if (self.shared.must_abort() || (failed && !early)) && st == txn::IN_TRANSACTION {
-            self.shared.set_must_abort();
+        if (self.exchange.must_abort() || (failed && !early)) && st == txn::IN_TRANSACTION {
+            self.exchange.set_must_abort();
             st = txn::FAILED;
         }
-        self.shared.set_tx_status(st);
+        self.exchange.set_tx_status(st);
         self.discard_until_ready = false;
         self.current = None;
         if std::mem::take(&mut self.skipping) {
@@ -42,7 +42,7 @@ impl Backend {
                     self.out_of_step("a Sync inside a COPY that failed", out);
                     return;
                 }
-                match self.shared.pop_as(false) {
+                match self.exchange.pop_as(false) {
                     Some(Pending::Sync) => break,
                     Some(_) => {}
                     None => {
@@ -59,9 +59,9 @@ impl Backend {
             ) {
                 return;
             }
-            self.shared.pop();
+            self.exchange.pop();
         }
-        if self.shared.is_idle() && self.copy_in.is_none() {
+        if self.exchange.is_idle() && self.copy_in.is_none() {
             // No CopySync can refer to a COPY seen so far.
             self.copies.clear();
         }
@@ -80,8 +80,8 @@ impl Backend {
         if !self.portal_shapes.is_empty() {
             self.portal_shapes.clear();
         }
-        if self.shared.take_bound() {
-            self.shared.resolve(Resolution::ForgetPortals);
+        if self.exchange.take_bound() {
+            self.exchange.resolve(Resolution::ForgetPortals);
         }
     }
 }

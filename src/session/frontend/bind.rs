@@ -114,7 +114,7 @@ impl Frontend {
     /// confirms it) and expect the Bind's answer.
     pub(super) fn bind_portal(&mut self, portal: &str, prepared: Option<Arc<Prepared>>) {
         let op = self.names.set(Space::Portal, portal, prepared);
-        self.shared.push(Pending::Bind {
+        self.exchange.push(Pending::Bind {
             internal: false,
             op,
         });
@@ -126,7 +126,7 @@ impl Frontend {
         // Hot path: portal and statement names in place; a statement that
         // needs no parameter rewriting is forwarded as the original bytes.
         let mut b = f.body();
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         let unconverted = self.lex.names_unconverted();
         let names = match (read_cstr(&mut b), read_cstr(&mut b)) {
             (Some(portal), Some(statement)) => {

@@ -13,7 +13,7 @@ impl Frontend {
     /// A Close (refused when its name cannot be read or keyed as
     /// PostgreSQL keys it).
     pub(super) fn on_close(&mut self, f: &Frame, out: &mut BytesMut) {
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         let unconverted = self.lex.names_unconverted();
         let op = match target_key(f.body(), unconverted) {
             Ok((space, key)) => self.names.set(space, &key, None),
@@ -22,7 +22,7 @@ impl Frontend {
                 return;
             }
         };
-        self.shared.push(Pending::Close { op });
+        self.exchange.push(Pending::Close { op });
         out.extend_from_slice(&f.raw);
     }
 }

@@ -17,7 +17,7 @@ impl Frontend {
     /// A Describe of a statement or portal (refused when its name cannot
     /// be read or keyed as PostgreSQL keys it).
     pub(super) fn on_describe(&mut self, f: &Frame, out: &mut BytesMut) {
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         let unconverted = self.lex.names_unconverted();
         let (space, key) = match target_key(f.body(), unconverted) {
             Ok(target) => target,
@@ -27,7 +27,7 @@ impl Frontend {
             }
         };
         if space == Space::Statement {
-            self.shared.push(Pending::DescribeStatement {
+            self.exchange.push(Pending::DescribeStatement {
                 prepared: self.names.possible(Space::Statement, &key).0,
             })
         } else {
@@ -40,7 +40,7 @@ impl Frontend {
             if protected {
                 self.described = Some(key.clone());
             }
-            self.shared.push(Pending::DescribePortal {
+            self.exchange.push(Pending::DescribePortal {
                 portal: key,
                 protected,
                 internal: false,

@@ -54,7 +54,7 @@ impl Frontend {
         let audit = execute_audit(prepared.as_deref(), copy_out.as_deref(), shaped);
         if shaped && described != Some(portal.as_str()) {
             encode_describe(out, target::PORTAL, &portal);
-            self.shared.push(Pending::DescribePortal {
+            self.exchange.push(Pending::DescribePortal {
                 portal: portal.clone(),
                 protected: true,
                 internal: true,
@@ -62,7 +62,7 @@ impl Frontend {
         }
         let protected = prepared.is_some() || cursor;
         let copies = self.execute_copies(prepared.as_deref());
-        self.shared.push(Pending::Execute {
+        self.exchange.push(Pending::Execute {
             portal,
             protected,
             audit,
@@ -84,7 +84,7 @@ impl Frontend {
         else {
             return Err(unkeyable("portal"));
         };
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         match self.names.view(Space::Portal, &portal) {
             View::Known(p) => Ok((portal, p)),
             View::Ambiguous => Err(ambiguous("portal", &portal)),

@@ -168,11 +168,11 @@ impl Frontend {
     /// not all come by then, [`read_differently`](Self::read_differently)
     /// refuses it.
     pub(super) async fn await_answers_for(&self, sql: &str) {
-        if !sql.contains('\\') || self.shared.is_idle() {
+        if !sql.contains('\\') || self.exchange.is_idle() {
             return;
         }
         let until = tokio::time::Instant::now() + self.answers_wait;
-        while !self.shared.is_idle() && tokio::time::Instant::now() < until {
+        while !self.exchange.is_idle() && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
@@ -197,7 +197,7 @@ impl Frontend {
                 "pgveil: a statement on protected tables that contains a backslash requires a client_encoding in which a backslash is always a backslash (UTF8; not SJIS, BIG5, GBK, UHC, GB18030 or JOHAB)",
             ));
         }
-        if !self.shared.is_idle() {
+        if !self.exchange.is_idle() {
             return Some(refuse(
                 "0A000",
                 "pgveil: a statement on protected tables that contains a backslash cannot be sent before the results of earlier statements have arrived (they could change how it is read)",

@@ -44,7 +44,7 @@ pub const ANSWERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const COPY_FACTOR: usize = 3;
 
 use super::copy::CopyIn;
-use super::{Identity, Shared};
+use super::{Exchange, Identity};
 use crate::sql::batch;
 use crate::wire::codec::Frame;
 
@@ -83,7 +83,7 @@ pub enum Flow {
 
 pub struct Frontend {
     pub id: Identity,
-    pub shared: Arc<Shared>,
+    pub exchange: Arc<Exchange>,
     pub engine: Arc<super::Engine>,
     /// Prepared statements and portals that involve protected tables.
     names: Names,
@@ -140,10 +140,10 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    pub fn new(id: Identity, shared: Arc<Shared>, engine: Arc<super::Engine>) -> Frontend {
+    pub fn new(id: Identity, exchange: Arc<Exchange>, engine: Arc<super::Engine>) -> Frontend {
         Frontend {
             id,
-            shared,
+            exchange,
             engine,
             names: Names::default(),
             protected_cursors: false,
@@ -184,7 +184,7 @@ impl Frontend {
     }
 
     fn entry(&self) -> Arc<super::CatalogEntry> {
-        self.shared.entry()
+        self.exchange.entry()
     }
 
     /// `limits.max_message_bytes` of this session (default 64 MiB).
@@ -225,7 +225,7 @@ impl Frontend {
 
     /// Handle one client frame, appending what goes upstream to `out`.
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) -> Flow {
-        if self.shared.is_broken() {
+        if self.exchange.is_broken() {
             // The backend found PostgreSQL's answers out of step and told
             // the client (FATAL): nothing more goes upstream.
             tracing::warn!("session closed: PostgreSQL's answers were out of step");
@@ -239,8 +239,8 @@ impl Frontend {
         if matches!(
             f.tag,
             fe::QUERY | fe::PARSE | fe::BIND | fe::EXECUTE | fe::FUNCTION_CALL
-        ) && self.shared.must_abort()
-            && self.shared.take_must_abort()
+        ) && self.exchange.must_abort()
+            && self.exchange.take_must_abort()
             && !ends_transaction(&f)
         {
             self.end_copies();

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::session::{Prepared, Resolution, Shared};
+use crate::session::{Exchange, Prepared, Resolution};
 use crate::sql::SqlName;
 
 /// The two namespaces PostgreSQL keeps per session.
@@ -82,8 +82,8 @@ impl Names {
     }
 
     /// Apply PostgreSQL's answers (in the order it gave them).
-    pub(super) fn drain(&mut self, shared: &Shared) {
-        for r in shared.take_resolutions() {
+    pub(super) fn drain(&mut self, exchange: &Exchange) {
+        for r in exchange.take_resolutions() {
             self.apply(r);
         }
     }

@@ -83,9 +83,9 @@ impl Frontend {
         match self.prepare(plans.first(), &parse).await {
             Ok((sql, types, prepared)) => {
                 crate::metrics::hot().statements_rewritten.increment(1);
-                self.names.drain(&self.shared);
+                self.names.drain(&self.exchange);
                 let op = self.names.set(Space::Statement, &key, protected(prepared));
-                self.shared.push(Pending::Parse {
+                self.exchange.push(Pending::Parse {
                     internal: false,
                     op,
                 });
@@ -140,7 +140,7 @@ impl Frontend {
     fn pass_parse(&mut self, name: &str, f: &Frame, out: &mut BytesMut) {
         crate::metrics::hot().statements_passthrough.increment(1);
         let op = self.names.set(Space::Statement, name, None);
-        self.shared.push(Pending::Parse {
+        self.exchange.push(Pending::Parse {
             internal: false,
             op,
         });
@@ -156,7 +156,7 @@ impl Frontend {
         let suspect = self.entry().analyzer.may_touch_protected(&lossy)
             || (crate::sql::mentions_execute(&lossy) && self.names.any_statement());
         if !suspect {
-            self.shared.push(Pending::Parse {
+            self.exchange.push(Pending::Parse {
                 internal: false,
                 op: 0,
             });

@@ -99,7 +99,7 @@ impl Frontend {
     /// client's would have.
     pub(super) fn refuse_query(&mut self, r: &Refusal, ops: Vec<QueryOp>, out: &mut BytesMut) {
         self.rejected(r);
-        self.shared.push(Pending::Query {
+        self.exchange.push(Pending::Query {
             protected: false,
             audit: None,
             ops,
@@ -147,9 +147,9 @@ impl Frontend {
         .encode(out);
         // They replace the client's unnamed statement and portal (with
         // nothing protected: pgveil's own text) once PostgreSQL runs them.
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         let op = self.names.set(Space::Statement, "", None);
-        self.shared.push(Pending::Parse { internal: true, op });
+        self.exchange.push(Pending::Parse { internal: true, op });
         BindMsg {
             portal: String::new(),
             statement: String::new(),
@@ -159,7 +159,7 @@ impl Frontend {
         }
         .encode(out);
         let op = self.names.set(Space::Portal, "", None);
-        self.shared.push(Pending::Bind { internal: true, op });
+        self.exchange.push(Pending::Bind { internal: true, op });
     }
 
     /// Refuse the extended-protocol message being handled: record the
@@ -175,7 +175,7 @@ impl Frontend {
     pub(super) fn inject_raise(&mut self, r: &Refusal, out: &mut BytesMut) {
         self.parse_bind_unnamed(raise_sql(r), vec![], out);
         encode_execute(out, "", 0);
-        self.shared.push(Pending::Execute {
+        self.exchange.push(Pending::Execute {
             portal: String::new(),
             protected: false,
             audit: None,

@@ -19,7 +19,7 @@ impl Frontend {
         // DDL, the catalog has been re-read (which happens between
         // statements outside a transaction block: inside one, statements
         // after DDL on protected tables wait for COMMIT or ROLLBACK).
-        if self.shared.is_idle()
+        if self.exchange.is_idle()
             && (self.unsettled != batch::Effect::Catalog || !self.engine.is_stale(&self.entry()))
         {
             self.unsettled = batch::Effect::None;

@@ -74,7 +74,7 @@ impl Frontend {
     ) {
         crate::metrics::hot().statements_passthrough.increment(1);
         let copies = self.open_copies(crate::session::copy::copies_from_stdin(text), None);
-        self.shared.push(Pending::Query {
+        self.exchange.push(Pending::Query {
             protected: false,
             audit: None,
             ops,
@@ -232,17 +232,17 @@ impl Frontend {
             copy_out,
         } = rendered;
         if let ([StatementPlan::Rewrite(rp)], [sql], false) = (plans, &parts[..], refused)
-            && self.shared.is_idle()
+            && self.exchange.is_idle()
             && transform.is_none()
             && let Some(result_formats) = self.binary_result_formats(rp, entry)
         {
             // One round trip, as the simple Query would have been.
             self.parse_bind_unnamed(sql.clone(), result_formats, out);
             encode_describe(out, target::PORTAL, "");
-            self.shared.push(Pending::ResultShape);
+            self.exchange.push(Pending::ResultShape);
             encode_execute(out, "", 0);
             encode_sync(out);
-            self.shared.push(Pending::Query {
+            self.exchange.push(Pending::Query {
                 protected: true,
                 audit: audit.map(Arc::new),
                 ops,
@@ -266,7 +266,7 @@ impl Frontend {
             return;
         }
         let copies = self.open_copies(n, transform);
-        self.shared.push(Pending::Query {
+        self.exchange.push(Pending::Query {
             protected: true,
             audit: audit.map(Arc::new),
             ops,

@@ -69,7 +69,7 @@ impl Frontend {
         if self.names.is_empty() {
             return Vec::new();
         }
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         let mut ops = Vec::new();
         // Each DEALLOCATE CommandComplete confirms one change, so they are
         // recorded only for a Query of one statement, where nothing can
@@ -132,7 +132,7 @@ impl Frontend {
         if !crate::sql::mentions_execute(&sql) {
             return None;
         }
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         if !self.names.any_statement() {
             return None;
         }
@@ -183,7 +183,7 @@ impl Frontend {
         {
             return None;
         }
-        self.names.drain(&self.shared);
+        self.names.drain(&self.exchange);
         if !self.names.any_portal() {
             return None;
         }

@@ -84,7 +84,7 @@ impl Frontend {
     /// protected names before any of it goes upstream (docs/threat-model.md
     /// "Memory budget").
     pub fn stream_large(&mut self, tag: u8, head: &[u8]) -> Option<Pass> {
-        if self.shared.is_broken() {
+        if self.exchange.is_broken() {
             return None;
         }
         // As in `on_frame`: a Describe the client sent before this message
@@ -96,13 +96,13 @@ impl Frontend {
         match tag {
             fe::COPY_DATA if self.copy_window.is_none() => Some(Pass::Drop),
             fe::COPY_DATA if self.copy.is_none() => Some(Pass::Forward),
-            fe::BIND if !self.shared.must_abort() => {
+            fe::BIND if !self.exchange.must_abort() => {
                 let mut b = head.get(5..)?;
                 let (portal, statement) = (read_cstr(&mut b)?, read_cstr(&mut b)?);
                 let unconverted = self.lex.names_unconverted();
                 let portal = pg_name(portal, unconverted)?;
                 let statement = pg_name(statement, unconverted)?;
-                self.names.drain(&self.shared);
+                self.names.drain(&self.exchange);
                 // Only a Bind `on_bind` would forward as it is.
                 let BindPath::Forward(prepared) = self.bind_path(statement) else {
                     return None;

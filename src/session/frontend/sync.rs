@@ -17,7 +17,7 @@ impl Frontend {
         self.names.segment += 1;
         // PostgreSQL ignores a Sync while it is in COPY IN: whether
         // it is, the server's answers to the COPY tell.
-        self.shared.push(match self.copy_window {
+        self.exchange.push(match self.copy_window {
             Some(copy) => Pending::CopySync { copy },
             None => Pending::Sync,
         });

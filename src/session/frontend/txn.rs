@@ -60,7 +60,7 @@ impl Frontend {
     pub(super) fn abort_transaction(&mut self, f: &Frame, out: &mut BytesMut) {
         if f.tag == fe::QUERY && is_commit(f.body()) {
             // What PostgreSQL does with a COMMIT of a failed transaction.
-            self.shared.push(Pending::query(false, None));
+            self.exchange.push(Pending::query(false, None));
             encode_query(out, "ROLLBACK");
             return;
         }
@@ -71,7 +71,7 @@ impl Frontend {
         tracing::warn!("statement refused: the transaction failed on a decryption error");
         // A FunctionCall is answered as a Query is.
         if matches!(f.tag, fe::QUERY | fe::FUNCTION_CALL) {
-            self.shared.push(Pending::query(false, None));
+            self.exchange.push(Pending::query(false, None));
             encode_query(out, &raise_sql(&r));
         } else {
             self.inject_raise(&r, out);

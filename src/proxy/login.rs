@@ -186,7 +186,7 @@ async fn run(
                     (live.upstream.host.clone(), live.upstream.port),
                 )
             });
-            let session = relay::Session {
+            let setup = relay::Setup {
                 login_role: outcome.login_role.clone(),
                 database: startup.database().unwrap_or_default().to_string(),
                 max_message: max,
@@ -194,7 +194,7 @@ async fn run(
                 budget: shared.budget.clone(),
                 follow,
             };
-            relay::relay(session, client, upstream)
+            relay::relay(setup, client, upstream)
                 .instrument(span.clone())
                 .await
         }
@@ -381,7 +381,7 @@ async fn on_ready(
             database: db,
             client_addr: cx.peer.to_string(),
         };
-        let st = Arc::new(crate::session::Shared::new(entry));
+        let st = Arc::new(crate::session::Exchange::new(entry));
         let mut fe = Frontend::new(id.clone(), st.clone(), engine.clone());
         fe.set_max_message(cx.max);
         fe.set_budget(cx.shared.budget.clone());
