@@ -62,8 +62,12 @@ pub fn effect(stmt: &str) -> Effect {
     if !first.eq_ignore_ascii_case("set") && !first.eq_ignore_ascii_case("reset") {
         return Effect::None;
     }
-    // SET [SESSION | LOCAL] name …, SET SESSION AUTHORIZATION …
-    let w = pglex::leading_words(stmt, 4);
+    set_effect(&pglex::leading_words(stmt, 4))
+}
+
+/// What a SET or RESET does, from its first four words (lowercased):
+/// `SET [SESSION | LOCAL] name …`, `SET SESSION AUTHORIZATION …`.
+fn set_effect(w: &[String]) -> Effect {
     let name = w
         .iter()
         .skip(1)
@@ -153,7 +157,7 @@ mod tests {
     }
 
     /// The classification as it was before the first word was read in
-    /// place: four lowercased words, then the same rules.
+    /// place: four lowercased words first, then the same rules.
     fn effect_by_words(stmt: &str) -> Effect {
         let w = pglex::leading_words(stmt, 4);
         let Some(first) = w.first() else {
@@ -163,23 +167,7 @@ mod tests {
             return Effect::Catalog;
         }
         match first.as_str() {
-            "set" | "reset" => {
-                let name = w
-                    .iter()
-                    .skip(1)
-                    .find(|x| !matches!(x.as_str(), "session" | "local"))
-                    .map(String::as_str)
-                    .unwrap_or(if w.get(1).map(String::as_str) == Some("session") {
-                        "authorization"
-                    } else {
-                        ""
-                    });
-                if SETTINGS.contains(&name) || name.is_empty() {
-                    Effect::Settings
-                } else {
-                    Effect::None
-                }
-            }
+            "set" | "reset" => set_effect(&w),
             "discard" => Effect::Settings,
             _ => Effect::None,
         }
