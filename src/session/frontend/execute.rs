@@ -18,7 +18,7 @@ use super::names::{Space, View};
 use super::refusal::{Refusal, ambiguous, unkeyable};
 use crate::session::copy::CopyIn;
 use crate::session::{AuditInfo, Pending, Prepared};
-use crate::sql::{CopyDirection, CopyPlan};
+use crate::sql::{CopyDirection, CopyPlan, RewritePlan};
 use crate::wire::codec::Frame;
 use crate::wire::query::{decode_execute, encode_describe};
 use crate::wire::tag::target;
@@ -51,7 +51,11 @@ impl Frontend {
         // savepoint) and then reused for a cursor still gets that
         // cursor's shape.
         let shaped = cursor || prepared.as_ref().is_some_and(|p| p.plan.is_some());
-        let audit = execute_audit(prepared.as_deref(), copy_out.as_deref(), shaped);
+        let plan_audit = prepared
+            .as_ref()
+            .and_then(|p| p.plan.as_ref())
+            .and_then(|p| self.plan_audit(p));
+        let audit = execute_audit(plan_audit, copy_out.as_deref(), shaped);
         if shaped && described != Some(portal.as_str()) {
             encode_describe(out, target::PORTAL, &portal);
             self.exchange.push(Pending::DescribePortal {
@@ -113,14 +117,11 @@ impl Frontend {
 /// reads, or what its COPY TO decrypts; for rows it shapes without either,
 /// an empty record that the backend fills from the rows' shape.
 fn execute_audit(
-    prepared: Option<&Prepared>,
+    plan_audit: Option<Arc<AuditInfo>>,
     copy_out: Option<&CopyPlan>,
     shaped: bool,
 ) -> Option<Arc<AuditInfo>> {
-    let audit = prepared
-        .and_then(|p| p.plan.as_ref())
-        .and_then(|p| audit_info(p))
-        .or_else(|| copy_out.and_then(copy_audit));
+    let audit = plan_audit.or_else(|| copy_out.and_then(copy_audit));
     if shaped && audit.is_none() {
         // What it decrypts is recorded from the rows' shape.
         return Some(Arc::new(AuditInfo {
@@ -131,4 +132,21 @@ fn execute_audit(
         }));
     }
     audit
+}
+
+impl Frontend {
+    /// The audit record of a plan (`audit_info`), built once while the
+    /// same plan is executed again: plans are shared from the plan cache,
+    /// so the same `Arc` means the same plan, and the record is a function
+    /// of the plan alone (the backend copies it before adding to it).
+    fn plan_audit(&mut self, plan: &Arc<RewritePlan>) -> Option<Arc<AuditInfo>> {
+        if let Some((p, a)) = &self.audit_memo
+            && Arc::ptr_eq(p, plan)
+        {
+            return a.clone();
+        }
+        let a = audit_info(plan);
+        self.audit_memo = Some((plan.clone(), a.clone()));
+        a
+    }
 }

@@ -137,6 +137,11 @@ pub struct Frontend {
     rewrite_charge: Option<Charge>,
     /// See [`ANSWERS_WAIT`] ([`set_answers_wait`](Self::set_answers_wait)).
     answers_wait: std::time::Duration,
+    /// The audit record of the last plan executed, kept while the next
+    /// Execute runs the same (shared) plan: an unnamed statement parsed
+    /// again for every execution gets its record built once, not per
+    /// Execute (`execute::plan_audit`).
+    audit_memo: Option<(Arc<crate::sql::RewritePlan>, Option<Arc<super::AuditInfo>>)>,
 }
 
 impl Frontend {
@@ -162,6 +167,7 @@ impl Frontend {
             budget: Budget::unlimited(),
             rewrite_charge: None,
             answers_wait: ANSWERS_WAIT,
+            audit_memo: None,
         }
     }
 
