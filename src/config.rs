@@ -19,21 +19,32 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Default global budget for message bodies held whole (256 MiB).
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 
+/// The whole `pgveil.yaml`, loaded and validated by [`Config::load`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Address clients connect to: a literal `host:port` (checked at load).
     pub listen: EnvString,
+    /// The PostgreSQL server (or PgBouncer) pgveil connects to.
     pub upstream: Upstream,
+    /// TLS offered to clients.
     #[serde(default)]
     pub client_tls: ClientTls,
+    /// Where SCRAM verifiers come from when pgveil terminates SCRAM.
     #[serde(default)]
     pub auth: Auth,
+    /// Policy file; absent, pgveil is a pass-through proxy.
     pub policy: Option<EnvString>,
+    /// Master keys, blind-index key, keystore and key cache (required with `policy`).
     pub keys: Option<Keys>,
+    /// Admin listener (metrics, health, reload); absent, none is opened.
     pub metrics: Option<Metrics>,
+    /// Audit log; absent, no records are written.
     pub audit: Option<Audit>,
+    /// Resource limits on messages, memory, sessions and logins.
     #[serde(default)]
     pub limits: Limits,
+    /// TCP keepalive on the client and the PostgreSQL leg.
     #[serde(default)]
     pub tcp_keepalive: TcpKeepalive,
     /// How long sessions may keep running after SIGINT/SIGTERM.
@@ -58,13 +69,18 @@ fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 
+/// The `upstream:` section: the PostgreSQL server and how to reach it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    /// Host name or IP address of PostgreSQL.
     pub host: EnvString,
+    /// Its TCP port.
     pub port: u16,
+    /// TLS to PostgreSQL, with libpq's `sslmode` meaning.
     #[serde(default)]
     pub tls: UpstreamTlsMode,
+    /// PEM CA bundle for `verify-full` (absent: the system root store).
     pub ca_file: Option<EnvString>,
     /// Name checked against the server certificate in `verify-full`
     /// (defaults to `host`).
@@ -78,13 +94,18 @@ fn default_connect_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
 
+/// `upstream.tls`: whether pgveil uses TLS to PostgreSQL and what it checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTlsMode {
+    /// Plain TCP only.
     Disable,
+    /// Try TLS, fall back to plain if the server declines.
     #[default]
     Prefer,
+    /// Insist on TLS but, like libpq, do not check the certificate.
     Require,
+    /// Insist on TLS and check the chain and the host name.
     VerifyFull,
 }
 
@@ -95,8 +116,11 @@ pub enum UpstreamTlsMode {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(try_from = "RawClientTls")]
 pub struct ClientTls {
+    /// Whether TLS is refused, offered or required.
     pub mode: ClientTlsMode,
+    /// PEM certificate chain pgveil presents (`None`: TLS is not offered).
     pub cert_file: Option<EnvString>,
+    /// PEM private key of `cert_file`.
     pub key_file: Option<EnvString>,
 }
 
@@ -142,15 +166,20 @@ impl TryFrom<RawClientTls> for ClientTls {
     }
 }
 
+/// `client_tls.mode`: how pgveil answers a client's SSLRequest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientTlsMode {
+    /// Answer `N`: clients stay on plain TCP.
     Disable,
+    /// TLS for clients that ask, when both files are set.
     #[default]
     Prefer,
+    /// Refuse plain connections with 28000; both files are mandatory.
     Require,
 }
 
+/// The `auth:` section: where SCRAM verifiers are looked up, and the failed-login limit.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
@@ -174,24 +203,35 @@ pub struct Auth {
     pub failure_window: Option<HumanDuration>,
 }
 
+/// The `keys:` section: master-key provider, blind-index key, keystore and key cache.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Keys {
+    /// Which master-key provider wraps data keys.
     pub provider: KeyProvider,
+    /// Settings of the `local` provider (required with it).
     pub local: Option<LocalKeys>,
+    /// Settings of the `aws-kms` provider (required with it).
     pub aws_kms: Option<AwsKms>,
+    /// Root of all blind-index keys (HKDF per column); required when the policy has a `blind_index`.
     pub blind_index_key: Option<SecretRef>,
+    /// Database holding the wrapped data keys.
     pub keystore: Option<Keystore>,
+    /// How long unwrapped data keys stay in memory (default 300s).
     pub cache_ttl: Option<HumanDuration>,
 }
 
+/// `keys.provider`: which master-key provider wraps data keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyProvider {
+    /// Master keys given in the config, from environment variables or files.
     Local,
+    /// An AWS KMS key (or a KMS-compatible endpoint).
     AwsKms,
 }
 
+/// The `keys.local:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalKeys {
@@ -199,11 +239,15 @@ pub struct LocalKeys {
     pub master_keys: Vec<MasterKeyRef>,
 }
 
+/// One entry of `keys.local.master_keys`: a key's id and where its 64 hex digits are.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasterKeyRef {
+    /// Name stored next to every data key it wraps (never reused for other key material).
     pub id: EnvString,
+    /// Environment variable holding the key (exactly one of `env` and `file`).
     pub env: Option<EnvString>,
+    /// File holding the key (exactly one of `env` and `file`).
     pub file: Option<EnvString>,
 }
 
@@ -211,18 +255,25 @@ pub struct MasterKeyRef {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
+    /// Environment variable holding the secret (exactly one of `env` and `file`).
     pub env: Option<EnvString>,
+    /// File holding the secret (exactly one of `env` and `file`).
     pub file: Option<EnvString>,
 }
 
+/// The `keys.aws_kms:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsKms {
+    /// KMS key id, ARN or `alias/…` that generates and unwraps data keys.
     pub key_id: EnvString,
+    /// AWS region (absent: the default credential chain's).
     pub region: Option<EnvString>,
+    /// Endpoint URL of a KMS-compatible service (VPC endpoint, LocalStack, moto).
     pub endpoint: Option<EnvString>,
 }
 
+/// The `keys.keystore:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Keystore {
@@ -230,15 +281,19 @@ pub struct Keystore {
     pub database: EnvString,
 }
 
+/// The `metrics:` section: the admin listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/reload`).
     pub listen: EnvString,
 }
 
+/// The `audit:` section: the JSON-lines audit log and its rotation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
+    /// JSON-lines file records are appended to.
     pub path: EnvString,
     /// Rotate the file when it grows past this many bytes (default 100 MiB).
     pub max_bytes: Option<u64>,
@@ -281,6 +336,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `limits:` section: resource limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -552,14 +608,17 @@ impl Config {
         }
     }
 
+    /// `listen` as a socket address (validated at load, so this cannot fail).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.as_str().parse().expect("validated in load")
     }
 
+    /// The policy file's path, resolved against the config's directory.
     pub fn policy_path(&self) -> Option<PathBuf> {
         self.policy.as_ref().map(|p| self.resolve(p.as_str()))
     }
 
+    /// The pid file's path, resolved against the config's directory.
     pub fn pid_file_path(&self) -> Option<PathBuf> {
         self.pid_file.as_ref().map(|p| self.resolve(p.as_str()))
     }

@@ -320,6 +320,7 @@ pub fn expand_env(s: &str) -> Result<String, String> {
 pub struct EnvString(pub String);
 
 impl EnvString {
+    /// The expanded string.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -24,9 +24,13 @@ use writer::{Cmd, Settings, Writer};
 /// protected data (never values).
 #[derive(Debug, Clone)]
 pub struct AuditInfo {
+    /// Protected tables involved, as `schema.table`.
     pub tables: Vec<String>,
+    /// Protected columns searched or decrypted, as `schema.table.column`.
     pub columns: Vec<String>,
+    /// The statement searched protected columns (equality or blind index).
     pub searched: bool,
+    /// Rows were decrypted for the client (set when the result is counted).
     pub decrypted: bool,
 }
 
@@ -34,8 +38,11 @@ pub struct AuditInfo {
 /// every statement by it; both directions of the session carry it).
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// Role the client logged in as.
     pub login_role: String,
+    /// Database the session is connected to.
     pub database: String,
+    /// Client's address and port.
     pub client_addr: String,
 }
 
@@ -50,6 +57,7 @@ struct State {
     block: AtomicBool,
 }
 
+/// Handle on the audit log: queues records for its writer thread and reports whether writes are failing.
 pub struct AuditLog {
     tx: SyncSender<Cmd>,
     state: Arc<State>,

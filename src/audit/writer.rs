@@ -18,8 +18,11 @@ use super::State;
 /// Where and how records are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// The log file; rotated copies are `path.1`, `path.2`, …
     pub path: PathBuf,
+    /// Rotate before a write would take the file past this size.
     pub max_bytes: u64,
+    /// Rotated files kept; older ones are deleted.
     pub keep: u32,
 }
 
@@ -40,6 +43,7 @@ pub enum Cmd {
 /// How often the same failure is logged again while it lasts.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// The writer thread's state: the open file and its length, and the shared failure flag.
 pub struct Writer {
     settings: Settings,
     file: Option<(File, u64)>,
@@ -48,6 +52,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer appending to `file`, already `len` bytes long.
     pub fn new(settings: Settings, file: File, len: u64, state: Arc<State>) -> Writer {
         Writer {
             settings,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 /// Above this many tracked addresses, buckets that have refilled are dropped.
 const PRUNE_ABOVE: usize = 10_000;
 
+/// `auth.max_failures` and `auth.failure_window`: the size and refill time of each address's bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitConfig {
     /// Failures allowed in a burst; 0 disables the limit.
@@ -26,6 +27,7 @@ struct Bucket {
     at: Instant,
 }
 
+/// Token buckets of failed logins, one per client IP address that has failed.
 #[derive(Default)]
 pub struct FailureLimiter {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
@@ -45,6 +47,7 @@ impl LimitConfig {
 }
 
 impl FailureLimiter {
+    /// A limiter with no address tracked.
     pub fn new() -> FailureLimiter {
         FailureLimiter::default()
     }

@@ -63,10 +63,13 @@ pub struct AuthOutcome {
     pub login_role: String,
 }
 
+/// Why the authentication phase ended without a session.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// Reading from or writing to the client failed.
     #[error("client: {0}")]
     Client(FrameError),
+    /// Reading from or writing to PostgreSQL failed.
     #[error("upstream: {0}")]
     Upstream(FrameError),
     /// PostgreSQL refused the login; its ErrorResponse was forwarded.
@@ -86,12 +89,15 @@ pub enum AuthError {
 /// Process-wide authentication state: failure buckets, verifier cache and
 /// auth-query connections, the secret behind fake salts.
 pub(crate) struct AuthState {
+    /// Failed-login buckets per client IP address.
     pub limiter: limit::FailureLimiter,
+    /// Where verifiers come from: the userlist file, the auth query and their cache.
     pub sources: source::Sources,
     /// Keys the deterministic fake salt of unknown users.
     pub mock_secret: [u8; 32],
 }
 
+/// The process's authentication state, created on first use.
 pub(crate) fn state() -> &'static AuthState {
     static STATE: OnceLock<AuthState> = OnceLock::new();
     STATE.get_or_init(|| {
@@ -105,6 +111,7 @@ pub(crate) fn state() -> &'static AuthState {
     })
 }
 
+/// The failed-login limit `auth` configures, with the defaults filled in.
 pub(crate) fn limit_config(auth: &crate::config::Auth) -> limit::LimitConfig {
     limit::LimitConfig {
         max_failures: auth.max_failures.unwrap_or(DEFAULT_MAX_FAILURES),
@@ -178,6 +185,7 @@ async fn run(
     }
 }
 
+/// Write `bytes` to the stream under `w` and flush it.
 pub(crate) async fn send(w: &mut FrameReader<Stream>, bytes: &[u8]) -> Result<(), FrameError> {
     let s = w.get_mut();
     s.write_all(bytes).await?;

@@ -24,8 +24,11 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What a lookup needs from the session.
 pub struct LookupCtx<'a> {
+    /// The `auth` section: which sources exist and how to reach them.
     pub auth: &'a Auth,
+    /// How to connect to PostgreSQL for the auth query.
     pub connector: &'a UpstreamConnector,
+    /// Directory `auth.file` resolves against (the config file's).
     pub base_dir: &'a Path,
     /// The client's database (where the query runs without `auth.database`).
     pub database: &'a str,
@@ -69,6 +72,7 @@ impl Userlist {
         self.entries.len()
     }
 
+    /// Whether the file lists no user.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -86,6 +90,7 @@ struct Cached {
     secret: Secret,
 }
 
+/// The verifier sources' state: the userlist in force, the query results cached per (database, user) and the auth-query connections per database.
 #[derive(Default)]
 pub struct Sources {
     file: Mutex<Option<LoadedFile>>,
@@ -96,11 +101,14 @@ pub struct Sources {
 /// Where a found secret came from (for messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// The `auth.file` userlist.
     File,
+    /// The `auth.query` lookup.
     Query,
 }
 
 impl Sources {
+    /// Sources with nothing loaded, cached or connected yet.
     pub fn new() -> Sources {
         Sources::default()
     }

@@ -30,7 +30,9 @@ pub(crate) mod numeric;
 /// The wire format of a value (PostgreSQL format code 0 or 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
+    /// Format code 0: PostgreSQL's text input/output.
     Text,
+    /// Format code 1: the type's `*_send`/`*_recv` form.
     Binary,
 }
 
@@ -43,6 +45,7 @@ impl Format {
             _ => None,
         }
     }
+    /// The protocol format code (0 text, 1 binary).
     pub fn code(self) -> i16 {
         match self {
             Format::Text => 0,

@@ -30,9 +30,13 @@ use zeroize::Zeroizing;
 
 use super::{ColumnContext, CryptoError};
 
+/// First two bytes of every envelope, `pv`.
 pub const MAGIC: [u8; 2] = *b"pv";
+/// Envelope format version this build writes and reads.
 pub const VERSION: u8 = 1;
+/// AES-GCM nonce length in bytes (96 bits).
 pub const NONCE_LEN: usize = 12;
+/// AES-GCM authentication tag length in bytes.
 pub const TAG_LEN: usize = 16;
 /// Header length without the tenant id.
 pub const HEADER_LEN: usize = 2 + 1 + 4 + 4 + 1 + NONCE_LEN + 4;
@@ -52,12 +56,16 @@ const AAD_LABEL: &[u8] = b"pgveil/v1/aad";
 /// authenticated: the header is in the AAD).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyRef {
+    /// Data-key id as numbered by the keystore (one per table, or table and tenant).
     pub key_id: u32,
+    /// Version of that data key; rotation adds a new one.
     pub version: u32,
+    /// Tenant id the data key belongs to (`None` for a table without tenants).
     pub tenant: Option<String>,
 }
 
 impl KeyRef {
+    /// The tenant id, borrowed.
     pub fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref()
     }
@@ -89,8 +97,10 @@ impl fmt::Debug for DataKey {
 }
 
 impl DataKey {
+    /// Length of a data key in bytes (AES-256).
     pub const LEN: usize = 32;
 
+    /// A data key from its 32 raw bytes (an unwrapped key); any other length is refused.
     pub fn from_bytes(b: &[u8]) -> Result<DataKey, CryptoError> {
         let arr: [u8; 32] = b
             .try_into()
@@ -242,8 +252,11 @@ pub fn encrypt_with(
 /// A parsed envelope header, borrowing from the envelope.
 #[derive(Debug, Clone, Copy)]
 pub struct Header<'a> {
+    /// Data-key id as numbered by the keystore (one per table, or table and tenant).
     pub key_id: u32,
+    /// Version of that data key.
     pub version: u32,
+    /// Tenant id from the header (`None`: table without tenants).
     pub tenant: Option<&'a str>,
     nonce: [u8; NONCE_LEN],
     /// Header bytes (everything before the ciphertext): the AAD covers them.
@@ -253,6 +266,7 @@ pub struct Header<'a> {
 }
 
 impl Header<'_> {
+    /// The data key this envelope names, as an owned [`KeyRef`].
     pub fn key_ref(&self) -> KeyRef {
         KeyRef {
             key_id: self.key_id,
@@ -434,6 +448,7 @@ pub fn open_in_place(
 
 /// Ciphertext plus tag of a parsed envelope (what [`open_in_place`] opens).
 impl Header<'_> {
+    /// Ciphertext followed by the GCM tag.
     pub fn sealed(&self) -> &[u8] {
         self.sealed
     }

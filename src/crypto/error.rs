@@ -33,6 +33,7 @@ pub enum CryptoError {
 }
 
 impl CryptoError {
+    /// An [`CryptoError::InvalidInput`] for a `ty` value in `format` that `reason` rejects.
     pub(crate) fn input(ty: PgType, format: super::Format, reason: &'static str) -> Self {
         CryptoError::InvalidInput {
             ty,

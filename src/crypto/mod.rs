@@ -23,8 +23,11 @@ pub use types::{Normalizer, Oid, PgType, Storage};
 /// column or tenant does not.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ColumnContext {
+    /// Schema of the protected column's table, as the policy names it.
     pub schema: String,
+    /// Table of the protected column, as the policy names it.
     pub table: String,
+    /// The protected column's name.
     pub column: String,
     /// Plaintext type declared by the policy.
     pub ty: PgType,
@@ -33,6 +36,7 @@ pub struct ColumnContext {
 }
 
 impl ColumnContext {
+    /// A context for `schema.table.column` of type `ty`, without a tenant.
     pub fn new(schema: &str, table: &str, column: &str, ty: PgType) -> Self {
         ColumnContext {
             schema: schema.to_string(),
@@ -43,6 +47,7 @@ impl ColumnContext {
         }
     }
 
+    /// The same context for the row of `tenant`.
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
         self

@@ -26,6 +26,7 @@ pub enum PgType {
 }
 
 impl PgType {
+    /// Every supported type, in the order error messages list them.
     pub const ALL: [PgType; 13] = [
         PgType::Text,
         PgType::Varchar,
@@ -99,6 +100,7 @@ impl PgType {
         }
     }
 
+    /// The supported type with this `pg_type` OID, if any.
     pub fn from_oid(oid: Oid) -> Option<PgType> {
         PgType::ALL.into_iter().find(|t| t.oid() == oid)
     }
@@ -153,6 +155,7 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// OID of the column type holding the ciphertext (`bytea` or `text`).
     pub fn oid(self) -> Oid {
         match self {
             Storage::Bytea => 17,
@@ -164,14 +167,20 @@ impl Storage {
 /// A blind-index normaliser, applied in policy order before hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Normalizer {
+    /// Remove leading and trailing whitespace.
     Trim,
+    /// Unicode lowercase.
     Lowercase,
+    /// Unicode uppercase.
     Uppercase,
+    /// Remove every whitespace character.
     StripSpaces,
+    /// Keep only the ASCII digits.
     DigitsOnly,
 }
 
 impl Normalizer {
+    /// Every normaliser: the names parsing accepts, in the order errors list them.
     pub const ALL: [Normalizer; 5] = [
         Normalizer::Trim,
         Normalizer::Lowercase,
@@ -180,6 +189,7 @@ impl Normalizer {
         Normalizer::DigitsOnly,
     ];
 
+    /// The name used in the policy's `normalize:` list.
     pub fn name(self) -> &'static str {
         match self {
             Normalizer::Trim => "trim",

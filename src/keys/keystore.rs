@@ -57,16 +57,24 @@ const SELECT: &str = "SELECT d.key_id, d.version, f.scope, f.tenant, d.master_ke
 /// except to a provider).
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyRecord {
+    /// Data-key id (one per table, or table and tenant).
     pub key_id: u32,
+    /// Version of that data key; rotation adds a new one.
     pub version: u32,
     /// `schema.table`.
     pub table: String,
+    /// Tenant the key belongs to (`None`: a table without tenants).
     pub tenant: Option<String>,
+    /// Master key that wrapped it (local id, or KMS key ARN).
     pub master_key_id: String,
     pub(crate) wrapped: Option<Vec<u8>>,
+    /// When the version was created.
     pub created_at: SystemTime,
+    /// A newer version took over: this one only decrypts.
     pub retired: bool,
+    /// Shredded: the wrapped key is gone and its values cannot be decrypted.
     pub destroyed: bool,
+    /// Encryptions reserved (in batches) under this version; a new one is created before 2^32.
     pub encryptions: i64,
 }
 
@@ -102,6 +110,7 @@ impl KeyRecord {
         }
     }
 
+    /// The [`KeyRef`] envelopes encrypted under this version carry.
     pub fn key_ref(&self) -> KeyRef {
         KeyRef {
             key_id: self.key_id,
@@ -110,6 +119,7 @@ impl KeyRecord {
         }
     }
 
+    /// The context its wrapped key is bound to.
     pub fn wrap_context(&self) -> WrapContext {
         WrapContext {
             key_id: self.key_id,
@@ -119,6 +129,7 @@ impl KeyRecord {
         }
     }
 
+    /// The wrapped key, or `None` once the version is destroyed.
     pub(crate) fn wrapped_key(&self) -> Option<WrappedKey> {
         self.wrapped.as_ref().map(|b| WrappedKey {
             master_key_id: self.master_key_id.clone(),

@@ -97,6 +97,7 @@ fn now() -> Instant {
 }
 
 impl KeyManager {
+    /// A manager over `provider` and `store`; nothing is cached or connected yet.
     pub fn new(
         provider: Arc<dyn MasterKeyProvider>,
         store: Keystore,
@@ -147,10 +148,12 @@ impl KeyManager {
         Ok(KeyManager::new(provider, store, opts))
     }
 
+    /// The master-key provider that wraps and unwraps data keys.
     pub fn provider(&self) -> &Arc<dyn MasterKeyProvider> {
         &self.inner.provider
     }
 
+    /// The keystore holding the wrapped data keys.
     pub fn keystore(&self) -> &Keystore {
         &self.inner.store
     }

@@ -35,10 +35,12 @@ use crate::crypto::{BlindIndexRoot, ColumnContext, CryptoError};
 pub struct KeyScope {
     /// `schema.table`.
     pub table: String,
+    /// Tenant id, for tables with `tenant:` in the policy.
     pub tenant: Option<String>,
 }
 
 impl KeyScope {
+    /// The scope of `schema.table` and, if given, one tenant.
     pub fn new(schema: &str, table: &str, tenant: Option<&str>) -> KeyScope {
         KeyScope {
             table: format!("{schema}.{table}"),
@@ -46,6 +48,7 @@ impl KeyScope {
         }
     }
 
+    /// The scope a column context's value is encrypted in.
     pub fn of(ctx: &ColumnContext) -> KeyScope {
         KeyScope {
             table: ctx.qualified_table(),

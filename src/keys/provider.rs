@@ -8,10 +8,13 @@ use crate::crypto::DataKey;
 /// another keystore row does not unwrap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrapContext {
+    /// Data-key id (one per table, or table and tenant).
     pub key_id: u32,
+    /// Version of that data key.
     pub version: u32,
     /// `schema.table`.
     pub table: String,
+    /// Tenant the key belongs to (`None`: a table without tenants).
     pub tenant: Option<String>,
 }
 
@@ -41,6 +44,7 @@ impl WrapContext {
 pub struct WrappedKey {
     /// The master key that wrapped it (local id, or KMS key ARN).
     pub master_key_id: String,
+    /// The ciphertext of the data key, in the provider's own format.
     pub blob: Vec<u8>,
 }
 

@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// One leg of a proxied connection: plain TCP, or TLS with pgveil as server or client.
 pub enum Stream {
+    /// Either leg without TLS.
     Tcp(TcpStream),
     /// Client leg, pgveil is the TLS server.
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
@@ -17,6 +19,7 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Whether the leg is encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Tcp(_))
     }

@@ -18,11 +18,13 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The TLS identity pgveil presents to clients.
 pub struct ServerTls {
+    /// The rustls server configuration for accepting client TLS.
     pub config: Arc<ServerConfig>,
     /// DER of the leaf certificate, for SCRAM `tls-server-end-point` binding.
     pub leaf_der: Vec<u8>,
 }
 
+/// Load `client_tls`'s PEM certificate chain and private key (errors name the file and setting).
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<ServerTls, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| format!("client_tls.cert_file {}: {e}", cert_file.display()))?

@@ -10,18 +10,26 @@ use super::stream::Stream;
 use crate::config::{Upstream, UpstreamTlsMode};
 use crate::wire::startup;
 
+/// Everything needed to open a connection to PostgreSQL, resolved from `upstream:` once.
 pub struct UpstreamConnector {
+    /// Host name or IP address of PostgreSQL.
     pub host: String,
+    /// Its TCP port.
     pub port: u16,
+    /// `upstream.tls`: whether to ask for TLS and whether plain is acceptable.
     pub mode: UpstreamTlsMode,
+    /// Name checked against the server certificate (`upstream.server_name`, else `host`).
     pub server_name: String,
+    /// TLS client configuration (`None` with `tls: disable`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Timeout for the TCP connect.
     pub connect_timeout: std::time::Duration,
     /// TCP keepalive on the PostgreSQL leg (`tcp_keepalive`).
     pub keepalive: crate::config::TcpKeepalive,
 }
 
 impl UpstreamConnector {
+    /// Resolve `upstream:` (relative `ca_file` paths through `resolve`) and build the TLS configuration.
     pub fn from_config(
         u: &Upstream,
         resolve: impl Fn(&str) -> std::path::PathBuf,

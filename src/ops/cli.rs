@@ -15,11 +15,14 @@ use crate::config::Config;
     long_about = "pgveil sits between applications and PostgreSQL, encrypts the columns a policy protects, \
                   keeps blind indexes for equality lookups, and decrypts results only for roles the policy lets read."
 )]
+/// The command line: one subcommand.
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands of `pgveil`.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy.
@@ -143,6 +146,7 @@ pub struct RowPass {
     pub jobs: u32,
 }
 
+/// The subcommands of `pgveil policy`.
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
     /// Pre-flight everything `serve` needs, reporting every problem at once:
@@ -170,6 +174,7 @@ pub enum PolicyCommand {
     },
 }
 
+/// The subcommands of `pgveil keys`.
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Print a new random 256-bit key (hex) for the local provider.

@@ -23,6 +23,7 @@ impl KeyStates {
         self.map.is_empty()
     }
 
+    /// Read every key version's state from the keystore again.
     pub async fn refresh(&mut self, keys: &KeyManager) -> Result<(), String> {
         let recs = keys
             .list_keys(None)

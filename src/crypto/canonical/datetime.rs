@@ -54,6 +54,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
+/// Accept a binary date only in PostgreSQL's range (or ±infinity).
 pub fn check_date(d: i32) -> R<()> {
     if d == i32::MIN || d == i32::MAX || ((MIN_DAYS..DATE_END_DAYS).contains(&(d as i64))) {
         Ok(())
@@ -62,6 +63,7 @@ pub fn check_date(d: i32) -> R<()> {
     }
 }
 
+/// Accept a binary timestamp only in PostgreSQL's range (or ±infinity).
 pub fn check_timestamp(t: i64) -> R<()> {
     if t == i64::MIN || t == i64::MAX || (TS_MIN..TS_END).contains(&t) {
         Ok(())
@@ -161,6 +163,7 @@ fn era(c: &mut Cursor) -> R<bool> {
     }
 }
 
+/// Date text (`Y-M-D` with an optional ` BC`/` AD`, `infinity`, `-infinity`, `epoch`) → days since 2000-01-01.
 pub fn parse_date(s: &str) -> R<i32> {
     let t = s.trim();
     if let Some(k) = special(t) {
@@ -318,6 +321,7 @@ fn date_parts(days: i64) -> (String, bool) {
     (format!("{yy:04}-{m:02}-{d:02}"), bc)
 }
 
+/// Days since 2000-01-01 → PostgreSQL's ISO date output (`2024-01-31`, ` BC`, `infinity`).
 pub fn format_date(d: i32) -> String {
     match d {
         i32::MAX => "infinity".into(),
@@ -329,6 +333,7 @@ pub fn format_date(d: i32) -> String {
     }
 }
 
+/// Microseconds since 2000-01-01 → PostgreSQL's ISO output; with `tz`, in UTC with a `+00` suffix.
 pub fn format_timestamp(t: i64, tz: bool) -> String {
     match t {
         i64::MAX => return "infinity".into(),

@@ -15,6 +15,7 @@ enum V {
 
 const MAX_DEPTH: usize = 1000;
 
+/// Parse JSON text and print it as PostgreSQL's `jsonb_out` would.
 pub fn normalize(s: &str) -> R<String> {
     let mut p = P {
         b: s.as_bytes(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 /// Counters of one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// The table, as `schema.table`.
     pub table: String,
     /// Rows read.
     pub scanned: u64,
@@ -27,10 +28,12 @@ pub struct Summary {
     pub shredded: u64,
     /// `pk=…: column: reason` for failed rows (no values).
     pub failures: Vec<String>,
+    /// Wall-clock time of the pass.
     pub elapsed: Duration,
 }
 
 impl Summary {
+    /// Rows read per second of `elapsed` (0 before any time passed).
     pub fn rate(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
