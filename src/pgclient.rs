@@ -464,6 +464,7 @@ where
     }
 }
 
+/// tokio-postgres's TLS connector for pgveil's own connections: rustls, verified as `sslmode` asks (`None`: no TLS).
 pub struct RustlsConnect {
     config: Option<Arc<rustls::ClientConfig>>,
     name: ServerName<'static>,

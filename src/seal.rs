@@ -128,6 +128,7 @@ pub struct ValueCrypto {
 }
 
 impl ValueCrypto {
+    /// Values sealed with data keys from `keys`, blind indexes derived from `bidx_root` (`None`: no blind index can be computed).
     pub fn new(keys: KeyManager, bidx_root: Option<BlindIndexRoot>) -> ValueCrypto {
         ValueCrypto {
             keys,

@@ -85,6 +85,7 @@ enum End {
     Reloaded(&'static str),
 }
 
+/// Run a logged-in session until either side ends it: client → server and server → client, each its own future.
 pub async fn relay(
     setup: Setup,
     client: FrameReader<Stream>,

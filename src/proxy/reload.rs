@@ -43,6 +43,7 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// The answer `POST /reload` and `pgveil reload` print.
     pub fn to_json(&self) -> Value {
         json!({
             "ok": true,
@@ -54,6 +55,7 @@ impl Applied {
 }
 
 impl Reloader {
+    /// A reloader for the instance behind `shared` (reloads run one at a time).
     pub fn new(shared: Arc<Shared>) -> Arc<Reloader> {
         Arc::new(Reloader {
             shared,

@@ -113,6 +113,7 @@ pub enum Refused {
 }
 
 impl Admission {
+    /// Admission of at most `max_pending` logins at once, `per_ip_cap` of them from one address.
     pub fn new(max_pending: usize, per_ip_cap: usize) -> Arc<Admission> {
         Arc::new(Admission {
             pending: Arc::new(Semaphore::new(max_pending)),

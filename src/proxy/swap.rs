@@ -79,11 +79,14 @@ pub enum Step {
     Close(&'static str),
 }
 
+/// Why a session is closed when a reload changes how its prepared statements are rewritten.
 pub const CLOSE_PREPARED: &str = "pgveil: the policy was reloaded and changes how statements this session prepared are rewritten (protected columns, or this role's write or search access, changed): reconnect";
+/// Why a session is closed when a reload moves the upstream server.
 pub const CLOSE_UPSTREAM: &str =
     "pgveil: a reload moved the upstream server (upstream.host or upstream.port): reconnect";
 
 impl Follow {
+    /// Follow the reloads of `shared` from generation `seen`, for a session connected to `upstream`.
     pub fn new(shared: Arc<Shared>, seen: u64, upstream: (String, u16)) -> Follow {
         Follow {
             shared,
@@ -94,6 +97,7 @@ impl Follow {
         }
     }
 
+    /// Where the backend half takes the engine the client half moved to.
     pub fn inbox(&self) -> Arc<Inbox> {
         self.inbox.clone()
     }

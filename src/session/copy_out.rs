@@ -58,6 +58,7 @@ enum Binary {
     Ended,
 }
 
+/// One COPY TO STDOUT whose rows are decrypted for a read role: its plan, format and position in the stream.
 pub struct CopyOut {
     plan: Arc<CopyPlan>,
     shape: Vec<Option<Decrypt>>,
@@ -114,6 +115,7 @@ impl CopyOut {
         }
     }
 
+    /// The COPY plan the rows are decrypted by.
     pub fn plan(&self) -> &CopyPlan {
         &self.plan
     }

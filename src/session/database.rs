@@ -36,6 +36,7 @@ pub struct CatalogEntry {
 }
 
 impl CatalogEntry {
+    /// The entry for `catalog` as loaded at engine generation `generation`, with an empty plan cache.
     pub fn new(policy: Arc<Policy>, catalog: Catalog, generation: u64) -> CatalogEntry {
         let analyzer = Analyzer::with_catalog(policy.clone(), &catalog);
         let mut by_column = HashMap::new();
@@ -83,6 +84,7 @@ impl CatalogEntry {
         self.generation == generation && self.loaded_at.elapsed() < CATALOG_TTL
     }
 
+    /// The protected column `c` names, if it is one.
     pub fn column(&self, c: &ColumnRef) -> Option<&Arc<ProtectedAttr>> {
         self.by_column.get(c)
     }

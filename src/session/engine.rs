@@ -12,6 +12,7 @@ use crate::policy::Policy;
 use crate::policy::catalog::Catalog;
 use crate::seal::ValueCrypto;
 
+/// What every session of one policy shares: the policy, the value crypto, the audit log and the catalog entry per database.
 pub struct Engine {
     pub policy: Arc<Policy>,
     pub crypto: Arc<ValueCrypto>,
@@ -21,6 +22,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with no catalog loaded yet.
     pub fn new(
         policy: Arc<Policy>,
         crypto: Arc<ValueCrypto>,

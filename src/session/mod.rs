@@ -138,6 +138,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The exchange of a session that starts with the catalog `entry`, nothing in flight, outside a transaction.
     pub fn new(entry: Arc<CatalogEntry>) -> Exchange {
         Exchange {
             pending: Mutex::new(VecDeque::new()),
@@ -198,6 +199,7 @@ impl Exchange {
         std::mem::take(&mut *r)
     }
 
+    /// Expect the answer to a request just forwarded (in request order).
     pub fn push(&self, p: Pending) {
         self.pending.lock().expect("pending queue").push_back(p);
     }
@@ -227,10 +229,12 @@ impl Exchange {
         self.broken.store(true, Ordering::Release);
     }
 
+    /// The backend found PostgreSQL's answers out of step: the session is closing.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
     }
 
+    /// Nothing forwarded is waiting for its answer.
     pub fn is_idle(&self) -> bool {
         self.pending.lock().expect("pending queue").is_empty()
     }
@@ -246,10 +250,12 @@ impl Exchange {
             .is_none_or(|p| matches!(p.kind(), Kind::Sync | Kind::Query))
     }
 
+    /// Record the transaction status of the last ReadyForQuery.
     pub fn set_tx_status(&self, s: u8) {
         self.tx_status.store(s, Ordering::Relaxed);
     }
 
+    /// A value failed to decrypt inside a transaction block: the frontend must make PostgreSQL abort it.
     pub fn set_must_abort(&self) {
         self.must_abort.store(true, Ordering::Release);
     }
@@ -271,14 +277,17 @@ impl Exchange {
         self.tx_status.load(Ordering::Relaxed) == b'T'
     }
 
+    /// The last ReadyForQuery said: outside a transaction block.
     pub fn tx_idle(&self) -> bool {
         self.tx_status.load(Ordering::Relaxed) == b'I'
     }
 
+    /// The catalog entry this session plans with.
     pub fn entry(&self) -> Arc<CatalogEntry> {
         self.entry.lock().expect("catalog entry").clone()
     }
 
+    /// Plan with the catalog entry `e` from now on (after a catalog reload).
     pub fn set_entry(&self, e: Arc<CatalogEntry>) {
         *self.entry.lock().expect("catalog entry") = e;
     }

@@ -37,6 +37,7 @@ struct LocalKey {
 /// shred) retired it in the shared cache.
 const KEY_REFRESH_VALUES: u32 = 4096;
 
+/// Decrypts the protected fields of rows in place, reusing its buffers and the keys it looked up for the statement.
 #[derive(Default)]
 pub struct RowDecryptor {
     fields: Vec<(usize, i32)>,

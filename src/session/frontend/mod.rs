@@ -81,6 +81,7 @@ pub enum Flow {
     Terminate,
 }
 
+/// The client → server half of one session with a policy.
 pub struct Frontend {
     pub id: Identity,
     pub exchange: Arc<Exchange>,
@@ -145,6 +146,7 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// The frontend of a session logged in as `id`, sharing `exchange` with its backend.
     pub fn new(id: Identity, exchange: Arc<Exchange>, engine: Arc<super::Engine>) -> Frontend {
         Frontend {
             id,
@@ -204,6 +206,7 @@ impl Frontend {
         self.lex.clone()
     }
 
+    /// Read statements with the settings `lex` tracks (shared with the relay, which feeds it ParameterStatus).
     pub fn set_lex_state(&mut self, lex: Arc<LexState>) {
         self.lex = lex;
     }
