@@ -47,13 +47,16 @@ pub fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 }
 
 /// Read a length-prefixed value (a Bind parameter, a DataRow column):
-/// `Some(None)` for NULL (a negative length).
+/// `Some(None)` for NULL (length -1); `None` for any other negative length.
 pub fn get_value<'a>(b: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    // -1 is NULL; PostgreSQL fails any other negative length
+    // ("insufficient data left in message"), so it is malformed here too.
     let len = get_i32(b)?;
-    if len < 0 {
-        return Some(None);
+    match len {
+        -1 => Some(None),
+        ..-1 => None,
+        _ => take(b, len as usize).map(Some),
     }
-    take(b, len as usize).map(Some)
 }
 
 /// An `i16` count, then that many items read by `item`; a negative count

@@ -219,3 +219,22 @@ fn error_fields_in_order_and_absent_ones_left_out() {
         ])
     );
 }
+
+#[test]
+fn a_negative_value_length_other_than_null_is_malformed() {
+    // PostgreSQL reads -1 as NULL and fails any other negative length: a
+    // Bind pgveil rewrites must not turn such a parameter into a NULL.
+    let null = (-1i32).to_be_bytes();
+    let mut b = &null[..];
+    assert_eq!(crate::wire::body::get_value(&mut b), Some(None));
+    let bad = (-2i32).to_be_bytes();
+    let mut b = &bad[..];
+    assert_eq!(crate::wire::body::get_value(&mut b), None);
+    let mut bind = bytes::BytesMut::new();
+    bind.extend_from_slice(b"\0\0"); // portal, statement
+    bind.extend_from_slice(&0i16.to_be_bytes()); // formats
+    bind.extend_from_slice(&1i16.to_be_bytes()); // one parameter
+    bind.extend_from_slice(&(-5i32).to_be_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes()); // result formats
+    assert!(crate::wire::query::BindMsg::decode(&bind.freeze()).is_none());
+}
