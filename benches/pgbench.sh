@@ -28,7 +28,11 @@
 #
 # Every run also records the machine's CPU time split from /proc/stat
 # (busy, steal: on a VM, time the host gave to others) and the 1-minute
-# load average; the tables print their medians next to the figures.
+# load average; the tables print their medians next to the figures. It
+# also records the proxy's own CPU time per transaction (PgBouncer's and
+# each pgveil's, user + system over all threads, from /proc/PID/stat): the
+# tables print its median per target ("proxy CPU us/tx"), the figure that
+# says how much work a proxy does per statement whatever the VM's speed.
 #
 # Section `soak` (load: SOAK_CLIENTS pgbench clients run a mixed encrypted
 # workload for SOAK_SECONDS through one pgveil, then SOAK_IDLE connections
@@ -297,6 +301,22 @@ pid_of() {
     esac
 }
 
+# The proxy process behind a target, PgBouncer included (empty for direct).
+proxy_pid_of() {
+    if [[ $1 == pgbouncer ]]; then
+        cat "$WORK/pgbouncer/pgbouncer.pid" 2>/dev/null || true
+    else
+        pid_of "$1"
+    fi
+}
+
+# CPU time (user + system, all threads, in clock ticks) a process has used.
+proc_cpu() {
+    [[ -n "$1" && -r "/proc/$1/stat" ]] || { echo ""; return; }
+    # Fields 14 and 15, counted after the command name's closing parenthesis.
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
 # CPU counters of the whole machine: "busy steal total" in jiffies.
 cpu_counters() {
     awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8; print busy, $9, busy + $5 + $6 + $9 }' /proc/stat
@@ -354,8 +374,9 @@ run_workload() {
     for ((round = 1; round <= ROUNDS; round++)); do
         for ((i = 0; i < n; i++)); do
             local target=${targets[$(((i + round - 1) % n))]}
-            local out tps lat before after share load perf_pid="" pid
+            local out tps lat before after share load perf_pid="" pid ppid pcpu0 pcpu1 txs us
             pid=$(pid_of "$target")
+            ppid=$(proxy_pid_of "$target")
             if [[ -n "$PROFILE" && -n "$pid" && $round -eq 1 ]]; then
                 mkdir -p "$PROFILE"
                 perf record -q -F 499 --call-graph dwarf,8192 -p "$pid" \
@@ -363,7 +384,9 @@ run_workload() {
                 perf_pid=$!
             fi
             before=$(cpu_counters)
+            pcpu0=$(proc_cpu "$ppid")
             out=$(pgbench_run "$(port_of "$target")" "$BENCH_USER" "${@//@T@/$target}")
+            pcpu1=$(proc_cpu "$ppid")
             after=$(cpu_counters)
             share=$(cpu_share "$before" "$after")
             load=$(cut -d' ' -f1 /proc/loadavg)
@@ -377,11 +400,17 @@ run_workload() {
             tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n1)
             lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -n1)
             [[ -n "$tps" && -n "$lat" ]] || { echo "$out" >&2; die "cannot parse pgbench output"; }
+            # Column 10: the proxy's own CPU time (user + system, every
+            # thread) per transaction, in microseconds ("nan" for direct):
+            # what the proxy costs, less moved by the VM's speed than tps.
+            txs=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out" | head -n1)
+            us=$(awk -v a="$pcpu0" -v b="$pcpu1" -v n="${txs:-0}" -v hz="$(getconf CLK_TCK)" \
+                'BEGIN { if (a == "" || b == "" || n + 0 == 0) print "nan"; else printf "%.1f", (b - a) * 1e6 / hz / n }')
             # Columns 7-9: the machine's busy and steal share (percent of
             # all CPU time) and its load average, during this run.
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" "$tps" "$lat" \
-                ${share% *} ${share#* } "$load" >>"$RESULTS_TSV"
-            log "$section/$workload round $round: $target $tps tps, $lat ms (machine busy ${share% *}%, steal ${share#* }%, load $load)"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$workload" "$target" "$round" "$tps" "$lat" \
+                ${share% *} ${share#* } "$load" "$us" >>"$RESULTS_TSV"
+            log "$section/$workload round $round: $target $tps tps, $lat ms, proxy CPU $us us/tx (machine busy ${share% *}%, steal ${share#* }%, load $load)"
         done
     done
 }
@@ -418,6 +447,20 @@ machine() {
               printf "machine during the section (medians over %d runs): busy %.1f%%, steal %.1f%%, load average %.2f\n", n, med(b, n), med(st, n), med(l, n) }' "$RESULTS_TSV"
 }
 
+# proxy_cpu_line SECTION WORKLOAD TARGET...: the median proxy CPU time per
+# transaction (column 10) of each target, and each one's share of the first.
+proxy_cpu_line() {
+    local section=$1 workload=$2 first="" t u line
+    shift 2
+    line=$(printf '%-22s proxy CPU us/tx:' "")
+    for t in "$@"; do
+        u=$(median "$section" "$workload" "$t" 10)
+        line+=" $t $u"
+        if [[ -z "$first" ]]; then first=$u; else line+=" ($(ratio "$u" "$first")x)"; fi
+    done
+    echo "$line"
+}
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
 
 # report SECTION "WORKLOADS": median TPS/latency per target and the ratios.
@@ -439,6 +482,7 @@ report() {
             "$dl" "$bl" "$vl" "$(ratio "$v" "$d")" "$(ratio "$v" "$b")"
         printf '%-22s per-round pgveil/pgbouncer %s, pgveil/direct %s\n' "" \
             "$(paired_ratio "$section" "$w" pgveil pgbouncer)" "$(paired_ratio "$section" "$w" pgveil direct)"
+        proxy_cpu_line "$section" "$w" pgbouncer pgveil
     done
     machine "$section"
 }
@@ -540,11 +584,13 @@ SQL
         p=$(median encrypted "$w" plain 5)
         printf '%-20s encrypted %10.0f tps   plaintext %10.0f tps   ratio %s   per-round %s\n' "$w" "$e" "$p" \
             "$(ratio "$e" "$p")" "$(paired_ratio encrypted "$w" enc plain)"
+        proxy_cpu_line encrypted "$w" plain enc
     done
     e=$(median encrypted unprotected-select pgveil_enc 5)
     p=$(median encrypted unprotected-select pgveil 5)
     printf '%-20s with policy %8.0f tps   no policy %10.0f tps   ratio %s   per-round %s\n' "pgbench -S" "$e" "$p" \
         "$(ratio "$e" "$p")" "$(paired_ratio encrypted unprotected-select pgveil_enc pgveil)"
+    proxy_cpu_line encrypted unprotected-select pgveil pgveil_enc
     machine encrypted
 }
 
@@ -586,6 +632,7 @@ audit:
     printf 'per-round pgveil/pgbouncer %s, pgveil/direct %s\n' \
         "$(paired_ratio pass_through_policy select-only pgveil_refpol pgbouncer)" \
         "$(paired_ratio pass_through_policy select-only pgveil_refpol direct)"
+    proxy_cpu_line pass_through_policy select-only pgbouncer pgveil_refpol
     machine pass_through_policy
 }
 
@@ -607,6 +654,7 @@ section_threads() {
     printf 'per-round: default/pgbouncer %s   1 worker/pgbouncer %s   1 worker/default %s\n' \
         "$(paired_ratio threads $w pgveil pgbouncer)" "$(paired_ratio threads $w pgveil_1t pgbouncer)" \
         "$(paired_ratio threads $w pgveil_1t pgveil)"
+    proxy_cpu_line threads $w pgbouncer pgveil pgveil_1t
     machine threads
 }
 
