@@ -202,6 +202,88 @@ async fn a_parse_postgres_rejects_never_takes_effect() {
     fx.assert_no_plaintext(&[v1, v2, v3, ok_v]).await;
 }
 
+/// A Bind whose parameters carry the given length words, each followed by
+/// its bytes (a driver always writes -1 or the true length).
+fn bind_lengths(stmt: &str, params: &[(i32, &[u8])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    raw::cstr(&mut b, "");
+    raw::cstr(&mut b, stmt);
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for (len, bytes) in params {
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(bytes);
+    }
+    b.extend_from_slice(&0u16.to_be_bytes());
+    raw::frame(b'B', &b)
+}
+
+/// PostgreSQL reads only the length -1 as NULL and fails a Bind with any
+/// other negative length ("insufficient data left in message"). pgveil
+/// reads it the same way: such a Bind of a protected statement is refused
+/// in protocol step, never rewritten with a NULL in its place, and no
+/// parameter of it (the bytes after the bad length included) reaches a
+/// table or a log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_parameter_length_other_than_null_is_refused() {
+    let fx = Calmony::start();
+    let email = "attack-neglen-6611@example.com";
+    let name = "Neglen Sentinel 6612";
+    let trailing = "attack-neglen-6613@example.com";
+    let ok_v = "fine-neglen-6614@example.com";
+    let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
+    c.send(&[parse("s", INSERT), sync()]).await;
+    assert!(errors(&c.until_ready().await).is_empty());
+
+    for len in [-2i32, -5, i32::MIN] {
+        for params in [
+            // The bad length with nothing after it: read as NULL, the
+            // Bind would decode and the row go in with the other value.
+            vec![(email.len() as i32, email.as_bytes()), (len, &b""[..])],
+            vec![(len, &b""[..]), (name.len() as i32, name.as_bytes())],
+            // With bytes after it, which a wrong reading would take as
+            // the next fields.
+            vec![
+                (email.len() as i32, email.as_bytes()),
+                (len, name.as_bytes()),
+            ],
+            vec![
+                (len, trailing.as_bytes()),
+                (name.len() as i32, name.as_bytes()),
+            ],
+        ] {
+            c.send(&[bind_lengths("s", &params), execute(""), sync()])
+                .await;
+            let m = c.until_ready().await;
+            let errs = errors(&m);
+            assert_eq!(errs.len(), 1, "length {len}: {errs:?} ({})", raw::tags(&m));
+            assert_eq!(errs[0].1, "08P01", "length {len}: {errs:?}");
+            for v in [email, name, trailing] {
+                assert!(
+                    !errs[0].2.contains(v),
+                    "length {len}: the error shows a value"
+                );
+            }
+        }
+    }
+    // -1 is NULL, as ever: the row goes in, its email encrypted.
+    c.send(&[
+        bind_lengths("s", &[(ok_v.len() as i32, ok_v.as_bytes()), (-1, b"")]),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let m = c.until_ready().await;
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
+
+    assert_eq!(
+        emails(&fx).await,
+        vec![ok_v.to_string()],
+        "only the NULL-name row went in"
+    );
+    fx.assert_no_plaintext(&[email, name, trailing, ok_v]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_then_parse_again_under_the_same_name() {
     let fx = Calmony::start();
