@@ -28,7 +28,7 @@ use super::rows::{RowDecryptor, RowError, tenant_type};
 use super::{CatalogEntry, Decrypt};
 use crate::seal::ValueCrypto;
 use crate::sql::{CopyFormat, CopyPlan};
-use crate::wire::body::{begin, finish};
+use crate::wire::body::{begin, finish, get_i16, get_value};
 
 /// The signature at the start of binary COPY data.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -400,18 +400,12 @@ fn record_end(data: &[u8], csv: bool, quote: u8, escape: u8) -> Option<usize> {
 /// The length of the binary tuple at the start of `data` (field count,
 /// then each field's length and bytes), if it is all there.
 fn tuple_len(data: &[u8]) -> Option<usize> {
-    let n = i16::from_be_bytes(data.get(..2)?.try_into().ok()?);
-    let mut at = 2usize;
+    let mut b = data;
+    let n = get_i16(&mut b)?;
     for _ in 0..n.max(0) {
-        let len = i32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        match len {
-            -1 => {}
-            l if l < -1 => return None,
-            l => at = at.checked_add(l as usize)?,
-        }
+        get_value(&mut b)?;
     }
-    (at <= data.len()).then_some(at)
+    Some(data.len() - b.len())
 }
 
 /// A value as PostgreSQL's text COPY writes it (`CopyAttributeOutText`):

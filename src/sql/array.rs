@@ -220,22 +220,10 @@ pub fn decode_binary(v: &[u8]) -> Result<BinaryArray, ArrayError> {
     // not reserve memory for elements that are not there.
     let mut items = Vec::with_capacity(n.min(b.len() / 4));
     for _ in 0..n {
-        let (h, t) = b.split_first_chunk::<4>().ok_or(Malformed)?;
-        b = t;
-        let len = i32::from_be_bytes(*h);
-        match len {
-            -1 => items.push(None),
-            l if l < -1 => return Err(Malformed),
-            l => {
-                let l = l as usize;
-                if l > b.len() {
-                    return Err(Malformed);
-                }
-                let (e, t) = b.split_at(l);
-                items.push(Some(e.to_vec()));
-                b = t;
-            }
-        }
+        // A length-prefixed value, as in a Bind: -1 NULL, any other
+        // negative length malformed (`array_recv` fails it too).
+        let v = crate::wire::body::get_value(&mut b).ok_or(Malformed)?;
+        items.push(v.map(<[u8]>::to_vec));
     }
     if !b.is_empty() {
         return Err(Malformed);
