@@ -202,22 +202,6 @@ async fn a_parse_postgres_rejects_never_takes_effect() {
     fx.assert_no_plaintext(&[v1, v2, v3, ok_v]).await;
 }
 
-/// A Bind whose parameters carry the given length words, each followed by
-/// its bytes (a driver always writes -1 or the true length).
-fn bind_lengths(stmt: &str, params: &[(i32, &[u8])]) -> Vec<u8> {
-    let mut b = Vec::new();
-    raw::cstr(&mut b, "");
-    raw::cstr(&mut b, stmt);
-    b.extend_from_slice(&0u16.to_be_bytes());
-    b.extend_from_slice(&(params.len() as u16).to_be_bytes());
-    for (len, bytes) in params {
-        b.extend_from_slice(&len.to_be_bytes());
-        b.extend_from_slice(bytes);
-    }
-    b.extend_from_slice(&0u16.to_be_bytes());
-    raw::frame(b'B', &b)
-}
-
 /// PostgreSQL reads only the length -1 as NULL and fails a Bind with any
 /// other negative length ("insufficient data left in message"). pgveil
 /// reads it the same way: such a Bind of a protected statement is refused
@@ -252,7 +236,7 @@ async fn a_negative_parameter_length_other_than_null_is_refused() {
                 (name.len() as i32, name.as_bytes()),
             ],
         ] {
-            c.send(&[bind_lengths("s", &params), execute(""), sync()])
+            c.send(&[raw::bind_lengths("", "s", &params), execute(""), sync()])
                 .await;
             let m = c.until_ready().await;
             let errs = errors(&m);
@@ -268,7 +252,7 @@ async fn a_negative_parameter_length_other_than_null_is_refused() {
     }
     // -1 is NULL, as ever: the row goes in, its email encrypted.
     c.send(&[
-        bind_lengths("s", &[(ok_v.len() as i32, ok_v.as_bytes()), (-1, b"")]),
+        raw::bind_lengths("", "s", &[(ok_v.len() as i32, ok_v.as_bytes()), (-1, b"")]),
         execute(""),
         sync(),
     ])

@@ -45,14 +45,25 @@ pub fn parse(name: &str, sql: &str) -> Vec<u8> {
 
 /// Bind with text parameters and text results.
 pub fn bind(portal: &str, stmt: &str, params: &[&str]) -> Vec<u8> {
+    let params: Vec<(i32, &[u8])> = params
+        .iter()
+        .map(|p| (p.len() as i32, p.as_bytes()))
+        .collect();
+    bind_lengths(portal, stmt, &params)
+}
+
+/// A Bind whose parameters carry the given length words, each followed by
+/// its bytes (a driver always writes -1 or the true length; an attack
+/// need not).
+pub fn bind_lengths(portal: &str, stmt: &str, params: &[(i32, &[u8])]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, portal);
     cstr(&mut b, stmt);
     b.extend_from_slice(&0u16.to_be_bytes());
     b.extend_from_slice(&(params.len() as u16).to_be_bytes());
-    for p in params {
-        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        b.extend_from_slice(p.as_bytes());
+    for (len, bytes) in params {
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(bytes);
     }
     b.extend_from_slice(&0u16.to_be_bytes());
     frame(b'B', &b)
