@@ -88,17 +88,8 @@ impl Backend {
     /// CommandComplete: audit, catalog invalidation after DDL, and the
     /// end of an Execute.
     fn finish_statement(&mut self, f: &Frame) {
-        let tag = std::str::from_utf8(f.body())
-            .unwrap_or("")
-            .trim_end_matches('\0');
-        let first = tag.split(' ').next().unwrap_or("");
-        if matches!(
-            first,
-            "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "TRUNCATE"
-        ) && !tag.starts_with("CREATE ROLE")
-        {
-            self.engine.invalidate();
-        }
+        let tag = command_tag(f);
+        self.invalidate_after_ddl(tag);
         let audit = {
             let mut q = self.exchange.pending.lock().expect("pending queue");
             match q.front_mut() {
@@ -119,6 +110,32 @@ impl Backend {
                 _ => None,
             }
         };
+        self.forget_after(tag);
+        self.record_audit(audit, tag);
+        self.decryptor.end_statement();
+        if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
+            self.exchange.pop();
+        }
+    }
+
+    /// After DDL (a CommandComplete `tag` that may have changed tables,
+    /// columns or grants): the catalog is read again before the next
+    /// statement is planned.
+    pub(super) fn invalidate_after_ddl(&self, tag: &str) {
+        let first = tag.split(' ').next().unwrap_or("");
+        if matches!(
+            first,
+            "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "TRUNCATE"
+        ) && !tag.starts_with("CREATE ROLE")
+        {
+            self.engine.invalidate();
+        }
+    }
+
+    /// The statements and portals SQL dropped however it was sent
+    /// (`DEALLOCATE ALL`, `DISCARD ALL`, `CLOSE ALL`), by its
+    /// CommandComplete `tag`.
+    pub(super) fn forget_after(&mut self, tag: &str) {
         match tag {
             "DEALLOCATE ALL" => self
                 .exchange
@@ -135,11 +152,6 @@ impl Backend {
                 self.exchange.resolve(Resolution::ForgetPortals)
             }
             _ => {}
-        }
-        self.record_audit(audit, tag);
-        self.decryptor.end_statement();
-        if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
-            self.exchange.pop();
         }
     }
 
@@ -186,4 +198,11 @@ impl Backend {
         self.decrypted_rows = 0;
         self.decrypted_shape = None;
     }
+}
+
+/// A CommandComplete's tag (`INSERT 0 1`, `CREATE TABLE`).
+pub(super) fn command_tag(f: &Frame) -> &str {
+    std::str::from_utf8(f.body())
+        .unwrap_or("")
+        .trim_end_matches('\0')
 }

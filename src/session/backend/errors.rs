@@ -22,6 +22,12 @@ impl Backend {
                 return;
             }
         }
+        self.forward_error(f, out);
+    }
+
+    /// Forward an ErrorResponse (pgveil's own refusals without the
+    /// CONTEXT of the `DO` block that raised them).
+    pub(super) fn forward_error(&mut self, f: &Frame, out: &mut BytesMut) {
         self.current = None;
         match without_rejection_context(f.body()) {
             Some(body) => {

@@ -16,24 +16,7 @@ impl Backend {
     /// ReadyForQuery: the transaction status, and the end of a Sync or
     /// Query.
     pub(super) fn on_ready_for_query(&mut self, f: &Frame, out: &mut BytesMut) {
-        let mut st = f.body().first().copied().unwrap_or(txn::IDLE);
-        // The client got an error inside a transaction block: it is
-        // told the block failed, as after any error, until the
-        // frontend has made PostgreSQL agree (at the next
-        // statement; a bare Sync before it changes nothing).
-        // If the abort was requested when the row failed, the
-        // frontend may already have carried it out (the client
-        // answered the error with ROLLBACK before this arrived):
-        // then it is not requested again.
-        let failed = std::mem::take(&mut self.row_failed);
-        let early = std::mem::take(&mut self.abort_early);
-        if (self.exchange.must_abort() || (failed && !early)) && st == txn::IN_TRANSACTION {
-            self.exchange.set_must_abort();
-            st = txn::FAILED;
-        }
-        self.exchange.set_tx_status(st);
-        self.discard_until_ready = false;
-        self.current = None;
+        let st = self.ready_status(f);
         if std::mem::take(&mut self.skipping) {
             // Everything up to the Sync was skipped, including what
             // the client sent after the error reached pgveil.
@@ -71,12 +54,37 @@ impl Backend {
         out.extend_from_slice(&[be::READY_FOR_QUERY, 0, 0, 0, 5, st]);
     }
 
+    /// The transaction status a ReadyForQuery reports to the client
+    /// (recorded as the session's): PostgreSQL's, or failed after a row
+    /// the client was told failed inside a block.
+    pub(super) fn ready_status(&mut self, f: &Frame) -> u8 {
+        let mut st = f.body().first().copied().unwrap_or(txn::IDLE);
+        // The client got an error inside a transaction block: it is
+        // told the block failed, as after any error, until the
+        // frontend has made PostgreSQL agree (at the next
+        // statement; a bare Sync before it changes nothing).
+        // If the abort was requested when the row failed, the
+        // frontend may already have carried it out (the client
+        // answered the error with ROLLBACK before this arrived):
+        // then it is not requested again.
+        let failed = std::mem::take(&mut self.row_failed);
+        let early = std::mem::take(&mut self.abort_early);
+        if (self.exchange.must_abort() || (failed && !early)) && st == txn::IN_TRANSACTION {
+            self.exchange.set_must_abort();
+            st = txn::FAILED;
+        }
+        self.exchange.set_tx_status(st);
+        self.discard_until_ready = false;
+        self.current = None;
+        st
+    }
+
     /// PostgreSQL reported no transaction (ReadyForQuery `I`): it dropped
     /// every portal the protocol bound, so pgveil forgets them too, in
     /// the order of its other answers (a Bind sent after this Sync is
     /// answered after it). SQL cursors `WITH HOLD` survive; they are not
     /// in the map (see `Frontend::protected_cursors`).
-    fn transaction_ended(&mut self) {
+    pub(super) fn transaction_ended(&mut self) {
         if !self.portal_shapes.is_empty() {
             self.portal_shapes.clear();
         }

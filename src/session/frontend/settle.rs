@@ -19,13 +19,33 @@ impl Frontend {
         // DDL, the catalog has been re-read (which happens between
         // statements outside a transaction block: inside one, statements
         // after DDL on protected tables wait for COMMIT or ROLLBACK).
-        if self.exchange.is_idle()
-            && (self.unsettled != batch::Effect::Catalog || !self.engine.is_stale(&self.entry()))
-        {
-            self.unsettled = batch::Effect::None;
+        if self.exchange.is_idle() {
+            self.settle_idle();
         }
         self.behind_unsettled = self.unsettled;
-        let mut effect = if simple && sql.contains(';') {
+        let effect = self.statement_effect(sql, simple);
+        self.unsettled = self.unsettled.max(effect);
+        (self.behind_unsettled == batch::Effect::Catalog && !batch::may_follow_ddl(sql))
+            .then(|| {
+                refuse(
+                    "0A000",
+                    "pgveil: a statement was sent before the result of an earlier statement that can change the catalog (DDL, DO, CALL or EXECUTE): pgveil would plan it against the old catalog, so it refuses; wait for the earlier statement's result (Sync) before sending more",
+                )
+            })
+    }
+
+    /// With nothing in flight: what was unsettled is settled, unless it
+    /// was DDL whose catalog has not been re-read yet.
+    pub(super) fn settle_idle(&mut self) {
+        if self.unsettled != batch::Effect::Catalog || !self.engine.is_stale(&self.entry()) {
+            self.unsettled = batch::Effect::None;
+        }
+    }
+
+    /// What a statement (a simple query's statements: `simple`) leaves
+    /// unsettled until its result arrives.
+    pub(super) fn statement_effect(&self, sql: &str, simple: bool) -> batch::Effect {
+        let effect = if simple && sql.contains(';') {
             crate::sql::split_statements(sql)
                 .into_iter()
                 .map(|r| batch::effect(&sql[r]))
@@ -40,16 +60,9 @@ impl Frontend {
             && !self.entry().analyzer.may_touch_protected(sql)
             && !batch::runs_code(sql)
         {
-            effect = batch::Effect::None;
+            return batch::Effect::None;
         }
-        self.unsettled = self.unsettled.max(effect);
-        (self.behind_unsettled == batch::Effect::Catalog && !batch::may_follow_ddl(sql))
-            .then(|| {
-                refuse(
-                    "0A000",
-                    "pgveil: a statement was sent before the result of an earlier statement that can change the catalog (DDL, DO, CALL or EXECUTE): pgveil would plan it against the old catalog, so it refuses; wait for the earlier statement's result (Sync) before sending more",
-                )
-            })
+        effect
     }
 
     /// A statement on protected tables sent behind one that may change
