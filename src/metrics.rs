@@ -140,6 +140,11 @@ pub const METRICS: &[Metric] = &[
         "outcome",
         &["passthrough", "rewritten", "rejected"],
     ),
+    m(
+        "pgveil_pass_through_runs_total",
+        Counter,
+        "Runs of extended-protocol messages touching no protected table that went upstream as one, without per-message handling",
+    ),
     m("pgveil_values_encrypted_total", Counter, "Values encrypted"),
     m("pgveil_values_decrypted_total", Counter, "Values decrypted"),
     m(
@@ -243,6 +248,7 @@ pub struct Hot {
     pub statements_passthrough: metrics::Counter,
     pub statements_rewritten: metrics::Counter,
     pub statements_rejected: metrics::Counter,
+    pub pass_through_runs: metrics::Counter,
     pub plan_cache_hits: metrics::Counter,
     pub plan_cache_misses: metrics::Counter,
     pub values_encrypted: metrics::Counter,
@@ -256,6 +262,7 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
     statements_passthrough: metrics::counter!("pgveil_statements_total", "outcome" => "passthrough"),
     statements_rewritten: metrics::counter!("pgveil_statements_total", "outcome" => "rewritten"),
     statements_rejected: metrics::counter!("pgveil_statements_total", "outcome" => "rejected"),
+    pass_through_runs: metrics::counter!("pgveil_pass_through_runs_total"),
     plan_cache_hits: metrics::counter!("pgveil_plan_cache_hits_total"),
     plan_cache_misses: metrics::counter!("pgveil_plan_cache_misses_total"),
     values_encrypted: metrics::counter!("pgveil_values_encrypted_total"),

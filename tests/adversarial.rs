@@ -17,6 +17,8 @@ mod copy;
 mod forget;
 #[path = "adversarial/identity.rs"]
 mod identity;
+#[path = "adversarial/lane.rs"]
+mod lane;
 #[path = "adversarial/portals.rs"]
 mod portals;
 #[path = "adversarial/prepared.rs"]

@@ -112,6 +112,9 @@ pub async fn relay(
         // ParameterStatus tells the frontend how PostgreSQL reads SQL now.
         let lex = fe.lex_state();
         let c2s = async {
+            // Kept across reads (emptied after each write): no allocation
+            // per read.
+            let mut out = BytesMut::new();
             loop {
                 // A large message pgveil need not read passes in pieces.
                 match stream_client(&mut cr, &mut fe, &mut uw, follow.as_ref()).await {
@@ -179,7 +182,27 @@ pub async fn relay(
                         refresh_catalog(&fe, &database, &mut uw).await;
                     }
                 }
-                let mut out = BytesMut::new();
+                // A run that touches nothing protected goes up as the
+                // client's bytes, its answers expected as one entry
+                // (`session::frontend::lane`).
+                if let Some(run) = fe.lane_run(cr.buffered_frames()) {
+                    if let Some(follow) = follow.as_mut() {
+                        let mut at = 0;
+                        for f in cr.buffered_frames() {
+                            if at >= run.bytes {
+                                break;
+                            }
+                            at += f.len();
+                            follow.observe(f[0], &f[5..]);
+                        }
+                    }
+                    fe.take_lane(run);
+                    let bytes = cr.take_prefix(run.bytes);
+                    if let Err(e) = uw.write_all(&bytes).await {
+                        return End::UpstreamIo(e.to_string());
+                    }
+                }
+                reset(&mut out);
                 // Charges of the large frames whose output is in `out`.
                 let mut held: Vec<Charge> = Vec::new();
                 loop {
@@ -229,6 +252,7 @@ pub async fn relay(
             }
         };
         let s2c = async {
+            let mut out = BytesMut::new();
             loop {
                 if let Err(end) = fill_upstream(&mut ur).await {
                     return end;
@@ -238,7 +262,29 @@ pub async fn relay(
                 if let Some(engine) = inbox.as_ref().and_then(|i| i.take()) {
                     be.adopt_engine(engine);
                 }
-                let mut out = BytesMut::new();
+                // The answers to a pass-through run go out as PostgreSQL's
+                // bytes, with what each one does to the session applied
+                // (`session::backend::lane`); the rest frame by frame.
+                if be.in_lane() {
+                    let run = ur.take_run(|tag, frame| {
+                        if tag == be::PARAMETER_STATUS {
+                            lex.observe(&frame[5..]);
+                        }
+                        be.lane_pass(tag, frame)
+                    });
+                    match run {
+                        Ok(Some(run)) => {
+                            let charge = ur.take_charge();
+                            if let Err(e) = cw.write_all(&run).await {
+                                return End::ClientIo(e.to_string());
+                            }
+                            drop(charge);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return End::UpstreamProtocol(e),
+                    }
+                }
+                reset(&mut out);
                 let mut held: Vec<Charge> = Vec::new();
                 loop {
                     let f = match ur.try_frame() {

@@ -135,6 +135,11 @@ pub struct Exchange {
     /// (FATAL) and drops everything after; the frontend ends the session
     /// at the client's next message.
     broken: AtomicBool,
+    /// PostgreSQL reported an error in the extended protocol and skips
+    /// every message up to the next Sync (from that ErrorResponse to the
+    /// Sync's ReadyForQuery): with nothing in flight, what the client
+    /// sends next is still skipped, and a catalog query would be too.
+    skipping: AtomicBool,
 }
 
 impl Exchange {
@@ -145,6 +150,7 @@ impl Exchange {
             entry: Mutex::new(entry),
             tx_status: AtomicU8::new(b'I'),
             must_abort: AtomicBool::new(false),
+            skipping: AtomicBool::new(false),
             resolutions: Mutex::new(Vec::new()),
             has_resolutions: AtomicBool::new(false),
             bound: AtomicBool::new(false),
@@ -247,7 +253,18 @@ impl Exchange {
             .lock()
             .expect("pending queue")
             .back()
-            .is_none_or(|p| matches!(p.kind(), Kind::Sync | Kind::Query))
+            .is_none_or(|p| matches!(p.kind(), Kind::Sync | Kind::Query | Kind::PassThrough))
+    }
+
+    /// Whether PostgreSQL is skipping messages up to a Sync after an
+    /// error (see `skipping`).
+    pub fn is_skipping(&self) -> bool {
+        self.skipping.load(Ordering::Acquire)
+    }
+
+    /// The backend saw PostgreSQL start (`true`) or end such a skip.
+    pub fn set_skipping(&self, on: bool) {
+        self.skipping.store(on, Ordering::Release);
     }
 
     /// Record the transaction status of the last ReadyForQuery.

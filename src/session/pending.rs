@@ -85,6 +85,12 @@ pub enum Pending {
         /// CopyOutResponse).
         copy_out: Option<Arc<CopyPlan>>,
     },
+    /// A run of extended-protocol messages the frontend's pass-through
+    /// lane forwarded as one (`frontend::lane`): every answer until its
+    /// `syncs`-th ReadyForQuery, relayed by `backend::lane`.
+    PassThrough {
+        syncs: u32,
+    },
     /// The catalog query pgveil runs between statements.
     Catalog {
         done: Option<tokio::sync::oneshot::Sender<Option<CatalogRows>>>,
@@ -126,6 +132,7 @@ impl Pending {
             Pending::CopySync { .. } => Kind::CopySync,
             Pending::ResultShape => Kind::ResultShape,
             Pending::Query { .. } => Kind::Query,
+            Pending::PassThrough { .. } => Kind::PassThrough,
             Pending::Catalog { .. } => Kind::Catalog,
         }
     }
@@ -144,6 +151,7 @@ pub enum Kind {
     CopySync,
     ResultShape,
     Query,
+    PassThrough,
     Catalog,
 }
 

@@ -419,6 +419,35 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(run))
     }
 
+    /// The complete frames at the head of the buffer, whole (tag, length,
+    /// body), without taking them: up to the first frame that is not
+    /// complete, is malformed or is larger than [`Budget::FREE_BYTES`]
+    /// (those are read as [`try_frame`](Self::try_frame) reads them). Take
+    /// a prefix of them with [`take_prefix`](Self::take_prefix).
+    pub fn buffered_frames(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut rest: &[u8] = if self.charge.is_none() {
+            &self.buf
+        } else {
+            &[]
+        };
+        std::iter::from_fn(move || {
+            let total = complete_frame_len(rest, self.max).ok().flatten()?;
+            if total > Budget::FREE_BYTES {
+                return None;
+            }
+            let (frame, after) = rest.split_at(total);
+            rest = after;
+            Some(frame)
+        })
+    }
+
+    /// Take the first `n` bytes of the buffer as one block: whole frames
+    /// that [`buffered_frames`](Self::buffered_frames) returned.
+    pub fn take_prefix(&mut self, n: usize) -> Bytes {
+        debug_assert!(n <= self.buf.len());
+        self.buf.split_to(n).freeze()
+    }
+
     /// Wait for and return the next frame.
     pub async fn next(&mut self) -> Result<Frame, FrameError> {
         self.fill().await?;

@@ -30,6 +30,7 @@ mod copy_to;
 mod data_row;
 mod describe;
 mod errors;
+mod lane;
 mod queue;
 mod ready;
 #[cfg(test)]
@@ -80,6 +81,9 @@ pub struct Backend {
     /// The COPY TO STDOUT streaming now whose rows are decrypted (from its
     /// CopyOutResponse to its CopyDone or error).
     copy_out: Option<CopyOut>,
+    /// Inside the answers to a pass-through run (`lane`): the
+    /// ReadyForQuery messages still to come before its entry is done.
+    lane: u32,
 }
 
 impl Backend {
@@ -106,6 +110,7 @@ impl Backend {
             copies: VecDeque::new(),
             broken: false,
             copy_out: None,
+            lane: 0,
         }
     }
 
@@ -121,6 +126,10 @@ impl Backend {
     /// Handle one server frame, appending what goes to the client to `out`.
     pub async fn on_frame(&mut self, f: Frame, out: &mut BytesMut) {
         if self.broken {
+            return;
+        }
+        if self.in_lane() {
+            self.on_lane_frame(&f, out);
             return;
         }
         let ends_copy_or_request = !matches!(

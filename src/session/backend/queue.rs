@@ -173,6 +173,7 @@ impl Backend {
             return;
         }
         self.skipping = true;
+        self.exchange.set_skipping(true);
         loop {
             if !self.settle_front() {
                 self.out_of_step("a Sync inside a COPY that failed", out);

@@ -16,8 +16,9 @@ impl Backend {
     /// ReadyForQuery: the transaction status, and the end of a Sync or
     /// Query.
     pub(super) fn on_ready_for_query(&mut self, f: &Frame, out: &mut BytesMut) {
-        let st = self.ready_status(f);
+        let st = self.ready_status(f.body());
         if std::mem::take(&mut self.skipping) {
+            self.exchange.set_skipping(false);
             // Everything up to the Sync was skipped, including what
             // the client sent after the error reached pgveil.
             loop {
@@ -57,8 +58,8 @@ impl Backend {
     /// The transaction status a ReadyForQuery reports to the client
     /// (recorded as the session's): PostgreSQL's, or failed after a row
     /// the client was told failed inside a block.
-    pub(super) fn ready_status(&mut self, f: &Frame) -> u8 {
-        let mut st = f.body().first().copied().unwrap_or(txn::IDLE);
+    pub(super) fn ready_status(&mut self, body: &[u8]) -> u8 {
+        let mut st = body.first().copied().unwrap_or(txn::IDLE);
         // The client got an error inside a transaction block: it is
         // told the block failed, as after any error, until the
         // frontend has made PostgreSQL agree (at the next

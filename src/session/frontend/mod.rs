@@ -54,6 +54,7 @@ mod close;
 mod copy_window;
 mod describe;
 mod execute;
+mod lane;
 mod lex;
 mod names;
 mod params;
@@ -67,6 +68,7 @@ mod stream;
 mod sync;
 mod txn;
 
+pub use lane::LaneRun;
 pub use lex::LexState;
 use names::Names;
 pub use refusal::{Refusal, raise_sql};
