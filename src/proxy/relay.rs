@@ -94,8 +94,8 @@ pub async fn relay(
     let max = setup.max_message;
     let (cs, cbuf) = client.into_parts();
     let (us, ubuf) = upstream.into_parts();
-    let (cr, mut cw) = tokio::io::split(cs);
-    let (ur, mut uw) = tokio::io::split(us);
+    let (cr, mut cw) = cs.split();
+    let (ur, mut uw) = us.split();
     let mut cr = FrameReader::with_buffer(cr, max, cbuf);
     let mut ur = FrameReader::with_buffer(ur, max, ubuf);
     if setup.transform.is_some() {
