@@ -867,11 +867,22 @@ async fn audit_log_records_decryption_and_search_without_values() {
         .await
         .expect_err("ORDER BY a protected column is refused");
     assert_eq!(code(&e), "0A000", "{}", err_text(&e));
-    let text = std::fs::read_to_string(fx.pv.dir().join("audit.jsonl")).unwrap();
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The audit writer is a thread of its own: the records may land a
+    // moment after the answers.
+    let mut recs: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(fx.pv.dir().join("audit.jsonl")).unwrap_or_default();
+        recs = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if recs.iter().any(|r| r["decrypted"] == true)
+            && recs.iter().any(|r| r["outcome"] == "rejected")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let read = recs
         .iter()
         .find(|r| r["decrypted"] == true)
