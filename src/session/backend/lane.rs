@@ -32,6 +32,14 @@ impl Backend {
         self.lane = syncs.max(1);
         self.streaming = None;
         self.current = None;
+        // What a statement before the run left (rows decrypted before an
+        // error, the data keys held for them) ends here, as the first
+        // completion after it would end it on the per-message path: no
+        // key is held across the run, no later audit record counts them.
+        self.decryptor.end_statement();
+        self.rows = 0;
+        self.decrypted_rows = 0;
+        self.decrypted_shape = None;
         true
     }
 
