@@ -33,10 +33,13 @@
 //! nothing pgveil would rewrite, shape or record; anything else takes the
 //! per-message path.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use super::Frontend;
 use super::lex::pg_name;
-use crate::session::Pending;
 use crate::session::copy::is_copy_statement;
+use crate::session::{CatalogEntry, Pending};
 use crate::sql::batch;
 use crate::wire::body::read_cstr;
 use crate::wire::tag::{fe, target};
@@ -122,6 +125,7 @@ impl Frontend {
             return None;
         }
         let unconverted = self.lex.names_unconverted();
+        self.lane_memo.use_entry(self.entry());
         let mut stretch = Stretch::default();
         let (mut bytes, mut syncs, mut parses) = (0usize, 0u32, 0u64);
         let mut taken: Option<LaneRun> = None;
@@ -176,25 +180,90 @@ impl Frontend {
 
     /// A Parse the lane takes: well formed, its name keyed, its text
     /// touching nothing protected and settling nothing.
-    fn lane_parse<'a>(&self, body: &'a [u8], unconverted: bool, stretch: &mut Stretch<'a>) -> bool {
+    fn lane_parse<'a>(
+        &mut self,
+        body: &'a [u8],
+        unconverted: bool,
+        stretch: &mut Stretch<'a>,
+    ) -> bool {
         let mut b = body;
-        let (Some(name), Some(query)) = (read_cstr(&mut b), read_cstr(&mut b)) else {
+        let Some(name) = read_cstr(&mut b) else {
             return false;
         };
-        if !param_types_fit(b) {
+        let Some(end) = b.iter().position(|&c| c == 0) else {
+            return false;
+        };
+        let (text, rest) = (&b[..end], &b[end + 1..]);
+        if !param_types_fit(rest) {
             return false;
         }
         let Some(key) = pg_name(name, unconverted) else {
             return false;
         };
-        let entry = self.entry();
-        if self.statement_effect(query, false) != batch::Effect::None
-            || entry.analyzer.may_touch_protected(query)
-            || is_copy_statement(query)
-        {
-            return false;
+        if !self.lane_memo.holds(text) {
+            let Ok(query) = std::str::from_utf8(text) else {
+                return false;
+            };
+            if self.statement_effect(query, false) != batch::Effect::None
+                || self.lane_memo.entry().analyzer.may_touch_protected(query)
+                || is_copy_statement(query)
+            {
+                return false;
+            }
+            self.lane_memo.remember(text);
         }
         stretch.statements.push(key)
+    }
+}
+
+/// The Parse texts the lane found passable with one catalog entry, most
+/// recent first. A Parse's checks are a function of its text and the
+/// catalog entry alone, and drivers send a few texts again and again: a
+/// text seen before costs a comparison, not the scans.
+#[derive(Default)]
+pub(super) struct Memo {
+    entry: Option<Arc<CatalogEntry>>,
+    texts: VecDeque<Box<[u8]>>,
+}
+
+/// Texts remembered per session, and the longest remembered.
+const MEMO_TEXTS: usize = 16;
+const MEMO_TEXT_BYTES: usize = 4096;
+
+impl Memo {
+    /// Judge with `entry` from now on (what was judged with another one
+    /// is forgotten).
+    fn use_entry(&mut self, entry: Arc<CatalogEntry>) {
+        if !self.entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            self.texts.clear();
+            self.entry = Some(entry);
+        }
+    }
+
+    fn entry(&self) -> &CatalogEntry {
+        self.entry.as_ref().expect("use_entry first")
+    }
+
+    fn holds(&mut self, text: &[u8]) -> bool {
+        match self.texts.iter().position(|t| **t == *text) {
+            Some(0) => true,
+            Some(i) => {
+                let t = self.texts.remove(i).expect("found");
+                self.texts.push_front(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remember(&mut self, text: &[u8]) {
+        if text.len() > MEMO_TEXT_BYTES {
+            return;
+        }
+        if self.texts.len() == MEMO_TEXTS {
+            self.texts.pop_back();
+        }
+        self.texts.push_front(text.into());
     }
 }
 

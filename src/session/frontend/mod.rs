@@ -145,6 +145,11 @@ pub struct Frontend {
     /// again for every execution gets its record built once, not per
     /// Execute (`execute::plan_audit`).
     audit_memo: Option<(Arc<crate::sql::RewritePlan>, Option<Arc<super::AuditInfo>>)>,
+    /// The prepared statement recorded for the last Parse of a plan
+    /// without literals (`parse::shared_prepared`).
+    prepared_memo: Option<Arc<super::Prepared>>,
+    /// Parse texts the pass-through lane found passable (`lane::Memo`).
+    lane_memo: lane::Memo,
 }
 
 impl Frontend {
@@ -172,6 +177,8 @@ impl Frontend {
             rewrite_charge: None,
             answers_wait: ANSWERS_WAIT,
             audit_memo: None,
+            prepared_memo: None,
+            lane_memo: lane::Memo::default(),
         }
     }
 

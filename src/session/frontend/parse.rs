@@ -4,6 +4,8 @@
 //! recorded in the name map, to take effect when PostgreSQL confirms it.
 //! Held whole, never streamed.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
 use super::Frontend;
@@ -84,7 +86,8 @@ impl Frontend {
             Ok((sql, types, prepared)) => {
                 crate::metrics::hot().statements_rewritten.increment(1);
                 self.names.drain(&self.exchange);
-                let op = self.names.set(Space::Statement, &key, protected(prepared));
+                let value = self.shared_prepared(prepared);
+                let op = self.names.set(Space::Statement, &key, value);
                 self.exchange.push(Pending::Parse {
                     internal: false,
                     op,
@@ -133,6 +136,33 @@ impl Frontend {
             return true;
         }
         false
+    }
+
+    /// The statement as the name map records it: the one recorded for the
+    /// last Parse when this one prepares the same plan the same way (a
+    /// driver that parses the unnamed statement again for every execution
+    /// then changes nothing in the map: the name keeps the same value, so
+    /// there is no change to wait for, see `Names::set`). Only for plans
+    /// whose text carries no encrypted literal (each Parse encrypts those
+    /// anew) and statements that are no COPY.
+    fn shared_prepared(&mut self, p: Prepared) -> Option<Arc<Prepared>> {
+        let reusable = p.copy.is_none()
+            && p.deferred_literals.is_empty()
+            && p.plan.as_ref().is_some_and(|rp| rp.literals.is_empty());
+        if reusable
+            && let Some(m) = &self.prepared_memo
+            && let (Some(a), Some(b)) = (&m.plan, &p.plan)
+            && Arc::ptr_eq(a, b)
+            && m.client_params == p.client_params
+            && m.declared == p.declared
+        {
+            return Some(m.clone());
+        }
+        let value = protected(p);
+        if reusable {
+            self.prepared_memo = value.clone();
+        }
+        value
     }
 
     /// Forward a Parse that names no protected table: `name` then means
