@@ -24,6 +24,11 @@ fn start() -> (Calmony, u16) {
     (fx, mport)
 }
 
+/// A Parse, Bind and Execute of `sql` (unnamed, no parameters), then a Sync.
+fn stmt(sql: &str) -> Vec<Vec<u8>> {
+    vec![parse("", sql), bind("", "", &[]), execute(""), sync()]
+}
+
 fn runs(mport: u16) -> f64 {
     metric(&scrape(mport), "pgveil_pass_through_runs_total")
 }
@@ -195,35 +200,6 @@ async fn a_name_from_before_the_stretch_takes_the_per_message_path() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(notes, vec!["copied through the window".to_string()]);
-    // SQL that names a protected table through PREPARE or a cursor, and
-    // a COPY: never the lane's (the cursor last: a session that declared
-    // one over protected tables takes the per-message path from then on).
-    for sql in [
-        "PREPARE p1(text) AS INSERT INTO users (email) VALUES ($1)",
-        "COPY notes TO STDOUT",
-        "DECLARE cur CURSOR WITH HOLD FOR SELECT email FROM users",
-    ] {
-        let before = runs(mport);
-        let m = c
-            .send_ready(&[parse("", sql), bind("", "", &[]), execute(""), sync()])
-            .await;
-        assert_eq!(runs(mport), before, "{sql}: {}", raw::tags(&m));
-    }
-    let before = runs(mport);
-    let m = c
-        .send_ready(&[
-            parse("", "SELECT 4"),
-            bind("", "", &[]),
-            execute(""),
-            sync(),
-        ])
-        .await;
-    assert_eq!(rows(&m), vec![vec![Some("4".to_string())]]);
-    assert_eq!(
-        runs(mport),
-        before,
-        "no lane once a protected cursor may exist"
-    );
     assert_eq!(users(&fx).await, vec![(e.to_string(), n.to_string())]);
     fx.assert_no_plaintext(&[e, n]).await;
 }
@@ -308,24 +284,10 @@ async fn runs_around_protected_names_and_odd_frames_take_the_per_message_path() 
     assert!(errors(&m).is_empty(), "{:?}", errors(&m));
     // A plain run after it takes the lane (the unnamed statement is
     // protected until PostgreSQL confirms the new one: not yet).
-    let m = c
-        .send_ready(&[
-            parse("", "SELECT 2"),
-            bind("", "", &[]),
-            execute(""),
-            sync(),
-        ])
-        .await;
+    let m = c.send_ready(&stmt("SELECT 2")).await;
     assert_eq!(rows(&m), vec![vec![Some("2".to_string())]]);
     let before = runs(mport);
-    let m = c
-        .send_ready(&[
-            parse("", "SELECT 3"),
-            bind("", "", &[]),
-            execute(""),
-            sync(),
-        ])
-        .await;
+    let m = c.send_ready(&stmt("SELECT 3")).await;
     assert_eq!(rows(&m), vec![vec![Some("3".to_string())]]);
     assert!(
         runs(mport) > before,
@@ -371,12 +333,7 @@ async fn statements_the_lane_must_not_take_are_judged_per_message() {
     // protected statement (this table is not one the policy names).
     let before = runs(mport);
     let m = c
-        .send_ready(&[
-            parse("", "CREATE TEMP TABLE lane_ddl (x int)"),
-            bind("", "", &[]),
-            execute(""),
-            sync(),
-        ])
+        .send_ready(&stmt("CREATE TEMP TABLE lane_ddl (x int)"))
         .await;
     assert!(errors(&m).is_empty(), "{:?}", errors(&m));
     assert!(runs(mport) > before);
@@ -398,20 +355,11 @@ async fn statements_the_lane_must_not_take_are_judged_per_message() {
         "DECLARE cur CURSOR WITH HOLD FOR SELECT email FROM users",
     ] {
         let before = runs(mport);
-        let m = c
-            .send_ready(&[parse("", sql), bind("", "", &[]), execute(""), sync()])
-            .await;
+        let m = c.send_ready(&stmt(sql)).await;
         assert_eq!(runs(mport), before, "{sql}: {}", raw::tags(&m));
     }
     let before = runs(mport);
-    let m = c
-        .send_ready(&[
-            parse("", "SELECT 4"),
-            bind("", "", &[]),
-            execute(""),
-            sync(),
-        ])
-        .await;
+    let m = c.send_ready(&stmt("SELECT 4")).await;
     assert_eq!(rows(&m), vec![vec![Some("4".to_string())]]);
     assert_eq!(
         runs(mport),
@@ -435,14 +383,7 @@ async fn a_run_while_postgresql_skips_to_a_sync_keeps_the_queue_in_step() {
     // A run sent then is skipped up to its Sync: one ReadyForQuery, no
     // rows. The lane does not take it (PostgreSQL's skip is not over).
     let before = runs(mport);
-    let m = c
-        .send_ready(&[
-            parse("", "SELECT 1"),
-            bind("", "", &[]),
-            execute(""),
-            sync(),
-        ])
-        .await;
+    let m = c.send_ready(&stmt("SELECT 1")).await;
     assert!(rows(&m).is_empty(), "{}", raw::tags(&m));
     assert_eq!(runs(mport), before);
     // Still in step: a simple Query, then a named protected statement
@@ -480,7 +421,6 @@ async fn a_transaction_block_through_the_lane_reports_its_status() {
     let (fx, mport) = start();
     let mut c = Raw::login(fx.pv.addr(), "calmony_app").await;
     let before = runs(mport);
-    let stmt = |sql: &str| vec![parse("", sql), bind("", "", &[]), execute(""), sync()];
     c.send(
         &[
             stmt("BEGIN"),
