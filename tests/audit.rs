@@ -164,3 +164,58 @@ async fn on_failure_block_refuses_decryption_while_records_cannot_be_written() {
     fx.assert_no_plaintext(&["ada@example.com", "bea@example.com", "555-0199", "555-0200"])
         .await;
 }
+
+#[tokio::test]
+async fn a_read_that_fails_after_decrypting_rows_is_audited() {
+    let fx = Calmony::start();
+    let app = fx.app("calmony_app").await;
+    for (i, phone) in ["555-0101", "555-0102", "555-0103"].iter().enumerate() {
+        app.execute(
+            "INSERT INTO pay_customers (org_id, email, phone) VALUES ($1, $2, $3)",
+            &[&3i64, &format!("fail{i}@example.com"), phone],
+        )
+        .await
+        .unwrap();
+    }
+    // Two rows are decrypted and sent, then PostgreSQL fails the third
+    // (division by zero): there is no CommandComplete, and the read is
+    // audited all the same, as an error.
+    // No ORDER BY: the rows go out as the scan makes them (a sort would
+    // compute every row before sending one).
+    let sql = "SELECT phone, 10 / (3 - id::int) FROM pay_customers";
+    for simple in [true, false] {
+        let e = if simple {
+            app.simple_query(sql).await.map(|_| ()).unwrap_err()
+        } else {
+            app.query(sql, &[]).await.map(|_| ()).unwrap_err()
+        };
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("22012"),
+            "{e}"
+        );
+    }
+    let path = fx.pv.dir().join("audit.jsonl");
+    wait_for(Duration::from_secs(10), "two error records", || async {
+        records(&path)
+            .iter()
+            .filter(|r| r["outcome"] == "error")
+            .count()
+            == 2
+    })
+    .await;
+    for r in records(&path).iter().filter(|r| r["outcome"] == "error") {
+        assert_eq!(r["decrypted"], true, "{r}");
+        assert_eq!(r["rows"], 2, "{r}");
+        assert!(
+            r["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c == "public.pay_customers.phone"),
+            "{r}"
+        );
+    }
+    fx.assert_no_plaintext(&["555-0101", "555-0102", "555-0103"])
+        .await;
+}

@@ -111,7 +111,7 @@ impl Backend {
             }
         };
         self.forget_after(tag);
-        self.record_audit(audit, tag);
+        self.record_audit(audit, tag, "ok");
         self.decryptor.end_statement();
         if self.front_is(|p| matches!(p, Pending::Execute { .. })) {
             self.exchange.pop();
@@ -163,12 +163,29 @@ impl Backend {
             Some(Pending::Execute { audit, .. }) => audit.clone(),
             _ => None,
         };
-        self.record_audit(audit, "SUSPENDED");
+        self.record_audit(audit, "SUSPENDED", "ok");
+    }
+
+    /// A statement that decrypted rows failed before its end (an error
+    /// from PostgreSQL, or a row pgveil could not decrypt): its audit
+    /// record is written now, outcome `error`, with the rows the client
+    /// got; it has no CommandComplete that would write it.
+    pub(super) fn audit_failed_read(&mut self) {
+        if self.decrypted_rows == 0 {
+            return;
+        }
+        let audit = match self.exchange.pending.lock().expect("pending queue").front() {
+            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => {
+                audit.clone()
+            }
+            _ => None,
+        };
+        self.record_audit(audit, "ERROR", "error");
     }
 
     /// One audit record for the rows since the last record, when they
     /// searched or decrypted protected data.
-    fn record_audit(&mut self, audit: Option<Arc<AuditInfo>>, tag: &str) {
+    fn record_audit(&mut self, audit: Option<Arc<AuditInfo>>, tag: &str, outcome: &str) {
         if let Some(a) = audit
             && (a.searched || self.decrypted_rows > 0)
             && let Some(log) = &self.engine.audit
@@ -192,7 +209,7 @@ impl Backend {
                     }
                 }
             }
-            log.record(&self.id, &info, tag, self.rows, "ok");
+            log.record(&self.id, &info, tag, self.rows, outcome);
         }
         self.rows = 0;
         self.decrypted_rows = 0;

@@ -16,6 +16,7 @@ use crate::wire::tag::{be, field};
 impl Backend {
     /// ErrorResponse from PostgreSQL.
     pub(super) fn on_error_response(&mut self, f: &Frame, out: &mut BytesMut) {
+        self.audit_failed_read();
         if self.front_is(|p| !matches!(p, Pending::Query { .. } | Pending::Sync)) {
             self.drop_until_sync(out);
             if self.broken {
@@ -54,6 +55,7 @@ impl Backend {
             self.abort_early = true;
         }
         out.extend_from_slice(&error::error_response("ERROR", sqlstate, message));
+        self.audit_failed_read();
         self.discard_until_ready = true;
         self.streaming = None;
         self.decryptor.end_statement();
