@@ -26,7 +26,7 @@ pub mod rows;
 pub mod values;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use database::CatalogEntry;
@@ -140,6 +140,10 @@ pub struct Exchange {
     /// Sync's ReadyForQuery): with nothing in flight, what the client
     /// sends next is still skipped, and a catalog query would be too.
     skipping: AtomicBool,
+    /// `Pending::PassThrough` entries in the queue: the backend looks at
+    /// the queue for one only when there is one (no lock per answer
+    /// otherwise).
+    lanes: AtomicUsize,
 }
 
 impl Exchange {
@@ -151,6 +155,7 @@ impl Exchange {
             tx_status: AtomicU8::new(b'I'),
             must_abort: AtomicBool::new(false),
             skipping: AtomicBool::new(false),
+            lanes: AtomicUsize::new(0),
             resolutions: Mutex::new(Vec::new()),
             has_resolutions: AtomicBool::new(false),
             bound: AtomicBool::new(false),
@@ -185,6 +190,9 @@ impl Exchange {
                     self.resolve(Resolution::Op(o.id, confirmed && o.confirmed_by.is_none()));
                 }
             }
+            Pending::PassThrough { .. } => {
+                self.lanes.fetch_sub(1, Ordering::Relaxed);
+            }
             _ => {}
         }
     }
@@ -207,7 +215,15 @@ impl Exchange {
 
     /// Expect the answer to a request just forwarded (in request order).
     pub fn push(&self, p: Pending) {
+        if matches!(p, Pending::PassThrough { .. }) {
+            self.lanes.fetch_add(1, Ordering::Relaxed);
+        }
         self.pending.lock().expect("pending queue").push_back(p);
+    }
+
+    /// Whether a pass-through run's entry is in the queue.
+    pub fn lane_pending(&self) -> bool {
+        self.lanes.load(Ordering::Relaxed) > 0
     }
 
     /// Pop the front entry; the map changes it carries did not happen

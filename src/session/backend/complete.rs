@@ -88,7 +88,7 @@ impl Backend {
     /// CommandComplete: audit, catalog invalidation after DDL, and the
     /// end of an Execute.
     fn finish_statement(&mut self, f: &Frame) {
-        let tag = command_tag(f);
+        let tag = command_tag(f.body());
         self.invalidate_after_ddl(tag);
         let audit = {
             let mut q = self.exchange.pending.lock().expect("pending queue");
@@ -159,11 +159,18 @@ impl Backend {
     /// portal did. What it decrypted is audited now: the client may never
     /// run the portal to its end.
     fn suspend_statement(&mut self) {
-        let audit = match self.exchange.pending.lock().expect("pending queue").front() {
-            Some(Pending::Execute { audit, .. }) => audit.clone(),
-            _ => None,
-        };
+        let audit = self.front_audit();
         self.record_audit(audit, "SUSPENDED", "ok");
+    }
+
+    /// The audit record of the Execute or Query at the front of the queue.
+    fn front_audit(&self) -> Option<Arc<AuditInfo>> {
+        match self.exchange.pending.lock().expect("pending queue").front() {
+            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => {
+                audit.clone()
+            }
+            _ => None,
+        }
     }
 
     /// A statement that decrypted rows failed before its end (an error
@@ -174,12 +181,7 @@ impl Backend {
         if self.decrypted_rows == 0 {
             return;
         }
-        let audit = match self.exchange.pending.lock().expect("pending queue").front() {
-            Some(Pending::Execute { audit, .. }) | Some(Pending::Query { audit, .. }) => {
-                audit.clone()
-            }
-            _ => None,
-        };
+        let audit = self.front_audit();
         self.record_audit(audit, "ERROR", "error");
     }
 
@@ -211,15 +213,20 @@ impl Backend {
             }
             log.record(&self.id, &info, tag, self.rows, outcome);
         }
+        self.reset_counts();
+    }
+
+    /// The rows counted for the next audit record start again.
+    pub(super) fn reset_counts(&mut self) {
         self.rows = 0;
         self.decrypted_rows = 0;
         self.decrypted_shape = None;
     }
 }
 
-/// A CommandComplete's tag (`INSERT 0 1`, `CREATE TABLE`).
-pub(super) fn command_tag(f: &Frame) -> &str {
-    std::str::from_utf8(f.body())
+/// A CommandComplete body's tag (`INSERT 0 1`, `CREATE TABLE`).
+pub(super) fn command_tag(body: &[u8]) -> &str {
+    std::str::from_utf8(body)
         .unwrap_or("")
         .trim_end_matches('\0')
 }

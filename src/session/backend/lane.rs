@@ -15,7 +15,7 @@ use super::Backend;
 use super::complete::command_tag;
 use crate::session::Pending;
 use crate::wire::codec::Frame;
-use crate::wire::tag::{be, txn};
+use crate::wire::tag::be;
 
 impl Backend {
     /// Whether the answer at hand belongs to a pass-through run: the
@@ -24,6 +24,9 @@ impl Backend {
     pub fn in_lane(&mut self) -> bool {
         if self.lane > 0 {
             return true;
+        }
+        if !self.exchange.lane_pending() {
+            return false;
         }
         let syncs = match self.exchange.pending.lock().expect("pending queue").front() {
             Some(Pending::PassThrough { syncs }) => *syncs,
@@ -37,9 +40,7 @@ impl Backend {
         // completion after it would end it on the per-message path: no
         // key is held across the run, no later audit record counts them.
         self.decryptor.end_statement();
-        self.rows = 0;
-        self.decrypted_rows = 0;
-        self.decrypted_shape = None;
+        self.reset_counts();
         true
     }
 
@@ -56,9 +57,7 @@ impl Backend {
         }
         match tag {
             be::COMMAND_COMPLETE => {
-                let tag = std::str::from_utf8(&frame[5..])
-                    .unwrap_or("")
-                    .trim_end_matches('\0');
+                let tag = command_tag(&frame[5..]);
                 self.invalidate_after_ddl(tag);
                 self.forget_after(tag);
                 true
@@ -96,36 +95,27 @@ impl Backend {
         self.lane -= 1;
         if self.lane == 0 {
             self.exchange.pop();
-            if self.exchange.is_idle() && self.copy_in.is_none() {
-                self.copies.clear();
-            }
         }
-        if st == txn::IDLE {
-            self.transaction_ended();
-        }
+        self.after_ready(st);
     }
 
-    /// One answer of a pass-through run.
+    /// One answer of a pass-through run: as sent when
+    /// [`lane_pass`](Self::lane_pass) takes it, else the few it leaves.
     pub(super) fn on_lane_frame(&mut self, f: &Frame, out: &mut BytesMut) {
+        if self.lane_pass(f.tag, &f.raw) {
+            out.extend_from_slice(&f.raw);
+            return;
+        }
         match f.tag {
-            be::COMMAND_COMPLETE => {
-                let tag = command_tag(f);
-                self.invalidate_after_ddl(tag);
-                self.forget_after(tag);
-                out.extend_from_slice(&f.raw);
-            }
             be::ERROR_RESPONSE => self.forward_error(f, out),
             be::READY_FOR_QUERY => {
                 let st = self.ready_status(f.body());
                 self.end_lane_stretch(st);
                 out.extend_from_slice(&[be::READY_FOR_QUERY, 0, 0, 0, 5, st]);
             }
-            be::COPY_IN | be::COPY_OUT | be::COPY_BOTH | be::COPY_DATA | be::COPY_DONE => {
-                self.out_of_step("a COPY in a pass-through run", out)
-            }
             be::FUNCTION_CALL_RESPONSE => self.out_of_step("FunctionCallResponse", out),
             be::CLOSE_COMPLETE => self.out_of_step("CloseComplete without a Close", out),
-            _ => out.extend_from_slice(&f.raw),
+            _ => self.out_of_step("a COPY in a pass-through run", out),
         }
     }
 }

@@ -45,6 +45,14 @@ impl Backend {
             }
             self.exchange.pop();
         }
+        self.after_ready(st);
+        out.extend_from_slice(&[be::READY_FOR_QUERY, 0, 0, 0, 5, st]);
+    }
+
+    /// After a ReadyForQuery with status `st` has taken its entry from
+    /// the queue: COPYs no CopySync can refer to, portals PostgreSQL
+    /// dropped.
+    pub(super) fn after_ready(&mut self, st: u8) {
         if self.exchange.is_idle() && self.copy_in.is_none() {
             // No CopySync can refer to a COPY seen so far.
             self.copies.clear();
@@ -52,7 +60,6 @@ impl Backend {
         if st == txn::IDLE {
             self.transaction_ended();
         }
-        out.extend_from_slice(&[be::READY_FOR_QUERY, 0, 0, 0, 5, st]);
     }
 
     /// The transaction status a ReadyForQuery reports to the client
@@ -85,7 +92,7 @@ impl Backend {
     /// the order of its other answers (a Bind sent after this Sync is
     /// answered after it). SQL cursors `WITH HOLD` survive; they are not
     /// in the map (see `Frontend::protected_cursors`).
-    pub(super) fn transaction_ended(&mut self) {
+    fn transaction_ended(&mut self) {
         if !self.portal_shapes.is_empty() {
             self.portal_shapes.clear();
         }
